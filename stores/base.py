@@ -1,0 +1,209 @@
+"""The store driver protocol: what every vector store behind a knowledge bank does.
+
+A driver owns one knowledge bank's records (id, text, metadata, vector). Reads
+go straight to the driver; writes go through a transaction (``begin``) that
+is invisible to readers until ``commit`` and leaves nothing behind on
+``rollback``. The single-operation helpers (``upsert``, ``delete``, ...) are
+one-operation transactions. Scores are "higher is better" for every search.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from kb.errors import InvalidInputError, UnsupportedSearchError
+from kb.filters import Filter
+
+
+@dataclass
+class Record:
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class Hit:
+    record: Record
+    score: float
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do natively; kb's core fills the gaps or refuses clearly."""
+
+    keyword: bool = False
+    native_hybrid: bool = False
+    approximate: bool = False
+    persistent: bool = True
+
+
+@dataclass
+class StoreContext:
+    """Everything a driver needs to open a knowledge bank's store."""
+
+    kb_id: str
+    folder: Path  # the knowledge bank's own folder; local drivers keep their files here
+    settings: dict[str, Any] = field(default_factory=dict)  # the KB's "store" settings section
+    connection: dict[str, Any] = field(default_factory=dict)  # remote stores: url, credentials, ...
+    keyword_analyzer: dict[str, Any] = field(default_factory=dict)
+
+
+class StoreReader(ABC):
+    """The read side, shared by drivers and open transactions (which read their own writes)."""
+
+    @property
+    @abstractmethod
+    def dimension(self) -> int | None:
+        """Vector dimension, or None while the store is empty and has never held a vector."""
+
+    @abstractmethod
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        """Records for ``ids`` in the order asked; unknown ids are left out."""
+
+    @abstractmethod
+    def count(self, flt: Filter | None = None) -> int: ...
+
+    @abstractmethod
+    def similarity(
+        self, vector: np.ndarray, k: int, flt: Filter | None = None, with_vectors: bool = False
+    ) -> list[Hit]:
+        """The ``k`` nearest records to ``vector`` among those matching ``flt``, best first."""
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        raise UnsupportedSearchError(f"{type(self).__name__} has no keyword search")
+
+    @abstractmethod
+    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        """Every record, in batches (export, copy, delete by filter)."""
+
+    @abstractmethod
+    def ids_where(self, flt: Filter | None) -> list[str]: ...
+
+
+class StoreTransaction(StoreReader):
+    """An open write. Reads on it see its own writes; nothing is visible elsewhere before commit."""
+
+    @abstractmethod
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Insert or replace records by id. Every record carries a vector."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete by id; returns how many existed."""
+
+    def delete_where(self, flt: Filter | None) -> int:
+        return self.delete(self.ids_where(flt))
+
+    @abstractmethod
+    def clear(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make every write of this transaction visible at once, durably."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Forget every write of this transaction."""
+
+    def __enter__(self) -> StoreTransaction:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+class VectorStoreDriver(StoreReader):
+    """One knowledge bank's store. Subclasses register a ``store_type`` with the factory."""
+
+    store_type: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, context: StoreContext) -> None:
+        self.context = context
+
+    @abstractmethod
+    def begin(self, timeout: float = 30.0) -> StoreTransaction:
+        """Open the knowledge bank's single write transaction; WriterBusyError after ``timeout``."""
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        with self.begin() as tx:
+            tx.upsert(records)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self.begin() as tx:
+            return tx.delete(ids)
+
+    def delete_where(self, flt: Filter | None) -> int:
+        with self.begin() as tx:
+            return tx.delete_where(flt)
+
+    def clear(self) -> None:
+        with self.begin() as tx:
+            tx.clear()
+
+    def close(self) -> None:
+        """Release files, connections and memory. The driver may not be used afterwards."""
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Delete everything this store holds (the knowledge bank is being deleted)."""
+
+
+def check_records(records: Sequence[Record], dimension: int | None) -> int:
+    """Validate records before a write; returns the vector dimension they share."""
+    dim = dimension
+    seen: set[str] = set()
+    for position, record in enumerate(records):
+        label = f"document {record.id!r} (position {position})"
+        if not isinstance(record.id, str) or not record.id or len(record.id) > 512:
+            raise InvalidInputError(f"document at position {position}: id must be a non-empty string ≤512 chars")
+        if record.id in seen:
+            raise InvalidInputError(f"{label}: the same id appears twice in one write")
+        seen.add(record.id)
+        if not isinstance(record.text, str):
+            raise InvalidInputError(f"{label}: text must be a string")
+        if record.vector is None:
+            raise InvalidInputError(f"{label}: no vector")
+        vector = np.asarray(record.vector)
+        if vector.ndim != 1 or vector.size == 0:
+            raise InvalidInputError(f"{label}: vector must be one-dimensional and non-empty")
+        if not np.all(np.isfinite(vector)):
+            raise InvalidInputError(f"{label}: vector has NaN or infinite values")
+        if dim is None:
+            dim = int(vector.size)
+        elif vector.size != dim:
+            raise InvalidInputError(f"{label}: vector has {vector.size} dimensions, the store holds {dim}")
+    return dim or 0
+
+
+def check_query_vector(vector: Any, dimension: int | None) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise InvalidInputError("query vector must be a non-empty list of numbers")
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError("query vector has NaN or infinite values")
+    if dimension is not None and array.size != dimension:
+        raise InvalidInputError(f"query vector has {array.size} dimensions, the knowledge bank holds {dimension}")
+    return array
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (cosine similarity becomes an inner product); zero rows stay zero."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return vectors / norms
