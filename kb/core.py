@@ -1,0 +1,195 @@
+"""The core handle of a knowledge bank: search it, write to it, use it from LangChain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
+from kb.filters import Filter
+from kb.search import SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
+from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
+from writers.schema import validate_filter, validate_metadata
+
+if TYPE_CHECKING:
+    from kb.client import EmbeddedClient
+    from kb.folders import ManagedFolder
+    from kb.langchain_vectorstore import KBRetriever
+    from writers.writer import KnowledgeBankWriter
+
+log = logging.getLogger(__name__)
+
+
+class CoreKnowledgeBank:
+    """What ``handle.as_core_knowledge_bank()`` returns (``dataiku.KnowledgeBank`` in the reference)."""
+
+    def __init__(self, client: EmbeddedClient, project_key: str, kb_id: str) -> None:
+        self._client = client
+        self.project_key = project_key
+        self.id = kb_id
+        info = client.catalog.knowledge_bank(project_key, kb_id)
+        self.name: str = info["name"]
+        self.settings: dict[str, Any] = info["settings"]
+
+    def __repr__(self) -> str:
+        return f"CoreKnowledgeBank({self.project_key}.{self.id}, name={self.name!r})"
+
+    # --- parts --------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read the settings (another handle may have saved new ones)."""
+        self.settings = self._client.catalog.knowledge_bank(self.project_key, self.id)["settings"]
+
+    @property
+    def folder(self) -> Path:
+        return self._client.knowledge_bank_folder(self.project_key, self.id)
+
+    @property
+    def driver(self) -> VectorStoreDriver:
+        return self._client.store_for(self.project_key, self.id, self.settings)
+
+    @property
+    def schema(self) -> dict[str, str]:
+        return dict(self.settings.get("metadata_schema") or {})
+
+    @property
+    def embedding_llm_id(self) -> str:
+        return str(self.settings["embedding_llm_id"])
+
+    def langchain_embeddings(self) -> Embeddings:
+        return self._client.get_llm_handle(self.embedding_llm_id).as_langchain_embeddings()
+
+    def _embedder(self) -> Any:
+        return self._client.get_llm_handle(self.embedding_llm_id).embedder
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def check_filter(self, flt: Filter | None) -> Filter | None:
+        return validate_filter(self.schema, flt)
+
+    def search_context(self) -> SearchContext:
+        search_settings = self.settings.get("search") or {}
+        embedder = self._embedder()
+        return SearchContext(
+            embed_query=lambda text: np.asarray(embedder.embed_query(text), dtype=np.float32),
+            check_filter=self.check_filter,
+            fusion=search_settings.get("fusion") or {},
+            reranker=self._client.reranker_for(search_settings.get("reranker")),
+            keyword_available=self.driver.capabilities.keyword,
+        )
+
+    def search(self, request: SearchRequest | None = None, reader: StoreReader | None = None,
+               **kwargs: Any) -> list[SearchResult]:
+        """Run a search. ``core.search(query="...", k=5, search_type="hybrid", filter={...})``."""
+        request = request or SearchRequest(**kwargs)
+        return execute_search(reader or self.driver, request, self.search_context())
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        from kb.filters import parse_filter
+
+        return self.driver.count(self.check_filter(parse_filter(filter)))
+
+    def get_documents(self, ids: Sequence[str]) -> list[Document]:
+        return [Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in self.driver.get(list(ids))]
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def prepare_records(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None],
+                        ids: Sequence[str], vectors: Sequence[Sequence[float]] | None = None) -> list[Record]:
+        """Validate everything (schema included) and embed; nothing is written here."""
+        if not (len(texts) == len(metadatas) == len(ids)) or (vectors is not None and len(vectors) != len(texts)):
+            raise InvalidInputError("texts, metadatas, ids (and vectors) must have the same length")
+        schema = self.schema
+        checked = []
+        for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
+            label = f"document {doc_id!r} (position {position})"
+            if not isinstance(text, str):
+                raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
+            if metadata is not None and not isinstance(metadata, Mapping):
+                raise InvalidInputError(f"{label}: metadata must be a mapping")
+            checked.append(validate_metadata(schema, metadata or {}, label))
+        if vectors is None:
+            matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
+        else:
+            matrix = vectors
+        return [Record(i, t, m, np.asarray(v, dtype=np.float32))
+                for i, t, m, v in zip(ids, texts, checked, matrix, strict=True)]
+
+    def write_texts(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None], ids: Sequence[str],
+                    vectors: Sequence[Sequence[float]] | None = None, tx: StoreTransaction | None = None) -> None:
+        records = self.prepare_records(texts, metadatas, ids, vectors)
+        if tx is not None:
+            tx.upsert(records)
+            return
+        with self.driver.begin() as own:
+            own.upsert(records)
+
+    def delete_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> int:
+        if tx is not None:
+            return tx.delete(ids)
+        with self.driver.begin() as own:
+            return own.delete(ids)
+
+    def get_writer(self, timeout: float = 30.0) -> KnowledgeBankWriter:
+        """A context manager that commits everything written in its block at once, or nothing."""
+        from writers.writer import KnowledgeBankWriter
+
+        self.refresh()
+        return KnowledgeBankWriter(self, timeout=timeout)
+
+    # --- LangChain ----------------------------------------------------------------------------
+
+    def as_langchain_vectorstore(self, **kwargs: Any) -> VectorStore:
+        """The KB as a LangChain vector store; its class depends on the store (FAISS for FAISS)."""
+        return self.langchain_vectorstore(None, **kwargs)
+
+    def langchain_vectorstore(self, tx: StoreTransaction | None, **kwargs: Any) -> VectorStore:
+        factory = getattr(self.driver, "langchain_vectorstore", None)
+        if factory is not None:
+            return factory(self, tx, **kwargs)
+        from kb.langchain_vectorstore import KBFaissVectorStore, KBVectorStore
+
+        if kwargs:
+            raise InvalidInputError(f"unexpected vector store options: {', '.join(sorted(kwargs))}")
+        if self.driver.store_type == "FAISS":
+            return KBFaissVectorStore(self, tx)
+        return KBVectorStore(self, tx)
+
+    def as_langchain_retriever(self, search_type: str = "similarity", search_kwargs: dict[str, Any] | None = None,
+                               vectorstore_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> KBRetriever:
+        store = self.as_langchain_vectorstore(**(vectorstore_kwargs or {}))
+        retriever = store.as_retriever(search_type=search_type, search_kwargs=dict(search_kwargs or {}), **kwargs)
+        return retriever  # type: ignore[return-value]
+
+    # --- multimodal content -------------------------------------------------------------------
+
+    def images_folder(self) -> ManagedFolder:
+        ref = self.settings.get("images_folder")
+        if not ref:
+            raise NotFoundError(f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder")
+        return self._client.resolve_folder(ref, default_project=self.project_key)
+
+    def get_images(self, item: Document | SearchResult | Mapping[str, Any]) -> list[bytes]:
+        """The image bytes a document's retrieval content points at, read from the images folder."""
+        metadata = item.metadata if isinstance(item, Document | SearchResult) else item
+        paths = image_paths_of(metadata)
+        if not paths:
+            return []
+        folder = self.images_folder()
+        images = []
+        for path in paths:
+            try:
+                images.append(folder.read(path))
+            except NotFoundError as exc:
+                raise ImageNotFoundError(
+                    f"image {path!r} of a search result is not in images folder {folder.full_id} "
+                    f"of knowledge bank {self.id}"
+                ) from exc
+        return images

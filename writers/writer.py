@@ -1,0 +1,101 @@
+"""The knowledge bank writer: a context manager that commits its whole block at once.
+
+Semantics (the reference API's, made precise):
+- entering takes the knowledge bank's single writer lock (waiting up to
+  ``timeout`` seconds, then WriterBusyError) and opens a store transaction;
+- documents added inside the block are validated against the metadata
+  schema and embedded (through the embedding cache) as they are added; a
+  write that fails raises at once and adds nothing;
+- leaving the block normally commits everything atomically and durably;
+  leaving it with an exception commits nothing;
+- readers keep seeing the previous commit until the new one lands.
+``folder_path`` is a private staging folder for the writer's files; the
+store's own staging (the new index) happens there too and it is removed on
+exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.documents import Document
+from langchain_core.vectorstores import VectorStore
+
+from kb.errors import WriterClosedError
+from stores.base import StoreTransaction
+from writers.formatter import MetadataFormatter
+
+if TYPE_CHECKING:
+    from kb.core import CoreKnowledgeBank
+
+log = logging.getLogger(__name__)
+
+
+class KnowledgeBankWriter:
+    def __init__(self, core: CoreKnowledgeBank, timeout: float = 30.0) -> None:
+        self.core = core
+        self.timeout = timeout
+        self._tx: StoreTransaction | None = None
+        self._folder = core.folder / "staging" / f"writer-{uuid.uuid4().hex}"
+        self._started = 0.0
+
+    @property
+    def folder_path(self) -> str:
+        return str(self._folder)
+
+    def __enter__(self) -> KnowledgeBankWriter:
+        self._tx = self.core.driver.begin(timeout=self.timeout)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        tx, self._tx = self._tx, None
+        try:
+            if tx is None:
+                return
+            if exc_type is None:
+                tx.commit()
+                log.info("knowledge bank %s: writer committed after %.2fs", self.core.id,
+                         time.monotonic() - self._started)
+            else:
+                tx.rollback()
+                log.warning("knowledge bank %s: writer rolled back, nothing committed (%s: %s)",
+                            self.core.id, exc_type.__name__, exc)
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    @property
+    def transaction(self) -> StoreTransaction:
+        if self._tx is None:
+            raise WriterClosedError(
+                f"the writer of knowledge bank {self.core.id} is not open: use it inside `with core.get_writer() as w:`"
+            )
+        return self._tx
+
+    def clear(self) -> None:
+        """Remove every document (takes effect with the commit, like everything else)."""
+        self.transaction.clear()
+
+    def get_metadata_formatter(self) -> MetadataFormatter:
+        return MetadataFormatter()
+
+    def as_langchain_vectorstore(self, **kwargs: Any) -> VectorStore:
+        return self.core.langchain_vectorstore(self.transaction, **kwargs)
+
+    def add_documents(self, documents: list[Document], ids: list[str] | None = None) -> list[str]:
+        return self.as_langchain_vectorstore().add_documents(documents, ids=ids) if ids else \
+            self.as_langchain_vectorstore().add_documents(documents)
+
+    def delete(self, ids: list[str]) -> int:
+        return self.core.delete_documents(ids, tx=self.transaction)
+
+    def staging_path(self, name: str) -> Path:
+        return self._folder / name
