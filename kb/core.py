@@ -173,7 +173,9 @@ class CoreKnowledgeBank:
     def images_folder(self) -> ManagedFolder:
         ref = self.settings.get("images_folder")
         if not ref:
-            raise NotFoundError(f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder")
+            raise NotFoundError(
+                f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder"
+            )
         return self._client.resolve_folder(ref, default_project=self.project_key)
 
     def get_images(self, item: Document | SearchResult | Mapping[str, Any]) -> list[bytes]:

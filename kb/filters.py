@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from kb.errors import FilterError
 
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 COMPARISON_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
@@ -59,7 +59,7 @@ class Not:
     clause: Filter
 
 
-Filter = Union[Comparison, And, Or, Not]
+Filter = Comparison | And | Or | Not
 
 
 def parse_filter(raw: Mapping[str, Any] | Filter | None) -> Filter | None:

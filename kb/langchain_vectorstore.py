@@ -153,7 +153,9 @@ class KBVectorStoreMixin:
 
     def search(self, query: str, search_type: str, **kwargs: Any) -> list[Document]:
         if search_type not in SEARCH_TYPES:
-            raise UnsupportedSearchError(f"unknown search type {search_type!r}; choose one of {', '.join(SEARCH_TYPES)}")
+            raise UnsupportedSearchError(
+                f"unknown search type {search_type!r}; choose one of {', '.join(SEARCH_TYPES)}"
+            )
         if search_type == "similarity_score_threshold":
             threshold = kwargs.pop("score_threshold", None)
             docs = self.similarity_search_with_relevance_scores(query, score_threshold=threshold, **kwargs)

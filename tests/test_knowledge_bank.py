@@ -76,7 +76,8 @@ def test_bad_creation_input_writes_nothing(client: EmbeddedClient) -> None:
     with pytest.raises(kb.UnknownModelError, match="openai:nope:model"):
         project.create_knowledge_bank("x", embedding_llm_id="openai:nope:model")
     with pytest.raises(kb.InvalidInputError, match="index type"):
-        project.create_knowledge_bank("x", embedding_llm_id=FAKE_MODEL_ID, settings={"store": {"index": {"type": "LSH"}}})
+        project.create_knowledge_bank("x", embedding_llm_id=FAKE_MODEL_ID,
+                                      settings={"store": {"index": {"type": "LSH"}}})
     with pytest.raises(kb.SchemaError, match="decimal"):
         project.create_knowledge_bank("x", embedding_llm_id=FAKE_MODEL_ID,
                                       settings={"metadata_schema": {"price": "decimal"}})
