@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures and write a JSON report (never run by `make test`)."""
