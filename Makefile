@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -d $(VENV) || uv venv --quiet --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install --quiet -r requirements.lock
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode -r requirements.lock
 	VIRTUAL_ENV=$(VENV) uv pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
