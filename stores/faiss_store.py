@@ -219,7 +219,7 @@ class FaissStore(VectorStoreDriver):
         self.dir = Path(context.folder) / "store"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "store.sqlite"
-        self.keywords = KeywordIndex(analyzer=context.keyword_analyzer)
+        self.keywords = KeywordIndex(context.keyword_analyzer)
         self._local = threading.local()
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, faiss.Index | None] = (-1, None)

@@ -1,0 +1,74 @@
+"""Text analysis for keyword search: tokenise, lowercase, fold accents, drop stop words, stem.
+
+Configured per knowledge bank (settings ``keyword.analyzer``)::
+
+    {"language": "english", "stemmer": "snowball", "stop_words": "english", "k1": 0.9, "b": 0.4}
+
+``stemmer`` is ``snowball`` (the Snowball stemmer of ``language``, via
+PyStemmer), ``porter`` or ``none``; ``stop_words`` is ``english``, ``none``
+or a list of words. The defaults come from the SciFact evaluation (see
+``kb.benchmarks.scifact``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+import Stemmer
+
+from kb.errors import InvalidInputError
+
+# A common English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
+ENGLISH_STOP_WORDS = frozenset("""
+a about above after again against all am an and any are aren't as at be because been before being below
+between both but by can cannot could couldn't did didn't do does doesn't doing don't down during each few
+for from further had hadn't has hasn't have haven't having he he'd he'll he's her here here's hers herself
+him himself his how how's i i'd i'll i'm i've if in into is isn't it it's its itself let's me more most
+mustn't my myself no nor not of off on once only or other ought our ours ourselves out over own same shan't
+she she'd she'll she's should shouldn't so some such than that that's the their theirs them themselves then
+there there's these they they'd they'll they're they've this those through to too under until up very was
+wasn't we we'd we'll we're we've were weren't what what's when when's where where's which while who who's
+whom why why's with won't would wouldn't you you'd you'll you're you've your yours yourself yourselves
+""".split()) | {"s", "t", "d", "ll", "m", "re", "ve"}
+
+DEFAULT_ANALYZER: dict[str, Any] = {"language": "english", "stemmer": "snowball", "stop_words": "english",
+                                    "k1": 0.9, "b": 0.4}
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def analyzer_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated analyzer settings with defaults."""
+    out = {**DEFAULT_ANALYZER, **(raw or {})}
+    unknown = set(out) - set(DEFAULT_ANALYZER)
+    if unknown:
+        raise InvalidInputError(f"unknown keyword analyzer settings: {', '.join(sorted(unknown))}")
+    if out["stemmer"] not in ("snowball", "porter", "none"):
+        raise InvalidInputError(f"keyword analyzer stemmer must be snowball, porter or none, got {out['stemmer']!r}")
+    if out["stemmer"] == "snowball" and out["language"] not in Stemmer.algorithms():
+        raise InvalidInputError(f"no Snowball stemmer for language {out['language']!r}")
+    stop = out["stop_words"]
+    if not (stop in ("english", "none") or (isinstance(stop, list) and all(isinstance(w, str) for w in stop))):
+        raise InvalidInputError("keyword analyzer stop_words must be 'english', 'none' or a list of words")
+    for key, low, high in (("k1", 0.0, 10.0), ("b", 0.0, 1.0)):
+        value = out[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+            raise InvalidInputError(f"BM25 {key} must be a number in [{low}, {high}], got {value!r}")
+    return out
+
+
+class Analyzer:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        stop = settings["stop_words"]
+        self.stop_words = ENGLISH_STOP_WORDS if stop == "english" else frozenset() if stop == "none" else \
+            frozenset(w.lower() for w in stop)
+        kind = settings["stemmer"]
+        self._stemmer = None if kind == "none" else Stemmer.Stemmer("porter" if kind == "porter" else
+                                                                     settings["language"])
+
+    def terms(self, text: str) -> list[str]:
+        folded = unicodedata.normalize("NFKD", text.lower())
+        folded = "".join(c for c in folded if not unicodedata.combining(c))
+        tokens = [t for t in _TOKEN.findall(folded) if t not in self.stop_words]
+        return self._stemmer.stemWords(tokens) if self._stemmer is not None else tokens

@@ -1,0 +1,102 @@
+"""The FAISS driver: the shared conformance suite (FLAT and HNSW) plus FAISS-specific guarantees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb.errors import InvalidInputError
+from stores.base import Record, StoreContext
+from stores.faiss_store import FaissStore
+from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TestFaissFlatConformance(StoreConformanceSuite):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        return lambda: FaissStore(StoreContext("kb-flat", tmp_path))
+
+
+class TestFaissHnswConformance(StoreConformanceSuite):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        return lambda: FaissStore(StoreContext("kb-hnsw", tmp_path, settings={"index": {"type": "HNSW"}}))
+
+
+def test_files_on_disk_are_faiss_and_sqlite_never_pickle(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert(records(10))
+    files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".faiss", ".sqlite"}
+    for path in files:
+        head = path.read_bytes()[:2]
+        assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), path
+
+
+def test_old_generations_are_cleaned_up(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    for version in range(6):
+        store.upsert(records(5, tag=f"v{version}"))
+    names = sorted(p.name for p in (tmp_path / "store").glob("index-*.faiss"))
+    assert len(names) <= 3, names
+
+
+def test_orphan_index_of_a_crashed_commit_is_ignored_and_removed(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert(records(5))
+    generations = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "store").glob("index-*.faiss"))
+    orphan = tmp_path / "store" / f"index-{generations[-1] + 1}.faiss"
+    orphan.write_bytes(b"half-written garbage from a killed commit")
+    reopened = FaissStore(StoreContext("kb", tmp_path))
+    assert reopened.count() == 5 and reopened.similarity(unit(1), 1)[0].record.id == "doc-1"
+    reopened.upsert(records(1, start=9))
+    assert reopened.count() == 6 and reopened.similarity(unit(9), 1)[0].record.id == "doc-9"
+
+
+def test_hnsw_recall_against_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5000, 64)).astype(np.float32)
+    data = [Record(f"r{i}", "", {}, v) for i, v in enumerate(vectors)]
+    flat = FaissStore(StoreContext("flat", tmp_path / "flat"))
+    hnsw = FaissStore(StoreContext("hnsw", tmp_path / "hnsw", settings={"index": {"type": "HNSW"}}))
+    flat.upsert(data)
+    hnsw.upsert(data)
+    recalls = []
+    for query in rng.normal(size=(50, 64)).astype(np.float32):
+        exact = {h.record.id for h in flat.similarity(query, 10)}
+        approx = {h.record.id for h in hnsw.similarity(query, 10)}
+        recalls.append(len(exact & approx) / 10)
+    assert float(np.mean(recalls)) >= 0.9
+
+
+@pytest.mark.parametrize("settings", [{"index": {"type": "LSH"}}, {"index": {"type": "HNSW", "m": 1}},
+                                      {"index": {"type": "HNSW", "ef_search": "many"}}])
+def test_invalid_index_settings(tmp_path: Path, settings: dict) -> None:
+    with pytest.raises(InvalidInputError):
+        FaissStore(StoreContext("kb", tmp_path, settings=settings))
+
+
+def test_a_reader_in_another_process_sees_commits(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert(records(3))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from stores.base import StoreContext
+        from stores.faiss_store import FaissStore
+        store = FaissStore(StoreContext("kb", Path({str(tmp_path)!r})))
+        print(store.count(), ",".join(sorted(store.ids_where(None))))
+    """)
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["3", "doc-0,doc-1,doc-2"]
+    store.delete(["doc-1"])
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert second.stdout.split() == ["2", "doc-0,doc-2"]
