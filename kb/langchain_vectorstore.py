@@ -249,7 +249,7 @@ class KBVectorStoreMixin:
         raise UnsupportedSearchError("merge_from is not supported on a knowledge bank; add its documents instead")
 
 
-_PASSTHROUGH = ("fetch_k", "lambda_mult", "score_threshold", "fusion", "fusion_weight", "candidates")
+_PASSTHROUGH = ("fetch_k", "lambda_mult", "score_threshold", "fusion", "fusion_weight", "normalisation", "candidates")
 
 
 def _search_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class SearchRequest:
     # hybrid options; None means the knowledge bank's default
     fusion: str | None = None
     fusion_weight: float | None = None
+    normalisation: str | None = None
     candidates: int | None = None
 
     def validate(self) -> None:

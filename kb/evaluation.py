@@ -1,0 +1,127 @@
+"""Retrieval evaluation of a knowledge bank on BEIR-format queries and qrels (``kb eval``).
+
+Measures are computed by ranx: nDCG@10, recall@100 and MRR@10 for each
+search type. Queries are embedded once (through the embedding cache) and
+shared by every search type, so comparing types costs one embedding pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from kb.errors import InvalidInputError, KBError
+from kb.search import SearchRequest
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+DEFAULT_TYPES = ("similarity", "keyword", "hybrid")
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                queries[str(item["_id"])] = str(item["text"])
+            except (ValueError, KeyError) as exc:
+                raise InvalidInputError(f"{path}:{number}: not a BEIR query line ({exc})") from exc
+    return queries
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for number, row in enumerate(reader, start=1):
+            if number == 1 and row and row[0] == "query-id":
+                continue
+            if len(row) < 3:
+                raise InvalidInputError(f"{path}:{number}: expected query-id, corpus-id, score")
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return qrels
+
+
+def evaluate(
+    search: Callable[[SearchRequest], list[Any]],
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    search_types: Sequence[str] = DEFAULT_TYPES,
+    query_vectors: dict[str, np.ndarray] | None = None,
+    depth: int = 100,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, dict[str, float]]:
+    """nDCG@10, recall@100 and MRR@10 per search type. ``search`` runs one SearchRequest."""
+    from ranx import Qrels, Run
+    from ranx import evaluate as ranx_evaluate
+
+    judged = {q: t for q, t in queries.items() if q in qrels}
+    if not judged:
+        raise InvalidInputError("no query has relevance judgements: check that query ids match the qrels")
+    ranx_qrels = Qrels({q: qrels[q] for q in judged})
+    results: dict[str, dict[str, float]] = {}
+    for search_type in search_types:
+        run: dict[str, dict[str, float]] = {}
+        started = time.perf_counter()
+        for qid, text in tqdm(judged.items(), desc=f"eval {search_type}", disable=not progress, unit="q"):
+            vector = query_vectors.get(qid) if query_vectors else None
+            request = SearchRequest(query=text, k=depth, search_type=search_type, **options)
+            if vector is not None and search_type in ("similarity", "mmr"):
+                request.query, request.vector = None, vector.tolist()
+            hits = search(request)
+            # ranx wants distinct scores in rank order; ties keep the engine's order.
+            run[qid] = {h.id: float(len(hits) - rank) for rank, h in enumerate(hits)} or {"__none__": 0.0}
+        scores = ranx_evaluate(ranx_qrels, Run(run), list(METRICS))
+        results[search_type] = {m: round(float(scores[m]), 4) for m in METRICS}
+        results[search_type]["queries_per_second"] = round(len(judged) / (time.perf_counter() - started), 1)
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    header = f"{'search type':<18}" + "".join(f"{m:>12}" for m in METRICS) + f"{'q/s':>10}"
+    lines = [header, "-" * len(header)]
+    for search_type, scores in results.items():
+        lines.append(f"{search_type:<18}" + "".join(f"{scores[m]:>12.4f}" for m in METRICS)
+                     + f"{scores.get('queries_per_second', 0):>10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kb eval", description="Evaluate a knowledge bank on BEIR queries and qrels.")
+    parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
+    parser.add_argument("--kb", required=True, help="knowledge bank id")
+    parser.add_argument("--queries", type=Path, required=True, help="BEIR queries.jsonl (_id, text)")
+    parser.add_argument("--qrels", type=Path, required=True, help="BEIR qrels .tsv (query-id, corpus-id, score)")
+    parser.add_argument("--search-types", default=",".join(DEFAULT_TYPES),
+                        help="comma-separated search types (default: similarity,keyword,hybrid)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--home", type=Path, help="KB_HOME (default: $KB_HOME)")
+    args = parser.parse_args(argv)
+    import kb
+
+    try:
+        client = kb.api_client(home=args.home)
+        core = client.get_project(args.project).get_knowledge_bank(args.kb).as_core_knowledge_bank()
+        queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
+        types = [t.strip() for t in args.search_types.split(",") if t.strip()]
+        results = evaluate(lambda r: core.search(r), queries, qrels, types)
+    except (KBError, OSError) as exc:
+        print(f"kb eval: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"knowledge_bank": args.kb, "results": results}, indent=2))
+    return 0
