@@ -438,7 +438,8 @@ class FaissTransaction(StoreTransaction):
         rowids: list[int] = []
         for part in _chunks(list(ids)):
             marks = ",".join("?" * len(part))
-            rowids.extend(r[0] for r in self.conn.execute(f"SELECT rowid FROM records WHERE id IN ({marks})", list(part)))
+            query = f"SELECT rowid FROM records WHERE id IN ({marks})"
+            rowids.extend(r[0] for r in self.conn.execute(query, list(part)))
         return rowids
 
     def _remove_rowids(self, rowids: list[int]) -> None:
