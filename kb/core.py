@@ -76,9 +76,9 @@ class CoreKnowledgeBank:
 
     def search_context(self) -> SearchContext:
         search_settings = self.settings.get("search") or {}
-        embedder = self._embedder()
         return SearchContext(
-            embed_query=lambda text: np.asarray(embedder.embed_query(text), dtype=np.float32),
+            # resolved on first use: keyword search never needs (or loads) the embedding model
+            embed_query=lambda text: np.asarray(self._embedder().embed_query(text), dtype=np.float32),
             check_filter=self.check_filter,
             fusion=search_settings.get("fusion") or {},
             reranker=self._client.reranker_for(search_settings.get("reranker")),

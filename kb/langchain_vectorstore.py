@@ -249,7 +249,8 @@ class KBVectorStoreMixin:
         raise UnsupportedSearchError("merge_from is not supported on a knowledge bank; add its documents instead")
 
 
-_PASSTHROUGH = ("fetch_k", "lambda_mult", "score_threshold", "fusion", "fusion_weight", "normalisation", "candidates")
+_PASSTHROUGH = ("fetch_k", "lambda_mult", "score_threshold", "fusion", "fusion_weight", "normalisation", "candidates",
+               "diversity")
 
 
 def _search_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

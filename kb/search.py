@@ -43,6 +43,7 @@ class SearchRequest:
     fusion_weight: float | None = None
     normalisation: str | None = None
     candidates: int | None = None
+    diversity: bool = False  # the reference's "diversity option": mmr re-selection of similarity results
 
     def validate(self) -> None:
         if self.search_type not in SEARCH_TYPES:
@@ -65,6 +66,11 @@ class SearchRequest:
             raise InvalidInputError("a search needs a query text or a query vector")
         if self.query is not None and not isinstance(self.query, str):
             raise InvalidInputError("query must be a string")
+        if self.diversity and self.search_type in (*HYBRID_TYPES, "keyword"):
+            raise UnsupportedSearchError(
+                f"the diversity option (mmr) cannot combine with {self.search_type} search; "
+                "use search_type='mmr' or drop diversity"
+            )
         if self.search_type in ("keyword", *HYBRID_TYPES) and not self.query:
             raise InvalidInputError(f"search type {self.search_type} needs a query text")
 
@@ -128,7 +134,7 @@ def execute_search(reader: StoreReader, request: SearchRequest, ctx: SearchConte
     if kind == "similarity_score_threshold":
         hits = reader.similarity(query_vector(), request.k, flt)
         return [_result(h, "dense") for h in hits if h.score >= float(request.score_threshold or 0.0)]
-    if kind == "mmr":
+    if kind == "mmr" or (request.diversity and kind == "similarity"):
         return _mmr(reader, query_vector(), request, flt)
     if kind == "keyword":
         return [_result(h, "keyword") for h in reader.keyword(request.query or "", request.k, flt)]
