@@ -96,8 +96,9 @@ class CoreKnowledgeBank:
 
         return self.driver.count(self.check_filter(parse_filter(filter)))
 
-    def get_documents(self, ids: Sequence[str]) -> list[Document]:
-        return [Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in self.driver.get(list(ids))]
+    def get_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> list[Document]:
+        reader = tx or self.driver
+        return [Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in reader.get(list(ids))]
 
     # --- writing ------------------------------------------------------------------------------
 

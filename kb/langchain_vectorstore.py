@@ -79,8 +79,7 @@ class KBVectorStoreMixin:
         return True
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        reader = self._tx or self._kb.driver
-        return [Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in reader.get(list(ids))]
+        return self._kb.get_documents(list(ids), tx=self._tx)
 
     # --- searches -----------------------------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""The ``kb`` command line: serve, keys, eval (and the tools other modules provide)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+USAGE = """kb <command> [options]
+
+commands:
+  serve     run the REST service (uvicorn)
+  keys      create, list or revoke API keys
+  eval      evaluate a knowledge bank on BEIR queries and qrels
+  demo      write a few documents into a demo knowledge bank and search them
+"""
+
+
+def serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kb serve", description="Run the kb REST service.")
+    parser.add_argument("--host", default=os.environ.get("KB_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KB_PORT", "8080")))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from api.app import configure_logging
+
+    configure_logging(args.log_level.upper())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, log_config=None, timeout_graceful_shutdown=30)
+    return 0
+
+
+def keys(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kb keys", description="Manage API keys (stored hashed under $KB_HOME).")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin", action="store_true", help="global admin (every project)")
+    create.add_argument("--role", action="append", default=[], metavar="PROJECT=ROLE",
+                        help="reader, writer or admin on a project; repeatable")
+    sub.add_parser("list", help="list keys (never the secrets)")
+    revoke = sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    args = parser.parse_args(argv)
+    from api.keys import KeyStore
+    from kb.config import default_home
+    from kb.errors import KBError
+
+    store = KeyStore(default_home() / "keys.sqlite")
+    try:
+        if args.action == "create":
+            roles = dict(item.split("=", 1) for item in args.role)
+            print(store.create(args.name, admin=args.admin, roles=roles))
+        elif args.action == "list":
+            print(json.dumps(store.list(), indent=2))
+        else:
+            store.revoke(args.key_id)
+    except (KBError, ValueError) as exc:
+        print(f"kb keys: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo(argv: Sequence[str]) -> int:
+    from langchain_core.documents import Document
+
+    import kb
+
+    client = kb.api_client()
+    project = client.get_default_project()
+    existing = {i.name: i for i in project.list_knowledge_banks()}
+    handle = existing["demo"].to_knowledge_bank() if "demo" in existing else project.create_knowledge_bank("demo")
+    core = handle.as_core_knowledge_bank()
+    with core.get_writer() as writer:
+        writer.clear()
+        writer.as_langchain_vectorstore().add_documents([
+            Document(page_content="Solar panels turn sunlight into electricity.", metadata={"topic": "energy"}),
+            Document(page_content="Honeybees dance to tell each other where flowers are.", metadata={"topic": "bio"}),
+            Document(page_content="Espresso is brewed by forcing hot water through coffee.",
+                     metadata={"topic": "food"}),
+        ])
+    for doc in core.as_langchain_retriever(search_kwargs={"k": 1}).invoke("how do bees communicate?"):
+        print(f"{doc.id}: {doc.page_content}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve(rest)
+    if command == "keys":
+        return keys(rest)
+    if command == "eval":
+        from kb.evaluation import main as eval_main
+
+        return eval_main(rest)
+    if command == "demo":
+        return demo(rest)
+    print(f"kb: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

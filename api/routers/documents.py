@@ -1,0 +1,131 @@
+"""Documents of a knowledge bank: upsert, get, delete, count, clear, atomic commits, and search."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Depends, Request
+
+from api.deps import core_for, get_client, require
+from api.keys import Principal
+from api.schemas import (
+    CommitIn,
+    CountOut,
+    DeleteIn,
+    DocumentIn,
+    DocumentOut,
+    IdsIn,
+    SearchHit,
+    SearchIn,
+    SearchOut,
+    UpsertIn,
+)
+from kb.client import EmbeddedClient
+from kb.core import CoreKnowledgeBank
+from kb.errors import InvalidInputError
+from kb.filters import parse_filter
+from kb.search import SearchRequest
+from stores.base import Record
+
+router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["documents and search"])
+
+
+def _limit(request: Request, count: int, what: str) -> None:
+    maximum = request.app.state.settings.max_batch
+    if count > maximum:
+        raise InvalidInputError(f"{count} {what} in one request; the limit is {maximum} (KB_MAX_BATCH)")
+
+
+def _records(core: CoreKnowledgeBank, documents: Sequence[DocumentIn]) -> list[Record]:
+    """Validate and embed (only documents without a vector go to the model)."""
+    ids = [d.id or str(uuid.uuid4()) for d in documents]
+    missing = [i for i, d in enumerate(documents) if d.vector is None]
+    if len(missing) == len(documents):
+        return core.prepare_records([d.text for d in documents], [d.metadata for d in documents], ids)
+    vectors: list = [d.vector for d in documents]
+    if missing:
+        embedded = core.prepare_records([documents[i].text for i in missing], [documents[i].metadata for i in missing],
+                                        [ids[i] for i in missing])
+        for i, record in zip(missing, embedded, strict=True):
+            vectors[i] = record.vector
+    return core.prepare_records([d.text for d in documents], [d.metadata for d in documents], ids, vectors)
+
+
+@router.post("/documents", summary="Upsert documents (one atomic commit)", status_code=200)
+def upsert(project_key: str, kb_id: str, body: UpsertIn, request: Request,
+           client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
+    _limit(request, len(body.documents), "documents")
+    core = core_for(client, project_key, kb_id)
+    records = _records(core, body.documents)
+    with core.driver.begin() as tx:
+        tx.upsert(records)
+    return {"ids": [r.id for r in records]}
+
+
+@router.post("/commits", summary="Apply clear/deletes/upserts as one atomic commit (the remote writer's close)")
+def commit(project_key: str, kb_id: str, body: CommitIn, request: Request,
+           client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
+    _limit(request, len(body.upserts) + len(body.deletes), "operations")
+    core = core_for(client, project_key, kb_id)
+    records = _records(core, body.upserts)  # validate and embed before taking the write lock
+    with core.driver.begin() as tx:
+        if body.clear:
+            tx.clear()
+        deleted = tx.delete(body.deletes) if body.deletes else 0
+        tx.upsert(records)
+    return {"upserted": len(records), "deleted": deleted, "cleared": body.clear}
+
+
+@router.post("/documents/get", response_model=list[DocumentOut], summary="Get documents by id")
+def get_documents(project_key: str, kb_id: str, body: IdsIn, request: Request,
+                  client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("reader"))) -> list:
+    _limit(request, len(body.ids), "ids")
+    return [{"id": r.id, "text": r.text, "metadata": r.metadata}
+            for r in core_for(client, project_key, kb_id).driver.get(body.ids)]
+
+
+@router.post("/documents/delete", summary="Delete documents by ids or by metadata filter")
+def delete(project_key: str, kb_id: str, body: DeleteIn, request: Request,
+           client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
+    if (body.ids is None) == (body.filter is None):
+        raise InvalidInputError("give exactly one of 'ids' or 'filter'")
+    core = core_for(client, project_key, kb_id)
+    with core.driver.begin() as tx:
+        if body.ids is not None:
+            _limit(request, len(body.ids), "ids")
+            return {"deleted": tx.delete(body.ids)}
+        return {"deleted": tx.delete_where(core.check_filter(parse_filter(body.filter)))}
+
+
+@router.get("/count", response_model=CountOut)
+def count(project_key: str, kb_id: str, filter: str | None = None, client: EmbeddedClient = Depends(get_client),
+          _: Principal = Depends(require("reader"))) -> dict:
+    try:
+        parsed = json.loads(filter) if filter else None
+    except ValueError as exc:
+        raise InvalidInputError(f"filter must be JSON: {exc}") from exc
+    return {"count": core_for(client, project_key, kb_id).count(parsed)}
+
+
+@router.post("/clear", summary="Remove every document (one atomic commit)")
+def clear(project_key: str, kb_id: str, client: EmbeddedClient = Depends(get_client),
+          _: Principal = Depends(require("writer"))) -> dict:
+    core_for(client, project_key, kb_id).driver.clear()
+    return {"cleared": True}
+
+
+@router.post("/search", response_model=SearchOut)
+def search(project_key: str, kb_id: str, body: SearchIn, request: Request,
+           client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("reader"))) -> dict:
+    settings = request.app.state.settings
+    if body.k > settings.max_k or body.fetch_k > settings.max_k * 10:
+        raise InvalidInputError(f"k is limited to {settings.max_k} (KB_MAX_K)")
+    core = core_for(client, project_key, kb_id)
+    results = core.search(SearchRequest(**body.model_dump()))
+    folder = core.settings.get("images_folder")
+    base = f"/v1/projects/{folder.split('.')[0]}/folders/{folder.split('.')[-1]}/files" if folder else None
+    return {"results": [SearchHit(id=r.id, text=r.text, metadata=r.metadata, score=r.score, scores=r.scores,
+                                  images=[{"path": p, "folder": folder, "url": f"{base}{p}" if base else None}
+                                          for p in r.image_paths]) for r in results]}

@@ -1,0 +1,73 @@
+"""Knowledge banks and their settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+
+from api.deps import get_client, require
+from api.keys import Principal
+from api.schemas import KnowledgeBankIn, KnowledgeBankOut, SettingsBody
+from kb.client import EmbeddedClient, mask_secrets
+from kb.errors import InvalidInputError
+
+router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks", tags=["knowledge banks"])
+
+
+def _out(project_key: str, kb_id: str, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"id": kb_id, "name": name, "project_key": project_key,
+            "vector_store_type": settings["vector_store_type"], "embedding_llm_id": settings["embedding_llm_id"]}
+
+
+@router.get("", response_model=list[KnowledgeBankOut])
+def list_knowledge_banks(project_key: str, client: EmbeddedClient = Depends(get_client),
+                         _: Principal = Depends(require("reader"))) -> list[dict]:
+    client.catalog.project(project_key)
+    return [_out(project_key, i["id"], i["name"], i["settings"]) for i in client.catalog.knowledge_banks(project_key)]
+
+
+@router.post("", response_model=KnowledgeBankOut, status_code=201)
+def create_knowledge_bank(project_key: str, body: KnowledgeBankIn, client: EmbeddedClient = Depends(get_client),
+                          _: Principal = Depends(require("admin"))) -> dict:
+    handle = client.get_project(project_key).create_knowledge_bank(
+        body.name, embedding_llm_id=body.embedding_llm_id, vector_store_type=body.vector_store_type,
+        settings=body.settings)
+    info = client.catalog.knowledge_bank(project_key, handle.id)
+    return _out(project_key, handle.id, info["name"], info["settings"])
+
+
+@router.get("/{kb_id}", response_model=KnowledgeBankOut)
+def get_knowledge_bank(project_key: str, kb_id: str, client: EmbeddedClient = Depends(get_client),
+                       _: Principal = Depends(require("reader"))) -> dict:
+    info = client.catalog.knowledge_bank(project_key, kb_id)
+    return _out(project_key, kb_id, info["name"], info["settings"])
+
+
+@router.delete("/{kb_id}", status_code=204)
+def delete_knowledge_bank(project_key: str, kb_id: str, client: EmbeddedClient = Depends(get_client),
+                          _: Principal = Depends(require("admin"))) -> Response:
+    client.get_project(project_key).get_knowledge_bank(kb_id).delete()
+    return Response(status_code=204)
+
+
+@router.get("/{kb_id}/settings", response_model=SettingsBody)
+def get_settings(project_key: str, kb_id: str, client: EmbeddedClient = Depends(get_client),
+                 _: Principal = Depends(require("reader"))) -> dict:
+    raw = client.get_project(project_key).get_knowledge_bank(kb_id).get_settings().get_raw()
+    return {k: (mask_secrets(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+
+
+@router.put("/{kb_id}/settings", response_model=SettingsBody,
+            summary="Replace the settings (metadata schema, images folder, store, search, ...)")
+def put_settings(project_key: str, kb_id: str, body: SettingsBody, client: EmbeddedClient = Depends(get_client),
+                 _: Principal = Depends(require("admin"))) -> dict:
+    settings = client.get_project(project_key).get_knowledge_bank(kb_id).get_settings()
+    raw = body.model_dump()
+    if any(v == "***" for section in raw.values() if isinstance(section, dict) for v in section.values()):
+        raise InvalidInputError("settings contain a masked secret ('***'): send the real value or leave the key out")
+    settings.get_raw().clear()
+    settings.get_raw().update(raw)
+    settings.set_metadata_schema(raw.get("metadata_schema") or {})
+    settings.save()
+    return client.get_project(project_key).get_knowledge_bank(kb_id).get_settings().get_raw()

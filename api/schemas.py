@@ -1,0 +1,162 @@
+"""Pydantic models at the edge of the REST API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SearchType = Literal["similarity", "similarity_score_threshold", "mmr", "keyword", "hybrid", "semantic_hybrid"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ProjectIn(Strict):
+    key: str = Field(examples=["RESEARCH"], description="1-64 letters, digits or underscores")
+    name: str | None = None
+
+
+class ProjectOut(BaseModel):
+    key: str
+    name: str
+
+
+class LLMOut(BaseModel):
+    id: str = Field(examples=["local:all-MiniLM-L6-v2"])
+    description: str
+    type: str
+    purpose: str
+
+
+class EmbedIn(Strict):
+    texts: list[str] = Field(examples=[["The quick brown fox"]])
+
+
+class EmbedOut(BaseModel):
+    embeddings: list[list[float]]
+
+
+class FolderIn(Strict):
+    name: str = Field(examples=["images"])
+
+
+class FolderOut(BaseModel):
+    id: str
+    name: str
+    project_key: str
+
+
+class KnowledgeBankIn(Strict):
+    name: str = Field(examples=["papers"])
+    embedding_llm_id: str = Field(default="local:all-MiniLM-L6-v2")
+    vector_store_type: str = Field(default="FAISS", examples=["FAISS"])
+    settings: dict[str, Any] = Field(default_factory=dict,
+                                     examples=[{"metadata_schema": {"source": "string", "start_index": "int"}}])
+
+
+class KnowledgeBankOut(BaseModel):
+    id: str
+    name: str
+    project_key: str
+    vector_store_type: str
+    embedding_llm_id: str
+
+
+class SettingsBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    embedding_llm_id: str
+    vector_store_type: str
+    metadata_schema: dict[str, str] = Field(default_factory=dict)
+    images_folder: str | None = None
+
+
+class DocumentIn(Strict):
+    id: str | None = Field(default=None, examples=["doc-1"])
+    text: str = Field(examples=["Solar panels convert sunlight into electricity."])
+    metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"source": "guide", "start_index": 0}])
+    vector: list[float] | None = Field(default=None,
+                                       description="precomputed embedding; the server embeds the text when absent")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class UpsertIn(Strict):
+    documents: list[DocumentIn]
+
+
+class IdsIn(Strict):
+    ids: list[str]
+
+
+class DeleteIn(Strict):
+    ids: list[str] | None = None
+    filter: dict[str, Any] | None = Field(default=None, examples=[{"source": "guide"}])
+
+
+class CommitIn(Strict):
+    """One atomic commit: clear (optional), then deletes, then upserts, all or nothing."""
+
+    clear: bool = False
+    deletes: list[str] = Field(default_factory=list)
+    upserts: list[DocumentIn] = Field(default_factory=list)
+
+
+class CountOut(BaseModel):
+    count: int
+
+
+class SearchIn(Strict):
+    query: str | None = Field(default=None, examples=["How do solar panels work?"])
+    vector: list[float] | None = None
+    k: int = Field(default=4, ge=1)
+    search_type: SearchType = "similarity"
+    filter: dict[str, Any] | None = None
+    fetch_k: int = Field(default=20, ge=1)
+    lambda_mult: float = Field(default=0.5, ge=0.0, le=1.0)
+    score_threshold: float | None = None
+    fusion: Literal["rrf", "linear"] | None = None
+    fusion_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    normalisation: Literal["minmax", "zscore", "dbsf"] | None = None
+    diversity: bool = False
+
+
+class ImageRef(BaseModel):
+    path: str
+    folder: str | None
+    url: str | None
+
+
+class SearchHit(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    scores: dict[str, float]
+    images: list[ImageRef]
+
+
+class SearchOut(BaseModel):
+    results: list[SearchHit]
+
+
+class OpenAIEmbeddingsIn(BaseModel):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float"] | None = "float"
+    user: str | None = None
+    dimensions: int | None = None
