@@ -157,6 +157,6 @@ class SearchOut(BaseModel):
 class OpenAIEmbeddingsIn(BaseModel):
     model: str
     input: str | list[str]
-    encoding_format: Literal["float"] | None = "float"
+    encoding_format: Literal["float", "base64"] | None = "float"
     user: str | None = None
     dimensions: int | None = None

@@ -120,6 +120,12 @@ class CoreKnowledgeBank:
             matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
             matrix = vectors
+            expected = getattr(self._embedder().model, "dimension", None)
+            for position, vector in enumerate(matrix):
+                size = np.asarray(vector).size
+                if expected is not None and size != expected:
+                    raise InvalidInputError(f"document {ids[position]!r} (position {position}): vector has {size} "
+                                            f"dimensions, the embedding model {self.embedding_llm_id} makes {expected}")
         return [Record(i, t, m, np.asarray(v, dtype=np.float32))
                 for i, t, m, v in zip(ids, texts, checked, matrix, strict=True)]
 

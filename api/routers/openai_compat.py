@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import get_client, get_principal
@@ -26,6 +29,13 @@ def embeddings(body: OpenAIEmbeddingsIn, request: Request, client: EmbeddedClien
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:
         raise InvalidInputError(f"model {body.model} produces {vectors.shape[1]} dimensions, not {body.dimensions}")
     tokens = sum(len(t.split()) for t in inputs)
+
+    def encode(vector: np.ndarray) -> list[float] | str:
+        # the openai client asks for base64: little-endian float32 bytes, as OpenAI sends them
+        if body.encoding_format == "base64":
+            return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+        return vector.tolist()
+
     return {"object": "list", "model": body.model,
-            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
