@@ -213,9 +213,11 @@ def test_auth_matrix(server: KBServer, admin: RemoteClient, project_keys: dict[s
     assert call("writer", "POST", path + "/documents", **docs) == 200
     assert call("reader", "POST", path + "/search", **search) == 200
     assert call("writer", "DELETE", path) == 403
-    assert call("reader", "PUT", path + "/settings", json={"embedding_llm_id": "x", "vector_store_type": "FAISS"}) == 403
+    settings = {"embedding_llm_id": "x", "vector_store_type": "FAISS"}
+    assert call("reader", "PUT", path + "/settings", json=settings) == 403
     # a key of another project learns nothing: 403 for every route, never the data or a 404
-    for method, route, kwargs in [("GET", "/v1/projects/PROJ_A", {}), ("GET", "/v1/projects/PROJ_A/knowledge-banks", {}),
+    for method, route, kwargs in [("GET", "/v1/projects/PROJ_A", {}),
+                                  ("GET", "/v1/projects/PROJ_A/knowledge-banks", {}),
                                   ("POST", path + "/search", search), ("GET", path + "/count", {}),
                                   ("POST", path + "/documents/get", {"json": {"ids": ["1"]}}),
                                   ("GET", path + "/settings", {}), ("GET", "/v1/projects/PROJ_A/folders", {}),
