@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import kb
 from api.config import ServiceSettings
 from api.keys import KeyStore
-from api.routers import documents, folders, health, knowledge_banks, llms, openai_compat, projects
+from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
 from kb.errors import KBError
 
 log = logging.getLogger("kb.api")
@@ -113,6 +113,6 @@ def create_app(settings: ServiceSettings | None = None,
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     for router in (health.router, projects.router, llms.router, folders.router, knowledge_banks.router,
-                   documents.router, openai_compat.router):
+                   documents.router, ingest.router, openai_compat.router):
         app.include_router(router)
     return app

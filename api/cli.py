@@ -13,6 +13,7 @@ USAGE = """kb <command> [options]
 commands:
   serve     run the REST service (uvicorn)
   keys      create, list or revoke API keys
+  ingest    ingest a JSONL, CSV, Parquet or Arrow file into a knowledge bank
   eval      evaluate a knowledge bank on BEIR queries and qrels
   demo      write a few documents into a demo knowledge bank and search them
 """
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(rest)
     if command == "keys":
         return keys(rest)
+    if command == "ingest":
+        from writers.ingest import main as ingest_main
+
+        return ingest_main(rest)
     if command == "eval":
         from kb.evaluation import main as eval_main
 

@@ -251,3 +251,17 @@ def test_auth_off_only_when_asked(tmp_path: Path) -> None:
         assert httpx.get(f"{process.url}/v1/projects").status_code == 200
     finally:
         process.stop()
+
+
+def test_ingestion_endpoint(server: KBServer, admin: RemoteClient, tmp_path: Path) -> None:
+    kb_id = admin.get_default_project().create_knowledge_bank("ingested", embedding_llm_id="custom:fake6").id
+    lines = [{"id": f"r{i}", "text": f"row number {i}", "tag": "t"} for i in range(30)] + [{"id": "bad"}]
+    body = "\n".join(__import__("json").dumps(r) for r in lines).encode()
+    url = _url(server, f"/v1/projects/DEFAULT/knowledge-banks/{kb_id}/ingest?format=jsonl&id_column=id")
+    report = httpx.post(url, content=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    assert (report["rows_written"], report["rows_rejected"]) == (30, 1)
+    assert report["rejected"][0]["row"] == 31
+    again = httpx.post(url, content=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    assert again["chunks_written"] == 0 and again["rows_skipped"] == 30
+    missing_format = httpx.post(url.split("?")[0], content=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert missing_format.status_code == 422
