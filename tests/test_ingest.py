@@ -109,7 +109,7 @@ def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_ten_thousand_rows_crash_in_the_middle_then_rerun(client: kb.EmbeddedClient, tmp_path: Path) -> None:
     core = _core(client, "big")
-    rows = [{"id": f"row{i}", "text": f"Document {i}: " + "some text about topic %d. " % (i % 97) * 8,
+    rows = [{"id": f"row{i}", "text": f"Document {i}: " + f"some text about topic {i % 97}. " * 8,
              "group": i % 10} for i in range(10_000)]
     path = _write(tmp_path / "big.parquet", rows)
     worker = [sys.executable, "-m", "tests.support.ingest_worker", str(client.home), core.id, str(path)]
