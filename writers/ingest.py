@@ -1,298 +1,374 @@
 """Batch ingestion of JSONL, CSV, Parquet and Arrow IPC files into a knowledge bank.
 
-Files are read through pyarrow as a stream of record batches, so memory is
-bounded by the batch size, not the file size. Each row's text is chunked
-with langchain-text-splitters; chunks carry ``source`` and ``start_index``
-metadata (when the KB's schema allows them) plus two reserved keys:
-``KB_ROW_ID`` (the row a chunk came from) and ``KB_CONTENT_HASH``.
+``ingest(core, path, options) -> IngestReport`` is the library entry point
+(the REST endpoint calls it); ``main(argv) -> int`` is ``kb ingest``.
 
-Idempotence: chunk ids are stable (``<row id>#<chunk>`` from the id column,
-or derived from the source name and the row's content). Before embedding,
-the chunks already stored with the same id and content hash are skipped, so
-a re-run after a crash embeds and writes only what is missing and never
-duplicates. Progress is committed every ``commit_every`` chunks, each commit
-atomic. Bad rows are rejected with their row number and the reason.
+Files are read as a stream of row batches (``writers.sources``), so memory is
+bounded by ``batch_rows`` rows plus ``commit_every`` pending chunks, whatever
+the file size. Each row's text is split with langchain-text-splitters; every
+chunk records its ``source`` and ``start_index`` (under the reserved keys
+``KB_SOURCE`` / ``KB_START_INDEX`` when the KB's schema does not declare them)
+and three reserved keys: ``KB_ROW_ID`` (its row), ``KB_CHUNKS`` (how many
+chunks the row has) and ``KB_CONTENT_HASH`` (text + metadata).
+
+Idempotence: chunk ids are stable, ``<row id>#<n>``, where the row id is the
+id column's value or a hash of the source name and the row's text. Before
+embedding, chunks already stored with the same id and content hash are
+skipped (neither embedded nor written); a row that now has fewer chunks loses
+its extra old ones in the same commit. Work is committed every
+``commit_every`` chunks, each commit atomic and holding whole rows, so a
+crash loses at most the open batch and a re-run finishes the job without
+duplicates or re-embedding. Bad rows are rejected with their row number and
+the reason; the job stops only past ``max_rejected`` rejected rows.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
-import sys
+import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 from tqdm import tqdm
 
-from kb.errors import InvalidInputError, KBError, SchemaError
+from kb.errors import InvalidInputError, SchemaError
 from stores.base import Record
 from writers.schema import validate_metadata
+from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-           ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow"}
-ROW_KEY, HASH_KEY = "KB_ROW_ID", "KB_CONTENT_HASH"
-_CRASH_AFTER = "KB_INGEST_CRASH_AFTER_COMMITS"  # test-only fault injection: die after N commits
+if TYPE_CHECKING:
+    from kb.core import CoreKnowledgeBank
+
+log = logging.getLogger(__name__)
+
+ROW_KEY, CHUNKS_KEY, HASH_KEY = "KB_ROW_ID", "KB_CHUNKS", "KB_CONTENT_HASH"
+MAX_ID_LENGTH = 480  # the stores take ids up to 512 characters; "#<n>" is appended
+MAX_LISTED_REJECTIONS = 1000
+
+
+class TooManyRejectedError(InvalidInputError):
+    """More rows were rejected than ``max_rejected`` allows; ``report`` holds what was done before stopping."""
+
+    code = "too_many_rejected"
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
 class IngestOptions:
     text_column: str = "text"
-    id_column: str | None = None
-    metadata_columns: list[str] | None = None  # None: every column but text and id
-    source: str | None = None  # defaults to the file name
-    format: str | None = None  # defaults to the file extension
-    chunk_size: int = 1000  # 0 disables chunking
+    id_column: str | None = None  # None: ids derived from the source name and the text
+    metadata_columns: list[str] | None = None  # None: every other column (with a schema: the schema's)
+    source: str | None = None  # recorded in chunk metadata and part of derived ids; default: the file name
+    format: str | None = None  # jsonl, csv, parquet or arrow; default: from the file extension
+    chunk_size: int = 1000  # characters; 0 keeps each row's text whole
     chunk_overlap: int = 200
-    batch_rows: int = 1000
-    commit_every: int = 5000  # chunks per atomic commit
-    max_rejected: int | None = None
+    batch_rows: int = 1000  # rows read at a time
+    commit_every: int = 5000  # pending chunks that trigger an atomic commit
+    max_rejected: int | None = None  # stop (TooManyRejectedError) past this many rejected rows
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> IngestOptions:
+        """Options from a JSON object or query parameters; unknown names are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown ingestion options: {', '.join(unknown)}; "
+                                    f"known: {', '.join(sorted(known))}")
+        options = cls(**dict(values))
+        options.validate()
+        return options
 
     def validate(self) -> None:
-        if self.chunk_size < 0 or self.chunk_overlap < 0 or (self.chunk_size and self.chunk_overlap >= self.chunk_size):
-            raise InvalidInputError("chunk_size must be ≥ 0 and chunk_overlap smaller than chunk_size")
-        if self.batch_rows < 1 or self.commit_every < 1:
-            raise InvalidInputError("batch_rows and commit_every must be positive")
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise InvalidInputError(f"ingestion option {name} must be an integer ≥ {minimum}, got {value!r}")
+
+        for name, minimum in (("chunk_size", 0), ("chunk_overlap", 0), ("batch_rows", 1), ("commit_every", 1)):
+            integer(name, minimum)
+        if self.max_rejected is not None:
+            integer("max_rejected", 0)
+        if self.chunk_size and self.chunk_overlap >= self.chunk_size:
+            raise InvalidInputError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                                    f"({self.chunk_size})")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise InvalidInputError("text_column must be a column name")
+        if self.format is not None and self.format not in FORMAT_NAMES:
+            raise InvalidInputError(f"unknown format {self.format!r}; formats: {', '.join(FORMAT_NAMES)}")
+        if self.metadata_columns is not None and (isinstance(self.metadata_columns, str) or not all(
+                isinstance(c, str) and c for c in self.metadata_columns)):
+            raise InvalidInputError("metadata_columns must be a list of column names")
 
 
 @dataclass
 class IngestReport:
     rows_read: int = 0
-    rows_written: int = 0
-    rows_skipped: int = 0  # every chunk already stored unchanged
+    rows_written: int = 0  # at least one chunk written (or an old chunk removed)
+    rows_skipped: int = 0  # every chunk already stored unchanged, or the row repeats a later one
     rows_rejected: int = 0
+    rows_duplicate: int = 0  # of rows_skipped: replaced by a later row with the same id in the same commit
     chunks_written: int = 0
     chunks_skipped: int = 0
-    texts_embedded: int = 0
+    chunks_removed: int = 0  # old chunks of rows that now have fewer
+    texts_embedded: int = 0  # texts the embedding model computed (cache misses)
+    embedding_cache_hits: int = 0
     commits: int = 0
     seconds: float = 0.0
+    columns: dict[str, Any] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)  # the first 1000: row number and reason
 
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.rows_rejected else 0
+
+    def rate(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else 0.0
+
     def summary(self) -> str:
-        return (f"{self.rows_read} rows read: {self.rows_written} written, {self.rows_skipped} skipped (unchanged), "
+        return (f"{self.rows_read} rows: {self.rows_written} written, {self.rows_skipped} skipped (unchanged), "
                 f"{self.rows_rejected} rejected; {self.chunks_written} chunks written, {self.chunks_skipped} "
-                f"unchanged; {self.texts_embedded} texts embedded; {self.commits} commits in {self.seconds:.1f}s")
+                f"unchanged, {self.chunks_removed} removed; {self.texts_embedded} texts embedded, "
+                f"{self.embedding_cache_hits} from the cache; {self.commits} commits in {self.seconds:.1f}s "
+                f"({self.rate(self.rows_read):,.0f} rows/s, {self.rate(self.chunks_written):,.0f} chunks/s)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {**asdict(self), "exit_status": self.exit_status,
+                "rows_per_second": round(self.rate(self.rows_read), 1),
+                "chunks_per_second": round(self.rate(self.chunks_written), 1)}
 
 
-def detect_format(path: Path, explicit: str | None) -> str:
-    fmt = explicit or FORMATS.get(path.suffix.lower())
-    if fmt not in set(FORMATS.values()):
-        raise InvalidInputError(f"cannot tell the format of {path.name!r}: use --format jsonl, csv, parquet or arrow")
-    return fmt
-
-
-def iter_row_batches(path: Path, fmt: str, batch_rows: int) -> Iterator[list[dict[str, Any] | InvalidInputError]]:
-    """Lists of at most ``batch_rows`` rows, read as a stream; an unparsable row is an error in its place."""
-    import pyarrow.csv as pcsv
-    import pyarrow.ipc as ipc
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise InvalidInputError(f"input file {str(path)!r} does not exist")
-    if fmt == "jsonl":
-        # Line by line rather than pyarrow.json: one malformed or oddly typed line must reject that row,
-        # not the whole file (pyarrow infers one type per column for the file).
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            batch: list[dict[str, Any] | InvalidInputError] = []
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                    batch.append(value if isinstance(value, dict) else
-                                 InvalidInputError(f"line is a JSON {type(value).__name__}, not an object"))
-                except ValueError as exc:
-                    batch.append(InvalidInputError(f"not valid JSON: {exc}"))
-                if len(batch) >= batch_rows:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-        return
-    try:
-        if fmt == "parquet":
-            reader: Any = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-        elif fmt == "csv":
-            reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
-        else:
-            try:
-                file_reader = ipc.open_file(pa.memory_map(str(path)))
-                reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
-            except pa.ArrowInvalid:
-                reader = ipc.open_stream(pa.memory_map(str(path)))
-        for record_batch in reader:
-            for start in range(0, record_batch.num_rows, batch_rows):
-                yield record_batch.slice(start, batch_rows).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {path.name} as {fmt}: {exc}") from exc
-
-
-def _hash(*parts: str) -> str:
+def _digest(*parts: str) -> str:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
+
+
+def make_splitter(chunk_size: int, chunk_overlap: int) -> RecursiveCharacterTextSplitter | None:
+    if not chunk_size:
+        return None
+    return RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True)
+
+
+def split_chunks(text: str, splitter: RecursiveCharacterTextSplitter | None, chunk_size: int) -> list[tuple[str, int]]:
+    """(chunk, start index) pairs: the splitter's chunks, or the whole text when chunking is off."""
+    if splitter is None:
+        return [(text, 0)]
+    if len(text) < chunk_size:  # what the splitter makes of a short text, without its cost
+        stripped = text.strip()
+        return [(stripped, text.find(stripped))] if stripped else []
+    return [(d.page_content, int(d.metadata["start_index"])) for d in splitter.create_documents([text])]
 
 
 class _Ingestion:
-    def __init__(self, core: Any, path: Path, options: IngestOptions, progress: bool) -> None:
-        self.core, self.path, self.options = core, path, options
-        self.source = options.source or path.name
+    def __init__(self, core: CoreKnowledgeBank, path: Path, options: IngestOptions, progress: bool,
+                 on_commit: Callable[[IngestReport], None] | None) -> None:
+        self.core, self.options, self.on_commit = core, options, on_commit
+        core.refresh()
         self.schema = core.schema
-        self.splitter = (RecursiveCharacterTextSplitter(chunk_size=options.chunk_size,
-                                                        chunk_overlap=options.chunk_overlap, add_start_index=True)
-                         if options.chunk_size else None)
-        self.with_position = not self.schema or {"source", "start_index"} <= set(self.schema)
-        self.report = IngestReport()
-        self.pending: list[tuple[int, Record]] = []  # (row number, record without vector)
-        self.bar = tqdm(desc=f"ingest {path.name}", unit=" rows", disable=not progress)
-        self.crash_after = int(os.environ.get(_CRASH_AFTER, "0") or 0)
+        self.source = options.source or path.name
+        self.rows = RowSource(path, detect_format(path, options.format), options.batch_rows, self.schema)
+        self.splitter = make_splitter(options.chunk_size, options.chunk_overlap)
+        # plain keys when the schema allows them (or there is none), else reserved keys, valid under any schema
+        self.source_key = "source" if not self.schema or self.schema.get("source") == "string" else "KB_SOURCE"
+        self.start_key = "start_index" if not self.schema or self.schema.get("start_index") == "int" \
+            else "KB_START_INDEX"
+        self.metadata_columns = self._resolve_columns()
+        self.report = IngestReport(columns={"text": options.text_column, "id": options.id_column,
+                                            "metadata": self.metadata_columns})
+        self.pending: dict[str, tuple[int | None, list[Record]]] = {}  # row id -> (row number, chunks)
+        self.pending_chunks = 0
+        self.bar = tqdm(desc=f"ingest {path.name}", unit=" rows", total=self.rows.total_rows,
+                        disable=not progress, dynamic_ncols=True)
 
-    def reject(self, row_number: int, reason: str) -> None:
-        self.report.rows_rejected += 1
-        if len(self.report.rejected) < 1000:
-            self.report.rejected.append({"row": row_number, "reason": reason})
+    def _resolve_columns(self) -> list[str] | None:
+        """Check the column options against the file (when its columns are known up front)."""
+        options, columns = self.options, self.rows.columns
+        if options.metadata_columns is not None and self.schema:
+            outside = [c for c in options.metadata_columns if c not in self.schema]
+            if outside:
+                raise SchemaError(f"metadata columns {outside} are not in the knowledge bank's metadata schema "
+                                  f"(declared keys: {', '.join(sorted(self.schema))})")
+        if columns is None:  # JSONL: checked row by row
+            return options.metadata_columns
+        named = [options.text_column, *([options.id_column] if options.id_column else []),
+                 *(options.metadata_columns or [])]
+        missing = [c for c in named if c not in columns]
+        if missing:
+            raise InvalidInputError(f"{self.rows.path.name} has no column {', '.join(map(repr, missing))}; "
+                                    f"its columns: {', '.join(columns)}")
+        text_type = self.rows.types.get(options.text_column)
+        if text_type is not None and self.rows.format != "csv" and not (
+                pa.types.is_string(text_type) or pa.types.is_large_string(text_type)
+                or pa.types.is_string_view(text_type)):
+            raise InvalidInputError(f"text column {options.text_column!r} holds {text_type}, not text")
+        if options.metadata_columns is not None:
+            return list(options.metadata_columns)
+        others = [c for c in columns if c not in (options.text_column, options.id_column)]
+        return [c for c in others if c in self.schema] if self.schema else others
+
+    # --- rows to chunks -----------------------------------------------------------------------
+
+    def reject(self, number: int | None, reason: str) -> None:
+        report = self.report
+        report.rows_rejected += 1
+        if len(report.rejected) < MAX_LISTED_REJECTIONS:
+            report.rejected.append({"row": number, "reason": reason})
         limit = self.options.max_rejected
-        if limit is not None and self.report.rows_rejected > limit:
-            raise InvalidInputError(f"more than {limit} rows rejected; last: row {row_number}: {reason}")
+        if limit is not None and report.rows_rejected > limit:
+            where = f"row {number}" if number is not None else "a row"
+            raise TooManyRejectedError(f"stopped: more than {limit} rows rejected (last: {where}: {reason}); "
+                                       f"the rows before the last commit are stored", report)
 
-    def chunks_of(self, row_number: int, row: dict[str, Any]) -> list[Record]:
-        options = self.options
+    def chunks_of(self, number: int | None, row: dict[str, Any]) -> tuple[str, list[Record]]:
+        options, label = self.options, f"row {number}"
         text = row.get(options.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError(f"column {options.text_column!r} is missing or empty")
-        skip = {options.text_column, options.id_column}
-        columns = options.metadata_columns if options.metadata_columns is not None else \
-            [c for c in row if c not in skip]
-        metadata = {c: row.get(c) for c in columns if row.get(c) is not None}
-        metadata = validate_metadata(self.schema, metadata, f"row {row_number}")
-        row_id = str(row[options.id_column]) if options.id_column and row.get(options.id_column) is not None \
-            else _hash(self.source, text)[:24]
-        pieces = ([(d.page_content, d.metadata["start_index"]) for d in self.splitter.create_documents([text])]
-                  if self.splitter else [(text, 0)])
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise InvalidInputError(f"{label}: text column {options.text_column!r} is missing or empty")
+        if not isinstance(text, str):
+            raise InvalidInputError(f"{label}: text column {options.text_column!r} holds a "
+                                    f"{type(text).__name__}, not text")
+        if options.id_column:
+            given = row.get(options.id_column)
+            if given is None or str(given) == "":
+                raise InvalidInputError(f"{label}: id column {options.id_column!r} is missing or empty")
+            row_id = str(given)
+            if len(row_id) > MAX_ID_LENGTH:
+                raise InvalidInputError(f"{label}: id {row_id[:40]!r}... is longer than {MAX_ID_LENGTH} characters")
+        else:
+            row_id = _digest(self.source, text)
+        if self.metadata_columns is not None:
+            wanted = self.metadata_columns
+        else:  # JSONL without a column list: every other key (with a schema: the schema's keys)
+            wanted = [k for k in row if k not in (options.text_column, options.id_column)
+                      and (not self.schema or k in self.schema)]
+        metadata = {c: plain_value(row.get(c)) for c in wanted}
+        metadata = validate_metadata(self.schema, {c: v for c, v in metadata.items() if v is not None}, label)
+        metadata.setdefault(self.source_key, self.source)  # a row's own source column wins
+        pieces = split_chunks(text, self.splitter, self.options.chunk_size)
         records = []
         for index, (chunk, start) in enumerate(pieces):
-            meta = dict(metadata)
-            if self.with_position:
-                meta.update({"source": self.source, "start_index": int(start)})
-            meta[ROW_KEY] = row_id
-            meta[HASH_KEY] = _hash(chunk, json.dumps(meta, sort_keys=True, default=str))
+            meta = {**metadata, self.start_key: start, ROW_KEY: row_id, CHUNKS_KEY: len(pieces)}
+            try:
+                canonical = json.dumps(meta, sort_keys=True, allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"{label}: metadata cannot be stored as JSON: {exc}") from exc
+            meta[HASH_KEY] = _digest(chunk, canonical)
             records.append(Record(f"{row_id}#{index}", chunk, meta))
-        return records
+        return row_id, records
+
+    def add(self, number: int | None, row: dict[str, Any] | BadRow) -> None:
+        self.report.rows_read += 1
+        try:
+            if isinstance(row, BadRow):
+                raise InvalidInputError(row.reason if number is None else f"row {number}: {row.reason}")
+            row_id, records = self.chunks_of(number, row)
+        except InvalidInputError as exc:  # SchemaError included
+            self.reject(number, str(exc))
+            return
+        previous = self.pending.pop(row_id, None)
+        if previous is not None:  # the same id twice in one commit: the later row wins
+            self.pending_chunks -= len(previous[1])
+            self.report.rows_skipped += 1
+            self.report.rows_duplicate += 1
+        self.pending[row_id] = (number, records)
+        self.pending_chunks += len(records)
+
+    # --- the job ------------------------------------------------------------------------------
 
     def run(self) -> IngestReport:
         started = time.perf_counter()
-        fmt = detect_format(self.path, self.options.format)
-        row_number = 0
-        for batch in iter_row_batches(self.path, fmt, self.options.batch_rows):
-            for row in batch:
-                row_number += 1
-                self.report.rows_read += 1
-                try:
-                    if isinstance(row, InvalidInputError):
-                        raise row
-                    self.pending.extend((row_number, r) for r in self.chunks_of(row_number, row))
-                except (InvalidInputError, SchemaError) as exc:
-                    self.reject(row_number, str(exc))
-            if len(self.pending) >= self.options.commit_every:
-                self.flush()
-            self.bar.update(len(batch))
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            self.bar.set_postfix(chunks_s=f"{self.report.chunks_written / elapsed:.0f}",
-                                 embeds_s=f"{self.report.texts_embedded / elapsed:.0f}")
-        self.flush()
-        self.bar.close()
-        self.report.seconds = time.perf_counter() - started
+        options = self.options
+        columns = None
+        if self.metadata_columns is not None:
+            columns = list(dict.fromkeys([options.text_column, *([options.id_column] if options.id_column else []),
+                                          *self.metadata_columns]))
+        text_columns = [c for c in (options.text_column, options.id_column) if c]
+        try:
+            for batch in self.rows.batches(columns, text_columns):
+                for number, row in batch:
+                    self.add(number, row)
+                if self.pending_chunks >= options.commit_every:
+                    self.flush()
+                self.bar.update(len(batch))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                self.bar.set_postfix(chunks_s=f"{self.report.chunks_written / elapsed:.0f}",
+                                     embeds_s=f"{self.report.texts_embedded / elapsed:.0f}",
+                                     rejected=self.report.rows_rejected, refresh=False)
+            self.flush()
+        finally:
+            self.bar.close()
+            self.report.seconds = time.perf_counter() - started
         return self.report
 
     def flush(self) -> None:
         if not self.pending:
             return
-        pending, self.pending = self.pending, []
-        existing = {r.id: r.metadata.get(HASH_KEY) for r in self.core.driver.get([r.id for _, r in pending])}
-        fresh = [(n, r) for n, r in pending if existing.get(r.id) != r.metadata[HASH_KEY]]
-        self.report.chunks_skipped += len(pending) - len(fresh)
-        rows_fresh = {n for n, _ in fresh}
-        rows_all = {n for n, _ in pending}
-        self.report.rows_skipped += len(rows_all - rows_fresh)
-        self.report.rows_written += len(rows_fresh)
-        if not fresh:
+        pending, self.pending, self.pending_chunks = self.pending, {}, 0
+        driver = self.core.driver
+        stored = {r.id: r.metadata for r in driver.get([r.id for _, records in pending.values() for r in records])}
+        fresh: list[Record] = []
+        stale: list[str] = []
+        for row_id, (_, records) in pending.items():
+            changed = [r for r in records if (stored.get(r.id) or {}).get(HASH_KEY) != r.metadata[HASH_KEY]]
+            old_count = (stored.get(f"{row_id}#0") or {}).get(CHUNKS_KEY)
+            extra = ([f"{row_id}#{i}" for i in range(len(records), old_count)]
+                     if isinstance(old_count, int) and old_count > len(records) else [])
+            fresh.extend(changed)
+            stale.extend(extra)
+            self.report.chunks_skipped += len(records) - len(changed)
+            if changed or extra:
+                self.report.rows_written += 1
+            else:
+                self.report.rows_skipped += 1
+        if not fresh and not stale:
             return
-        embedder = self.core._embedder()
-        misses = embedder.misses
-        vectors = embedder.embed_documents([r.text for _, r in fresh])
-        self.report.texts_embedded += embedder.misses - misses
-        for (_, record), vector in zip(fresh, vectors, strict=True):
-            record.vector = vector
-        changed_rows = sorted({r.metadata[ROW_KEY] for _, r in fresh if r.id in existing})
-        with self.core.driver.begin() as tx:
-            if changed_rows:  # a changed row may now have fewer chunks: drop all of its old ones first
-                tx.delete_where(_row_filter(changed_rows))
-            tx.upsert([r for _, r in fresh])
+        if fresh:
+            embedder = self.core._embedder()
+            hits, misses = embedder.hits, embedder.misses
+            vectors = embedder.embed_documents([r.text for r in fresh])
+            self.report.texts_embedded += embedder.misses - misses
+            self.report.embedding_cache_hits += embedder.hits - hits
+            for record, vector in zip(fresh, vectors, strict=True):
+                record.vector = vector
+        with driver.begin() as tx:
+            removed = tx.delete(stale) if stale else 0
+            tx.upsert(fresh)
         self.report.chunks_written += len(fresh)
+        self.report.chunks_removed += removed
         self.report.commits += 1
-        if self.crash_after and self.report.commits >= self.crash_after:
-            os._exit(137)  # simulated crash (tests only): no cleanup, like SIGKILL
+        log.info("ingest into %s: commit %d (%d chunks written, %d removed)", self.core.id, self.report.commits,
+                 len(fresh), removed)
+        if self.on_commit is not None:
+            self.on_commit(self.report)
 
 
-def _row_filter(row_ids: list[str]) -> Any:
-    from kb.filters import parse_filter
+def ingest(core: CoreKnowledgeBank, path: str | Path, options: IngestOptions | None = None, progress: bool = True,
+           on_commit: Callable[[IngestReport], None] | None = None) -> IngestReport:
+    """Ingest one file into the knowledge bank behind ``core``; see the module docstring.
 
-    return parse_filter({ROW_KEY: {"$in": row_ids}})
-
-
-def ingest(core: Any, path: str | Path, options: IngestOptions | None = None, progress: bool = True) -> IngestReport:
-    """Ingest one file into the knowledge bank behind ``core`` (a CoreKnowledgeBank)."""
+    Raises ``InvalidInputError`` (bad options, unreadable file, unknown column),
+    ``SchemaError`` (metadata columns outside the schema) or
+    ``TooManyRejectedError`` before writing anything wrong; ``on_commit`` is
+    called with the report after each commit.
+    """
     options = options or IngestOptions()
     options.validate()
-    return _Ingestion(core, Path(path), options, progress).run()
+    return _Ingestion(core, Path(path), options, progress, on_commit).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kb ingest``: exit 0 when every row was written or skipped, 1 when some were rejected, 2 on errors."""
-    parser = argparse.ArgumentParser(prog="kb ingest", description="Ingest JSONL, CSV, Parquet or Arrow files.")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--kb", required=True, help="knowledge bank id")
-    parser.add_argument("--project", default="DEFAULT")
-    parser.add_argument("--home", type=Path, help="KB_HOME (default: $KB_HOME)")
-    parser.add_argument("--format", choices=sorted(set(FORMATS.values())))
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--id-column")
-    parser.add_argument("--metadata-columns", help="comma-separated; default: every other column")
-    parser.add_argument("--source", help="source name recorded in chunk metadata (default: the file name)")
-    parser.add_argument("--chunk-size", type=int, default=1000)
-    parser.add_argument("--chunk-overlap", type=int, default=200)
-    parser.add_argument("--commit-every", type=int, default=5000, help="chunks per atomic commit")
-    parser.add_argument("--max-rejected", type=int)
-    parser.add_argument("--report", type=Path, help="write the report as JSON here")
-    args = parser.parse_args(argv)
-    import kb
+    """``kb ingest`` (see ``writers.ingest_cli``): 0 all rows written or unchanged, 1 some rejected, 2 errors."""
+    from writers.ingest_cli import main as cli_main
 
-    options = IngestOptions(
-        text_column=args.text_column, id_column=args.id_column, source=args.source, format=args.format,
-        metadata_columns=[c for c in args.metadata_columns.split(",") if c] if args.metadata_columns else None,
-        chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, commit_every=args.commit_every,
-        max_rejected=args.max_rejected)
-    try:
-        core = kb.api_client(home=args.home).get_project(args.project).get_knowledge_bank(args.kb) \
-            .as_core_knowledge_bank()
-        report = ingest(core, args.file, options, progress=True)
-    except KBError as exc:
-        print(f"kb ingest: {exc}", file=sys.stderr)
-        return 2
-    for item in report.rejected[:20]:
-        print(f"rejected row {item['row']}: {item['reason']}", file=sys.stderr)
-    print(report.summary())
-    if args.report:
-        args.report.write_text(json.dumps(report.to_dict(), indent=2))
-    return 1 if report.rows_rejected else 0
+    return cli_main(argv)

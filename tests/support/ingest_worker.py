@@ -1,8 +1,16 @@
-"""Runs one ingestion in its own process (for the crash-and-rerun test), with the fake embedding model."""
+"""Runs one ingestion in its own process (the crash-and-rerun test), with the fake embedding model.
+
+    python -m tests.support.ingest_worker HOME KB_ID FILE [CRASH_AFTER_COMMITS]
+
+With CRASH_AFTER_COMMITS the process dies with ``os._exit(137)`` right after
+that many commits: no cleanup, no flush, like a SIGKILL. Otherwise it prints
+the report as one JSON line.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,16 +18,22 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 
 import kb
 from kb.custom_models import LangChainEmbeddingModel
-from writers.ingest import IngestOptions, ingest
+from writers.ingest import IngestOptions, IngestReport, ingest
 
 
 def main() -> None:
     home, kb_id, path = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    crash_after = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+
+    def on_commit(report: IngestReport) -> None:
+        if crash_after and report.commits >= crash_after:
+            os._exit(137)
+
     client = kb.api_client(home=home)
     client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
     core = client.get_default_project().get_knowledge_bank(kb_id).as_core_knowledge_bank()
-    report = ingest(core, path, IngestOptions(id_column="id", chunk_size=200, chunk_overlap=20, commit_every=3000),
-                    progress=False)
+    report = ingest(core, path, IngestOptions(id_column="id", chunk_size=200, chunk_overlap=20, batch_rows=500,
+                                              commit_every=3000), progress=False, on_commit=on_commit)
     print(json.dumps(report.to_dict()))
 
 

@@ -1,0 +1,98 @@
+"""``kb ingest``: the command line of batch ingestion (``writers.ingest``).
+
+    kb ingest FILE --kb ID [--project KEY] [--home DIR] [--format jsonl|csv|parquet|arrow]
+              [--text-column text] [--id-column COL] [--metadata-columns a,b] [--source NAME]
+              [--chunk-size 1000] [--chunk-overlap 200] [--batch-rows 1000] [--commit-every 5000]
+              [--max-rejected N] [--report report.json] [--quiet]
+
+Exit status: 0 every row written or unchanged, 1 some rows rejected (the
+summary says how many; the first 20 are listed on stderr, all of them up to
+1000 in ``--report``), 2 usage or fatal error (unknown KB, unreadable file,
+unknown column, more than ``--max-rejected`` rejected rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kb.errors import KBError
+from writers.ingest import IngestOptions, IngestReport, TooManyRejectedError, ingest
+from writers.sources import FORMAT_NAMES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kb ingest", description="Ingest a JSONL, CSV, Parquet or Arrow IPC file into a knowledge bank.",
+        epilog="exit status: 0 every row written or unchanged, 1 some rows rejected, 2 usage or fatal error")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--kb", required=True, help="knowledge bank id")
+    parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
+    parser.add_argument("--home", type=Path, help="kb home (default: $KB_HOME)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, help="default: from the file extension")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--id-column", help="stable row ids (default: derived from the source and the text)")
+    parser.add_argument("--metadata-columns", help="comma-separated, '' for none (default: every other column; "
+                                                   "with a metadata schema, the schema's)")
+    parser.add_argument("--source", help="source name in chunk metadata and derived ids (default: the file name)")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="characters; 0 keeps rows whole")
+    parser.add_argument("--chunk-overlap", type=int, default=200)
+    parser.add_argument("--batch-rows", type=int, default=1000, help="rows read at a time")
+    parser.add_argument("--commit-every", type=int, default=5000, help="chunks per atomic commit")
+    parser.add_argument("--max-rejected", type=int, help="stop with status 2 past this many rejected rows")
+    parser.add_argument("--report", type=Path, help="also write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> IngestOptions:
+    metadata = None if args.metadata_columns is None else [c.strip() for c in args.metadata_columns.split(",")
+                                                           if c.strip()]
+    return IngestOptions(text_column=args.text_column, id_column=args.id_column, metadata_columns=metadata,
+                         source=args.source, format=args.format, chunk_size=args.chunk_size,
+                         chunk_overlap=args.chunk_overlap, batch_rows=args.batch_rows,
+                         commit_every=args.commit_every, max_rejected=args.max_rejected)
+
+
+def _print_report(report: IngestReport, path: Path | None) -> None:
+    for item in report.rejected[:20]:
+        print(f"rejected: {item['reason']}", file=sys.stderr)
+    if report.rows_rejected > 20:
+        print(f"... and {report.rows_rejected - 20} more rejected rows (see --report)", file=sys.stderr)
+    print(report.summary())
+    if path is not None:
+        path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kb ingest``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help is 0, a usage error 2
+        return int(exc.code or 0)
+    import kb
+
+    client = None
+    try:
+        options = options_from_args(args)
+        client = kb.api_client(home=args.home)
+        core = client.get_project(args.project).get_knowledge_bank(args.kb).as_core_knowledge_bank()
+        report = ingest(core, args.file, options, progress=not args.quiet)
+    except TooManyRejectedError as exc:
+        _print_report(exc.report, args.report)
+        print(f"kb ingest: {exc}", file=sys.stderr)
+        return 2
+    except KBError as exc:
+        print(f"kb ingest: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
+    _print_report(report, args.report)
+    return report.exit_status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
