@@ -377,12 +377,10 @@ class _ChromaView(StoreReader):
         if k <= 0 or self._dim is None:
             return []
         where = _visible(self.generation, to_where(flt))
-        available = len(self.store.call("get", where=where, include=[])["ids"])
-        if available == 0:
-            return []
         include = ["documents", "metadatas", "distances", *(["embeddings"] if with_vectors else [])]
-        result = self.store.call("query", query_embeddings=[query.tolist()], n_results=min(k, available),
-                                 where=where, include=include)
+        # Chroma 1.x answers with fewer results when fewer records match, so no count round trip is needed.
+        result = self.store.call("query", query_embeddings=[query.tolist()], n_results=k, where=where,
+                                 include=include)
         records = self._records(result, with_vectors, index=0)
         return [Hit(r, 1.0 - float(d)) for r, d in zip(records, result["distances"][0], strict=True)]
 
