@@ -63,6 +63,7 @@ async def embeddings(request: Request) -> JSONResponse:
                             headers={"Retry-After": "0.05"})
     if action.startswith("sleep:"):
         await asyncio.sleep(float(action.split(":")[1]))
+        return JSONResponse({"error": {"message": "answered too late on purpose"}}, status_code=504)
     state["inputs"] += len(inputs)
     data = [{"object": "embedding", "index": i, "embedding": vector_for(t)} for i, t in enumerate(inputs)]
     if action == "short":
