@@ -79,8 +79,8 @@ def _ensure_user() -> str | None:
 class ElasticsearchNode:
     def __init__(self, name: str = "node-1", cluster: str | None = None, seeds: list[str] | None = None,
                  masters: list[str] | None = None, http_port: int | None = None,
-                 transport_port: int | None = None) -> None:
-        self.name, self.cluster, self.seeds, self.masters = name, cluster, seeds, masters
+                 transport_port: int | None = None, roles: str | None = None) -> None:
+        self.name, self.cluster, self.seeds, self.masters, self.roles = name, cluster, seeds, masters, roles
         self.http_port = http_port or free_port()
         self.transport_port = transport_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -96,6 +96,8 @@ class ElasticsearchNode:
         if self.cluster:
             settings.update({"cluster.name": self.cluster, "discovery.seed_hosts": ",".join(self.seeds or []),
                              "cluster.initial_master_nodes": ",".join(self.masters or [])})
+            if self.roles:
+                settings["node.roles"] = self.roles
         else:
             settings["discovery.type"] = "single-node"
         return [str(home / "bin" / "elasticsearch"), *[f"-E{k}={v}" for k, v in settings.items()]]
@@ -158,14 +160,20 @@ class ElasticsearchNode:
 
 
 class ElasticsearchCluster:
-    """Two master-eligible data nodes on loopback."""
+    """Two data nodes on loopback: ``node-a`` is also the master, ``node-b`` holds data only.
+
+    With two master-eligible nodes, stopping either loses the voting majority and the cluster stops
+    answering; one master keeps the cluster up while the data-only node is stopped, which is the
+    failure the distributed tests exercise (replicas on the surviving node keep serving).
+    """
 
     def __init__(self) -> None:
         ports = [free_port(), free_port()]
         seeds = [f"127.0.0.1:{p}" for p in ports]
-        names = ["node-a", "node-b"]
-        self.nodes = [ElasticsearchNode(n, cluster="kb-test", seeds=seeds, masters=names, transport_port=p)
-                      for n, p in zip(names, ports, strict=True)]
+        self.nodes = [ElasticsearchNode("node-a", cluster="kb-test", seeds=seeds, masters=["node-a"],
+                                        transport_port=ports[0], roles="[master,data]"),
+                      ElasticsearchNode("node-b", cluster="kb-test", seeds=seeds, masters=["node-a"],
+                                        transport_port=ports[1], roles="[data]")]
 
     @property
     def urls(self) -> list[str]:
