@@ -9,16 +9,18 @@ one-operation transactions. Scores are "higher is better" for every search.
 
 from __future__ import annotations
 
+import fcntl
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from kb.errors import InvalidInputError, UnsupportedSearchError
+from kb.errors import InvalidInputError, UnsupportedSearchError, WriterBusyError
 from kb.filters import Filter
 
 
@@ -207,3 +209,49 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     norms[norms == 0] = 1.0
     return vectors / norms
+
+
+class DelegatingReader(StoreReader):
+    """Reads answered by another reader: a driver's view of its committed state, or a transaction's own."""
+
+    @abstractmethod
+    def _view(self) -> StoreReader: ...
+
+    @property
+    def dimension(self) -> int | None:
+        return self._view().dimension
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        return self._view().get(ids, with_vectors)
+
+    def count(self, flt: Filter | None = None) -> int:
+        return self._view().count(flt)
+
+    def ids_where(self, flt: Filter | None) -> list[str]:
+        return self._view().ids_where(flt)
+
+    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        return self._view().iter_records(batch_size, with_vectors)
+
+    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
+                   with_vectors: bool = False) -> list[Hit]:
+        return self._view().similarity(vector, k, flt, with_vectors)
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return self._view().keyword(query, k, flt)
+
+
+def acquire_writer_lock(path: Path, timeout: float, kb_id: str) -> IO[str]:
+    """Take the knowledge bank's single-writer lock (flock: released by the kernel if the process dies)."""
+    handle = open(path, "a+")  # noqa: SIM115 - the caller closes it to release the lock
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise WriterBusyError(f"knowledge bank {kb_id} is being written by another writer; "
+                                      f"gave up after {timeout:g}s") from None
+            time.sleep(0.02)

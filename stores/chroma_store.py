@@ -24,29 +24,29 @@ search uses kb's BM25 index (Chroma 1.5 has no local BM25 ranking; its
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kb.errors import FilterError, InvalidInputError, StoreUnavailableError, WriterBusyError, WriterClosedError
+from kb.errors import FilterError, InvalidInputError, StoreUnavailableError, WriterClosedError
 from kb.filters import And, Comparison, Filter, Not, Or, matches
 from stores.base import (
     Capabilities,
+    DelegatingReader,
     Hit,
     Record,
     StoreContext,
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
+    acquire_writer_lock,
     check_query_vector,
     check_records,
     normalise,
@@ -138,7 +138,7 @@ def _decode(metadata: dict[str, Any]) -> dict[str, Any]:
             for k, v in metadata.items() if k not in SYSTEM}
 
 
-class ChromaStore(VectorStoreDriver):
+class ChromaStore(DelegatingReader, VectorStoreDriver):
     store_type = "CHROMA"
     capabilities = Capabilities(keyword=True, approximate=True)
 
@@ -238,44 +238,10 @@ class ChromaStore(VectorStoreDriver):
 
     # --- reads ------------------------------------------------------------------------------------
 
-    @property
-    def dimension(self) -> int | None:
-        return self._view().dimension
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        return self._view().get(ids, with_vectors)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return self._view().count(flt)
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return self._view().ids_where(flt)
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        return self._view().iter_records(batch_size, with_vectors)
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        return self._view().similarity(vector, k, flt, with_vectors)
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._view().keyword(query, k, flt)
-
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> ChromaTransaction:
-        lock = open(self.dir / "writer.lock", "a+")  # noqa: SIM115 - held until commit/rollback
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    lock.close()
-                    raise WriterBusyError(f"knowledge bank {self.context.kb_id} is being written by another "
-                                          f"writer; gave up after {timeout:g}s") from None
-                time.sleep(0.02)
+        lock = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -402,7 +368,7 @@ class _ChromaView(StoreReader):
             depth *= 4
 
 
-class ChromaTransaction(StoreTransaction):
+class ChromaTransaction(DelegatingReader, StoreTransaction):
     def __init__(self, store: ChromaStore, conn: sqlite3.Connection, lock: Any, committed: int,
                  dim: int | None) -> None:
         self.store, self.conn, self.lock = store, conn, lock
@@ -418,25 +384,6 @@ class ChromaTransaction(StoreTransaction):
     @property
     def dimension(self) -> int | None:
         return self._dim
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        return self._view().get(ids, with_vectors)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return self._view().count(flt)
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return self._view().ids_where(flt)
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        return self._view().iter_records(batch_size, with_vectors)
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        return self._view().similarity(vector, k, flt, with_vectors)
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._view().keyword(query, k, flt)
 
     def _retire(self, ids: Sequence[str]) -> int:
         """Hide the live records of ``ids`` from this generation on; returns how many existed."""

@@ -14,28 +14,28 @@ or ``<key>_b`` (boolean) by value kind; the original metadata is kept as JSON fo
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kb.errors import InvalidInputError, StoreError, StoreUnavailableError, WriterBusyError, WriterClosedError
+from kb.errors import InvalidInputError, StoreError, StoreUnavailableError, WriterClosedError
 from kb.filters import And, Comparison, Filter, Not, Or
 from stores.base import (
     Capabilities,
+    DelegatingReader,
     Hit,
     Record,
     StoreContext,
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
+    acquire_writer_lock,
     check_query_vector,
     check_records,
     normalise,
@@ -97,7 +97,7 @@ def _visible(generation: int, user: dict[str, Any] | None = None) -> dict[str, A
     return {"bool": {"filter": clauses}}
 
 
-class ElasticsearchStore(VectorStoreDriver):
+class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
     store_type = "ELASTICSEARCH"
     capabilities = Capabilities(keyword=True, approximate=True)
 
@@ -213,44 +213,10 @@ class ElasticsearchStore(VectorStoreDriver):
 
     # --- reads ------------------------------------------------------------------------------------
 
-    @property
-    def dimension(self) -> int | None:
-        return self._view().dimension
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        return self._view().get(ids, with_vectors)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return self._view().count(flt)
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return self._view().ids_where(flt)
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        return self._view().iter_records(batch_size, with_vectors)
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        return self._view().similarity(vector, k, flt, with_vectors)
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._view().keyword(query, k, flt)
-
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> EsTransaction:
-        lock = open(self.dir / "writer.lock", "a+")  # noqa: SIM115 - held until commit/rollback
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    lock.close()
-                    raise WriterBusyError(f"knowledge bank {self.context.kb_id} is being written by another "
-                                          f"writer; gave up after {timeout:g}s") from None
-                time.sleep(0.02)
+        lock = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -421,7 +387,7 @@ class _EsView(StoreReader):
                 self._search(query=body, size=k, source=self._source(False))]
 
 
-class EsTransaction(StoreTransaction):
+class EsTransaction(DelegatingReader, StoreTransaction):
     def __init__(self, store: ElasticsearchStore, conn: sqlite3.Connection, lock: Any, committed: int,
                  dim: int | None) -> None:
         self.store, self.conn, self.lock = store, conn, lock
@@ -436,25 +402,6 @@ class EsTransaction(StoreTransaction):
     @property
     def dimension(self) -> int | None:
         return self._dim
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        return self._view().get(ids, with_vectors)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return self._view().count(flt)
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return self._view().ids_where(flt)
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        return self._view().iter_records(batch_size, with_vectors)
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        return self._view().similarity(vector, k, flt, with_vectors)
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._view().keyword(query, k, flt)
 
     def _retire(self, ids: Sequence[str]) -> int:
         rows: list[tuple[str, str, int]] = []

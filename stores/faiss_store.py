@@ -24,14 +24,12 @@ similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,16 +39,18 @@ from typing import Any
 import faiss
 import numpy as np
 
-from kb.errors import InvalidInputError, StoreError, WriterBusyError, WriterClosedError
+from kb.errors import InvalidInputError, StoreError, WriterClosedError
 from kb.filters import Filter
 from stores.base import (
     Capabilities,
+    DelegatingReader,
     Hit,
     Record,
     StoreContext,
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
+    acquire_writer_lock,
     check_query_vector,
     check_records,
     normalise,
@@ -324,20 +324,7 @@ class FaissStore(VectorStoreDriver):
     # --- writing -----------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> FaissTransaction:
-        lock_file = open(self.dir / "writer.lock", "a+")  # noqa: SIM115 - held until commit/rollback
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    lock_file.close()
-                    raise WriterBusyError(
-                        f"knowledge bank {self.context.kb_id} is being written by another writer; "
-                        f"gave up after {timeout:g}s"
-                    ) from None
-                time.sleep(0.02)
+        lock_file = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
         conn = _connect(self.db_path)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -384,7 +371,7 @@ class FaissStore(VectorStoreDriver):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class FaissTransaction(StoreTransaction):
+class FaissTransaction(DelegatingReader, StoreTransaction):
     def __init__(self, store: FaissStore, conn: sqlite3.Connection, lock_file: Any,
                  base: faiss.Index | None, generation: int, dim: int | None) -> None:
         self.store, self.conn, self.lock_file = store, conn, lock_file
@@ -408,25 +395,6 @@ class FaissTransaction(StoreTransaction):
     @property
     def dimension(self) -> int | None:
         return self._dim
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        return self._view().get(ids, with_vectors)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return self._view().count(flt)
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return self._view().ids_where(flt)
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        return self._view().iter_records(batch_size, with_vectors)
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        return self._view().similarity(vector, k, flt, with_vectors)
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._view().keyword(query, k, flt)
 
     def _writable_index(self, dim: int) -> faiss.Index:
         if self.index is None:
