@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import uuid
@@ -59,6 +60,12 @@ from stores.keyword_index import KeywordIndex
 from stores.sql_filters import filter_to_sql
 
 log = logging.getLogger(__name__)
+
+def _fault(point: str) -> None:
+    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
+    if os.environ.get("KB_FAULT_POINT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 # One query at a time is kb's common case, and OpenMP's thread hand-off costs more than it saves
 # there (10k x 384 flat search: 8.1 ms with 2 threads, 0.85 ms with 1, on the 2-core CI machine).
@@ -483,13 +490,17 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                     self.staging.mkdir(parents=True, exist_ok=True)
                     staged = self.staging / "index.faiss"
                     faiss.write_index(self.index, str(staged))
+                    _fault("index_written")
                     with open(staged, "rb") as handle:
                         os.fsync(handle.fileno())
                     os.replace(staged, self.store.index_path(new_generation))
+                    _fault("index_renamed")
                     _fsync_dir(self.store.dir)
                 # After clear() there is no index file: dimension '' tells readers the store is empty.
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
+            _fault("before_sqlite_commit")
             self.conn.execute("COMMIT")
+            _fault("after_sqlite_commit")
         except BaseException as exc:
             self._abort()
             if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
