@@ -15,6 +15,8 @@ commands:
   keys      create, list or revoke API keys
   ingest    ingest a JSONL, CSV, Parquet or Arrow file into a knowledge bank
   eval      evaluate a knowledge bank on BEIR queries and qrels
+  export    write a knowledge bank to a portable Parquet snapshot
+  import    restore a knowledge bank from a snapshot, into any store type
   demo      write a few documents into a demo knowledge bank and search them
 """
 
@@ -105,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from writers.ingest import main as ingest_main
 
         return ingest_main(rest)
+    if command in ("export", "import"):
+        from writers.snapshot import main_export, main_import
+
+        return (main_export if command == "export" else main_import)(rest)
     if command == "eval":
         from kb.evaluation import main as eval_main
 
