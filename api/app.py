@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,20 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+def _warm_up(app: FastAPI) -> None:
+    """Load the local model before the first query needs it (10-20 s on 2 cores); /readyz waits for it."""
+    from kb.embeddings import LOCAL_MINILM_ID
+
+    started = time.perf_counter()
+    try:
+        app.state.client.get_llm_handle(LOCAL_MINILM_ID).embedder.embed_query("warm-up")
+        log.info("local embedding model loaded", extra={"fields": {"seconds": round(time.perf_counter() - started, 1)}})
+    except Exception:  # a missing model must not stop the service: requests will report it clearly
+        log.exception("could not load the local embedding model")
+    finally:
+        app.state.warm.set()
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -66,7 +81,12 @@ def create_app(settings: ServiceSettings | None = None,
         app.state.keys = KeyStore(settings.home / "keys.sqlite")
         if settings.bootstrap_admin_key:
             app.state.keys.create("bootstrap admin", admin=True, key=settings.bootstrap_admin_key)
-        log.info("kb service ready", extra={"fields": {"home": str(settings.home), "auth": settings.auth}})
+        app.state.warm = threading.Event()
+        if settings.warmup:
+            threading.Thread(target=_warm_up, args=(app,), name="kb-warmup", daemon=True).start()
+        else:
+            app.state.warm.set()
+        log.info("kb service started", extra={"fields": {"home": str(settings.home), "auth": settings.auth}})
         yield
         # Shutdown runs after uvicorn has drained in-flight requests, so no commit is cut in half.
         app.state.client.close()

@@ -31,6 +31,7 @@ class ServiceSettings:
     max_batch: int = 5000
     max_k: int = 1000
     bootstrap_admin_key: str | None = None
+    warmup: bool = True  # load the local embedding model at start-up; /readyz waits for it
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -44,4 +45,5 @@ class ServiceSettings:
             max_batch=_int("KB_MAX_BATCH", 5000),
             max_k=_int("KB_MAX_K", 1000),
             bootstrap_admin_key=os.environ.get("KB_BOOTSTRAP_ADMIN_KEY") or None,
+            warmup=os.environ.get("KB_WARMUP", "on").strip().lower() != "off",
         )

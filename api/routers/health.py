@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 
@@ -12,7 +13,9 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The catalog answers and the service takes requests")
-def readyz(request: Request) -> dict[str, str]:
+@router.get("/readyz", summary="The catalog answers and the local model is loaded: the service takes requests")
+def readyz(request: Request) -> JSONResponse:
     request.app.state.client.catalog.projects()
-    return {"status": "ready"}
+    if not request.app.state.warm.is_set():
+        return JSONResponse({"status": "warming up"}, status_code=503)
+    return JSONResponse({"status": "ready"})

@@ -100,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                                        "--log-level", "warning"], stderr=subprocess.DEVNULL,
                                       env={**os.environ, "KB_HOME": home, "KB_AUTH": "off"})
             args.url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
+            deadline = time.monotonic() + 180  # /readyz answers 200 once the local model is loaded
+            while time.monotonic() < deadline:
                 try:
                     if httpx.get(f"{args.url}/readyz", timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
-                    time.sleep(0.1)
+                    pass
+                time.sleep(0.2)
             args.kb = httpx.post(f"{args.url}/v1/projects/DEFAULT/knowledge-banks", json={"name": "load"}).json()["id"]
         figures = run_load(args.url, args.api_key, args.kb, clients=args.clients, seconds=args.seconds)
     finally:

@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=base, timeout=120) as http:
-                for _ in range(300):
+                deadline = time.monotonic() + 180  # /readyz answers 200 once the local model is loaded
+                while time.monotonic() < deadline:
                     try:
                         if http.get("/readyz").status_code == 200:
                             break
                     except httpx.TransportError:
-                        time.sleep(0.1)
+                        pass
+                    time.sleep(0.2)
                 kb_id = http.post("/v1/projects/DEFAULT/knowledge-banks", json={"name": "bench"}).json()["id"]
                 path = f"/v1/projects/DEFAULT/knowledge-banks/{kb_id}"
                 for start in range(0, args.chunks, 2000):

@@ -42,7 +42,8 @@ class KBServer:
     def start(self) -> KBServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "KB_HOME": str(self.home), "KB_AUTH": "on" if self.auth else "off",
-               "KB_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "HF_HUB_OFFLINE": "1", **self.extra_env}
+               "KB_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "HF_HUB_OFFLINE": "1", "KB_WARMUP": "off",
+               **self.extra_env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "tests.support.server:create_test_app", "--factory", "--host",
