@@ -101,10 +101,10 @@ class RowSource:
                                              parse_options=self._csv_parse_options(lambda _: None)).schema
             else:
                 return
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            self.columns = list(arrow_schema.names)  # column names are decoded here: may be invalid UTF-8
+            self.types = {f.name: f.type for f in arrow_schema}
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read {path.name} as {fmt}: {exc}") from exc
-        self.columns = list(arrow_schema.names)
-        self.types = {f.name: f.type for f in arrow_schema}
 
     @staticmethod
     def _csv_parse_options(on_bad: Callable[[Any], None]) -> Any:
@@ -125,7 +125,7 @@ class RowSource:
                 yield from self._csv(list(columns or self.columns or []), set(text_columns))
             else:
                 yield from self._arrow(list(columns or self.columns or []))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read {self.path.name} as {self.format}: {exc}") from exc
 
     def _jsonl(self) -> Iterator[list[Row]]:
