@@ -52,6 +52,7 @@ from stores.base import (
     normalise,
 )
 from stores.keyword_index import KeywordIndex
+from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62
 SYSTEM = ("__kb_id", "__kb_gen", "__kb_del", "__kb_json", "__kb_ints")
@@ -150,16 +151,15 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         self.connection = dict(context.connection or {})
         self.collection_name = f"kb-{context.kb_id}".lower() if len(context.kb_id) >= 1 else "kb-default"
         self.keywords = KeywordIndex(context.keyword_analyzer)
-        self._local = threading.local()
+        self._connections = ThreadConnections(self.dir / "chroma-meta.sqlite")
         self._client: Any = None
         self._collection: Any = None
         self._lock = threading.Lock()
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        create_meta(conn)
         conn.execute("CREATE TABLE IF NOT EXISTS records (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
                      "physical TEXT NOT NULL, gen INTEGER NOT NULL)")
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0'), ('dimension', '')")
         self.keywords.create(conn)
         conn.execute("COMMIT")
         conn.close()
@@ -167,17 +167,10 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
     # --- plumbing -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.dir / "chroma-meta.sqlite", isolation_level=None, timeout=60,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+        return connect_durable(self._connections.path)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        return self._connections.get()
 
     @property
     def where(self) -> str:
@@ -227,10 +220,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
                 raise self._unavailable(exc) from exc
             raise
 
-    @staticmethod
-    def read_meta(conn: sqlite3.Connection) -> tuple[int, int | None]:
-        meta = dict(conn.execute("SELECT key, value FROM meta"))
-        return int(meta["generation"]), (int(meta["dimension"]) if meta["dimension"] else None)
+    read_meta = staticmethod(read_meta)
 
     def _view(self) -> _ChromaView:
         generation, dim = self.read_meta(self._conn())
@@ -274,10 +264,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         return KBChromaVectorStore(core, tx)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
     def destroy(self) -> None:
         try:

@@ -40,6 +40,7 @@ from stores.base import (
     check_records,
     normalise,
 )
+from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62
 _PAGE = 1000
@@ -109,30 +110,22 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
         self.index = f"{self.connection.get('index_prefix', '')}kb-{context.kb_id}".lower()
         self.dir = Path(context.folder) / "es-store"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = ThreadConnections(self.dir / "es-meta.sqlite")
         self._client: Any = None
         self._lock = threading.Lock()
         conn = self._connect()
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        create_meta(conn)
         conn.execute("CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, physical TEXT NOT NULL, "
                      "gen INTEGER NOT NULL)")
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0'), ('dimension', '')")
         conn.close()
 
     # --- plumbing -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.dir / "es-meta.sqlite", isolation_level=None, timeout=60,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+        return connect_durable(self._connections.path)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        return self._connections.get()
 
     @property
     def es(self) -> Any:
@@ -202,10 +195,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             mappings["properties"]["text"]["analyzer"] = "standard"
             self.call("indices.create", index=self.index, mappings=mappings, settings=settings)
 
-    @staticmethod
-    def read_meta(conn: sqlite3.Connection) -> tuple[int, int | None]:
-        meta = dict(conn.execute("SELECT key, value FROM meta"))
-        return int(meta["generation"]), (int(meta["dimension"]) if meta["dimension"] else None)
+    read_meta = staticmethod(read_meta)
 
     def _view(self) -> _EsView:
         generation, dim = self.read_meta(self._conn())
@@ -287,10 +277,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
         return KBElasticsearchStore(core, tx, **kwargs)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
     def destroy(self) -> None:
         try:

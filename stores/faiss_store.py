@@ -58,6 +58,7 @@ from stores.base import (
 )
 from stores.keyword_index import KeywordIndex
 from stores.sql_filters import filter_to_sql
+from stores.sqlite_meta import connect_durable, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ _BRUTE_FORCE_MATCHES = 20_000
 INDEX_TYPES = ("FLAT", "HNSW")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
+_connect = connect_durable
 
 
 def _fsync_dir(path: Path) -> None:
@@ -272,10 +269,7 @@ class FaissStore(VectorStoreDriver):
             self._cached = (generation, index)
             return index
 
-    @staticmethod
-    def _read_meta(conn: sqlite3.Connection) -> tuple[int, int | None]:
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'dimension')"))
-        return int(meta["generation"]), (int(meta["dimension"]) if meta["dimension"] else None)
+    _read_meta = staticmethod(read_meta)
 
     @contextmanager
     def _snapshot(self) -> Iterator[_View]:
