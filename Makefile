@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kb stores writers api tests
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m kb.benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
