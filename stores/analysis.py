@@ -68,7 +68,9 @@ class Analyzer:
                                                                      settings["language"])
 
     def terms(self, text: str) -> list[str]:
-        folded = unicodedata.normalize("NFKD", text.lower())
-        folded = "".join(c for c in folded if not unicodedata.combining(c))
+        folded = text.lower()
+        if not folded.isascii():  # accent folding only where there are accents (it is a per-character loop)
+            folded = unicodedata.normalize("NFKD", folded)
+            folded = "".join(c for c in folded if not unicodedata.combining(c))
         tokens = [t for t in _TOKEN.findall(folded) if t not in self.stop_words]
         return self._stemmer.stemWords(tokens) if self._stemmer is not None else tokens
