@@ -32,7 +32,7 @@ import signal
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from stores.base import (
     check_records,
     normalise,
 )
+from stores.columnar_filter import MetadataColumns
 from stores.keyword_index import KeywordIndex
 from stores.sql_filters import filter_to_sql
 from stores.sqlite_meta import connect_durable, read_meta
@@ -125,8 +126,16 @@ class _View(StoreReader):
     """Reads over one SQLite connection (in a transaction) and one FAISS index."""
 
     def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
-                 keyword_index: KeywordIndex, hnsw: bool) -> None:
+                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None) -> None:
         self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+        self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
+
+    def _matching_rowids(self, flt: Filter) -> np.ndarray:
+        if self._columns is not None:
+            return self._columns().select(flt)
+        where, params = filter_to_sql(flt)
+        return np.fromiter((r[0] for r in self.conn.execute(f"SELECT rowid FROM records WHERE {where}", params)),
+                           dtype=np.int64)
 
     @property
     def dimension(self) -> int | None:
@@ -158,6 +167,8 @@ class _View(StoreReader):
         return [records[rowid_of[i]] for i in ids if i in rowid_of]
 
     def count(self, flt: Filter | None = None) -> int:
+        if flt is not None and self._columns is not None:
+            return int(self._columns().select(flt).size)
         where, params = filter_to_sql(flt)
         return int(self.conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0])
 
@@ -186,11 +197,7 @@ class _View(StoreReader):
         if flt is None:
             scores, rowids = self.index.search(query, min(k, self.index.ntotal))
         else:
-            where, params = filter_to_sql(flt)
-            allowed = np.fromiter(
-                (r[0] for r in self.conn.execute(f"SELECT rowid FROM records WHERE {where}", params)),
-                dtype=np.int64,
-            )
+            allowed = self._matching_rowids(flt)
             if allowed.size == 0:
                 return []
             if self.hnsw and allowed.size <= _BRUTE_FORCE_MATCHES:
@@ -231,6 +238,7 @@ class FaissStore(VectorStoreDriver):
         self._local = threading.local()
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, faiss.Index | None] = (-1, None)
+        self._columns_cache: tuple[int, MetadataColumns] | None = None
         self._closed = False
         conn = _connect(self.db_path)
         try:
@@ -271,6 +279,19 @@ class FaissStore(VectorStoreDriver):
 
     _read_meta = staticmethod(read_meta)
 
+    def _metadata_columns(self, conn: sqlite3.Connection, generation: int) -> MetadataColumns:
+        """Columns of the committed generation's metadata, built once per generation (read in its snapshot)."""
+        with self._cache_lock:
+            cached = self._columns_cache
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+        rows = conn.execute("SELECT rowid, metadata FROM records ORDER BY rowid").fetchall()
+        columns = MetadataColumns(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                                  (r[1] for r in rows))
+        with self._cache_lock:
+            self._columns_cache = (generation, columns)
+        return columns
+
     @contextmanager
     def _snapshot(self) -> Iterator[_View]:
         conn = self._conn()
@@ -286,7 +307,8 @@ class FaissStore(VectorStoreDriver):
                     if attempt == 4:
                         raise
                     continue
-                yield _View(conn, index, dim, self.keywords, self.settings["type"] == "HNSW")
+                yield _View(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
+                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g))
                 return
             finally:
                 if conn.in_transaction:

@@ -1,0 +1,101 @@
+"""Metadata filters evaluated on columns in memory (numpy), for committed snapshots.
+
+Evaluating a filter in SQLite means ``json_extract`` over every row for every query (about 90 ms at
+100k records). A committed generation never changes, so its metadata is turned into typed columns
+once (kind, number, string, boolean per key) and each filter becomes a few vectorised comparisons.
+Semantics are ``kb.filters.matches`` exactly; the conformance suite's property test checks it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from kb.filters import And, Comparison, Filter, Not, Or
+
+MISSING, BOOL, NUMBER, STRING, OTHER = 0, 1, 2, 3, 4
+
+
+class _Column:
+    def __init__(self, size: int) -> None:
+        self.kind = np.zeros(size, dtype=np.int8)
+        self.number = np.zeros(size, dtype=np.float64)
+        self.string = np.full(size, "", dtype=object)
+        self.boolean = np.zeros(size, dtype=bool)
+
+
+class MetadataColumns:
+    def __init__(self, rowids: np.ndarray, metadata_json: Iterable[str]) -> None:
+        self.rowids = rowids
+        size = len(rowids)
+        self.columns: dict[str, _Column] = {}
+        for position, raw in enumerate(metadata_json):
+            for key, value in json.loads(raw).items():
+                column = self.columns.get(key)
+                if column is None:
+                    column = self.columns[key] = _Column(size)
+                if isinstance(value, bool):
+                    column.kind[position], column.boolean[position] = BOOL, value
+                elif isinstance(value, int | float):
+                    column.kind[position], column.number[position] = NUMBER, value
+                elif isinstance(value, str):
+                    column.kind[position], column.string[position] = STRING, value
+                else:
+                    column.kind[position] = OTHER
+
+    def select(self, flt: Filter) -> np.ndarray:
+        """Rowids of the records matching ``flt``."""
+        return self.rowids[self.mask(flt)]
+
+    def mask(self, flt: Filter) -> np.ndarray:
+        if isinstance(flt, And):
+            out = np.ones(len(self.rowids), dtype=bool)
+            for clause in flt.clauses:
+                out &= self.mask(clause)
+            return out
+        if isinstance(flt, Or):
+            out = np.zeros(len(self.rowids), dtype=bool)
+            for clause in flt.clauses:
+                out |= self.mask(clause)
+            return out
+        if isinstance(flt, Not):
+            return ~self.mask(flt.clause)
+        assert isinstance(flt, Comparison)
+        column = self.columns.get(flt.key)
+        if column is None:
+            missing = np.zeros(len(self.rowids), dtype=bool)
+            return ~missing if flt.op in ("$ne", "$nin") else missing
+        if flt.op == "$eq":
+            return self._equal(column, flt.value)
+        if flt.op == "$ne":
+            return ~self._equal(column, flt.value)
+        if flt.op in ("$in", "$nin"):
+            out = np.zeros(len(self.rowids), dtype=bool)
+            for value in flt.value:
+                out |= self._equal(column, value)
+            return out if flt.op == "$in" else ~out
+        return self._order(column, flt.op, flt.value)
+
+    @staticmethod
+    def _equal(column: _Column, value: Any) -> np.ndarray:
+        if isinstance(value, bool):
+            return (column.kind == BOOL) & (column.boolean == value)
+        if isinstance(value, int | float):
+            return (column.kind == NUMBER) & (column.number == value)
+        return (column.kind == STRING) & (column.string == value)
+
+    @staticmethod
+    def _order(column: _Column, op: str, value: Any) -> np.ndarray:
+        if isinstance(value, str):
+            kind, values = STRING, column.string
+        else:
+            kind, values = NUMBER, column.number
+        compare = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}[op]
+        selected = column.kind == kind
+        out = np.zeros(len(column.kind), dtype=bool)
+        if selected.any():
+            out[selected] = compare(values[selected], value).astype(bool)
+        return out
