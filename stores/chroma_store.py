@@ -1,260 +1,258 @@
 """Chroma driver: embedded (PersistentClient in the KB folder) or a Chroma server (HttpClient).
 
-Chroma has no multi-record transactions, so kb keeps its guarantees with
-generations. Every physical Chroma record carries ``__kb_gen`` (the
-generation that wrote it) and ``__kb_del`` (the generation that deleted or
-replaced it, or "never"); its Chroma id is ``<gen>:<id>``. A reader at
-committed generation C sees exactly the records with ``__kb_gen <= C`` and
-``__kb_del > C``. A writer at generation G = C + 1 adds new physical records
-and marks replaced ones ``__kb_del = G``: invisible to readers until the
-commit point. The commit point is one SQLite transaction in the KB folder
-(``chroma-meta.sqlite``: the committed generation, the id → physical record
-map and the BM25 keyword index), so vectors, keywords and visibility flip
-together. A crash before it leaves only invisible leftovers, removed by the
-next writer; a rollback removes them at once. Cost: a replace or delete is an
-extra metadata update per record, and physical records replaced in
-generation G are vacuumed one commit later (readers still on G-1 need them).
+Files: this module (driver, commit point, recovery), chroma_reader.py
+(reads at a snapshot), chroma_writer.py (the transaction), chroma_codec.py
+(metadata encoding, ``where`` translation), chroma_client.py (clients,
+errors, embedded mode across processes), chroma_langchain.py.
 
-Filters: kb's language maps onto Chroma's ``where`` (``$ne``/``$nin`` match a
-missing key in both); ``$not`` is pushed down by De Morgan; what Chroma cannot
-express (ordering of strings, negated ordering) is a FilterError. Keyword
-search uses kb's BM25 index (Chroma 1.5 has no local BM25 ranking; its
-``$contains`` is a filter, not a ranking).
+Chroma has no multi-record transactions, so kb keeps its guarantees with
+generations and a commit point of its own:
+
+- Every physical Chroma record carries ``__kb_gen`` (the generation that
+  wrote it) and ``__kb_del`` (the generation that retired it, or NEVER). The
+  state at generation C is the records with ``__kb_gen <= C < __kb_del``.
+- The commit point is one SQLite transaction in the KB folder
+  (``chroma-store/chroma-meta.sqlite``, WAL, synchronous=FULL): the committed
+  generation, the live collection's name, the id → physical record map with
+  a copy of each record's metadata, and the BM25 keyword index. SQLite makes
+  it atomic and durable, so vectors, keywords and visibility flip together.
+  This holds in server mode too: the kb service is the only writer of its
+  collections, and the writer lock is a flock in the KB folder.
+- A writer at G = C + 1 adds physical records ``G.<random>:<id>`` and marks
+  the records it replaces or deletes ``__kb_del = G``: readers at C still
+  see them. Nothing it does is visible before the commit point; a rollback
+  deletes what it added and unmarks what it marked. Before its first Chroma
+  write it durably sets a ``dirty`` flag in SQLite; a writer that finds the
+  flag set (its predecessor died, or could not clean up because Chroma was
+  down) first removes that predecessor's leftovers. A retried write is
+  therefore never duplicated: ids are unique in the id map, and the failed
+  attempt's records are gone before the retry writes.
+- Emptying the KB (``clear``), and the first write into an empty KB, switch
+  to a fresh collection instead: O(1) rather than a mark per record, a new
+  vector dimension becomes possible (a Chroma collection keeps the
+  dimension of its first vector forever, even once emptied), and so does a
+  new connection. The collection's name is part of the commit point.
+- Records replaced at G, and collections switched away from at G, are
+  deleted by the commit after G (a reader that read generation G-1 just
+  before commit G can still finish).
+
+Reads take a SQLite read snapshot (generation, live collection, id map) and
+query Chroma at that generation. Unfiltered similarity asks Chroma for
+k + max(k, 10) neighbours without the visibility filter and keeps the
+visible ones: when at least k are visible they are exactly the top k (any
+better visible record would have ranked among them). Only when a write in
+progress, or records awaiting deletion, crowd the top does it repeat the
+query with the ``__kb_gen``/``__kb_del`` filter in Chroma, which costs ~20x
+more (chromadb 1.5.9 evaluates a where over every record: ~41 ms against
+~2 ms at 10k records). Filtered similarity finds the matching records in
+memory (the committed generation's metadata as typed columns, built once
+per generation; SQL over the metadata copy inside a transaction) and
+restricts the Chroma query to their ids, which is faster than Chroma's where
+at every size measured and exact for every filter; beyond
+``id_query_limit`` matches it uses Chroma's where (chroma_codec.py) and
+refuses, with a FilterError, a filter where cannot express. count, ids_where
+and filtered keyword search never call Chroma; get fetches by physical id.
+
+Costs: a replace or delete is one extra metadata update per record, and one
+delete a commit later; a commit makes no Chroma call unless something is due
+for deletion; the metadata is stored twice (Chroma and SQLite). Readers
+lagging by two whole commits may miss records (the same window as FAISS's
+previous index file).
+
+Keyword search uses kb's BM25 index in the same SQLite file, committed with
+the records: chromadb 1.5.9 has no local BM25 or sparse-vector ranking
+(``Collection.search`` raises NotImplementedError outside Chroma Cloud), and
+``where_document`` ``$contains`` filters but does not rank.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
+import re
+import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kb.errors import FilterError, InvalidInputError, StoreUnavailableError, WriterClosedError
-from kb.filters import And, Comparison, Filter, Not, Or, matches
+from kb.errors import InvalidInputError, KBError
 from stores.base import (
     Capabilities,
     DelegatingReader,
-    Hit,
-    Record,
     StoreContext,
-    StoreReader,
     StoreTransaction,
     VectorStoreDriver,
     acquire_writer_lock,
-    check_query_vector,
-    check_records,
-    normalise,
 )
+from stores.chroma_client import ChromaClient
+from stores.chroma_codec import DEL, GEN, NEVER, decode, visibility
+from stores.chroma_reader import ChromaView, Columns, Snap, build_columns, chunks, meta_value, read_snap, set_meta
+from stores.chroma_writer import ChromaTransaction
 from stores.keyword_index import KeywordIndex
-from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
+from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta
 
-NEVER = 2**62
-SYSTEM = ("__kb_id", "__kb_gen", "__kb_del", "__kb_json", "__kb_ints")
-_BATCH = 500
+log = logging.getLogger(__name__)
 
-
-def to_where(flt: Filter | None) -> dict[str, Any] | None:
-    """kb filter → Chroma ``where``; FilterError for what Chroma cannot express exactly."""
-    if flt is None:
-        return None
-    return _where(flt, negate=False)
+_HNSW_KEYS = {"ef_search": (1, 10_000), "ef_construction": (1, 10_000), "max_neighbors": (2, 512)}
 
 
-def _operand(value: Any) -> Any:
-    # Integers are stored as floats (see _encode), so numeric operands are compared as floats too.
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _kind(value: Any) -> str:
-    return "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "str"
-
-
-def _where(flt: Filter, negate: bool) -> dict[str, Any]:
-    if isinstance(flt, Not):
-        return _where(flt.clause, not negate)
-    if isinstance(flt, And | Or):
-        parts = [_where(c, negate) for c in flt.clauses]
-        use_and = isinstance(flt, And) != negate  # De Morgan
-        return parts[0] if len(parts) == 1 else {"$and" if use_and else "$or": parts}
-    assert isinstance(flt, Comparison)
-    op = flt.op
-    if negate:
-        flipped = {"$eq": "$ne", "$ne": "$eq", "$in": "$nin", "$nin": "$in"}.get(op)
-        if flipped is None:
-            raise FilterError(f"Chroma cannot express a negated {op} on {flt.key!r} exactly (missing keys would "
-                              "be lost); rewrite the filter without $not around an ordering")
-        op = flipped
-    if op in ("$gt", "$gte", "$lt", "$lte") and isinstance(flt.value, str):
-        raise FilterError(f"Chroma cannot order strings ({op} on {flt.key!r}); filter on numbers instead")
-    if op in ("$in", "$nin"):
-        groups: dict[str, list[Any]] = {}
-        for value in flt.value:
-            groups.setdefault(_kind(value), []).append(value)
-        parts = [{flt.key: {op: [_operand(v) for v in values]}} for values in groups.values()]  # one type per list
-        return parts[0] if len(parts) == 1 else {"$or" if op == "$in" else "$and": parts}
-    return {flt.key: {op: _operand(flt.value)}}
-
-
-def _visible(generation: int, user: dict[str, Any] | None = None) -> dict[str, Any]:
-    clauses: list[dict[str, Any]] = [{"__kb_gen": {"$lte": generation}}, {"__kb_del": {"$gt": generation}}]
-    if user:
-        clauses.append(user)
-    return {"$and": clauses}
-
-
-def _encode(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Chroma holds scalars only: other values are JSON-encoded and listed in ``__kb_json``.
-
-    Integers are stored as floats and listed in ``__kb_ints``: Chroma 1.5 compares a float operand
-    with an integer value after truncating it (``{"a": -1.5}`` matches ``a = -1``), floats compare exactly.
-    """
-    out: dict[str, Any] = {}
-    encoded, ints = [], []
-    for key, value in metadata.items():
-        if key.startswith("__kb_"):
-            raise InvalidInputError(f"metadata key {key!r} is reserved for kb's Chroma driver")
-        if isinstance(value, bool | float | str):
-            out[key] = value
-        elif isinstance(value, int):
-            out[key] = float(value)
-            ints.append(key)
-        else:
-            out[key] = json.dumps(value)
-            encoded.append(key)
-    out["__kb_json"] = json.dumps(encoded)
-    out["__kb_ints"] = json.dumps(ints)
-    return out
-
-
-def _decode(metadata: dict[str, Any]) -> dict[str, Any]:
-    encoded = set(json.loads(metadata.get("__kb_json", "[]")))
-    ints = set(json.loads(metadata.get("__kb_ints", "[]")))
-    return {k: (json.loads(v) if k in encoded else int(v) if k in ints else v)
-            for k, v in metadata.items() if k not in SYSTEM}
+def hnsw_configuration(settings: dict[str, Any]) -> dict[str, Any]:
+    """Chroma collection configuration from the KB's store settings (``{"hnsw": {"ef_search": 200}}``)."""
+    raw = settings.get("hnsw") or {}
+    if not isinstance(raw, dict):
+        raise InvalidInputError("Chroma store setting 'hnsw' must be an object")
+    hnsw: dict[str, Any] = {"space": "cosine"}
+    for key, value in raw.items():
+        if key not in _HNSW_KEYS:
+            raise InvalidInputError(f"unknown Chroma hnsw setting {key!r}; known: {', '.join(sorted(_HNSW_KEYS))}")
+        low, high = _HNSW_KEYS[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InvalidInputError(f"Chroma hnsw setting {key!r} must be an integer in [{low}, {high}]")
+        hnsw[key] = value
+    return {"hnsw": hnsw}
 
 
 class ChromaStore(DelegatingReader, VectorStoreDriver):
     store_type = "CHROMA"
     capabilities = Capabilities(keyword=True, approximate=True)
+    # Filtered similarity restricts the Chroma query to the matching ids up to this many matches (an id list
+    # of 20k is ~0.5 MB over HTTP), and uses Chroma's where beyond.
+    id_query_limit = 20_000
 
     def __init__(self, context: StoreContext) -> None:
         super().__init__(context)
-        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
         self.dir = Path(context.folder) / "chroma-store"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.connection = dict(context.connection or {})
-        self.collection_name = f"kb-{context.kb_id}".lower() if len(context.kb_id) >= 1 else "kb-default"
+        self.configuration = hnsw_configuration(context.settings or {})
+        self.chroma = ChromaClient(self.dir / "chroma", context.connection or {}, context.kb_id)
         self.keywords = KeywordIndex(context.keyword_analyzer)
         self._connections = ThreadConnections(self.dir / "chroma-meta.sqlite")
-        self._client: Any = None
-        self._collection: Any = None
-        self._lock = threading.Lock()
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        create_meta(conn)
-        conn.execute("CREATE TABLE IF NOT EXISTS records (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
-                     "physical TEXT NOT NULL, gen INTEGER NOT NULL)")
-        self.keywords.create(conn)
-        conn.execute("COMMIT")
-        conn.close()
+        self._columns: tuple[int, Columns] | None = None
+        self._columns_lock = threading.Lock()
+        if self._create_schema():
+            self._migrate_first_format()
+        self.collection_base = meta_value(self._conn(), "collection_base")
 
     # --- plumbing -------------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        return connect_durable(self._connections.path)
 
     def _conn(self) -> sqlite3.Connection:
         return self._connections.get()
 
-    @property
-    def where(self) -> str:
-        return self.connection.get("url") or str(self.dir / "chroma")
-
-    def collection(self) -> Any:
-        with self._lock:
-            if self._collection is None:
-                import chromadb
-                from chromadb.config import Settings
-
-                settings = Settings(anonymized_telemetry=False, allow_reset=False)
-                try:
-                    if self.connection.get("url"):
-                        from urllib.parse import urlparse
-
-                        url = urlparse(self.connection["url"])
-                        headers = {"Authorization": f"Bearer {self.connection['api_key']}"} \
-                            if self.connection.get("api_key") else None
-                        self._client = chromadb.HttpClient(
-                            host=url.hostname or "127.0.0.1", port=url.port or 8000, ssl=url.scheme == "https",
-                            headers=headers, settings=settings,
-                            tenant=self.connection.get("tenant", chromadb.DEFAULT_TENANT),
-                            database=self.connection.get("database", chromadb.DEFAULT_DATABASE))
-                    else:
-                        self._client = chromadb.PersistentClient(path=str(self.dir / "chroma"), settings=settings)
-                    self._collection = self._client.get_or_create_collection(
-                        self.collection_name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
-                except Exception as exc:
-                    raise self._unavailable(exc) from exc
-            return self._collection
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
-        return StoreUnavailableError(f"Chroma at {self.where} is unavailable for knowledge bank "
-                                     f"{self.context.kb_id}: {type(exc).__name__}: {str(exc)[:300]}")
-
-    def call(self, method: str, **kwargs: Any) -> Any:
+    def _create_schema(self) -> bool:
+        """Create the SQLite side; True if it holds a store of the first format (no metadata copy)."""
+        conn = connect_durable(self._connections.path)
         try:
-            return getattr(self.collection(), method)(**kwargs)
-        except (InvalidInputError, FilterError):
-            raise
-        except Exception as exc:  # chromadb raises many types for a server that is down or restarting
-            name = type(exc).__name__
-            if "Connect" in name or "Timeout" in name or "connect" in str(exc).lower():
-                with self._lock:
-                    self._collection = None  # reconnect next time
-                raise self._unavailable(exc) from exc
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            create_meta(conn)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+            first_format = bool(columns) and "metadata" not in columns
+            conn.execute("CREATE TABLE IF NOT EXISTS records (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+                         "physical TEXT NOT NULL, gen INTEGER NOT NULL, metadata TEXT)")
+            # physical records replaced or deleted at ``gen``, deleted from Chroma by a later commit
+            conn.execute("CREATE TABLE IF NOT EXISTS retired (physical TEXT NOT NULL, gen INTEGER NOT NULL)")
+            self.keywords.create(conn)
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            if "collection_base" not in meta:
+                # A random part keeps two KBs apart on one server even if their folders reuse an id.
+                safe = re.sub(r"[^A-Za-z0-9._-]", "-", self.context.kb_id)[:48].strip("-._") or "kb"
+                conn.execute("INSERT INTO meta VALUES ('collection_base', ?)", (f"kb-{safe}-{secrets.token_hex(4)}",))
+            legacy = first_format or int(meta["generation"]) > 0
+            if "collection" not in meta:  # the first format kept everything in a collection named after the id
+                conn.execute("INSERT INTO meta VALUES ('collection', ?)",
+                             (f"kb-{self.context.kb_id}".lower() if legacy else "",))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('drops', '[]'), ('dirty', '0')")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return first_format
 
-    read_meta = staticmethod(read_meta)
+    def _migrate_first_format(self) -> None:
+        """Copy metadata from Chroma into SQLite (filters are answered there now), under the writer lock."""
+        lock = acquire_writer_lock(self.dir / "writer.lock", 60.0, self.context.kb_id)
+        conn = connect_durable(self._connections.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if "metadata" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
+                conn.execute("ALTER TABLE records ADD COLUMN metadata TEXT")
+                snap = read_snap(conn)
+                self.chroma.refresh(snap.generation)
+                offset = 0
+                while snap.collection:
+                    page = self.chroma.call(snap.collection, "get", where=visibility(snap.generation),
+                                            include=["metadatas"], limit=1000, offset=offset)
+                    if not page["ids"]:
+                        break
+                    conn.executemany("UPDATE records SET metadata = ? WHERE physical = ?", [
+                        (json.dumps(decode(m), ensure_ascii=False), p) for p, m in zip(page["ids"], page["metadatas"],
+                                                                                       strict=True)])
+                    offset += len(page["ids"])
+                set_meta(conn, "dirty", "1")  # the next writer removes what the first format left behind
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            lock.close()
 
-    def _view(self) -> _ChromaView:
-        generation, dim = self.read_meta(self._conn())
-        return _ChromaView(self, self._conn(), generation, dim)
+    def _view(self) -> ChromaView:
+        return ChromaView(self, self._conn(), None)
 
-    # --- reads ------------------------------------------------------------------------------------
+    def metadata_columns(self, conn: sqlite3.Connection, generation: int) -> Columns:
+        """The committed generation's metadata columns, built once per generation (``conn`` in its snapshot)."""
+        with self._columns_lock:
+            if self._columns is not None and self._columns[0] == generation:
+                return self._columns[1]
+        columns = build_columns(conn)
+        with self._columns_lock:
+            self._columns = (generation, columns)
+        return columns
+
+    def live_collection(self) -> Any:
+        """The Chroma collection holding the committed state (None before the first write)."""
+        snap = read_snap(self._conn())
+        self.chroma.refresh(snap.generation)
+        return self.chroma.collection(snap.collection) if snap.collection else None
 
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> ChromaTransaction:
         lock = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
-        conn = self._connect()
+        conn = connect_durable(self._connections.path)
         try:
+            snap = read_snap(conn)
+            self.chroma.refresh(snap.generation)
+            if meta_value(conn, "dirty") == "1":
+                self._clean_leftovers(snap)  # a writer died mid-transaction
+            else:
+                set_meta(conn, "dirty", "1")  # durable before the first Chroma write of this transaction
             conn.execute("BEGIN IMMEDIATE")
-            generation, dim = self.read_meta(conn)
-            self._clean_leftovers(generation)
+            return ChromaTransaction(self, conn, lock, read_snap(conn))
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()
             lock.close()
             raise
-        return ChromaTransaction(self, conn, lock, generation, dim)
 
-    def _clean_leftovers(self, committed: int) -> None:
-        """Undo what a crashed writer left: records of uncommitted generations, uncommitted deletion marks."""
-        stale = self.call("get", where={"__kb_gen": {"$gt": committed}}, include=[])["ids"]
-        for start in range(0, len(stale), _BATCH):
-            self.call("delete", ids=stale[start : start + _BATCH])
-        marked = self.call("get", where={"$and": [{"__kb_del": {"$gt": committed}},
-                                                  {"__kb_del": {"$lt": NEVER}}]}, include=["metadatas"])
-        if marked["ids"]:
-            metadatas = [{**m, "__kb_del": NEVER} for m in marked["metadatas"]]
-            self.call("update", ids=marked["ids"], metadatas=metadatas)
+    def _clean_leftovers(self, snap: Snap) -> None:
+        """Undo a dead writer: its records, its deletion marks, the collection it may have switched to."""
+        pending = f"{self.collection_base}-g{snap.generation + 1}"
+        if pending != snap.collection:
+            self.chroma.delete_collection(pending)
+        if not snap.collection:
+            return
+        stale = self.chroma.call(snap.collection, "get", where={"$or": [
+            {GEN: {"$gt": snap.generation}},
+            {DEL: {"$lt": snap.generation}},  # retired before the previous commit (an unfinished vacuum)
+        ]}, include=[])["ids"]
+        for part in chunks(stale):
+            self.chroma.call(snap.collection, "delete", ids=part)
+        marked = self.chroma.call(snap.collection, "get", where={"$and": [
+            {DEL: {"$gt": snap.generation}}, {DEL: {"$lt": NEVER}}]}, include=[])["ids"]
+        for part in chunks(marked):
+            self.chroma.call(snap.collection, "update", ids=part, metadatas=[{DEL: NEVER}] * len(part))
 
     def langchain_vectorstore(self, core: Any, tx: StoreTransaction | None, **kwargs: Any) -> Any:
         from stores.chroma_langchain import KBChromaVectorStore
@@ -267,199 +265,15 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         self._connections.close()
 
     def destroy(self) -> None:
+        conn = self._conn()
+        snap = read_snap(conn)
+        names = {snap.collection, f"{self.collection_base}-g{snap.generation + 1}",
+                 *(name for name, _ in json.loads(meta_value(conn, "drops")))} - {""}
         try:
-            self.collection()
-            self._client.delete_collection(self.collection_name)
-        except Exception:  # noqa: BLE001 - the folder goes anyway; a server-side leftover is logged by Chroma
-            pass
+            for name in sorted(names):
+                self.chroma.delete_collection(name)
+        except KBError as exc:  # the KB goes anyway; say what is left on the server
+            log.warning("knowledge bank %s deleted, but Chroma collections %s at %s remain: %s",
+                        self.context.kb_id, sorted(names), self.chroma.where, exc)
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class _ChromaView(StoreReader):
-    """Reads at one generation (the committed one, or a transaction's own)."""
-
-    def __init__(self, store: ChromaStore, conn: sqlite3.Connection, generation: int, dim: int | None) -> None:
-        self.store, self.conn, self.generation, self._dim = store, conn, generation, dim
-
-    @property
-    def dimension(self) -> int | None:
-        return self._dim
-
-    def _records(self, result: dict[str, Any], with_vectors: bool, index: int | None = None) -> list[Record]:
-        pick = (lambda key: result[key][index]) if index is not None else (lambda key: result[key])
-        docs, metas = pick("documents"), pick("metadatas")
-        vectors = pick("embeddings") if with_vectors else None
-        return [Record(m["__kb_id"], d or "", _decode(m), np.asarray(vectors[i], dtype=np.float32)
-                       if vectors is not None else None) for i, (d, m) in enumerate(zip(docs, metas, strict=True))]
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        found: dict[str, Record] = {}
-        include = ["documents", "metadatas", *(["embeddings"] if with_vectors else [])]
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _BATCH):
-            part = unique[start : start + _BATCH]
-            result = self.store.call("get", where=_visible(self.generation, {"__kb_id": {"$in": part}}),
-                                     include=include)
-            found.update((r.id, r) for r in self._records(result, with_vectors))
-        return [found[i] for i in ids if i in found]
-
-    def _all(self, flt: Filter | None, include: list[str]) -> dict[str, Any]:
-        return self.store.call("get", where=_visible(self.generation, to_where(flt)), include=include)
-
-    def count(self, flt: Filter | None = None) -> int:
-        return len(self._all(flt, [])["ids"])
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return [m["__kb_id"] for m in self._all(flt, ["metadatas"])["metadatas"]]
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        include = ["documents", "metadatas", *(["embeddings"] if with_vectors else [])]
-        offset = 0
-        while True:
-            result = self.store.call("get", where=_visible(self.generation), include=include, limit=batch_size,
-                                     offset=offset)
-            if not result["ids"]:
-                return
-            yield self._records(result, with_vectors)
-            offset += len(result["ids"])
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        query = normalise(check_query_vector(vector, self._dim).reshape(1, -1))[0]
-        if k <= 0 or self._dim is None:
-            return []
-        where = _visible(self.generation, to_where(flt))
-        include = ["documents", "metadatas", "distances", *(["embeddings"] if with_vectors else [])]
-        # Chroma 1.x answers with fewer results when fewer records match, so no count round trip is needed.
-        result = self.store.call("query", query_embeddings=[query.tolist()], n_results=k, where=where,
-                                 include=include)
-        records = self._records(result, with_vectors, index=0)
-        return [Hit(r, 1.0 - float(d)) for r, d in zip(records, result["distances"][0], strict=True)]
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        if k <= 0:
-            return []
-        depth = max(k * 20, 200)
-        while True:
-            pairs = self.store.keywords.search(self.conn, query, depth)
-            if not pairs:
-                return []
-            physical = dict(self.conn.execute(
-                f"SELECT rowid, id FROM records WHERE rowid IN ({','.join('?' * len(pairs))})", [p[0] for p in pairs]))
-            records = {r.id: r for r in self.get([physical[p] for p, _ in pairs if p in physical])}
-            hits = [Hit(records[physical[p]], s) for p, s in pairs
-                    if p in physical and physical[p] in records and matches(flt, records[physical[p]].metadata)]
-            if len(hits) >= k or len(pairs) < depth:
-                return hits[:k]
-            depth *= 4
-
-
-class ChromaTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: ChromaStore, conn: sqlite3.Connection, lock: Any, committed: int,
-                 dim: int | None) -> None:
-        self.store, self.conn, self.lock = store, conn, lock
-        self.committed, self.generation, self._dim = committed, committed + 1, dim
-        self._open = True
-        self._next_rowid = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0]) + 1
-
-    def _view(self) -> _ChromaView:
-        if not self._open:
-            raise WriterClosedError("this transaction is already committed or rolled back")
-        return _ChromaView(self.store, self.conn, self.generation, self._dim)
-
-    @property
-    def dimension(self) -> int | None:
-        return self._dim
-
-    def _retire(self, ids: Sequence[str]) -> int:
-        """Hide the live records of ``ids`` from this generation on; returns how many existed."""
-        rows: list[tuple[int, str, str, int]] = []
-        for start in range(0, len(ids), _BATCH):
-            part = list(ids[start : start + _BATCH])
-            rows += self.conn.execute(f"SELECT rowid, id, physical, gen FROM records WHERE id IN "
-                                      f"({','.join('?' * len(part))})", part).fetchall()
-        if not rows:
-            return 0
-        own = [physical for _, _, physical, gen in rows if gen == self.generation]
-        older = [physical for _, _, physical, gen in rows if gen != self.generation]
-        if own:
-            self.store.call("delete", ids=own)
-        for start in range(0, len(older), _BATCH):
-            part = older[start : start + _BATCH]
-            current = self.store.call("get", ids=part, include=["metadatas"])
-            self.store.call("update", ids=current["ids"],
-                            metadatas=[{**m, "__kb_del": self.generation} for m in current["metadatas"]])
-        self.store.keywords.remove(self.conn, [r[0] for r in rows])
-        self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r[0],) for r in rows])
-        return len(rows)
-
-    def upsert(self, records: Sequence[Record]) -> None:
-        self._view()
-        if not records:
-            return
-        dim = check_records(records, self._dim)
-        for r in records:
-            try:
-                json.dumps(r.metadata, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"document {r.id!r}: metadata is not JSON-serialisable: {exc}") from exc
-        metadatas = [_encode(dict(r.metadata)) for r in records]
-        self._retire([r.id for r in records])
-        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
-        physical = [f"{self.generation}:{r.id}" for r in records]
-        for meta, record in zip(metadatas, records, strict=True):
-            meta.update({"__kb_id": record.id, "__kb_gen": self.generation, "__kb_del": NEVER})
-        for start in range(0, len(records), _BATCH):
-            end = start + _BATCH
-            self.store.call("add", ids=physical[start:end], embeddings=vectors[start:end].tolist(),
-                            metadatas=metadatas[start:end], documents=[r.text for r in records[start:end]])
-        rows = [(self._next_rowid + i, r.id, p, self.generation) for i, (r, p) in
-                enumerate(zip(records, physical, strict=True))]
-        self._next_rowid += len(rows)
-        self.conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
-        self.store.keywords.add(self.conn, [(row[0], r.text) for row, r in zip(rows, records, strict=True)])
-        if self._dim is None:
-            self._dim = dim
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
-
-    def delete(self, ids: Sequence[str]) -> int:
-        self._view()
-        return self._retire(list(dict.fromkeys(ids)))
-
-    def clear(self) -> None:
-        self._view()
-        self._retire([row[0] for row in self.conn.execute("SELECT id FROM records")])
-        self.conn.execute("UPDATE meta SET value = '' WHERE key = 'dimension'")
-        self._dim = None
-
-    def commit(self) -> None:
-        self._view()
-        try:
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(self.generation),))
-            self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
-        except BaseException:
-            self.rollback()
-            raise
-        self._finish()
-        try:  # vacuum records replaced before the previous generation (no reader can still see them)
-            stale = self.store.call("get", where={"__kb_del": {"$lte": self.committed}}, include=[])["ids"]
-            for start in range(0, len(stale), _BATCH):
-                self.store.call("delete", ids=stale[start : start + _BATCH])
-        except StoreUnavailableError:
-            pass  # invisible garbage; the next commit vacuums it
-
-    def rollback(self) -> None:
-        if not self._open:
-            return
-        try:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            self.store._clean_leftovers(self.committed)
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._open = False
-        self.conn.close()
-        self.lock.close()
