@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import Stemmer
@@ -36,6 +38,10 @@ whom why why's with won't would wouldn't you you'd you'll you're you've your you
 DEFAULT_ANALYZER: dict[str, Any] = {"language": "english", "stemmer": "snowball", "stop_words": "english",
                                     "k1": 0.9, "b": 0.4}
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+# For ASCII text, ``\w+`` tokens are what is left after every other ASCII character becomes a space:
+# str.translate + str.split do that in C, three times faster than the regex.
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
+_STEM_CACHE_LIMIT = 500_000
 
 
 def analyzer_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -66,11 +72,43 @@ class Analyzer:
         kind = settings["stemmer"]
         self._stemmer = None if kind == "none" else Stemmer.Stemmer("porter" if kind == "porter" else
                                                                      settings["language"])
+        self._stems: dict[str, str | None] = {}  # token -> term, None for a stop word
+
+    def tokens(self, text: str) -> list[str]:
+        folded = text.lower()
+        if folded.isascii():
+            return folded.translate(_ASCII_NON_WORD).split()
+        # accent folding only where there are accents (it is a per-character loop)
+        folded = unicodedata.normalize("NFKD", folded)
+        folded = "".join(c for c in folded if not unicodedata.combining(c))
+        return _TOKEN.findall(folded)
 
     def terms(self, text: str) -> list[str]:
-        folded = text.lower()
-        if not folded.isascii():  # accent folding only where there are accents (it is a per-character loop)
-            folded = unicodedata.normalize("NFKD", folded)
-            folded = "".join(c for c in folded if not unicodedata.combining(c))
-        tokens = [t for t in _TOKEN.findall(folded) if t not in self.stop_words]
-        return self._stemmer.stemWords(tokens) if self._stemmer is not None else tokens
+        """The text's terms in order (stop words dropped, stemmed)."""
+        tokens = self.tokens(text)
+        stems = self._lookup(tokens)
+        return [term for token in tokens if (term := stems[token]) is not None]
+
+    def term_counts(self, text: str) -> dict[str, int]:
+        """Term -> frequency in the text. Counting tokens first (in C) means each distinct token is mapped once."""
+        counts = Counter(self.tokens(text))
+        stems = self._lookup(counts)
+        out: dict[str, int] = {}
+        for token, n in counts.items():
+            term = stems[token]
+            if term is not None:
+                out[term] = out.get(term, 0) + n
+        return out
+
+    def _lookup(self, tokens: Iterable[str]) -> dict[str, str | None]:
+        """The cached term of every token; new tokens are stemmed in one call."""
+        stems = self._stems
+        if len(stems) > _STEM_CACHE_LIMIT:
+            stems = self._stems = {}  # bounded memory (a new dict: other threads keep the one they hold)
+        missing = [t for t in set(tokens) if t not in stems]
+        if missing:
+            kept = [t for t in missing if t not in self.stop_words]
+            stemmed = self._stemmer.stemWords(kept) if self._stemmer is not None else kept
+            stems.update(dict.fromkeys(missing))
+            stems.update(zip(kept, stemmed, strict=True))
+        return stems

@@ -32,7 +32,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self._added: dict[str, list[str]] = {}  # collection → physical ids added (undone by rollback)
         self._marked: list[str] = []  # live physical ids marked __kb_del = G (unmarked by rollback)
-        self._next_rowid = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0]) + 1
+        top = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
+        self._next_rowid = max(top, store.keywords.highest_tombstone(conn)) + 1  # rowids are never reused
 
     def snap(self) -> Snap:
         return Snap(self.generation, self.collection, self._dim)

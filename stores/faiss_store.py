@@ -405,7 +405,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
-        self._next_rowid = int(row[0] or 0) + 1
+        # never reuse a rowid the keyword index still holds a tombstone for
+        self._next_rowid = max(int(row[0] or 0), store.keywords.highest_tombstone(conn)) + 1
 
     def _view(self) -> _View:
         self._check_open()

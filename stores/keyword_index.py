@@ -1,24 +1,34 @@
-"""BM25 keyword index kept in a store's SQLite database.
+"""BM25 keyword index kept in a store's SQLite database, postings as numpy blobs.
 
 Why our own tables and not FTS5, tantivy or bm25s: the index must commit in
 the same transaction as the records (FTS5 and our tables do; tantivy and
 bm25s keep separate files that would need a two-phase commit), and BM25's
 k1 and b must be tunable (FTS5 hard-codes k1=1.2, b=0.75, which costs
-nDCG on SciFact). Postings are ordinary SQLite rows, so the index is
-persistent, crash-safe and transactional for free; scoring happens in numpy.
+nDCG on SciFact). Scoring happens in numpy.
 
-Tables (prefix ``kw_``): ``kw_terms`` (term → id, document frequency),
-``kw_postings`` (term id, rowid, term frequency), ``kw_docs`` (rowid →
-length and its term ids, needed to undo a document), ``kw_stats`` (document
-count and total length). The caller owns the connection and the
-transaction; nothing here commits.
+Layout (tables ``kw_*``), a small log-structured design:
+
+- ``kw_terms``: term → id, document frequency, number of segments;
+- ``kw_segments``: per term, one row per ``add`` call holding three packed
+  arrays (doc rowids, term frequencies, doc lengths). A batch of 10k chunks
+  writes one row per distinct term instead of one per posting (the first
+  format, a row per posting, spent two thirds of a write on SQLite inserts);
+- ``kw_docs``: rowid → length and its term ids (to undo a document);
+- ``kw_deleted``: tombstones, documents removed while their postings are
+  still in segments. Queries drop them; a term's segments are merged (and
+  its tombstoned postings dropped) once it has ``MERGE_AT`` segments, and
+  all segments are rewritten once tombstones pass a quarter of the index;
+- ``kw_stats``: document count, total length, counters, format.
+
+Document frequencies and lengths are exact at every commit, so scores do not
+depend on merge state. The caller owns the connection and the transaction;
+nothing here commits.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +37,20 @@ import numpy as np
 from stores.analysis import Analyzer, analyzer_settings
 
 _BATCH = 500
+MERGE_AT = 8  # segments per term before they are merged into one
+FORMAT = 2
+_DOC, _TF, _LEN = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u4")
+_TERM = np.dtype("<i8")
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` against an already sorted array, without sorting it again for every call."""
+    positions = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return sorted_set[positions] == values
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class KeywordIndex:
@@ -36,80 +60,220 @@ class KeywordIndex:
         self.k1 = float(self.settings["k1"])
         self.b = float(self.settings["b"])
 
+    # --- schema -------------------------------------------------------------------------------
+
     def create(self, conn: sqlite3.Connection) -> None:
+        """Create the tables, or bring an index of the first format (a row per posting) to this one."""
+        legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_postings'").fetchone() is not None
         conn.execute("CREATE TABLE IF NOT EXISTS kw_terms (term TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, "
                      "df INTEGER NOT NULL)")
-        conn.execute("CREATE TABLE IF NOT EXISTS kw_postings (term_id INTEGER NOT NULL, doc INTEGER NOT NULL, "
-                     "tf INTEGER NOT NULL, PRIMARY KEY (term_id, doc)) WITHOUT ROWID")
+        if "segments" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_terms)")}:
+            conn.execute("ALTER TABLE kw_terms ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
+        conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
+                     "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL, PRIMARY KEY (term_id, seg)) "
+                     "WITHOUT ROWID")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
                      "term_ids BLOB NOT NULL)")
+        conn.execute("CREATE TABLE IF NOT EXISTS kw_deleted (doc INTEGER PRIMARY KEY, term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1)")
+        conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1), "
+                     "('next_seg', 1), ('deleted', 0), ('postings', 0)")
+        if legacy:
+            self._convert_first_format(conn)
+        conn.execute("INSERT OR REPLACE INTO kw_stats VALUES ('format', ?)", (FORMAT,))
+
+    def _convert_first_format(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute("SELECT p.term_id, p.doc, p.tf, d.length FROM kw_postings p JOIN kw_docs d "
+                            "ON d.doc = p.doc ORDER BY p.term_id, p.doc").fetchall()
+        conn.execute("DELETE FROM kw_segments")
+        conn.execute("UPDATE kw_terms SET df = 0, segments = 0")  # recounted from the postings below
+        if rows:
+            data = np.asarray(rows, dtype=np.int64)
+            self._write_segments(conn, data[:, 0], data[:, 1], data[:, 2], data[:, 3])
+        conn.execute("UPDATE kw_stats SET value = ? WHERE key = 'postings'", (len(rows),))
+        conn.execute("DROP TABLE kw_postings")
 
     def _stats(self, conn: sqlite3.Connection) -> dict[str, int]:
         return dict(conn.execute("SELECT key, value FROM kw_stats"))
 
+    def _bump(self, conn: sqlite3.Connection, key: str, delta: int) -> None:
+        conn.execute("UPDATE kw_stats SET value = value + ? WHERE key = ?", (delta, key))
+
+    # --- writing ------------------------------------------------------------------------------
+
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
         if not rows:
             return
-        docs = [(rowid, Counter(self.analyzer.terms(text))) for rowid, text in rows]
-        vocabulary = sorted({term for _, counts in docs for term in counts})
+        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._forget_reused(conn, rowids)
+        terms: list[str] = []
+        tfs: list[int] = []
+        per_doc = np.empty(len(rows), dtype=np.int64)
+        for position, (_, text) in enumerate(rows):
+            counts = self.analyzer.term_counts(text)
+            terms.extend(counts)
+            tfs.extend(counts.values())
+            per_doc[position] = len(counts)
+        vocabulary = sorted(set(terms))
         term_ids = self._term_ids(conn, vocabulary)
-        df_delta: Counter[int] = Counter()
-        postings, doc_rows, total = [], [], 0
-        for rowid, counts in docs:
-            ids = np.fromiter((term_ids[t] for t in counts), dtype=np.int64, count=len(counts))
-            for term, tf in counts.items():
-                postings.append((term_ids[term], rowid, tf))
-            df_delta.update(ids.tolist())
-            length = sum(counts.values())
-            total += length
-            doc_rows.append((rowid, length, ids.tobytes()))
-        conn.executemany("INSERT INTO kw_postings VALUES (?, ?, ?)", postings)
-        conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", doc_rows)
-        conn.executemany("UPDATE kw_terms SET df = df + ? WHERE id = ?", [(n, t) for t, n in df_delta.items()])
-        conn.execute("UPDATE kw_stats SET value = value + ? WHERE key = 'docs'", (len(docs),))
-        conn.execute("UPDATE kw_stats SET value = value + ? WHERE key = 'length'", (total,))
+        flat_terms = np.fromiter(map(term_ids.__getitem__, terms), dtype=np.int64, count=len(terms))
+        flat_tfs = np.asarray(tfs, dtype=np.int64)
+        flat_docs = np.repeat(rowids, per_doc)
+        bounds = np.concatenate(([0], np.cumsum(per_doc)))
+        owner = np.repeat(np.arange(len(rows)), per_doc)
+        lengths = np.bincount(owner, weights=flat_tfs, minlength=len(rows)).astype(np.int64)
+        flat_lengths = np.repeat(lengths, per_doc)
+        conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
+            (doc, length, flat_terms[start:end].astype(_TERM).tobytes())
+            for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
+                                               bounds[1:].tolist(), strict=True)
+        ])
+        self._write_segments(conn, flat_terms, flat_docs, flat_tfs, flat_lengths)
+        self._bump(conn, "docs", len(rows))
+        self._bump(conn, "length", int(lengths.sum()))
+        self._bump(conn, "postings", int(flat_terms.size))
+        self._merge_crowded(conn, [term_ids[t] for t in vocabulary])
+
+    def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
+                        lengths: np.ndarray) -> None:
+        """One new segment per distinct term of the given postings (any order); df and segment counts follow."""
+        if term_ids.size == 0:
+            return
+        order = np.argsort(term_ids, kind="stable")
+        term_ids, docs, tfs, lengths = term_ids[order], docs[order], tfs[order], lengths[order]
+        starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
+        ends = np.append(starts[1:], term_ids.size)
+        seg = self._stats(conn)["next_seg"]
+        self._bump(conn, "next_seg", 1)
+        docs_b, tfs_b, len_b = docs.astype(_DOC), tfs.astype(_TF), lengths.astype(_LEN)
+        conn.executemany("INSERT INTO kw_segments VALUES (?, ?, ?, ?, ?)", [
+            (term, seg, docs_b[s:e].tobytes(), tfs_b[s:e].tobytes(), len_b[s:e].tobytes())
+            for term, s, e in zip(term_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
+        ])
+        conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
+                         list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True)))
 
     def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for start in range(0, len(terms), _BATCH):
             part = terms[start : start + _BATCH]
-            marks = ",".join("?" * len(part))
-            found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({marks})", part))
+            found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})", part))
         missing = [t for t in terms if t not in found]
         if missing:
             next_id = self._stats(conn)["next_term"]
             new = {t: next_id + i for i, t in enumerate(missing)}
-            conn.executemany("INSERT INTO kw_terms VALUES (?, ?, 0)", list(new.items()))
-            conn.execute("UPDATE kw_stats SET value = ? WHERE key = 'next_term'", (next_id + len(missing),))
+            conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, 0, 0)", list(new.items()))
+            self._bump(conn, "next_term", len(missing))
             found.update(new)
         return found
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
-        removed_docs, removed_length = 0, 0
-        df_delta: Counter[int] = Counter()
+        removed_docs, removed_length, removed_postings = 0, 0, 0
+        df_delta: dict[int, int] = {}
         for start in range(0, len(rowids), _BATCH):
             part = list(rowids[start : start + _BATCH])
-            marks = ",".join("?" * len(part))
-            for doc, length, blob in conn.execute(
-                f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({marks})", part
-            ):
-                ids = np.frombuffer(blob, dtype=np.int64).tolist()
-                df_delta.update(ids)
-                conn.executemany("DELETE FROM kw_postings WHERE term_id = ? AND doc = ?", [(t, doc) for t in ids])
-                removed_docs += 1
+            rows = conn.execute(f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({_marks(len(part))})",
+                                part).fetchall()
+            for _, length, blob in rows:
+                for term in np.frombuffer(blob, dtype=_TERM).tolist():
+                    df_delta[term] = df_delta.get(term, 0) + 1
                 removed_length += length
-            conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({marks})", part)
-        if removed_docs:
-            conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?", [(n, t) for t, n in df_delta.items()])
-            conn.execute("UPDATE kw_stats SET value = value - ? WHERE key = 'docs'", (removed_docs,))
-            conn.execute("UPDATE kw_stats SET value = value - ? WHERE key = 'length'", (removed_length,))
+                removed_postings += len(blob) // _TERM.itemsize
+            removed_docs += len(rows)
+            conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)", [(r[0], r[2]) for r in rows])
+            conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
+        if not removed_docs:
+            return
+        conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?", [(n, t) for t, n in df_delta.items()])
+        self._bump(conn, "docs", -removed_docs)
+        self._bump(conn, "length", -removed_length)
+        self._bump(conn, "deleted", removed_postings)
+        stats = self._stats(conn)
+        if stats["deleted"] > max(10_000, stats["postings"] // 4):
+            self._compact_all(conn)
+
+    def _forget_reused(self, conn: sqlite3.Connection, rowids: np.ndarray) -> None:
+        """A store may reuse the rowid of a removed document: drop that document's old postings first."""
+        if self._stats(conn)["deleted"] == 0:
+            return
+        reused: list[tuple[int, bytes]] = []
+        for start in range(0, rowids.size, _BATCH):
+            part = rowids[start : start + _BATCH].tolist()
+            reused += conn.execute(f"SELECT doc, term_ids FROM kw_deleted WHERE doc IN ({_marks(len(part))})",
+                                   part).fetchall()
+        if reused:
+            terms = sorted({t for _, blob in reused for t in np.frombuffer(blob, dtype=_TERM).tolist()})
+            self._merge_terms(conn, terms)  # merging drops every tombstoned posting of these terms
+            # a document's postings are only under its own terms, so after that merge none are left
+            conn.executemany("DELETE FROM kw_deleted WHERE doc = ?", [(doc,) for doc, _ in reused])
+
+    def _merge_crowded(self, conn: sqlite3.Connection, term_ids: list[int]) -> None:
+        crowded: list[int] = []
+        for start in range(0, len(term_ids), _BATCH):
+            part = term_ids[start : start + _BATCH]
+            crowded += [r[0] for r in conn.execute(
+                f"SELECT id FROM kw_terms WHERE id IN ({_marks(len(part))}) AND segments >= ?", [*part, MERGE_AT])]
+        if crowded:
+            self._merge_terms(conn, crowded)
+
+    def _merge_terms(self, conn: sqlite3.Connection, term_ids: Sequence[int]) -> None:
+        """Rewrite each term's segments as one, without tombstoned postings."""
+        deleted = self._deleted(conn)
+        dropped = 0
+        for term in term_ids:
+            docs, tfs, lengths = self._postings(conn, term, None)
+            conn.execute("DELETE FROM kw_segments WHERE term_id = ?", (term,))
+            if deleted.size:
+                keep = ~_member(docs, deleted)
+                dropped += int(docs.size - keep.sum())
+                docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
+            if docs.size:
+                conn.execute("INSERT INTO kw_segments VALUES (?, 0, ?, ?, ?)",
+                             (term, docs.astype(_DOC).tobytes(), tfs.astype(_TF).tobytes(),
+                              lengths.astype(_LEN).tobytes()))
+            conn.execute("UPDATE kw_terms SET segments = ? WHERE id = ?", (int(docs.size > 0), term))
+        if dropped:
+            self._bump(conn, "deleted", -dropped)
+            self._bump(conn, "postings", -dropped)
+            if self._stats(conn)["deleted"] <= 0:  # no tombstoned posting is left anywhere
+                conn.execute("DELETE FROM kw_deleted")
+                conn.execute("UPDATE kw_stats SET value = 0 WHERE key = 'deleted'")
+
+    def _compact_all(self, conn: sqlite3.Connection) -> None:
+        terms = [r[0] for r in conn.execute("SELECT DISTINCT term_id FROM kw_segments")]
+        self._merge_terms(conn, terms)
+        conn.execute("DELETE FROM kw_deleted")
+        conn.execute("UPDATE kw_stats SET value = 0 WHERE key = 'deleted'")
+        conn.execute("DELETE FROM kw_terms WHERE df <= 0 AND segments = 0")
+
+    def highest_tombstone(self, conn: sqlite3.Connection) -> int:
+        """The highest rowid a tombstone holds; stores allocate new rowids above it so none is reused."""
+        return int(conn.execute("SELECT COALESCE(MAX(doc), 0) FROM kw_deleted").fetchone()[0])
 
     def clear(self, conn: sqlite3.Connection) -> None:
-        for table in ("kw_postings", "kw_docs", "kw_terms"):
+        for table in ("kw_segments", "kw_docs", "kw_terms", "kw_deleted"):
             conn.execute(f"DELETE FROM {table}")
-        conn.execute("UPDATE kw_stats SET value = 0 WHERE key IN ('docs', 'length')")
+        conn.execute("UPDATE kw_stats SET value = 0 WHERE key IN ('docs', 'length', 'deleted', 'postings')")
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _deleted(self, conn: sqlite3.Connection) -> np.ndarray:
+        """Tombstoned rowids, sorted."""
+        return np.fromiter((r[0] for r in conn.execute("SELECT doc FROM kw_deleted ORDER BY doc")), dtype=np.int64)
+
+    def _postings(self, conn: sqlite3.Connection, term: int,
+                  deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = conn.execute("SELECT docs, tfs, lengths FROM kw_segments WHERE term_id = ?", (term,)).fetchall()
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        docs = np.concatenate([np.frombuffer(p[0], dtype=_DOC) for p in parts]).astype(np.int64)
+        tfs = np.concatenate([np.frombuffer(p[1], dtype=_TF) for p in parts]).astype(np.float64)
+        lengths = np.concatenate([np.frombuffer(p[2], dtype=_LEN) for p in parts]).astype(np.float64)
+        if deleted is not None and deleted.size:
+            keep = ~_member(docs, deleted)
+            docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
+        return docs, tfs, lengths
 
     def search(
         self,
@@ -119,8 +283,11 @@ class KeywordIndex:
         candidates_sql: str | None = None,
         candidates_params: Sequence[Any] = (),
     ) -> list[tuple[int, float]]:
-        """Best ``k`` (rowid, BM25 score) pairs, best first; ``candidates_sql`` (``SELECT rowid ...``) restricts."""
-        query_terms = Counter(self.analyzer.terms(query))
+        """Best ``k`` (rowid, BM25 score) pairs, best first, ties by rowid.
+
+        ``candidates_sql`` (``SELECT rowid ...``) restricts the documents considered.
+        """
+        query_terms = self.analyzer.term_counts(query)
         if not query_terms or k <= 0:
             return []
         stats = self._stats(conn)
@@ -128,31 +295,33 @@ class KeywordIndex:
         if n_docs == 0:
             return []
         avg_length = stats["length"] / n_docs
-        marks = ",".join("?" * len(query_terms))
-        terms = list(conn.execute(f"SELECT id, df FROM kw_terms WHERE term IN ({marks}) AND df > 0",
-                                  list(query_terms)))
+        terms = list(conn.execute(f"SELECT id, df FROM kw_terms WHERE term IN ({_marks(len(query_terms))}) "
+                                  "AND df > 0", list(query_terms)))
         if not terms:
             return []
-        allowed: set[int] | None = None
-        if candidates_sql:
-            allowed = {r[0] for r in conn.execute(candidates_sql, list(candidates_params))}
-            if not allowed:
-                return []
-        scores: dict[int, float] = {}
+        deleted = self._deleted(conn) if stats["deleted"] else None
+        all_docs, all_scores = [], []
         for term_id, df in terms:
+            docs, tfs, lengths = self._postings(conn, term_id, deleted)
             idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-            rows = conn.execute(
-                "SELECT p.doc, p.tf, d.length FROM kw_postings p JOIN kw_docs d ON d.doc = p.doc WHERE p.term_id = ?",
-                (term_id,),
-            ).fetchall()
-            if not rows:
-                continue
-            data = np.asarray(rows, dtype=np.float64)
-            docs, tf, lengths = data[:, 0].astype(np.int64), data[:, 1], data[:, 2]
             norm = self.k1 * (1.0 - self.b + self.b * lengths / avg_length)
-            contribution = idf * tf * (self.k1 + 1.0) / (tf + norm)
-            for doc, value in zip(docs.tolist(), contribution.tolist(), strict=True):
-                if allowed is None or doc in allowed:
-                    scores[doc] = scores.get(doc, 0.0) + value
-        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
-        return [(int(doc), float(score)) for doc, score in ranked]
+            all_docs.append(docs)
+            all_scores.append(idf * tfs * (self.k1 + 1.0) / (tfs + norm))
+        docs = np.concatenate(all_docs)
+        contributions = np.concatenate(all_scores)
+        if candidates_sql:
+            allowed = np.fromiter((r[0] for r in conn.execute(candidates_sql, list(candidates_params))),
+                                  dtype=np.int64)
+            keep = np.isin(docs, allowed)
+            docs, contributions = docs[keep], contributions[keep]
+        if docs.size == 0:
+            return []
+        unique, inverse = np.unique(docs, return_inverse=True)
+        scores = np.bincount(inverse, weights=contributions, minlength=unique.size)
+        if unique.size > k:
+            # keep everything tied with the k-th best so the rowid tie-break below stays exact
+            kth = np.partition(-scores, k - 1)[k - 1]
+            chosen = np.flatnonzero(-scores <= kth)
+            unique, scores = unique[chosen], scores[chosen]
+        order = np.lexsort((unique, -scores))[:k]
+        return [(int(doc), float(score)) for doc, score in zip(unique[order], scores[order], strict=True)]
