@@ -18,6 +18,7 @@ commands:
   export    write a knowledge bank to a portable Parquet snapshot
   import    restore a knowledge bank from a snapshot, into any store type
   demo      write a few documents into a demo knowledge bank and search them
+  bench     benchmark kb against raw faiss, LangChain FAISS and Chroma (JSON + PNG charts)
 """
 
 
@@ -117,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return eval_main(rest)
     if command == "demo":
         return demo(rest)
+    if command == "bench":
+        from kb.benchmarks.suite import main as bench_main
+
+        return bench_main(rest)
     print(f"kb: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -122,17 +122,18 @@ def execute_search(reader: StoreReader, request: SearchRequest, ctx: SearchConte
     flt = ctx.check_filter(parse_filter(request.filter))  # type: ignore[arg-type]
     kind = request.search_type
 
-    def query_vector() -> np.ndarray:
+    def query_vector(checked_by_store: bool = False) -> np.ndarray:
         if request.vector is not None:
-            return check_query_vector(request.vector, reader.dimension)
+            # every driver's similarity checks the dimension itself: asking the store for it costs a snapshot
+            return check_query_vector(request.vector, None if checked_by_store else reader.dimension)
         return ctx.embed_query(request.query or "")
 
     if kind in ("keyword", *HYBRID_TYPES) and not ctx.keyword_available:
         raise UnsupportedSearchError(f"this knowledge bank's store has no keyword index, so {kind} is unavailable")
     if kind == "similarity":
-        return [_result(h, "dense") for h in reader.similarity(query_vector(), request.k, flt)]
+        return [_result(h, "dense") for h in reader.similarity(query_vector(True), request.k, flt)]
     if kind == "similarity_score_threshold":
-        hits = reader.similarity(query_vector(), request.k, flt)
+        hits = reader.similarity(query_vector(True), request.k, flt)
         return [_result(h, "dense") for h in hits if h.score >= float(request.score_threshold or 0.0)]
     if kind == "mmr" or (request.diversity and kind == "similarity"):
         return _mmr(reader, query_vector(), request, flt)

@@ -1,0 +1,110 @@
+"""One peer, one corpus size, one phase, in a process of its own (so peak memory and cold open are its own).
+
+    python -m kb.benchmarks.peer_run ingest kb-flat 100000 <folder> <out.json>
+    python -m kb.benchmarks.peer_run serve  kb-flat 100000 <folder> <out.json>
+
+``ingest`` writes the corpus durably and reports chunks/s, disk bytes per chunk and peak RSS.
+``serve`` opens the store cold, then times every search the peer offers over the corpus' queries
+(p50/p95/p99, single-client QPS) with recall@10 against exact search.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from kb.benchmarks.corpus import exact_neighbours, load
+from kb.benchmarks.peers import KBPeer, Peer, RawFaissPeer, make
+
+ROUNDS = 3  # each query this many times: 200 queries -> 600 samples
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def timed(run: Callable[[int], Any], count: int) -> tuple[dict[str, float], list[Any]]:
+    for i in range(min(20, count)):  # warm-up: caches, lazy imports, first-generation loads
+        run(i)
+    samples, results = [], []
+    for _ in range(ROUNDS):
+        for i in range(count):
+            started = time.perf_counter()
+            out = run(i)
+            samples.append(time.perf_counter() - started)
+            if len(results) < count:
+                results.append(out)
+    ms = np.asarray(samples) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "qps": float(len(ms) / (ms.sum() / 1000))}, results
+
+
+def recall(peer: Peer, results: list[Any], exact: np.ndarray) -> float:
+    found = [len(set(peer.ids(r)) & {f"chunk-{i}" for i in row}) / exact.shape[1]
+             for r, row in zip(results, exact, strict=False)]
+    return float(np.mean(found))
+
+
+def ingest(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
+    corpus = load(size)
+    corpus.texts  # noqa: B018 - decode the Arrow columns before the clock starts, as for every peer
+    started = time.perf_counter()
+    peer.ingest(corpus, folder)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "chunks_per_second": size / seconds, "disk_bytes_per_chunk": disk_bytes(folder) / size,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
+    corpus = load(size)
+    exact = exact_neighbours(corpus)
+    queries, texts = corpus.queries, corpus.query_texts
+    started = time.perf_counter()
+    peer.open(folder)
+    peer.search(queries[0], 10)
+    out: dict[str, Any] = {"cold_open_seconds": time.perf_counter() - started}
+    figures, results = timed(lambda i: peer.search(queries[i], 10), len(queries))
+    out["similarity"] = {**figures, "recall_at_10": recall(peer, results, exact)}
+    if not isinstance(peer, RawFaissPeer):
+        figures, _ = timed(lambda i: peer.filtered(queries[i], 10), len(queries))
+        out["filtered_similarity"] = figures
+    if isinstance(peer, KBPeer):
+        out["hybrid"], _ = timed(lambda i: peer.hybrid_search(texts[i], queries[i], 10), len(queries))
+        out["keyword"], _ = timed(lambda i: peer.keyword_search(texts[i], 10), len(queries))
+        raw = RawFaissPeer(peer.index_type, first_id=1)
+        raw.open_file(peer.index_file(folder))
+        figures, results = timed(lambda i: raw.search(queries[i], 10), len(queries))
+        out["raw_faiss_same_index"] = {**figures, "recall_at_10": recall(raw, results, exact)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    phase, name, size, folder, out = argv if argv is not None else sys.argv[1:]
+    # One OpenMP thread for every peer: kb's default, and the fastest setting for one query at a time here
+    # (the peers would otherwise run faiss with one thread per core and be slower).
+    faiss.omp_set_num_threads(1)
+    peer = make(name)
+    for module in peer.modules:
+        importlib.import_module(module)
+    run = ingest if phase == "ingest" else serve
+    report = run(peer, int(size), Path(folder))
+    Path(out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

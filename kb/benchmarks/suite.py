@@ -1,0 +1,134 @@
+"""``kb bench``: kb against its peers, same vectors, texts and queries, in one run; JSON report and PNG charts.
+
+    kb bench                                   # 10k and 100k chunks, every peer, REST, end to end
+    kb bench --sizes 10000,100000,1000000      # adds 1M (about 25 minutes more on 2 cores)
+    kb bench --sizes 10000 --skip rest,e2e     # quick look
+
+Per corpus size, every peer ingests in a process of its own (chunks/s, disk, peak RSS), then a second
+process opens it cold and times its searches with recall@10 (``peer_run``). Then, up to ``--rest-max``
+chunks, a ``kb serve`` and a ``chroma run`` answer the same query vectors from 1, 4 and 16 clients.
+Finally, end to end with the real model on SciFact abstracts: kb's ingestion beside the bare model's
+own encoding of the same texts, and a repeated query text served from the query cache.
+Targets from the issue are checked on ratios measured in this run and printed as PASS/MISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from kb.benchmarks import rest_peers
+from kb.benchmarks.charts import draw
+from kb.benchmarks.corpus import exact_neighbours, load
+from kb.benchmarks.targets import check_targets, print_summary
+
+PEERS = ["faiss-flat", "kb-flat", "langchain-faiss", "langchain-chroma", "faiss-hnsw", "kb-hnsw"]
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(memory, 1), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def run_peer(phase: str, peer: str, size: int, folder: Path, work: Path) -> dict[str, Any]:
+    out = work / f"{peer}-{size}-{phase}.json"
+    command = [sys.executable, "-m", "kb.benchmarks.peer_run", phase, peer, str(size), str(folder), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{peer} {phase} at {size:,} chunks failed:\n{result.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) -> None:
+    corpus = load(size)
+    exact_neighbours(corpus)  # computed once here, read by every peer's process
+    results = report["sizes"].setdefault(str(size), {})
+    for peer in tqdm(peers, desc=f"{size:,} chunks", unit="peer"):
+        folder = work / f"{peer}-{size}"
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.monotonic()
+        ingest = run_peer("ingest", peer, size, folder, work)
+        serve = run_peer("serve", peer, size, folder, work)
+        results[peer] = {"ingest": ingest, "serve": serve}
+        tqdm.write(f"  {peer:<17} ingest {ingest['chunks_per_second']:>9,.0f} chunks/s | similarity p50 "
+                   f"{serve['similarity']['p50_ms']:6.2f} ms recall@10 {serve['similarity']['recall_at_10']:.3f} "
+                   f"| {time.monotonic() - started:5.0f}s")
+        if peer not in ("kb-flat",):  # kb-flat's folder is kept for the REST comparison
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench_rest(size: int, work: Path, clients: list[int], seconds: float, report: dict[str, Any]) -> None:
+    corpus = load(size)
+    home = work / f"kb-flat-{size}"
+    out: dict[str, Any] = {}
+    with rest_peers.kb_server(home) as (url, _):
+        out["kb"] = [rest_peers.load_test(url, rest_peers.kb_body, corpus.queries, n, seconds) for n in clients]
+    with rest_peers.chroma_server(corpus, work / f"chroma-server-{size}") as url:
+        out["chroma-server"] = [rest_peers.load_test(url, rest_peers.chroma_body, corpus.queries, n, seconds)
+                                for n in clients]
+    report["rest"][str(size)] = out
+    for name, rows in out.items():
+        tqdm.write("  " + name.ljust(14) + " | ".join(f"{r['clients']:>2} clients {r['qps']:7.0f} q/s p50 "
+                                                        f"{r['p50_ms']:6.2f} ms" for r in rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kb bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="corpus sizes, comma-separated")
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--rest-max", type=int, default=100_000, help="largest size for the REST comparison")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each REST load level")
+    parser.add_argument("--e2e-docs", type=int, default=300, help="SciFact abstracts for the end-to-end run")
+    parser.add_argument("--skip", default="", help="parts to skip: rest, e2e")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    peers = [p for p in args.peers.split(",") if p]
+    skip = set(filter(None, args.skip.split(",")))
+    report: dict[str, Any] = {"benchmark": "kb bench", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "machine": machine(), "sizes": {}, "rest": {}, "e2e": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="kb-bench-"))
+    try:
+        for size in sizes:
+            bench_size(size, peers, work, report)
+            if "rest" not in skip and size <= args.rest_max and "kb-flat" in peers:
+                bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, report)
+            shutil.rmtree(work / f"kb-flat-{size}", ignore_errors=True)
+        if "e2e" not in skip:
+            from kb.benchmarks.e2e import bench_end_to_end
+
+            report["e2e"] = bench_end_to_end(args.e2e_docs, work / "e2e")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    report["targets"] = check_targets(report)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    charts = draw(report, args.out)
+    print_summary(report)
+    print(f"report: {args.out / 'bench.json'}; charts: {', '.join(str(c) for c in charts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The issue's targets, checked on figures measured in one ``kb bench`` run, and the printed summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _serve(report: dict[str, Any], size: str, peer: str) -> dict[str, Any] | None:
+    entry = report["sizes"].get(size, {}).get(peer)
+    return entry["serve"] if entry else None
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, limit: float, better: str, detail: str) -> None:
+        if value is None:
+            return
+        ok = value <= limit if better == "lower" else value >= limit
+        checks.append({"target": name, "value": round(value, 3), "limit": limit, "ok": ok, "detail": detail})
+
+    for size, peers in report["sizes"].items():
+        for kind in ("flat", "hnsw"):
+            kb_serve = _serve(report, size, f"kb-{kind}")
+            if kb_serve:
+                raw = kb_serve["raw_faiss_same_index"]["p50_ms"]
+                add(f"{size}: kb-{kind} p50 / raw faiss p50 on the same index", kb_serve["similarity"]["p50_ms"] / raw,
+                    1.2, "lower", f"{kb_serve['similarity']['p50_ms']:.3f} ms vs {raw:.3f} ms")
+        kb_flat = _serve(report, size, "kb-flat")
+        for peer in ("langchain-faiss", "langchain-chroma"):
+            other = _serve(report, size, peer)
+            if kb_flat and other:
+                mine, theirs = kb_flat["similarity"]["p50_ms"], other["similarity"]["p50_ms"]
+                add(f"{size}: kb-flat p50 / {peer} p50", mine / theirs, 1.0, "lower",
+                    f"{mine:.3f} ms vs {theirs:.3f} ms")
+        hnsw = _serve(report, size, "kb-hnsw")
+        if hnsw and int(size) >= 1_000_000:
+            add(f"{size}: kb-hnsw recall@10", hnsw["similarity"]["recall_at_10"], 0.95, "higher", "")
+            add(f"{size}: kb-hnsw p50 ms", hnsw["similarity"]["p50_ms"], 5.0, "lower", "")
+        kb_ingest = peers.get("kb-flat", {}).get("ingest")
+        lc_ingest = peers.get("langchain-faiss", {}).get("ingest")
+        if kb_ingest and lc_ingest:
+            add(f"{size}: kb-flat ingest / langchain-faiss ingest (chunks/s)",
+                kb_ingest["chunks_per_second"] / lc_ingest["chunks_per_second"], 3.0, "higher",
+                f"{kb_ingest['chunks_per_second']:,.0f} vs {lc_ingest['chunks_per_second']:,.0f} chunks/s")
+    for size, rows in report["rest"].items():
+        kb_rows = {r["clients"]: r for r in rows["kb"]}
+        chroma_rows = {r["clients"]: r for r in rows["chroma-server"]}
+        if int(size) >= 100_000 and 1 in kb_rows:
+            add(f"{size}: REST kb p50 ms (1 client)", kb_rows[1]["p50_ms"], 5.0, "lower", "")
+        for clients in (4, 16):
+            if clients in kb_rows and clients in chroma_rows:
+                add(f"{size}: REST kb QPS / chroma server QPS, {clients} clients",
+                    kb_rows[clients]["qps"] / chroma_rows[clients]["qps"], 1.0, "higher",
+                    f"{kb_rows[clients]['qps']:.0f} vs {chroma_rows[clients]['qps']:.0f} q/s")
+    e2e = report.get("e2e") or {}
+    if e2e:
+        add("end to end: kb ingest / bare model time", e2e["kb_over_bare"], 1.1, "lower",
+            f"{e2e['kb_ingest_seconds']:.1f} s vs {e2e['bare_model_seconds']:.1f} s")
+        add("repeated query text: cached p50 ms / first ms", e2e["query_repeated_p50_ms"] / e2e["query_first_ms"],
+            0.5, "lower", f"{e2e['query_repeated_p50_ms']:.2f} ms vs {e2e['query_first_ms']:.2f} ms")
+    return checks
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(f"\nmachine: {report['machine']}")
+    for size, peers in report["sizes"].items():
+        print(f"\n{int(size):,} chunks   ingest chunks/s | disk B/chunk | cold open s | sim p50/p99 ms | recall@10 "
+              "| filtered p50 | hybrid p50 | serve RSS MB")
+        for peer, entry in peers.items():
+            ingest, serve = entry["ingest"], entry["serve"]
+            sim = serve["similarity"]
+            filtered = serve.get("filtered_similarity", {}).get("p50_ms")
+            hybrid = serve.get("hybrid", {}).get("p50_ms")
+            print(f"  {peer:<17} {ingest['chunks_per_second']:>10,.0f} | {ingest['disk_bytes_per_chunk']:>8,.0f} | "
+                  f"{serve['cold_open_seconds']:>6.2f} | {sim['p50_ms']:6.2f} / {sim['p99_ms']:6.2f} | "
+                  f"{sim['recall_at_10']:.3f} | {filtered if filtered is None else round(filtered, 2)!s:>6} | "
+                  f"{hybrid if hybrid is None else round(hybrid, 2)!s:>6} | {serve['peak_rss_mb']:,.0f}")
+    print("\ntargets:")
+    for check in report["targets"]:
+        print(f"  {'PASS' if check['ok'] else 'MISS'}  {check['target']}: {check['value']} "
+              f"(limit {check['limit']}) {check['detail']}")
