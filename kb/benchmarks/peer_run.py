@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import resource
 import sys
 import time
@@ -94,12 +95,13 @@ def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     phase, name, size, folder, out = argv if argv is not None else sys.argv[1:]
-    # One OpenMP thread for every peer: kb's default, and the fastest setting for one query at a time here
-    # (the peers would otherwise run faiss with one thread per core and be slower).
-    faiss.omp_set_num_threads(1)
     peer = make(name)
     for module in peer.modules:
         importlib.import_module(module)
+    # Serving: one OpenMP thread for every peer, kb's default and the fastest setting for one query at a
+    # time here (the peers would otherwise run faiss with one thread per core, and be slower).
+    # Ingesting: every core, for every peer (HNSW construction is parallel).
+    faiss.omp_set_num_threads(1 if phase == "serve" else os.cpu_count() or 1)
     run = ingest if phase == "ingest" else serve
     report = run(peer, int(size), Path(folder))
     Path(out).write_text(json.dumps(report, indent=2))

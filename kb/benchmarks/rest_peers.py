@@ -44,12 +44,13 @@ def wait_ready(url: str, seconds: float = 180) -> None:
 
 
 @contextmanager
-def kb_server(home: Path) -> Iterator[tuple[str, str]]:
-    """(search URL, base URL) of a ``kb serve`` on the KB in ``home`` (made by the kb-flat peer)."""
+def kb_server(home: Path, workers: int = 1) -> Iterator[tuple[str, str]]:
+    """(search URL, base URL) of a ``kb serve --workers N`` on the KB in ``home`` (made by the kb-flat peer)."""
     port = free_port()
     env = {**os.environ, "KB_HOME": str(home), "KB_AUTH": "off", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--log-level",
-                                "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers",
+                                str(workers), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + "/readyz")

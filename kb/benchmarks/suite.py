@@ -75,11 +75,12 @@ def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def bench_rest(size: int, work: Path, clients: list[int], seconds: float, report: dict[str, Any]) -> None:
+def bench_rest(size: int, work: Path, clients: list[int], seconds: float, workers: int,
+               report: dict[str, Any]) -> None:
     corpus = load(size)
     home = work / f"kb-flat-{size}"
     out: dict[str, Any] = {}
-    with rest_peers.kb_server(home) as (url, _):
+    with rest_peers.kb_server(home, workers) as (url, _):
         out["kb"] = [rest_peers.load_test(url, rest_peers.kb_body, corpus.queries, n, seconds) for n in clients]
     with rest_peers.chroma_server(corpus, work / f"chroma-server-{size}") as url:
         out["chroma-server"] = [rest_peers.load_test(url, rest_peers.chroma_body, corpus.queries, n, seconds)
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--rest-max", type=int, default=100_000, help="largest size for the REST comparison")
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--kb-workers", type=int, default=os.cpu_count() or 1,
+                        help="uvicorn worker processes for kb serve (Chroma's server uses every core too)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each REST load level")
     parser.add_argument("--e2e-docs", type=int, default=300, help="SciFact abstracts for the end-to-end run")
     parser.add_argument("--skip", default="", help="parts to skip: rest, e2e")
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             bench_size(size, peers, work, report)
             if "rest" not in skip and size <= args.rest_max and "kb-flat" in peers:
-                bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, report)
+                bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, args.kb_workers,
+                           report)
             shutil.rmtree(work / f"kb-flat-{size}", ignore_errors=True)
         if "e2e" not in skip:
             from kb.benchmarks.e2e import bench_end_to_end
