@@ -7,6 +7,7 @@ import sys
 import time
 
 BENCHMARKS = [
+    ("suite", []),  # kb bench: every peer side by side, JSON + PNG charts into bench-results/
     ("writer_throughput", ["--chunks", "10000"]),
     ("ingest_throughput", ["--rows", "10000"]),
     ("store_latency", ["--chunks", "10000", "--chroma-server"]),
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
-        status = importlib.import_module(f"kb.benchmarks.{name}").main([*args, "--out",
-                                                                          f"bench-results/{name}.json"])
+        out = "bench-results" if name == "suite" else f"bench-results/{name}.json"
+        status = importlib.import_module(f"kb.benchmarks.{name}").main([*args, "--out", out])
         print(f"=== {name}: exit {status} in {time.perf_counter() - started:.0f}s ===", flush=True)
         failures += int(status != 0)
     return 1 if failures else 0
