@@ -159,7 +159,9 @@ def create_app(settings: ServiceSettings | None = None,
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     app.add_middleware(LimitsAndLogs, max_body_bytes=settings.max_body_bytes)
-    for router in (health.router, projects.router, llms.router, folders.router, knowledge_banks.router,
-                   documents.router, ingest.router, openai_compat.router):
+    # Starlette tries routes in order: the busiest (search, documents) first, so they match without
+    # testing thirty others.
+    for router in (documents.router, health.router, projects.router, llms.router, folders.router,
+                   knowledge_banks.router, ingest.router, openai_compat.router):
         app.include_router(router)
     return app

@@ -54,4 +54,4 @@ def require(role: str):  # noqa: ANN201 - returns a FastAPI dependency
 
 
 def core_for(client: EmbeddedClient, project_key: str, kb_id: str) -> CoreKnowledgeBank:
-    return client.get_project(project_key).get_knowledge_bank(kb_id).as_core_knowledge_bank()
+    return client.core_knowledge_bank(project_key, kb_id)

@@ -137,6 +137,12 @@ class Catalog:
             raise NotFoundError(f"knowledge bank {kb_id!r} does not exist in project {project_key!r}")
         return {"id": rows[0][0], "name": rows[0][1], "settings": json.loads(rows[0][2])}
 
+    def knowledge_bank_settings_text(self, project_key: str, kb_id: str) -> str | None:
+        """The stored settings JSON, unparsed (one indexed lookup: how handle caches check they are current)."""
+        row = self._conn().execute("SELECT settings FROM knowledge_banks WHERE project_key = ? AND id = ?",
+                                   (project_key, kb_id)).fetchone()
+        return row[0] if row else None
+
     def knowledge_banks(self, project_key: str) -> list[dict[str, Any]]:
         rows = self.query("SELECT id, name, settings FROM knowledge_banks WHERE project_key = ? ORDER BY name",
                           (project_key,))

@@ -12,7 +12,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kb.catalog import Catalog
 from kb.config import default_home
@@ -27,6 +27,9 @@ from kb.knowledge_bank import (
 from stores.base import StoreContext, VectorStoreDriver
 from stores.factory import open_store
 from writers.schema import validate_schema_definition
+
+if TYPE_CHECKING:
+    from kb.core import CoreKnowledgeBank
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class EmbeddedClient:
         self.catalog.ensure_project(DEFAULT_PROJECT_KEY)
         self._lock = threading.RLock()
         self._stores: dict[str, tuple[str, VectorStoreDriver]] = {}
+        self._cores: dict[tuple[str, str], tuple[str, CoreKnowledgeBank]] = {}
         self._llm_handles: dict[str, Any] = {}
         self._custom_models: dict[str, Any] = {}
         self._cache: Any = None
@@ -157,6 +161,28 @@ class EmbeddedClient:
 
     def knowledge_bank_folder(self, project_key: str, kb_id: str) -> Path:
         return self.project_folder(project_key) / "knowledge-banks" / kb_id
+
+    def core_knowledge_bank(self, project_key: str, kb_id: str) -> CoreKnowledgeBank:
+        """A core handle kept across calls while the knowledge bank's settings stay the same (for services).
+
+        A handle built per request re-reads the project and the settings and rebuilds its search context;
+        the kept one costs one indexed catalog lookup, which also sees changes made by other processes.
+        """
+        stored = self.catalog.knowledge_bank_settings_text(project_key, kb_id)
+        cached = self._cores.get((project_key, kb_id))
+        if stored is not None and cached is not None and cached[0] == stored:
+            return cached[1]
+        core = self.get_project(project_key).get_knowledge_bank(kb_id).as_core_knowledge_bank()
+        if stored is not None:
+            if len(self._cores) >= 1024:  # bounded for services with very many knowledge banks
+                self._cores.clear()
+            self._cores[(project_key, kb_id)] = (stored, core)
+        return core
+
+    def cached_store(self, kb_id: str) -> VectorStoreDriver | None:
+        """The driver this client holds open for a knowledge bank, if any (no locking: a dict read)."""
+        cached = self._stores.get(kb_id)
+        return cached[1] if cached is not None else None
 
     def store_for(self, project_key: str, kb_id: str, settings: dict[str, Any]) -> VectorStoreDriver:
         import json

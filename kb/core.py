@@ -37,6 +37,9 @@ class CoreKnowledgeBank:
         info = client.catalog.knowledge_bank(project_key, kb_id)
         self.name: str = info["name"]
         self.settings: dict[str, Any] = info["settings"]
+        # per-search work done once per settings object (refresh() replaces it): the driver and search context
+        self._driver_memo: tuple[dict[str, Any], VectorStoreDriver] | None = None
+        self._context_memo: tuple[dict[str, Any], SearchContext] | None = None
 
     def __repr__(self) -> str:
         return f"CoreKnowledgeBank({self.project_key}.{self.id}, name={self.name!r})"
@@ -53,7 +56,13 @@ class CoreKnowledgeBank:
 
     @property
     def driver(self) -> VectorStoreDriver:
-        return self._client.store_for(self.project_key, self.id, self.settings)
+        memo = self._driver_memo
+        # the client may have replaced the driver (another handle saved new store settings): ask it again then
+        if memo is not None and memo[0] is self.settings and self._client.cached_store(self.id) is memo[1]:
+            return memo[1]
+        driver = self._client.store_for(self.project_key, self.id, self.settings)
+        self._driver_memo = (self.settings, driver)
+        return driver
 
     @property
     def schema(self) -> dict[str, str]:
@@ -75,8 +84,11 @@ class CoreKnowledgeBank:
         return validate_filter(self.schema, flt)
 
     def search_context(self) -> SearchContext:
+        memo = self._context_memo
+        if memo is not None and memo[0] is self.settings:
+            return memo[1]
         search_settings = self.settings.get("search") or {}
-        return SearchContext(
+        context = SearchContext(
             # resolved on first use: keyword search never needs (or loads) the embedding model
             embed_query=lambda text: np.asarray(self._embedder().embed_query(text), dtype=np.float32),
             check_filter=self.check_filter,
@@ -84,12 +96,23 @@ class CoreKnowledgeBank:
             reranker=self._client.reranker_for(search_settings.get("reranker")),
             keyword_available=self.driver.capabilities.keyword,
         )
+        self._context_memo = (self.settings, context)
+        return context
 
     def search(self, request: SearchRequest | None = None, reader: StoreReader | None = None,
                **kwargs: Any) -> list[SearchResult]:
         """Run a search. ``core.search(query="...", k=5, search_type="hybrid", filter={...})``."""
         request = request or SearchRequest(**kwargs)
         return execute_search(reader or self.driver, request, self.search_context())
+
+    def searches_quickly(self, request: SearchRequest) -> bool:
+        """Whether ``search(request)`` is short CPU work: a query vector (no model), no keyword or reranking
+        stage, and a store that answers from memory now. A service runs such searches on its event loop
+        (a thread hop and the GIL hand-offs it causes cost more than the search) and the rest in threads."""
+        if request.vector is None or request.search_type not in ("similarity", "similarity_score_threshold", "mmr"):
+            return False
+        driver = self._client.cached_store(self.id)  # never opens a store here: opening may do I/O
+        return driver is not None and driver.answers_quickly(filtered=request.filter is not None)
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         from kb.filters import parse_filter

@@ -30,7 +30,36 @@ if TYPE_CHECKING:
     from stores.base import StoreTransaction
 
 
+def _assemble_document(text: str, metadata: dict[str, Any], doc_id: str) -> Document:
+    """A Document from fields that are already typed, without pydantic's validation (5.6 us -> 1.9 us a hit).
+
+    It sets exactly what ``BaseModel.model_construct`` sets (which is slower than validating here);
+    ``_FAST_DOCUMENTS`` checks once at import that the result equals a validated Document.
+    """
+    document = Document.__new__(Document)
+    object.__setattr__(document, "__dict__", {"id": doc_id, "metadata": metadata, "page_content": text,
+                                              "type": "Document"})
+    object.__setattr__(document, "__pydantic_fields_set__", {"page_content", "metadata", "id"})
+    object.__setattr__(document, "__pydantic_extra__", None)
+    object.__setattr__(document, "__pydantic_private__", None)
+    return document
+
+
+def _fast_documents_work() -> bool:
+    try:
+        fast = _assemble_document("t", {"a": 1}, "x")
+        slow = Document(page_content="t", metadata={"a": 1}, id="x")
+        return fast == slow and fast.model_dump() == slow.model_dump() and repr(fast) == repr(slow)
+    except Exception:  # noqa: BLE001 - any surprise from another pydantic/langchain version: use the slow path
+        return False
+
+
+_FAST_DOCUMENTS = _fast_documents_work()
+
+
 def to_document(result: SearchResult) -> Document:
+    if _FAST_DOCUMENTS:
+        return _assemble_document(result.text, dict(result.metadata), result.id)
     return Document(page_content=result.text, metadata=dict(result.metadata), id=result.id)
 
 
@@ -84,8 +113,7 @@ class KBVectorStoreMixin:
     # --- searches -----------------------------------------------------------------------------
 
     def _search(self, **kwargs: Any) -> list[SearchResult]:
-        fields = SearchRequest.__dataclass_fields__
-        unknown = set(kwargs) - set(fields)
+        unknown = kwargs.keys() - SearchRequest.__dataclass_fields__.keys()
         if unknown:
             raise InvalidInputError(f"unknown search options: {', '.join(sorted(unknown))}")
         return self._kb.search(SearchRequest(**kwargs), reader=self._tx)

@@ -160,6 +160,13 @@ class VectorStoreDriver(StoreReader):
     def close(self) -> None:
         """Release files, connections and memory. The driver may not be used afterwards."""
 
+    def answers_quickly(self, filtered: bool) -> bool:
+        """Whether a similarity search is short in-memory work now (a service may run it on its event loop).
+
+        False by default: network stores wait on I/O, which must never block a service's event loop.
+        """
+        return False
+
     @abstractmethod
     def destroy(self) -> None:
         """Delete everything this store holds (the knowledge bank is being deleted)."""
@@ -201,6 +208,13 @@ def check_query_vector(vector: Any, dimension: int | None) -> np.ndarray:
     if dimension is not None and array.size != dimension:
         raise InvalidInputError(f"query vector has {array.size} dimensions, the knowledge bank holds {dimension}")
     return array
+
+
+def unit_query(vector: np.ndarray) -> np.ndarray:
+    """One checked query vector as a unit-length (1, d) row (``normalise`` for the single-row hot path)."""
+    row = vector.reshape(1, -1)
+    norm = float(np.sqrt(np.dot(vector, vector)))
+    return row / np.float32(norm) if norm > 0 else np.ascontiguousarray(row)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import numpy as np
 
 from kb.errors import InvalidInputError, StoreError, WriterClosedError
 from kb.filters import Filter
+from kb.jsonfast import loads_json
 from stores.base import (
     Capabilities,
     DelegatingReader,
@@ -55,6 +56,7 @@ from stores.base import (
     check_query_vector,
     check_records,
     normalise,
+    unit_query,
 )
 from stores.columnar_filter import MetadataColumns
 from stores.keyword_index import KeywordIndex
@@ -71,7 +73,19 @@ def _fault(point: str) -> None:
 
 # One query at a time is kb's common case, and OpenMP's thread hand-off costs more than it saves
 # there (10k x 384 flat search: 8.1 ms with 2 threads, 0.85 ms with 1, on the 2-core CI machine).
-faiss.omp_set_num_threads(int(os.environ.get("KB_FAISS_THREADS", "1")))
+# OpenMP's thread count is a per-thread setting: every thread that searches sets it once (a service
+# searches from its event loop and from pool threads, which otherwise use one OpenMP thread per core).
+_SEARCH_THREADS = int(os.environ.get("KB_FAISS_THREADS", "1"))
+_omp_configured = threading.local()
+
+
+def _configure_search_threads() -> None:
+    if not getattr(_omp_configured, "done", False):
+        faiss.omp_set_num_threads(_SEARCH_THREADS)
+        _omp_configured.done = True
+
+
+_configure_search_threads()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,9 +97,18 @@ CREATE TABLE IF NOT EXISTS records (
 );
 """
 _BATCH = 500
+
+
+def _select_by_rowid(count: int) -> str:
+    return f"SELECT rowid, id, text, metadata FROM records WHERE rowid IN ({','.join('?' * count)})"
+
+
+_SELECT_BY_ROWID = [_select_by_rowid(n) for n in range(101)]
 # Below this many filter matches, HNSW search is replaced by exact search over the matches:
 # graph search with a very selective filter loses recall, brute force on a few vectors does not.
 _BRUTE_FORCE_MATCHES = 20_000
+# A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
+_QUICK_FLAT_FLOATS = 40_000_000
 
 INDEX_TYPES = ("FLAT", "HNSW")
 
@@ -143,13 +166,12 @@ class _View(StoreReader):
 
     def _records_by_rowid(self, rowids: Sequence[int], with_vectors: bool) -> dict[int, Record]:
         out: dict[int, Record] = {}
-        for part in _chunks(list(rowids)):
-            marks = ",".join("?" * len(part))
-            rows = self.conn.execute(
-                f"SELECT rowid, id, text, metadata FROM records WHERE rowid IN ({marks})", list(part)
-            )
+        for part in _chunks(rowids):
+            # one statement text per batch size, so SQLite's statement cache serves repeated searches
+            rows = self.conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
+                                     _select_by_rowid(len(part)), part)
             for rowid, rid, text, metadata in rows:
-                out[rowid] = Record(rid, text, json.loads(metadata))
+                out[rowid] = Record(rid, text, loads_json(metadata))
         if with_vectors and out and self.index is not None:
             keys = np.fromiter(out.keys(), dtype=np.int64)
             vectors = self.index.reconstruct_batch(keys)
@@ -191,7 +213,7 @@ class _View(StoreReader):
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
                    with_vectors: bool = False) -> list[Hit]:
-        query = normalise(check_query_vector(vector, self._dim).reshape(1, -1))
+        query = unit_query(check_query_vector(vector, self._dim))
         if self.index is None or self.index.ntotal == 0 or k <= 0:
             return []
         if flt is None:
@@ -208,7 +230,7 @@ class _View(StoreReader):
             else:
                 params_sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
                 scores, rowids = self.index.search(query, min(k, allowed.size), params=params_sel)
-        pairs = [(int(r), float(s)) for r, s in zip(rowids[0], scores[0], strict=True) if r >= 0]
+        pairs = [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
         records = self._records_by_rowid([r for r, _ in pairs], with_vectors)
         return [Hit(records[r], s) for r, s in pairs if r in records]
 
@@ -294,6 +316,7 @@ class FaissStore(VectorStoreDriver):
 
     @contextmanager
     def _snapshot(self) -> Iterator[_View]:
+        _configure_search_threads()
         conn = self._conn()
         for attempt in range(5):
             conn.execute("BEGIN")
@@ -370,6 +393,16 @@ class FaissStore(VectorStoreDriver):
                 continue
             if gen > generation or gen < generation - 1:  # orphans of crashed commits, or long replaced
                 path.unlink(missing_ok=True)
+
+    def answers_quickly(self, filtered: bool) -> bool:
+        # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.
+        # A filter also needs the generation's metadata columns already built (building them reads every row).
+        generation, index = self._cached
+        if index is None or self._closed:
+            return False
+        if filtered and (self._columns_cache is None or self._columns_cache[0] != generation):
+            return False
+        return self.settings["type"] == "HNSW" or index.ntotal * index.d <= _QUICK_FLAT_FLOATS
 
     def new_index(self, dim: int) -> faiss.Index:
         if self.settings["type"] == "HNSW":

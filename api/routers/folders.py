@@ -6,11 +6,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import get_client, require
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import FolderIn, FolderOut
 from kb.client import EmbeddedClient
 
-router = APIRouter(prefix="/v1/projects/{project_key}/folders", tags=["managed folders"])
+router = APIRouter(prefix="/v1/projects/{project_key}/folders", tags=["managed folders"],
+                   route_class=OrjsonRoute)
 
 
 @router.get("", response_model=list[FolderOut])

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-router = APIRouter(tags=["health"])
+from api.fastjson import OrjsonRoute
+
+router = APIRouter(tags=["health"], route_class=OrjsonRoute)
 
 
 @router.get("/healthz", summary="The process is up")

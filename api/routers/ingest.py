@@ -10,11 +10,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import core_for, get_client, require
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
 from writers.ingest import IngestOptions, ingest
 
-router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["ingestion"])
+router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["ingestion"],
+                   route_class=OrjsonRoute)
 
 
 @router.post("/ingest", summary="Ingest a file sent as the raw request body; returns the ingestion report")

@@ -7,12 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import get_client, require
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import KnowledgeBankIn, KnowledgeBankOut, SettingsBody
 from kb.client import EmbeddedClient, mask_secrets
 from kb.errors import InvalidInputError
 
-router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks", tags=["knowledge banks"])
+router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks", tags=["knowledge banks"],
+                   route_class=OrjsonRoute)
 
 
 def _out(project_key: str, kb_id: str, name: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import get_client, require
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import EmbedIn, EmbedOut, LLMOut
 from kb.client import EmbeddedClient
 from kb.errors import InvalidInputError
 
-router = APIRouter(prefix="/v1/projects/{project_key}/llms", tags=["embedding models"])
+router = APIRouter(prefix="/v1/projects/{project_key}/llms", tags=["embedding models"],
+                   route_class=OrjsonRoute)
 
 
 @router.get("", response_model=list[LLMOut])

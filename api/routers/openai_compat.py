@@ -8,12 +8,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import get_client, get_principal
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import OpenAIEmbeddingsIn
 from kb.client import EmbeddedClient
 from kb.errors import InvalidInputError
 
-router = APIRouter(tags=["openai-compatible"])
+router = APIRouter(tags=["openai-compatible"], route_class=OrjsonRoute)
 
 
 @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings")

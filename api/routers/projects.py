@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from api.deps import ForbiddenError, get_client, get_principal, require
+from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import ProjectIn, ProjectOut
 from kb.client import EmbeddedClient
 
-router = APIRouter(prefix="/v1/projects", tags=["projects"])
+router = APIRouter(prefix="/v1/projects", tags=["projects"],
+                   route_class=OrjsonRoute)
 
 
 @router.get("", response_model=list[ProjectOut], summary="Projects this key can read")
