@@ -48,7 +48,7 @@ def wait_ready(url: str, seconds: float = 180) -> None:
 
 @contextmanager
 def kb_server(home: Path, workers: int = 1) -> Iterator[tuple[str, str]]:
-    """(search URL, base URL) of a ``kb serve --workers N`` on the KB in ``home`` (made by the kb-flat peer)."""
+    """(search URL, base URL) of a ``kb serve --workers N`` on the KB in ``home`` (made by a kb peer)."""
     port = free_port()
     env = {**os.environ, "KB_HOME": str(home), "KB_AUTH": "off", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers",
@@ -88,6 +88,26 @@ def chroma_server(corpus: Corpus, folder: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(60)
+
+
+def kb_ids(answer: dict[str, Any]) -> list[str]:
+    return [hit["id"] for hit in answer["results"]]
+
+
+def chroma_ids(answer: dict[str, Any]) -> list[str]:
+    return list(answer["ids"][0])
+
+
+def recall_over_rest(url: str, body: Callable[[np.ndarray], dict[str, Any]],
+                     ids: Callable[[dict[str, Any]], list[str]], queries: np.ndarray, exact: np.ndarray) -> float:
+    """Recall@10 of what the server answers (every query once), against exact search."""
+    found = []
+    with httpx.Client(timeout=60) as http:
+        for query, row in zip(queries, exact, strict=True):
+            response = http.post(url, json=body(query))
+            response.raise_for_status()
+            found.append(len(set(ids(response.json())) & {f"chunk-{i}" for i in row}) / exact.shape[1])
+    return float(np.mean(found))
 
 
 def kb_body(vector: np.ndarray) -> dict[str, Any]:

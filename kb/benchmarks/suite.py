@@ -6,7 +6,8 @@
 
 Per corpus size, every peer ingests in a process of its own (chunks/s, disk, peak RSS), then a second
 process opens it cold and times its searches with recall@10 (``peer_run``). Then, up to ``--rest-max``
-chunks, a ``kb serve`` and a ``chroma run`` answer the same query vectors from 1, 4 and 16 clients.
+chunks, a ``kb serve`` (the HNSW knowledge bank) and a ``chroma run`` (HNSW too) answer the same query vectors
+from 1, 4 and 16 clients, and their recall@10 over REST is measured.
 Finally, end to end with the real model on SciFact abstracts: kb's ingestion beside the bare model's
 own encoding of the same texts, and a repeated query text served from the query cache.
 Targets from the issue are checked on ratios measured in this run and printed as PASS/MISS.
@@ -34,6 +35,8 @@ from kb.benchmarks.corpus import exact_neighbours, load
 from kb.benchmarks.targets import check_targets, print_summary
 
 PEERS = ["faiss-flat", "kb-flat", "langchain-faiss", "langchain-chroma", "faiss-hnsw", "kb-hnsw"]
+# Served over REST beside the Chroma server: both approximate (HNSW), both with their recall measured.
+REST_PEER = "kb-hnsw"
 
 
 def machine() -> dict[str, Any]:
@@ -71,24 +74,31 @@ def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) 
         tqdm.write(f"  {peer:<17} ingest {ingest['chunks_per_second']:>9,.0f} chunks/s | similarity p50 "
                    f"{serve['similarity']['p50_ms']:6.2f} ms recall@10 {serve['similarity']['recall_at_10']:.3f} "
                    f"| {time.monotonic() - started:5.0f}s")
-        if peer not in ("kb-flat",):  # kb-flat's folder is kept for the REST comparison
+        if peer != REST_PEER:  # its folder is kept for the REST comparison
             shutil.rmtree(folder, ignore_errors=True)
 
 
 def bench_rest(size: int, work: Path, clients: list[int], seconds: float, workers: int,
                report: dict[str, Any]) -> None:
+    """kb's HNSW knowledge bank behind ``kb serve`` against a Chroma server (HNSW too), with recall of both."""
     corpus = load(size)
-    home = work / f"kb-flat-{size}"
+    exact = exact_neighbours(corpus)
+    home = work / f"{REST_PEER}-{size}"
     out: dict[str, Any] = {}
     with rest_peers.kb_server(home, workers) as (url, _):
         out["kb"] = [rest_peers.load_test(url, rest_peers.kb_body, corpus.queries, n, seconds) for n in clients]
+        out["kb_recall_at_10"] = rest_peers.recall_over_rest(url, rest_peers.kb_body, rest_peers.kb_ids,
+                                                             corpus.queries, exact)
     with rest_peers.chroma_server(corpus, work / f"chroma-server-{size}") as url:
         out["chroma-server"] = [rest_peers.load_test(url, rest_peers.chroma_body, corpus.queries, n, seconds)
                                 for n in clients]
+        out["chroma-server_recall_at_10"] = rest_peers.recall_over_rest(url, rest_peers.chroma_body,
+                                                                        rest_peers.chroma_ids, corpus.queries, exact)
     report["rest"][str(size)] = out
-    for name, rows in out.items():
+    for name in ("kb", "chroma-server"):
         tqdm.write("  " + name.ljust(14) + " | ".join(f"{r['clients']:>2} clients {r['qps']:7.0f} q/s p50 "
-                                                        f"{r['p50_ms']:6.2f} ms" for r in rows))
+                                                        f"{r['p50_ms']:6.2f} ms" for r in out[name])
+                   + f" | recall@10 {out[name + '_recall_at_10']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             bench_size(size, peers, work, report)
-            if "rest" not in skip and size <= args.rest_max and "kb-flat" in peers:
+            if "rest" not in skip and size <= args.rest_max and REST_PEER in peers:
                 bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, args.kb_workers,
                            report)
-            shutil.rmtree(work / f"kb-flat-{size}", ignore_errors=True)
+            shutil.rmtree(work / f"{REST_PEER}-{size}", ignore_errors=True)
         if "e2e" not in skip:
             from kb.benchmarks.e2e import bench_end_to_end
 

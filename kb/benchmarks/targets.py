@@ -44,6 +44,9 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 kb_ingest["chunks_per_second"] / lc_ingest["chunks_per_second"], 3.0, "higher",
                 f"{kb_ingest['chunks_per_second']:,.0f} vs {lc_ingest['chunks_per_second']:,.0f} chunks/s")
     for size, rows in report["rest"].items():
+        if "kb_recall_at_10" in rows:
+            add(f"{size}: REST kb recall@10 (HNSW)", rows["kb_recall_at_10"], 0.95, "higher",
+                f"chroma server {rows.get('chroma-server_recall_at_10', float('nan')):.3f}")
         kb_rows = {r["clients"]: r for r in rows["kb"]}
         chroma_rows = {r["clients"]: r for r in rows["chroma-server"]}
         if int(size) >= 100_000 and 1 in kb_rows:
