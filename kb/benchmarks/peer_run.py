@@ -2,11 +2,14 @@
 
     python -m kb.benchmarks.peer_run ingest kb-flat 100000 <folder> <out.json>
     python -m kb.benchmarks.peer_run serve  kb-flat 100000 <folder> <out.json>
+    python -m kb.benchmarks.peer_run compare kb-flat,langchain-faiss 100000 <work folder> <out.json>
 
 ``ingest`` writes the corpus durably and reports chunks/s, disk bytes per chunk and peak RSS.
 ``serve`` opens the store cold, then times every search the peer offers over the corpus' queries
 (p50/p95/p99, single-client QPS) with recall@10 against exact search; a kb peer is timed in alternation
 with raw faiss searching the very same index file, query by query.
+``compare`` opens several ingested peers in one process and times their similarity searches in rotation,
+query by query, for the ratios between peers.
 """
 
 from __future__ import annotations
@@ -124,8 +127,42 @@ def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
     return out
 
 
+def compare(names: list[str], size: int, work: Path) -> dict[str, Any]:
+    """Every peer open in this one process, timed query by query in rotating order: the ratios between peers
+    then compare the same moments of this machine (separate processes minutes apart compare its drift)."""
+    corpus = load(size)
+    exact = exact_neighbours(corpus)
+    queries = corpus.queries
+    peers = [make(name) for name in names]
+    for peer, name in zip(peers, names, strict=True):
+        peer.open(work / f"{name}-{size}")
+    for i in range(min(20, len(queries))):
+        for peer in peers:
+            peer.search(queries[i], 10)
+    samples: list[list[float]] = [[] for _ in peers]
+    results: list[list[Any]] = [[] for _ in peers]
+    for round_number in range(ROUNDS):
+        for i, query in enumerate(queries):
+            shift = (i + round_number) % len(peers)
+            for which in [*range(shift, len(peers)), *range(shift)]:
+                started = time.perf_counter()
+                out = peers[which].search(query, 10)
+                samples[which].append(time.perf_counter() - started)
+                if round_number == 0:
+                    results[which].append(out)
+    return {name: {**_figures(samples[n]), "recall_at_10": recall(peers[n], results[n], exact)}
+            for n, name in enumerate(names)}
+
+
 def main(argv: list[str] | None = None) -> int:
     phase, name, size, folder, out = argv if argv is not None else sys.argv[1:]
+    if phase == "compare":  # name: comma-separated peers; folder: the work folder holding <peer>-<size>
+        names = name.split(",")
+        for module in {m for n in names for m in make(n).modules}:
+            importlib.import_module(module)
+        faiss.omp_set_num_threads(1)
+        Path(out).write_text(json.dumps(compare(names, int(size), Path(folder)), indent=2))
+        return 0
     peer = make(name)
     for module in peer.modules:
         importlib.import_module(module)

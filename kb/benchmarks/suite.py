@@ -1,7 +1,7 @@
 """``kb bench``: kb against its peers, same vectors, texts and queries, in one run; JSON report and PNG charts.
 
     kb bench                                   # 10k and 100k chunks, every peer, REST, end to end
-    kb bench --sizes 10000,100000,1000000      # adds 1M (about 25 minutes more on 2 cores)
+    kb bench --sizes 10000,100000,1000000      # adds 1M (about an hour more on 2 cores)
     kb bench --sizes 10000 --skip rest,e2e     # quick look
 
 Per corpus size, every peer ingests in a process of its own (chunks/s, disk, peak RSS), then a second
@@ -74,8 +74,20 @@ def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) 
         tqdm.write(f"  {peer:<17} ingest {ingest['chunks_per_second']:>9,.0f} chunks/s | similarity p50 "
                    f"{serve['similarity']['p50_ms']:6.2f} ms recall@10 {serve['similarity']['recall_at_10']:.3f} "
                    f"| {time.monotonic() - started:5.0f}s")
+    # The peers side by side in one process, query by query: the ratios the targets are checked on.
+    out = work / f"compare-{size}.json"
+    command = [sys.executable, "-m", "kb.benchmarks.peer_run", "compare", ",".join(peers), str(size), str(work),
+               str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"side-by-side comparison at {size:,} chunks failed:\n{result.stderr[-3000:]}")
+    report["compare"][str(size)] = json.loads(out.read_text())
+    tqdm.write("  side by side, one process: " + " | ".join(
+        f"{name} p50 {fig['p50_ms']:.3f} ms (recall {fig['recall_at_10']:.3f})"
+        for name, fig in report["compare"][str(size)].items()))
+    for peer in peers:
         if peer != REST_PEER:  # its folder is kept for the REST comparison
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(work / f"{peer}-{size}", ignore_errors=True)
 
 
 def bench_rest(size: int, work: Path, clients: list[int], seconds: float, workers: int,
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p]
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, Any] = {"benchmark": "kb bench", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              "machine": machine(), "sizes": {}, "rest": {}, "e2e": {}}
+                              "machine": machine(), "sizes": {}, "compare": {}, "rest": {}, "e2e": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="kb-bench-"))
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+PEER_PAIRS = [("kb-flat", "langchain-faiss"), ("kb-hnsw", "langchain-chroma"), ("kb-hnsw", "langchain-faiss")]
+
 
 def _serve(report: dict[str, Any], size: str, peer: str) -> dict[str, Any] | None:
     entry = report["sizes"].get(size, {}).get(peer)
@@ -26,13 +28,14 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 raw = kb_serve["raw_faiss_same_index"]["p50_ms"]
                 add(f"{size}: kb-{kind} p50 / raw faiss p50 on the same index", kb_serve["similarity"]["p50_ms"] / raw,
                     1.2, "lower", f"{kb_serve['similarity']['p50_ms']:.3f} ms vs {raw:.3f} ms")
-        kb_flat = _serve(report, size, "kb-flat")
-        for peer in ("langchain-faiss", "langchain-chroma"):
-            other = _serve(report, size, peer)
-            if kb_flat and other:
-                mine, theirs = kb_flat["similarity"]["p50_ms"], other["similarity"]["p50_ms"]
-                add(f"{size}: kb-flat p50 / {peer} p50", mine / theirs, 1.0, "lower",
-                    f"{mine:.3f} ms vs {theirs:.3f} ms")
+        # like for like (exact with exact, HNSW with HNSW), from the side-by-side run in one process
+        side_by_side = report.get("compare", {}).get(size, {})
+        for mine_name, their_name in PEER_PAIRS:
+            mine, theirs = side_by_side.get(mine_name), side_by_side.get(their_name)
+            if mine and theirs:
+                add(f"{size}: {mine_name} p50 / {their_name} p50 (side by side)", mine["p50_ms"] / theirs["p50_ms"],
+                    1.0, "lower", f"{mine['p50_ms']:.3f} ms vs {theirs['p50_ms']:.3f} ms, recall "
+                                  f"{mine['recall_at_10']:.3f} vs {theirs['recall_at_10']:.3f}")
         hnsw = _serve(report, size, "kb-hnsw")
         if hnsw and int(size) >= 1_000_000:
             add(f"{size}: kb-hnsw recall@10", hnsw["similarity"]["recall_at_10"], 0.95, "higher", "")
@@ -79,6 +82,16 @@ def print_summary(report: dict[str, Any]) -> None:
                   f"{serve['cold_open_seconds']:>6.2f} | {sim['p50_ms']:6.2f} / {sim['p99_ms']:6.2f} | "
                   f"{sim['recall_at_10']:.3f} | {filtered if filtered is None else round(filtered, 2)!s:>6} | "
                   f"{hybrid if hybrid is None else round(hybrid, 2)!s:>6} | {serve['peak_rss_mb']:,.0f}")
+        side_by_side = report.get("compare", {}).get(size, {})
+        if side_by_side:
+            print("  side by side in one process (similarity p50 ms, recall@10): " + ", ".join(
+                f"{name} {fig['p50_ms']:.3f} ({fig['recall_at_10']:.3f})" for name, fig in side_by_side.items()))
+    for size, rows in report.get("rest", {}).items():
+        print(f"\nREST, {int(size):,} chunks (query vector, k=10):")
+        for name in ("kb", "chroma-server"):
+            print(f"  {name:<14} " + " | ".join(f"{r['clients']:>2} clients {r['qps']:6.0f} q/s p50 {r['p50_ms']:.2f} "
+                                                f"p99 {r['p99_ms']:.2f} ms" for r in rows[name])
+                  + f" | recall@10 {rows.get(name + '_recall_at_10', float('nan')):.3f}")
     print("\ntargets:")
     for check in report["targets"]:
         print(f"  {'PASS' if check['ok'] else 'MISS'}  {check['target']}: {check['value']} "
