@@ -60,6 +60,7 @@ from stores.base import (
 )
 from stores.columnar_filter import MetadataColumns
 from stores.keyword_index import KeywordIndex
+from stores.record_cache import RecordCache
 from stores.sql_filters import filter_to_sql
 from stores.sqlite_meta import connect_durable, read_meta
 
@@ -104,10 +105,29 @@ def _select_by_rowid(count: int) -> str:
 
 
 _SELECT_BY_ROWID = [_select_by_rowid(n) for n in range(101)]
+
+
+def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCache | None) -> dict[int, Record]:
+    """Records by rowid: from the cache where it has them, else from SQLite (then cached)."""
+    cached = cache.get_many(rowids) if cache is not None else {}
+    out = {rowid: Record(rid, text, loads_json(metadata)) for rowid, (rid, text, metadata) in cached.items()}
+    missing = [r for r in rowids if r not in cached] if cached else list(rowids)
+    for part in _chunks(missing):
+        # one statement text per batch size, so SQLite's statement cache serves repeated searches
+        rows = conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
+                            _select_by_rowid(len(part)), part).fetchall()
+        for rowid, rid, text, metadata in rows:
+            out[rowid] = Record(rid, text, loads_json(metadata))
+        if cache is not None and len(part) <= _CACHED_FETCH:  # search hits, not bulk exports
+            cache.put_many((rowid, (rid, text, metadata)) for rowid, rid, text, metadata in rows)
+    return out
 # Below this many filter matches, HNSW search is replaced by exact search over the matches:
 # graph search with a very selective filter loses recall, brute force on a few vectors does not.
 _BRUTE_FORCE_MATCHES = 20_000
 _READ_MMAP_BYTES = 1 << 30
+# Fetches of up to this many rows (search results) go into the record cache; bigger ones (exports) do not.
+_CACHED_FETCH = 128
+_RECORD_CACHE_ENTRIES = int(os.environ.get("KB_RECORD_CACHE", "50000"))
 # A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
 _QUICK_FLAT_FLOATS = 40_000_000
 
@@ -150,9 +170,11 @@ class _View(StoreReader):
     """Reads over one SQLite connection (in a transaction) and one FAISS index."""
 
     def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
-                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None) -> None:
+                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
+                 cache: RecordCache | None = None) -> None:
         self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
         self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
+        self._cache = cache  # committed snapshots only: a transaction's rowids are not committed yet
 
     def _matching_rowids(self, flt: Filter) -> np.ndarray:
         if self._columns is not None:
@@ -166,13 +188,7 @@ class _View(StoreReader):
         return self._dim
 
     def _records_by_rowid(self, rowids: Sequence[int], with_vectors: bool) -> dict[int, Record]:
-        out: dict[int, Record] = {}
-        for part in _chunks(rowids):
-            # one statement text per batch size, so SQLite's statement cache serves repeated searches
-            rows = self.conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
-                                     _select_by_rowid(len(part)), part)
-            for rowid, rid, text, metadata in rows:
-                out[rowid] = Record(rid, text, loads_json(metadata))
+        out = read_rows(self.conn, rowids, self._cache)
         if with_vectors and out and self.index is not None:
             keys = np.fromiter(out.keys(), dtype=np.int64)
             vectors = self.index.reconstruct_batch(keys)
@@ -214,6 +230,12 @@ class _View(StoreReader):
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
                    with_vectors: bool = False) -> list[Hit]:
+        pairs = self.ranked(vector, k, flt)
+        records = self._records_by_rowid([r for r, _ in pairs], with_vectors)
+        return [Hit(records[r], s) for r, s in pairs if r in records]
+
+    def ranked(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+        """(rowid, cosine similarity) of the k nearest, best first."""
         query = unit_query(check_query_vector(vector, self._dim))
         if self.index is None or self.index.ntotal == 0 or k <= 0:
             return []
@@ -231,9 +253,7 @@ class _View(StoreReader):
             else:
                 params_sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
                 scores, rowids = self.index.search(query, min(k, allowed.size), params=params_sel)
-        pairs = [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
-        records = self._records_by_rowid([r for r, _ in pairs], with_vectors)
-        return [Hit(records[r], s) for r, s in pairs if r in records]
+        return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         if k <= 0:
@@ -262,6 +282,7 @@ class FaissStore(VectorStoreDriver):
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, faiss.Index | None] = (-1, None)
         self._columns_cache: tuple[int, MetadataColumns] | None = None
+        self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
         conn = _connect(self.db_path)
         try:
@@ -335,7 +356,7 @@ class FaissStore(VectorStoreDriver):
                         raise
                     continue
                 yield _View(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g))
+                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records)
                 return
             finally:
                 if conn.in_transaction:
@@ -364,8 +385,52 @@ class FaissStore(VectorStoreDriver):
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
                    with_vectors: bool = False) -> list[Hit]:
+        if not with_vectors:
+            hits = self._similarity_without_snapshot(vector, k, flt)
+            if hits is not None:
+                return hits
         with self._snapshot() as view:
             return view.similarity(vector, k, flt, with_vectors)
+
+    def _committed_meta(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
+        """The committed (generation, dimension), re-read only after another connection committed."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]  # read first: a later commit changes it
+        known = getattr(self._local, "meta", None)
+        if known is not None and known[0] == version:
+            return known[1], known[2]
+        generation, dim = self._read_meta(conn)
+        self._local.meta = (version, generation, dim)
+        return generation, dim
+
+    def _similarity_without_snapshot(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Hit] | None:
+        """The search path without a SQLite read transaction (None: answer from a snapshot instead).
+
+        Committed rowids never change content (see ``stores.record_cache``), so the records of the
+        committed generation's hits can be read outside a transaction: a record is either the one the
+        index meant, or gone because a newer commit deleted it, and then the snapshot path answers.
+        """
+        _configure_search_threads()
+        conn = self._conn()
+        generation, dim = self._committed_meta(conn)
+        if dim is None:
+            return None
+        columns = None
+        if flt is not None:  # only columns built in a snapshot of this generation may answer a filter
+            built = self._columns_cache
+            if built is None or built[0] != generation:
+                return None
+            columns = built[1]
+        try:
+            index = self._load_index(generation)
+        except RuntimeError:  # its file was replaced by two newer commits meanwhile
+            return None
+        view = _View(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
+                     columns=(lambda: columns) if columns is not None else None, cache=self._records)
+        pairs = view.ranked(vector, k, flt)
+        records = view._records_by_rowid([r for r, _ in pairs], False)
+        if len(records) < len(pairs):
+            return None
+        return [Hit(records[r], s) for r, s in pairs]
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         with self._snapshot() as view:
@@ -422,6 +487,7 @@ class FaissStore(VectorStoreDriver):
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._local.meta = None
         with self._cache_lock:
             self._cached = (-1, None)
 
@@ -442,8 +508,12 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
-        # never reuse a rowid the keyword index still holds a tombstone for
-        self._next_rowid = max(int(row[0] or 0), store.keywords.highest_tombstone(conn)) + 1
+        counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
+        # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
+        # once committed (the counter commits with the records), which is what lets readers cache
+        # records by rowid and read them outside a snapshot.
+        self._next_rowid = max(int(row[0] or 0) + 1, store.keywords.highest_tombstone(conn) + 1,
+                               int(counter[0]) if counter else 1)
 
     def _view(self) -> _View:
         self._check_open()
@@ -552,6 +622,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                     _fsync_dir(self.store.dir)
                 # After clear() there is no index file: dimension '' tells readers the store is empty.
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_rowid', ?)", (str(self._next_rowid),))
             _fault("before_sqlite_commit")
             self.conn.execute("COMMIT")
             _fault("after_sqlite_commit")

@@ -67,7 +67,10 @@ def rest_chart(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         for name, rows in report["rest"][size].items():
-            ax.plot([r["clients"] for r in rows], [r["qps"] for r in rows], marker="o", label=name)
+            if isinstance(rows, list):  # the other entries are recall figures
+                recall = report["rest"][size].get(f"{name}_recall_at_10")
+                label = name if recall is None else f"{name} (recall@10 {recall:.3f})"
+                ax.plot([r["clients"] for r in rows], [r["qps"] for r in rows], marker="o", label=label)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("queries per second")
         ax.set_title(f"REST search by vector, {int(size):,} chunks")
@@ -77,8 +80,35 @@ def rest_chart(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def side_by_side_chart(report: dict[str, Any], path: Path) -> None:
+    """p50 similarity latency of every peer against corpus size, from the one-process side-by-side runs."""
+    sizes = [int(s) for s in report["compare"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names: list[str] = []
+    for figures in report["compare"].values():
+        names += [n for n in figures if n not in names]
+    for name in names:
+        points = [(int(s), f[name]) for s, f in report["compare"].items() if name in f]
+        ax.plot([s for s, _ in points], [f["p50_ms"] for _, f in points], marker="o",
+                linestyle="--" if name.startswith(("faiss-", "langchain-")) else "-",
+                label=f"{name} (recall@10 {min(f['recall_at_10'] for _, f in points):.3f}+)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.set_xlabel("corpus size (chunks)")
+    ax.set_ylabel("p50 ms per query (k=10), log scale")
+    ax.set_title("similarity search in process, peers side by side")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def draw(report: dict[str, Any], folder: Path) -> list[Path]:
     made = []
+    if report.get("compare"):
+        side_by_side_chart(report, folder / "side_by_side.png")
+        made.append(folder / "side_by_side.png")
     if report["sizes"]:
         for name, chart in (("latency.png", latency_chart), ("throughput.png", throughput_chart)):
             chart(report, folder / name)
