@@ -1,13 +1,15 @@
 """JSON decoding on hot read paths: orjson when it can, the standard library when it cannot.
 
 Metadata is written with ``json.dumps`` and read back on every search hit; orjson decodes it
-several times faster. orjson refuses a few things the standard library accepts (integers beyond
-64 bits), so those fall back to ``json.loads`` and decode exactly as they were written.
+several times faster. orjson refuses a few things the standard library accepts (NaN literals, lone
+surrogates) and reads integers beyond 64 bits as floats, so text with either falls back to
+``json.loads`` and decodes exactly as it was written.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 try:
@@ -16,8 +18,15 @@ except ImportError:  # pragma: no cover - orjson is a declared dependency
     orjson = None  # type: ignore[assignment]
 
 
+# 19 digits in a row that do not follow a digit or a decimal point may be an integer beyond 64 bits
+# (orjson would make it a float); the fractions of floats (0.00012345678901234567) never match.
+_LONG_DIGITS = re.compile(r"(?<![0-9.])[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"(?<![0-9.])[0-9]{19}")
+
+
 def loads_json(text: str | bytes) -> Any:
-    if orjson is not None:
+    long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes | bytearray) else _LONG_DIGITS
+    if orjson is not None and not long_digits.search(text):  # type: ignore[call-overload]
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -265,3 +265,38 @@ def test_ingestion_endpoint(server: KBServer, admin: RemoteClient, tmp_path: Pat
     assert again["chunks_written"] == 0 and again["rows_skipped"] == 30
     missing_format = httpx.post(url.split("?")[0], content=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert missing_format.status_code == 422
+
+
+def test_quick_searches_under_concurrency_see_commits_and_settings(server: KBServer, admin: RemoteClient) -> None:
+    """Vector searches run on the event loop, with cached handles: concurrent clients get correct answers,
+    a commit is visible to the next search, and saved settings (a new schema) take effect at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    handle = admin.get_default_project().create_knowledge_bank("quick", embedding_llm_id="custom:fake6")
+    base = _url(server, f"/v1/projects/DEFAULT/knowledge-banks/{handle.id}")
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    axes = [[1.0 if j == i else 0.0 for j in range(6)] for i in range(6)]
+    docs = [{"id": f"axis{i}", "text": f"axis {i}", "metadata": {"axis": i}, "vector": v} for i, v in enumerate(axes)]
+    assert httpx.post(base + "/documents", json={"documents": docs}, headers=headers).status_code == 200
+
+    def nearest(i: int) -> str:
+        with httpx.Client(headers=headers) as http:
+            answer = http.post(base + "/search", json={"vector": axes[i % 6], "k": 1})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["results"][0]["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(nearest, range(96))) == [f"axis{i % 6}" for i in range(96)]
+    moved = {"id": "axis0", "text": "moved", "vector": axes[3]}
+    assert httpx.post(base + "/documents", json={"documents": [moved]}, headers=headers).status_code == 200
+    hits = httpx.post(base + "/search", json={"vector": axes[3], "k": 2}, headers=headers).json()["results"]
+    assert {h["id"] for h in hits} == {"axis0", "axis3"}
+    filtered = httpx.post(base + "/search", json={"vector": axes[3], "k": 6, "filter": {"axis": 3}},
+                          headers=headers).json()["results"]
+    assert [h["id"] for h in filtered] == ["axis3"]
+    settings = httpx.get(base + "/settings", headers=headers).json()
+    settings["metadata_schema"] = {"axis": "int"}
+    assert httpx.put(base + "/settings", json=settings, headers=headers).status_code == 200
+    wrong = httpx.post(base + "/search", json={"vector": axes[3], "k": 1, "filter": {"axis": "three"}},
+                       headers=headers)
+    assert wrong.status_code == 422 and "axis" in wrong.json()["error"]["message"]  # the new schema applies
