@@ -24,6 +24,21 @@ _LONG_DIGITS = re.compile(r"(?<![0-9.])[0-9]{19}")
 _LONG_DIGITS_BYTES = re.compile(rb"(?<![0-9.])[0-9]{19}")
 
 
+def orjson_reads_exactly(text: str) -> bool:
+    """Whether orjson decodes this text as the standard library does (check once, decode many times)."""
+    return orjson is not None and not _LONG_DIGITS.search(text)
+
+
+def loads_checked(text: str, exact: bool) -> Any:
+    """Decode text already classified by ``orjson_reads_exactly``."""
+    if exact:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def loads_json(text: str | bytes) -> Any:
     long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes | bytearray) else _LONG_DIGITS
     if orjson is not None and not long_digits.search(text):  # type: ignore[call-overload]

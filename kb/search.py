@@ -124,8 +124,11 @@ def execute_search(reader: StoreReader, request: SearchRequest, ctx: SearchConte
 
     def query_vector(checked_by_store: bool = False) -> np.ndarray:
         if request.vector is not None:
-            # every driver's similarity checks the dimension itself: asking the store for it costs a snapshot
-            return check_query_vector(request.vector, None if checked_by_store else reader.dimension)
+            # every driver's similarity checks the vector and its dimension itself (asking the store for the
+            # dimension costs a snapshot): the similarity paths hand it over as it came
+            if checked_by_store:
+                return request.vector  # type: ignore[return-value]
+            return check_query_vector(request.vector, reader.dimension)
         return ctx.embed_query(request.query or "")
 
     if kind in ("keyword", *HYBRID_TYPES) and not ctx.keyword_available:

@@ -203,7 +203,7 @@ def check_query_vector(vector: Any, dimension: int | None) -> np.ndarray:
     array = np.asarray(vector, dtype=np.float32)
     if array.ndim != 1 or array.size == 0:
         raise InvalidInputError("query vector must be a non-empty list of numbers")
-    if not np.all(np.isfinite(array)):
+    if not np.isfinite(array).all():
         raise InvalidInputError("query vector has NaN or infinite values")
     if dimension is not None and array.size != dimension:
         raise InvalidInputError(f"query vector has {array.size} dimensions, the knowledge bank holds {dimension}")

@@ -42,7 +42,7 @@ import numpy as np
 
 from kb.errors import InvalidInputError, StoreError, WriterClosedError
 from kb.filters import Filter
-from kb.jsonfast import loads_json
+from kb.jsonfast import loads_checked, orjson_reads_exactly
 from stores.base import (
     Capabilities,
     DelegatingReader,
@@ -110,16 +110,19 @@ _SELECT_BY_ROWID = [_select_by_rowid(n) for n in range(101)]
 def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCache | None) -> dict[int, Record]:
     """Records by rowid: from the cache where it has them, else from SQLite (then cached)."""
     cached = cache.get_many(rowids) if cache is not None else {}
-    out = {rowid: Record(rid, text, loads_json(metadata)) for rowid, (rid, text, metadata) in cached.items()}
+    out = {rowid: Record(rid, text, loads_checked(metadata, exact))
+           for rowid, (rid, text, metadata, exact) in cached.items()}
     missing = [r for r in rowids if r not in cached] if cached else list(rowids)
     for part in _chunks(missing):
         # one statement text per batch size, so SQLite's statement cache serves repeated searches
         rows = conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
                             _select_by_rowid(len(part)), part).fetchall()
-        for rowid, rid, text, metadata in rows:
-            out[rowid] = Record(rid, text, loads_json(metadata))
+        fetched = [(rowid, (rid, text, metadata, orjson_reads_exactly(metadata)))
+                   for rowid, rid, text, metadata in rows]
+        for rowid, (rid, text, metadata, exact) in fetched:
+            out[rowid] = Record(rid, text, loads_checked(metadata, exact))
         if cache is not None and len(part) <= _CACHED_FETCH:  # search hits, not bulk exports
-            cache.put_many((rowid, (rid, text, metadata)) for rowid, rid, text, metadata in rows)
+            cache.put_many(fetched)
     return out
 # Below this many filter matches, HNSW search is replaced by exact search over the matches:
 # graph search with a very selective filter loses recall, brute force on a few vectors does not.

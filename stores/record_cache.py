@@ -4,7 +4,8 @@ Safe without invalidation because a FAISS store never gives a committed rowid to
 rowids come from a counter that only grows and is committed with the records (``meta.next_rowid``),
 and a replaced record gets a new rowid. So the content behind a committed rowid never changes;
 a deleted rowid stays in the cache only until evicted, and no newer index returns it.
-Metadata is kept as its JSON text and decoded per hit, so callers can never mutate a shared copy.
+Metadata is kept as its JSON text and decoded per hit, so callers can never mutate a shared copy;
+whether orjson may decode it is decided once, when the record enters the cache.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-CachedRow = tuple[str, str, str]  # (id, text, metadata JSON)
+CachedRow = tuple[str, str, str, bool]  # (id, text, metadata JSON, orjson decodes it exactly)
 
 
 class RecordCache:
-    """A bounded map rowid -> (id, text, metadata JSON); the oldest entries go first when it is full."""
+    """A bounded map rowid -> (id, text, metadata JSON, exact); the oldest entries go first when it is full."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
