@@ -89,7 +89,7 @@ class KeywordIndex:
         conn.execute("UPDATE kw_terms SET df = 0, segments = 0")  # recounted from the postings below
         if rows:
             data = np.asarray(rows, dtype=np.int64)
-            self._write_segments(conn, data[:, 0], data[:, 1], data[:, 2], data[:, 3])
+            self._write_segments(conn, data[:, 0], data[:, 1], data[:, 2], data[:, 3])  # sorted by the query
         conn.execute("UPDATE kw_stats SET value = ? WHERE key = 'postings'", (len(rows),))
         conn.execute("DROP TABLE kw_postings")
 
@@ -106,41 +106,35 @@ class KeywordIndex:
             return
         rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         self._forget_reused(conn, rowids)
-        terms: list[str] = []
-        tfs: list[int] = []
-        per_doc = np.empty(len(rows), dtype=np.int64)
-        for position, (_, text) in enumerate(rows):
-            counts = self.analyzer.term_counts(text)
-            terms.extend(counts)
-            tfs.extend(counts.values())
-            per_doc[position] = len(counts)
-        vocabulary = sorted(set(terms))
-        term_ids = self._term_ids(conn, vocabulary)
-        flat_terms = np.fromiter(map(term_ids.__getitem__, terms), dtype=np.int64, count=len(terms))
-        flat_tfs = np.asarray(tfs, dtype=np.int64)
-        flat_docs = np.repeat(rowids, per_doc)
-        bounds = np.concatenate(([0], np.cumsum(per_doc)))
-        owner = np.repeat(np.arange(len(rows)), per_doc)
-        lengths = np.bincount(owner, weights=flat_tfs, minlength=len(rows)).astype(np.int64)
-        flat_lengths = np.repeat(lengths, per_doc)
+        positions, local_terms, vocabulary = self.analyzer.batch_terms([r[1] for r in rows])
+        n = len(rows)
+        ids = self._term_ids(conn, sorted(vocabulary))
+        global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
+        # Postings are the distinct (term, document) pairs: one sort of term * n + position counts them and
+        # leaves them grouped by term, documents in row order, as segments are written.
+        pairs, tfs = np.unique(global_of_local[local_terms] * n + positions, return_counts=True)
+        pair_terms, pair_positions = np.divmod(pairs, n)
+        lengths = np.bincount(positions, minlength=n)
+        # kw_docs wants them grouped by document instead (a stable sort of positions below 2**16 is a radix sort)
+        by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
+        doc_terms = pair_terms[by_doc].astype(_TERM)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(pair_positions, minlength=n))))
         conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
-            (doc, length, flat_terms[start:end].astype(_TERM).tobytes())
+            (doc, length, doc_terms[start:end].tobytes())
             for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
                                                bounds[1:].tolist(), strict=True)
         ])
-        self._write_segments(conn, flat_terms, flat_docs, flat_tfs, flat_lengths)
-        self._bump(conn, "docs", len(rows))
+        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions])
+        self._bump(conn, "docs", n)
         self._bump(conn, "length", int(lengths.sum()))
-        self._bump(conn, "postings", int(flat_terms.size))
-        self._merge_crowded(conn, [term_ids[t] for t in vocabulary])
+        self._bump(conn, "postings", int(pairs.size))
+        self._merge_crowded(conn, np.unique(global_of_local).tolist())
 
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
                         lengths: np.ndarray) -> None:
-        """One new segment per distinct term of the given postings (any order); df and segment counts follow."""
+        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow."""
         if term_ids.size == 0:
             return
-        order = np.argsort(term_ids, kind="stable")
-        term_ids, docs, tfs, lengths = term_ids[order], docs[order], tfs[order], lengths[order]
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
         ends = np.append(starts[1:], term_ids.size)
         seg = self._stats(conn)["next_seg"]
