@@ -53,7 +53,8 @@ from stores.base import (
     VectorStoreDriver,
     acquire_writer_lock,
     check_query_vector,
-    check_records,
+    checked_vectors,
+    metadata_json,
     normalise,
 )
 from stores.columnar_filter import MetadataColumns
@@ -463,18 +464,13 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         if not records:
             return
-        dim = check_records(records, self._dim)
+        vectors = normalise(checked_vectors(records, self._dim))
+        dim = int(vectors.shape[1])
         self._remove_rowids(self._rowids_of([r.id for r in records]))
-        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
         self._next_rowid += len(records)
-        rows = []
-        for rowid, record in zip(rowids.tolist(), records, strict=True):
-            try:
-                metadata = json.dumps(record.metadata, allow_nan=False, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
-            rows.append((rowid, record.id, record.text, metadata))
+        rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
+                in zip(rowids.tolist(), records, strict=True)]
         self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
         self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
         self._writable_index(dim).add_with_ids(vectors, rowids)
