@@ -69,9 +69,15 @@ class KeywordIndex:
                      "df INTEGER NOT NULL)")
         if "segments" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_terms)")}:
             conn.execute("ALTER TABLE kw_terms ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
+        # A rowid table, so that a batch's segments (seg ascending) are appended at the end of the table and
+        # only the small (term_id, seg) index takes scattered inserts. Keyed by (term_id, seg) itself, every
+        # batch inserted a blob next to each earlier segment of each of its terms, rewriting pages all over
+        # the table (100k chunks: 1.7 s of inserts for 5 batches instead of 0.5 s). Indexes made by earlier
+        # versions (WITHOUT ROWID, same columns and key) are kept: every query works on both.
         conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
-                     "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL, PRIMARY KEY (term_id, seg)) "
-                     "WITHOUT ROWID")
+                     "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL)")
+        if not self._clustered_by_term(conn):
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
                      "term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_deleted (doc INTEGER PRIMARY KEY, term_ids BLOB NOT NULL)")
@@ -81,6 +87,12 @@ class KeywordIndex:
         if legacy:
             self._convert_first_format(conn)
         conn.execute("INSERT OR REPLACE INTO kw_stats VALUES ('format', ?)", (FORMAT,))
+
+    @staticmethod
+    def _clustered_by_term(conn: sqlite3.Connection) -> bool:
+        """Whether kw_segments is the earlier WITHOUT ROWID table keyed by (term_id, seg)."""
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'kw_segments'").fetchone()[0]
+        return "WITHOUT ROWID" in sql.upper()
 
     def _convert_first_format(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT p.term_id, p.doc, p.tf, d.length FROM kw_postings p JOIN kw_docs d "
