@@ -40,7 +40,8 @@ _BATCH = 500
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
 _DOC, _TF, _LEN = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u4")
-_TERM = np.dtype("<i8")
+_TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
+_TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -64,6 +65,7 @@ class KeywordIndex:
 
     def create(self, conn: sqlite3.Connection) -> None:
         """Create the tables, or bring an index of the first format (a row per posting) to this one."""
+        existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_docs'").fetchone() is not None
         legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_postings'").fetchone() is not None
         conn.execute("CREATE TABLE IF NOT EXISTS kw_terms (term TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, "
                      "df INTEGER NOT NULL)")
@@ -84,6 +86,8 @@ class KeywordIndex:
         conn.execute("CREATE TABLE IF NOT EXISTS kw_stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1), "
                      "('next_seg', 1), ('deleted', 0), ('postings', 0)")
+        conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('doc_term_bytes', ?)",
+                     (_TERM.itemsize if existing else _TERM32.itemsize,))
         if legacy:
             self._convert_first_format(conn)
         conn.execute("INSERT OR REPLACE INTO kw_stats VALUES ('format', ?)", (FORMAT,))
@@ -108,6 +112,10 @@ class KeywordIndex:
     def _stats(self, conn: sqlite3.Connection) -> dict[str, int]:
         return dict(conn.execute("SELECT key, value FROM kw_stats"))
 
+    def _term_dtype(self, conn: sqlite3.Connection) -> np.dtype:
+        """How this index stores a document's term ids (kw_docs, kw_deleted)."""
+        return _TERM32 if self._stats(conn).get("doc_term_bytes") == _TERM32.itemsize else _TERM
+
     def _bump(self, conn: sqlite3.Connection, key: str, delta: int) -> None:
         conn.execute("UPDATE kw_stats SET value = value + ? WHERE key = ?", (delta, key))
 
@@ -129,7 +137,10 @@ class KeywordIndex:
         lengths = np.bincount(positions, minlength=n)
         # kw_docs wants them grouped by document instead (a stable sort of positions below 2**16 is a radix sort)
         by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
-        doc_terms = pair_terms[by_doc].astype(_TERM)
+        dtype = self._term_dtype(conn)
+        if pair_terms.size and pair_terms.max() > np.iinfo(dtype).max:
+            raise OverflowError(f"keyword index: more than {np.iinfo(dtype).max} distinct terms")
+        doc_terms = pair_terms[by_doc].astype(dtype)
         bounds = np.concatenate(([0], np.cumsum(np.bincount(pair_positions, minlength=n))))
         conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
             (doc, length, doc_terms[start:end].tobytes())
@@ -174,6 +185,7 @@ class KeywordIndex:
         return found
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
+        dtype = self._term_dtype(conn)
         removed_docs, removed_length, removed_postings = 0, 0, 0
         df_delta: dict[int, int] = {}
         for start in range(0, len(rowids), _BATCH):
@@ -181,10 +193,10 @@ class KeywordIndex:
             rows = conn.execute(f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({_marks(len(part))})",
                                 part).fetchall()
             for _, length, blob in rows:
-                for term in np.frombuffer(blob, dtype=_TERM).tolist():
+                for term in np.frombuffer(blob, dtype=dtype).tolist():
                     df_delta[term] = df_delta.get(term, 0) + 1
                 removed_length += length
-                removed_postings += len(blob) // _TERM.itemsize
+                removed_postings += len(blob) // dtype.itemsize
             removed_docs += len(rows)
             conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)", [(r[0], r[2]) for r in rows])
             conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
@@ -208,7 +220,8 @@ class KeywordIndex:
             reused += conn.execute(f"SELECT doc, term_ids FROM kw_deleted WHERE doc IN ({_marks(len(part))})",
                                    part).fetchall()
         if reused:
-            terms = sorted({t for _, blob in reused for t in np.frombuffer(blob, dtype=_TERM).tolist()})
+            dtype = self._term_dtype(conn)
+            terms = sorted({t for _, blob in reused for t in np.frombuffer(blob, dtype=dtype).tolist()})
             self._merge_terms(conn, terms)  # merging drops every tombstoned posting of these terms
             # a document's postings are only under its own terms, so after that merge none are left
             conn.executemany("DELETE FROM kw_deleted WHERE doc = ?", [(doc,) for doc, _ in reused])
