@@ -128,7 +128,7 @@ class KeywordIndex:
         self._forget_reused(conn, rowids)
         positions, local_terms, vocabulary = self.analyzer.batch_terms([r[1] for r in rows])
         n = len(rows)
-        ids = self._term_ids(conn, sorted(vocabulary))
+        ids, new_terms = self._term_ids(conn, sorted(vocabulary))
         global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
         # Postings are the distinct (term, document) pairs: one sort of term * n + position counts them and
         # leaves them grouped by term, documents in row order, as segments are written.
@@ -147,15 +147,20 @@ class KeywordIndex:
             for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
                                                bounds[1:].tolist(), strict=True)
         ])
-        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions])
+        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
+                             {term_id: term for term, term_id in new_terms.items()})
         self._bump(conn, "docs", n)
         self._bump(conn, "length", int(lengths.sum()))
         self._bump(conn, "postings", int(pairs.size))
-        self._merge_crowded(conn, np.unique(global_of_local).tolist())
+        self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
-                        lengths: np.ndarray) -> None:
-        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow."""
+                        lengths: np.ndarray, new_terms: dict[int, str] | None = None) -> None:
+        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow.
+
+        ``new_terms`` (id -> term) are not in kw_terms yet: they are inserted with their counts, one statement
+        instead of an insert and an update each.
+        """
         if term_ids.size == 0:
             return
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
@@ -167,22 +172,27 @@ class KeywordIndex:
             (term, seg, docs_b[s:e].tobytes(), tfs_b[s:e].tobytes(), len_b[s:e].tobytes())
             for term, s, e in zip(term_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
         ])
+        counts = list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True))
+        new_terms = new_terms or {}
+        conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
+                         [(new_terms[term], term, df) for df, term in counts if term in new_terms])
         conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
-                         list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True)))
+                         [(df, term) for df, term in counts if term not in new_terms])
 
-    def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> dict[str, int]:
+    def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
         found: dict[str, int] = {}
         for start in range(0, len(terms), _BATCH):
             part = terms[start : start + _BATCH]
             found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})", part))
         missing = [t for t in terms if t not in found]
+        new: dict[str, int] = {}
         if missing:
             next_id = self._stats(conn)["next_term"]
             new = {t: next_id + i for i, t in enumerate(missing)}
-            conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, 0, 0)", list(new.items()))
             self._bump(conn, "next_term", len(missing))
             found.update(new)
-        return found
+        return found, new
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         dtype = self._term_dtype(conn)
