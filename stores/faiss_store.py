@@ -524,7 +524,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             if writer is not None:
                 try:
                     writer.join()  # not left writing into the staging folder that _finish removes
-                except BaseException:  # noqa: S110 - the first failure is the one reported
+                except BaseException:  # the first failure is the one reported
                     pass
             self._abort()
             if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
