@@ -16,7 +16,7 @@ from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
 from kb.filters import Filter
 from kb.search import SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
-from writers.schema import validate_filter, validate_metadata
+from writers.schema import plain_metadata, validate_filter, validate_metadata
 
 if TYPE_CHECKING:
     from kb.client import EmbeddedClient
@@ -133,6 +133,11 @@ class CoreKnowledgeBank:
         schema = self.schema
         checked = []
         for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
+            if type(text) is str and type(metadata) is dict:
+                plain = plain_metadata(schema, metadata)
+                if plain is not None:  # the common case, without building a label or walking the slow path
+                    checked.append(plain)
+                    continue
             label = f"document {doc_id!r} (position {position})"
             if not isinstance(text, str):
                 raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
@@ -142,15 +147,25 @@ class CoreKnowledgeBank:
         if vectors is None:
             matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
-            matrix = vectors
-            expected = getattr(self._embedder().model, "dimension", None)
-            for position, vector in enumerate(matrix):
-                size = np.asarray(vector).size
-                if expected is not None and size != expected:
-                    raise InvalidInputError(f"document {ids[position]!r} (position {position}): vector has {size} "
-                                            f"dimensions, the embedding model {self.embedding_llm_id} makes {expected}")
-        return [Record(i, t, m, np.asarray(v, dtype=np.float32))
-                for i, t, m, v in zip(ids, texts, checked, matrix, strict=True)]
+            matrix = self._given_vectors(vectors, ids)
+        return [Record(i, t, m, v) for i, t, m, v in zip(ids, texts, checked, matrix, strict=True)]
+
+    def _given_vectors(self, vectors: Sequence[Sequence[float]], ids: Sequence[str]) -> np.ndarray | list[np.ndarray]:
+        """Precomputed vectors as float32, their sizes checked against the embedding model's dimension."""
+        expected = getattr(self._embedder().model, "dimension", None)
+        try:
+            # one conversion for the whole batch; ragged input (an error, found below) cannot be one matrix
+            matrix = np.asarray(vectors, dtype=np.float32)
+        except (ValueError, TypeError):
+            matrix = None
+        if matrix is not None and matrix.ndim == 2 and (expected is None or matrix.shape[1] == expected):
+            return matrix
+        for position, vector in enumerate(vectors):
+            size = np.asarray(vector).size
+            if expected is not None and size != expected:
+                raise InvalidInputError(f"document {ids[position]!r} (position {position}): vector has {size} "
+                                        f"dimensions, the embedding model {self.embedding_llm_id} makes {expected}")
+        return [np.asarray(v, dtype=np.float32) for v in vectors]
 
     def write_texts(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None], ids: Sequence[str],
                     vectors: Sequence[Sequence[float]] | None = None, tx: StoreTransaction | None = None) -> None:

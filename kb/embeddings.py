@@ -16,12 +16,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
 from kb.errors import EmbeddingError, InvalidInputError, UnknownModelError
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,10 @@ class OpenAICompatibleModel(EmbeddingModel):
         except (TypeError, ValueError):
             raise InvalidInputError(f"embedding model {id}: timeout must be a number of seconds, "
                                     f"got {timeout!r}") from None
+        # imported here: httpx (and the rich it pulls in) costs 0.2 s to import, which processes that only use
+        # the local model (every write with precomputed vectors) should not pay
+        import httpx
+
         # httpx.Client is thread-safe and pools connections: one per model, shared by every caller
         self._http = httpx.Client(timeout=timeout, headers=headers)
 
@@ -170,6 +176,8 @@ class OpenAICompatibleModel(EmbeddingModel):
         return text.replace(self._secret, "***") if self._secret else text
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
+        import httpx  # already loaded by __init__
+
         for attempt in range(self.max_retries + 1):
             response: httpx.Response | None = None
             try:

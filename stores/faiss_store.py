@@ -24,7 +24,6 @@ similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ import numpy as np
 from kb.errors import InvalidInputError, StoreError, WriterClosedError
 from kb.filters import Filter
 from kb.jsonfast import loads_checked, orjson_reads_exactly
+from stores.background_io import Background, flush_to_disk
 from stores.base import (
     Capabilities,
     DelegatingReader,
@@ -54,7 +54,8 @@ from stores.base import (
     VectorStoreDriver,
     acquire_writer_lock,
     check_query_vector,
-    check_records,
+    checked_vectors,
+    metadata_json,
     normalise,
     unit_query,
 )
@@ -510,6 +511,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._dirty = False
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
+        self._wal_flush: Background | None = None
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
         # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
@@ -573,24 +575,25 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         if not records:
             return
-        dim = check_records(records, self._dim)
+        vectors = normalise(checked_vectors(records, self._dim))
+        dim = int(vectors.shape[1])
         self._remove_rowids(self._rowids_of([r.id for r in records]))
-        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
         self._next_rowid += len(records)
-        rows = []
-        for rowid, record in zip(rowids.tolist(), records, strict=True):
-            try:
-                metadata = json.dumps(record.metadata, allow_nan=False, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
-            rows.append((rowid, record.id, record.text, metadata))
+        rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
+                in zip(rowids.tolist(), records, strict=True)]
         self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
         self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
         self._writable_index(dim).add_with_ids(vectors, rowids)
         if self._dim is None:
             self._dim = dim
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
+        # the pages SQLite spilled to the WAL during this batch go to disk while the caller prepares the next
+        if self._wal_flush is None or not self._wal_flush.running:
+            self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
+
+    def _flush_wal(self) -> None:
+        flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
 
     def delete(self, ids: Sequence[str]) -> int:
         self._check_open()
@@ -610,19 +613,17 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def commit(self) -> None:
         self._check_open()
+        writer: Background | None = None
         try:
             if self._dirty:
                 new_generation = self.generation + 1
                 if self.index is not None:
-                    self.staging.mkdir(parents=True, exist_ok=True)
-                    staged = self.staging / "index.faiss"
-                    faiss.write_index(self.index, str(staged))
-                    _fault("index_written")
-                    with open(staged, "rb") as handle:
-                        os.fsync(handle.fileno())
-                    os.replace(staged, self.store.index_path(new_generation))
-                    _fault("index_renamed")
-                    _fsync_dir(self.store.dir)
+                    # the index file is written and fsynced on a helper thread while this one flushes the WAL;
+                    # both are waited for before the SQLite commit that makes the new generation visible
+                    writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+                    self._join_wal_flush()
+                    self._flush_wal()
+                    writer.join()
                 # After clear() there is no index file: dimension '' tells readers the store is empty.
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_rowid', ?)", (str(self._next_rowid),))
@@ -630,11 +631,34 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             self.conn.execute("COMMIT")
             _fault("after_sqlite_commit")
         except BaseException as exc:
+            if writer is not None:
+                try:
+                    writer.join()  # not left writing into the staging folder that _finish removes
+                except BaseException:  # the first failure is the one reported
+                    pass
             self._abort()
             if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
                 raise StoreError(f"commit to knowledge bank {self.store.context.kb_id} failed: {exc}") from exc
             raise
         self._finish()
+
+    def _write_index(self, generation: int) -> None:
+        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder."""
+        assert self.index is not None
+        self.staging.mkdir(parents=True, exist_ok=True)
+        staged = self.staging / "index.faiss"
+        faiss.write_index(self.index, str(staged))
+        _fault("index_written")
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged, self.store.index_path(generation))
+        _fault("index_renamed")
+        _fsync_dir(self.store.dir)
+
+    def _join_wal_flush(self) -> None:
+        if self._wal_flush is not None:
+            self._wal_flush.join()
+            self._wal_flush = None
 
     def rollback(self) -> None:
         if not self._open:
@@ -648,6 +672,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def _finish(self) -> None:
         self._open = False
+        self._join_wal_flush()
         self.conn.close()
         shutil.rmtree(self.staging, ignore_errors=True)
         self.lock_file.close()  # releases the flock

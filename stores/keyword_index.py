@@ -40,7 +40,8 @@ _BATCH = 500
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
 _DOC, _TF, _LEN = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u4")
-_TERM = np.dtype("<i8")
+_TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
+_TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -64,23 +65,38 @@ class KeywordIndex:
 
     def create(self, conn: sqlite3.Connection) -> None:
         """Create the tables, or bring an index of the first format (a row per posting) to this one."""
+        existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_docs'").fetchone() is not None
         legacy = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_postings'").fetchone() is not None
         conn.execute("CREATE TABLE IF NOT EXISTS kw_terms (term TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, "
                      "df INTEGER NOT NULL)")
         if "segments" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_terms)")}:
             conn.execute("ALTER TABLE kw_terms ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
+        # A rowid table, so that a batch's segments (seg ascending) are appended at the end of the table and
+        # only the small (term_id, seg) index takes scattered inserts. Keyed by (term_id, seg) itself, every
+        # batch inserted a blob next to each earlier segment of each of its terms, rewriting pages all over
+        # the table (100k chunks: 1.7 s of inserts for 5 batches instead of 0.5 s). Indexes made by earlier
+        # versions (WITHOUT ROWID, same columns and key) are kept: every query works on both.
         conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
-                     "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL, PRIMARY KEY (term_id, seg)) "
-                     "WITHOUT ROWID")
+                     "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL)")
+        if not self._clustered_by_term(conn):
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
                      "term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_deleted (doc INTEGER PRIMARY KEY, term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1), "
                      "('next_seg', 1), ('deleted', 0), ('postings', 0)")
+        conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('doc_term_bytes', ?)",
+                     (_TERM.itemsize if existing else _TERM32.itemsize,))
         if legacy:
             self._convert_first_format(conn)
         conn.execute("INSERT OR REPLACE INTO kw_stats VALUES ('format', ?)", (FORMAT,))
+
+    @staticmethod
+    def _clustered_by_term(conn: sqlite3.Connection) -> bool:
+        """Whether kw_segments is the earlier WITHOUT ROWID table keyed by (term_id, seg)."""
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'kw_segments'").fetchone()[0]
+        return "WITHOUT ROWID" in sql.upper()
 
     def _convert_first_format(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT p.term_id, p.doc, p.tf, d.length FROM kw_postings p JOIN kw_docs d "
@@ -89,12 +105,16 @@ class KeywordIndex:
         conn.execute("UPDATE kw_terms SET df = 0, segments = 0")  # recounted from the postings below
         if rows:
             data = np.asarray(rows, dtype=np.int64)
-            self._write_segments(conn, data[:, 0], data[:, 1], data[:, 2], data[:, 3])
+            self._write_segments(conn, data[:, 0], data[:, 1], data[:, 2], data[:, 3])  # sorted by the query
         conn.execute("UPDATE kw_stats SET value = ? WHERE key = 'postings'", (len(rows),))
         conn.execute("DROP TABLE kw_postings")
 
     def _stats(self, conn: sqlite3.Connection) -> dict[str, int]:
         return dict(conn.execute("SELECT key, value FROM kw_stats"))
+
+    def _term_dtype(self, conn: sqlite3.Connection) -> np.dtype:
+        """How this index stores a document's term ids (kw_docs, kw_deleted)."""
+        return _TERM32 if self._stats(conn).get("doc_term_bytes") == _TERM32.itemsize else _TERM
 
     def _bump(self, conn: sqlite3.Connection, key: str, delta: int) -> None:
         conn.execute("UPDATE kw_stats SET value = value + ? WHERE key = ?", (delta, key))
@@ -106,41 +126,43 @@ class KeywordIndex:
             return
         rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         self._forget_reused(conn, rowids)
-        terms: list[str] = []
-        tfs: list[int] = []
-        per_doc = np.empty(len(rows), dtype=np.int64)
-        for position, (_, text) in enumerate(rows):
-            counts = self.analyzer.term_counts(text)
-            terms.extend(counts)
-            tfs.extend(counts.values())
-            per_doc[position] = len(counts)
-        vocabulary = sorted(set(terms))
-        term_ids = self._term_ids(conn, vocabulary)
-        flat_terms = np.fromiter(map(term_ids.__getitem__, terms), dtype=np.int64, count=len(terms))
-        flat_tfs = np.asarray(tfs, dtype=np.int64)
-        flat_docs = np.repeat(rowids, per_doc)
-        bounds = np.concatenate(([0], np.cumsum(per_doc)))
-        owner = np.repeat(np.arange(len(rows)), per_doc)
-        lengths = np.bincount(owner, weights=flat_tfs, minlength=len(rows)).astype(np.int64)
-        flat_lengths = np.repeat(lengths, per_doc)
+        positions, local_terms, vocabulary = self.analyzer.batch_terms([r[1] for r in rows])
+        n = len(rows)
+        ids, new_terms = self._term_ids(conn, sorted(vocabulary))
+        global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
+        # Postings are the distinct (term, document) pairs: one sort of term * n + position counts them and
+        # leaves them grouped by term, documents in row order, as segments are written.
+        pairs, tfs = np.unique(global_of_local[local_terms] * n + positions, return_counts=True)
+        pair_terms, pair_positions = np.divmod(pairs, n)
+        lengths = np.bincount(positions, minlength=n)
+        # kw_docs wants them grouped by document instead (a stable sort of positions below 2**16 is a radix sort)
+        by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
+        dtype = self._term_dtype(conn)
+        if pair_terms.size and pair_terms.max() > np.iinfo(dtype).max:
+            raise OverflowError(f"keyword index: more than {np.iinfo(dtype).max} distinct terms")
+        doc_terms = pair_terms[by_doc].astype(dtype)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(pair_positions, minlength=n))))
         conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
-            (doc, length, flat_terms[start:end].astype(_TERM).tobytes())
+            (doc, length, doc_terms[start:end].tobytes())
             for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
                                                bounds[1:].tolist(), strict=True)
         ])
-        self._write_segments(conn, flat_terms, flat_docs, flat_tfs, flat_lengths)
-        self._bump(conn, "docs", len(rows))
+        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
+                             {term_id: term for term, term_id in new_terms.items()})
+        self._bump(conn, "docs", n)
         self._bump(conn, "length", int(lengths.sum()))
-        self._bump(conn, "postings", int(flat_terms.size))
-        self._merge_crowded(conn, [term_ids[t] for t in vocabulary])
+        self._bump(conn, "postings", int(pairs.size))
+        self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
-                        lengths: np.ndarray) -> None:
-        """One new segment per distinct term of the given postings (any order); df and segment counts follow."""
+                        lengths: np.ndarray, new_terms: dict[int, str] | None = None) -> None:
+        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow.
+
+        ``new_terms`` (id -> term) are not in kw_terms yet: they are inserted with their counts, one statement
+        instead of an insert and an update each.
+        """
         if term_ids.size == 0:
             return
-        order = np.argsort(term_ids, kind="stable")
-        term_ids, docs, tfs, lengths = term_ids[order], docs[order], tfs[order], lengths[order]
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
         ends = np.append(starts[1:], term_ids.size)
         seg = self._stats(conn)["next_seg"]
@@ -150,24 +172,30 @@ class KeywordIndex:
             (term, seg, docs_b[s:e].tobytes(), tfs_b[s:e].tobytes(), len_b[s:e].tobytes())
             for term, s, e in zip(term_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
         ])
+        counts = list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True))
+        new_terms = new_terms or {}
+        conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
+                         [(new_terms[term], term, df) for df, term in counts if term in new_terms])
         conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
-                         list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True)))
+                         [(df, term) for df, term in counts if term not in new_terms])
 
-    def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> dict[str, int]:
+    def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
         found: dict[str, int] = {}
         for start in range(0, len(terms), _BATCH):
             part = terms[start : start + _BATCH]
             found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})", part))
         missing = [t for t in terms if t not in found]
+        new: dict[str, int] = {}
         if missing:
             next_id = self._stats(conn)["next_term"]
             new = {t: next_id + i for i, t in enumerate(missing)}
-            conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, 0, 0)", list(new.items()))
             self._bump(conn, "next_term", len(missing))
             found.update(new)
-        return found
+        return found, new
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
+        dtype = self._term_dtype(conn)
         removed_docs, removed_length, removed_postings = 0, 0, 0
         df_delta: dict[int, int] = {}
         for start in range(0, len(rowids), _BATCH):
@@ -175,10 +203,10 @@ class KeywordIndex:
             rows = conn.execute(f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({_marks(len(part))})",
                                 part).fetchall()
             for _, length, blob in rows:
-                for term in np.frombuffer(blob, dtype=_TERM).tolist():
+                for term in np.frombuffer(blob, dtype=dtype).tolist():
                     df_delta[term] = df_delta.get(term, 0) + 1
                 removed_length += length
-                removed_postings += len(blob) // _TERM.itemsize
+                removed_postings += len(blob) // dtype.itemsize
             removed_docs += len(rows)
             conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)", [(r[0], r[2]) for r in rows])
             conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
@@ -202,7 +230,8 @@ class KeywordIndex:
             reused += conn.execute(f"SELECT doc, term_ids FROM kw_deleted WHERE doc IN ({_marks(len(part))})",
                                    part).fetchall()
         if reused:
-            terms = sorted({t for _, blob in reused for t in np.frombuffer(blob, dtype=_TERM).tolist()})
+            dtype = self._term_dtype(conn)
+            terms = sorted({t for _, blob in reused for t in np.frombuffer(blob, dtype=dtype).tolist()})
             self._merge_terms(conn, terms)  # merging drops every tombstoned posting of these terms
             # a document's postings are only under its own terms, so after that merge none are left
             conn.executemany("DELETE FROM kw_deleted WHERE doc = ?", [(doc,) for doc, _ in reused])

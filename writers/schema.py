@@ -81,6 +81,30 @@ def coerce_value(kind: str, value: Any) -> tuple[bool, Any]:
     return normalised is not None, normalised
 
 
+# Values that are valid and already normalised as they are, by schema type ("" when there is no schema, or
+# for reserved keys); floats must also be finite. Checked with ``type(...) is``: subclasses take the full path.
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {"": (str, int, bool, float, type(None)), "string": (str, type(None)),
+                                             "int": (int, type(None)), "float": (float, type(None)),
+                                             "bool": (bool, type(None)), "date": (type(None),)}
+
+
+def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A copy of ``metadata`` if ``validate_metadata`` would return it unchanged, else None (then call that).
+
+    The fast path of a write: flat metadata of plain JSON scalars, a type test per value. It accepts exactly
+    what ``validate_metadata`` accepts without converting, so errors and normalisation stay with that one.
+    """
+    for key, value in metadata.items():
+        if type(key) is not str:
+            return None
+        kind = "" if not schema or key.startswith(RESERVED_PREFIX) else schema.get(key)
+        if kind is None or type(value) not in _PLAIN_TYPES[kind]:
+            return None
+        if type(value) is float and value - value != 0.0:  # NaN and infinities
+            return None
+    return dict(metadata)
+
+
 def validate_metadata(
     schema: Mapping[str, str], metadata: Mapping[str, Any], doc_label: str
 ) -> dict[str, Any]:
