@@ -1,0 +1,214 @@
+"""The FAISS knowledge bank's single write transaction and its crash-safe commit (see ``stores.faiss_store``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from kb.errors import StoreError, WriterClosedError
+from stores.background_io import Background, flush_to_disk
+from stores.base import DelegatingReader, Record, StoreTransaction, checked_vectors, metadata_json, normalise
+from stores.faiss_view import FaissView, _chunks
+
+if TYPE_CHECKING:
+    from stores.faiss_store import FaissStore
+
+
+def _fault(point: str) -> None:
+    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
+    if os.environ.get("KB_FAULT_POINT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FaissTransaction(DelegatingReader, StoreTransaction):
+    def __init__(self, store: FaissStore, conn: sqlite3.Connection, lock_file: Any,
+                 base: faiss.Index | None, generation: int, dim: int | None) -> None:
+        self.store, self.conn, self.lock_file = store, conn, lock_file
+        self.generation, self._dim = generation, dim
+        self.index = base
+        self._owns_index = False  # copy-on-write: the committed index is shared with readers
+        self._dirty = False
+        self._open = True
+        self.staging = store.dir / "staging" / uuid.uuid4().hex
+        self._wal_flush: Background | None = None
+        row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
+        counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
+        # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
+        # once committed (the counter commits with the records), which is what lets readers cache
+        # records by rowid and read them outside a snapshot.
+        self._next_rowid = max(int(row[0] or 0) + 1, store.keywords.highest_tombstone(conn) + 1,
+                               int(counter[0]) if counter else 1)
+
+    def _view(self) -> FaissView:
+        self._check_open()
+        return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise WriterClosedError("this transaction is already committed or rolled back")
+
+    @property
+    def dimension(self) -> int | None:
+        return self._dim
+
+    def _writable_index(self, dim: int) -> faiss.Index:
+        if self.index is None:
+            self.index = self.store.new_index(dim)
+            self._owns_index = True
+        elif not self._owns_index:
+            self.index = faiss.clone_index(self.index)
+            self._owns_index = True
+        self._dirty = True
+        return self.index
+
+    def _rowids_of(self, ids: Sequence[str]) -> list[int]:
+        rowids: list[int] = []
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            query = f"SELECT rowid FROM records WHERE id IN ({marks})"
+            rowids.extend(r[0] for r in self.conn.execute(query, list(part)))
+        return rowids
+
+    def _remove_rowids(self, rowids: list[int]) -> None:
+        if not rowids:
+            return
+        index = self._writable_index(self._dim or 0)
+        if self.store.settings["type"] == "HNSW":
+            self._rebuild_without(index, np.asarray(rowids, dtype=np.int64))
+        else:
+            index.remove_ids(np.asarray(rowids, dtype=np.int64))
+        self.store.keywords.remove(self.conn, rowids)
+        self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
+
+    def _rebuild_without(self, index: faiss.Index, removed: np.ndarray) -> None:
+        """HNSW graphs cannot drop nodes: rebuild from the remaining vectors (cost: O(n) per commit with deletes)."""
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        keep = ~np.isin(ids, removed)
+        vectors = index.index.reconstruct_n(0, index.ntotal)[keep] if index.ntotal else np.zeros((0, self._dim))
+        fresh = self.store.new_index(int(self._dim or 0))
+        if keep.any():
+            fresh.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids[keep])
+        self.index = fresh
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        self._check_open()
+        if not records:
+            return
+        vectors = normalise(checked_vectors(records, self._dim))
+        dim = int(vectors.shape[1])
+        self._remove_rowids(self._rowids_of([r.id for r in records]))
+        rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
+        self._next_rowid += len(records)
+        rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
+                in zip(rowids.tolist(), records, strict=True)]
+        self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
+        self._writable_index(dim).add_with_ids(vectors, rowids)
+        if self._dim is None:
+            self._dim = dim
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
+        # the pages SQLite spilled to the WAL during this batch go to disk while the caller prepares the next
+        if self._wal_flush is None or not self._wal_flush.running:
+            self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
+
+    def _flush_wal(self) -> None:
+        flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        self._check_open()
+        rowids = self._rowids_of(ids)
+        self._remove_rowids(rowids)
+        return len(rowids)
+
+    def clear(self) -> None:
+        self._check_open()
+        self.conn.execute("DELETE FROM records")
+        self.store.keywords.clear(self.conn)
+        self.conn.execute("UPDATE meta SET value = '' WHERE key = 'dimension'")
+        self._dim = None
+        self.index = None
+        self._owns_index = True
+        self._dirty = True
+
+    def commit(self) -> None:
+        self._check_open()
+        writer: Background | None = None
+        try:
+            if self._dirty:
+                new_generation = self.generation + 1
+                if self.index is not None:
+                    # the index file is written and fsynced on a helper thread while this one flushes the WAL;
+                    # both are waited for before the SQLite commit that makes the new generation visible
+                    writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+                    self._join_wal_flush()
+                    self._flush_wal()
+                    writer.join()
+                # After clear() there is no index file: dimension '' tells readers the store is empty.
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_rowid', ?)", (str(self._next_rowid),))
+            _fault("before_sqlite_commit")
+            self.conn.execute("COMMIT")
+            _fault("after_sqlite_commit")
+        except BaseException as exc:
+            if writer is not None:
+                try:
+                    writer.join()  # not left writing into the staging folder that _finish removes
+                except BaseException:  # the first failure is the one reported
+                    pass
+            self._abort()
+            if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
+                raise StoreError(f"commit to knowledge bank {self.store.context.kb_id} failed: {exc}") from exc
+            raise
+        self._finish()
+
+    def _write_index(self, generation: int) -> None:
+        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder."""
+        assert self.index is not None
+        self.staging.mkdir(parents=True, exist_ok=True)
+        staged = self.staging / "index.faiss"
+        faiss.write_index(self.index, str(staged))
+        _fault("index_written")
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged, self.store.index_path(generation))
+        _fault("index_renamed")
+        _fsync_dir(self.store.dir)
+
+    def _join_wal_flush(self) -> None:
+        if self._wal_flush is not None:
+            self._wal_flush.join()
+            self._wal_flush = None
+
+    def rollback(self) -> None:
+        if not self._open:
+            return
+        self._abort()
+        self._finish()
+
+    def _abort(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _finish(self) -> None:
+        self._open = False
+        self._join_wal_flush()
+        self.conn.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.lock_file.close()  # releases the flock

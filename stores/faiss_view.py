@@ -1,0 +1,161 @@
+"""Reads of a FAISS knowledge bank: one view over a SQLite connection and a FAISS index.
+
+A committed snapshot's view reads records through the store's record cache and evaluates filters on
+in-memory metadata columns; a writer's view reads its own uncommitted state straight from SQLite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from kb.filters import Filter
+from kb.jsonfast import loads_checked, orjson_reads_exactly
+from stores.base import Hit, Record, StoreReader, check_query_vector, unit_query
+from stores.columnar_filter import MetadataColumns
+from stores.keyword_index import KeywordIndex
+from stores.record_cache import RecordCache
+from stores.sql_filters import filter_to_sql
+
+_BATCH = 500
+
+
+def _select_by_rowid(count: int) -> str:
+    return f"SELECT rowid, id, text, metadata FROM records WHERE rowid IN ({','.join('?' * count)})"
+
+
+_SELECT_BY_ROWID = [_select_by_rowid(n) for n in range(101)]
+
+
+def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCache | None) -> dict[int, Record]:
+    """Records by rowid: from the cache where it has them, else from SQLite (then cached)."""
+    cached = cache.get_many(rowids) if cache is not None else {}
+    out = {rowid: Record(rid, text, loads_checked(metadata, exact))
+           for rowid, (rid, text, metadata, exact) in cached.items()}
+    missing = [r for r in rowids if r not in cached] if cached else list(rowids)
+    for part in _chunks(missing):
+        # one statement text per batch size, so SQLite's statement cache serves repeated searches
+        rows = conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
+                            _select_by_rowid(len(part)), part).fetchall()
+        fetched = [(rowid, (rid, text, metadata, orjson_reads_exactly(metadata)))
+                   for rowid, rid, text, metadata in rows]
+        for rowid, (rid, text, metadata, exact) in fetched:
+            out[rowid] = Record(rid, text, loads_checked(metadata, exact))
+        if cache is not None and len(part) <= _CACHED_FETCH:  # search hits, not bulk exports
+            cache.put_many(fetched)
+    return out
+# Below this many filter matches, HNSW search is replaced by exact search over the matches:
+# graph search with a very selective filter loses recall, brute force on a few vectors does not.
+_BRUTE_FORCE_MATCHES = 20_000
+# Fetches of up to this many rows (search results) go into the record cache; bigger ones (exports) do not.
+_CACHED_FETCH = 128
+
+
+def _chunks(items: Sequence[Any], size: int = _BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class FaissView(StoreReader):
+    """Reads over one SQLite connection (in a transaction) and one FAISS index."""
+
+    def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
+                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
+                 cache: RecordCache | None = None) -> None:
+        self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+        self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
+        self._cache = cache  # committed snapshots only: a transaction's rowids are not committed yet
+
+    def _matching_rowids(self, flt: Filter) -> np.ndarray:
+        if self._columns is not None:
+            return self._columns().select(flt)
+        where, params = filter_to_sql(flt)
+        return np.fromiter((r[0] for r in self.conn.execute(f"SELECT rowid FROM records WHERE {where}", params)),
+                           dtype=np.int64)
+
+    @property
+    def dimension(self) -> int | None:
+        return self._dim
+
+    def _records_by_rowid(self, rowids: Sequence[int], with_vectors: bool) -> dict[int, Record]:
+        out = read_rows(self.conn, rowids, self._cache)
+        if with_vectors and out and self.index is not None:
+            keys = np.fromiter(out.keys(), dtype=np.int64)
+            vectors = self.index.reconstruct_batch(keys)
+            for key, vector in zip(keys.tolist(), vectors, strict=True):
+                out[key].vector = vector
+        return out
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        rowid_of: dict[str, int] = {}
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            for rowid, rid in self.conn.execute(f"SELECT rowid, id FROM records WHERE id IN ({marks})", list(part)):
+                rowid_of[rid] = rowid
+        records = self._records_by_rowid(list(rowid_of.values()), with_vectors)
+        return [records[rowid_of[i]] for i in ids if i in rowid_of]
+
+    def count(self, flt: Filter | None = None) -> int:
+        if flt is not None and self._columns is not None:
+            return int(self._columns().select(flt).size)
+        where, params = filter_to_sql(flt)
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0])
+
+    def ids_where(self, flt: Filter | None) -> list[str]:
+        where, params = filter_to_sql(flt)
+        return [r[0] for r in self.conn.execute(f"SELECT id FROM records WHERE {where} ORDER BY rowid", params)]
+
+    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        last = -1
+        while True:
+            rows = self.conn.execute(
+                "SELECT rowid FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (last, batch_size)
+            ).fetchall()
+            if not rows:
+                return
+            rowids = [r[0] for r in rows]
+            records = self._records_by_rowid(rowids, with_vectors)
+            yield [records[r] for r in rowids]
+            last = rowids[-1]
+
+    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
+                   with_vectors: bool = False) -> list[Hit]:
+        pairs = self.ranked(vector, k, flt)
+        records = self._records_by_rowid([r for r, _ in pairs], with_vectors)
+        return [Hit(records[r], s) for r, s in pairs if r in records]
+
+    def ranked(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+        """(rowid, cosine similarity) of the k nearest, best first."""
+        query = unit_query(check_query_vector(vector, self._dim))
+        if self.index is None or self.index.ntotal == 0 or k <= 0:
+            return []
+        if flt is None:
+            scores, rowids = self.index.search(query, min(k, self.index.ntotal))
+        else:
+            allowed = self._matching_rowids(flt)
+            if allowed.size == 0:
+                return []
+            if self.hnsw and allowed.size <= _BRUTE_FORCE_MATCHES:
+                vectors = self.index.reconstruct_batch(allowed)
+                sims = vectors @ query[0]
+                top = np.argsort(-sims, kind="stable")[:k]
+                scores, rowids = sims[top].reshape(1, -1), allowed[top].reshape(1, -1)
+            else:
+                params_sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+                scores, rowids = self.index.search(query, min(k, allowed.size), params=params_sel)
+        return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        if k <= 0:
+            return []
+        candidates, params = (None, [])
+        if flt is not None:
+            where, params = filter_to_sql(flt)
+            candidates = f"SELECT rowid FROM records WHERE {where}"
+        pairs = self.keywords.search(self.conn, query, k, candidates, params)
+        records = self._records_by_rowid([r for r, _ in pairs], False)
+        return [Hit(records[r], s) for r, s in pairs if r in records]
