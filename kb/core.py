@@ -12,9 +12,10 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from kb.documents import document_of
 from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
-from kb.filters import Filter
-from kb.search import SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
+from kb.filters import Filter, parse_filter
+from kb.search import MAX_K, SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 
@@ -105,6 +106,16 @@ class CoreKnowledgeBank:
         request = request or SearchRequest(**kwargs)
         return execute_search(reader or self.driver, request, self.search_context())
 
+    def similarity_documents(self, vector: Sequence[float], k: int, filter: Mapping[str, Any] | None = None,
+                             reader: StoreReader | None = None) -> list[tuple[Document, float]]:
+        """``search(vector=..., search_type="similarity")`` as LangChain documents and scores, without the
+        general request, result and conversion layers (a third of kb's own time in a 10k search)."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        flt = self.check_filter(parse_filter(filter)) if filter else None
+        hits = (reader or self.driver).similarity(vector, k, flt)  # type: ignore[arg-type]
+        return [(document_of(h.record.text, dict(h.record.metadata), h.record.id), h.score) for h in hits]
+
     def searches_quickly(self, request: SearchRequest) -> bool:
         """Whether ``search(request)`` is short CPU work: a query vector (no model), no keyword or reranking
         stage, and a store that answers from memory now. A service runs such searches on its event loop
@@ -115,8 +126,6 @@ class CoreKnowledgeBank:
         return driver is not None and driver.answers_quickly(filtered=request.filter is not None)
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        from kb.filters import parse_filter
-
         return self.driver.count(self.check_filter(parse_filter(filter)))
 
     def get_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> list[Document]:

@@ -22,6 +22,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
+from kb.documents import document_of
 from kb.errors import InvalidInputError, UnsupportedSearchError
 from kb.search import SEARCH_TYPES, SearchRequest, SearchResult
 
@@ -30,37 +31,8 @@ if TYPE_CHECKING:
     from stores.base import StoreTransaction
 
 
-def _assemble_document(text: str, metadata: dict[str, Any], doc_id: str) -> Document:
-    """A Document from fields that are already typed, without pydantic's validation (5.6 us -> 1.9 us a hit).
-
-    It sets exactly what ``BaseModel.model_construct`` sets (which is slower than validating here);
-    ``_FAST_DOCUMENTS`` checks once at import that the result equals a validated Document.
-    """
-    document = Document.__new__(Document)
-    object.__setattr__(document, "__dict__", {"id": doc_id, "metadata": metadata, "page_content": text,
-                                              "type": "Document"})
-    object.__setattr__(document, "__pydantic_fields_set__", {"page_content", "metadata", "id"})
-    object.__setattr__(document, "__pydantic_extra__", None)
-    object.__setattr__(document, "__pydantic_private__", None)
-    return document
-
-
-def _fast_documents_work() -> bool:
-    try:
-        fast = _assemble_document("t", {"a": 1}, "x")
-        slow = Document(page_content="t", metadata={"a": 1}, id="x")
-        return fast == slow and fast.model_dump() == slow.model_dump() and repr(fast) == repr(slow)
-    except Exception:  # noqa: BLE001 - any surprise from another pydantic/langchain version: use the slow path
-        return False
-
-
-_FAST_DOCUMENTS = _fast_documents_work()
-
-
 def to_document(result: SearchResult) -> Document:
-    if _FAST_DOCUMENTS:
-        return _assemble_document(result.text, dict(result.metadata), result.id)
-    return Document(page_content=result.text, metadata=dict(result.metadata), id=result.id)
+    return document_of(result.text, dict(result.metadata), result.id)
 
 
 class KBVectorStoreMixin:
@@ -130,7 +102,10 @@ class KBVectorStoreMixin:
 
     def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                                **kwargs: Any) -> list[tuple[Document, float]]:
-        return self._with_scores(vector=embedding, k=k, filter=filter, **_search_kwargs(kwargs))
+        options = _search_kwargs(kwargs)
+        if options:
+            return self._with_scores(vector=embedding, k=k, filter=filter, **options)
+        return self._kb.similarity_documents(embedding, k, filter, reader=self._tx)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                     **kwargs: Any) -> list[Document]:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 
+from kb.documents import FAST_DOCUMENTS
 from kb.jsonfast import loads_json
-from kb.langchain_vectorstore import _FAST_DOCUMENTS, to_document
+from kb.langchain_vectorstore import to_document
 from kb.search import SearchResult
 from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
@@ -126,7 +127,7 @@ def test_every_searching_thread_gets_kbs_openmp_setting(tmp_path: Path) -> None:
 
 
 def test_fast_documents_equal_validated_ones() -> None:
-    assert _FAST_DOCUMENTS  # if a langchain-core or pydantic upgrade breaks it, kb falls back (and this says so)
+    assert FAST_DOCUMENTS  # if a langchain-core or pydantic upgrade breaks it, kb falls back (and this says so)
     result = SearchResult("id-1", "some text", {"a": [1, 2], "b": {"c": None}}, 0.5)
     fast = to_document(result)
     slow = Document(page_content="some text", metadata={"a": [1, 2], "b": {"c": None}}, id="id-1")
