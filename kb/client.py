@@ -23,6 +23,7 @@ from kb.knowledge_bank import (
     KnowledgeBankListItem,
     check_store_type,
     default_settings,
+    keyword_index_enabled,
 )
 from stores.base import StoreContext, VectorStoreDriver
 from stores.factory import open_store
@@ -202,6 +203,7 @@ class EmbeddedClient:
                 settings=dict(settings.get("store") or {}),
                 connection=connection,
                 keyword_analyzer=dict((settings.get("keyword") or {}).get("analyzer") or {}),
+                keyword_index=keyword_index_enabled(settings),
             )
             driver = open_store(settings["vector_store_type"], context)
             self._stores[kb_id] = (key, driver)
@@ -241,6 +243,9 @@ class EmbeddedClient:
             from stores.faiss_store import index_settings
 
             index_settings(raw.get("store") or {})
+        if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
+            raise InvalidInputError("the keyword index can only be turned off on FAISS knowledge banks "
+                                    f"(this one is {raw['vector_store_type']})")
         if raw.get("connection"):
             self.catalog.connection(raw["connection"])
 
@@ -259,6 +264,10 @@ class EmbeddedClient:
                 "the embedding model, store type or connection of a non-empty knowledge bank cannot change: "
                 "clear it first, or create a new knowledge bank"
             )
+        if keyword_index_enabled(raw) != keyword_index_enabled(current) and \
+                self.store_for(project_key, kb_id, current).count() > 0:
+            raise InvalidInputError("the keyword index of a non-empty knowledge bank cannot be turned on or off: "
+                                    "clear it first, or create a new knowledge bank")
         if raw.get("store") != current.get("store") and raw["vector_store_type"] == "FAISS":
             if self.store_for(project_key, kb_id, current).count() > 0:
                 raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet")

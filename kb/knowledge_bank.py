@@ -22,7 +22,7 @@ def default_settings(embedding_llm_id: str, vector_store_type: str) -> dict[str,
         "images_folder": None,
         "store": {},  # driver settings, e.g. {"index": {"type": "HNSW"}} for FAISS
         "connection": None,  # name of a store connection (Chroma server, Elasticsearch, ...)
-        "keyword": {},  # keyword analyzer settings
+        "keyword": {},  # {"analyzer": {...}, "index": true}; "index": false makes a vector-only KB (FAISS)
         "search": {},  # {"fusion": {...}, "reranker": {...}}
     }
 
@@ -125,3 +125,11 @@ def check_store_type(value: Any) -> str:
         raise InvalidInputError(f"vector_store_type must be a string, got {type(value).__name__}")
     driver_class(value)  # UnknownStoreTypeError names the valid types
     return value.upper()
+
+
+def keyword_index_enabled(settings: dict[str, Any]) -> bool:
+    """Whether the knowledge bank keeps a keyword (BM25) index: ``settings["keyword"]["index"]``, default true."""
+    value = (settings.get("keyword") or {}).get("index", True)
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"keyword.index must be true or false, got {value!r}")
+    return value

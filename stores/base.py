@@ -62,6 +62,7 @@ class StoreContext:
     settings: dict[str, Any] = field(default_factory=dict)  # the KB's "store" settings section
     connection: dict[str, Any] = field(default_factory=dict)  # remote stores: url, credentials, ...
     keyword_analyzer: dict[str, Any] = field(default_factory=dict)
+    keyword_index: bool = True  # False: a vector-only knowledge bank (no BM25 index, no keyword or hybrid search)
 
 
 class StoreReader(ABC):

@@ -56,7 +56,7 @@ from stores.base import (
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_transaction import FaissTransaction
 from stores.faiss_view import FaissView
-from stores.keyword_index import KeywordIndex
+from stores.keyword_index import KeywordIndex, NoKeywordIndex
 from stores.record_cache import RecordCache
 from stores.sqlite_meta import connect_durable, read_meta
 
@@ -124,7 +124,9 @@ class FaissStore(VectorStoreDriver):
         self.dir = Path(context.folder) / "store"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "store.sqlite"
-        self.keywords = KeywordIndex(context.keyword_analyzer)
+        self.keywords = KeywordIndex(context.keyword_analyzer) if context.keyword_index else NoKeywordIndex()
+        if not context.keyword_index:
+            self.capabilities = Capabilities(keyword=False, approximate=True)
         self._local = threading.local()
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, faiss.Index | None] = (-1, None)

@@ -354,3 +354,27 @@ class KeywordIndex:
             unique, scores = unique[chosen], scores[chosen]
         order = np.lexsort((unique, -scores))[:k]
         return [(int(doc), float(score)) for doc, score in zip(unique[order], scores[order], strict=True)]
+
+
+class NoKeywordIndex(KeywordIndex):
+    """A vector-only knowledge bank's stand-in: writes skip the BM25 work, searches are refused upstream
+    (the driver reports no keyword capability, so keyword and hybrid searches fail with a clear error)."""
+
+    def create(self, conn: sqlite3.Connection) -> None:
+        return None
+
+    def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
+        return None
+
+    def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
+        return None
+
+    def highest_tombstone(self, conn: sqlite3.Connection) -> int:
+        return 0
+
+    def clear(self, conn: sqlite3.Connection) -> None:
+        return None
+
+    def search(self, conn: sqlite3.Connection, query: str, k: int, candidates_sql: str | None = None,
+               candidates_params: Sequence[Any] = ()) -> list[tuple[int, float]]:
+        return []

@@ -292,3 +292,36 @@ def test_retriever_search_types_and_mmr_options(client: EmbeddedClient) -> None:
         core.as_langchain_retriever(search_type="psychic")
     with pytest.raises(kb.UnsupportedSearchError, match="reranker"):
         core.as_langchain_vectorstore().semantic_hybrid_search("text 3")
+
+
+def test_vector_only_knowledge_bank(client: EmbeddedClient) -> None:
+    """keyword.index false: no BM25 tables or work, similarity as usual, keyword and hybrid refused clearly;
+    the switch cannot flip on a non-empty knowledge bank, and only FAISS offers it."""
+    import sqlite3
+
+    from kb.errors import InvalidInputError, UnsupportedSearchError
+
+    project = client.get_default_project()
+    handle = project.create_knowledge_bank("vectors", embedding_llm_id=FAKE_MODEL_ID,
+                                           settings={"keyword": {"index": False}})
+    core = handle.as_core_knowledge_bank()
+    with core.get_writer() as writer:
+        writer.as_langchain_vectorstore().add_texts(["red apples", "green pears", "blue plums"], ids=["a", "b", "c"])
+    store = core.driver
+    tables = {r[0] for r in sqlite3.connect(store.db_path).execute("SELECT name FROM sqlite_master")}
+    assert not any(name.startswith("kw_") for name in tables), tables
+    vector = core.langchain_embeddings().embed_query("green pears")
+    assert core.search(vector=vector, k=1)[0].id == "b"
+    for search_type in ("keyword", "hybrid"):
+        with pytest.raises(UnsupportedSearchError, match="keyword index"):
+            core.search(query="pears", k=1, search_type=search_type)
+    settings = handle.get_settings()
+    settings.set_keyword_settings({"index": True})
+    with pytest.raises(InvalidInputError, match="keyword index"):
+        settings.save()
+    with pytest.raises(InvalidInputError, match="only be turned off on FAISS"):
+        project.create_knowledge_bank("chroma-vectors", embedding_llm_id=FAKE_MODEL_ID, vector_store_type="CHROMA",
+                                      settings={"keyword": {"index": False}})
+    with pytest.raises(InvalidInputError, match="true or false"):
+        project.create_knowledge_bank("bad", embedding_llm_id=FAKE_MODEL_ID, settings={"keyword": {"index": "no"}})
+    assert [i.name for i in project.list_knowledge_banks()] == ["vectors"]  # nothing half-created

@@ -123,7 +123,7 @@ def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
     if not isinstance(peer, RawFaissPeer):
         figures, _ = timed(lambda i: peer.filtered(queries[i], 10), len(queries))
         out["filtered_similarity"] = figures
-    if isinstance(peer, KBPeer):
+    if isinstance(peer, KBPeer) and peer.keyword_index:
         out["hybrid"], _ = timed(lambda i: peer.hybrid_search(texts[i], queries[i], 10), len(queries))
         out["keyword"], _ = timed(lambda i: peer.keyword_search(texts[i], 10), len(queries))
     out["peak_rss_mb"] = peak_rss_mb()

@@ -1,8 +1,10 @@
 """The systems compared by ``kb bench``, behind one small interface: ingest a corpus, open it cold, search it.
 
-- ``kb-flat`` / ``kb-hnsw``: a kb knowledge bank (FAISS store, exact or HNSW), written through
+- ``kb-flat`` / ``kb-hnsw``: a kb knowledge bank (FAISS store, exact or HNSW, with its BM25 index), written through
   ``writer.as_langchain_vectorstore().add_embeddings`` and searched through its LangChain vector store;
   its keyword and hybrid searches through ``core.search`` with the query vector given.
+- ``kb-flat-vectors``: a vector-only kb knowledge bank (``keyword.index`` false: no BM25 index), the
+  like-for-like peer of LangChain's FAISS for ingestion.
 - ``faiss-flat`` / ``faiss-hnsw``: raw faiss, the floor. Searched on kb's own index file too
   (``raw_on_kb_index``), so kb's overhead is measured on the very same index.
 - ``langchain-faiss``: langchain-community's FAISS, ``add_embeddings`` (via ``from_embeddings``) + ``save_local``.
@@ -73,17 +75,19 @@ class Peer:
 
 
 class KBPeer(Peer):
-    modules = ("kb", "kb.core", "writers.writer", "langchain_community.vectorstores")
+    modules = ("kb", "kb.client", "kb.core", "kb.langchain_vectorstore", "writers.writer", "stores.faiss_store",
+               "langchain_community.vectorstores")
 
-    def __init__(self, index_type: str) -> None:
+    def __init__(self, index_type: str, keyword_index: bool = True) -> None:
         self.index_type = index_type
-        self.name = f"kb-{index_type.lower()}"
+        self.keyword_index = keyword_index
+        self.name = f"kb-{index_type.lower()}" + ("" if keyword_index else "-vectors")
 
     def _settings(self) -> dict[str, Any]:
         index: dict[str, Any] = {"type": self.index_type}
         if self.index_type == "HNSW":
             index.update(HNSW)
-        return {"store": {"index": index}}
+        return {"store": {"index": index}, "keyword": {"index": self.keyword_index}}
 
     def ingest(self, corpus: Corpus, folder: Path) -> None:
         import kb
@@ -163,7 +167,8 @@ class RawFaissPeer(Peer):
 
 class LangChainFaissPeer(Peer):
     name = "langchain-faiss"
-    modules = ("langchain_community.vectorstores",)
+    modules = ("langchain_community.vectorstores", "langchain_community.vectorstores.faiss",
+               "langchain_community.docstore.in_memory")
 
     def ingest(self, corpus: Corpus, folder: Path) -> None:
         from langchain_community.vectorstores import FAISS
@@ -214,6 +219,7 @@ class LangChainChromaPeer(Peer):
 def make(name: str) -> Peer:
     peers: dict[str, Any] = {
         "kb-flat": lambda: KBPeer("FLAT"), "kb-hnsw": lambda: KBPeer("HNSW"),
+        "kb-flat-vectors": lambda: KBPeer("FLAT", keyword_index=False),  # vector-only, like LangChain's FAISS
         "faiss-flat": lambda: RawFaissPeer("FLAT"), "faiss-hnsw": lambda: RawFaissPeer("HNSW"),
         "langchain-faiss": LangChainFaissPeer, "langchain-chroma": LangChainChromaPeer,
     }

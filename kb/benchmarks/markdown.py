@@ -1,0 +1,82 @@
+"""README tables from a ``kb bench`` report: ``python -m kb.benchmarks.markdown bench-results/bench.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def tables(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    out = [f"Measured {report['started'][:10]} on {machine['cpus']} cores ({machine['cpu']}), "
+           f"{machine['memory_gib']} GiB, Python {machine['python']}.", ""]
+    out += ["**In process, side by side** (every peer open in one process, similarity search k=10 timed query by "
+            "query in rotation; p50 ms over 3 rounds of 200 queries, first-round p50 in brackets, recall@10 "
+            "against exact search):", ""]
+    sizes = list(report["compare"])
+    names: list[str] = []
+    for figures in report["compare"].values():
+        names += [n for n in figures if n not in names]
+    out.append("| peer | " + " | ".join(f"{int(s):,} chunks" for s in sizes) + " |")
+    out.append("| --- |" + " --- |" * len(sizes))
+    for name in names:
+        cells = []
+        for size in sizes:
+            fig = report["compare"][size].get(name)
+            cells.append("–" if fig is None else
+                         f"{fig['p50_ms']:.3f} ({fig['first_round_p50_ms']:.3f}), recall {fig['recall_at_10']:.3f}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "**Per peer, each in a process of its own** (ingestion with precomputed embeddings, durable; then a "
+            "cold open and searches):", ""]
+    out.append("| chunks | peer | ingest chunks/s | disk B/chunk | ingest peak RSS MB | cold open s | similarity p50 / "
+               "p99 ms | filtered p50 ms | hybrid p50 ms | keyword p50 ms | serve RSS MB |")
+    out.append("| --- |" + " --- |" * 10)
+    for size, peers in report["sizes"].items():
+        for peer, entry in peers.items():
+            ingest, serve = entry["ingest"], entry["serve"]
+            out.append(f"| {int(size):,} | {peer} | {ingest['chunks_per_second']:,.0f} | "
+                       f"{ingest['disk_bytes_per_chunk']:,.0f} | {ingest['peak_rss_mb']:,.0f} | "
+                       f"{serve['cold_open_seconds']:.2f} | {serve['similarity']['p50_ms']:.2f} / "
+                       f"{serve['similarity']['p99_ms']:.2f} | "
+                       f"{_ms(serve.get('filtered_similarity', {}).get('p50_ms'))} | "
+                       f"{_ms(serve.get('hybrid', {}).get('p50_ms'))} | "
+                       f"{_ms(serve.get('keyword', {}).get('p50_ms'))} | "
+                       f"{serve['peak_rss_mb']:,.0f} |")
+    for size, rows in report.get("rest", {}).items():
+        out += ["", f"**REST, {int(size):,} chunks** (query vector, k=10, text and metadata in the answer; "
+                    "keep-alive connections from one asyncio client process):", ""]
+        out.append("| server | recall@10 | " + " | ".join(f"{r['clients']} clients: q/s, p50 / p99 ms"
+                                                          for r in rows["kb"]) + " |")
+        out.append("| --- | --- |" + " --- |" * len(rows["kb"]))
+        for name in ("kb", "chroma-server"):
+            out.append(f"| {name} | {rows.get(name + '_recall_at_10', float('nan')):.3f} | " + " | ".join(
+                f"{r['qps']:,.0f}, {r['p50_ms']:.2f} / {r['p99_ms']:.2f}" for r in rows[name]) + " |")
+    e2e = report.get("e2e") or {}
+    if e2e:
+        out += ["", f"**End to end with the real model** ({e2e['documents']} SciFact abstracts): kb's ingestion "
+                    f"{e2e['kb_ingest_seconds']:.1f} s beside the bare model's {e2e['bare_model_seconds']:.1f} s "
+                    f"(median ratio of alternating rounds {e2e['kb_over_bare']:.3f}); a query text "
+                    f"{e2e['query_first_ms']:.1f} ms the first time, {e2e['query_repeated_p50_ms']:.2f} ms repeated "
+                    f"(query cache)."]
+    out += ["", "**Targets** (ratios from this run):", ""]
+    for check in report["targets"]:
+        out.append(f"- {'PASS' if check['ok'] else 'MISS'} {check['target']}: {check['value']} "
+                   f"(limit {check['limit']}) {check['detail']}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    path = Path(args[0] if args else "bench-results/bench.json")
+    print(tables(json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
