@@ -17,7 +17,7 @@ from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
 from kb.filters import Filter, parse_filter
 from kb.search import MAX_K, SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
-from writers.schema import plain_metadata, validate_filter, validate_metadata
+from writers.schema import encode_plain, plain_metadata, validate_filter, validate_metadata
 
 if TYPE_CHECKING:
     from kb.client import EmbeddedClient
@@ -141,12 +141,15 @@ class CoreKnowledgeBank:
             raise InvalidInputError("texts, metadatas, ids (and vectors) must have the same length")
         schema = self.schema
         checked = []
+        encoded: list[str | None] = []
         for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
             if type(text) is str and type(metadata) is dict:
                 plain = plain_metadata(schema, metadata)
                 if plain is not None:  # the common case, without building a label or walking the slow path
                     checked.append(plain)
+                    encoded.append(encode_plain(plain))
                     continue
+            encoded.append(None)
             label = f"document {doc_id!r} (position {position})"
             if not isinstance(text, str):
                 raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
@@ -157,7 +160,7 @@ class CoreKnowledgeBank:
             matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
             matrix = self._given_vectors(vectors, ids)
-        return [Record(i, t, m, v) for i, t, m, v in zip(ids, texts, checked, matrix, strict=True)]
+        return [Record(i, t, m, v, e) for i, t, m, v, e in zip(ids, texts, checked, matrix, encoded, strict=True)]
 
     def _given_vectors(self, vectors: Sequence[Sequence[float]], ids: Sequence[str]) -> np.ndarray | list[np.ndarray]:
         """Precomputed vectors as float32, their sizes checked against the embedding model's dimension."""

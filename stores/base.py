@@ -35,6 +35,8 @@ class Record:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     vector: np.ndarray | None = None
+    # the metadata as JSON text, when whoever validated it also encoded it (a write's fast path)
+    encoded_metadata: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -237,6 +239,8 @@ def metadata_json(record: Record) -> str:
     orjson turns things json refuses into JSON (NaN into null, dataclasses, enums, UUIDs, datetimes). None is
     left to json too, so a null in orjson's output can only be a NaN or an infinity, which json then refuses.
     """
+    if record.encoded_metadata is not None:
+        return record.encoded_metadata
     metadata = record.metadata
     if type(metadata) is dict and all(type(value) in _ORJSON_SCALARS for value in metadata.values()):
         try:

@@ -55,6 +55,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # records by rowid and read them outside a snapshot.
         self._next_rowid = max(int(row[0] or 0) + 1, store.keywords.highest_tombstone(conn) + 1,
                                int(counter[0]) if counter else 1)
+        # While the store was empty when this writer began, the only ids that can exist are the ones it wrote:
+        # an upsert then looks up only those (a bulk load into a new knowledge bank looks up none).
+        self._written_ids: set[str] | None = set() if row[0] is None else None
 
     def _view(self) -> FaissView:
         self._check_open()
@@ -79,6 +82,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         return self.index
 
     def _rowids_of(self, ids: Sequence[str]) -> list[int]:
+        if self._written_ids is not None:
+            ids = [i for i in ids if i in self._written_ids]
         rowids: list[int] = []
         for part in _chunks(list(ids)):
             marks = ",".join("?" * len(part))
@@ -119,6 +124,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
                 in zip(rowids.tolist(), records, strict=True)]
         self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        if self._written_ids is not None:
+            self._written_ids.update(r.id for r in records)
         self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
         self._writable_index(dim).add_with_ids(vectors, rowids)
         if self._dim is None:
@@ -140,6 +147,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def clear(self) -> None:
         self._check_open()
         self.conn.execute("DELETE FROM records")
+        self._written_ids = set()  # empty again: only what this writer adds from here on can exist
         self.store.keywords.clear(self.conn)
         self.conn.execute("UPDATE meta SET value = '' WHERE key = 'dimension'")
         self._dim = None

@@ -100,3 +100,41 @@ def test_a_reader_in_another_process_sees_commits(tmp_path: Path) -> None:
     store.delete(["doc-1"])
     second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert second.stdout.split() == ["2", "doc-0,doc-2"]
+
+
+def test_a_new_stores_writer_replaces_what_it_wrote_itself(tmp_path: Path) -> None:
+    """A writer that began on an empty store only looks up ids it wrote itself: they must still be replaced,
+    also after a clear() in the same transaction."""
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        tx.upsert(records(3))
+        tx.upsert([Record("doc-1", "second version", {"v": 2}, unit(1))])
+        tx.clear()
+        tx.upsert(records(2, tag="after-clear"))
+        tx.upsert([Record("doc-0", "third version", {"v": 3}, unit(0))])
+    assert store.count() == 2
+    assert {r.id: r.text for r in store.get(["doc-0", "doc-1"])} == {"doc-0": "third version",
+                                                                    "doc-1": "text 1 after-clear"}
+    with store.begin() as tx:  # not empty any more: the lookup goes to SQLite
+        tx.upsert([Record("doc-1", "fourth", {}, unit(1))])
+    assert store.count() == 2 and store.get(["doc-1"])[0].text == "fourth"
+
+
+def test_encoded_metadata_round_trips_exactly(tmp_path: Path) -> None:
+    import kb
+
+    client = kb.api_client(home=tmp_path / "home")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from kb.custom_models import LangChainEmbeddingModel
+
+    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
+    core = client.get_default_project().create_knowledge_bank("m", embedding_llm_id="custom:fake6") \
+        .as_core_knowledge_bank()
+    metadata = [{"f": 1e16, "g": 0.1, "n": None, "b": True, "i": -7, "s": "é\\u0000\"x"},
+                {"big": 123456789012345678901234567890}, {"neg": -(2**63)}, {}]
+    core.write_texts(["a", "b", "c", "d"], metadata, ["a", "b", "c", "d"])
+    got = {d.id: d.metadata for d in core.get_documents(["a", "b", "c", "d"])}
+    assert got == dict(zip("abcd", metadata, strict=True))
+    assert type(got["b"]["big"]) is int and type(got["a"]["b"]) is bool
+    client.close()
