@@ -8,7 +8,7 @@ Per corpus size, every peer ingests in a process of its own (chunks/s, disk, pea
 process opens it cold and times its searches with recall@10 (``peer_run``). Then, up to ``--rest-max``
 chunks, a ``kb serve`` (the HNSW knowledge bank) and a ``chroma run`` (HNSW too) answer the same query vectors
 from 1, 4 and 16 clients, and their recall@10 over REST is measured.
-Finally, end to end with the real model on SciFact abstracts: kb's ingestion beside the bare model's
+End to end with the real model on SciFact abstracts (run first): kb's ingestion beside the bare model's
 own encoding of the same texts, and a repeated query text served from the query cache.
 Targets from the issue are checked on ratios measured in this run and printed as PASS/MISS.
 """
@@ -117,6 +117,14 @@ def bench_rest(size: int, work: Path, clients: list[int], seconds: float, worker
                    + f" | recall@10 {out[name + '_recall_at_10']:.3f}")
 
 
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """Targets, the JSON report, the README's tables (bench.md) and the charts."""
+    report["targets"] = check_targets(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(tables(report) + "\n")
+    return draw(report, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kb bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="corpus sizes, comma-separated")
@@ -139,25 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="kb-bench-"))
     try:
+        if "e2e" not in skip:  # first: minutes, so that a report cut short at a big size still has it
+            from kb.benchmarks.e2e import bench_end_to_end
+
+            report["e2e"] = bench_end_to_end(args.e2e_docs, work / "e2e")
         for size in sizes:
             bench_size(size, peers, work, report)
             if "rest" not in skip and size <= args.rest_max and REST_PEER in peers:
                 bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, args.kb_workers,
                            report)
             shutil.rmtree(work / f"{REST_PEER}-{size}", ignore_errors=True)
-            # the report so far, so that a failure at a bigger size keeps what was measured
-            (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-        if "e2e" not in skip:
-            from kb.benchmarks.e2e import bench_end_to_end
-
-            report["e2e"] = bench_end_to_end(args.e2e_docs, work / "e2e")
+            write_report(report, args.out)  # so far: a failure at a bigger size keeps what was measured
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    report["targets"] = check_targets(report)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    charts = draw(report, args.out)
-    (args.out / "bench.md").write_text(tables(report) + "\n")  # the README's tables
+    charts = write_report(report, args.out)
     print_summary(report)
     print(f"report: {args.out / 'bench.json'} and {args.out / 'bench.md'}; charts: "
           f"{', '.join(str(c) for c in charts)}")
