@@ -1,4 +1,5 @@
-"""README tables from a ``kb bench`` report: ``python -m kb.benchmarks.markdown bench-results/bench.json``."""
+"""README tables from ``kb bench`` reports: ``python -m kb.benchmarks.markdown bench-results/bench.json``
+(several reports and ``--out DIR``: merged into one report with its tables and charts)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def _ms(value: float | None) -> str:
 
 def tables(report: dict[str, Any]) -> str:
     machine = report["machine"]
-    out = [f"Measured {report['started'][:10]} on {machine['cpus']} cores ({machine['cpu']}), "
-           f"{machine['memory_gib']} GiB, Python {machine['python']}.", ""]
+    runs = report.get("runs", [report["started"]])
+    out = [f"Measured {', '.join(runs)} on {machine['cpus']} cores ({machine['cpu']}), "
+           f"{machine['memory_gib']} GiB, Python {machine['python']}, {machine['platform']}.", ""]
     out += ["**In process, side by side** (every peer open in one process, similarity search k=10 timed query by "
             "query in rotation; p50 ms over 3 rounds of 200 queries, first-round p50 in brackets, recall@10 "
             "against exact search):", ""]
@@ -71,10 +73,31 @@ def tables(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reports of runs on the same machine and code, one size each (ratios are only ever taken within a size,
+    so within a run); a later report's entries win."""
+    merged: dict[str, Any] = {**reports[0], "runs": [r["started"] for r in reports]}
+    for key in ("sizes", "compare", "rest"):
+        merged[key] = {k: v for r in reports for k, v in r.get(key, {}).items()}
+    merged["e2e"] = next((r["e2e"] for r in reversed(reports) if r.get("e2e")), {})
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    path = Path(args[0] if args else "bench-results/bench.json")
-    print(tables(json.loads(path.read_text())))
+    """``markdown report.json`` prints the tables; ``markdown a.json b.json --out DIR`` merges runs into DIR."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    out = None
+    if "--out" in args:
+        out = Path(args.pop(args.index("--out") + 1))
+        args.remove("--out")
+    reports = [json.loads(Path(a).read_text()) for a in (args or ["bench-results/bench.json"])]
+    report = merge(reports) if len(reports) > 1 else reports[0]
+    if out is not None:
+        from kb.benchmarks.suite import write_report
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_report(report, out)
+    print(tables(report))
     return 0
 
 
