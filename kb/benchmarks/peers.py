@@ -173,8 +173,19 @@ class LangChainFaissPeer(Peer):
     def ingest(self, corpus: Corpus, folder: Path) -> None:
         from langchain_community.vectorstores import FAISS
 
-        pairs = zip(corpus.texts, np.asarray(corpus.vectors).tolist(), strict=True)
-        store = FAISS.from_embeddings(pairs, PrecomputedEmbeddings(), metadatas=corpus.metadatas(), ids=corpus.ids)
+        # In batches, as for kb: LangChain takes vectors as lists of floats, and the whole 1M corpus as one
+        # list of lists (24 bytes a float) went past the machine's 24 GiB.
+        texts, metadatas, ids = corpus.texts, corpus.metadatas(), corpus.ids
+        store = None
+        for start in range(0, corpus.size, BATCH):
+            end = min(corpus.size, start + BATCH)
+            pairs = list(zip(texts[start:end], np.asarray(corpus.vectors[start:end]).tolist(), strict=True))
+            if store is None:
+                store = FAISS.from_embeddings(pairs, PrecomputedEmbeddings(), metadatas=metadatas[start:end],
+                                              ids=ids[start:end])
+            else:
+                store.add_embeddings(pairs, metadatas=metadatas[start:end], ids=ids[start:end])
+        assert store is not None
         store.save_local(str(folder))
 
     def open(self, folder: Path) -> None:
