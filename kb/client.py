@@ -268,9 +268,11 @@ class EmbeddedClient:
                 self.store_for(project_key, kb_id, current).count() > 0:
             raise InvalidInputError("the keyword index of a non-empty knowledge bank cannot be turned on or off: "
                                     "clear it first, or create a new knowledge bank")
-        if raw.get("store") != current.get("store") and raw["vector_store_type"] == "FAISS":
+        if raw["vector_store_type"] == "FAISS" and _built_index(raw) != _built_index(current):
+            # ef_search is read when an index is loaded, so it may change at any time; the rest shapes the index
             if self.store_for(project_key, kb_id, current).count() > 0:
-                raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet")
+                raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet "
+                                        "(only ef_search can)")
         self.catalog.save_knowledge_bank_settings(project_key, kb_id, raw)
 
     def delete_knowledge_bank(self, project_key: str, kb_id: str) -> None:
@@ -368,3 +370,12 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
     except ImportError as exc:  # pragma: no cover - the REST client ships with kb
         raise NotFoundError("the REST client is not available in this installation") from exc
     return RemoteClient(url, api_key=api_key)
+
+
+def _built_index(settings: dict[str, Any]) -> dict[str, Any]:
+    """The FAISS index settings that shape a built index (all but the search-time ef_search), with defaults."""
+    from stores.faiss_store import index_settings
+
+    built = index_settings(settings.get("store") or {})
+    built.pop("ef_search", None)
+    return built

@@ -138,3 +138,35 @@ def test_encoded_metadata_round_trips_exactly(tmp_path: Path) -> None:
     assert got == dict(zip("abcd", metadata, strict=True))
     assert type(got["b"]["big"]) is int and type(got["a"]["b"]) is bool
     client.close()
+
+
+def test_ef_search_of_a_filled_hnsw_knowledge_bank_can_change(tmp_path: Path) -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    import kb
+    from kb.custom_models import LangChainEmbeddingModel
+
+    client = kb.api_client(home=tmp_path / "home")
+    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
+    handle = client.get_default_project().create_knowledge_bank(
+        "h", embedding_llm_id="custom:fake6", settings={"store": {"index": {"type": "HNSW", "ef_search": 16}}})
+    handle.as_core_knowledge_bank().write_texts(["a", "b"], [{}, {}], ["a", "b"])
+    settings = handle.get_settings()
+    settings.set_store_settings({"index": {"type": "HNSW", "ef_search": 256}})
+    settings.save()  # a search-time parameter: allowed on a filled knowledge bank
+    core = handle.as_core_knowledge_bank()
+    driver = core.driver
+    core.search(vector=[1, 0, 0, 0, 0, 0], k=1)
+    assert faiss_ef_search(driver) == 256
+    settings.set_store_settings({"index": {"type": "HNSW", "ef_search": 256, "m": 8}})
+    with pytest.raises(InvalidInputError, match="only ef_search"):
+        settings.save()
+    client.close()
+
+
+def faiss_ef_search(driver: FaissStore) -> int:
+    import faiss
+
+    index = driver._cached[1]
+    assert index is not None
+    return int(faiss.downcast_index(index.index).hnsw.efSearch)
