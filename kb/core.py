@@ -15,9 +15,9 @@ from langchain_core.vectorstores import VectorStore
 from kb.documents import document_of
 from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
 from kb.filters import Filter, parse_filter
-from kb.search import MAX_K, SearchContext, SearchRequest, SearchResult, execute_search, image_paths_of
-from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
-from writers.schema import encode_plain, plain_metadata, validate_filter, validate_metadata
+from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
+from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver, plain_metadata_json
+from writers.schema import plain_metadata, validate_filter, validate_metadata
 
 if TYPE_CHECKING:
     from kb.client import EmbeddedClient
@@ -110,8 +110,7 @@ class CoreKnowledgeBank:
                              reader: StoreReader | None = None) -> list[tuple[Document, float]]:
         """``search(vector=..., search_type="similarity")`` as LangChain documents and scores, without the
         general request, result and conversion layers (a third of kb's own time in a 10k search)."""
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        check_count("k", k)
         flt = self.check_filter(parse_filter(filter)) if filter else None
         hits = (reader or self.driver).similarity(vector, k, flt)  # type: ignore[arg-type]
         return [(document_of(h.record.text, dict(h.record.metadata), h.record.id), h.score) for h in hits]
@@ -147,7 +146,7 @@ class CoreKnowledgeBank:
                 plain = plain_metadata(schema, metadata)
                 if plain is not None:  # the common case, without building a label or walking the slow path
                     checked.append(plain)
-                    encoded.append(encode_plain(plain))
+                    encoded.append(plain_metadata_json(plain))
                     continue
             encoded.append(None)
             label = f"document {doc_id!r} (position {position})"

@@ -28,6 +28,12 @@ MULTIMODAL_KEY = "KB_MULTIMODAL_CONTENT"
 DOCUMENT_INFO_KEY = "KB_DOCUMENT_INFO"
 
 
+def check_count(name: str, value: Any) -> None:
+    """``k`` and ``fetch_k``: integers in [1, MAX_K] (bools are not counts)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_K:
+        raise InvalidInputError(f"{name} must be an integer between 1 and {MAX_K}, got {value!r}")
+
+
 @dataclass
 class SearchRequest:
     query: str | None = None
@@ -50,10 +56,8 @@ class SearchRequest:
             raise UnsupportedSearchError(
                 f"unknown search type {self.search_type!r}; choose one of {', '.join(SEARCH_TYPES)}"
             )
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
-            raise InvalidInputError(f"k must be an integer between 1 and {MAX_K}, got {self.k!r}")
-        if not isinstance(self.fetch_k, int) or isinstance(self.fetch_k, bool) or not 1 <= self.fetch_k <= MAX_K:
-            raise InvalidInputError(f"fetch_k must be an integer between 1 and {MAX_K}, got {self.fetch_k!r}")
+        check_count("k", self.k)
+        check_count("fetch_k", self.fetch_k)
         if not isinstance(self.lambda_mult, int | float) or not 0.0 <= float(self.lambda_mult) <= 1.0:
             raise InvalidInputError(f"lambda_mult must be between 0 and 1, got {self.lambda_mult!r}")
         if self.score_threshold is not None and (

@@ -232,6 +232,17 @@ def _check_one_by_one(records: Sequence[Record], dimension: int | None) -> None:
             raise InvalidInputError(f"{label}: vector has {vector.size} dimensions, the store holds {dim}")
 
 
+def plain_metadata_json(metadata: dict[str, Any]) -> str | None:
+    """orjson's JSON for metadata of plain scalars with finite floats, which json.loads reads back equal
+    (None where orjson refuses: a key that is not a string, an integer beyond 64 bits). A writer that has
+    already checked the metadata this way (``writers.schema.plain_metadata``) stores the result on the
+    record, so the transaction does not scan the values a second time."""
+    try:
+        return orjson.dumps(metadata).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+
+
 def metadata_json(record: Record) -> str:
     """A record's metadata as JSON text (json.loads gives back an equal dict); InvalidInputError if it has none.
 
@@ -243,12 +254,9 @@ def metadata_json(record: Record) -> str:
         return record.encoded_metadata
     metadata = record.metadata
     if type(metadata) is dict and all(type(value) in _ORJSON_SCALARS for value in metadata.values()):
-        try:
-            encoded = orjson.dumps(metadata)
-            if b"null" not in encoded:
-                return encoded.decode()
-        except TypeError:  # orjson.JSONEncodeError is one: a key that is not a string, an integer beyond 64 bits
-            pass
+        encoded = plain_metadata_json(metadata)
+        if encoded is not None and "null" not in encoded:
+            return encoded
     try:
         return _JSON.encode(metadata)
     except (TypeError, ValueError) as exc:

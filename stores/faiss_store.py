@@ -320,7 +320,10 @@ class FaissStore(VectorStoreDriver):
             return False
         if filtered and (self._columns_cache is None or self._columns_cache[0] != generation):
             return False
-        return self.settings["type"] == "HNSW" or index.ntotal * index.d <= _QUICK_FLAT_FLOATS
+        if self.settings["type"] == "HNSW":
+            # a filter may send HNSW to brute force over up to 20k matches: tens of ms, not for the event loop
+            return not filtered
+        return index.ntotal * index.d <= _QUICK_FLAT_FLOATS
 
     def new_index(self, dim: int) -> faiss.Index:
         if self.settings["type"] == "HNSW":

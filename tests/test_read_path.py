@@ -156,3 +156,19 @@ def test_float_vectors_take_the_fast_decoder() -> None:
 
     body = json.dumps({"vector": np.random.default_rng(0).normal(scale=0.05, size=384).tolist()})
     assert jsonfast._LONG_DIGITS.search(body) is None  # else every search body would fall back to json.loads
+
+
+def test_which_searches_count_as_quick(tmp_path: Path) -> None:
+    """A service runs only these on its event loop: a loaded in-memory index, and for HNSW no filter (a filter
+    may brute-force up to 20k matches); nothing before the index is loaded."""
+    from kb.filters import parse_filter
+
+    flat = FaissStore(StoreContext("flat", tmp_path / "flat"))
+    hnsw = FaissStore(StoreContext("hnsw", tmp_path / "hnsw", settings={"index": {"type": "HNSW"}}))
+    for store in (flat, hnsw):
+        store.upsert(records(10))
+        store.close()  # a fresh reader: nothing loaded yet
+        assert not store.answers_quickly(filtered=False)
+        store.similarity(unit(1), 1, parse_filter({"even": True}))  # loads the index and the filter columns
+    assert flat.answers_quickly(filtered=False) and flat.answers_quickly(filtered=True)
+    assert hnsw.answers_quickly(filtered=False) and not hnsw.answers_quickly(filtered=True)

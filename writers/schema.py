@@ -16,8 +16,6 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from kb.errors import FilterError, SchemaError
 from kb.filters import Filter, comparisons
 
@@ -105,15 +103,6 @@ def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> di
         if type(value) is float and value - value != 0.0:  # NaN and infinities
             return None
     return dict(metadata)
-
-
-def encode_plain(metadata: dict[str, Any]) -> str | None:
-    """JSON text of metadata that ``plain_metadata`` accepted (string keys, plain scalars, finite floats), where
-    orjson writes exactly what json.dumps would read back equal; None where it cannot (integers beyond 64 bits)."""
-    try:
-        return orjson.dumps(metadata).decode()
-    except TypeError:  # orjson.JSONEncodeError is one
-        return None
 
 
 def validate_metadata(
