@@ -205,7 +205,8 @@ class FaissStore(VectorStoreDriver):
                         raise
                     continue
                 yield FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records)
+                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records,
+                            generation=generation)
                 return
             finally:
                 if conn.in_transaction:

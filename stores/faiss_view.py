@@ -65,8 +65,9 @@ class FaissView(StoreReader):
 
     def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
                  keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
-                 cache: RecordCache | None = None) -> None:
+                 cache: RecordCache | None = None, generation: int | None = None) -> None:
         self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+        self.generation = generation  # committed snapshots only: names the state keyword caches may keep
         self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
         self._cache = cache  # committed snapshots only: a transaction's rowids are not committed yet
 
@@ -152,10 +153,14 @@ class FaissView(StoreReader):
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         if k <= 0:
             return []
-        candidates, params = (None, [])
-        if flt is not None:
+        if flt is not None and self._columns is not None:
+            pairs = self.keywords.search(self.conn, query, k, allowed=self._columns().select(flt),
+                                         cache_key=self.generation)
+        elif flt is not None:
             where, params = filter_to_sql(flt)
-            candidates = f"SELECT rowid FROM records WHERE {where}"
-        pairs = self.keywords.search(self.conn, query, k, candidates, params)
+            pairs = self.keywords.search(self.conn, query, k, f"SELECT rowid FROM records WHERE {where}", params,
+                                         cache_key=self.generation)
+        else:
+            pairs = self.keywords.search(self.conn, query, k, cache_key=self.generation)
         records = self._records_by_rowid([r for r, _ in pairs], False)
         return [Hit(records[r], s) for r, s in pairs if r in records]
