@@ -30,6 +30,9 @@ import numpy as np
 
 _FIRST_DEPTH = 128
 _EXHAUSTIVE_BELOW = 2048  # postings in all: scoring them all is cheaper than any bookkeeping
+_FEW_CANDIDATES = 4096  # up to this many, candidates are scored by binary search in each term's postings
+_PRUNED_WORTH_IT = 3  # MaxScore only when its candidates' postings are at most a third of all postings
+_DENSE_SPAN_PER_POSTING = 16  # an accumulator over the rowid range while it is at most this many per posting
 
 
 def _cache_bytes() -> int:
@@ -139,6 +142,14 @@ def exhaustive(terms: Sequence[ScoredPostings], k: int,
         docs, contributions = docs[keep], contributions[keep]
     if docs.size == 0:
         return []
+    span = int(docs.max()) + 1
+    if span <= _DENSE_SPAN_PER_POSTING * docs.size:
+        # An accumulator over the rowid range (bm25s' way): linear, no sort of the postings. Every
+        # contribution is positive (idf > 0, tf > 0), so a zero means "no posting".
+        dense = np.bincount(docs, weights=contributions, minlength=span)
+        # not np.partition over the whole range: its many zeros (equal keys) made it ~100x slower
+        present = np.flatnonzero(dense)
+        return _top_k(present, dense[present], k)
     unique, inverse = np.unique(docs, return_inverse=True)
     scores = np.bincount(inverse, weights=contributions, minlength=unique.size)
     return _top_k(unique, scores, k)
@@ -148,32 +159,75 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
           trace: dict[str, int] | None = None) -> list[tuple[int, float]]:
     """Exact BM25 top ``k`` (rowid, score) over the given terms' postings, restricted to sorted ``allowed``.
 
-    ``trace`` (optional) receives how the answer was found: ``rounds`` of the threshold algorithm and
-    whether it fell back to scoring every posting (``exhaustive``).
+    ``trace`` (optional) receives how the answer was found: ``settled`` in the threshold algorithm's
+    round, by ``pruned`` MaxScore, or ``exhaustive``.
     """
     trace = trace if trace is not None else {}
-    trace.update(rounds=0, exhaustive=0)
+    trace.update(settled=0, pruned=0, exhaustive=0)
     terms = [t for t in terms if t.docs.size]
     if not terms or k <= 0 or (allowed is not None and allowed.size == 0):
         return []
-    longest = max(t.docs.size for t in terms)
-    if sum(t.docs.size for t in terms) <= _EXHAUSTIVE_BELOW:
+    postings = sum(t.docs.size for t in terms)
+    if postings <= _EXHAUSTIVE_BELOW:
         trace["exhaustive"] = 1
         return exhaustive(terms, k, allowed)
+    # Round one of the threshold algorithm: each term's best ``depth`` postings, scored exactly.
     depth = max(_FIRST_DEPTH, 2 * k)
-    while depth < longest:
-        trace["rounds"] += 1
-        seen = np.unique(np.concatenate([t.docs[t.order[:depth]] for t in terms]))
+    seen = np.unique(np.concatenate([t.docs[t.order[:depth]] for t in terms]))
+    if allowed is not None:
+        seen = seen[_member(seen, allowed)]
+    threshold = 0.0  # a lower bound of the final k-th score
+    if seen.size >= k:
+        scores = _scores(terms, seen)
+        threshold = float(-np.partition(-scores, k - 1)[k - 1])
+        if threshold > sum(t.impact_at(depth) for t in terms):
+            trace["settled"] = 1
+            return _top_k(seen, scores, k)
+    # MaxScore: the terms whose best contributions together stay below the threshold cannot bring a
+    # document into the top k on their own, so only documents of the other ("essential") terms are
+    # candidates; they are scored on every term.
+    by_best = sorted(terms, key=lambda t: t.impact_at(0))
+    reach, skipped = 0.0, 0
+    for term in by_best:
+        if reach + term.impact_at(0) >= threshold:
+            break
+        reach += term.impact_at(0)
+        skipped += 1
+    essential = by_best[skipped:]
+    if skipped and sum(t.docs.size for t in essential) * _PRUNED_WORTH_IT <= postings:
+        candidates = np.unique(np.concatenate([t.docs for t in essential]))
         if allowed is not None:
-            seen = seen[_member(seen, allowed)]
-        if seen.size >= k:
-            scores = np.zeros(seen.size)
-            for term in terms:  # the exhaustive scorer's order of additions: identical sums
-                scores = scores + term.contributions(seen)
-            unseen_best = sum(t.impact_at(depth) for t in terms)
-            kth_best = -np.partition(-scores, k - 1)[k - 1]
-            if kth_best > unseen_best:
-                return _top_k(seen, scores, k)
-        depth *= 4
+            candidates = candidates[_member(candidates, allowed)]
+        trace["pruned"] = 1
+        if candidates.size <= _FEW_CANDIDATES:
+            return _top_k(candidates, _scores(terms, candidates), k)
+        return _top_k(candidates, _scores_accumulated(terms, essential, candidates), k)
     trace["exhaustive"] = 1
     return exhaustive(terms, k, allowed)
+
+
+def _scores_accumulated(terms: Sequence[ScoredPostings], essential: Sequence[ScoredPostings],
+                        candidates: np.ndarray) -> np.ndarray:
+    """``_scores`` for many candidates: essential terms add all their postings into an accumulator over the
+    rowid range, the others only their postings of candidates (one posting per document and term, so the
+    fancy-indexed additions never collide). Same order of additions per document as ``exhaustive``."""
+    span = max(int(t.docs[-1]) for t in terms) + 1
+    dense = np.zeros(span)
+    chosen = np.zeros(span, dtype=bool)
+    chosen[candidates] = True
+    essential_ids = {id(t) for t in essential}
+    for term in terms:
+        if id(term) in essential_ids:
+            dense[term.docs] += term.impacts
+        else:
+            keep = chosen[term.docs]
+            dense[term.docs[keep]] += term.impacts[keep]
+    return dense[candidates]
+
+
+def _scores(terms: Sequence[ScoredPostings], docs: np.ndarray) -> np.ndarray:
+    """Exact scores of ``docs``, summed in the exhaustive scorer's order (so the floats are identical)."""
+    scores = np.zeros(docs.size)
+    for term in terms:
+        scores = scores + term.contributions(docs)
+    return scores

@@ -40,7 +40,7 @@ def test_rare_term_settles_in_the_first_round():
     rare = _term(rng, 200_000, 40, 7.5, False)
     trace: dict[str, int] = {}
     assert top_k([common, rare], 10, trace=trace) == exhaustive([common, rare], 10)
-    assert trace == {"rounds": 1, "exhaustive": 0}
+    assert trace == {"settled": 1, "pruned": 0, "exhaustive": 0}
 
 
 def test_cache_is_bounded_and_keyed_by_state():
@@ -80,3 +80,12 @@ def test_cached_search_follows_commits(tmp_path):
     assert [d for d, _ in second] == [4, 1]
     assert second == index.search(conn, "apple", 5)  # uncached evaluation agrees
     conn.close()
+
+
+def test_maxscore_prunes_terms_that_cannot_reach_the_top():
+    rng = np.random.default_rng(9)
+    rare = _term(rng, 300_000, 5_000, 8.0, True)  # many near-equal best scores: round one cannot settle
+    common = [_term(rng, 300_000, 120_000, 0.05, False) for _ in range(3)]
+    trace: dict[str, int] = {}
+    assert top_k([rare, *common], 10, trace=trace) == exhaustive([rare, *common], 10)
+    assert trace == {"settled": 0, "pruned": 1, "exhaustive": 0}
