@@ -195,7 +195,7 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
         skipped += 1
     essential = by_best[skipped:]
     if skipped and sum(t.docs.size for t in essential) * _PRUNED_WORTH_IT <= postings:
-        candidates = np.unique(np.concatenate([t.docs for t in essential]))
+        candidates = _union([t.docs for t in essential])
         if allowed is not None:
             candidates = candidates[_member(candidates, allowed)]
         trace["pruned"] = 1
@@ -204,6 +204,19 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
         return _top_k(candidates, _scores_accumulated(terms, essential, candidates), k)
     trace["exhaustive"] = 1
     return exhaustive(terms, k, allowed)
+
+
+def _union(sorted_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of sorted rowid arrays: as is for one, a mark per rowid when they are dense."""
+    if len(sorted_lists) == 1:
+        return sorted_lists[0]
+    span = max(int(docs[-1]) for docs in sorted_lists) + 1
+    if span <= _DENSE_SPAN_PER_POSTING * sum(docs.size for docs in sorted_lists):
+        marks = np.zeros(span, dtype=bool)
+        for docs in sorted_lists:
+            marks[docs] = True
+        return np.flatnonzero(marks)
+    return np.unique(np.concatenate(sorted_lists))
 
 
 def _scores_accumulated(terms: Sequence[ScoredPostings], essential: Sequence[ScoredPostings],
