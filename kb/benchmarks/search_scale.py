@@ -106,11 +106,14 @@ def _bm25s(corpus: Corpus) -> tuple[Any, Any, float]:
     return retriever, stemmer, time.perf_counter() - started
 
 
-def bench_size(size: int, work: Path) -> dict[str, Any]:
+def bench_size(size: int, work: Path, folder: Path | None = None) -> dict[str, Any]:
+    """Every workload at one size; ``folder`` is an HNSW knowledge bank of this corpus already ingested."""
     import bm25s
 
     corpus = load(size)
-    folder, ingest_seconds = _kb_folder(corpus, work)
+    ingest_seconds = None
+    if folder is None:
+        folder, ingest_seconds = _kb_folder(corpus, work)
     peer = KBPeer("HNSW")
     peer.open(folder)
     texts, vectors = corpus.query_texts, corpus.queries
@@ -158,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=default_cache() / "search-scale",
                         help="where the knowledge banks are kept between runs")
     parser.add_argument("--out", type=Path, default=Path("bench-results/search-scale"))
+    parser.add_argument("--kb-folder", type=Path, default=None,
+                        help="an HNSW knowledge bank of the corpus already ingested (one size only; kb bench)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
-        report["sizes"][str(size)] = bench_size(size, args.work)
+        report["sizes"][str(size)] = bench_size(size, args.work, args.kb_folder)
         (args.out / "search_scale.json").write_text(json.dumps(report, indent=2))
     print(f"report: {args.out / 'search_scale.json'}")
     return 0
