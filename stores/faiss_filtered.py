@@ -22,8 +22,8 @@ import math
 import faiss
 import numpy as np
 
-EXACT_MATCHES_MAX = 20_000
-EXACT_SELECTIVITY_MAX = 0.02
+EXACT_MATCHES_MAX = 5_000
+EXACT_SELECTIVITY_MAX = 0.01
 FULL_EF_SELECTIVITY = 0.1  # below it efSearch grows as 1 / selectivity
 MAX_EF = 1024
 
@@ -42,6 +42,7 @@ class FilteredSearch:
         # rowids ascend with position unless rows were removed and re-added: keep a sorted lookup then
         self._order = None if ascending else np.argsort(self.rowids, kind="stable")
         self._sorted = self.rowids if ascending else self.rowids[self._order]
+        self._columns: tuple[np.ndarray, np.ndarray | None] | None = None
 
     def positions(self, rowids: np.ndarray) -> np.ndarray:
         """Internal positions of those of ``rowids`` that are in the index."""
@@ -51,6 +52,29 @@ class FilteredSearch:
         found = at[self._sorted[at] == rowids]
         return found if self._order is None else self._order[found]
 
+    def positions_of_mask(self, column_rowids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Internal positions of the rows a filter ``mask`` over ``column_rowids`` (a generation's metadata
+        columns) selects. The mapping is made once per columns; when the columns are the index's rows in
+        its own order (the usual case) it is the mask itself."""
+        cached = self._columns
+        if cached is None or cached[0] is not column_rowids:
+            identical = column_rowids.size == self.rowids.size and bool(np.array_equal(column_rowids, self.rowids))
+            mapping = None if identical else self._mapping(column_rowids)
+            cached = self._columns = (column_rowids, mapping)
+        mapping = cached[1]
+        if mapping is None:
+            return np.flatnonzero(mask)
+        found = mapping[mask]
+        return found[found >= 0]
+
+    def _mapping(self, column_rowids: np.ndarray) -> np.ndarray:
+        out = np.full(column_rowids.size, -1, dtype=np.int64)
+        if self._sorted.size:
+            at = np.minimum(np.searchsorted(self._sorted, column_rowids), self._sorted.size - 1)
+            hit = self._sorted[at] == column_rowids
+            out[hit] = at[hit] if self._order is None else self._order[at[hit]]
+        return out
+
     def _bitmap(self, positions: np.ndarray) -> np.ndarray:
         bits = np.zeros(self.ntotal, dtype=bool)
         bits[positions] = True
@@ -59,7 +83,11 @@ class FilteredSearch:
     def search(self, query: np.ndarray, k: int, allowed_rowids: np.ndarray,
                ef_search: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rowids) of the ``k`` nearest among ``allowed_rowids``, best first."""
-        positions = self.positions(allowed_rowids)
+        return self.search_positions(query, k, self.positions(allowed_rowids), ef_search)
+
+    def search_positions(self, query: np.ndarray, k: int, positions: np.ndarray,
+                         ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rowids) of the ``k`` nearest among the rows at internal ``positions``, best first."""
         if positions.size == 0 or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         k = min(k, int(positions.size))

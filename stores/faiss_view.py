@@ -139,12 +139,14 @@ class FaissView(StoreReader):
         if flt is None:
             scores, rowids = self.index.search(query, min(k, self.index.ntotal))
         else:
-            allowed = self._matching_rowids(flt)
-            if allowed.size == 0:
-                return []
             prepared = self._prepared() if self._prepared is not None else FilteredSearch(self.index)
             ef_search = prepared.inner.hnsw.efSearch if prepared.hnsw else 0
-            found_scores, found_rowids = prepared.search(query, k, allowed, ef_search)
+            if self._columns is not None:  # committed: the filter's mask maps straight to index positions
+                columns = self._columns()
+                positions = prepared.positions_of_mask(columns.rowids, columns.mask(flt))
+                found_scores, found_rowids = prepared.search_positions(query, k, positions, ef_search)
+            else:
+                found_scores, found_rowids = prepared.search(query, k, self._matching_rowids(flt), ef_search)
             scores, rowids = found_scores.reshape(1, -1), found_rowids.reshape(1, -1)
         return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
 
