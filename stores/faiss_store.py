@@ -54,6 +54,7 @@ from stores.base import (
     acquire_writer_lock,
 )
 from stores.columnar_filter import MetadataColumns
+from stores.faiss_filtered import FilteredSearch
 from stores.faiss_transaction import FaissTransaction
 from stores.faiss_view import FaissView
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
@@ -131,6 +132,7 @@ class FaissStore(VectorStoreDriver):
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, faiss.Index | None] = (-1, None)
         self._columns_cache: tuple[int, MetadataColumns] | None = None
+        self._prepared_cache: tuple[int, FilteredSearch] | None = None
         self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
         conn = _connect(self.db_path)
@@ -175,6 +177,15 @@ class FaissStore(VectorStoreDriver):
 
     _read_meta = staticmethod(read_meta)
 
+    def _prepared(self, generation: int, index: faiss.Index) -> FilteredSearch:
+        """The committed index's layout for filtered searches, made once per generation."""
+        cached = self._prepared_cache
+        if cached is not None and cached[0] == generation and cached[1].index is index:
+            return cached[1]
+        prepared = FilteredSearch(index)
+        self._prepared_cache = (generation, prepared)
+        return prepared
+
     def _metadata_columns(self, conn: sqlite3.Connection, generation: int) -> MetadataColumns:
         """Columns of the committed generation's metadata, built once per generation (read in its snapshot)."""
         with self._cache_lock:
@@ -205,7 +216,8 @@ class FaissStore(VectorStoreDriver):
                         raise
                     continue
                 yield FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records)
+                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records,
+                            generation=generation, prepared=lambda g=generation, i=index: self._prepared(g, i))
                 return
             finally:
                 if conn.in_transaction:
@@ -274,7 +286,8 @@ class FaissStore(VectorStoreDriver):
         except RuntimeError:  # its file was replaced by two newer commits meanwhile
             return None
         view = FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                     columns=(lambda: columns) if columns is not None else None, cache=self._records)
+                     columns=(lambda: columns) if columns is not None else None, cache=self._records,
+                     generation=generation, prepared=lambda: self._prepared(generation, index))
         pairs = view.ranked(vector, k, flt)
         records = view._records_by_rowid([r for r, _ in pairs], False)
         if len(records) < len(pairs):

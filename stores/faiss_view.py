@@ -17,6 +17,7 @@ from kb.filters import Filter
 from kb.jsonfast import loads_checked, orjson_reads_exactly
 from stores.base import Hit, Record, StoreReader, check_query_vector, unit_query
 from stores.columnar_filter import MetadataColumns
+from stores.faiss_filtered import FilteredSearch
 from stores.keyword_index import KeywordIndex
 from stores.record_cache import RecordCache
 from stores.sql_filters import filter_to_sql
@@ -50,7 +51,6 @@ def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCach
     return out
 # Below this many filter matches, HNSW search is replaced by exact search over the matches:
 # graph search with a very selective filter loses recall, brute force on a few vectors does not.
-_BRUTE_FORCE_MATCHES = 20_000
 # Fetches of up to this many rows (search results) go into the record cache; bigger ones (exports) do not.
 _CACHED_FETCH = 128
 
@@ -65,8 +65,11 @@ class FaissView(StoreReader):
 
     def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
                  keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
-                 cache: RecordCache | None = None) -> None:
+                 cache: RecordCache | None = None, generation: int | None = None,
+                 prepared: Callable[[], FilteredSearch] | None = None) -> None:
         self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+        self.generation = generation  # committed snapshots only: names the state keyword caches may keep
+        self._prepared = prepared  # committed snapshots only: the index's layout for filtered searches
         self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
         self._cache = cache  # committed snapshots only: a transaction's rowids are not committed yet
 
@@ -136,26 +139,28 @@ class FaissView(StoreReader):
         if flt is None:
             scores, rowids = self.index.search(query, min(k, self.index.ntotal))
         else:
-            allowed = self._matching_rowids(flt)
-            if allowed.size == 0:
-                return []
-            if self.hnsw and allowed.size <= _BRUTE_FORCE_MATCHES:
-                vectors = self.index.reconstruct_batch(allowed)
-                sims = vectors @ query[0]
-                top = np.argsort(-sims, kind="stable")[:k]
-                scores, rowids = sims[top].reshape(1, -1), allowed[top].reshape(1, -1)
+            prepared = self._prepared() if self._prepared is not None else FilteredSearch(self.index)
+            ef_search = prepared.inner.hnsw.efSearch if prepared.hnsw else 0
+            if self._columns is not None:  # committed: the filter's mask maps straight to index positions
+                columns = self._columns()
+                positions = prepared.positions_of_mask(columns.rowids, columns.mask(flt))
+                found_scores, found_rowids = prepared.search_positions(query, k, positions, ef_search)
             else:
-                params_sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-                scores, rowids = self.index.search(query, min(k, allowed.size), params=params_sel)
+                found_scores, found_rowids = prepared.search(query, k, self._matching_rowids(flt), ef_search)
+            scores, rowids = found_scores.reshape(1, -1), found_rowids.reshape(1, -1)
         return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         if k <= 0:
             return []
-        candidates, params = (None, [])
-        if flt is not None:
+        if flt is not None and self._columns is not None:
+            pairs = self.keywords.search(self.conn, query, k, allowed=self._columns().select(flt),
+                                         cache_key=self.generation)
+        elif flt is not None:
             where, params = filter_to_sql(flt)
-            candidates = f"SELECT rowid FROM records WHERE {where}"
-        pairs = self.keywords.search(self.conn, query, k, candidates, params)
+            pairs = self.keywords.search(self.conn, query, k, f"SELECT rowid FROM records WHERE {where}", params,
+                                         cache_key=self.generation)
+        else:
+            pairs = self.keywords.search(self.conn, query, k, cache_key=self.generation)
         records = self._records_by_rowid([r for r, _ in pairs], False)
         return [Hit(records[r], s) for r, s in pairs if r in records]

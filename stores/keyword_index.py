@@ -27,14 +27,14 @@ nothing here commits.
 
 from __future__ import annotations
 
-import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
 from stores.analysis import Analyzer, analyzer_settings
+from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
 MERGE_AT = 8  # segments per term before they are merged into one
@@ -60,6 +60,7 @@ class KeywordIndex:
         self.analyzer = Analyzer(self.settings)
         self.k1 = float(self.settings["k1"])
         self.b = float(self.settings["b"])
+        self._cache = PostingsCache()  # scored postings of hot terms, per committed generation
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -311,10 +312,15 @@ class KeywordIndex:
         k: int,
         candidates_sql: str | None = None,
         candidates_params: Sequence[Any] = (),
+        allowed: np.ndarray | None = None,
+        cache_key: Hashable = None,
     ) -> list[tuple[int, float]]:
         """Best ``k`` (rowid, BM25 score) pairs, best first, ties by rowid.
 
-        ``candidates_sql`` (``SELECT rowid ...``) restricts the documents considered.
+        ``candidates_sql`` (``SELECT rowid ...``) or ``allowed`` (sorted rowids) restricts the documents
+        considered. ``cache_key`` names the committed state ``conn`` reads (the store's generation): the
+        scored postings of its terms are then kept for the next query of that state. Leave it None for a
+        writer's uncommitted view.
         """
         query_terms = self.analyzer.term_counts(query)
         if not query_terms or k <= 0:
@@ -325,35 +331,28 @@ class KeywordIndex:
             return []
         avg_length = stats["length"] / n_docs
         terms = list(conn.execute(f"SELECT id, df FROM kw_terms WHERE term IN ({_marks(len(query_terms))}) "
-                                  "AND df > 0", list(query_terms)))
+                                  "AND df > 0 ORDER BY id", list(query_terms)))
         if not terms:
             return []
-        deleted = self._deleted(conn) if stats["deleted"] else None
-        all_docs, all_scores = [], []
-        for term_id, df in terms:
-            docs, tfs, lengths = self._postings(conn, term_id, deleted)
-            idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-            norm = self.k1 * (1.0 - self.b + self.b * lengths / avg_length)
-            all_docs.append(docs)
-            all_scores.append(idf * tfs * (self.k1 + 1.0) / (tfs + norm))
-        docs = np.concatenate(all_docs)
-        contributions = np.concatenate(all_scores)
         if candidates_sql:
             allowed = np.fromiter((r[0] for r in conn.execute(candidates_sql, list(candidates_params))),
                                   dtype=np.int64)
-            keep = np.isin(docs, allowed)
-            docs, contributions = docs[keep], contributions[keep]
-        if docs.size == 0:
-            return []
-        unique, inverse = np.unique(docs, return_inverse=True)
-        scores = np.bincount(inverse, weights=contributions, minlength=unique.size)
-        if unique.size > k:
-            # keep everything tied with the k-th best so the rowid tie-break below stays exact
-            kth = np.partition(-scores, k - 1)[k - 1]
-            chosen = np.flatnonzero(-scores <= kth)
-            unique, scores = unique[chosen], scores[chosen]
-        order = np.lexsort((unique, -scores))[:k]
-        return [(int(doc), float(score)) for doc, score in zip(unique[order], scores[order], strict=True)]
+        if allowed is not None:
+            allowed = np.sort(allowed)
+        deleted: list[np.ndarray] = []  # read once, and only if a term has to be read from SQLite
+
+        def load(term_id: int, df: int) -> ScoredPostings:
+            if not deleted:
+                deleted.append(self._deleted(conn) if stats["deleted"] else np.zeros(0, np.int64))
+            docs, tfs, lengths = self._postings(conn, term_id, deleted[0])
+            return ScoredPostings.build(docs, tfs, lengths, idf(n_docs, df), self.k1, self.b, avg_length)
+
+        if cache_key is None:
+            scored = [load(term_id, df) for term_id, df in terms]
+        else:
+            key = (cache_key, n_docs, stats["length"], self.k1, self.b)
+            scored = [self._cache.get(key, term_id, lambda t=term_id, d=df: load(t, d)) for term_id, df in terms]
+        return top_k(scored, k, allowed)
 
 
 class NoKeywordIndex(KeywordIndex):
@@ -376,5 +375,6 @@ class NoKeywordIndex(KeywordIndex):
         return None
 
     def search(self, conn: sqlite3.Connection, query: str, k: int, candidates_sql: str | None = None,
-               candidates_params: Sequence[Any] = ()) -> list[tuple[int, float]]:
+               candidates_params: Sequence[Any] = (), allowed: np.ndarray | None = None,
+               cache_key: Hashable = None) -> list[tuple[int, float]]:
         return []

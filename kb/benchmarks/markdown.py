@@ -59,6 +59,22 @@ def tables(report: dict[str, Any]) -> str:
         for name in ("kb", "chroma-server"):
             out.append(f"| {name} | {rows.get(name + '_recall_at_10', float('nan')):.3f} | " + " | ".join(
                 f"{r['qps']:,.0f}, {r['p50_ms']:.2f} / {r['p99_ms']:.2f}" for r in rows[name]) + " |")
+    for size, scale in report.get("scale", {}).items():
+        keyword = scale["keyword"]
+        out += ["", f"**Keyword, hybrid and filtered search, {int(size):,} chunks** (HNSW knowledge bank; p50 / p99 ms "
+                    "over 3 rounds of 200 queries, first-round p50 in brackets; keyword beside bm25s query by query):",
+                "", "| workload | p50 / p99 ms | first-round p50 | recall@10 or note |", "| --- | --- | --- | --- |"]
+
+        def row(name: str, fig: dict[str, Any], note: str) -> str:
+            return f"| {name} | {fig['p50_ms']:.2f} / {fig['p99_ms']:.2f} | {fig['first_round_p50_ms']:.2f} | {note} |"
+
+        out.append(row("keyword (kb, core.search)", keyword["kb"], f"top-10 overlap with bm25s "
+                                                                    f"{keyword['top10_overlap']:.2f}"))
+        out.append(row("keyword (bm25s, indices only)", keyword["bm25s"], ""))
+        out.append(row("hybrid (kb)", scale["hybrid"], ""))
+        for label, fig in scale["filtered"].items():
+            out.append(row(f"filtered similarity {label} ({fig['selectivity']:.2%})", fig,
+                           f"recall@10 {fig['recall_at_10']:.3f}"))
     e2e = report.get("e2e") or {}
     if e2e:
         out += ["", f"**End to end with the real model** ({e2e['documents']} SciFact abstracts): kb's ingestion "
@@ -77,7 +93,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Reports of runs on the same machine and code, one size each (ratios are only ever taken within a size,
     so within a run); a later report's entries win."""
     merged: dict[str, Any] = {**reports[0], "runs": [r["started"] for r in reports]}
-    for key in ("sizes", "compare", "rest"):
+    for key in ("sizes", "compare", "rest", "scale"):
         merged[key] = {k: v for r in reports for k, v in r.get(key, {}).items()}
     merged["e2e"] = next((r["e2e"] for r in reversed(reports) if r.get("e2e")), {})
     return merged

@@ -117,6 +117,18 @@ def bench_rest(size: int, work: Path, clients: list[int], seconds: float, worker
                    + f" | recall@10 {out[name + '_recall_at_10']:.3f}")
 
 
+def bench_search_scale(size: int, work: Path, report: dict[str, Any]) -> None:
+    """Keyword beside bm25s, hybrid and filtered similarity by selectivity, on the HNSW knowledge bank."""
+    out = work / f"search-scale-{size}"
+    command = [sys.executable, "-m", "kb.benchmarks.search_scale", "--sizes", str(size), "--out", str(out),
+               "--kb-folder", str(work / f"{REST_PEER}-{size}")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"search at scale ({size:,} chunks) failed:\n{result.stderr[-3000:]}")
+    tqdm.write("\n".join("  " + line.strip() for line in result.stdout.splitlines() if "report:" not in line))
+    report.setdefault("scale", {})[str(size)] = json.loads((out / "search_scale.json").read_text())["sizes"][str(size)]
+
+
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     """Targets, the JSON report, the README's tables (bench.md) and the charts."""
     report["targets"] = check_targets(report)
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="uvicorn worker processes for kb serve (Chroma's server uses every core too)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each REST load level")
     parser.add_argument("--e2e-docs", type=int, default=300, help="SciFact abstracts for the end-to-end run")
-    parser.add_argument("--skip", default="", help="parts to skip: rest, e2e")
+    parser.add_argument("--skip", default="", help="parts to skip: rest, e2e, scale (keyword/hybrid/filtered)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
@@ -156,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             if "rest" not in skip and size <= args.rest_max and REST_PEER in peers:
                 bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, args.kb_workers,
                            report)
+            if "scale" not in skip and size >= 100_000 and REST_PEER in peers:
+                bench_search_scale(size, work, report)
             shutil.rmtree(work / f"{REST_PEER}-{size}", ignore_errors=True)
             write_report(report, args.out)  # so far: a failure at a bigger size keeps what was measured
     finally:

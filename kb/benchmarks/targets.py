@@ -52,6 +52,19 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 add(f"{size}: {name} ingest / langchain-faiss ingest (chunks/s)",
                     kb_ingest["chunks_per_second"] / lc_ingest["chunks_per_second"], 3.0, "higher",
                     f"{kb_ingest['chunks_per_second']:,.0f} vs {lc_ingest['chunks_per_second']:,.0f} chunks/s")
+    for size, scale in report.get("scale", {}).items():
+        large = int(size) >= 1_000_000
+        keyword = scale["keyword"]
+        if large:
+            add(f"{size}: keyword p50 ms", keyword["kb"]["p50_ms"], 10.0, "lower", "")
+            add(f"{size}: hybrid p50 ms", scale["hybrid"]["p50_ms"], 15.0, "lower", "")
+        add(f"{size}: keyword p50 kb / bm25s (side by side)", keyword["kb_over_bm25s_p50"], 1.0, "lower",
+            f"{keyword['kb']['p50_ms']:.2f} ms vs {keyword['bm25s']['p50_ms']:.2f} ms, "
+            f"top-10 overlap {keyword['top10_overlap']:.2f}")
+        for label, figures in scale["filtered"].items():
+            add(f"{size}: filtered similarity {label} ({figures['selectivity']:.2%}) p50 ms", figures["p50_ms"],
+                5.0 if large else 2.0, "lower", f"recall@10 {figures['recall_at_10']:.3f}")
+            add(f"{size}: filtered similarity {label} recall@10", figures["recall_at_10"], 0.95, "higher", "")
     for size, rows in report["rest"].items():
         if "kb_recall_at_10" in rows:
             add(f"{size}: REST kb recall@10 (HNSW)", rows["kb_recall_at_10"], 0.95, "higher",

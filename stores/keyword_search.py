@@ -1,0 +1,246 @@
+"""BM25 query evaluation over decoded postings: a hot-term cache and exact top-k with early termination.
+
+A query used to decode every posting of its terms from SQLite, score them all and sort the union:
+at 1M chunks a common term has hundreds of thousands of postings, so a query cost ~150 ms. Two
+changes make its cost follow the answer instead of the corpus:
+
+- **Hot terms stay decoded.** Per committed generation (the store passes it as ``cache_key``), a term's
+  postings are read once, scored once (a posting's BM25 contribution depends only on the term, the
+  document and the collection statistics, all fixed within a generation) and kept with their impact
+  order, in a cache bounded by bytes (``KB_KEYWORD_CACHE_MB``, default 512). A new commit is a new
+  generation and starts an empty cache; a writer's own uncommitted view is never cached.
+- **Threshold algorithm (Fagin et al.) in vectorised rounds.** Take each term's ``depth`` highest
+  contributions, score the union of their documents exactly (a binary search per term), and stop
+  when the k-th best exact score is strictly above the best score a document outside the union could
+  have (the sum of each term's next contribution). Otherwise go four times deeper. Rare, high-idf
+  terms settle a query within a round or two; a query of only common terms ends, at worst, as the
+  exhaustive evaluation it replaces. The answer is exactly the exhaustive one, ties by rowid included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_FIRST_DEPTH = 128
+_EXHAUSTIVE_BELOW = 2048  # postings in all: scoring them all is cheaper than any bookkeeping
+_FEW_CANDIDATES = 4096  # up to this many, candidates are scored by binary search in each term's postings
+_PRUNED_WORTH_IT = 3  # MaxScore only when its candidates' postings are at most a third of all postings
+_DENSE_SPAN_PER_POSTING = 16  # an accumulator over the rowid range while it is at most this many per posting
+
+
+def _cache_bytes() -> int:
+    return int(float(os.environ.get("KB_KEYWORD_CACHE_MB", "512")) * 2**20)
+
+
+@dataclass(frozen=True)
+class ScoredPostings:
+    """One term's postings in a generation: documents ascending, their BM25 contributions, impact order."""
+
+    docs: np.ndarray  # int64, ascending
+    impacts: np.ndarray  # float64, aligned with docs
+    order: np.ndarray  # positions by (impact descending, rowid ascending)
+
+    @property
+    def nbytes(self) -> int:
+        return self.docs.nbytes + self.impacts.nbytes + self.order.nbytes
+
+    @classmethod
+    def build(cls, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray, idf: float, k1: float, b: float,
+              avg_length: float) -> ScoredPostings:
+        if docs.size > 1 and np.any(docs[1:] < docs[:-1]):
+            by_doc = np.argsort(docs, kind="stable")
+            docs, tfs, lengths = docs[by_doc], tfs[by_doc], lengths[by_doc]
+        # Same expression, same order of operations as the exhaustive scorer, so the scores are identical.
+        norm = k1 * (1.0 - b + b * lengths / avg_length)
+        impacts = idf * tfs * (k1 + 1.0) / (tfs + norm)
+        order = np.lexsort((docs, -impacts))
+        order = order.astype(np.int32) if docs.size < 2**31 else order
+        return cls(np.ascontiguousarray(docs, dtype=np.int64), impacts, order)
+
+    def impact_at(self, rank: int) -> float:
+        """The contribution at ``rank`` in impact order (0.0 past the end)."""
+        return float(self.impacts[self.order[rank]]) if rank < self.order.size else 0.0
+
+    def contributions(self, docs: np.ndarray) -> np.ndarray:
+        """This term's contribution to each of ``docs`` (sorted or not); 0.0 where the term is absent."""
+        if self.docs.size == 0:
+            return np.zeros(docs.size)
+        at = np.minimum(np.searchsorted(self.docs, docs), self.docs.size - 1)
+        return np.where(self.docs[at] == docs, self.impacts[at], 0.0)
+
+
+class PostingsCache:
+    """Scored postings of recently queried terms for one generation of one store, bounded by bytes."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = _cache_bytes() if max_bytes is None else max_bytes
+        self._lock = threading.Lock()
+        self._key: Hashable = None
+        self._terms: OrderedDict[int, ScoredPostings] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Hashable, term_id: int, load: Callable[[], ScoredPostings]) -> ScoredPostings:
+        with self._lock:
+            if self._key == key:
+                hit = self._terms.get(term_id)
+                if hit is not None:
+                    self._terms.move_to_end(term_id)
+                    return hit
+        scored = load()  # outside the lock: other queries go on meanwhile
+        with self._lock:
+            if self._key != key:
+                self._key, self._terms, self._bytes = key, OrderedDict(), 0
+            if term_id not in self._terms and scored.nbytes <= self.max_bytes:
+                self._terms[term_id] = scored
+                self._bytes += scored.nbytes
+                while self._bytes > self.max_bytes:
+                    _, old = self._terms.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return scored
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._terms, self._bytes = None, OrderedDict(), 0
+
+
+def idf(n_docs: int, df: int) -> float:
+    return math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+
+
+def _top_k(docs: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Best ``k`` by score descending, ties by rowid ascending."""
+    if docs.size > k:
+        # keep everything tied with the k-th best so the rowid tie-break below stays exact
+        kth = np.partition(-scores, k - 1)[k - 1]
+        chosen = np.flatnonzero(-scores <= kth)
+        docs, scores = docs[chosen], scores[chosen]
+    order = np.lexsort((docs, -scores))[:k]
+    return [(int(doc), float(score)) for doc, score in zip(docs[order], scores[order], strict=True)]
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if sorted_set.size == 0:
+        return np.zeros(values.size, dtype=bool)
+    positions = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return sorted_set[positions] == values
+
+
+def exhaustive(terms: Sequence[ScoredPostings], k: int,
+               allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Score every posting of every term: the reference the early-terminating search must equal."""
+    docs = np.concatenate([t.docs for t in terms])
+    contributions = np.concatenate([t.impacts for t in terms])
+    if allowed is not None:
+        keep = _member(docs, allowed)
+        docs, contributions = docs[keep], contributions[keep]
+    if docs.size == 0:
+        return []
+    span = int(docs.max()) + 1
+    if span <= _DENSE_SPAN_PER_POSTING * docs.size:
+        # An accumulator over the rowid range (bm25s' way): linear, no sort of the postings. Every
+        # contribution is positive (idf > 0, tf > 0), so a zero means "no posting".
+        dense = np.bincount(docs, weights=contributions, minlength=span)
+        # not np.partition over the whole range: its many zeros (equal keys) made it ~100x slower
+        present = np.flatnonzero(dense)
+        return _top_k(present, dense[present], k)
+    unique, inverse = np.unique(docs, return_inverse=True)
+    scores = np.bincount(inverse, weights=contributions, minlength=unique.size)
+    return _top_k(unique, scores, k)
+
+
+def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = None,
+          trace: dict[str, int] | None = None) -> list[tuple[int, float]]:
+    """Exact BM25 top ``k`` (rowid, score) over the given terms' postings, restricted to sorted ``allowed``.
+
+    ``trace`` (optional) receives how the answer was found: ``settled`` in the threshold algorithm's
+    round, by ``pruned`` MaxScore, or ``exhaustive``.
+    """
+    trace = trace if trace is not None else {}
+    trace.update(settled=0, pruned=0, exhaustive=0)
+    terms = [t for t in terms if t.docs.size]
+    if not terms or k <= 0 or (allowed is not None and allowed.size == 0):
+        return []
+    postings = sum(t.docs.size for t in terms)
+    if postings <= _EXHAUSTIVE_BELOW:
+        trace["exhaustive"] = 1
+        return exhaustive(terms, k, allowed)
+    # Round one of the threshold algorithm: each term's best ``depth`` postings, scored exactly.
+    depth = max(_FIRST_DEPTH, 2 * k)
+    seen = np.unique(np.concatenate([t.docs[t.order[:depth]] for t in terms]))
+    if allowed is not None:
+        seen = seen[_member(seen, allowed)]
+    threshold = 0.0  # a lower bound of the final k-th score
+    if seen.size >= k:
+        scores = _scores(terms, seen)
+        threshold = float(-np.partition(-scores, k - 1)[k - 1])
+        if threshold > sum(t.impact_at(depth) for t in terms):
+            trace["settled"] = 1
+            return _top_k(seen, scores, k)
+    # MaxScore: the terms whose best contributions together stay below the threshold cannot bring a
+    # document into the top k on their own, so only documents of the other ("essential") terms are
+    # candidates; they are scored on every term.
+    by_best = sorted(terms, key=lambda t: t.impact_at(0))
+    reach, skipped = 0.0, 0
+    for term in by_best:
+        if reach + term.impact_at(0) >= threshold:
+            break
+        reach += term.impact_at(0)
+        skipped += 1
+    essential = by_best[skipped:]
+    if skipped and sum(t.docs.size for t in essential) * _PRUNED_WORTH_IT <= postings:
+        candidates = _union([t.docs for t in essential])
+        if allowed is not None:
+            candidates = candidates[_member(candidates, allowed)]
+        trace["pruned"] = 1
+        if candidates.size <= _FEW_CANDIDATES:
+            return _top_k(candidates, _scores(terms, candidates), k)
+        return _top_k(candidates, _scores_accumulated(terms, essential, candidates), k)
+    trace["exhaustive"] = 1
+    return exhaustive(terms, k, allowed)
+
+
+def _union(sorted_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of sorted rowid arrays: as is for one, a mark per rowid when they are dense."""
+    if len(sorted_lists) == 1:
+        return sorted_lists[0]
+    span = max(int(docs[-1]) for docs in sorted_lists) + 1
+    if span <= _DENSE_SPAN_PER_POSTING * sum(docs.size for docs in sorted_lists):
+        marks = np.zeros(span, dtype=bool)
+        for docs in sorted_lists:
+            marks[docs] = True
+        return np.flatnonzero(marks)
+    return np.unique(np.concatenate(sorted_lists))
+
+
+def _scores_accumulated(terms: Sequence[ScoredPostings], essential: Sequence[ScoredPostings],
+                        candidates: np.ndarray) -> np.ndarray:
+    """``_scores`` for many candidates: essential terms add all their postings into an accumulator over the
+    rowid range, the others only their postings of candidates (one posting per document and term, so the
+    fancy-indexed additions never collide). Same order of additions per document as ``exhaustive``."""
+    span = max(int(t.docs[-1]) for t in terms) + 1
+    dense = np.zeros(span)
+    chosen = np.zeros(span, dtype=bool)
+    chosen[candidates] = True
+    essential_ids = {id(t) for t in essential}
+    for term in terms:
+        if id(term) in essential_ids:
+            dense[term.docs] += term.impacts
+        else:
+            keep = chosen[term.docs]
+            dense[term.docs[keep]] += term.impacts[keep]
+    return dense[candidates]
+
+
+def _scores(terms: Sequence[ScoredPostings], docs: np.ndarray) -> np.ndarray:
+    """Exact scores of ``docs``, summed in the exhaustive scorer's order (so the floats are identical)."""
+    scores = np.zeros(docs.size)
+    for term in terms:
+        scores = scores + term.contributions(docs)
+    return scores
