@@ -3,16 +3,20 @@
 kb's indexes are ``IndexIDMap2`` around a flat or HNSW index: rowids outside, internal positions
 inside. A filter first becomes the rowids it matches (``stores.columnar_filter``); then:
 
-- **exact scan of the matches** (flat indexes always; HNSW up to ``EXACT_MATCHES_MAX`` matches or below
-  ``EXACT_SELECTIVITY_MAX``): the index's own flat vectors are scanned with a bitmap over internal
-  positions, so only matching rows are scored and nothing is copied. Recall is 1.0.
-- **filtered HNSW traversal** (many matches): the graph is searched with the same bitmap, and
+- **exact over the matches** (flat indexes always; HNSW up to ``EXACT_MATCHES_MAX`` matches): faiss
+  computes the inner products of exactly the matching rows, read in place (``compute_distance_subset``;
+  a bitmap-selected scan visits every row and a numpy gather copies them, both several times slower at
+  1M rows). Recall is 1.0.
+- **filtered HNSW traversal** (more matches): the graph is searched with a bitmap over internal
+  positions, and
   ``efSearch`` is raised by the inverse selectivity below ``FULL_EF_SELECTIVITY`` so that enough
   matching neighbours are met (faiss's ``SearchParametersHNSW``), capped at ``MAX_EF``.
 
-What replaced it: ``reconstruct_batch`` of every match (a hash lookup and a copy per vector: 24 ms for
+What it replaced: ``reconstruct_batch`` of every match (a hash lookup and a copy per vector: 24 ms for
 8.5k matches) and ``IDSelectorBatch`` (a hash set built per query: 5 ms for 50k rowids).
-Thresholds come from ``python -m kb.benchmarks.search_scale`` at 100k and 1M chunks.
+Thresholds come from measurements at 100k and 1M chunks (``python -m kb.benchmarks.search_scale``):
+at 1M, HNSW with a filter keeps recall@10 0.95-0.98 from 1.6% to 92% selectivity at efSearch 192-1024,
+but only ~0.4-0.6 at 0.2%, where the exact path answers.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import math
 import faiss
 import numpy as np
 
-EXACT_MATCHES_MAX = 5_000
-EXACT_SELECTIVITY_MAX = 0.01
+EXACT_MATCHES_MAX = 8_000
 FULL_EF_SELECTIVITY = 0.1  # below it efSearch grows as 1 / selectivity
 MAX_EF = 1024
 
@@ -91,16 +94,30 @@ class FilteredSearch:
         if positions.size == 0 or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         k = min(k, int(positions.size))
+        if not self.hnsw or positions.size <= EXACT_MATCHES_MAX:
+            return self._exact(query, k, positions)
+        selectivity = positions.size / max(1, self.ntotal)
         bitmap = self._bitmap(positions)
         selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
-        selectivity = positions.size / max(1, self.ntotal)
-        if not self.hnsw or positions.size <= EXACT_MATCHES_MAX or selectivity <= EXACT_SELECTIVITY_MAX:
-            params = faiss.SearchParameters(sel=selector)
-            scores, labels = self.flat.search(query, k, params=params)
-        else:
-            ef = min(MAX_EF, max(ef_search, k, math.ceil(ef_search * FULL_EF_SELECTIVITY / selectivity)))
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-            scores, labels = self.inner.search(query, k, params=params)
+        ef = min(MAX_EF, max(ef_search, k, math.ceil(ef_search * FULL_EF_SELECTIVITY / selectivity)))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        scores, labels = self.inner.search(query, k, params=params)
         del bitmap  # kept alive until here: the selector points into it
         keep = labels[0] >= 0
         return scores[0][keep], self.rowids[labels[0][keep]]
+
+    def _exact(self, query: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inner products with exactly the rows at ``positions`` (faiss reads them in place), best k, ties by
+        rowid."""
+        labels = np.ascontiguousarray(positions, dtype=np.int64).reshape(1, -1)
+        scores = np.empty(labels.shape, dtype=np.float32)
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        self.flat.compute_distance_subset(1, faiss.swig_ptr(query), labels.shape[1], faiss.swig_ptr(scores),
+                                          faiss.swig_ptr(labels))
+        scores, rowids = scores[0], self.rowids[labels[0]]
+        if scores.size > k:
+            kth = np.partition(scores, scores.size - k)[scores.size - k]
+            chosen = np.flatnonzero(scores >= kth)  # everything tied with the k-th: the rowid tie-break is exact
+            scores, rowids = scores[chosen], rowids[chosen]
+        order = np.lexsort((rowids, -scores))[:k]
+        return scores[order], rowids[order]

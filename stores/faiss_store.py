@@ -107,7 +107,7 @@ def index_settings(settings: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInputError(f"unknown FAISS index type {raw.get('type')!r}; choose one of {INDEX_TYPES}")
     out = {"type": kind}
     if kind == "HNSW":
-        for key, default in (("m", 32), ("ef_construction", 200), ("ef_search", 128)):
+        for key, default in (("m", 32), ("ef_construction", 200), ("ef_search", 192)):
             value = raw.get(key, default)
             if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 4096:
                 raise InvalidInputError(f"FAISS HNSW setting {key!r} must be an integer in [2, 4096]")

