@@ -66,8 +66,19 @@ def _subtypes(name: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def _without_nulls(value: Any) -> Any:
+    """Swagger 2.0 tools read a null property as an absent one (the published examples send
+    ``"minimumCoverage": null``); JSON Schema would not."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def errors(name: str, schema: dict[str, Any], instance: Any) -> list[str]:
     """Every violation of ``schema`` (which may ``$ref`` the file's definitions) by ``instance``."""
+    instance = _without_nulls(instance)
     definitions = _definitions(name)
     validator = Draft4Validator({**_open_enums(schema), "definitions": definitions})
     found = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(instance)]
