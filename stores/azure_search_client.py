@@ -34,6 +34,14 @@ class AzureSearchConnection:
     """One knowledge bank's index on one Azure AI Search service."""
 
     def __init__(self, connection: dict[str, Any], index: str, kb_id: str) -> None:
+        if not connection:
+            raise InvalidInputError("an AZURE_AI_SEARCH knowledge bank needs a store connection: create one with "
+                                    "client.create_connection(name, 'azure-ai-search', {'endpoint': ..., "
+                                    "'api_key': ...}) and create the knowledge bank with settings={'connection': "
+                                    "name}")
+        if connection.get("type") not in (None, "azure-ai-search"):
+            raise InvalidInputError(f"an AZURE_AI_SEARCH knowledge bank needs an 'azure-ai-search' connection, "
+                                    f"not {connection.get('type')!r}")
         endpoint = connection.get("endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise InvalidInputError("an AZURE_AI_SEARCH knowledge bank needs a connection with an 'endpoint' "

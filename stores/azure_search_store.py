@@ -278,7 +278,7 @@ class AzureView(StoreReader):
         candidates = max(k, int(request.candidates or 50))
         options: dict[str, Any] = {"search_text": escape_text(request.query or ""), "search_fields": ["text"],
                                    "vector_queries": [self._vector_query(query_vector(), candidates)],
-                                   "filter": odata, "top": k, "select": self._select(False)}
+                                   "filter": odata, "top": k, "select": ["key", *self._select(False)]}
         semantic = request.search_type == "semantic_hybrid"
         if semantic:
             options.update(query_type="semantic", semantic_configuration_name=SEMANTIC_CONFIGURATION,
@@ -302,15 +302,10 @@ class AzureView(StoreReader):
                 metadata[CAPTIONS_KEY] = [{"text": getattr(c, "text", None), "highlights": getattr(c, "highlights",
                                                                                                    None)}
                                           for c in captions]
-                key = physical_key_of(item)
-                if key in by_key:
-                    metadata[ANSWERS_KEY] = by_key[key]
+                if item.get("key") in by_key:  # answers name the document by its key
+                    metadata[ANSWERS_KEY] = by_key[item["key"]]
             results.append(SearchResult(record.id, record.text, metadata, score, scores))
         return results
-
-
-def physical_key_of(item: dict[str, Any]) -> str:
-    return str(item.get("key", ""))
 
 
 class AzureTransaction(DelegatingReader, StoreTransaction):

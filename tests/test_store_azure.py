@@ -7,18 +7,25 @@ request and response against Microsoft's published OpenAPI description (tests/su
 from __future__ import annotations
 
 import itertools
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+import kb
+from kb.errors import StoreError, StoreUnavailableError
 from kb.filters import Comparison, Filter, Not
 from stores.azure_search_filters import EXACT_INT
 from stores.azure_search_store import AzureSearchStore
-from stores.base import StoreContext
-from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory
+from stores.base import Record, StoreContext
+from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
+from tests.conftest import FAKE_MODEL_ID
 from tests.support.azure_search_emulator import AzureSearchEmulator
+from tests.support.openai_embeddings_server import free_port
 
 _ids = itertools.count()
 
@@ -54,3 +61,143 @@ class TestAzureSearchConformance(StoreConformanceSuite):
     def store_factory(self, tmp_path: Path, emulator: AzureSearchEmulator) -> StoreFactory:
         kb_id = f"conf{next(_ids)}"
         return lambda: AzureSearchStore(StoreContext(kb_id, tmp_path, connection=connection(emulator)))
+
+
+# --- faults: throttling, unavailability, partial batches, an unreachable endpoint ------------------------------
+
+
+def _requests_since(emulator: AzureSearchEmulator, start: int, route: str) -> list[int]:
+    return [r["status"] for r in emulator.requests()[start:] if r["route"] == route]
+
+
+def _store(tmp_path: Path, emulator: AzureSearchEmulator, **extra: Any) -> AzureSearchStore:
+    return AzureSearchStore(StoreContext(f"fault{next(_ids)}", tmp_path, connection=connection(emulator, **extra)))
+
+
+def test_throttling_is_retried_after_retry_after(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator)
+    start = len(emulator.requests())
+    emulator.fault(status=429, times=2, retry_after=1, route="batch")
+    started = time.monotonic()
+    store.upsert(records(5))
+    assert time.monotonic() - started >= 2.0  # the SDK waited the Retry-After of each 429
+    assert _requests_since(emulator, start, "batch")[:3] == [429, 429, 200]
+    assert store.count() == 5
+
+
+def test_unavailable_service_is_retried_then_reported(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator, retry_total=2)
+    store.upsert(records(3))
+    start = len(emulator.requests())
+    emulator.fault(status=503, times=2, route="search")
+    assert store.count() == 3  # two 503s, then an answer
+    assert _requests_since(emulator, start, "search")[:3] == [503, 503, 200]
+    emulator.fault(status=503, times=3, route="search")  # more than the retry policy allows
+    with pytest.raises(StoreUnavailableError, match="503"):
+        store.count()
+    assert store.count() == 3
+
+
+def test_partial_batch_failures_are_retried(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator)
+    start = len(emulator.requests())
+    emulator.fault(partial=2, times=1)
+    store.upsert(records(6))
+    assert _requests_since(emulator, start, "batch")[:2] == [207, 200]  # only the two failed documents again
+    assert sorted(store.ids_where(None)) == [f"doc-{i}" for i in range(6)]
+
+
+def test_partial_failures_that_persist_fail_the_write_and_leave_nothing(tmp_path: Path,
+                                                                        emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator, document_retries=1)
+    store.upsert(records(2))
+    emulator.fault(partial=1, times=2)
+    with pytest.raises(StoreError, match="rejected 1 of 3 documents"):
+        store.upsert(records(3, start=10))
+    assert sorted(store.ids_where(None)) == ["doc-0", "doc-1"]  # nothing of the failed write is visible
+    store.upsert(records(3, start=10))  # and the next writer writes it whole
+    assert store.count() == 5
+
+
+def test_batches_stay_within_the_service_limits(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator)
+    start = len(emulator.requests())
+    store.upsert([Record(f"d{i}", "x", {}, unit(i)) for i in range(2500)])
+    assert _requests_since(emulator, start, "batch") == [200, 200, 200]  # 1000 + 1000 + 500
+    assert store.count() == 2500
+    assert _batch_sizes([{"k": "x" * 900_000}] * 40) == [18, 18, 4]  # 16 MB per request
+
+
+def _batch_sizes(documents: list[dict[str, Any]]) -> list[int]:
+    from stores.azure_search_client import _batches
+
+    return [len(b) for b in _batches(documents)]
+
+
+def test_unreachable_endpoint_names_the_endpoint(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StoreUnavailableError, match=re.escape(endpoint)):
+        AzureSearchStore(StoreContext("gone", tmp_path, connection={"endpoint": endpoint, "api_key": "k",
+                                                                     "retry_total": 1, "retry_backoff_factor": 0.01}))
+
+
+# --- knowledge banks on Azure AI Search ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def az_client(client: kb.EmbeddedClient, emulator: AzureSearchEmulator) -> kb.EmbeddedClient:
+    client.create_connection("az", "azure-ai-search", connection(emulator), replace=True)
+    return client
+
+
+def _azure_core(client: kb.EmbeddedClient, name: str) -> Any:
+    return client.get_default_project().create_knowledge_bank(
+        name, embedding_llm_id=FAKE_MODEL_ID, vector_store_type="AZURE_AI_SEARCH",
+        settings={"connection": "az"}).as_core_knowledge_bank()
+
+
+TEXTS = ["espresso coffee crema", "coffee beans roasted slowly", "marathon runners train daily",
+         "solar panels make power", "how coffee beans are roasted: slowly, in a drum"]
+
+
+def test_search_types_on_an_azure_knowledge_bank(az_client: kb.EmbeddedClient, emulator: AzureSearchEmulator) -> None:
+    core = _azure_core(az_client, "az-search")
+    start = len(emulator.requests())
+    core.as_langchain_vectorstore().add_texts(TEXTS, metadatas=[{"n": i, "kind": "drink" if i in (0, 1, 4) else "x"}
+                                                                for i in range(5)], ids=[f"t{i}" for i in range(5)])
+    for search_type in ("similarity", "mmr", "keyword", "hybrid", "semantic_hybrid"):
+        assert len(core.search(query="coffee", k=2, search_type=search_type)) == 2, search_type
+    assert {r.id for r in core.search(query="coffee", k=5, search_type="keyword")} == {"t0", "t1", "t4"}
+    hybrid = core.search(query="roasted coffee beans", k=3, search_type="hybrid", filter={"kind": "drink"})
+    assert {r.id for r in hybrid} <= {"t0", "t1", "t4"} and set(hybrid[0].scores) == {"fused"}
+    semantic = core.search(query="how are coffee beans roasted", k=3, search_type="semantic_hybrid")
+    assert semantic[0].id == "t4" and semantic[0].scores["rerank"] >= semantic[1].scores["rerank"]
+    assert "<em>roasted</em>" in semantic[0].metadata["KB_SEMANTIC_CAPTIONS"][0]["highlights"]
+    assert semantic[0].metadata["KB_SEMANTIC_ANSWERS"][0]["text"]
+    with pytest.raises(kb.UnsupportedSearchError, match="diversity"):
+        core.search(query="coffee", k=2, search_type="hybrid", diversity=True)
+    searches = _requests_since(emulator, start, "search")
+    assert searches and set(searches) == {200}
+
+
+def test_knowledge_bank_index_lifecycle(az_client: kb.EmbeddedClient, emulator: AzureSearchEmulator) -> None:
+    project = az_client.get_default_project()
+    handle = project.create_knowledge_bank("az-life", embedding_llm_id=FAKE_MODEL_ID,
+                                           vector_store_type="AZURE_AI_SEARCH", settings={"connection": "az"})
+    index = handle.as_core_knowledge_bank().driver.index
+    assert index in _index_names(emulator)  # created with the knowledge bank
+    handle.delete()
+    assert index not in _index_names(emulator)  # and deleted with it
+
+
+def _index_names(emulator: AzureSearchEmulator) -> set[str]:
+    answer = httpx.get(f"{emulator.url}/indexes", params={"api-version": "2024-07-01"},
+                       headers={"api-key": emulator.api_key})
+    return {i["name"] for i in answer.json()["value"]}
+
+
+def test_azure_store_type_without_a_connection_is_a_clear_error(client: kb.EmbeddedClient) -> None:
+    with pytest.raises(kb.InvalidInputError, match="needs a store connection"):
+        client.get_default_project().create_knowledge_bank("az-none", embedding_llm_id=FAKE_MODEL_ID,
+                                                           vector_store_type="AZURE_AI_SEARCH")
+    assert [k for k in client.get_default_project().list_knowledge_banks()] == []
