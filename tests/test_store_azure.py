@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from langchain_community.vectorstores.azuresearch import AzureSearch
+from langchain_core.vectorstores import VectorStore
+from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import kb
 from kb.errors import StoreError, StoreUnavailableError
@@ -201,3 +204,51 @@ def test_azure_store_type_without_a_connection_is_a_clear_error(client: kb.Embed
         client.get_default_project().create_knowledge_bank("az-none", embedding_llm_id=FAKE_MODEL_ID,
                                                            vector_store_type="AZURE_AI_SEARCH")
     assert [k for k in client.get_default_project().list_knowledge_banks()] == []
+
+
+# --- LangChain: langchain-community's AzureSearch, routed through kb ------------------------------------------
+
+
+class TestAzureSearchWriterStandard(VectorStoreIntegrationTests):
+    """langchain-tests' suite on the AzureSearch instance a writer hands out (staged, read-your-writes)."""
+
+    @pytest.fixture
+    def vectorstore(self, az_client: kb.EmbeddedClient) -> Iterator[VectorStore]:
+        handle = az_client.get_default_project().create_knowledge_bank(
+            f"az-{next(_ids)}", embedding_llm_id=FAKE_MODEL_ID, vector_store_type="AZURE_AI_SEARCH",
+            settings={"connection": "az"})
+        with handle.as_core_knowledge_bank().get_writer() as writer:
+            store = writer.as_langchain_vectorstore()
+            assert isinstance(store, AzureSearch)
+            yield store
+
+
+class TestAzureSearchCoreStandard(VectorStoreIntegrationTests):
+    """The same suite on ``core.as_langchain_vectorstore()``: every write its own atomic commit."""
+
+    @pytest.fixture
+    def vectorstore(self, az_client: kb.EmbeddedClient) -> Iterator[VectorStore]:
+        store = _azure_core(az_client, f"az-{next(_ids)}").as_langchain_vectorstore()
+        assert isinstance(store, AzureSearch)
+        yield store
+
+
+def test_reference_calls_on_azure(az_client: kb.EmbeddedClient) -> None:
+    """The reference's Azure AI Search examples, call for call."""
+    core = _azure_core(az_client, "az-reference")
+    core.as_langchain_vectorstore().add_texts(TEXTS, ids=[f"t{i}" for i in range(5)])
+    query = "how are coffee beans roasted"
+    for search_type in ("similarity", "hybrid", "semantic_hybrid"):
+        assert len(core.as_langchain_retriever(search_type=search_type).invoke(query)) == 4
+        assert len(core.as_langchain_vectorstore().as_retriever(search_type=search_type).invoke(query)) == 4
+    vs = core.as_langchain_vectorstore()
+    assert len(vs.similarity_search(query)) == 4
+    assert {d.id for d in vs.hybrid_search(query, k=5)} == {f"t{i}" for i in range(5)}
+    semantic = vs.semantic_hybrid_search(query, k=3)
+    assert semantic[0].id == "t4" and semantic[0].metadata["KB_SEMANTIC_CAPTIONS"]
+    [(doc, score, rerank)] = vs.semantic_hybrid_search_with_score_and_rerank(query, k=1)
+    assert doc.id == "t4" and 0 < score < 1 and rerank == pytest.approx(4.0)
+    assert [d.id for d in vs.similarity_search(query, k=2, search_type="semantic_hybrid")][0] == "t4"
+    assert len(core.as_langchain_retriever(search_type="mmr", search_kwargs={"k": 2}).invoke(query)) == 2
+    with pytest.raises(kb.InvalidInputError, match="OData"):
+        vs.hybrid_search(query, filters="kb_gen ge 0")
