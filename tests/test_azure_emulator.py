@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.azure_search import spec
 from tests.support.azure_search_emulator import AzureSearchEmulator
+from tests.test_search_quality import rerank_server  # noqa: F401, F811 - the HTTP reranker fixture
 
 EXAMPLES = spec.SPEC_DIR / "examples"
 ROUTE_OF = {"SearchIndexSearchDocumentsPost": ("POST", "search"),
@@ -172,3 +173,23 @@ def test_spec_files_carry_their_notice() -> None:
     notice = (spec.SPEC_DIR / "NOTICE").read_text()
     assert "Azure/azure-rest-api-specs" in notice and "MIT" in notice
     assert Path(spec.SPEC_DIR / "examples" / "SOURCES").exists()
+
+
+def test_the_semantic_ranker_is_configurable(tmp_path: Path, rerank_server: str) -> None:  # noqa: F811
+    """The default local ranker scores query-term coverage; an HTTP reranker (here: term density) replaces it."""
+    docs = [{"@search.action": "upload", "hotelId": "short", "content": "coffee"},
+            {"@search.action": "upload", "hotelId": "long", "content": "coffee beans are roasted in a drum for hours"}]
+    request = {"search": "coffee beans", "queryType": "semantic", "semanticConfiguration": "my-semantic-config"}
+    orders = []
+    for reranker_url in (None, rerank_server):
+        server = AzureSearchEmulator(tmp_path, reranker_url=reranker_url).start()
+        try:
+            service = Service(server)
+            service.create_index("ranked", HOTEL_FIELDS, key="hotelId")
+            service.http.post("/indexes('ranked')/docs/search.index", json={"value": docs}).raise_for_status()
+            answer = service.http.post("/indexes('ranked')/docs/search.post.search", json=request).json()
+            orders.append([r["hotelId"] for r in answer["value"]])
+            assert server.violations() == []
+        finally:
+            server.stop()
+    assert orders == [["long", "short"], ["short", "long"]]

@@ -25,6 +25,7 @@ from kb.filters import Comparison, Filter, Not
 from stores.azure_search_filters import EXACT_INT
 from stores.azure_search_store import AzureSearchStore
 from stores.base import Record, StoreContext
+from stores.generations import NEVER
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
 from tests.conftest import FAKE_MODEL_ID
 from tests.support.azure_search_emulator import AzureSearchEmulator
@@ -252,3 +253,29 @@ def test_reference_calls_on_azure(az_client: kb.EmbeddedClient) -> None:
     assert len(core.as_langchain_retriever(search_type="mmr", search_kwargs={"k": 2}).invoke(query)) == 2
     with pytest.raises(kb.InvalidInputError, match="OData"):
         vs.hybrid_search(query, filters="kb_gen ge 0")
+
+
+def _raw_count(emulator: AzureSearchEmulator, index: str, odata: str) -> int:
+    answer = httpx.post(f"{emulator.url}/indexes('{index}')/docs/search.post.search",
+                        params={"api-version": "2024-07-01"}, headers={"api-key": emulator.api_key},
+                        json={"search": "*", "filter": odata, "count": True, "top": 0})
+    return int(answer.json()["@odata.count"])
+
+
+def test_a_dead_writer_leaves_nothing_visible_and_the_next_writer_cleans_up(tmp_path: Path,
+                                                                            emulator: AzureSearchEmulator) -> None:
+    context = StoreContext(f"crash{next(_ids)}", tmp_path, connection=connection(emulator))
+    store = AzureSearchStore(context)
+    store.upsert(records(3))  # generation 1
+    tx = store.begin()
+    tx.upsert(records(2, start=10))
+    tx.delete(["doc-0"])
+    tx.write.close()  # the process dies: no commit, no rollback; the kernel drops the writer lock
+    assert sorted(store.ids_where(None)) == ["doc-0", "doc-1", "doc-2"]
+    leftovers = f"kb_gen gt 1 or (kb_del gt 1 and kb_del lt {NEVER})"
+    assert _raw_count(emulator, store.index, leftovers) == 3  # two new documents and one deletion mark
+    restarted = AzureSearchStore(context)  # another process opens the knowledge bank and writes
+    with restarted.begin() as write:
+        write.upsert(records(1, start=20))
+    assert _raw_count(emulator, store.index, "kb_gen gt 2 or kb_del lt " + str(NEVER)) == 0
+    assert sorted(restarted.ids_where(None)) == ["doc-0", "doc-1", "doc-2", "doc-20"]
