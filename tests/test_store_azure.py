@@ -279,3 +279,23 @@ def test_a_dead_writer_leaves_nothing_visible_and_the_next_writer_cleans_up(tmp_
         write.upsert(records(1, start=20))
     assert _raw_count(emulator, store.index, "kb_gen gt 2 or kb_del lt " + str(NEVER)) == 0
     assert sorted(restarted.ids_where(None)) == ["doc-0", "doc-1", "doc-2", "doc-20"]
+
+
+def test_awkward_keys_and_values_filter_exactly(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    """Quotes, delimiters, unicode, keys that are not identifiers (hashed field names), long $in lists."""
+    from kb.filters import matches, parse_filter
+
+    metadata = [{"who": "O'Brien", "a.b c": 1, "tag": "x|y"}, {"who": "Zoë", "a.b c": 2.5, "tag": "x,y~^"},
+                {"who": "o'brien", "a.b c": True, "tag": "plain"}, {"who": "", "tag": " padded "}]
+    store = _store(tmp_path, emulator)
+    store.upsert([Record(f"r{i}", "t", m, unit(i)) for i, m in enumerate(metadata)])
+    filters = [{"who": "O'Brien"}, {"who": {"$in": ["O'Brien", "Zoë", ""]}}, {"tag": {"$in": ["x|y", "x,y~^"]}},
+               {"tag": {"$nin": [" padded ", "plain"]}}, {"a.b c": {"$gte": 1}}, {"a.b c": True},
+               {"who": {"$gt": "O"}}, {"$not": {"a.b c": {"$in": [1, 2.5, True]}}}, {"missing": {"$ne": 3}},
+               {"who": {"$in": [f"v{i}" for i in range(500)] + ["Zoë"]}}]
+    for raw in filters:
+        flt = parse_filter(raw)
+        expected = sorted(f"r{i}" for i, m in enumerate(metadata) if matches(flt, m))
+        assert sorted(store.ids_where(flt)) == expected, raw
+    with pytest.raises(kb.FilterError, match="2\\*\\*53"):
+        store.count(parse_filter({"a.b c": 2**60}))
