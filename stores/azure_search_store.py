@@ -267,8 +267,12 @@ class AzureView(StoreReader):
                              ) -> list[Any]:
         """hybrid: text and vector in one request, fused by the service (RRF); semantic_hybrid: the same,
         reranked by the service's semantic ranker, with its captions and answers in the results' metadata."""
+        from kb.errors import UnsupportedSearchError
         from kb.search import SearchResult
 
+        if request.fusion is not None or request.fusion_weight is not None or request.normalisation is not None:
+            raise UnsupportedSearchError("Azure AI Search fuses hybrid results itself (reciprocal rank fusion): "
+                                         "fusion, fusion_weight and normalisation do not apply")
         odata = self._filter(flt)
         if odata is None or self._dim is None:
             return []

@@ -180,6 +180,8 @@ def test_search_types_on_an_azure_knowledge_bank(az_client: kb.EmbeddedClient, e
     assert semantic[0].metadata["KB_SEMANTIC_ANSWERS"][0]["text"]
     with pytest.raises(kb.UnsupportedSearchError, match="diversity"):
         core.search(query="coffee", k=2, search_type="hybrid", diversity=True)
+    with pytest.raises(kb.UnsupportedSearchError, match="fuses hybrid results itself"):
+        core.search(query="coffee", k=2, search_type="hybrid", fusion="linear")
     searches = _requests_since(emulator, start, "search")
     assert searches and set(searches) == {200}
 
