@@ -14,7 +14,7 @@ from kb.custom_models import LangChainEmbeddingModel
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.server import ADMIN_KEY, KBServer
 from tests.test_snapshot import RefusingEmbeddings, _search_all
-from writers.snapshot import export_knowledge_bank, import_knowledge_bank
+from writers.snapshot import export_knowledge_bank, import_knowledge_bank, main_export, main_import
 
 TEXTS = ["espresso coffee crema", "coffee beans roasted slowly", "marathon runners train daily",
          "solar panels make power", "how coffee beans are roasted: slowly, in a drum"]
@@ -121,5 +121,41 @@ def test_export_import_faiss_azure_faiss(tmp_path: Path) -> None:
         assert json.dumps(back.get_settings().get_metadata_schema()) == json.dumps({"n": "int", "tag": "string"})
         assert emulator.violations() == []
         client.close()
+    finally:
+        emulator.stop()
+
+
+def test_kb_export_and_kb_import_commands_through_azure(tmp_path: Path) -> None:
+    emulator = AzureSearchEmulator(tmp_path / "emulator").start()
+    home = tmp_path / "home"
+    try:
+        client = kb.api_client(home=home)
+        client.create_connection("az", "azure-ai-search", _azure_connection(emulator))
+        core = client.get_default_project().create_knowledge_bank("cli").as_core_knowledge_bank()
+        rng = np.random.default_rng(1)
+        vectors = rng.normal(size=(40, 384)).astype(np.float32)
+        core.write_texts([f"t{i}" for i in range(40)], [{"i": i} for i in range(40)], [f"d{i}" for i in range(40)],
+                         vectors=vectors)
+        queries = [rng.normal(size=384).astype(np.float32) for _ in range(5)]
+        expected = _search_all(core, queries)
+        client.close()
+
+        def names() -> dict[str, str]:
+            listing = kb.api_client(home=home).get_default_project().list_knowledge_banks()
+            return {item.name: item.to_knowledge_bank().id for item in listing}
+
+        assert main_export([str(tmp_path / "a.parquet"), "--kb", core.id, "--home", str(home)]) == 0
+        assert main_import([str(tmp_path / "a.parquet"), "--name", "on-azure", "--store", "AZURE_AI_SEARCH",
+                            "--connection", "az", "--home", str(home)]) == 0
+        assert main_export([str(tmp_path / "b.parquet"), "--kb", names()["on-azure"], "--home", str(home)]) == 0
+        assert main_import([str(tmp_path / "b.parquet"), "--name", "back", "--store", "FAISS",
+                            "--home", str(home)]) == 0
+        again = kb.api_client(home=home).get_default_project()
+        on_azure = again.get_knowledge_bank(names()["on-azure"]).as_core_knowledge_bank()
+        back = again.get_knowledge_bank(names()["back"]).as_core_knowledge_bank()
+        assert on_azure.driver.store_type == "AZURE_AI_SEARCH" and back.driver.store_type == "FAISS"
+        assert _search_all(on_azure, queries) == expected
+        assert _search_all(back, queries) == expected
+        assert emulator.violations() == []
     finally:
         emulator.stop()
