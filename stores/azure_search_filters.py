@@ -41,6 +41,16 @@ def field_name(key: str, kind: str) -> str:
     return f"mh{hashlib.sha1(key.encode()).hexdigest()[:32]}_{kind}"
 
 
+SCHEMA_KINDS = {"string": "s", "date": "s", "int": "n", "float": "n", "bool": "b"}
+EDM_TYPES = {"s": "Edm.String", "n": "Edm.Double", "b": "Edm.Boolean"}
+
+
+def schema_fields(schema: dict[str, str]) -> dict[str, str]:
+    """Typed fields (name -> EDM type) for a metadata schema's keys, created with the index."""
+    return {field_name(key, SCHEMA_KINDS[kind]): EDM_TYPES[SCHEMA_KINDS[kind]]
+            for key, kind in schema.items() if kind in SCHEMA_KINDS}
+
+
 def literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -10,8 +10,9 @@ Index ``<index_prefix>kb-<id>``: ``key`` (``<gen>-<sha256 of the kb id>``: Azure
 digits, ``_ - =``), ``kb_id``, ``kb_gen``/``kb_del`` (the generation scheme), ``text`` (searchable),
 ``meta_json`` (the original metadata, whole), ``vector`` (Collection(Edm.Single), HNSW cosine profile) and
 typed filterable fields per metadata key and value kind (azure_search_filters.py). The index is created
-with the knowledge bank; the vector field is added by the first write (the dimension is known then),
-typed fields as keys appear (Azure lets an index gain fields, never change them).
+with the knowledge bank, with typed fields for the keys its metadata schema declares; the vector field
+is added by the first write (the dimension is known then), other typed fields as keys appear (Azure
+lets an index gain fields, never change them).
 
 Azure AI Search indexes asynchronously (about a second on a live service), so a commit waits until the
 service's searches see every document and deletion mark of the new generation before it flips the commit
@@ -26,6 +27,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import numpy as np
 
 from kb.filters import Filter
 from stores.azure_search_client import SEMANTIC_CONFIGURATION, AzureSearchConnection
-from stores.azure_search_filters import field_name, literal, to_odata
+from stores.azure_search_filters import field_name, literal, schema_fields, to_odata
 from stores.base import (
     Capabilities,
     DelegatingReader,
@@ -90,7 +92,7 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
         self.ledger = GenerationLedger(self.dir, "azure-meta.sqlite", context.kb_id)
         if self.ledger.meta("index") != self.index:  # created with the knowledge bank, once
             generation, dim = self.ledger.committed()
-            self.service.ensure_index(dim)
+            self.service.ensure_index(dim, schema_fields(context.metadata_schema))
             self.ledger.set_meta("index", self.index)
 
     def _view(self) -> AzureView:
@@ -115,12 +117,24 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
         return AzureTransaction(self, self.ledger.begin(timeout, prepare))
 
     def keys_where(self, odata: str) -> Iterator[list[str]]:
-        """Pages of keys matching a raw OData filter (each page is re-queried: callers change what matches)."""
+        """Pages of keys matching a raw OData filter (each page is re-queried: callers change what matches).
+
+        A live service indexes asynchronously, so a page may repeat keys just handled; only new keys are
+        yielded, and a page of nothing new ends the walk after a few short waits."""
+        seen: set[str] = set()
+        stale = 0
         while True:
             items, _, _ = self.service.search(search_text="*", filter=odata, top=PAGE, select=["key"])
-            if not items:
+            fresh = [item["key"] for item in items if item["key"] not in seen]
+            if not items or (not fresh and stale >= 10):
                 return
-            yield [item["key"] for item in items]
+            if not fresh:
+                stale += 1
+                time.sleep(0.2)
+                continue
+            stale = 0
+            seen.update(fresh)
+            yield fresh
 
     def clean_leftovers(self, committed: int) -> None:
         """Remove documents of uncommitted generations and undo uncommitted deletion marks."""

@@ -12,13 +12,12 @@ import numpy as np
 
 from kb.errors import KBError, StoreError, WriterClosedError
 from kb.filters import Filter
-from stores.azure_search_filters import field_name, kind_of, typed_value
+from stores.azure_search_filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search_store import AzureSearchStore, AzureView, physical_key
 from stores.base import DelegatingReader, Record, StoreTransaction, check_records, metadata_json, normalise
 from stores.generations import NEVER, LedgerWrite
 
 log = logging.getLogger(__name__)
-_EDM = {"s": "Edm.String", "n": "Edm.Double", "b": "Edm.Boolean"}
 
 
 class AzureTransaction(DelegatingReader, StoreTransaction):
@@ -64,7 +63,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
                 if isinstance(value, bool | int | float | str) and not (isinstance(value, float) and
                                                                          not np.isfinite(value)):
                     name = field_name(str(key), kind_of(value))
-                    typed[name] = _EDM[kind_of(value)]
+                    typed[name] = EDM_TYPES[kind_of(value)]
                     fields[name] = typed_value(value)
             documents.append((record, metadata_json(record), fields))
         self.store.service.ensure_index(dim, typed)

@@ -188,10 +188,18 @@ def test_search_types_on_an_azure_knowledge_bank(az_client: kb.EmbeddedClient, e
 
 def test_knowledge_bank_index_lifecycle(az_client: kb.EmbeddedClient, emulator: AzureSearchEmulator) -> None:
     project = az_client.get_default_project()
+    schema = {"source": "string", "year": "int", "ok": "bool", "day": "date"}
     handle = project.create_knowledge_bank("az-life", embedding_llm_id=FAKE_MODEL_ID,
-                                           vector_store_type="AZURE_AI_SEARCH", settings={"connection": "az"})
+                                           vector_store_type="AZURE_AI_SEARCH",
+                                           settings={"connection": "az", "metadata_schema": schema})
     index = handle.as_core_knowledge_bank().driver.index
     assert index in _index_names(emulator)  # created with the knowledge bank
+    definition = httpx.get(f"{emulator.url}/indexes('{index}')", params={"api-version": "2024-07-01"},
+                           headers={"api-key": emulator.api_key}).json()
+    fields = {f["name"]: f for f in definition["fields"]}
+    assert {n: fields[n]["type"] for n in ("m_source_s", "m_year_n", "m_ok_b", "m_day_s")} == {
+        "m_source_s": "Edm.String", "m_year_n": "Edm.Double", "m_ok_b": "Edm.Boolean", "m_day_s": "Edm.String"}
+    assert fields["m_year_n"]["filterable"] and "vector" not in fields  # the vector field comes with a dimension
     handle.delete()
     assert index not in _index_names(emulator)  # and deleted with it
 
