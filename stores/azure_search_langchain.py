@@ -15,6 +15,8 @@ from typing import Any
 
 from langchain_community.vectorstores.azuresearch import AzureSearch
 from langchain_core.documents import Document
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.vectorstores import VectorStore
 
 from kb.errors import InvalidInputError, UnsupportedSearchError
 from kb.langchain_vectorstore import KBVectorStoreMixin, to_document
@@ -97,3 +99,73 @@ class KBAzureSearch(KBVectorStoreMixin, AzureSearch):
     def hybrid_max_marginal_relevance_search_with_score(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsupportedSearchError("the diversity option (mmr) cannot combine with hybrid search; "
                                      "use search_type='mmr' or plain hybrid")
+
+    # --- the rest of AzureSearch's API, through kb (async variants run the sync call in an executor) -----------
+
+    def similarity_search_with_relevance_scores(self, query: str, k: int = 4,  # type: ignore[override]
+                                                **kwargs: Any) -> list[tuple[Document, float]]:
+        return VectorStore.similarity_search_with_relevance_scores(self, query, k, **_no_odata(kwargs))
+
+    def max_marginal_relevance_search_with_score(self, query: str, k: int = 4, fetch_k: int = 20,
+                                                 lambda_mult: float = 0.5, filter: dict | None = None,
+                                                 **kwargs: Any) -> list[tuple[Document, float]]:
+        _no_odata(kwargs)
+        return self._with_scores(query=query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, filter=filter,
+                                 search_type="mmr")
+
+    def hybrid_search_with_relevance_scores(self, query: str, k: int = 4,  # type: ignore[override]
+                                            score_threshold: float | None = None, filter: dict | None = None,
+                                            **kwargs: Any) -> list[tuple[Document, float]]:
+        pairs = self.hybrid_search_with_score(query, k, filter, **kwargs)
+        return [(d, s) for d, s in pairs if score_threshold is None or s >= score_threshold]
+
+    def _simple_search(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedSearchError("raw Azure AI Search queries would bypass the knowledge bank; use kb's search "
+                                     "types")
+
+    _asimple_search = _simple_search
+
+    async def aadd_embeddings(self, text_embeddings: Any, metadatas: list[dict] | None = None,  # type: ignore[override]
+                              ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        return await run_in_executor(None, self.add_embeddings, list(text_embeddings), metadatas, ids)
+
+    async def asimilarity_search_with_relevance_scores(self, query: str, k: int = 4,  # type: ignore[override]
+                                                       **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.similarity_search_with_relevance_scores, query, k, **kwargs)
+
+    async def avector_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return await run_in_executor(None, self.vector_search, query, k, **kwargs)
+
+    async def avector_search_with_score(self, query: str, k: int = 4,  # type: ignore[override]
+                                        **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.vector_search_with_score, query, k, **kwargs)
+
+    async def amax_marginal_relevance_search_with_score(self, query: str, k: int = 4,  # type: ignore[override]
+                                                        **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.max_marginal_relevance_search_with_score, query, k, **kwargs)
+
+    async def ahybrid_search_with_score(self, query: str, k: int = 4,  # type: ignore[override]
+                                        **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.hybrid_search_with_score, query, k, **kwargs)
+
+    async def ahybrid_search_with_relevance_scores(self, query: str, k: int = 4,  # type: ignore[override]
+                                                   **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.hybrid_search_with_relevance_scores, query, k, **kwargs)
+
+    async def ahybrid_max_marginal_relevance_search_with_score(self, *args: Any, **kwargs: Any) -> Any:
+        return self.hybrid_max_marginal_relevance_search_with_score(*args, **kwargs)
+
+    async def asemantic_hybrid_search_with_score(self, query: str, k: int = 4,  # type: ignore[override]
+                                                 **kwargs: Any) -> list[tuple[Document, float]]:
+        return await run_in_executor(None, self.semantic_hybrid_search_with_score, query, k, **kwargs)
+
+    async def asemantic_hybrid_search_with_score_and_rerank(  # type: ignore[override]
+            self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float, float]]:
+        return await run_in_executor(None, self.semantic_hybrid_search_with_score_and_rerank, query, k, **kwargs)
+
+    @classmethod
+    def from_embeddings(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        raise InvalidInputError("create an AZURE_AI_SEARCH knowledge bank and use its as_langchain_vectorstore()")
+
+    afrom_texts = from_embeddings  # type: ignore[assignment]
+    afrom_embeddings = from_embeddings  # type: ignore[assignment]

@@ -6,6 +6,7 @@ request and response against Microsoft's published OpenAPI description (tests/su
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -263,6 +264,14 @@ def test_reference_calls_on_azure(az_client: kb.EmbeddedClient) -> None:
     assert len(core.as_langchain_retriever(search_type="mmr", search_kwargs={"k": 2}).invoke(query)) == 2
     with pytest.raises(kb.InvalidInputError, match="OData"):
         vs.hybrid_search(query, filters="kb_gen ge 0")
+    hybrid = [d.id for d, _ in vs.hybrid_search_with_score(query, k=3)]
+    assert [d.id for d, _ in asyncio.run(vs.ahybrid_search_with_score(query, k=3))] == hybrid
+    assert [d.id for d, _, _ in asyncio.run(vs.asemantic_hybrid_search_with_score_and_rerank(query, k=1))] == ["t4"]
+    assert len(asyncio.run(vs.avector_search(query, k=3))) == 3
+    assert len(vs.similarity_search_with_relevance_scores(query, k=3)) == 3
+    assert len(vs.max_marginal_relevance_search_with_score(query, k=2, fetch_k=5)) == 2
+    with pytest.raises(kb.UnsupportedSearchError, match="diversity"):
+        vs.hybrid_max_marginal_relevance_search_with_score(query, k=2)
 
 
 def _raw_count(emulator: AzureSearchEmulator, index: str, odata: str) -> int:
