@@ -6,8 +6,8 @@ Files: this module (driver, reads), azure_search_writer.py (the transaction), az
 azure_search_langchain.py (LangChain's ``AzureSearch`` routed through kb), generations.py (the scheme
 shared with Chroma and Elasticsearch).
 
-Index ``<index_prefix>kb-<id>``: ``key`` (``<gen>-<sha256 of the kb id>``: Azure keys allow only letters,
-digits, ``_ - =``), ``kb_id``, ``kb_gen``/``kb_del`` (the generation scheme), ``text`` (searchable),
+Index ``<index_prefix>kb-<id>-<hash of the id>``: ``key`` (``<gen>-<sha256 of the kb id>``: Azure keys
+allow only letters, digits, ``_ - =``), ``kb_id``, ``kb_gen``/``kb_del`` (the generation scheme), ``text`` (searchable),
 ``meta_json`` (the original metadata, whole), ``vector`` (Collection(Edm.Single), HNSW cosine profile) and
 typed filterable fields per metadata key and value kind (azure_search_filters.py). The index is created
 with the knowledge bank, with typed fields for the keys its metadata schema declares; the vector field
@@ -59,10 +59,12 @@ ANSWERS_KEY = "KB_SEMANTIC_ANSWERS"
 
 
 def index_name(prefix: str, kb_id: str) -> str:
-    """Azure index names: lower-case letters, digits and single dashes, 2-128 characters."""
+    """``<prefix>kb-<id>-<hash>``: Azure index names are lower-case letters, digits and single dashes (2-128
+    characters), so the id is folded, and a hash of the exact id keeps ids that fold alike apart."""
+    suffix = hashlib.sha256(kb_id.encode()).hexdigest()[:8]
     name = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}kb-{kb_id}".lower())
-    name = re.sub(r"-{2,}", "-", name).strip("-")[:128].strip("-")
-    return name if len(name) >= 2 else f"kb-{name}"
+    name = re.sub(r"-{2,}", "-", name).strip("-")[:118].strip("-")
+    return f"{name}-{suffix}"
 
 
 def physical_key(generation: int, kb_id: str) -> str:
@@ -107,6 +109,7 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
 
     def begin(self, timeout: float = 30.0) -> StoreTransaction:
         from stores.azure_search_writer import AzureTransaction  # the writer imports this module
+
         def prepare(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'dirty'").fetchone()
             if row and row[0] == "1":  # a writer died, or could not clean up: undo what it left

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.errors import KBError, StoreError, WriterClosedError
+from kb.errors import InvalidInputError, KBError, StoreError, WriterClosedError
 from kb.filters import Filter
 from stores.azure_search_filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search_store import AzureSearchStore, AzureView, physical_key
@@ -18,6 +18,7 @@ from stores.base import DelegatingReader, Record, StoreTransaction, check_record
 from stores.generations import NEVER, LedgerWrite
 
 log = logging.getLogger(__name__)
+MAX_FILTERABLE_BYTES = 32766  # the service's limit for a filterable string value
 
 
 class AzureTransaction(DelegatingReader, StoreTransaction):
@@ -27,6 +28,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self._written: set[str] = set()  # physical keys this transaction wrote and still holds
         self._marked: set[str] = set()  # older physical keys it marked retired
+        self._failed: BaseException | None = None  # a remote write failed: the transaction can only roll back
 
     def _view(self) -> AzureView:
         if not self._open:
@@ -41,14 +43,22 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
                              ) -> list[Any]:
         return self._view().native_hybrid_search(request, flt, query_vector)
 
+    def _send(self, action: str, documents: list[dict[str, Any]]) -> None:
+        """A remote write; if it fails, part of it may have been applied, so this transaction cannot commit."""
+        try:
+            self.store.service.write(action, documents)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
     def _retire(self, ids: Sequence[str]) -> int:
         own, older = self.write.retire(ids)
         if own:
-            self.store.service.write("delete", [{"key": k} for k in own])
+            self._send("delete", [{"key": k} for k in own])
             self._written.difference_update(own)
         if older:
             self._marked.update(older)  # before the call: a call that fails may still have been applied
-            self.store.service.write("merge", [{"key": k, "kb_del": self.generation} for k in older])
+            self._send("merge", [{"key": k, "kb_del": self.generation} for k in older])
         return len(own) + len(older)
 
     def upsert(self, records: Sequence[Record]) -> None:
@@ -60,6 +70,10 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         for record in records:
             fields = {}
             for key, value in record.metadata.items():
+                if isinstance(value, str) and len(value.encode()) > MAX_FILTERABLE_BYTES:
+                    raise InvalidInputError(f"document {record.id!r}: metadata {key!r} is {len(value.encode())} bytes "
+                                            f"of UTF-8; Azure AI Search filterable strings hold at most "
+                                            f"{MAX_FILTERABLE_BYTES}")
                 if isinstance(value, bool | int | float | str) and not (isinstance(value, float) and
                                                                          not np.isfinite(value)):
                     name = field_name(str(key), kind_of(value))
@@ -73,7 +87,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
                     "kb_del": NEVER, "text": r.text, "meta_json": meta, "vector": [float(x) for x in v], **fields}
                    for (r, meta, fields), v in zip(documents, vectors, strict=True)]
         self._written.update(d["key"] for d in payload)  # before the call, as for marks
-        self.store.service.write("upload", payload)
+        self._send("upload", payload)
         self.write.add((r.id, physical_key(self.generation, r.id)) for r in records)
         if self.write.dim is None:
             self.write.set_dimension(dim)
@@ -107,6 +121,10 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
 
     def commit(self) -> None:
         self._view()
+        if self._failed is not None:
+            self.rollback()
+            raise StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
+                             f"({self._failed}); it was rolled back, nothing was committed")
         try:
             self._await_searchable()
             self.write.commit()  # the commit point

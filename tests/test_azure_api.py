@@ -11,6 +11,7 @@ import numpy as np
 
 import kb
 from kb.custom_models import LangChainEmbeddingModel
+from stores.azure_search_store import index_name
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.server import ADMIN_KEY, KBServer
 from tests.test_snapshot import RefusingEmbeddings, _search_all
@@ -62,10 +63,10 @@ def test_azure_knowledge_bank_over_rest(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/count", headers=headers).json() == {"count": 3}
         doomed = project.create_knowledge_bank("doomed", embedding_llm_id="custom:fake6",
                                                vector_store_type="AZURE_AI_SEARCH", settings={"connection": "az"})
-        assert f"api-kb-{doomed.id}".lower() in _indexes(emulator)
+        assert index_name("api-", doomed.id) in _indexes(emulator)
         assert httpx.delete(f"{server.url}/v1/projects/DEFAULT/knowledge-banks/{doomed.id}",
                             headers=headers).status_code in (200, 204)
-        assert f"api-kb-{doomed.id}".lower() not in _indexes(emulator)  # the index goes with the knowledge bank
+        assert index_name("api-", doomed.id) not in _indexes(emulator)  # the index goes with the knowledge bank
         assert emulator.violations() == []
 
         on_faiss.as_core_knowledge_bank().as_langchain_vectorstore().add_texts(["hello there"], ids=["h"])

@@ -318,3 +318,24 @@ def test_awkward_keys_and_values_filter_exactly(tmp_path: Path, emulator: AzureS
         assert sorted(store.ids_where(flt)) == expected, raw
     with pytest.raises(kb.FilterError, match="2\\*\\*53"):
         store.count(parse_filter({"a.b c": 2**60}))
+
+
+def test_a_transaction_whose_write_failed_cannot_commit(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator, document_retries=0)
+    store.upsert(records(2))
+    tx = store.begin()
+    tx.upsert(records(1, start=5))
+    emulator.fault(partial=1, times=1)
+    with pytest.raises(StoreError, match="rejected"):
+        tx.upsert(records(3, start=10))  # two of three documents reached the index
+    with pytest.raises(StoreError, match="rolled back"):
+        tx.commit()
+    assert sorted(store.ids_where(None)) == ["doc-0", "doc-1"]
+    assert _raw_count(emulator, store.index, "kb_gen gt 1") == 0  # and nothing of it is left in the index
+
+
+def test_overlong_filterable_strings_are_refused_clearly(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
+    store = _store(tmp_path, emulator)
+    with pytest.raises(kb.InvalidInputError, match="'note' is 40000 bytes"):
+        store.upsert([Record("big", "t", {"note": "x" * 40000}, unit(1))])
+    assert store.count() == 0
