@@ -242,7 +242,7 @@ def _order(index: Index, keys: list[str], orderby: str) -> list[str]:
         present = [k for k in keys if index.docs[k].get(name) is not None]
         missing = [k for k in keys if index.docs[k].get(name) is None]
         present.sort(key=lambda k: index.docs[k][name], reverse=direction == "desc")
-        keys = present + missing if direction == "asc" else present + missing
+        keys = present + missing  # nulls last either way (a simplification: kb sorts only on kb_id, never null)
     return keys
 
 
