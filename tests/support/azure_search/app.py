@@ -1,7 +1,8 @@
 """The emulator's HTTP face: the Azure AI Search data-plane routes kb uses, api-key auth, faults, validation.
 
 Routes (API version 2024-07-01 only): ``/indexes`` (POST create, GET list), ``/indexes('name')`` (PUT
-create-or-update, GET, DELETE), ``/indexes('name')/docs/search.index`` (batches, 200 or 207),
+create-or-update, GET, DELETE), ``/indexes('name')/docs/search.index`` (batches, 200 or 207; at most
+1000 documents and 16 MB, as on the service),
 ``/indexes('name')/docs/search.post.search``, ``/indexes('name')/docs('key')`` (lookup) and
 ``/indexes('name')/docs/$count``. Every request body and every response body is checked against the
 published schemas (``spec.py``); a request that breaks them gets a 400, and every violation, either way,
@@ -38,6 +39,8 @@ from tests.support.azure_search.engine import (
 )
 
 API_VERSION = "2024-07-01"
+MAX_BATCH_DOCS = 1000  # the service's limits for one index batch
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 _INDEX = r"/indexes(?:\('(?P<name>[^']*)'\)|/(?P<plain>[^/(]+))"
 ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("indexes", re.compile(r"^/indexes/?$")),
@@ -117,6 +120,9 @@ class Emulator:
             return 204, None
         index = self.index(name)
         if route == "batch" and method == "POST":
+            if len(body["value"]) > MAX_BATCH_DOCS:
+                raise ServiceError(400, "InvalidRequestParameter", f"An index batch may hold at most {MAX_BATCH_DOCS} "
+                                   f"documents; this one has {len(body['value'])}.")
             failing = set(range(self.take_partial()))
             results = index_batch(index, list(body["value"]), failing)
             return (200 if all(r["status"] for r in results) else 207), {"value": results}
@@ -233,6 +239,9 @@ def _serve(emulator: Emulator, request: Request, route: str | None, match: re.Ma
         status, body, _ = _error(int(fault["status"]), "Throttled" if fault["status"] == 429 else "ServiceUnavailable",
                                  message)
         return status, body, headers
+    if route == "batch" and len(raw) > MAX_BATCH_BYTES:
+        return _error(413, "RequestEntityTooLarge", f"The request is {len(raw)} bytes; an index batch may hold at "
+                      f"most {MAX_BATCH_BYTES} bytes.")
     body: Any = None
     if raw:
         try:
