@@ -193,3 +193,19 @@ def test_the_semantic_ranker_is_configurable(tmp_path: Path, rerank_server: str)
         finally:
             server.stop()
     assert orders == [["long", "short"], ["short", "long"]]
+
+
+def test_published_create_index_request_is_accepted_and_answered_validly(service: Service) -> None:
+    index = json.loads((EXAMPLES / "SearchServiceCreateIndex.request.json").read_text())["parameters"]["index"]
+    assert spec.request_errors("POST", "indexes", index) == []  # the hand-transcribed service schema takes it
+    created = service.http.post("/indexes", json=index)
+    assert created.status_code == 201, created.text
+    assert spec.response_errors("POST", "indexes", 201, created.json()) == []
+    assert [f["name"] for f in created.json()["fields"]] == [f["name"] for f in index["fields"]]
+    again = service.http.post("/indexes", json=index)
+    assert again.status_code == 409
+    listed = service.http.get("/indexes").json()
+    assert "hotels" in {i["name"] for i in listed["value"]}
+    assert spec.response_errors("GET", "indexes", 200, listed) == []
+    assert service.http.delete("/indexes('hotels')").status_code == 204
+    assert service.http.delete("/indexes('hotels')").status_code == 404
