@@ -46,8 +46,8 @@ class AzureSearchConnection:
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise InvalidInputError("an AZURE_AI_SEARCH knowledge bank needs a connection with an 'endpoint' "
                                     "(https://<service>.search.windows.net)")
-        if not connection.get("api_key"):
-            raise InvalidInputError("an AZURE_AI_SEARCH connection needs an 'api_key'")
+        if not connection.get("api_key") and not connection.get("azure_ad_token"):
+            raise InvalidInputError("an AZURE_AI_SEARCH connection needs an 'api_key' or an 'azure_ad_token'")
         self.endpoint, self.index, self.kb_id = endpoint.rstrip("/"), index, kb_id
         self.settings = connection
         self.api_version = str(connection.get("api_version") or API_VERSION)
@@ -58,8 +58,17 @@ class AzureSearchConnection:
 
     # --- clients and errors ------------------------------------------------------------------------
 
+    def _credential(self) -> Any:
+        """An admin API key, or a Microsoft Entra ID access token (sent as a bearer token, HTTPS only)."""
+        if self.settings.get("api_key"):
+            from azure.core.credentials import AzureKeyCredential
+
+            return AzureKeyCredential(str(self.settings["api_key"]))
+        return StaticTokenCredential(str(self.settings["azure_ad_token"]))
+
     def _options(self) -> dict[str, Any]:
-        return {"api_version": self.api_version,
+        verify = self.settings.get("ca_bundle")  # a CA file for a private endpoint's certificate
+        return {"api_version": self.api_version, **({"connection_verify": str(verify)} if verify else {}),
                 "retry_total": int(self.settings.get("retry_total", 6)),
                 "retry_backoff_factor": float(self.settings.get("retry_backoff_factor", 0.4)),
                 "retry_backoff_max": float(self.settings.get("retry_backoff_max", 20)),
@@ -70,22 +79,18 @@ class AzureSearchConnection:
     def indexes(self) -> Any:
         with self._lock:
             if self._index_client is None:
-                from azure.core.credentials import AzureKeyCredential
                 from azure.search.documents.indexes import SearchIndexClient
 
-                self._index_client = SearchIndexClient(self.endpoint, AzureKeyCredential(self.settings["api_key"]),
-                                                       **self._options())
+                self._index_client = SearchIndexClient(self.endpoint, self._credential(), **self._options())
             return self._index_client
 
     @property
     def documents(self) -> Any:
         with self._lock:
             if self._search_client is None:
-                from azure.core.credentials import AzureKeyCredential
                 from azure.search.documents import SearchClient
 
-                self._search_client = SearchClient(self.endpoint, self.index,
-                                                   AzureKeyCredential(self.settings["api_key"]), **self._options())
+                self._search_client = SearchClient(self.endpoint, self.index, self._credential(), **self._options())
             return self._search_client
 
     def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -261,6 +266,24 @@ class AzureSearchConnection:
             return items, count, answers
 
         return self.call("search", run)
+
+
+class StaticTokenCredential:
+    """azure-core's TokenCredential protocol over one access token given in the connection (no refresh:
+    whoever stores the connection renews the token)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
 
 
 def _service_message(exc: Any) -> str:

@@ -339,3 +339,21 @@ def test_overlong_filterable_strings_are_refused_clearly(tmp_path: Path, emulato
     with pytest.raises(kb.InvalidInputError, match="'note' is 40000 bytes"):
         store.upsert([Record("big", "t", {"note": "x" * 40000}, unit(1))])
     assert store.count() == 0
+
+
+def test_entra_id_token_over_tls(tmp_path: Path) -> None:
+    """A Microsoft Entra ID access token instead of an API key: a bearer token, which the SDK sends only
+    over HTTPS (the emulator serves TLS with a self-signed certificate, trusted through ``ca_bundle``)."""
+    server = AzureSearchEmulator(tmp_path, bearer_token="entra-token-for-tests", tls=True).start()
+    try:
+        settings = {"endpoint": server.url, "azure_ad_token": "entra-token-for-tests",
+                    "ca_bundle": str(server.certificate), "retry_total": 1, "retry_backoff_factor": 0.05}
+        store = AzureSearchStore(StoreContext("entra", tmp_path, connection=settings))
+        store.upsert(records(4))
+        assert store.similarity(unit(2), 1)[0].record.id == "doc-2"
+        with pytest.raises(StoreUnavailableError, match="refused the credentials"):
+            AzureSearchStore(StoreContext("entra2", tmp_path / "other",
+                                          connection={**settings, "azure_ad_token": "stolen"}))
+        assert server.violations() == []
+    finally:
+        server.stop()

@@ -8,6 +8,9 @@ create-or-update, GET, DELETE), ``/indexes('name')/docs/search.index`` (batches,
 published schemas (``spec.py``); a request that breaks them gets a 400, and every violation, either way,
 is recorded for the tests (``GET /_emulator/violations``).
 
+Auth: the ``api-key`` header, or ``Authorization: Bearer <token>`` when the emulator is given a token (it
+then stands for a Microsoft Entra ID access token; the test runs it over TLS, which the SDK requires).
+
 Test controls (no api-key): ``POST /_emulator/faults`` queues faults (``{"status": 429|503, "times": n,
 "retry_after": s, "route": "batch"|"search"|...|"*"}``, or ``{"partial": n, "times": m}``: the next m
 batches fail their first n documents with a per-document 503 in a 207); ``GET /_emulator/requests``
@@ -69,8 +72,8 @@ def url_reranker(url: str) -> Reranker:
 
 
 class Emulator:
-    def __init__(self, api_key: str, reranker: Reranker = overlap_reranker) -> None:
-        self.api_key, self.reranker = api_key, reranker
+    def __init__(self, api_key: str, reranker: Reranker = overlap_reranker, bearer_token: str | None = None) -> None:
+        self.api_key, self.reranker, self.bearer_token = api_key, reranker, bearer_token
         self.indexes: dict[str, Index] = {}
         self.faults: list[dict[str, Any]] = []
         self.violations: list[dict[str, Any]] = []
@@ -163,9 +166,9 @@ class Emulator:
         return 200, current.public()
 
 
-def create_app(api_key: str, reranker: Reranker = overlap_reranker) -> FastAPI:
+def create_app(api_key: str, reranker: Reranker = overlap_reranker, bearer_token: str | None = None) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    emulator = Emulator(api_key, reranker)
+    emulator = Emulator(api_key, reranker, bearer_token)
     app.state.emulator = emulator
 
     def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -224,9 +227,11 @@ def _serve(emulator: Emulator, request: Request, route: str | None, match: re.Ma
     if route is None or match is None:
         return _error(404, "ResourceNotFound", f"The resource '{request.url.path}' does not exist.")
     key = request.headers.get("api-key")
-    if key is None:
+    authorization = request.headers.get("authorization", "")
+    if key is None and not authorization.startswith("Bearer "):
         return 401, None, {}
-    if key != emulator.api_key:
+    token_ok = emulator.bearer_token is not None and authorization == f"Bearer {emulator.bearer_token}"
+    if key != emulator.api_key and not token_ok:
         return 403, None, {}
     if query.get("api-version") != API_VERSION:
         return _error(400, "InvalidApiVersionParameter", f"Invalid or missing api-version query string parameter: "
@@ -269,4 +274,4 @@ def make_app() -> FastAPI:  # uvicorn factory: settings from the environment
     reranker: Callable[[str, list[str]], list[float]] = overlap_reranker
     if os.environ.get("AZURE_EMULATOR_RERANKER_URL"):
         reranker = url_reranker(os.environ["AZURE_EMULATOR_RERANKER_URL"])
-    return create_app(os.environ["AZURE_EMULATOR_API_KEY"], reranker)
+    return create_app(os.environ["AZURE_EMULATOR_API_KEY"], reranker, os.environ.get("AZURE_EMULATOR_BEARER_TOKEN"))
