@@ -92,10 +92,11 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
         self.exhaustive = bool((context.settings or {}).get("exhaustive", False))
         self.dir = Path(context.folder) / "azure-store"
         self.ledger = GenerationLedger(self.dir, "azure-meta.sqlite", context.kb_id)
-        if self.ledger.meta("index") != self.index:  # created with the knowledge bank, once
+        where = f"{self.service.endpoint} {self.index}"
+        if self.ledger.meta("index") != where:  # created with the knowledge bank (or on a new connection's service)
             generation, dim = self.ledger.committed()
             self.service.ensure_index(dim, schema_fields(context.metadata_schema))
-            self.ledger.set_meta("index", self.index)
+            self.ledger.set_meta("index", where)
 
     def _view(self) -> AzureView:
         generation, dim = self.ledger.committed()

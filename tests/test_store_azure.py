@@ -357,3 +357,29 @@ def test_entra_id_token_over_tls(tmp_path: Path) -> None:
         assert server.violations() == []
     finally:
         server.stop()
+
+
+def test_an_emptied_knowledge_bank_moves_to_another_service(az_client: kb.EmbeddedClient, emulator: AzureSearchEmulator,
+                                                            tmp_path: Path) -> None:
+    second = AzureSearchEmulator(tmp_path / "second").start()
+    try:
+        az_client.create_connection("az2", "azure-ai-search", connection(second))
+        handle = az_client.get_default_project().create_knowledge_bank(
+            "az-move", embedding_llm_id=FAKE_MODEL_ID, vector_store_type="AZURE_AI_SEARCH",
+            settings={"connection": "az"})
+        core = handle.as_core_knowledge_bank()
+        core.as_langchain_vectorstore().add_texts(TEXTS[:2], ids=["a", "b"])
+        with core.get_writer() as writer:
+            writer.clear()
+        settings = handle.get_settings()
+        settings.get_raw()["connection"] = "az2"
+        settings.save()
+        moved = handle.as_core_knowledge_bank()
+        index = moved.driver.index
+        assert index in _index_names(second)  # the new service gets the index when the driver opens there
+        assert moved.search(query="coffee", k=2) == []
+        moved.as_langchain_vectorstore().add_texts(TEXTS[2:4], ids=["c", "d"])
+        assert sorted(moved.driver.ids_where(None)) == ["c", "d"]
+        assert second.violations() == []
+    finally:
+        second.stop()
