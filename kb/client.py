@@ -204,6 +204,7 @@ class EmbeddedClient:
                 connection=connection,
                 keyword_analyzer=dict((settings.get("keyword") or {}).get("analyzer") or {}),
                 keyword_index=keyword_index_enabled(settings),
+                metadata_schema=dict(settings.get("metadata_schema") or {}),
             )
             driver = open_store(settings["vector_store_type"], context)
             self._stores[kb_id] = (key, driver)

@@ -146,6 +146,9 @@ def execute_search(reader: StoreReader, request: SearchRequest, ctx: SearchConte
         return _mmr(reader, query_vector(), request, flt)
     if kind == "keyword":
         return [_result(h, "keyword") for h in reader.keyword(request.query or "", request.k, flt)]
+    native = getattr(reader, "native_hybrid_search", None)
+    if native is not None:  # the store fuses (and reranks) itself, in one request (Azure AI Search)
+        return native(request, flt, query_vector)[: request.k]
     from kb.fusion import hybrid_search  # local import: fusion imports this module's types
 
     results = hybrid_search(reader, request, flt, query_vector, ctx)

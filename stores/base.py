@@ -65,6 +65,7 @@ class StoreContext:
     connection: dict[str, Any] = field(default_factory=dict)  # remote stores: url, credentials, ...
     keyword_analyzer: dict[str, Any] = field(default_factory=dict)
     keyword_index: bool = True  # False: a vector-only knowledge bank (no BM25 index, no keyword or hybrid search)
+    metadata_schema: dict[str, str] = field(default_factory=dict)  # declared key types (for fixed index schemas)
 
 
 class StoreReader(ABC):

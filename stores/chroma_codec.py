@@ -32,8 +32,8 @@ from typing import Any
 
 from kb.errors import FilterError, InvalidInputError
 from kb.filters import And, Comparison, Filter, Not, Or
+from stores.generations import NEVER  # the scheme's constant, shared by every driver
 
-NEVER = 2**62
 ID, GEN, DEL = "__kb_id", "__kb_gen", "__kb_del"
 INTS = "__kb_ints"
 LEGACY_JSON = "__kb_json"  # first format: JSON values kept under their own key, listed here

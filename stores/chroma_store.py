@@ -6,7 +6,8 @@ Files: this module (driver, commit point, recovery), chroma_reader.py
 errors, embedded mode across processes), chroma_langchain.py.
 
 Chroma has no multi-record transactions, so kb keeps its guarantees with
-generations and a commit point of its own:
+the generation scheme of stores/generations.py (shared with Elasticsearch and
+Azure AI Search), here with a richer commit point:
 
 - Every physical Chroma record carries ``__kb_gen`` (the generation that
   wrote it) and ``__kb_del`` (the generation that retired it, or NEVER). The
@@ -90,6 +91,7 @@ from stores.chroma_client import ChromaClient
 from stores.chroma_codec import DEL, GEN, NEVER, decode, visibility
 from stores.chroma_reader import ChromaView, Columns, Snap, build_columns, chunks, meta_value, read_snap, set_meta
 from stores.chroma_writer import ChromaTransaction
+from stores.generations import open_writer
 from stores.keyword_index import KeywordIndex
 from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta
 
@@ -218,8 +220,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> ChromaTransaction:
-        lock = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
-        conn = connect_durable(self._connections.path)
+        lock, conn = open_writer(self.dir, self._connections.path, timeout, self.context.kb_id)
         try:
             snap = read_snap(conn)
             self.chroma.refresh(snap.generation)

@@ -15,6 +15,7 @@ from kb.errors import InvalidInputError, KBError, WriterClosedError
 from stores.base import DelegatingReader, Record, StoreTransaction, check_records, normalise
 from stores.chroma_codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma_reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
+from stores.generations import flip_generation, split_by_generation
 
 if TYPE_CHECKING:
     from stores.chroma_store import ChromaStore
@@ -72,8 +73,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
                                       part).fetchall()
         if not rows:
             return 0
-        own = [physical for _, physical, gen in rows if gen == self.generation]
-        older = [physical for _, physical, gen in rows if gen != self.generation]
+        own, older = split_by_generation(((physical, gen) for _, physical, gen in rows), self.generation)
         for part in chunks(own):
             self._call("delete", ids=part)
         for part in chunks(older):
@@ -150,7 +150,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
                         log.warning("could not delete old Chroma collection %s: %s", name, exc)
                 kept.append([name, gen])
             set_meta(self.conn, "drops", json.dumps(kept))
-            set_meta(self.conn, "generation", str(self.generation))
+            flip_generation(self.conn, self.generation)
             set_meta(self.conn, "dirty", "0")
             self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
         except BaseException:

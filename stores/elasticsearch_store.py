@@ -1,9 +1,10 @@
 """Elasticsearch driver: dense_vector kNN (HNSW), BM25 on the text field, filters inside both.
 
 One index per knowledge bank (``<index_prefix>kb-<id>``, shards and replicas from the connection).
-Writer atomicity uses the same generation scheme as the Chroma driver: documents carry
-``kb_gen``/``kb_del`` and id ``<gen>:<id>``; readers filter on the committed generation, which
-lives with the id map in a SQLite file in the KB folder (the commit point). Every write is
+Writer atomicity uses the generation scheme of stores/generations.py (shared with Chroma and Azure
+AI Search): documents carry ``kb_gen``/``kb_del`` and id ``<gen>:<id>``; readers filter on the
+committed generation, which lives with the id map in ``GenerationLedger``'s SQLite file in the KB
+folder (the commit point). Every write is
 refreshed before the commit point flips, so a commit is visible to searches at once. Bulk
 writes go through ``streaming_bulk`` in batches of 500 with retries and backoff on 429.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,14 +35,13 @@ from stores.base import (
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
-    acquire_writer_lock,
     check_query_vector,
     check_records,
     normalise,
 )
-from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
+from stores.generations import NEVER, GenerationLedger, LedgerWrite
+from stores.sqlite_meta import read_meta
 
-NEVER = 2**62
 _PAGE = 1000
 log = logging.getLogger(__name__)
 
@@ -109,23 +108,11 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             raise InvalidInputError("an ELASTICSEARCH knowledge bank needs a connection with a 'url'")
         self.index = f"{self.connection.get('index_prefix', '')}kb-{context.kb_id}".lower()
         self.dir = Path(context.folder) / "es-store"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._connections = ThreadConnections(self.dir / "es-meta.sqlite")
+        self.ledger = GenerationLedger(self.dir, "es-meta.sqlite", context.kb_id)
         self._client: Any = None
         self._lock = threading.Lock()
-        conn = self._connect()
-        create_meta(conn)
-        conn.execute("CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, physical TEXT NOT NULL, "
-                     "gen INTEGER NOT NULL)")
-        conn.close()
 
     # --- plumbing -------------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        return connect_durable(self._connections.path)
-
-    def _conn(self) -> sqlite3.Connection:
-        return self._connections.get()
 
     @property
     def es(self) -> Any:
@@ -195,10 +182,8 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             mappings["properties"]["text"]["analyzer"] = "standard"
             self.call("indices.create", index=self.index, mappings=mappings, settings=settings)
 
-    read_meta = staticmethod(read_meta)
-
     def _view(self) -> _EsView:
-        generation, dim = self.read_meta(self._conn())
+        generation, dim = self.ledger.committed()
         return _EsView(self, generation, dim)
 
     # --- reads ------------------------------------------------------------------------------------
@@ -206,19 +191,9 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> EsTransaction:
-        lock = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            generation, dim = self.read_meta(conn)
-            self.clean_leftovers(generation)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock.close()
-            raise
-        return EsTransaction(self, conn, lock, generation, dim)
+        # Under the writer lock, before the SQLite transaction: remove what a dead writer left behind.
+        write = self.ledger.begin(timeout, prepare=lambda conn: self.clean_leftovers(read_meta(conn)[0]))
+        return EsTransaction(self, write)
 
     def matching_ids(self, query: dict[str, Any]) -> list[str]:
         """Physical ids of every document matching ``query`` (search_after pages; no reindex module needed)."""
@@ -277,7 +252,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
         return KBElasticsearchStore(core, tx, **kwargs)
 
     def close(self) -> None:
-        self._connections.close()
+        self.ledger.close()
 
     def destroy(self) -> None:
         try:
@@ -375,46 +350,36 @@ class _EsView(StoreReader):
 
 
 class EsTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: ElasticsearchStore, conn: sqlite3.Connection, lock: Any, committed: int,
-                 dim: int | None) -> None:
-        self.store, self.conn, self.lock = store, conn, lock
-        self.committed, self.generation, self._dim = committed, committed + 1, dim
+    def __init__(self, store: ElasticsearchStore, write: LedgerWrite) -> None:
+        self.store, self.write = store, write
+        self.committed, self.generation = write.committed, write.generation
         self._open = True
 
     def _view(self) -> _EsView:
         if not self._open:
             raise WriterClosedError("this transaction is already committed or rolled back")
-        return _EsView(self.store, self.generation, self._dim)
+        return _EsView(self.store, self.generation, self.write.dim)
 
     @property
     def dimension(self) -> int | None:
-        return self._dim
+        return self.write.dim
 
     def _retire(self, ids: Sequence[str]) -> int:
-        rows: list[tuple[str, str, int]] = []
-        for start in range(0, len(ids), 500):
-            part = list(ids[start : start + 500])
-            marks = ",".join("?" * len(part))
-            rows += self.conn.execute(f"SELECT id, physical, gen FROM records WHERE id IN ({marks})", part).fetchall()
-        if not rows:
+        own, older = self.write.retire(ids)
+        if not own and not older:
             return 0
-        actions: list[dict[str, Any]] = []
-        for _, physical, gen in rows:
-            if gen == self.generation:
-                actions.append({"_op_type": "delete", "_index": self.store.index, "_id": physical})
-            else:
-                actions.append({"_op_type": "update", "_index": self.store.index, "_id": physical,
-                                "doc": {"kb_del": self.generation}})
+        actions: list[dict[str, Any]] = [{"_op_type": "delete", "_index": self.store.index, "_id": p} for p in own]
+        actions += [{"_op_type": "update", "_index": self.store.index, "_id": p, "doc": {"kb_del": self.generation}}
+                    for p in older]
         self.store.bulk(actions)
         self.store.call("indices.refresh", index=self.store.index)
-        self.conn.executemany("DELETE FROM records WHERE id = ?", [(r[0],) for r in rows])
-        return len(rows)
+        return len(own) + len(older)
 
     def upsert(self, records: Sequence[Record]) -> None:
         self._view()
         if not records:
             return
-        dim = check_records(records, self._dim)
+        dim = check_records(records, self.write.dim)
         sources = []
         for record in records:
             try:
@@ -430,11 +395,9 @@ class EsTransaction(DelegatingReader, StoreTransaction):
                    for r, v, meta in zip(records, vectors, sources, strict=True)]
         self.store.bulk(actions)
         self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
-        self.conn.executemany("INSERT INTO records VALUES (?, ?, ?)",
-                              [(r.id, f"{self.generation}:{r.id}", self.generation) for r in records])
-        if self._dim is None:
-            self._dim = dim
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
+        self.write.add((r.id, f"{self.generation}:{r.id}") for r in records)
+        if self.write.dim is None:
+            self.write.set_dimension(dim)
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()
@@ -442,13 +405,12 @@ class EsTransaction(DelegatingReader, StoreTransaction):
 
     def clear(self) -> None:
         self._view()
-        self._retire([row[0] for row in self.conn.execute("SELECT id FROM records")])
+        self._retire(self.write.all_ids())
 
     def commit(self) -> None:
         self._view()
         try:
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(self.generation),))
-            self.conn.execute("COMMIT")  # the commit point
+            self.write.commit()  # the commit point
         except BaseException:
             self.rollback()
             raise
@@ -462,13 +424,11 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         if not self._open:
             return
         try:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self.write.rollback()
             self.store.clean_leftovers(self.committed)
         finally:
             self._finish()
 
     def _finish(self) -> None:
         self._open = False
-        self.conn.close()
-        self.lock.close()
+        self.write.close()

@@ -1,0 +1,144 @@
+"""The generation scheme: atomic writers on stores that have no multi-document transactions.
+
+Chroma, Elasticsearch and Azure AI Search share it:
+
+- Every physical record in the remote store carries the generation that wrote it (``kb_gen``) and the
+  one that retired it (``kb_del``, ``NEVER`` while live). The state at generation C is the records with
+  ``kb_gen <= C < kb_del``; readers add that condition to every query.
+- The commit point is one SQLite transaction in the knowledge bank's folder (WAL, synchronous=FULL):
+  the committed generation, the vector dimension and the id map (kb id -> physical id, generation).
+  The store's single writer holds the KB's writer lock (a flock) and works at G = C + 1: it adds
+  records tagged G and marks the ones it replaces or deletes ``kb_del = G``. Readers at C still see
+  the old state; the commit flips the generation in SQLite, so everything appears at once.
+- A rollback, or the next writer after a crash, removes records tagged above C and unmarks deletion
+  marks above C. Records retired at C are deleted by a later commit (a reader of C-1 may still be
+  finishing when C commits).
+
+``GenerationLedger`` is the SQLite side for drivers whose id map is (id, physical, gen) (Elasticsearch,
+Azure AI Search); Chroma keeps a richer map (metadata copy, keyword index) and uses the functions below.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+from stores.base import acquire_writer_lock
+from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
+
+NEVER = 2**62  # kb_del of a live record: above every generation
+_CHUNK = 500  # SQLite variables per IN (...) query
+
+
+def open_writer(folder: Path, database: Path, timeout: float, kb_id: str) -> tuple[IO[str], sqlite3.Connection]:
+    """Take the KB's writer lock and open a durable connection to its commit point (closed again on error)."""
+    lock = acquire_writer_lock(folder / "writer.lock", timeout, kb_id)
+    try:
+        return lock, connect_durable(database)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def flip_generation(conn: sqlite3.Connection, generation: int) -> None:
+    """Record ``generation`` as committed (inside the caller's transaction: the COMMIT is the commit point)."""
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+
+
+def split_by_generation(rows: Iterable[tuple[str, int]], generation: int) -> tuple[list[str], list[str]]:
+    """(physical ids written by this generation, to delete outright; older ones, to mark ``kb_del``)."""
+    own, older = [], []
+    for physical, gen in rows:
+        (own if gen == generation else older).append(physical)
+    return own, older
+
+
+class GenerationLedger:
+    """The commit point of one knowledge bank: committed generation, dimension, id -> (physical, gen)."""
+
+    def __init__(self, folder: Path, database: str, kb_id: str) -> None:
+        self.folder, self.kb_id = folder, kb_id
+        folder.mkdir(parents=True, exist_ok=True)
+        self._connections = ThreadConnections(folder / database)
+        conn = connect_durable(self._connections.path)
+        try:
+            create_meta(conn)
+            conn.execute("CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, physical TEXT NOT NULL, "
+                         "gen INTEGER NOT NULL)")
+        finally:
+            conn.close()
+
+    def committed(self) -> tuple[int, int | None]:
+        """(committed generation, vector dimension or None) as this thread's connection sees them now."""
+        return read_meta(self._connections.get())
+
+    def meta(self, key: str) -> str | None:
+        row = self._connections.get().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """A durable note outside any write (such as 'the index exists'); not part of a generation."""
+        self._connections.get().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def begin(self, timeout: float, prepare: Callable[[sqlite3.Connection], None] | None = None) -> LedgerWrite:
+        """Open the single write; ``prepare(conn)`` runs under the lock before the SQLite transaction opens
+        (durable notes such as a dirty flag, and removing a dead writer's leftovers)."""
+        lock, conn = open_writer(self.folder, self._connections.path, timeout, self.kb_id)
+        try:
+            if prepare is not None:
+                prepare(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            generation, dim = read_meta(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            lock.close()
+            raise
+        return LedgerWrite(conn, lock, generation, dim)
+
+    def close(self) -> None:
+        self._connections.close()
+
+
+class LedgerWrite:
+    """The SQLite side of one write at generation committed + 1 (its id map changes commit with it)."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: IO[str], committed: int, dim: int | None) -> None:
+        self.conn, self.lock = conn, lock
+        self.committed, self.generation, self.dim = committed, committed + 1, dim
+
+    def retire(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Drop ``ids`` from the id map; returns (own physical ids, older physical ids) as split_by_generation."""
+        rows: list[tuple[str, str, int]] = []
+        for start in range(0, len(ids), _CHUNK):
+            part = list(ids[start : start + _CHUNK])
+            marks = ",".join("?" * len(part))
+            rows += self.conn.execute(f"SELECT id, physical, gen FROM records WHERE id IN ({marks})", part).fetchall()
+        self.conn.executemany("DELETE FROM records WHERE id = ?", [(r[0],) for r in rows])
+        return split_by_generation(((physical, gen) for _, physical, gen in rows), self.generation)
+
+    def add(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Record (id, physical id) pairs written by this generation."""
+        self.conn.executemany("INSERT INTO records VALUES (?, ?, ?)", [(i, p, self.generation) for i, p in pairs])
+
+    def all_ids(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT id FROM records")]
+
+    def set_dimension(self, dim: int) -> None:
+        self.dim = dim
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
+
+    def commit(self) -> None:
+        flip_generation(self.conn, self.generation)
+        self.conn.execute("COMMIT")  # the commit point
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+        self.lock.close()
