@@ -7,7 +7,7 @@ changes make its cost follow the answer instead of the corpus:
 - **Hot terms stay decoded.** Per committed generation (the store passes it as ``cache_key``), a term's
   postings are read once, scored once (a posting's BM25 contribution depends only on the term, the
   document and the collection statistics, all fixed within a generation) and kept with their impact
-  order, in a cache bounded by bytes (``KB_KEYWORD_CACHE_MB``, default 512). A new commit is a new
+  order, in a cache bounded by bytes (``KB_KEYWORD_CACHE_MB``, default 1024). A new commit is a new
   generation and starts an empty cache; a writer's own uncommitted view is never cached.
 - **Threshold algorithm (Fagin et al.) in vectorised rounds.** Take each term's ``depth`` highest
   contributions, score the union of their documents exactly (a binary search per term), and stop
@@ -24,11 +24,11 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 _FIRST_DEPTH = 128
+_BEST_KEPT = 1024  # contributions ordered when a term is scored; more only for a deeper first round
 _EXHAUSTIVE_BELOW = 2048  # postings in all: scoring them all is cheaper than any bookkeeping
 _SEARCH_STEPS = 20  # about log2 of a long posting list: the cost of scoring one candidate in one term
 _PRUNED_WORTH_IT = 3  # MaxScore only when its candidates' postings are at most a third of all postings
@@ -36,20 +36,28 @@ _DENSE_SPAN_PER_POSTING = 16  # an accumulator over the rowid range while it is 
 
 
 def _cache_bytes() -> int:
-    return int(float(os.environ.get("KB_KEYWORD_CACHE_MB", "512")) * 2**20)
+    return int(float(os.environ.get("KB_KEYWORD_CACHE_MB", "1024")) * 2**20)
 
 
-@dataclass(frozen=True)
 class ScoredPostings:
-    """One term's postings in a generation: documents ascending, their BM25 contributions, impact order."""
+    """One term's postings in a generation: documents ascending, their BM25 contributions, and the positions
+    of its best contributions (only the first ``_BEST_KEPT`` are ordered at build: sorting every posting of a
+    common term cost more than the queries that use it)."""
 
-    docs: np.ndarray  # int64, ascending
-    impacts: np.ndarray  # float64, aligned with docs
-    order: np.ndarray  # positions by (impact descending, rowid ascending)
+    def __init__(self, docs: np.ndarray, impacts: np.ndarray) -> None:
+        self.docs, self.impacts = docs, impacts  # int64 ascending; float64 aligned with docs
+        self._best = self._order(min(docs.size, _BEST_KEPT))
+
+    def _order(self, count: int) -> np.ndarray:
+        """Positions of ``count`` best contributions, best first (ties in any order: only values matter)."""
+        if count >= self.impacts.size:
+            return np.argsort(-self.impacts, kind="stable")
+        chosen = np.argpartition(-self.impacts, count - 1)[:count]
+        return chosen[np.argsort(-self.impacts[chosen], kind="stable")]
 
     @property
     def nbytes(self) -> int:
-        return self.docs.nbytes + self.impacts.nbytes + self.order.nbytes
+        return self.docs.nbytes + self.impacts.nbytes + self._best.nbytes
 
     @classmethod
     def build(cls, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray, idf: float, k1: float, b: float,
@@ -60,13 +68,20 @@ class ScoredPostings:
         # Same expression, same order of operations as the exhaustive scorer, so the scores are identical.
         norm = k1 * (1.0 - b + b * lengths / avg_length)
         impacts = idf * tfs * (k1 + 1.0) / (tfs + norm)
-        order = np.lexsort((docs, -impacts))
-        order = order.astype(np.int32) if docs.size < 2**31 else order
-        return cls(np.ascontiguousarray(docs, dtype=np.int64), impacts, order)
+        return cls(np.ascontiguousarray(docs, dtype=np.int64), impacts)
+
+    def best(self, count: int) -> np.ndarray:
+        """Positions of the ``count`` best contributions."""
+        if count > self._best.size and self._best.size < self.impacts.size:
+            self._best = self._order(min(self.impacts.size, max(count + 1, 2 * self._best.size)))
+        return self._best[:count]
 
     def impact_at(self, rank: int) -> float:
-        """The contribution at ``rank`` in impact order (0.0 past the end)."""
-        return float(self.impacts[self.order[rank]]) if rank < self.order.size else 0.0
+        """The contribution at ``rank`` in impact order (0.0 past the end): the best any posting beyond the
+        first ``rank`` can add."""
+        if rank >= self.impacts.size:
+            return 0.0
+        return float(self.impacts[self.best(rank + 1)[rank]])
 
     def contributions(self, docs: np.ndarray) -> np.ndarray:
         """This term's contribution to each of ``docs`` (sorted or not); 0.0 where the term is absent."""
@@ -173,7 +188,7 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
         return exhaustive(terms, k, allowed)
     # Round one of the threshold algorithm: each term's best ``depth`` postings, scored exactly.
     depth = max(_FIRST_DEPTH, 2 * k)
-    seen = np.unique(np.concatenate([t.docs[t.order[:depth]] for t in terms]))
+    seen = np.unique(np.concatenate([t.docs[t.best(depth)] for t in terms]))
     if allowed is not None:
         seen = seen[_member(seen, allowed)]
     threshold = 0.0  # a lower bound of the final k-th score

@@ -89,3 +89,10 @@ def test_maxscore_prunes_terms_that_cannot_reach_the_top():
     trace: dict[str, int] = {}
     assert top_k([rare, *common], 10, trace=trace) == exhaustive([rare, *common], 10)
     assert trace == {"settled": 0, "pruned": 1, "exhaustive": 0}
+
+
+def test_deep_first_round_orders_more_than_the_kept_best():
+    rng = np.random.default_rng(12)
+    terms = [_term(rng, 50_000, 20_000, float(rng.uniform(0.5, 4.0)), False) for _ in range(3)]
+    for k in (700, 3000):  # first-round depth 1400 / 6000: past the 1024 contributions ordered at build
+        assert top_k(terms, k) == exhaustive(terms, k)
