@@ -1,0 +1,148 @@
+"""PDF through pypdfium2: text per page, outlines or font sizes for sections, pages rendered to PNG.
+
+Pages without a text layer (scans, pictures of text) are rendered and read by
+OCR when tesseract is installed; otherwise the page is named in the file's
+warnings, and a PDF with no text on any page fails with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterator
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_raw
+
+from kb.errors import ExtractionError
+from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
+from writers.extract.types import ExtractedDocument, Section, SectionBuilder
+
+OCR_SCALE = 300 / 72  # tesseract reads best around 300 dpi
+HEADING_RATIO = 1.15  # a line this much larger than the body text is a heading
+MAX_HEADING_CHARS = 150
+
+
+def open_pdf(data: bytes) -> pdfium.PdfDocument:
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if "password" in str(exc).lower():
+            raise ExtractionError("the PDF is password-protected (encrypted); kb cannot open it without the "
+                                  "password") from exc
+        raise ExtractionError(f"not a readable PDF: {exc}") from exc
+
+
+def _png(image: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=1)  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+def render_pdf_pages(data: bytes, scale: float) -> Iterator[tuple[int, bytes]]:
+    pdf = open_pdf(data)
+    try:
+        for index in range(len(pdf)):
+            page = pdf[index]
+            try:
+                yield index + 1, _png(page.render(scale=scale).to_pil())
+            finally:
+                page.close()
+    finally:
+        pdf.close()
+
+
+def _page_lines(textpage: pdfium.PdfTextPage, text: str) -> list[tuple[int, str, float]]:
+    """(offset, line, largest font size) per line; pdfium's text indexes are its character indexes."""
+    lines, offset = [], 0
+    for line in text.split("\n"):
+        sizes = [pdfium_raw.FPDFText_GetFontSize(textpage, offset + i) for i, ch in enumerate(line)
+                 if not ch.isspace()]
+        lines.append((offset, line, max(sizes) if sizes else 0.0))
+        offset += len(line) + 1
+    return lines
+
+
+def _font_headings(pages: list[tuple[str, list[tuple[int, str, float]]]]) -> list[list[tuple[int, int, str]]]:
+    """(offset, level, title) per page: lines set in a clearly larger font than the body text."""
+    weights: Counter[float] = Counter()
+    for _, lines in pages:
+        for _, line, size in lines:
+            weights[round(size, 1)] += len(line.strip())
+    if not weights:
+        return [[] for _ in pages]
+    body = weights.most_common(1)[0][0]
+    heading_sizes = sorted({round(s, 1) for _, lines in pages for _, line, s in lines
+                            if s >= body * HEADING_RATIO and 0 < len(line.strip()) <= MAX_HEADING_CHARS},
+                           reverse=True)
+    level = {size: min(rank + 1, 6) for rank, size in enumerate(heading_sizes)}
+    return [[(offset, level[round(size, 1)], line.strip()) for offset, line, size in lines
+             if round(size, 1) in level and 0 < len(line.strip()) <= MAX_HEADING_CHARS] for _, lines in pages]
+
+
+def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tuple[int, int, str]]] | None:
+    """(offset, level, title) per page from the PDF's outline (bookmarks), placed where the title appears."""
+    per_page: list[list[tuple[int, int, str]]] = [[] for _ in texts]
+    found = False
+    for item in pdf.get_toc(max_depth=6):
+        dest = item.get_dest()
+        index = dest.get_index() if dest is not None else None
+        title = " ".join(item.get_title().split())
+        if index is None or not 0 <= index < len(texts) or not title:
+            continue
+        found = True
+        position = texts[index].lower().find(title.lower())
+        per_page[index].append((max(position, 0), item.level + 1, title))
+    return per_page if found else None
+
+
+def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
+    pdf = open_pdf(data)
+    warnings: list[str] = []
+    try:
+        page_count = len(pdf)
+        if page_count == 0:
+            raise ExtractionError("the PDF has no pages")
+        texts: list[str] = []
+        pages_lines: list[tuple[str, list[tuple[int, str, float]]]] = []
+        no_text: list[int] = []
+        for index in range(page_count):
+            page = pdf[index]
+            textpage = page.get_textpage()
+            text = textpage.get_text_range().replace("\r\n", " \n")  # same length: offsets stay pdfium's
+            lines = _page_lines(textpage, text) if mode == "structured" and text.strip() else []
+            if not text.strip():
+                text = ""
+                if ocr and ocr_available():
+                    text = ocr_png(_png(page.render(scale=OCR_SCALE).to_pil()), f"page {index + 1}")
+                if not text.strip():
+                    no_text.append(index + 1)
+            textpage.close()
+            page.close()
+            texts.append(text)
+            pages_lines.append((text, lines))
+        if len(no_text) == page_count:
+            reason = "OCR found no text either" if ocr and ocr_available() else f"no OCR engine: {INSTALL_HINT}"
+            raise ExtractionError(f"no page of the PDF has a text layer ({reason})")
+        if no_text:
+            why = "OCR found no text" if ocr and ocr_available() else f"no OCR engine is installed ({INSTALL_HINT})"
+            warnings.append(f"pages {', '.join(map(str, no_text))} have no text layer and {why}; "
+                            "they are left out")
+        if mode == "raw":
+            sections = [Section(t, (), [(0, i + 1)]) for i, t in enumerate(texts) if t.strip()]
+        else:
+            headings = _outline_headings(pdf, texts) or _font_headings(pages_lines)
+            builder = SectionBuilder()
+            for number, (text, marks) in enumerate(zip(texts, headings, strict=True), start=1):
+                builder.page(number)
+                position = 0
+                for offset, level, title in sorted(marks):
+                    builder.add(text[position:offset])
+                    builder.heading(level, title)
+                    position = offset
+                builder.add(text[position:])
+                builder.add("\n")
+            sections = builder.finish()
+    finally:
+        pdf.close()
+    return ExtractedDocument("pdf", sections, page_count, warnings, lambda scale: render_pdf_pages(data, scale))

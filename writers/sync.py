@@ -1,0 +1,374 @@
+"""Keep a knowledge bank equal to a folder of documents: ``sync_folder(core, folder, options) -> SyncReport``.
+
+A file is identified by its path in the folder and compared by the sha256 of
+its content (and the extraction settings it was synced with), kept by the
+record manager (``writers.sync_records``). Unchanged files cost a hash and
+nothing else; added and changed files are extracted (``writers.extract``),
+chunked (``writers.document_chunks``), optionally rendered to page PNGs in the
+knowledge bank's images folder, embedded and written; removed files lose their
+chunks and screenshots. Chunk ids are stable (``doc-<folder+path digest>#<n>``)
+and chunks already stored with the same content hash are neither embedded nor
+written again.
+
+Work is committed per batch of whole files, one store transaction each, so a
+kill leaves whole files; the re-run finishes the job without duplicates or
+re-embedding. A file that fails to extract is reported with its reason and
+keeps its previously committed chunks. A sync holds the knowledge bank's sync
+lock from start to end: a second sync gets ``SyncBusyError`` (REST: 409 busy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from kb.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SyncBusyError, WriterBusyError
+from kb.folders import ManagedFolder, ManagedFolderDocumentRef
+from stores.base import Record, acquire_writer_lock
+from writers.document_chunks import chunk_records, document_id
+from writers.extract import EXTRACTION_MODES, extract_document
+from writers.ingest import CHUNKS_KEY, HASH_KEY
+from writers.sync_records import FileRecord, SyncRecords
+
+if TYPE_CHECKING:
+    from kb.core import CoreKnowledgeBank
+
+log = logging.getLogger(__name__)
+
+SCREENSHOT_ROOT = "/kb-pages"  # screenshots live under <images folder>/kb-pages/<kb id>/
+MAX_LISTED_FAILURES = 1000
+
+
+@dataclass
+class SyncOptions:
+    extraction: str = "raw"  # raw or structured
+    screenshots: bool = False  # render each page of PDFs (and images) to PNG in the images folder
+    chunk_size: int = 1000
+    chunk_overlap: int = 200
+    ocr: bool = True  # read image-only pages and images with tesseract when it is installed
+    screenshot_scale: float = 1.0  # 1.0 = 72 dpi
+    batch_files: int = 32  # files per atomic commit ...
+    batch_chunks: int = 2000  # ... or fewer when their chunks reach this many
+    lock_timeout: float = 0.0  # seconds to wait for another sync of the same knowledge bank
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> SyncOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown sync options: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        options = cls(**values)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        if self.extraction not in EXTRACTION_MODES:
+            raise InvalidInputError(f"unknown extraction mode {self.extraction!r}; modes: "
+                                    f"{', '.join(EXTRACTION_MODES)}")
+        for name, minimum in (("chunk_size", 0), ("chunk_overlap", 0), ("batch_files", 1), ("batch_chunks", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise InvalidInputError(f"sync option {name} must be an integer ≥ {minimum}, got {value!r}")
+        if self.chunk_size and self.chunk_overlap >= self.chunk_size:
+            raise InvalidInputError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                                    f"({self.chunk_size})")
+        for name in ("screenshots", "ocr"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"sync option {name} must be true or false")
+        if not isinstance(self.screenshot_scale, int | float) or not 0.1 <= self.screenshot_scale <= 8:
+            raise InvalidInputError(f"screenshot_scale must be between 0.1 and 8, got {self.screenshot_scale!r}")
+        if not isinstance(self.lock_timeout, int | float) or self.lock_timeout < 0:
+            raise InvalidInputError(f"lock_timeout must be a number ≥ 0, got {self.lock_timeout!r}")
+
+    def digest(self) -> str:
+        """What a file's chunks depend on besides its content: a change re-extracts every file."""
+        parts = (self.extraction, self.screenshots, self.chunk_size, self.chunk_overlap, self.ocr,
+                 self.screenshot_scale if self.screenshots else None)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SyncReport:
+    folder_id: str = ""
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}; old chunks are kept
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "message"}: e.g. pages left out
+    files_total: int = 0
+    files_to_process: int = 0  # added or changed: what the progress counts
+    files_processed: int = 0
+    pages: int = 0
+    chunks_written: int = 0
+    chunks_skipped: int = 0  # already stored with the same content hash (a resumed sync)
+    chunks_removed: int = 0
+    texts_embedded: int = 0  # texts the model computed (cache misses)
+    embedding_cache_hits: int = 0
+    screenshots_written: int = 0
+    screenshots_removed: int = 0
+    commits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        return (f"{self.files_total} files: {len(self.added)} added, {len(self.updated)} updated, "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
+                f"{self.pages} pages, {self.chunks_written} chunks written, {self.chunks_removed} removed, "
+                f"{self.texts_embedded} texts embedded, {self.screenshots_written} screenshots; "
+                f"{self.commits} commits in {self.seconds:.1f}s")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exit_status": self.exit_status}
+
+
+@dataclass
+class _Done:
+    """One extracted file waiting for its batch's commit."""
+
+    path: str
+    record: FileRecord
+    chunks: list[Record]
+    new: bool
+
+
+def as_folder(folder: ManagedFolder | str | Path) -> ManagedFolder:
+    """A managed folder as it is; a local directory as a folder whose id is ``local:<absolute path>``."""
+    if isinstance(folder, ManagedFolder):
+        return folder
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise NotFoundError(f"{folder} is not a directory")
+    return ManagedFolder("LOCAL", f"local:{root}", root.name, root)
+
+
+def ensure_images_folder(core: CoreKnowledgeBank) -> ManagedFolder:
+    """The knowledge bank's images folder, created (``<kb name> pages``) and saved in its settings if missing."""
+    core.refresh()
+    if core.settings.get("images_folder"):
+        return core.images_folder()
+    project = core._client.get_project(core.project_key)
+    try:
+        folder = project.create_managed_folder(f"{core.name} pages")
+    except AlreadyExistsError:
+        folder = project.create_managed_folder(f"{core.name} pages {core.id}")
+    settings = project.get_knowledge_bank(core.id).get_settings()
+    settings.set_images_folder(f"{core.project_key}.{folder.id}")
+    settings.save()
+    core.refresh()
+    return folder
+
+
+def _sha256(folder: ManagedFolder, path: str) -> str:
+    with folder.get_download_stream(path) as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+class _Sync:
+    def __init__(self, core: CoreKnowledgeBank, folder: ManagedFolder, options: SyncOptions, progress: bool,
+                 on_progress: Callable[[SyncReport], None] | None) -> None:
+        self.core, self.folder, self.options = core, folder, options
+        self.on_progress = on_progress
+        self.records = SyncRecords(core.folder / "sync.sqlite")
+        self.images = ensure_images_folder(core) if options.screenshots else self._existing_images_folder()
+        self.prefix = f"{SCREENSHOT_ROOT}/{core.id}"
+        self.config = options.digest()
+        self.report = SyncReport(folder_id=folder.id)
+        self.progress = progress
+
+    def _existing_images_folder(self) -> ManagedFolder | None:
+        try:
+            return self.core.images_folder() if self.core.settings.get("images_folder") else None
+        except NotFoundError:
+            return None
+
+    def run(self) -> SyncReport:
+        started = time.perf_counter()
+        report = self.report
+        try:
+            paths = self.folder.list_paths()
+            known = self.records.files(self.folder.id)
+            report.files_total = len(paths)
+            work: list[tuple[str, bool]] = []
+            for path in paths:
+                old = known.get(path)
+                if old is not None and old.config == self.config and old.sha256 == _sha256(self.folder, path):
+                    report.unchanged.append(path)
+                else:
+                    work.append((path, old is None))
+            removed = [known[p] for p in sorted(set(known) - set(paths))]
+            report.files_to_process = len(work)
+            self._notify()
+            self._process(work, known, removed)
+            self._sweep_screenshots()
+        finally:
+            self.records.close()
+            report.seconds = time.perf_counter() - started
+        return report
+
+    def _notify(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.report)
+
+    def _process(self, work: list[tuple[str, bool]], known: dict[str, FileRecord],
+                 removed: list[FileRecord]) -> None:
+        options = self.options
+        batch: list[_Done] = []
+        batch_chunks = 0
+        bar = tqdm(total=len(work), desc=f"sync {self.folder.name}", unit=" files", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            for path, new in work:
+                done = self._extract(path, new)
+                self.report.files_processed += 1
+                bar.update(1)
+                if done is None:
+                    continue
+                batch.append(done)
+                batch_chunks += len(done.chunks)
+                if len(batch) >= options.batch_files or batch_chunks >= options.batch_chunks:
+                    self._commit(batch, known, removed)
+                    batch, batch_chunks, removed = [], 0, []
+                bar.set_postfix(failed=len(self.report.failed), refresh=False)
+            if batch or removed:
+                self._commit(batch, known, removed)
+        finally:
+            bar.close()
+
+    def _fail(self, path: str, reason: str) -> None:
+        if len(self.report.failed) < MAX_LISTED_FAILURES:
+            self.report.failed.append({"path": path, "reason": reason})
+        log.warning("sync of %s: %s failed: %s", self.core.id, path, reason)
+
+    def _extract(self, path: str, new: bool) -> _Done | None:
+        """Extract, chunk and render one file; None (and a failure in the report) when it cannot be read."""
+        options = self.options
+        try:
+            data = self.folder.read(path)
+            sha = hashlib.sha256(data).hexdigest()
+            document = extract_document(path, data, options.extraction, options.ocr)
+            ref = ManagedFolderDocumentRef(path, self.folder.id)
+            screenshots: dict[int, str] = {}
+            if options.screenshots and document.render_pages is not None and self.images is not None:
+                base = f"{self.prefix}/{document_id(self.folder.id, path)[4:]}/{sha[:16]}"
+                for page, png in document.render_pages(options.screenshot_scale):
+                    name = f"{base}/page-{page:04d}.png"
+                    self.images.upload_data(name, png)
+                    screenshots[page] = name
+                    self.report.screenshots_written += 1
+            chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots)
+        except InvalidInputError as exc:  # ExtractionError, PathError: their message is the reason
+            self._fail(path, str(exc))
+            return None
+        except Exception as exc:  # a library's own error on a malformed file must not stop the sync
+            self._fail(path, f"{type(exc).__name__}: {exc}")
+            return None
+        for message in document.warnings:
+            self.report.warnings.append({"path": path, "message": message})
+        self.report.pages += document.page_count or 0
+        record = FileRecord(self.folder.id, path, sha, self.config, document.kind, document.page_count,
+                            [c.id for c in chunks], list(screenshots.values()))
+        return _Done(path, record, chunks, new)
+
+    def _commit(self, batch: list[_Done], known: dict[str, FileRecord], removed: list[FileRecord]) -> None:
+        driver = self.core.driver
+        chunks = [c for done in batch for c in done.chunks]
+        stored = {r.id: r.metadata for r in driver.get([c.id for c in chunks])} if chunks else {}
+        fresh = [c for c in chunks if (stored.get(c.id) or {}).get(HASH_KEY) != c.metadata[HASH_KEY]]
+        self.report.chunks_skipped += len(chunks) - len(fresh)
+        stale: list[str] = []
+        for done in batch:
+            keep = set(done.record.chunk_ids)
+            old = known.get(done.path)
+            if old is not None:
+                stale.extend(i for i in old.chunk_ids if i not in keep)
+            # chunks a killed sync committed without its record row: the stored count says how many there are
+            stored_count = (stored.get(f"{document_id(self.folder.id, done.path)}#0") or {}).get(CHUNKS_KEY)
+            if isinstance(stored_count, int):
+                prefix = document_id(self.folder.id, done.path)
+                stale.extend(i for i in (f"{prefix}#{n}" for n in range(stored_count)) if i not in keep)
+        stale = list(dict.fromkeys(stale))
+        for old in removed:
+            stale.extend(old.chunk_ids)
+        if fresh:
+            embedder = self.core._embedder()
+            hits, misses = embedder.hits, embedder.misses
+            vectors = embedder.embed_documents([c.text for c in fresh])
+            self.report.texts_embedded += embedder.misses - misses
+            self.report.embedding_cache_hits += embedder.hits - hits
+            for chunk, vector in zip(fresh, vectors, strict=True):
+                chunk.vector = vector
+        if fresh or stale:
+            with driver.begin(timeout=60.0) as tx:
+                self.report.chunks_removed += tx.delete(stale) if stale else 0
+                tx.upsert(fresh)
+        # after the store commit: a kill in between is repaired by the next sync (see writers.sync_records)
+        self.records.apply([d.record for d in batch], [(o.folder_id, o.path) for o in removed])
+        self.report.commits += 1
+        self.report.chunks_written += len(fresh)
+        for done in batch:
+            (self.report.added if done.new else self.report.updated).append(done.path)
+        self.report.removed.extend(o.path for o in removed)
+        old_images = [name for d in batch if d.path in known for name in known[d.path].screenshots
+                      if name not in set(d.record.screenshots)] + [n for o in removed for n in o.screenshots]
+        self._delete_images(old_images)
+        log.info("sync of %s: commit %d (%d files, %d chunks written, %d removed)", self.core.id,
+                 self.report.commits, len(batch), len(fresh), len(stale))
+        self._notify()
+
+    def _delete_images(self, names: list[str]) -> None:
+        if self.images is None:
+            return
+        for name in names:
+            try:
+                self.images.delete_path(name)
+                self.report.screenshots_removed += 1
+            except NotFoundError:
+                pass
+
+    def _sweep_screenshots(self) -> None:
+        """Delete screenshots under this knowledge bank's prefix that no synced file points at (left by a kill
+        between rendering and committing)."""
+        if self.images is None:
+            return
+        root = self.images.root / self.prefix.lstrip("/")
+        if not root.is_dir():
+            return
+        referenced = self.records.all_screenshots()
+        orphans = ["/" + p.relative_to(self.images.root).as_posix() for p in root.rglob("*.png")]
+        self._delete_images([name for name in orphans if name not in referenced])
+        for directory in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(directory.iterdir()):
+                directory.rmdir()
+
+
+def sync_folder(core: CoreKnowledgeBank, folder: ManagedFolder | str | Path, options: SyncOptions | None = None,
+                progress: bool = False, on_progress: Callable[[SyncReport], None] | None = None) -> SyncReport:
+    """Make the knowledge bank behind ``core`` hold exactly the documents of ``folder``; see the module doc.
+
+    Raises ``SyncBusyError`` when another sync of the same knowledge bank runs,
+    ``InvalidInputError`` for bad options, ``EmbeddingError`` when the model
+    fails (what was committed before stays); per-file problems are in the report.
+    """
+    options = options or SyncOptions()
+    options.validate()
+    source = as_folder(folder)
+    core.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = acquire_writer_lock(core.folder / "sync.lock", options.lock_timeout, core.id)
+    except WriterBusyError:
+        raise SyncBusyError(f"knowledge bank {core.id} is busy: another folder sync is running on it") from None
+    try:
+        return _Sync(core, source, options, progress, on_progress).run()
+    finally:
+        lock.close()
