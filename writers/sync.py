@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -352,22 +352,35 @@ class _Sync:
                 directory.rmdir()
 
 
+def acquire_sync_lock(core: CoreKnowledgeBank, timeout: float = 0.0) -> IO[str]:
+    """The knowledge bank's sync lock (released when the returned file is closed or the process dies)."""
+    core.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return acquire_writer_lock(core.folder / "sync.lock", timeout, core.id)
+    except WriterBusyError:
+        raise SyncBusyError(f"knowledge bank {core.id} is busy: another folder sync is running on it") from None
+
+
 def sync_folder(core: CoreKnowledgeBank, folder: ManagedFolder | str | Path, options: SyncOptions | None = None,
-                progress: bool = False, on_progress: Callable[[SyncReport], None] | None = None) -> SyncReport:
+                progress: bool = False, on_progress: Callable[[SyncReport], None] | None = None,
+                held_lock: IO[str] | None = None) -> SyncReport:
     """Make the knowledge bank behind ``core`` hold exactly the documents of ``folder``; see the module doc.
 
     Raises ``SyncBusyError`` when another sync of the same knowledge bank runs,
     ``InvalidInputError`` for bad options, ``EmbeddingError`` when the model
     fails (what was committed before stays); per-file problems are in the report.
+    ``held_lock`` is a lock from ``acquire_sync_lock`` the caller already took
+    (a REST job answers "busy" before starting); it is released at the end.
     """
-    options = options or SyncOptions()
-    options.validate()
-    source = as_folder(folder)
-    core.folder.mkdir(parents=True, exist_ok=True)
     try:
-        lock = acquire_writer_lock(core.folder / "sync.lock", options.lock_timeout, core.id)
-    except WriterBusyError:
-        raise SyncBusyError(f"knowledge bank {core.id} is busy: another folder sync is running on it") from None
+        options = options or SyncOptions()
+        options.validate()
+        source = as_folder(folder)
+        lock = held_lock or acquire_sync_lock(core, options.lock_timeout)
+    except BaseException:
+        if held_lock is not None:
+            held_lock.close()
+        raise
     try:
         return _Sync(core, source, options, progress, on_progress).run()
     finally:
