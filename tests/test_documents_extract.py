@@ -69,9 +69,11 @@ def test_pdf_raw_has_one_section_per_page_with_its_own_text(files: dict[str, byt
 def test_pdf_structured_follows_the_outline(files: dict[str, bytes]) -> None:
     document = extract_document("/manual.pdf", files["manual.pdf"], "structured")
     by_path = {s.path: s for s in document.sections}
-    assert list(by_path) == [("Chapter 1 Introduction",), ("Chapter 2 Updates",), ("Chapter 3 Troubleshooting",),
+    # chapter 3's title is straight followed by its sub-heading: no bare-title section, it opens the next one
+    assert list(by_path) == [("Chapter 1 Introduction",), ("Chapter 2 Updates",),
                              ("Chapter 3 Troubleshooting", "Resetting"), ("Chapter 4 Warranty",)]
     reset = by_path[("Chapter 3 Troubleshooting", "Resetting")]
+    assert reset.text.startswith("Chapter 3 Troubleshooting \nResetting")
     assert PAGE_FACTS[3] in reset.text and reset.page_range(0, len(reset.text)) == (3, 3)
     # the scanned page 5 has no heading of its own: it continues chapter 4, which spans pages 4-5
     warranty = by_path[("Chapter 4 Warranty",)]
@@ -83,8 +85,8 @@ def test_pdf_structured_without_outline_uses_font_sizes(files: dict[str, bytes])
     document = extract_document("/plain.pdf", files["plain.pdf"], "structured")
     paths = [s.path for s in document.sections]
     # 20pt chapter titles are level 1, the 14pt "Resetting" level 2, the 11pt body text no heading
-    assert paths == [("Chapter 1 Introduction",), ("Chapter 2 Updates",), ("Chapter 3 Troubleshooting",),
-                     ("Chapter 3 Troubleshooting", "Resetting"), ("Chapter 4 Warranty",)]
+    assert paths == [("Chapter 1 Introduction",), ("Chapter 2 Updates",), ("Chapter 3 Troubleshooting", "Resetting"),
+                     ("Chapter 4 Warranty",)]
 
 
 def test_chunks_carry_page_range_section_path_and_screenshots(files: dict[str, bytes]) -> None:
@@ -182,11 +184,30 @@ def test_html_loses_its_navigation_noise() -> None:
 def test_markdown_nested_headings_but_not_hashes_in_code() -> None:
     document = extract_document("/cookbook.md", NESTED_MARKDOWN.encode(), "structured")
     assert [s.path for s in document.sections] == [
-        ("Cookbook",), ("Cookbook", "Breads"), ("Cookbook", "Breads", "Sourdough"),
-        ("Cookbook", "Breads", "Flatbread"), ("Cookbook", "Soups")]
-    assert "# this is code" in document.sections[2].text
+        ("Cookbook",), ("Cookbook", "Breads", "Sourdough"), ("Cookbook", "Breads", "Flatbread"), ("Cookbook", "Soups")]
+    assert document.sections[1].text.startswith("## Breads\n\n### Sourdough")  # a bare heading opens the next
+    assert "# this is code" in document.sections[1].text
     raw = extract_document("/cookbook.md", NESTED_MARKDOWN.encode(), "raw")
     assert [s.text for s in raw.sections] == [NESTED_MARKDOWN]
+
+
+def test_a_bare_heading_carries_its_page_into_the_next_section() -> None:
+    from writers.extract.types import SectionBuilder
+
+    builder = SectionBuilder()
+    builder.page(1)
+    builder.heading(1, "Part One")
+    builder.add("Part One\n")
+    builder.page(2)
+    builder.heading(2, "Details")
+    builder.add("Details\nbody text\n")
+    builder.heading(1, "Appendix")
+    builder.add("Appendix\n")  # last in the document: kept, even though bare
+    (details, appendix) = builder.finish()
+    assert details.path == ("Part One", "Details") and details.text == "Part One\nDetails\nbody text\n"
+    assert details.pages == [(0, 1), (9, 2)] and details.page_range(0, len(details.text)) == (1, 2)
+    assert details.page_range(9, 20) == (2, 2)
+    assert appendix.path == ("Appendix",) and appendix.pages == [(0, 2)]
 
 
 def test_plain_text_and_latin1_fallback() -> None:

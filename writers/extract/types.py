@@ -44,7 +44,11 @@ class ExtractedDocument:
 
 
 class SectionBuilder:
-    """Accumulates text in document order; ``heading`` starts a new section under a new heading path."""
+    """Accumulates text in document order; ``heading`` starts a new section under a new heading path.
+
+    A section holding nothing but its own heading (a chapter title straight followed by its first
+    sub-heading) is not kept on its own: its text opens the next section, so no chunk is a bare title.
+    """
 
     def __init__(self) -> None:
         self.sections: list[Section] = []
@@ -55,12 +59,15 @@ class SectionBuilder:
         self._page: int | None = None
 
     def heading(self, level: int, title: str) -> None:
-        self.flush()
+        carried = self.flush(carry_bare_heading=True)
         title = " ".join(title.split())
         level = max(1, min(level, 6))
         self._path = (*self._path[: level - 1], title)
+        if carried is not None:
+            text, pages = carried
+            self._parts, self._pages, self._length = [text], list(pages), len(text)
         if self._page is not None:
-            self._pages.append((0, self._page))
+            self.page(self._page)
 
     def page(self, number: int) -> None:
         """The text added from now on lies on page ``number``."""
@@ -79,13 +86,21 @@ class SectionBuilder:
         self._parts.append(text)
         self._length += len(text)
 
-    def flush(self) -> None:
+    def _bare_heading(self, text: str) -> bool:
+        return bool(self._path) and " ".join(text.replace("#", " ").split()) == self._path[-1]
+
+    def flush(self, carry_bare_heading: bool = False) -> tuple[str, list[tuple[int, int]]] | None:
         text = "".join(self._parts)
+        carried = None
         if text.strip():
             # a page mark at the very end belongs to the next section (its text starts on that page)
             pages = [mark for mark in self._pages if mark[0] < len(text)]
-            self.sections.append(Section(text, self._path, pages))
+            if carry_bare_heading and self._bare_heading(text):
+                carried = (text, pages)
+            else:
+                self.sections.append(Section(text, self._path, pages))
         self._parts, self._pages, self._length = [], [], 0
+        return carried
 
     def finish(self) -> list[Section]:
         self.flush()
