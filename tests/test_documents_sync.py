@@ -324,3 +324,24 @@ def test_a_fact_on_page_three_comes_back_with_page_three_screenshot(tmp_path: Pa
     finally:
         client.close()
         shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+def test_the_readme_rag_chain_cites_document_and_page(client: kb.EmbeddedClient, counting: CountingEmbeddings,
+                                                      tmp_path: Path) -> None:
+    """The README's LangChain RAG example, run as written; its "llm" echoes the prompt it is given."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableLambda
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("import json\n\nfrom langchain_core.output_parsers")
+    code = readme[start:readme.index("```", start)]
+    folder = client.get_default_project().create_managed_folder("manuals")
+    folder.upload_file("/guide.pdf", manual_pdf(tmp_path / "guide.pdf"))
+    core = make_core(client)
+    core.sync_folder(folder, extraction="structured")
+    printed: list[str] = []
+    echo = RunnableLambda(lambda prompt: AIMessage(content=prompt.to_string()))
+    exec(code, {"core": core, "llm": echo, "print": printed.append})  # noqa: S102 - our own README
+    (answer,) = printed
+    assert "[/guide.pdf, p. 3 - Chapter 3 Troubleshooting > Resetting]\nChapter 3 Troubleshooting" in answer
+    assert PAGE_FACTS[3] in answer and "Question: How do I reset the device?" in answer
