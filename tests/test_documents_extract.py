@@ -181,6 +181,12 @@ def test_html_loses_its_navigation_noise() -> None:
     assert "a third of its range" in structured.sections[1].text
 
 
+def test_html_in_its_declared_charset() -> None:
+    page = '<html><head><meta charset="windows-1252"></head><body><p>Caf\xe9 cr\xe8me \u20ac 5</p></body></html>'
+    document = extract_document("/menu.html", page.encode("cp1252"), "raw")
+    assert document.sections[0].text.strip() == "Café crème € 5" and document.warnings == []
+
+
 def test_markdown_nested_headings_but_not_hashes_in_code() -> None:
     document = extract_document("/cookbook.md", NESTED_MARKDOWN.encode(), "structured")
     assert [s.path for s in document.sections] == [

@@ -345,3 +345,27 @@ def test_the_readme_rag_chain_cites_document_and_page(client: kb.EmbeddedClient,
     (answer,) = printed
     assert "[/guide.pdf, p. 3 - Chapter 3 Troubleshooting > Resetting]\nChapter 3 Troubleshooting" in answer
     assert PAGE_FACTS[3] in answer and "Question: How do I reset the device?" in answer
+
+
+@pytest.mark.parametrize("store_type", ["FAISS", "CHROMA"])
+def test_sync_on_other_stores_with_filters_on_the_chunk_metadata(client: kb.EmbeddedClient,
+                                                                 counting: CountingEmbeddings, tmp_path: Path,
+                                                                 store_type: str) -> None:
+    folder = client.get_default_project().create_managed_folder("f")
+    folder.upload_file("/manual.pdf", manual_pdf(tmp_path / "m.pdf", with_scanned_page=False))
+    folder.upload_data("/cookbook.md", NESTED_MARKDOWN.encode())
+    core = client.get_default_project().create_knowledge_bank(
+        f"docs-{store_type}", embedding_llm_id="custom:count6", vector_store_type=store_type).as_core_knowledge_bank()
+    first = core.sync_folder(folder, extraction="structured", chunk_size=200, chunk_overlap=20)
+    assert sorted(first.added) == ["/cookbook.md", "/manual.pdf"] and core.count() == first.chunks_written
+    on_page_3 = core.search(query="reset", k=10, search_type="similarity",
+                            filter={"$and": [{"KB_SOURCE": "/manual.pdf"}, {"KB_PAGE_START": {"$lte": 3}},
+                                             {"KB_PAGE_END": {"$gte": 3}}]})
+    assert on_page_3 and all(PAGE_FACTS[3][:20] in h.text or "Resetting" in h.text for h in on_page_3)
+    assert core.count({"KB_DOCUMENT_KIND": "markdown"}) == sum(
+        1 for b in core.driver.iter_records() for r in b if r.metadata[SOURCE_KEY] == "/cookbook.md")
+    folder.delete_path("/cookbook.md")
+    second = core.sync_folder(folder, extraction="structured", chunk_size=200, chunk_overlap=20)
+    assert second.removed == ["/cookbook.md"] and second.unchanged == ["/manual.pdf"]
+    assert core.count({"KB_DOCUMENT_KIND": "markdown"}) == 0
+    assert core.count() == core.count({"KB_SOURCE": "/manual.pdf"}) > 0

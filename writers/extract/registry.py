@@ -75,7 +75,8 @@ def extract_document(path: str, data: bytes, mode: str = "raw", ocr: bool = True
         if kind == "html":
             from writers.extract.html import extract_html
 
-            document = extract_html(text.encode("utf-8"), mode)
+            warnings = []  # BeautifulSoup reads the page's own charset (<meta charset>, BOM) from the bytes
+            document = extract_html(data, mode)
         elif kind == "markdown":
             from writers.extract.markdown import extract_markdown
 
