@@ -373,3 +373,27 @@ def test_sync_on_other_stores_with_filters_on_the_chunk_metadata(client: kb.Embe
     assert second.removed == ["/cookbook.md"] and second.unchanged == ["/manual.pdf"]
     assert core.count({"KB_DOCUMENT_KIND": "markdown"}) == 0
     assert core.count() == core.count({"KB_SOURCE": "/manual.pdf"}) > 0
+
+
+def test_pages_left_out_for_want_of_ocr_are_read_once_tesseract_is_there(
+        client: kb.EmbeddedClient, counting: CountingEmbeddings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = client.get_default_project().create_managed_folder("f")
+    folder.upload_file("/manual.pdf", manual_pdf(tmp_path / "m.pdf"))
+    folder.upload_data("/notes.txt", b"plain notes")
+    core = make_core(client)
+    monkeypatch.setenv("KB_TESSERACT", "")  # no OCR engine
+    first = core.sync_folder(folder)
+    assert first.warnings == [{"path": "/manual.pdf", "message": first.warnings[0]["message"]}]
+    assert "pages 5 have no text layer" in first.warnings[0]["message"] and not first.failed
+    assert core.count({"KB_PAGE_START": 5}) == 0
+    assert sorted(core.sync_folder(folder).unchanged) == ["/manual.pdf", "/notes.txt"]  # still no engine
+    monkeypatch.delenv("KB_TESSERACT")  # tesseract from PATH
+    third = core.sync_folder(folder)
+    assert third.updated == ["/manual.pdf"] and third.unchanged == ["/notes.txt"] and third.warnings == []
+    (scanned,) = [h for h in core.search(query="OXYGEN", k=3, search_type="keyword")
+                  if h.metadata["KB_PAGE_START"] == 5]
+    assert "OXYGEN" in scanned.text.upper()
+    # the chunk count in every chunk's metadata changed (4 -> 5): all are rewritten, only the new page is embedded
+    assert third.chunks_written == 5 and third.texts_embedded == 1 and third.embedding_cache_hits == 4
+    assert core.sync_folder(folder).unchanged == ["/manual.pdf", "/notes.txt"]

@@ -34,6 +34,7 @@ from kb.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
 from writers.document_chunks import chunk_records, document_id
 from writers.extract import extract_document
+from writers.extract.ocr import ocr_available
 from writers.ingest import CHUNKS_KEY, HASH_KEY
 from writers.sync_records import FileRecord, SyncRecords
 from writers.sync_report import SyncOptions, SyncReport
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SCREENSHOT_ROOT = "/kb-pages"  # screenshots live under <images folder>/kb-pages/<kb id>/
 MAX_LISTED_FAILURES = 1000
+AWAITS_OCR = "+awaits-ocr"  # appended to a file's settings digest when pages were left out for want of OCR
 
 
 @dataclass
@@ -119,7 +121,7 @@ class _Sync:
             work: list[tuple[str, bool]] = []
             for path in paths:
                 old = known.get(path)
-                if old is not None and old.config == self.config and old.sha256 == _sha256(self.folder, path):
+                if old is not None and self._up_to_date(old) and old.sha256 == _sha256(self.folder, path):
                     report.unchanged.append(path)
                 else:
                     work.append((path, old is None))
@@ -132,6 +134,13 @@ class _Sync:
             self.records.close()
             report.seconds = time.perf_counter() - started
         return report
+
+    def _up_to_date(self, old: FileRecord) -> bool:
+        """Synced with these settings; a file that had pages left out for want of OCR is done again once an
+        OCR engine is installed."""
+        if old.config == self.config:
+            return True
+        return old.config == self.config + AWAITS_OCR and not (self.options.ocr and ocr_available())
 
     def _notify(self) -> None:
         if self.on_progress is not None:
@@ -193,7 +202,8 @@ class _Sync:
         for message in document.warnings:
             self.report.warnings.append({"path": path, "message": message})
         self.report.pages += document.page_count or 0
-        record = FileRecord(self.folder.id, path, sha, self.config, document.kind, document.page_count,
+        config = self.config + AWAITS_OCR if document.awaits_ocr else self.config
+        record = FileRecord(self.folder.id, path, sha, config, document.kind, document.page_count,
                             [c.id for c in chunks], list(screenshots.values()))
         return _Done(path, record, chunks, new)
 

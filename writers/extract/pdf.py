@@ -145,4 +145,5 @@ def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
             sections = builder.finish()
     finally:
         pdf.close()
-    return ExtractedDocument("pdf", sections, page_count, warnings, lambda scale: render_pdf_pages(data, scale))
+    return ExtractedDocument("pdf", sections, page_count, warnings, lambda scale: render_pdf_pages(data, scale),
+                             awaits_ocr=bool(no_text) and ocr and not ocr_available())

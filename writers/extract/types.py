@@ -37,6 +37,7 @@ class ExtractedDocument:
     page_count: int | None = None  # pages (PDF), slides (PPTX) or 1 (image); None when the format has no pages
     warnings: list[str] = field(default_factory=list)  # what a reader of the report should know (pages left out)
     render_pages: Callable[[float], Iterator[tuple[int, bytes]]] | None = None  # (page, PNG) for screenshots
+    awaits_ocr: bool = False  # pages were left out for want of an OCR engine: installing one changes the result
 
     @property
     def text_length(self) -> int:
