@@ -197,6 +197,15 @@ def test_a_local_directory_syncs_like_a_folder(client: kb.EmbeddedClient, counti
                                     "path": "/sub/a.md"}
     (docs / "b.txt").unlink()
     assert sync_folder(core, docs).removed == ["/b.txt"] and core.count() == 1
+    # hidden files and folders are not documents; a file over max_file_bytes fails with the reason
+    (docs / ".git").mkdir()
+    (docs / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (docs / ".notes.md.swp").write_bytes(b"\x00swap")
+    (docs / "big.txt").write_text("x" * 5000)
+    report = sync_folder(core, docs, SyncOptions(max_file_bytes=4096))
+    assert report.files_total == 2 and report.unchanged == ["/sub/a.md"]
+    assert report.failed == [{"path": "/big.txt", "reason": "the file has 5,000 bytes, more than max_file_bytes "
+                                                            "(4,096)"}]
 
 
 def test_bad_options_are_refused(client: kb.EmbeddedClient, counting: CountingEmbeddings, tmp_path: Path) -> None:

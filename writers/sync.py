@@ -29,7 +29,14 @@ from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
-from kb.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SyncBusyError, WriterBusyError
+from kb.errors import (
+    AlreadyExistsError,
+    ExtractionError,
+    InvalidInputError,
+    NotFoundError,
+    SyncBusyError,
+    WriterBusyError,
+)
 from kb.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
 from writers.document_chunks import chunk_records, document_id
@@ -115,7 +122,8 @@ class _Sync:
         started = time.perf_counter()
         report = self.report
         try:
-            paths = self.folder.list_paths()
+            # hidden files and folders (.git, .DS_Store, editors' swap files) are not documents
+            paths = [p for p in self.folder.list_paths() if not any(part.startswith(".") for part in p.split("/"))]
             known = self.records.files(self.folder.id)
             report.files_total = len(paths)
             work: list[tuple[str, bool]] = []
@@ -180,6 +188,10 @@ class _Sync:
         """Extract, chunk and render one file; None (and a failure in the report) when it cannot be read."""
         options = self.options
         try:
+            size = self.folder._resolve(path).stat().st_size  # resolved: a symlink out of the folder fails here
+            if size > options.max_file_bytes:
+                raise ExtractionError(f"the file has {size:,} bytes, more than max_file_bytes "
+                                      f"({options.max_file_bytes:,})")
             data = self.folder.read(path)
             sha = hashlib.sha256(data).hexdigest()
             document = extract_document(path, data, options.extraction, options.ocr)

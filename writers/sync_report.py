@@ -21,6 +21,7 @@ class SyncOptions:
     batch_files: int = 32  # files per atomic commit ...
     batch_chunks: int = 2000  # ... or fewer when their chunks reach this many
     lock_timeout: float = 0.0  # seconds to wait for another sync of the same knowledge bank
+    max_file_bytes: int = 256 * 2**20  # a larger file fails with the reason instead of filling memory
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> SyncOptions:
@@ -36,7 +37,8 @@ class SyncOptions:
         if self.extraction not in EXTRACTION_MODES:
             raise InvalidInputError(f"unknown extraction mode {self.extraction!r}; modes: "
                                     f"{', '.join(EXTRACTION_MODES)}")
-        for name, minimum in (("chunk_size", 0), ("chunk_overlap", 0), ("batch_files", 1), ("batch_chunks", 1)):
+        for name, minimum in (("chunk_size", 0), ("chunk_overlap", 0), ("batch_files", 1), ("batch_chunks", 1),
+                              ("max_file_bytes", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise InvalidInputError(f"sync option {name} must be an integer ≥ {minimum}, got {value!r}")
