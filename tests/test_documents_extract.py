@@ -257,3 +257,18 @@ def test_a_docx_zip_without_a_document_part_fails_cleanly() -> None:
 def test_unknown_mode_is_refused(files: dict[str, bytes]) -> None:
     with pytest.raises(InvalidInputError, match="unknown extraction mode 'fancy'"):
         extract_document("/manual.pdf", files["manual.pdf"], "fancy")
+
+
+def test_pdfs_in_parallel_threads_match_sequential_results(files: dict[str, bytes]) -> None:
+    """PDFium is not thread-safe: concurrent syncs (REST jobs) must go through kb's lock, one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(name: str) -> tuple[list[str], list[int]]:
+        document = extract_document("/" + name, files[name], "structured")
+        return [s.text for s in document.sections], [len(png) for _, png in document.render_pages(0.5)]
+
+    names = ["manual.pdf", "plain.pdf"] * 6
+    expected = {name: work(name) for name in set(names)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, names))
+    assert results == [expected[name] for name in names]

@@ -3,11 +3,18 @@
 Pages without a text layer (scans, pictures of text) are rendered and read by
 OCR when tesseract is installed; otherwise the page is named in the file's
 warnings, and a PDF with no text on any page fails with the reason.
+
+PDFium is not thread-safe, not even across documents (pypdfium2's docs): every
+call into it holds ``PDFIUM_LOCK``, one page at a time, and every PDFium object
+is closed explicitly under it (never by a finalizer in another thread). PNG
+encoding and OCR run outside the lock, so two syncs in one service (REST jobs
+on two knowledge banks) interleave their pages instead of crashing.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -21,6 +28,7 @@ from writers.extract.types import ExtractedDocument, Section, SectionBuilder
 OCR_SCALE = 300 / 72  # tesseract reads best around 300 dpi
 HEADING_RATIO = 1.15  # a line this much larger than the body text is a heading
 MAX_HEADING_CHARS = 150
+PDFIUM_LOCK = threading.RLock()
 
 
 def open_pdf(data: bytes) -> pdfium.PdfDocument:
@@ -39,17 +47,31 @@ def _png(image: object) -> bytes:
     return buffer.getvalue()
 
 
-def render_pdf_pages(data: bytes, scale: float) -> Iterator[tuple[int, bytes]]:
-    pdf = open_pdf(data)
+def _render(page: pdfium.PdfPage, scale: float) -> object:
+    """A PIL image of the page that owns its pixels (the bitmap is freed here, under the lock)."""
+    bitmap = page.render(scale=scale)
     try:
-        for index in range(len(pdf)):
-            page = pdf[index]
-            try:
-                yield index + 1, _png(page.render(scale=scale).to_pil())
-            finally:
-                page.close()
+        return bitmap.to_pil().copy()
     finally:
-        pdf.close()
+        bitmap.close()
+
+
+def render_pdf_pages(data: bytes, scale: float) -> Iterator[tuple[int, bytes]]:
+    with PDFIUM_LOCK:
+        pdf = open_pdf(data)
+        count = len(pdf)
+    try:
+        for index in range(count):
+            with PDFIUM_LOCK:
+                page = pdf[index]
+                try:
+                    image = _render(page, scale)
+                finally:
+                    page.close()
+            yield index + 1, _png(image)
+    finally:
+        with PDFIUM_LOCK:
+            pdf.close()
 
 
 def _page_lines(textpage: pdfium.PdfTextPage, text: str) -> list[tuple[int, str, float]]:
@@ -97,41 +119,51 @@ def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tu
 
 
 def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
-    pdf = open_pdf(data)
+    with PDFIUM_LOCK:
+        pdf = open_pdf(data)
     warnings: list[str] = []
     try:
-        page_count = len(pdf)
+        with PDFIUM_LOCK:
+            page_count = len(pdf)
         if page_count == 0:
             raise ExtractionError("the PDF has no pages")
+        use_ocr = ocr and ocr_available()
         texts: list[str] = []
         pages_lines: list[tuple[str, list[tuple[int, str, float]]]] = []
         no_text: list[int] = []
         for index in range(page_count):
-            page = pdf[index]
-            textpage = page.get_textpage()
-            text = textpage.get_text_range().replace("\r\n", " \n")  # same length: offsets stay pdfium's
-            lines = _page_lines(textpage, text) if mode == "structured" and text.strip() else []
+            scan = None
+            with PDFIUM_LOCK:
+                page = pdf[index]
+                textpage = page.get_textpage()
+                try:
+                    text = textpage.get_text_range().replace("\r\n", " \n")  # same length: offsets stay pdfium's
+                    lines = _page_lines(textpage, text) if mode == "structured" and text.strip() else []
+                    if not text.strip():
+                        text = ""
+                        scan = _render(page, OCR_SCALE) if use_ocr else None
+                finally:
+                    textpage.close()
+                    page.close()
+            if scan is not None:
+                text = ocr_png(_png(scan), f"page {index + 1}")
             if not text.strip():
-                text = ""
-                if ocr and ocr_available():
-                    text = ocr_png(_png(page.render(scale=OCR_SCALE).to_pil()), f"page {index + 1}")
-                if not text.strip():
-                    no_text.append(index + 1)
-            textpage.close()
-            page.close()
+                no_text.append(index + 1)
             texts.append(text)
             pages_lines.append((text, lines))
         if len(no_text) == page_count:
-            reason = "OCR found no text either" if ocr and ocr_available() else f"no OCR engine: {INSTALL_HINT}"
+            reason = "OCR found no text either" if use_ocr else f"no OCR engine: {INSTALL_HINT}"
             raise ExtractionError(f"no page of the PDF has a text layer ({reason})")
         if no_text:
-            why = "OCR found no text" if ocr and ocr_available() else f"no OCR engine is installed ({INSTALL_HINT})"
+            why = "OCR found no text" if use_ocr else f"no OCR engine is installed ({INSTALL_HINT})"
             warnings.append(f"pages {', '.join(map(str, no_text))} have no text layer and {why}; "
                             "they are left out")
         if mode == "raw":
             sections = [Section(t, (), [(0, i + 1)]) for i, t in enumerate(texts) if t.strip()]
         else:
-            headings = _outline_headings(pdf, texts) or _font_headings(pages_lines)
+            with PDFIUM_LOCK:
+                outline = _outline_headings(pdf, texts)
+            headings = outline or _font_headings(pages_lines)
             builder = SectionBuilder()
             for number, (text, marks) in enumerate(zip(texts, headings, strict=True), start=1):
                 builder.page(number)
@@ -144,6 +176,7 @@ def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
                 builder.add("\n")
             sections = builder.finish()
     finally:
-        pdf.close()
+        with PDFIUM_LOCK:
+            pdf.close()
     return ExtractedDocument("pdf", sections, page_count, warnings, lambda scale: render_pdf_pages(data, scale),
-                             awaits_ocr=bool(no_text) and ocr and not ocr_available())
+                             awaits_ocr=bool(no_text) and ocr and not use_ocr)
