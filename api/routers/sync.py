@@ -30,6 +30,7 @@ router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}/sy
                    route_class=OrjsonRoute)
 
 MAX_KEPT_JOBS = 200
+_CREATE_LOCK = threading.Lock()  # the first requests of a fresh service may race to create the job registry
 
 
 class SyncJobIn(BaseModel):
@@ -105,9 +106,6 @@ def jobs_of(request: Request) -> SyncJobs:
         if getattr(state, "sync_jobs", None) is None:
             state.sync_jobs = SyncJobs()
     return state.sync_jobs
-
-
-_CREATE_LOCK = threading.Lock()
 
 
 def _run(job: SyncJob, core: Any, folder: Any, lock: Any) -> None:
