@@ -115,3 +115,25 @@ def test_busy_bad_input_and_auth(server: KBServer) -> None:
     anonymous = httpx.post(f"{server.url}/v1/projects/DEFAULT/knowledge-banks/{kb_id}/sync-jobs",
                            json={"folder_id": folder})
     assert anonymous.status_code == 401
+
+
+def test_a_second_job_while_one_runs_is_busy(server: KBServer, tmp_path: Path) -> None:
+    folder = call(server, "POST", "/folders", json={"name": "many"}).json()["id"]
+    pdf = manual_pdf(tmp_path / "m.pdf", with_scanned_page=False).read_bytes()
+    for n in range(24):  # 96 pages rendered to PNG: seconds of work
+        call(server, "PUT", f"/folders/{folder}/files/m{n:02d}.pdf", content=pdf)
+    kb_id = call(server, "POST", "/knowledge-banks", json={"name": "many-kb", "embedding_llm_id": "custom:fake6"}
+                 ).json()["id"]
+    body = {"folder_id": folder, "screenshots": True, "batch_files": 4}
+    first = call(server, "POST", f"/knowledge-banks/{kb_id}/sync-jobs", json=body).json()
+    second = call(server, "POST", f"/knowledge-banks/{kb_id}/sync-jobs", json=body)
+    running = call(server, "GET", f"/knowledge-banks/{kb_id}/sync-jobs/{first['job_id']}").json()
+    assert second.status_code == 409 and second.json()["error"]["code"] == "busy"
+    assert running["state"] == "running" and running["progress"]["files_processed"] < 24
+    done = wait_for(server, kb_id, first["job_id"])
+    assert len(done["report"]["added"]) == 24 and done["report"]["commits"] == 6
+    assert [j["job_id"] for j in call(server, "GET", f"/knowledge-banks/{kb_id}/sync-jobs").json()] == [
+        first["job_id"]]
+    again = call(server, "POST", f"/knowledge-banks/{kb_id}/sync-jobs", json=body)  # free again
+    assert wait_for(server, kb_id, again.json()["job_id"])["report"]["unchanged"] == [
+        f"/m{n:02d}.pdf" for n in range(24)]
