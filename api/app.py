@@ -26,6 +26,7 @@ import kb
 from api.config import ServiceSettings
 from api.keys import KeyStore
 from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
+from api.routers import sync as sync_jobs
 from kb.errors import KBError
 
 log = logging.getLogger("kb.api")
@@ -162,6 +163,6 @@ def create_app(settings: ServiceSettings | None = None,
     # Starlette tries routes in order: the busiest (search, documents) first, so they match without
     # testing thirty others.
     for router in (documents.router, health.router, projects.router, llms.router, folders.router,
-                   knowledge_banks.router, ingest.router, openai_compat.router):
+                   knowledge_banks.router, ingest.router, openai_compat.router, sync_jobs.router):
         app.include_router(router)
     return app

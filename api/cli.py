@@ -14,6 +14,7 @@ commands:
   serve     run the REST service (uvicorn)
   keys      create, list or revoke API keys
   ingest    ingest a JSONL, CSV, Parquet or Arrow file into a knowledge bank
+  sync      extract a folder of documents into a knowledge bank and keep it in sync
   eval      evaluate a knowledge bank on BEIR queries and qrels
   export    write a knowledge bank to a portable Parquet snapshot
   import    restore a knowledge bank from a snapshot, into any store type
@@ -108,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from writers.ingest import main as ingest_main
 
         return ingest_main(rest)
+    if command == "sync":
+        from writers.sync_cli import main as sync_main
+
+        return sync_main(rest)
     if command in ("export", "import"):
         from writers.snapshot import main_export, main_import
 

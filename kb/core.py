@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kb.client import EmbeddedClient
     from kb.folders import ManagedFolder
     from kb.langchain_vectorstore import KBRetriever
+    from writers.sync import SyncReport
     from writers.writer import KnowledgeBankWriter
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,15 @@ class CoreKnowledgeBank:
 
         self.refresh()
         return KnowledgeBankWriter(self, timeout=timeout)
+
+    def sync_folder(self, folder: ManagedFolder | str | Path, extraction: str = "raw", screenshots: bool = False,
+                    progress: bool = False, **options: Any) -> SyncReport:
+        """Make this knowledge bank hold exactly the documents of ``folder`` (a managed folder or a local
+        directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields."""
+        from writers.sync import SyncOptions, sync_folder
+
+        settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
+        return sync_folder(self, folder, settings, progress=progress)
 
     # --- LangChain ----------------------------------------------------------------------------
 

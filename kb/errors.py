@@ -107,3 +107,15 @@ class StoreError(KBError):
 
     http_status = 502
     code = "store_error"
+
+
+class ExtractionError(InvalidInputError):
+    """A document could not be turned into text (corrupt, password-protected, unsupported, needs OCR)."""
+
+    code = "extraction_failed"
+
+
+class SyncBusyError(WriterBusyError):
+    """Another folder sync is running on the same knowledge bank."""
+
+    code = "busy"
