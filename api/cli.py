@@ -19,6 +19,14 @@ commands:
   import    restore a knowledge bank from a snapshot, into any store type
   demo      write a few documents into a demo knowledge bank and search them
   bench     benchmark kb against raw faiss, LangChain FAISS and Chroma (JSON + PNG charts)
+  create    create a knowledge bank                      (these five: embedded home, or a server
+  list      list knowledge banks (store, model, size)     with --url/--api-key or KB_URL/KB_API_KEY;
+  info      show a knowledge bank                         --json for scripts; `kb <command> --help`)
+  search    search a knowledge bank
+  delete    delete a knowledge bank
+
+exit codes of create/list/info/search/delete: 0 ok, 1 refused by kb, 2 usage, 3 not found,
+  4 ambiguous name, 5 auth/permission refused, 6 server or store unreachable
 """
 
 
@@ -122,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kb.benchmarks.suite import main as bench_main
 
         return bench_main(rest)
+    if command in ("create", "list", "info", "search", "delete"):
+        from api.cli_kb import main as kb_command_main
+
+        return kb_command_main(command, rest)
     print(f"kb: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -107,3 +107,9 @@ class StoreError(KBError):
 
     http_status = 502
     code = "store_error"
+
+
+class AmbiguousNameError(InvalidInputError):
+    """A name given where an id would do matches more than one object; the message lists the ids."""
+
+    code = "ambiguous_name"

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kb ingest", description="Ingest a JSONL, CSV, Parquet or Arrow IPC file into a knowledge bank.",
         epilog="exit status: 0 every row written or unchanged, 1 some rows rejected, 2 usage or fatal error")
     parser.add_argument("file", type=Path)
-    parser.add_argument("--kb", required=True, help="knowledge bank id")
+    parser.add_argument("--kb", required=True, help="knowledge bank id or name")
     parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
     parser.add_argument("--home", type=Path, help="kb home (default: $KB_HOME)")
     parser.add_argument("--format", choices=FORMAT_NAMES, help="default: from the file extension")
@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help is 0, a usage error 2
         return int(exc.code or 0)
     import kb
+    from kb.lookup import find_knowledge_bank
 
     client = None
     try:
         options = options_from_args(args)
         client = kb.api_client(home=args.home)
-        core = client.get_project(args.project).get_knowledge_bank(args.kb).as_core_knowledge_bank()
+        core = find_knowledge_bank(client.get_project(args.project), args.kb).as_core_knowledge_bank()
         report = ingest(core, args.file, options, progress=not args.quiet)
     except TooManyRejectedError as exc:
         _print_report(exc.report, args.report)
