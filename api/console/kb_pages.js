@@ -22,11 +22,28 @@ pages.knowledgeBank = async function (projectKey, kbId, tab) {
 const kbTabs = {
   async overview(ctx) {
     const schema = ctx.settings.metadata_schema || {};
+    const folders = await api.get(api.project(ctx.projectKey) + "/folders");
+    const message = messageBox("settings-message");
+    const current = ctx.settings.images_folder || "";
+    const imagesForm = h("form", { id: "images-folder", class: "inline-form", onsubmit: async (e) => {
+      e.preventDefault();
+      message.clear();
+      const settings = Object.assign({}, ctx.settings, { images_folder: formValues(e.target).images_folder || null });
+      try {
+        await api.put(ctx.base + "/settings", settings);
+        app.route();
+      } catch (err) { report(message, err); }
+    } },
+      field("Images folder (where retrieval-content images are)", h("select", { name: "images_folder" },
+        h("option", { value: "" }, "(none)"),
+        folders.map((f) => h("option", { value: ctx.projectKey + "." + f.id, selected: current === ctx.projectKey + "." + f.id }, f.name)))),
+      h("button", { type: "submit" }, "Save"));
     return h("div", { id: "overview" },
       table(["", ""], [["Store", ctx.info.vector_store_type], ["Embedding model", ctx.info.embedding_llm_id],
         ["Documents", String(ctx.count)], ["Images folder", ctx.settings.images_folder || "-"]]),
       h("h2", {}, "Metadata schema"),
       table(["Key", "Type"], Object.entries(schema), "No schema: any metadata is accepted.", { id: "schema" }),
+      h("h2", {}, "Images folder"), imagesForm, message,
       h("h2", {}, "Settings"), json(ctx.settings));
   },
 
@@ -86,8 +103,8 @@ const kbTabs = {
               if (!ids.length) return message.show("Tick the documents to delete first.");
               try {
                 const out = await api.post(ctx.base + "/documents/delete", { ids });
+                await load();  // (clears the message box: the result is shown after)
                 message.show("Deleted " + out.deleted + " documents.", "ok");
-                await load();
               } catch (err) { report(message, err); }
             } }, "Delete ticked")));
       } catch (err) { report(message, err); }
@@ -124,6 +141,7 @@ const kbTabs = {
       const v = formValues(e.target);
       const body = { folder: v.folder, path: v.path, text_column: v.text_column || "text", chunk_size: Number(v.chunk_size) };
       if (v.id_column) body.id_column = v.id_column;
+      if (v.metadata_columns.trim()) body.metadata_columns = v.metadata_columns.split(",").map((c) => c.trim()).filter(Boolean);
       try {
         const job = await api.post(ctx.base + "/ingest-jobs", body);
         followJob(ctx.projectKey, job.id, message, status);
@@ -132,6 +150,8 @@ const kbTabs = {
       field("Folder", folderSelect), field("File", fileSelect),
       field("Text column", h("input", { name: "text_column", value: "text", size: 10 })),
       field("Id column", h("input", { name: "id_column", size: 10 })),
+      field("Metadata columns", h("input", { name: "metadata_columns", id: "metadata-columns", size: 24 }),
+        "comma-separated; default: the schema's keys, else every other column"),
       field("Chunk size", h("input", { name: "chunk_size", type: "number", min: 0, value: 1000, size: 6 })),
       h("button", { type: "submit" }, "Start ingestion"));
     return h("div", {}, upload, h("h2", {}, "2. Ingest it"), form, message, status);
