@@ -238,11 +238,12 @@ def cmd_delete() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace,
         from kb.lookup import find_knowledge_bank
 
         handle = find_knowledge_bank(client.get_project(args.project), args.kb)
+        name = handle.name  # read before: an embedded handle looks its name up in the catalog
         handle.delete()
         if args.json:
-            print_json({"deleted": handle.id})
+            print_json({"deleted": handle.id, "name": name})
         else:
-            print(f"deleted knowledge bank {handle.name!r} ({handle.id})")
+            print(f"deleted knowledge bank {name!r} ({handle.id})")
 
     return parser, run
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -120,12 +121,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated search types (default: similarity,keyword,hybrid)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--home", type=Path, help="KB_HOME (default: $KB_HOME)")
+    parser.add_argument("--url", default=os.environ.get("KB_URL") or None,
+                        help="evaluate a knowledge bank of a kb server instead (default: $KB_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("KB_API_KEY") or None,
+                        help="API key for --url (default: $KB_API_KEY)")
     args = parser.parse_args(argv)
     import kb
     from kb.lookup import find_knowledge_bank
 
     try:
-        client = kb.api_client(home=args.home)
+        if args.url and args.home:
+            raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
+        client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
         core = find_knowledge_bank(client.get_project(args.project), args.kb).as_core_knowledge_bank()
         queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
         types = [t.strip() for t in args.search_types.split(",") if t.strip()]

@@ -152,6 +152,21 @@ class RemoteCoreKnowledgeBank:
         return int(self.transport.json("POST", f"{self.handle.base}/documents/delete", json={"ids": list(ids)})
                    ["deleted"])
 
+    def ingest_file(self, path: Path, params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+        """Stream a file to the server's ingestion (``POST .../ingest``) with an upload progress bar; its report."""
+        from tqdm import tqdm
+
+        with open(path, "rb") as handle, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                              desc=f"upload {path.name}", disable=not progress) as bar:
+            def blocks() -> Any:
+                while block := handle.read(1 << 20):
+                    bar.update(len(block))
+                    yield block
+
+            # no timeout: the server answers when the whole file is ingested
+            return self.transport.json("POST", f"{self.handle.base}/ingest", content=blocks(), timeout=None,
+                                       params={k: v for k, v in params.items() if v is not None})
+
     def commit(self, staged: StagedCommit) -> dict[str, Any]:
         body = {"clear": staged.clear, "deletes": staged.deletes, "upserts": list(staged.upserts.values())}
         return self.transport.json("POST", f"{self.handle.base}/commits", json=body)

@@ -66,7 +66,11 @@ class Transport:
         except (ValueError, KeyError, TypeError):
             code, message = "internal_error", f"HTTP {response.status_code}: {response.text[:300]}"
         cls = self.classes.get(code, errors.KBError)
-        raise cls(message)
+        try:
+            error = cls(message)
+        except TypeError:  # a class that carries more than a message (a report): its base in kb.errors
+            error = next(c for c in cls.__mro__ if c.__module__ == errors.__name__)(message)
+        raise error
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)

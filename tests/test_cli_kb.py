@@ -130,6 +130,21 @@ def test_server_with_url_and_environment(server: KBServer, tmp_path: Path) -> No
     assert [r["id"] for r in found["results"]][0] == "ants"
     assert {r["id"] for r in found["results"]} <= {"ants", "bees"}
 
+    # kb ingest and kb eval go to the server too (the file is streamed to POST .../ingest)
+    rows = tmp_path / "more.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"r{n}", "text": f"row {n} about owls", "topic": "bio"}) + "\n"
+                            for n in range(5)) + json.dumps({"id": "bad", "text": "x", "topic": 3}) + "\n")
+    ingested = run("ingest", str(rows), "--kb", "remote-papers", "--id-column", "id", "--quiet", env=env)
+    assert ingested.returncode == 1, ingested.stderr  # one row rejected: the ingest command's own status 1
+    assert "5 written" in ingested.stdout and "1 rejected" in ingested.stdout and "topic" in ingested.stderr
+    assert json.loads(run("info", "remote-papers", "--json", env=env).stdout)["documents"] == 8
+    (tmp_path / "q.jsonl").write_text(json.dumps({"_id": "q", "text": "owls"}) + "\n")
+    (tmp_path / "qrels.tsv").write_text("q\tr0#0\t1\n")
+    evaluated = run("eval", "--kb", "remote-papers", "--queries", str(tmp_path / "q.jsonl"), "--qrels",
+                    str(tmp_path / "qrels.tsv"), "--search-types", "keyword", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.splitlines()[2].split()[0] == "keyword"
+
     reader = server.keys().create("cli-reader", roles={"DEFAULT": "reader"})
     as_reader = {"KB_URL": server.url, "KB_API_KEY": reader}
     assert run("info", "remote-papers", env=as_reader).returncode == 0

@@ -97,8 +97,12 @@ def _sign_in(driver, server: KBServer, key: str) -> None:  # noqa: ANN001
 
 
 def _shot(driver, name: str) -> None:  # noqa: ANN001
+    """The whole page (up to 2000 px tall): the window grows to the document for the picture."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(max(height + 140, 700), 2000))
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.set_window_size(1280, 900)
 
 
 def test_console_scenario(server: KBServer, browser, files: dict[str, Path]) -> None:  # noqa: ANN001

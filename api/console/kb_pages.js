@@ -195,10 +195,13 @@ function renderHit(hit, rank) {
   }
   return h("article", { class: "hit", "data-id": hit.id },
     h("header", {}, h("strong", {}, "#" + rank + " "), h("code", {}, hit.id), " score " + fmt(hit.score)),
-    scores.length ? table(scores.map(([k]) => k), [scores.map(([, v]) => fmt(v))], "", { class: "scores" }) : null,
-    h("p", { class: "text" }, hit.text),
-    table(["Metadata", "Value"], Object.entries(hit.metadata).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]), "No metadata."),
-    images);
+    h("div", { class: "hit-body" },
+      h("div", {},
+        scores.length ? table(scores.map(([k]) => k), [scores.map(([, v]) => fmt(v))], "", { class: "scores" }) : null,
+        h("p", { class: "text" }, hit.text),
+        table(["Metadata", "Value"], Object.entries(hit.metadata).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+          "No metadata.", { class: "metadata" })),
+      images));
 }
 
 // Poll a job until it ends: progress while it runs, then the report (or the error) as a table.

@@ -33,6 +33,7 @@ class IngestJobIn(Strict):
     metadata_columns: list[str] | None = None
     chunk_size: int = Field(default=1000, ge=0)
     chunk_overlap: int = Field(default=200, ge=0)
+    batch_rows: int = Field(default=1000, ge=1, description="rows read at a time (a commit happens between batches)")
     commit_every: int = Field(default=500, ge=1, description="chunks per atomic commit (and progress update)")
     max_rejected: int | None = Field(default=None, ge=0)
 
@@ -52,7 +53,7 @@ def start_ingest_job(project_key: str, kb_id: str, body: IngestJobIn, request: R
     path = folder.local_file(body.path)
     options = IngestOptions(text_column=body.text_column, id_column=body.id_column,
                             metadata_columns=body.metadata_columns, source=path.name, format=body.format,
-                            chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
+                            chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap, batch_rows=body.batch_rows,
                             commit_every=body.commit_every, max_rejected=body.max_rejected)
     options.validate()
 
