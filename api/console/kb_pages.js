@@ -217,8 +217,9 @@ function followJob(projectKey, jobId, message, status) {
     if (job.state === "succeeded") {
       const r = job.report || {};
       const keys = ["rows_read", "rows_written", "rows_skipped", "rows_rejected", "chunks_written", "chunks_skipped", "chunks_removed", "texts_embedded", "commits", "seconds"];
-      target.append(h("h2", {}, "Ingestion report"), table(["", ""], keys.filter((k) => k in r).map((k) => [k, fmt(r[k])]), "", { id: "job-report" }),
-        r.rejected && r.rejected.length ? table(["Rejected row", "Reason"], r.rejected.slice(0, 50).map((x) => [String(x.row), x.reason]), "") : null);
+      target.append(...[h("h2", {}, "Ingestion report"), table(["", ""], keys.filter((k) => k in r).map((k) => [k, fmt(r[k])]), "", { id: "job-report" }),
+        r.rejected && r.rejected.length ? table(["Rejected row", "Reason"], r.rejected.slice(0, 50).map((x) => [String(x.row), x.reason]), "") : null]
+        .filter(Boolean));
     } else if (job.state === "failed") {
       message.show("Job failed: " + job.error.message + " (" + job.error.code + ")");
     } else {

@@ -134,12 +134,14 @@ function uploadForm(projectKey, folderId, done) {
     e.preventDefault();
     message.clear();
     bar.hidden = false;
+    const uploaded = [];
     try {
       for (const file of input.files) {
         const path = (prefix.value.replace(/\/*$/, "/") + file.name).replace(/^\/*/, "/");
         await api.upload(api.filePath(projectKey, folderOf(), path), file, (loaded, total) => { bar.value = (100 * loaded) / total; });
         bar.value = 100;
-        message.show("Uploaded " + path + " (" + file.size + " bytes).", "ok");
+        uploaded.push(path + " (" + file.size + " bytes)");
+        message.show("Uploaded " + uploaded.join(", ") + ".", "ok");
       }
       if (done) done();
     } catch (err) { report(message, err); }
