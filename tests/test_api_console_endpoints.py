@@ -122,6 +122,9 @@ def test_ingestion_job(server: KBServer, http: httpx.Client, tmp_path: Path) -> 
            "invalid_path")
     _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/in/rows.jsonl", "chunk_size": 10,
                                                  "chunk_overlap": 20}), 422, "invalid_input")
+    http.put(f"/v1/projects/DEFAULT/folders/{folder['id']}/files/notes.txt", content=b"plain text")
+    assert "format" in _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/notes.txt"}), 422,
+                              "invalid_input")
     _error(http.get("/v1/projects/DEFAULT/jobs/nope"), 404, "not_found")
     reader = server.keys().create("r2", roles={"DEFAULT": "reader"})
     _error(httpx.post(f"{server.url}{url}/ingest-jobs", json={"folder": "drop", "path": "/in/rows.jsonl"},

@@ -19,6 +19,7 @@ from api.keys import Principal
 from api.schemas import Strict
 from kb.client import EmbeddedClient
 from writers.ingest import IngestOptions, IngestReport, ingest
+from writers.sources import detect_format
 
 router = APIRouter(prefix="/v1/projects/{project_key}", tags=["jobs"], route_class=OrjsonRoute)
 
@@ -56,6 +57,7 @@ def start_ingest_job(project_key: str, kb_id: str, body: IngestJobIn, request: R
                             chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap, batch_rows=body.batch_rows,
                             commit_every=body.commit_every, max_rejected=body.max_rejected)
     options.validate()
+    detect_format(path, body.format)  # an unknown extension is a 422 now, not a failed job later
 
     def work(job: Job) -> dict[str, Any]:
         def on_commit(report: IngestReport) -> None:
