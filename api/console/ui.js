@@ -20,7 +20,7 @@ function h(tag, attrs, ...children) {
 function table(headers, rows, emptyText, attrs) {
   if (!rows.length) return h("p", { class: "muted" }, emptyText || "Nothing here yet.");
   return h("table", attrs || {},
-    h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))),
+    headers.some(Boolean) ? h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))) : null,
     h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))));
 }
 
