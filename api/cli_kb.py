@@ -99,8 +99,12 @@ def open_client(args: argparse.Namespace) -> Any:
     return kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
 
 
-def describe(handle: Any, with_count: bool = True) -> dict[str, Any]:
-    """What ``kb info`` and ``kb list --json`` show: the catalog entry, its settings and its size."""
+def describe(handle: Any, with_count: bool = True, tolerant: bool = False) -> dict[str, Any]:
+    """What ``kb info`` and ``kb list --json`` show: the catalog entry, its settings and its size.
+
+    ``tolerant``: a store that cannot count (a Chroma or Elasticsearch server down) gives ``documents: null``
+    and its error, so one unreachable store does not hide the others from ``kb list``.
+    """
     settings = handle.get_settings().get_raw()
     out: dict[str, Any] = {"id": handle.id, "name": handle.name, "project_key": handle.project_key,
                            "vector_store_type": settings.get("vector_store_type"),
@@ -108,7 +112,12 @@ def describe(handle: Any, with_count: bool = True) -> dict[str, Any]:
                            "metadata_schema": settings.get("metadata_schema") or {},
                            "images_folder": settings.get("images_folder")}
     if with_count:
-        out["documents"] = handle.as_core_knowledge_bank().count()
+        try:
+            out["documents"] = handle.as_core_knowledge_bank().count()
+        except errors.KBError as exc:
+            if not tolerant:
+                raise
+            out["documents"], out["error"] = None, str(exc)
     out["settings"] = settings
     return out
 
@@ -150,13 +159,18 @@ def cmd_list() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace, A
     _common(parser)
 
     def run(args: argparse.Namespace, client: Any) -> None:
-        items = [describe(i.to_knowledge_bank()) for i in client.get_project(args.project).list_knowledge_banks()]
+        items = [describe(i.to_knowledge_bank(), tolerant=True)
+                 for i in client.get_project(args.project).list_knowledge_banks()]
         if args.json:
             print_json(items)
             return
         print_table(["ID", "NAME", "STORE", "MODEL", "DOCUMENTS"],
-                    [[i["id"], i["name"], i["vector_store_type"], i["embedding_llm_id"], i["documents"]]
+                    [[i["id"], i["name"], i["vector_store_type"], i["embedding_llm_id"],
+                      "?" if i["documents"] is None else i["documents"]]
                      for i in items], empty=f"no knowledge banks in project {args.project}")
+        for item in items:
+            if item["documents"] is None:
+                print(f"kb list: cannot count {item['name']!r}: {item['error']}", file=sys.stderr)
 
     return parser, run
 

@@ -156,3 +156,27 @@ def test_server_with_url_and_environment(server: KBServer, tmp_path: Path) -> No
 
     assert run("delete", kb_id, env=env).returncode == 0
     assert json.loads(run("list", "--json", env=env).stdout) == []
+
+
+def test_a_store_that_is_down(tmp_path: Path) -> None:
+    """kb list still lists every knowledge bank (the one it cannot count shows "?"); kb info on it exits 6."""
+    from tests.support.chroma_server import ChromaServer
+
+    chroma = ChromaServer(tmp_path / "chroma-data").start()
+    home = ["--home", str(tmp_path / "home")]
+    try:
+        with kb.api_client(home=tmp_path / "home") as client:
+            client.create_connection("chroma", "chroma", {"url": chroma.url})
+        created = run("create", "on-chroma", "--store", "chroma", "--settings", '{"connection": "chroma"}', *home)
+        assert created.returncode == 0, created.stderr
+        assert run("create", "on-faiss", *home).returncode == 0
+        chroma.stop()
+        listed = run("list", *home)
+        assert listed.returncode == 0, listed.stderr
+        rows = {line.split()[1]: line.split() for line in listed.stdout.splitlines()[1:]}
+        assert rows["on-chroma"][2:] == ["CHROMA", "local:all-MiniLM-L6-v2", "?"] and rows["on-faiss"][-1] == "0"
+        assert "cannot count 'on-chroma'" in listed.stderr
+        down = run("info", "on-chroma", *home)
+        assert down.returncode == 6, (down.returncode, down.stderr)
+    finally:
+        chroma.stop()

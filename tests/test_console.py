@@ -220,6 +220,29 @@ def test_console_scenario(server: KBServer, browser, files: dict[str, Path]) -> 
     _wait(driver, "#kb-table", "guides")
     _shot(driver, "project")
 
+    # delete the knowledge bank and the folder from the project page (each asks first)
+    kb_id = _css(driver, "#kb-table button[data-delete-kb]").get_attribute("data-delete-kb")
+    _css(driver, f"#kb-table button[data-delete-kb='{kb_id}']").click()
+    driver.switch_to.alert.accept()
+    _wait(driver, "#main", "No knowledge banks yet.")
+    _css(driver, "#folder-table button[data-delete-folder]").click()
+    driver.switch_to.alert.accept()
+    _wait(driver, "#main", "No managed folders yet.")
+    listed = httpx.get(f"{server.url}/v1/projects/DEFAULT/knowledge-banks",
+                       headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert listed.json() == []
+
+
+def test_auth_off_needs_no_sign_in(tmp_path: Path, browser) -> None:  # noqa: ANN001
+    open_server = KBServer(tmp_path / "open", auth=False).start()
+    try:
+        browser.get(open_server.url + "/")
+        _wait(browser, "#projects", "DEFAULT")
+        assert _css(browser, "#who").text == "authentication off"
+        assert not browser.find_elements("css selector", "#signin")
+    finally:
+        open_server.stop()
+
 
 def _kb_id(driver) -> str:  # noqa: ANN001
     return driver.execute_script("return decodeURIComponent(location.hash.split('/')[4])")

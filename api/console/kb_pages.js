@@ -56,6 +56,7 @@ const kbTabs = {
       filterBox.clear(); message.clear(); results.replaceChildren();
       const v = formValues(e.target);
       const body = { query: v.query, search_type: v.search_type, k: Number(v.k) };
+      for (const name of ["fetch_k", "lambda_mult", "score_threshold"]) if (v[name] !== "") body[name] = Number(v[name]);
       if (v.filter.trim()) {
         try { body.filter = JSON.parse(v.filter); } catch (err) { return filterBox.show("The filter is not valid JSON: " + err.message); }
       }
@@ -72,7 +73,10 @@ const kbTabs = {
       field("Query", h("input", { name: "query", id: "query", required: true, size: 60 })),
       h("div", { class: "inline-form" },
         field("Search type", h("select", { name: "search_type", id: "search-type" }, SEARCH_TYPES.map((t) => h("option", { value: t }, t)))),
-        field("k", h("input", { name: "k", id: "k", type: "number", min: 1, value: 4, size: 4 }))),
+        field("k", h("input", { name: "k", id: "k", type: "number", min: 1, value: 4, size: 4 })),
+        field("fetch_k (mmr)", h("input", { name: "fetch_k", type: "number", min: 1, placeholder: "20", size: 5 })),
+        field("lambda_mult (mmr)", h("input", { name: "lambda_mult", type: "number", min: 0, max: 1, step: "any", placeholder: "0.5", size: 5 })),
+        field("score_threshold", h("input", { name: "score_threshold", id: "score-threshold", type: "number", step: "any", size: 6 }))),
       field("Filter (JSON)", h("textarea", { name: "filter", id: "filter", rows: 3, cols: 60,
         placeholder: '{"source": "guide", "year": {"$gte": 2020}}' }),
       "Operators: $eq $ne $gt $gte $lt $lte $in $nin on a key; $and $or $not to combine."),
