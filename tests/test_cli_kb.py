@@ -159,7 +159,8 @@ def test_server_with_url_and_environment(server: KBServer, tmp_path: Path) -> No
 
 
 def test_a_store_that_is_down(tmp_path: Path) -> None:
-    """kb list still lists every knowledge bank (the one it cannot count shows "?"); kb info on it exits 6."""
+    """With its Chroma server down, a knowledge bank is still listed (kb keeps the count in its own SQLite commit
+    point), and a search on it exits 6 naming the server, while the other knowledge banks answer."""
     from tests.support.chroma_server import ChromaServer
 
     chroma = ChromaServer(tmp_path / "chroma-data").start()
@@ -170,13 +171,19 @@ def test_a_store_that_is_down(tmp_path: Path) -> None:
         created = run("create", "on-chroma", "--store", "chroma", "--settings", '{"connection": "chroma"}', *home)
         assert created.returncode == 0, created.stderr
         assert run("create", "on-faiss", *home).returncode == 0
+        with kb.api_client(home=tmp_path / "home") as client:
+            from kb.lookup import find_knowledge_bank
+
+            for name in ("on-chroma", "on-faiss"):
+                _fill(find_knowledge_bank(client.get_default_project(), name).as_core_knowledge_bank())
         chroma.stop()
         listed = run("list", *home)
         assert listed.returncode == 0, listed.stderr
         rows = {line.split()[1]: line.split() for line in listed.stdout.splitlines()[1:]}
-        assert rows["on-chroma"][2:] == ["CHROMA", "local:all-MiniLM-L6-v2", "?"] and rows["on-faiss"][-1] == "0"
-        assert "cannot count 'on-chroma'" in listed.stderr
-        down = run("info", "on-chroma", *home)
+        assert rows["on-chroma"][2:] == ["CHROMA", "local:all-MiniLM-L6-v2", "3"] and rows["on-faiss"][-1] == "3"
+        down = run("search", "on-chroma", "anything", *home)
         assert down.returncode == 6, (down.returncode, down.stderr)
+        assert chroma.url in down.stderr
+        assert run("search", "on-faiss", "anything", *home).returncode == 0
     finally:
         chroma.stop()
