@@ -200,6 +200,7 @@ def test_console_scenario(server: KBServer, browser, files: dict[str, Path]) -> 
     _css(driver, "#delete-documents").click()
     _wait(driver, "#documents-message", "Deleted 1")
     _wait(driver, "#documents p.muted", "of 3")
+    assert _css(driver, "#kb-count").text == "3"
     assert httpx.get(f"{server.url}/v1/projects/DEFAULT/knowledge-banks/{_kb_id(driver)}/count",
                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json() == {"count": 3}
     _shot(driver, "documents")

@@ -14,7 +14,8 @@ pages.knowledgeBank = async function (projectKey, kbId, tab) {
   const body = await kbTabs[tab in kbTabs ? tab : "overview"](ctx);
   app.main().replaceChildren(h("section", { class: "card" },
     h("h1", {}, "Knowledge bank " + info.name),
-    h("p", { class: "muted" }, info.vector_store_type + " · " + info.embedding_llm_id + " · " + ctx.count + " documents · id " + kbId),
+    h("p", { class: "muted" }, info.vector_store_type + " · " + info.embedding_llm_id + " · ",
+      h("span", { id: "kb-count" }, String(ctx.count)), " documents · id " + kbId),
     h("nav", { class: "tabs" }, TABS.map((t) => h("a", { href: here + "/" + t, id: "tab-" + t, class: t === tab ? "active" : "" }, t))),
     body));
 };
@@ -94,6 +95,8 @@ const kbTabs = {
       if (state.filter) params.set("filter", state.filter);
       try {
         const page = await api.get(ctx.base + "/documents?" + params);
+        const counter = document.getElementById("kb-count");
+        if (counter && !state.filter) counter.textContent = String(page.total);  // after deletes too
         const rows = page.documents.map((d) => [h("input", { type: "checkbox", value: d.id, class: "pick" }), h("code", {}, d.id),
           h("div", { class: "text" }, d.text), h("code", { class: "meta" }, JSON.stringify(d.metadata))]);
         list.replaceChildren(
