@@ -24,8 +24,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kb
 from api.config import ServiceSettings
+from api.console_app import mount_console
+from api.jobs import JobRegistry
 from api.keys import KeyStore
-from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
+from api.routers import (
+    documents,
+    evaluation,
+    folders,
+    health,
+    ingest,
+    jobs,
+    knowledge_banks,
+    llms,
+    openai_compat,
+    projects,
+    session,
+)
 from api.routers import sync as sync_jobs
 from kb.errors import KBError
 
@@ -130,6 +144,7 @@ def create_app(settings: ServiceSettings | None = None,
         app.state.keys = KeyStore(settings.home / "keys.sqlite")
         if settings.bootstrap_admin_key:
             app.state.keys.create("bootstrap admin", admin=True, key=settings.bootstrap_admin_key)
+        app.state.jobs = JobRegistry()
         app.state.warm = threading.Event()
         if settings.warmup:
             threading.Thread(target=_warm_up, args=(app,), name="kb-warmup", daemon=True).start()
@@ -138,6 +153,7 @@ def create_app(settings: ServiceSettings | None = None,
         log.info("kb service started", extra={"fields": {"home": str(settings.home), "auth": settings.auth}})
         yield
         # Shutdown runs after uvicorn has drained in-flight requests, so no commit is cut in half.
+        app.state.jobs.close()
         app.state.client.close()
         log.info("kb service stopped")
 
@@ -163,6 +179,8 @@ def create_app(settings: ServiceSettings | None = None,
     # Starlette tries routes in order: the busiest (search, documents) first, so they match without
     # testing thirty others.
     for router in (documents.router, health.router, projects.router, llms.router, folders.router,
-                   knowledge_banks.router, ingest.router, openai_compat.router, sync_jobs.router):
+                   knowledge_banks.router, ingest.router, openai_compat.router, session.router, jobs.router,
+                   evaluation.router, sync_jobs.router):
         app.include_router(router)
+    mount_console(app)  # the web console at / (static files; every datum comes from the REST API above)
     return app

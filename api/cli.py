@@ -20,6 +20,16 @@ commands:
   import    restore a knowledge bank from a snapshot, into any store type
   demo      write a few documents into a demo knowledge bank and search them
   bench     benchmark kb against raw faiss, LangChain FAISS and Chroma (JSON + PNG charts)
+  create    create a knowledge bank (--store, --model, --schema key=type,...)
+  list      list knowledge banks with store, model and document count
+  info      show a knowledge bank: settings, metadata schema, document count
+  search    search a knowledge bank (--type, --k, --filter JSON)
+  delete    delete a knowledge bank
+
+create, list, info, search, delete, ingest and eval work on the embedded home (--home, $KB_HOME) or on a
+kb server (--url/--api-key, or $KB_URL/$KB_API_KEY); knowledge banks by id or name; `kb <command> --help`
+lists a command's options. Exit codes of create/list/info/search/delete: 0 ok, 1 refused by kb, 2 usage,
+3 not found, 4 ambiguous name, 5 authentication/permission refused, 6 server or store unreachable.
 """
 
 
@@ -127,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kb.benchmarks.suite import main as bench_main
 
         return bench_main(rest)
+    if command in ("create", "list", "info", "search", "delete"):
+        from api.cli_kb import main as kb_command_main
+
+        return kb_command_main(command, rest)
     print(f"kb: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

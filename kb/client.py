@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kb.catalog import Catalog
 from kb.config import default_home
-from kb.errors import InvalidInputError, NotFoundError, UnknownModelError
+from kb.errors import InvalidInputError, UnknownModelError
 from kb.folders import ManagedFolder
 from kb.knowledge_bank import (
     KnowledgeBankHandle,
@@ -366,10 +366,8 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
     """The embedded client, or with ``url`` the REST client of a kb server."""
     if url is None:
         return EmbeddedClient(home)
-    try:
-        from api.remote import RemoteClient
-    except ImportError as exc:  # pragma: no cover - the REST client ships with kb
-        raise NotFoundError("the REST client is not available in this installation") from exc
+    from kb.remote import RemoteClient
+
     return RemoteClient(url, api_key=api_key)
 
 

@@ -119,3 +119,9 @@ class SyncBusyError(WriterBusyError):
     """Another folder sync is running on the same knowledge bank."""
 
     code = "busy"
+
+
+class AmbiguousNameError(InvalidInputError):
+    """A name given where an id would do matches more than one object; the message lists the ids."""
+
+    code = "ambiguous_name"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +27,43 @@ METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DEFAULT_TYPES = ("similarity", "keyword", "hybrid")
 
 
-def load_queries(path: Path) -> dict[str, str]:
+def parse_queries(lines: Iterable[str], name: str) -> dict[str, str]:
+    """BEIR queries (one ``{"_id", "text"}`` JSON object per line); ``name`` labels errors (a path, "queries")."""
     queries: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                queries[str(item["_id"])] = str(item["text"])
-            except (ValueError, KeyError) as exc:
-                raise InvalidInputError(f"{path}:{number}: not a BEIR query line ({exc})") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            queries[str(item["_id"])] = str(item["text"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"{name}:{number}: not a BEIR query line ({exc})") from exc
     return queries
 
 
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+def parse_qrels(lines: Iterable[str], name: str) -> dict[str, dict[str, int]]:
+    """BEIR qrels, tab-separated query-id, corpus-id, score (an optional header line)."""
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        for number, row in enumerate(reader, start=1):
-            if number == 1 and row and row[0] == "query-id":
-                continue
-            if len(row) < 3:
-                raise InvalidInputError(f"{path}:{number}: expected query-id, corpus-id, score")
+    for number, row in enumerate(csv.reader(lines, delimiter="\t"), start=1):
+        if not row or (number == 1 and row[0] == "query-id"):
+            continue
+        if len(row) < 3:
+            raise InvalidInputError(f"{name}:{number}: expected query-id, corpus-id, score")
+        try:
             qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+        except ValueError as exc:
+            raise InvalidInputError(f"{name}:{number}: score must be an integer, got {row[2]!r}") from exc
     return qrels
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    with open(path, encoding="utf-8") as handle:
+        return parse_queries(handle, str(path))
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return parse_qrels(handle, str(path))
 
 
 def evaluate(
@@ -101,19 +114,26 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kb eval", description="Evaluate a knowledge bank on BEIR queries and qrels.")
     parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
-    parser.add_argument("--kb", required=True, help="knowledge bank id")
+    parser.add_argument("--kb", required=True, help="knowledge bank id or name")
     parser.add_argument("--queries", type=Path, required=True, help="BEIR queries.jsonl (_id, text)")
     parser.add_argument("--qrels", type=Path, required=True, help="BEIR qrels .tsv (query-id, corpus-id, score)")
     parser.add_argument("--search-types", default=",".join(DEFAULT_TYPES),
                         help="comma-separated search types (default: similarity,keyword,hybrid)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--home", type=Path, help="KB_HOME (default: $KB_HOME)")
+    parser.add_argument("--url", default=os.environ.get("KB_URL") or None,
+                        help="evaluate a knowledge bank of a kb server instead (default: $KB_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("KB_API_KEY") or None,
+                        help="API key for --url (default: $KB_API_KEY)")
     args = parser.parse_args(argv)
     import kb
+    from kb.lookup import find_knowledge_bank
 
     try:
-        client = kb.api_client(home=args.home)
-        core = client.get_project(args.project).get_knowledge_bank(args.kb).as_core_knowledge_bank()
+        if args.url and args.home:
+            raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
+        client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
+        core = find_knowledge_bank(client.get_project(args.project), args.kb).as_core_knowledge_bank()
         queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
         types = [t.strip() for t in args.search_types.split(",") if t.strip()]
         results = evaluate(lambda r: core.search(r), queries, qrels, types)

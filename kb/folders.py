@@ -133,6 +133,13 @@ class ManagedFolder:
             raise NotFoundError(f"file {normalise_path(path)!r} does not exist in managed folder {self.id}")
         return open(target, "rb")
 
+    def local_file(self, path: str) -> Path:
+        """The file's path on this machine (for readers that want a path, such as ingestion)."""
+        target = self._resolve(path)
+        if not target.is_file():
+            raise NotFoundError(f"file {normalise_path(path)!r} does not exist in managed folder {self.id}")
+        return target
+
     def read(self, path: str) -> bytes:
         with self.get_download_stream(path) as stream:
             return stream.read()

@@ -10,7 +10,7 @@ import pytest
 from langchain_core.documents import Document
 
 import kb
-from api.remote import RemoteAuthError, RemoteClient, RemoteForbiddenError
+from kb.remote import RemoteAuthError, RemoteClient, RemoteForbiddenError
 from tests.support.server import ADMIN_KEY, KBServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

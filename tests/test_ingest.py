@@ -168,6 +168,21 @@ def test_bad_input_is_a_typed_error_naming_it(client: kb.EmbeddedClient, tmp_pat
     assert core.count() == 0
 
 
+def test_kb_own_columns_pass_under_a_schema(client: kb.EmbeddedClient, tmp_path: Path) -> None:
+    """KB_ keys (here retrieval-content images) are valid under any schema, so they can be metadata columns."""
+    core = _core(client, "kb-columns", metadata_schema={"lang": "string"})
+    images = json.dumps({"type": "images", "content": ["/page1.png"]})
+    rows = _write(tmp_path / "rows.jsonl", [{"id": "a", "text": "alpha", "lang": "en", "KB_MULTIMODAL_CONTENT": images},
+                                            {"id": "b", "text": "beta", "lang": "fr"}])
+    report = ingest(core, rows, IngestOptions(id_column="id", metadata_columns=["lang", "KB_MULTIMODAL_CONTENT"]),
+                    progress=False)
+    assert report.rows_written == 2 and report.rows_rejected == 0
+    by_id = {d.id: d for d in core.get_documents(["a#0", "b#0"])}
+    assert by_id["a#0"].metadata["KB_MULTIMODAL_CONTENT"] == images and by_id["b#0"].metadata["lang"] == "fr"
+    with pytest.raises(SchemaError, match=r"\['KBX'\] are not in"):  # only the reserved prefix passes
+        ingest(core, rows, IngestOptions(metadata_columns=["lang", "KBX"]), progress=False)
+
+
 def test_max_rejected_stops_and_keeps_the_report(client: kb.EmbeddedClient, tmp_path: Path) -> None:
     path = _write(tmp_path / "bad.jsonl", [{"text": "fine"}, {"text": ""}, {"other": 1}, {"text": "late"}])
     with pytest.raises(TooManyRejectedError, match="more than 1 rows rejected.*row 3") as caught:

@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
     folder = project.create_managed_folder("vault")
     folder.upload_data("/plans.txt", b"plans")
     process.ids = {"kb_id": handle.id, "folder_id": folder.id, "project_key": "SECRET", "path": "plans.txt",
-                   "llm_id": "custom:fake6", "job_id": "0123"}  # type: ignore[attr-defined]
+                   "llm_id": "custom:fake6", "job_id": "any-job"}  # type: ignore[attr-defined]
     yield process
     process.stop()
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from kb.errors import InvalidInputError, SchemaError
 from stores.base import Record
-from writers.schema import validate_metadata
+from writers.schema import RESERVED_PREFIX, validate_metadata
 from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
 
 if TYPE_CHECKING:
@@ -195,7 +195,9 @@ class _Ingestion:
         """Check the column options against the file (when its columns are known up front)."""
         options, columns = self.options, self.rows.columns
         if options.metadata_columns is not None and self.schema:
-            outside = [c for c in options.metadata_columns if c not in self.schema]
+            # kb's own KB_ keys (e.g. retrieval-content images) are valid under any schema, as in the writer
+            outside = [c for c in options.metadata_columns
+                       if c not in self.schema and not c.startswith(RESERVED_PREFIX)]
             if outside:
                 raise SchemaError(f"metadata columns {outside} are not in the knowledge bank's metadata schema "
                                   f"(declared keys: {', '.join(sorted(self.schema))})")

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import core_for, get_client, require
@@ -88,6 +88,26 @@ def get_documents(project_key: str, kb_id: str, body: IdsIn, request: Request,
             for r in core_for(client, project_key, kb_id).driver.get(body.ids)]
 
 
+@router.get("/documents", summary="Browse documents: a page of them in id order, with the total (filter optional)")
+def list_documents(project_key: str, kb_id: str, request: Request, offset: int = Query(0, ge=0),
+                   limit: int = Query(50, ge=1), filter: str | None = None,
+                   client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("reader"))) -> dict:
+    _limit(request, limit, "documents")
+    core = core_for(client, project_key, kb_id)
+    ids = sorted(core.driver.ids_where(core.check_filter(parse_filter(_json_filter(filter)))))
+    page = {r.id: r for r in core.driver.get(ids[offset:offset + limit])}
+    return {"total": len(ids), "offset": offset,
+            "documents": [{"id": i, "text": page[i].text, "metadata": page[i].metadata}
+                          for i in ids[offset:offset + limit] if i in page]}
+
+
+def _json_filter(text: str | None) -> dict | None:
+    try:
+        return json.loads(text) if text else None
+    except ValueError as exc:
+        raise InvalidInputError(f"filter must be JSON: {exc}") from exc
+
+
 @router.post("/documents/delete", summary="Delete documents by ids or by metadata filter")
 def delete(project_key: str, kb_id: str, body: DeleteIn, request: Request,
            client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
@@ -104,11 +124,7 @@ def delete(project_key: str, kb_id: str, body: DeleteIn, request: Request,
 @router.get("/count", response_model=CountOut)
 def count(project_key: str, kb_id: str, filter: str | None = None, client: EmbeddedClient = Depends(get_client),
           _: Principal = Depends(require("reader"))) -> dict:
-    try:
-        parsed = json.loads(filter) if filter else None
-    except ValueError as exc:
-        raise InvalidInputError(f"filter must be JSON: {exc}") from exc
-    return {"count": core_for(client, project_key, kb_id).count(parsed)}
+    return {"count": core_for(client, project_key, kb_id).count(_json_filter(filter))}
 
 
 @router.post("/clear", summary="Remove every document (one atomic commit)")

@@ -1,274 +1,27 @@
-"""The REST client: ``kb.api_client(url=..., api_key=...)`` with the same objects as the embedded client.
-
-Projects, embedding models, managed folders, knowledge banks and their
-settings map onto the service's resources. ``as_core_knowledge_bank()``
-returns a ``RemoteCoreKnowledgeBank`` whose LangChain vector store and
-retriever are kb's own (``kb.langchain_vectorstore``) over HTTP, and whose
-writer stages operations locally and sends them as one atomic commit when
-the ``with`` block ends cleanly (nothing at all after an exception).
-Server errors come back as the same ``kb.errors`` classes.
-"""
+"""Remote knowledge banks: settings, the core knowledge bank over REST and the staging writer."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from kb import errors
-from kb.folders import normalise_path
-from kb.llm import LLMListItem
+from kb.remote import RemoteLLM, RemoteProject
 from kb.search import SearchRequest, SearchResult, image_paths_of
 from writers.formatter import MetadataFormatter
-
-_IDEMPOTENT = ("GET", "PUT", "DELETE")
-
-
-def _error_classes() -> dict[str, type[errors.KBError]]:
-    found: dict[str, type[errors.KBError]] = {}
-    pending: list[type[errors.KBError]] = [errors.KBError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.code, cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
-class RemoteAuthError(errors.KBError):
-    http_status = 401
-    code = "unauthenticated"
-
-
-class RemoteForbiddenError(errors.KBError):
-    http_status = 403
-    code = "forbidden"
-
-
-class Transport:
-    def __init__(self, url: str, api_key: str | None, timeout: float = 60.0, retries: int = 3) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.base = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
-        self.retries = retries
-        self.classes = _error_classes()
-        self.classes.update({"unauthenticated": RemoteAuthError, "forbidden": RemoteForbiddenError})
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempts = self.retries + 1 if method in _IDEMPOTENT else 1
-        for attempt in range(attempts):
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if attempt + 1 == attempts:
-                    raise errors.StoreUnavailableError(f"kb service at {self.base} unreachable: {exc}") from exc
-                time.sleep(0.2 * 2**attempt)
-                continue
-            if response.status_code == 503 and attempt + 1 < attempts:
-                time.sleep(0.2 * 2**attempt)
-                continue
-            if response.status_code >= 400:
-                self._raise(response)
-            return response
-        raise AssertionError("unreachable")
-
-    def _raise(self, response: httpx.Response) -> None:
-        try:
-            error = response.json()["error"]
-            code, message = str(error["code"]), str(error["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = "internal_error", f"HTTP {response.status_code}: {response.text[:300]}"
-        cls = self.classes.get(code, errors.KBError)
-        raise cls(message)
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.request(method, path, **kwargs)
-        return None if response.status_code == 204 else response.json()
-
-
-class RemoteClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
-        self.transport = Transport(url, api_key, timeout)
-        self.url = url
-
-    def __repr__(self) -> str:
-        return f"RemoteClient({self.url!r})"
-
-    def list_projects(self) -> list[dict[str, Any]]:
-        return self.transport.json("GET", "/v1/projects")
-
-    def list_project_keys(self) -> list[str]:
-        return [p["key"] for p in self.list_projects()]
-
-    def get_project(self, project_key: str) -> RemoteProject:
-        self.transport.json("GET", f"/v1/projects/{quote(project_key)}")
-        return RemoteProject(self.transport, project_key)
-
-    def create_project(self, project_key: str, name: str | None = None) -> RemoteProject:
-        self.transport.json("POST", "/v1/projects", json={"key": project_key, "name": name})
-        return RemoteProject(self.transport, project_key)
-
-    def get_default_project(self) -> RemoteProject:
-        return RemoteProject(self.transport, "DEFAULT")
-
-    def close(self) -> None:
-        self.transport.http.close()
-
-    def __enter__(self) -> RemoteClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class RemoteEmbeddings(Embeddings):
-    def __init__(self, llm: RemoteLLM) -> None:
-        self.llm = llm
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.llm.embed(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.llm.embed([text])[0]
-
-
-class RemoteEmbeddingQuery:
-    def __init__(self, llm: RemoteLLM) -> None:
-        self.llm, self.texts = llm, []  # type: ignore[var-annotated]
-
-    def add_text(self, text: str) -> RemoteEmbeddingQuery:
-        if not isinstance(text, str):
-            raise errors.InvalidInputError(f"add_text expects a string, got {type(text).__name__}")
-        self.texts.append(text)
-        return self
-
-    def execute(self) -> Any:
-        from kb.llm import EmbeddingResponse
-
-        return EmbeddingResponse(self.llm.embed(self.texts) if self.texts else [])
-
-
-@dataclass
-class RemoteLLM:
-    transport: Transport
-    project_key: str
-    id: str
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        path = f"/v1/projects/{quote(self.project_key)}/llms/{quote(self.id, safe='')}/embeddings"
-        return self.transport.json("POST", path, json={"texts": texts})["embeddings"]
-
-    def new_embeddings(self) -> RemoteEmbeddingQuery:
-        return RemoteEmbeddingQuery(self)
-
-    def as_langchain_embeddings(self) -> RemoteEmbeddings:
-        return RemoteEmbeddings(self)
-
-
-class RemoteProject:
-    def __init__(self, transport: Transport, project_key: str) -> None:
-        self.transport, self.project_key = transport, project_key
-        self.base = f"/v1/projects/{quote(project_key)}"
-
-    def list_llms(self, purpose: str | None = None) -> list[LLMListItem]:
-        params = {"purpose": purpose} if purpose else {}
-        return [LLMListItem(**item) for item in self.transport.json("GET", f"{self.base}/llms", params=params)]
-
-    def get_llm(self, llm_id: str) -> RemoteLLM:
-        if llm_id not in {i.id for i in self.list_llms()}:
-            raise errors.UnknownModelError(f"unknown embedding model {llm_id!r}")
-        return RemoteLLM(self.transport, self.project_key, llm_id)
-
-    def list_knowledge_banks(self, as_type: str = "listitems") -> list[Any]:
-        items = [RemoteKnowledgeBankListItem(self, **i) for i in
-                 self.transport.json("GET", f"{self.base}/knowledge-banks")]
-        return [i.to_knowledge_bank() for i in items] if as_type == "objects" else items
-
-    def get_knowledge_bank(self, kb_id: str) -> RemoteKnowledgeBankHandle:
-        info = self.transport.json("GET", f"{self.base}/knowledge-banks/{quote(kb_id)}")
-        return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
-
-    def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
-                              settings: dict[str, Any] | None = None) -> RemoteKnowledgeBankHandle:
-        body = {"name": name, "vector_store_type": vector_store_type, "settings": settings or {}}
-        if embedding_llm_id:
-            body["embedding_llm_id"] = embedding_llm_id
-        info = self.transport.json("POST", f"{self.base}/knowledge-banks", json=body)
-        return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
-
-    def create_managed_folder(self, name: str) -> RemoteManagedFolder:
-        info = self.transport.json("POST", f"{self.base}/folders", json={"name": name})
-        return RemoteManagedFolder(self, info["id"], info["name"])
-
-    def get_managed_folder(self, folder_ref: str) -> RemoteManagedFolder:
-        for info in self.list_managed_folders():
-            if folder_ref in (info["id"], info["name"]):
-                return RemoteManagedFolder(self, info["id"], info["name"])
-        raise errors.NotFoundError(f"managed folder {folder_ref!r} does not exist in project {self.project_key!r}")
-
-    def list_managed_folders(self) -> list[dict[str, Any]]:
-        return self.transport.json("GET", f"{self.base}/folders")
-
-
-@dataclass
-class RemoteKnowledgeBankListItem:
-    project: RemoteProject
-    id: str
-    name: str
-    project_key: str
-    vector_store_type: str
-    embedding_llm_id: str
-
-    def to_knowledge_bank(self) -> RemoteKnowledgeBankHandle:
-        return RemoteKnowledgeBankHandle(self.project, self.id, self.name)
-
-
-class RemoteManagedFolder:
-    def __init__(self, project: RemoteProject, folder_id: str, name: str) -> None:
-        self.project, self.id, self.name = project, folder_id, name
-        self.project_key = project.project_key
-        self.base = f"{project.base}/folders/{quote(folder_id)}/files"
-
-    def get_id(self) -> str:
-        return self.id
-
-    def _path(self, path: str) -> str:
-        return self.base + quote(normalise_path(path))
-
-    def upload_data(self, path: str, data: bytes) -> None:
-        self.project.transport.request("PUT", self._path(path), content=data)
-
-    def upload_stream(self, path: str, stream: BinaryIO) -> None:
-        self.upload_data(path, stream.read())
-
-    def upload_file(self, path: str, local_file: str | Path) -> None:
-        self.upload_data(path, Path(local_file).read_bytes())
-
-    def read(self, path: str) -> bytes:
-        return self.project.transport.request("GET", self._path(path)).content
-
-    def get_download_stream(self, path: str) -> BinaryIO:
-        return io.BytesIO(self.read(path))
-
-    def list_paths(self) -> list[str]:
-        return self.project.transport.json("GET", self.base)
-
-    def delete_path(self, path: str) -> None:
-        self.project.transport.request("DELETE", self._path(path))
 
 
 class RemoteSettings:
@@ -398,6 +151,21 @@ class RemoteCoreKnowledgeBank:
             return len(ids)
         return int(self.transport.json("POST", f"{self.handle.base}/documents/delete", json={"ids": list(ids)})
                    ["deleted"])
+
+    def ingest_file(self, path: Path, params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+        """Stream a file to the server's ingestion (``POST .../ingest``) with an upload progress bar; its report."""
+        from tqdm import tqdm
+
+        with open(path, "rb") as handle, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                              desc=f"upload {path.name}", disable=not progress) as bar:
+            def blocks() -> Any:
+                while block := handle.read(1 << 20):
+                    bar.update(len(block))
+                    yield block
+
+            # no timeout: the server answers when the whole file is ingested
+            return self.transport.json("POST", f"{self.handle.base}/ingest", content=blocks(), timeout=None,
+                                       params={k: v for k, v in params.items() if v is not None})
 
     def commit(self, staged: StagedCommit) -> dict[str, Any]:
         body = {"clear": staged.clear, "deletes": staged.deletes, "upserts": list(staged.upserts.values())}

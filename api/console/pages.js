@@ -1,0 +1,166 @@
+// Pages: projects, one project (knowledge banks and managed folders), one managed folder (files, upload).
+"use strict";
+
+const STORE_TYPES = ["FAISS", "CHROMA", "ELASTICSEARCH", "AZURE_AI_SEARCH"];
+const SCHEMA_TYPES = ["string", "int", "float", "bool", "date"];
+
+const pages = {
+  async projects() {
+    app.crumbs([{ text: "Projects" }]);
+    const projects = await api.get("/v1/projects");
+    app.main().replaceChildren(h("section", { class: "card" }, h("h1", {}, "Projects"),
+      table(["Project", "Name", "Your role"], projects.map((p) => [
+        h("a", { href: "#/p/" + encodeURIComponent(p.key) }, p.key), p.name, app.roleIn(p.key) || "-"]),
+      "This key can read no project.", { id: "projects" })));
+  },
+
+  async project(projectKey) {
+    app.crumbs([{ text: "Projects", href: "#/" }, { text: projectKey }]);
+    const base = api.project(projectKey);
+    const [kbs, folders, llms] = await Promise.all([
+      api.get(base + "/knowledge-banks"), api.get(base + "/folders"),
+      api.get(base + "/llms?purpose=TEXT_EMBEDDING_EXTRACTION")]);
+    const counts = await Promise.all(kbs.map((k) => api.get(api.kb(projectKey, k.id) + "/count")
+      .then((c) => c.count, (err) => "? (" + err.code + ")")));
+    const role = app.roleIn(projectKey) || "none";
+
+    const kbMessage = messageBox("kb-message");
+    const kbRows = kbs.map((k, i) => [
+      h("a", { href: "#/p/" + encodeURIComponent(projectKey) + "/kb/" + encodeURIComponent(k.id) }, k.name),
+      h("code", {}, k.id), k.vector_store_type, k.embedding_llm_id, String(counts[i]),
+      h("button", { type: "button", class: "danger", "data-delete-kb": k.id, onclick: async () => {
+        if (!confirm("Delete knowledge bank " + k.name + " and all its documents?")) return;
+        try { await api.del(api.kb(projectKey, k.id)); app.route(); } catch (err) { report(kbMessage, err); }
+      } }, "Delete")]);
+
+    const createForm = h("form", { id: "create-kb", class: "inline-form", onsubmit: async (e) => {
+      e.preventDefault();
+      kbMessage.clear();
+      const v = formValues(e.target);
+      try {
+        const settings = v.settings.trim() ? JSON.parse(v.settings) : {};
+        const schema = parseSchema(v.schema);
+        if (Object.keys(schema).length) settings.metadata_schema = schema;
+        const created = await api.post(base + "/knowledge-banks", {
+          name: v.name, vector_store_type: v.store, embedding_llm_id: v.model, settings });
+        kbMessage.show("Created knowledge bank " + created.name + " (" + created.id + ").", "ok");
+        location.hash = "#/p/" + encodeURIComponent(projectKey) + "/kb/" + encodeURIComponent(created.id);
+      } catch (err) {
+        report(kbMessage, err);
+      }
+    } },
+      field("Name", h("input", { name: "name", required: true })),
+      field("Store", h("select", { name: "store" }, STORE_TYPES.map((s) => h("option", { value: s }, s)))),
+      field("Embedding model", h("select", { name: "model" }, llms.map((m) => h("option", { value: m.id }, m.id)))),
+      field("Metadata schema", h("input", { name: "schema", placeholder: "source=string,year=int", size: 28 }),
+        "key=type, types: " + SCHEMA_TYPES.join(" ")),
+      field("More settings (JSON)", h("input", { name: "settings", placeholder: '{"store": {"index": {"type": "HNSW"}}}', size: 30 })),
+      h("button", { type: "submit" }, "Create knowledge bank"));
+
+    const folderMessage = messageBox("folder-message");
+    const folderRows = folders.map((f) => [
+      h("a", { href: "#/p/" + encodeURIComponent(projectKey) + "/folder/" + encodeURIComponent(f.id) }, f.name),
+      h("code", {}, f.id),
+      h("button", { type: "button", class: "danger", "data-delete-folder": f.id, onclick: async () => {
+        if (!confirm("Delete managed folder " + f.name + " and its files?")) return;
+        try { await api.del(api.folder(projectKey, f.id)); app.route(); } catch (err) { report(folderMessage, err); }
+      } }, "Delete")]);
+    const folderForm = h("form", { id: "create-folder", class: "inline-form", onsubmit: async (e) => {
+      e.preventDefault();
+      folderMessage.clear();
+      try {
+        await api.post(base + "/folders", { name: formValues(e.target).name });
+        app.route();
+      } catch (err) { report(folderMessage, err); }
+    } }, field("Name", h("input", { name: "name", required: true })), h("button", { type: "submit" }, "Create folder"));
+
+    app.main().replaceChildren(
+      h("section", { class: "card" }, h("h1", {}, "Knowledge banks of " + projectKey),
+        h("p", { class: "muted" }, "Your role here: " + role + ". Creating and deleting knowledge banks needs admin."),
+        table(["Name", "Id", "Store", "Model", "Documents", ""], kbRows, "No knowledge banks yet.", { id: "kb-table" }),
+        h("h2", {}, "New knowledge bank"), createForm, kbMessage),
+      h("section", { class: "card" }, h("h1", {}, "Managed folders"),
+        h("p", { class: "muted" }, "Creating folders needs writer, deleting them admin."),
+        table(["Name", "Id", ""], folderRows, "No managed folders yet.", { id: "folder-table" }),
+        folderForm, folderMessage));
+  },
+
+  async folder(projectKey, folderId) {
+    const folders = await api.get(api.project(projectKey) + "/folders");
+    const folder = folders.find((f) => f.id === folderId) || { id: folderId, name: folderId };
+    app.crumbs([{ text: "Projects", href: "#/" }, { text: projectKey, href: "#/p/" + encodeURIComponent(projectKey) },
+      { text: "folder " + folder.name }]);
+    const files = await api.get(api.folder(projectKey, folderId) + "/files");
+    const message = messageBox("file-message");
+    const rows = files.map((path) => [h("code", {}, path),
+      h("button", { type: "button", onclick: async () => {
+        try {
+          const url = URL.createObjectURL(await api.call("GET", api.filePath(projectKey, folderId, path)));
+          h("a", { href: url, download: path.split("/").pop() }).click();
+        } catch (err) { report(message, err); }
+      } }, "Download"),
+      h("button", { type: "button", class: "danger", onclick: async () => {
+        try { await api.del(api.filePath(projectKey, folderId, path)); app.route(); } catch (err) { report(message, err); }
+      } }, "Delete")]);
+    app.main().replaceChildren(
+      h("section", { class: "card" }, h("h1", {}, "Managed folder " + folder.name),
+        table(["Path", "", ""], rows, "No files yet.", { id: "file-table" }),
+        h("h2", {}, "Upload"), uploadForm(projectKey, folderId, () => app.route()), message),
+      // A folder sync job (api/routers/sync.py, another branch) shows here when the server offers it.
+      h("section", { class: "card", id: "folder-sync" }, h("h2", {}, "Folder sync"), await syncPanel(projectKey, folderId)));
+  },
+};
+
+function parseSchema(text) {
+  const schema = {};
+  for (const item of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const [key, type] = item.split("=").map((s) => (s || "").trim());
+    if (!key || !SCHEMA_TYPES.includes(type)) {
+      throw new Error("schema entry '" + item + "' must be key=type with type one of " + SCHEMA_TYPES.join(", "));
+    }
+    schema[key] = type;
+  }
+  return schema;
+}
+
+// Upload one or more files into a folder (an id, or a function giving the id chosen now), with a progress bar.
+function uploadForm(projectKey, folderId, done) {
+  const folderOf = typeof folderId === "function" ? folderId : () => folderId;
+  const message = messageBox("upload-message");
+  const bar = h("progress", { id: "upload-progress", max: 100, value: 0, hidden: true });
+  const input = h("input", { type: "file", name: "file", id: "upload-file", multiple: true, required: true });
+  const prefix = h("input", { name: "prefix", value: "/", size: 16 });
+  return h("form", { id: "upload", class: "inline-form", onsubmit: async (e) => {
+    e.preventDefault();
+    message.clear();
+    bar.hidden = false;
+    const uploaded = [];
+    try {
+      for (const file of input.files) {
+        const path = (prefix.value.replace(/\/*$/, "/") + file.name).replace(/^\/*/, "/");
+        await api.upload(api.filePath(projectKey, folderOf(), path), file, (loaded, total) => { bar.value = (100 * loaded) / total; });
+        bar.value = 100;
+        uploaded.push(path + " (" + file.size + " bytes)");
+        message.show("Uploaded " + uploaded.join(", ") + ".", "ok");
+      }
+      if (done) done();
+    } catch (err) { report(message, err); }
+  } }, field("Files", input), field("Into folder path", prefix), h("button", { type: "submit" }, "Upload"), bar, message);
+}
+
+// The folder sync panel: present when this server has the sync routes (another branch adds them).
+async function syncPanel(projectKey, folderId) {
+  let paths = {};
+  try { paths = (await api.get("/openapi.json")).paths || {}; } catch (_) { /* no schema: no sync */ }
+  const syncPath = Object.keys(paths).find((p) => p.includes("/folders/{folder_id}/sync"));
+  if (!syncPath) return h("p", { class: "muted" }, "This server has no folder sync. Use a knowledge bank's Ingest tab to ingest a file of this folder.");
+  const url = syncPath.replace("{project_key}", encodeURIComponent(projectKey)).replace("{folder_id}", encodeURIComponent(folderId));
+  const message = messageBox("sync-message");
+  return h("div", {}, h("p", {}, "Start the folder sync job (" + url + ")."),
+    h("button", { type: "button", onclick: async () => {
+      try {
+        const job = await api.post(url, {});
+        if (job && job.id) followJob(projectKey, job.id, message); else message.show(JSON.stringify(job), "ok");
+      } catch (err) { report(message, err); }
+    } }, "Sync now"), message);
+}

@@ -1,0 +1,82 @@
+"""Ingestion jobs: ingest a file of a managed folder into a knowledge bank in the background, with progress.
+
+``POST .../knowledge-banks/{kb_id}/ingest-jobs`` starts one (202) and ``GET /v1/projects/{key}/jobs/{id}``
+follows it: state, rows and chunks so far (updated at every commit), then the ingestion report or the error.
+The folder sync of ``api/routers/sync.py`` (when present) is a job of its own kind on the same registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from api.deps import core_for, get_client, require
+from api.fastjson import OrjsonRoute
+from api.jobs import Job, JobRegistry
+from api.keys import Principal
+from api.schemas import Strict
+from kb.client import EmbeddedClient
+from writers.ingest import IngestOptions, IngestReport, ingest
+from writers.sources import detect_format
+
+router = APIRouter(prefix="/v1/projects/{project_key}", tags=["jobs"], route_class=OrjsonRoute)
+
+
+class IngestJobIn(Strict):
+    folder: str = Field(description="managed folder id or name in this project", examples=["uploads"])
+    path: str = Field(description="file path inside the folder", examples=["/rows.jsonl"])
+    format: Literal["jsonl", "csv", "parquet", "arrow"] | None = Field(default=None,
+                                                                       description="default: from the extension")
+    text_column: str = "text"
+    id_column: str | None = None
+    metadata_columns: list[str] | None = None
+    chunk_size: int = Field(default=1000, ge=0)
+    chunk_overlap: int = Field(default=200, ge=0)
+    batch_rows: int = Field(default=1000, ge=1, description="rows read at a time (a commit happens between batches)")
+    commit_every: int = Field(default=500, ge=1, description="chunks per atomic commit (and progress update)")
+    max_rejected: int | None = Field(default=None, ge=0)
+
+
+def registry(request: Request) -> JobRegistry:
+    return request.app.state.jobs
+
+
+@router.post("/knowledge-banks/{kb_id}/ingest-jobs", status_code=202,
+             summary="Start ingesting a managed folder's file (JSONL, CSV, Parquet, Arrow); follow it at /jobs/{id}")
+def start_ingest_job(project_key: str, kb_id: str, body: IngestJobIn, request: Request,
+                     client: EmbeddedClient = Depends(get_client),
+                     _: Principal = Depends(require("writer"))) -> dict[str, Any]:
+    # everything that can be refused is checked here, so a bad request is a 4xx and not a failed job
+    core = core_for(client, project_key, kb_id)
+    folder = client.get_project(project_key).get_managed_folder(body.folder)
+    path = folder.local_file(body.path)
+    options = IngestOptions(text_column=body.text_column, id_column=body.id_column,
+                            metadata_columns=body.metadata_columns, source=path.name, format=body.format,
+                            chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap, batch_rows=body.batch_rows,
+                            commit_every=body.commit_every, max_rejected=body.max_rejected)
+    options.validate()
+    detect_format(path, body.format)  # an unknown extension is a 422 now, not a failed job later
+
+    def work(job: Job) -> dict[str, Any]:
+        def on_commit(report: IngestReport) -> None:
+            job.progress = {"rows_read": report.rows_read, "rows_written": report.rows_written,
+                            "rows_rejected": report.rows_rejected, "chunks_written": report.chunks_written,
+                            "commits": report.commits}
+
+        return ingest(core, path, options, progress=False, on_commit=on_commit).to_dict()
+
+    target = {"knowledge_bank": kb_id, "folder": folder.id, "path": body.path}
+    return registry(request).submit("ingest", project_key, target, work).to_dict()
+
+
+@router.get("/jobs", summary="Recent jobs of the project, newest first")
+def list_jobs(project_key: str, request: Request, _: Principal = Depends(require("reader"))) -> list[dict[str, Any]]:
+    return [job.to_dict() for job in registry(request).list(project_key)]
+
+
+@router.get("/jobs/{job_id}", summary="A job: state, progress, report or error")
+def get_job(project_key: str, job_id: str, request: Request,
+            _: Principal = Depends(require("reader"))) -> dict[str, Any]:
+    return registry(request).get(project_key, job_id).to_dict()

@@ -1,0 +1,208 @@
+"""The REST client: ``kb.api_client(url=..., api_key=...)`` with the same objects as the embedded client.
+
+Projects, embedding models, managed folders, knowledge banks and their
+settings map onto the service's resources (the knowledge-bank classes are in
+``kb.remote_knowledge_bank``, the HTTP layer in ``kb.remote_transport``).
+``as_core_knowledge_bank()`` returns a ``RemoteCoreKnowledgeBank`` whose LangChain vector store and
+retriever are kb's own (``kb.langchain_vectorstore``) over HTTP, and whose
+writer stages operations locally and sends them as one atomic commit when
+the ``with`` block ends cleanly (nothing at all after an exception).
+Server errors come back as the same ``kb.errors`` classes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote
+
+from langchain_core.embeddings import Embeddings
+
+from kb import errors
+from kb.folders import normalise_path
+from kb.llm import LLMListItem
+from kb.remote_transport import RemoteAuthError, RemoteForbiddenError, Transport
+
+if TYPE_CHECKING:
+    from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle
+
+__all__ = ["RemoteAuthError", "RemoteClient", "RemoteForbiddenError", "RemoteProject", "Transport"]
+
+
+class RemoteClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.transport = Transport(url, api_key, timeout)
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"RemoteClient({self.url!r})"
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self.transport.json("GET", "/v1/projects")
+
+    def list_project_keys(self) -> list[str]:
+        return [p["key"] for p in self.list_projects()]
+
+    def get_project(self, project_key: str) -> RemoteProject:
+        self.transport.json("GET", f"/v1/projects/{quote(project_key)}")
+        return RemoteProject(self.transport, project_key)
+
+    def create_project(self, project_key: str, name: str | None = None) -> RemoteProject:
+        self.transport.json("POST", "/v1/projects", json={"key": project_key, "name": name})
+        return RemoteProject(self.transport, project_key)
+
+    def get_default_project(self) -> RemoteProject:
+        return RemoteProject(self.transport, "DEFAULT")
+
+    def close(self) -> None:
+        self.transport.http.close()
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteEmbeddings(Embeddings):
+    def __init__(self, llm: RemoteLLM) -> None:
+        self.llm = llm
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.llm.embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.llm.embed([text])[0]
+
+
+class RemoteEmbeddingQuery:
+    def __init__(self, llm: RemoteLLM) -> None:
+        self.llm, self.texts = llm, []  # type: ignore[var-annotated]
+
+    def add_text(self, text: str) -> RemoteEmbeddingQuery:
+        if not isinstance(text, str):
+            raise errors.InvalidInputError(f"add_text expects a string, got {type(text).__name__}")
+        self.texts.append(text)
+        return self
+
+    def execute(self) -> Any:
+        from kb.llm import EmbeddingResponse
+
+        return EmbeddingResponse(self.llm.embed(self.texts) if self.texts else [])
+
+
+@dataclass
+class RemoteLLM:
+    transport: Transport
+    project_key: str
+    id: str
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        path = f"/v1/projects/{quote(self.project_key)}/llms/{quote(self.id, safe='')}/embeddings"
+        return self.transport.json("POST", path, json={"texts": texts})["embeddings"]
+
+    def new_embeddings(self) -> RemoteEmbeddingQuery:
+        return RemoteEmbeddingQuery(self)
+
+    def as_langchain_embeddings(self) -> RemoteEmbeddings:
+        return RemoteEmbeddings(self)
+
+
+class RemoteProject:
+    def __init__(self, transport: Transport, project_key: str) -> None:
+        self.transport, self.project_key = transport, project_key
+        self.base = f"/v1/projects/{quote(project_key)}"
+
+    def list_llms(self, purpose: str | None = None) -> list[LLMListItem]:
+        params = {"purpose": purpose} if purpose else {}
+        return [LLMListItem(**item) for item in self.transport.json("GET", f"{self.base}/llms", params=params)]
+
+    def get_llm(self, llm_id: str) -> RemoteLLM:
+        if llm_id not in {i.id for i in self.list_llms()}:
+            raise errors.UnknownModelError(f"unknown embedding model {llm_id!r}")
+        return RemoteLLM(self.transport, self.project_key, llm_id)
+
+    def list_knowledge_banks(self, as_type: str = "listitems") -> list[Any]:
+        items = [RemoteKnowledgeBankListItem(self, **i) for i in
+                 self.transport.json("GET", f"{self.base}/knowledge-banks")]
+        return [i.to_knowledge_bank() for i in items] if as_type == "objects" else items
+
+    def get_knowledge_bank(self, kb_id: str) -> RemoteKnowledgeBankHandle:
+        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
+
+        info = self.transport.json("GET", f"{self.base}/knowledge-banks/{quote(kb_id)}")
+        return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
+
+    def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
+                              settings: dict[str, Any] | None = None) -> RemoteKnowledgeBankHandle:
+        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
+
+        body = {"name": name, "vector_store_type": vector_store_type, "settings": settings or {}}
+        if embedding_llm_id:
+            body["embedding_llm_id"] = embedding_llm_id
+        info = self.transport.json("POST", f"{self.base}/knowledge-banks", json=body)
+        return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
+
+    def create_managed_folder(self, name: str) -> RemoteManagedFolder:
+        info = self.transport.json("POST", f"{self.base}/folders", json={"name": name})
+        return RemoteManagedFolder(self, info["id"], info["name"])
+
+    def get_managed_folder(self, folder_ref: str) -> RemoteManagedFolder:
+        for info in self.list_managed_folders():
+            if folder_ref in (info["id"], info["name"]):
+                return RemoteManagedFolder(self, info["id"], info["name"])
+        raise errors.NotFoundError(f"managed folder {folder_ref!r} does not exist in project {self.project_key!r}")
+
+    def list_managed_folders(self) -> list[dict[str, Any]]:
+        return self.transport.json("GET", f"{self.base}/folders")
+
+
+@dataclass
+class RemoteKnowledgeBankListItem:
+    project: RemoteProject
+    id: str
+    name: str
+    project_key: str
+    vector_store_type: str
+    embedding_llm_id: str
+
+    def to_knowledge_bank(self) -> RemoteKnowledgeBankHandle:
+        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
+
+        return RemoteKnowledgeBankHandle(self.project, self.id, self.name)
+
+
+class RemoteManagedFolder:
+    def __init__(self, project: RemoteProject, folder_id: str, name: str) -> None:
+        self.project, self.id, self.name = project, folder_id, name
+        self.project_key = project.project_key
+        self.base = f"{project.base}/folders/{quote(folder_id)}/files"
+
+    def get_id(self) -> str:
+        return self.id
+
+    def _path(self, path: str) -> str:
+        return self.base + quote(normalise_path(path))
+
+    def upload_data(self, path: str, data: bytes) -> None:
+        self.project.transport.request("PUT", self._path(path), content=data)
+
+    def upload_stream(self, path: str, stream: BinaryIO) -> None:
+        self.upload_data(path, stream.read())
+
+    def upload_file(self, path: str, local_file: str | Path) -> None:
+        self.upload_data(path, Path(local_file).read_bytes())
+
+    def read(self, path: str) -> bytes:
+        return self.project.transport.request("GET", self._path(path)).content
+
+    def get_download_stream(self, path: str) -> BinaryIO:
+        return io.BytesIO(self.read(path))
+
+    def list_paths(self) -> list[str]:
+        return self.project.transport.json("GET", self.base)
+
+    def delete_path(self, path: str) -> None:
+        self.project.transport.request("DELETE", self._path(path))

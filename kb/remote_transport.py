@@ -1,0 +1,77 @@
+"""HTTP transport of the REST client: retries on idempotent calls, server errors back as ``kb.errors`` classes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from kb import errors
+
+_IDEMPOTENT = ("GET", "PUT", "DELETE")
+
+
+def _error_classes() -> dict[str, type[errors.KBError]]:
+    found: dict[str, type[errors.KBError]] = {}
+    pending: list[type[errors.KBError]] = [errors.KBError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+class RemoteAuthError(errors.KBError):
+    http_status = 401
+    code = "unauthenticated"
+
+
+class RemoteForbiddenError(errors.KBError):
+    http_status = 403
+    code = "forbidden"
+
+
+class Transport:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 60.0, retries: int = 3) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
+        self.retries = retries
+        self.classes = _error_classes()
+        self.classes.update({"unauthenticated": RemoteAuthError, "forbidden": RemoteForbiddenError})
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempts = self.retries + 1 if method in _IDEMPOTENT else 1
+        for attempt in range(attempts):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt + 1 == attempts:
+                    raise errors.StoreUnavailableError(f"kb service at {self.base} unreachable: {exc}") from exc
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if response.status_code == 503 and attempt + 1 < attempts:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if response.status_code >= 400:
+                self._raise(response)
+            return response
+        raise AssertionError("unreachable")
+
+    def _raise(self, response: httpx.Response) -> None:
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "internal_error", f"HTTP {response.status_code}: {response.text[:300]}"
+        cls = self.classes.get(code, errors.KBError)
+        try:
+            error = cls(message)
+        except TypeError:  # a class that carries more than a message (a report): its base in kb.errors
+            error = next(c for c in cls.__mro__ if c.__module__ == errors.__name__)(message)
+        raise error
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()

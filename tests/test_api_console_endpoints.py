@@ -1,0 +1,158 @@
+"""The REST endpoints the console added, over real HTTP: whoami, browsing documents, ingestion jobs, evaluation,
+and the console's static files (served without a key, while every datum behind them needs one)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import ADMIN_KEY, KBServer
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
+    server = KBServer(tmp_path_factory.mktemp("console-api")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server: KBServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def kb_url(http: httpx.Client) -> str:
+    created = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "browse", "embedding_llm_id": "custom:fake6", "settings": {"metadata_schema": {"n": "int"}}})
+    assert created.status_code == 201, created.text
+    url = f"/v1/projects/DEFAULT/knowledge-banks/{created.json()['id']}"
+    docs = [{"id": f"d{n:02d}", "text": f"document number {n}", "metadata": {"n": n}} for n in range(12)]
+    assert http.post(f"{url}/documents", json={"documents": docs}).status_code == 200
+    return url
+
+
+def _error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    return response.json()["error"]["message"]
+
+
+def test_console_is_static_and_needs_no_key_but_the_data_does(server: KBServer) -> None:
+    index = httpx.get(server.url + "/")
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+    assert "/console/app.js" in index.text and "http" not in index.text.replace("http-equiv", "")  # no CDN
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    for asset in ("app.js", "api.js", "ui.js", "pages.js", "kb_pages.js", "style.css"):
+        assert httpx.get(f"{server.url}/console/{asset}").status_code == 200
+    assert httpx.get(f"{server.url}/console/../keys.sqlite").status_code == 404
+    _error(httpx.get(server.url + "/v1/whoami"), 401, "unauthenticated")
+    _error(httpx.get(server.url + "/v1/projects/DEFAULT/jobs"), 401, "unauthenticated")
+
+
+def test_whoami(server: KBServer, http: httpx.Client) -> None:
+    assert http.get("/v1/whoami").json() == {"key_id": "bootstrap", "name": "bootstrap admin", "admin": True,
+                                             "roles": {}, "auth": True}
+    reader = server.keys().create("r", roles={"DEFAULT": "reader"})
+    me = httpx.get(server.url + "/v1/whoami", headers={"Authorization": f"Bearer {reader}"}).json()
+    assert me["admin"] is False and me["roles"] == {"DEFAULT": "reader"} and me["name"] == "r"
+
+
+def test_browse_documents(http: httpx.Client, kb_url: str) -> None:
+    page = http.get(f"{kb_url}/documents", params={"offset": 5, "limit": 3}).json()
+    assert page["total"] == 12 and page["offset"] == 5
+    assert [d["id"] for d in page["documents"]] == ["d05", "d06", "d07"]
+    assert page["documents"][0] == {"id": "d05", "text": "document number 5", "metadata": {"n": 5}}
+    filtered = http.get(f"{kb_url}/documents", params={"filter": json.dumps({"n": {"$gte": 10}})}).json()
+    assert filtered["total"] == 2 and [d["id"] for d in filtered["documents"]] == ["d10", "d11"]
+    assert http.get(f"{kb_url}/documents", params={"offset": 50}).json() == {"total": 12, "offset": 50,
+                                                                             "documents": []}
+    assert "colour" in _error(http.get(f"{kb_url}/documents", params={"filter": '{"colour": 1}'}), 422,
+                              "invalid_filter")
+    assert "JSON" in _error(http.get(f"{kb_url}/documents", params={"filter": "{"}), 422, "invalid_input")
+    _error(http.get(f"{kb_url}/documents", params={"limit": 0}), 422, "invalid_request")
+    _error(http.get(f"{kb_url}/documents", params={"limit": 100000}), 422, "invalid_input")
+
+
+def _wait_job(http: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/projects/DEFAULT/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_ingestion_job(server: KBServer, http: httpx.Client, tmp_path: Path) -> None:
+    kb = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "jobs", "embedding_llm_id": "custom:fake6", "settings": {"metadata_schema": {"topic": "string"}}})
+    url = f"/v1/projects/DEFAULT/knowledge-banks/{kb.json()['id']}"
+    folder = http.post("/v1/projects/DEFAULT/folders", json={"name": "drop"}).json()
+    rows = [{"id": f"r{n}", "text": f"row {n} " * 50, "topic": "t"} for n in range(30)]
+    rows.append({"id": "bad", "text": "wrong type", "topic": 7})
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    assert http.put(f"/v1/projects/DEFAULT/folders/{folder['id']}/files/in/rows.jsonl", content=body).status_code == 201
+
+    started = http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/in/rows.jsonl", "id_column": "id",
+                                                     "chunk_size": 100, "chunk_overlap": 0, "batch_rows": 10,
+                                                     "commit_every": 20})
+    assert started.status_code == 202, started.text
+    assert started.json()["state"] in ("queued", "running") and started.json()["target"]["path"] == "/in/rows.jsonl"
+    job = _wait_job(http, started.json()["id"])
+    assert job["state"] == "succeeded", job
+    report = job["report"]
+    assert report["rows_read"] == 31 and report["rows_written"] == 30 and report["rows_rejected"] == 1
+    assert report["commits"] >= 2 and job["progress"]["commits"] == report["commits"]  # progress at each commit
+    assert http.get(f"{url}/count").json()["count"] == report["chunks_written"] > 30
+    assert started.json()["id"] in [j["id"] for j in http.get("/v1/projects/DEFAULT/jobs").json()]
+
+    # refused up front (4xx), never a job that fails later
+    _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/missing.jsonl"}), 404, "not_found")
+    _error(http.post(f"{url}/ingest-jobs", json={"folder": "nope", "path": "/in/rows.jsonl"}), 404, "not_found")
+    _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/../../keys.sqlite"}), 422,
+           "invalid_path")
+    _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/in/rows.jsonl", "chunk_size": 10,
+                                                 "chunk_overlap": 20}), 422, "invalid_input")
+    http.put(f"/v1/projects/DEFAULT/folders/{folder['id']}/files/notes.txt", content=b"plain text")
+    assert "format" in _error(http.post(f"{url}/ingest-jobs", json={"folder": "drop", "path": "/notes.txt"}), 422,
+                              "invalid_input")
+    _error(http.get("/v1/projects/DEFAULT/jobs/nope"), 404, "not_found")
+    reader = server.keys().create("r2", roles={"DEFAULT": "reader"})
+    _error(httpx.post(f"{server.url}{url}/ingest-jobs", json={"folder": "drop", "path": "/in/rows.jsonl"},
+                      headers={"Authorization": f"Bearer {reader}"}), 403, "forbidden")
+
+    # a job that fails while running ends "failed" with the error, and nothing of it is committed
+    before = http.get(f"{url}/count").json()["count"]
+    http.put(f"/v1/projects/DEFAULT/folders/{folder['id']}/files/broken.jsonl", content=b'{"id": "x", "nope": 1}\n')
+    failed = _wait_job(http, http.post(f"{url}/ingest-jobs", json={
+        "folder": folder["id"], "path": "/broken.jsonl", "max_rejected": 0}).json()["id"])
+    assert failed["state"] == "failed" and failed["error"]["code"] and failed["report"] is None
+    assert http.get(f"{url}/count").json()["count"] == before
+
+
+def test_evaluation(http: httpx.Client, kb_url: str) -> None:
+    queries = "\n".join(json.dumps({"_id": f"q{n}", "text": f"document number {n}"}) for n in (1, 2, 3)) + "\n"
+    qrels = "query-id\tcorpus-id\tscore\nq1\td01\t1\nq2\td02\t1\n"
+    out = http.post(f"{kb_url}/evaluate", json={"queries": queries, "qrels": qrels, "search_types": ["keyword"]})
+    assert out.status_code == 200, out.text
+    body = out.json()
+    assert body["metrics"] == ["ndcg@10", "recall@100", "mrr@10"] and body["queries"] == 3
+    assert body["judged_queries"] == 2 and list(body["results"]) == ["keyword"]
+    assert body["results"]["keyword"]["recall@100"] == 1.0  # both targets are among the 12 documents
+    assert "qrels:1" in _error(http.post(f"{kb_url}/evaluate", json={"queries": queries, "qrels": "q1\td01\n"}),
+                               422, "invalid_input")
+    assert "queries:1" in _error(http.post(f"{kb_url}/evaluate", json={"queries": "nope\n", "qrels": qrels}),
+                                 422, "invalid_input")
+    assert "relevance" in _error(http.post(f"{kb_url}/evaluate", json={"queries": queries, "qrels": "x\ty\t1\n"}),
+                                 422, "invalid_input")
+    _error(http.post(f"{kb_url}/evaluate", json={"queries": queries, "qrels": qrels, "search_types": ["magic"]}),
+           422, "invalid_request")
