@@ -254,6 +254,43 @@ def _kb_id(driver) -> str:  # noqa: ANN001
     return driver.execute_script("return decodeURIComponent(location.hash.split('/')[4])")
 
 
+def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noqa: ANN001
+    """Documents uploaded into a folder are synced into a knowledge bank from the folder's page: the job's
+    progress, then its report; a second sync finds everything unchanged."""
+    driver = browser
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    base = f"{server.url}/v1/projects/DEFAULT"
+    folder = httpx.post(f"{base}/folders", json={"name": "manuals"}, headers=auth).json()
+    pages = {
+        "guide.md": b"# Device guide\n\n## Reset\n\nHold the power button for ten seconds to reset the device.\n",
+        "notes.html": b"<html><body><nav>Home | About</nav><h1>Care</h1><p>Wipe the screen with a dry cloth.</p>"
+                      b"<footer>Copyright</footer></body></html>",
+        "broken.pdf": b"%PDF-1.7 this is not really a PDF",
+    }
+    for path, content in pages.items():
+        assert httpx.put(f"{base}/folders/{folder['id']}/files/{path}", content=content,
+                         headers=auth).status_code == 201
+    kb_id = httpx.post(f"{base}/knowledge-banks", json={"name": "manuals-kb"}, headers=auth).json()["id"]
+    _sign_in(driver, server, ADMIN_KEY)
+    driver.get(f"{server.url}/#/p/DEFAULT/folder/{folder['id']}")
+    _wait(driver, "#sync")
+    _select(_css(driver, "#sync-kb"), kb_id)
+    _select(_css(driver, "#sync-extraction"), "structured")
+    _css(driver, "#sync button[type=submit]").click()
+    report = _wait(driver, "#sync-report", seconds=WAIT * 2)
+    rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
+    assert rows["added"] == "2" and rows["failed"] == "1" and rows["removed"] == "0", report.text
+    assert "broken.pdf" in _css(driver, "#sync-failed").text
+    hits = httpx.post(f"{base}/knowledge-banks/{kb_id}/search", headers=auth,
+                      json={"query": "how do I reset the device", "k": 1, "search_type": "keyword"}).json()
+    assert "power button" in hits["results"][0]["text"]
+    _shot(driver, "folder-sync")
+    _css(driver, "#sync button[type=submit]").click()  # nothing changed: nothing extracted again
+    report = _wait(driver, "#sync-report", seconds=WAIT)
+    rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
+    assert rows["unchanged"] == "2" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
+
+
 def test_reader_sees_403_messages(server: KBServer, browser) -> None:  # noqa: ANN001
     driver = browser
     reader = server.keys().create("reader", roles={"DEFAULT": "reader"})

@@ -106,7 +106,6 @@ const pages = {
       h("section", { class: "card" }, h("h1", {}, "Managed folder " + folder.name),
         table(["Path", "", ""], rows, "No files yet.", { id: "file-table" }),
         h("h2", {}, "Upload"), uploadForm(projectKey, folderId, () => app.route()), message),
-      // A folder sync job (api/routers/sync.py, another branch) shows here when the server offers it.
       h("section", { class: "card", id: "folder-sync" }, h("h2", {}, "Folder sync"), await syncPanel(projectKey, folderId)));
   },
 };
@@ -149,18 +148,49 @@ function uploadForm(projectKey, folderId, done) {
 }
 
 // The folder sync panel: present when this server has the sync routes (another branch adds them).
+// Sync this folder's documents (PDF, DOCX, PPTX, HTML, Markdown, text, images) into a knowledge bank: a sync job
+// (api/routers/sync.py) followed until it ends, with its progress and its report.
 async function syncPanel(projectKey, folderId) {
-  let paths = {};
-  try { paths = (await api.get("/openapi.json")).paths || {}; } catch (_) { /* no schema: no sync */ }
-  const syncPath = Object.keys(paths).find((p) => p.includes("/folders/{folder_id}/sync"));
-  if (!syncPath) return h("p", { class: "muted" }, "This server has no folder sync. Use a knowledge bank's Ingest tab to ingest a file of this folder.");
-  const url = syncPath.replace("{project_key}", encodeURIComponent(projectKey)).replace("{folder_id}", encodeURIComponent(folderId));
+  const kbs = await api.get(api.project(projectKey) + "/knowledge-banks");
+  if (!kbs.length) return h("p", { class: "muted" }, "Create a knowledge bank on the project page to sync this folder into.");
   const message = messageBox("sync-message");
-  return h("div", {}, h("p", {}, "Start the folder sync job (" + url + ")."),
-    h("button", { type: "button", onclick: async () => {
-      try {
-        const job = await api.post(url, {});
-        if (job && job.id) followJob(projectKey, job.id, message); else message.show(JSON.stringify(job), "ok");
-      } catch (err) { report(message, err); }
-    } }, "Sync now"), message);
+  const status = h("div", { id: "sync-job" });
+  const form = h("form", { id: "sync", class: "inline-form", onsubmit: async (e) => {
+    e.preventDefault();
+    message.clear(); status.replaceChildren();
+    const v = formValues(e.target);
+    const base = api.kb(projectKey, v.kb) + "/sync-jobs";
+    try {
+      const job = await api.post(base, { folder_id: folderId, extraction: v.extraction, screenshots: e.target.elements.screenshots.checked });
+      followSync(base + "/" + encodeURIComponent(job.job_id), message, status);
+    } catch (err) { report(message, err); }
+  } },
+    field("Knowledge bank", h("select", { name: "kb", id: "sync-kb" }, kbs.map((k) => h("option", { value: k.id }, k.name)))),
+    field("Extraction", h("select", { name: "extraction", id: "sync-extraction" }, ["raw", "structured"].map((m) => h("option", { value: m }, m)))),
+    h("label", {}, h("input", { type: "checkbox", name: "screenshots", id: "sync-screenshots" }), " page screenshots"),
+    h("button", { type: "submit" }, "Sync now"));
+  return h("div", {}, h("p", { class: "muted" }, "Added and changed files are extracted and embedded, removed files leave the knowledge bank, unchanged files cost nothing."), form, message, status);
+}
+
+function followSync(url, message, status) {
+  const bar = h("p", { id: "sync-progress", class: "muted" }, "Sync started…");
+  status.replaceChildren(bar);
+  const tick = async () => {
+    let job;
+    try { job = await api.get(url); } catch (err) { return report(message, err); }
+    const p = job.progress || {};
+    bar.textContent = "Sync " + job.state + ": " + p.files_processed + " of " + p.files_to_process + " files to extract processed (" + p.files_total + " in the folder), " + p.commits + " commits";
+    if (job.state === "succeeded") {
+      const r = job.report;
+      const counts = ["added", "updated", "unchanged", "removed", "failed"].map((k) => [k, String(r[k].length)]);
+      const figures = ["pages", "chunks_written", "chunks_removed", "texts_embedded", "screenshots_written", "commits", "seconds"].map((k) => [k, fmt(r[k])]);
+      status.append(h("h2", {}, "Sync report"), table(["", ""], [...counts, ...figures], "", { id: "sync-report" }),
+        r.failed.length ? table(["Failed file", "Reason"], r.failed.map((f) => [f.path, f.reason]), "", { id: "sync-failed" }) : "");
+    } else if (job.state === "failed") {
+      message.show("Sync failed: " + job.error.message + " (" + job.error.code + ")");
+    } else {
+      setTimeout(tick, 400);
+    }
+  };
+  tick();
 }
