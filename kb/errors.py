@@ -107,3 +107,10 @@ class StoreError(KBError):
 
     http_status = 502
     code = "store_error"
+
+
+class MissingExtraError(KBError):
+    """A feature needs an optional extra that this install lacks (e.g. ``pip install 'kb[torch]'``)."""
+
+    http_status = 501
+    code = "missing_extra"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb.errors import EmbeddingError, InvalidInputError
+from kb.errors import EmbeddingError, InvalidInputError, KBError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,10 @@ class OnnxMiniLM:
             yield current
 
     def _batches(self, texts: Sequence[str], offset: int) -> list[_Batch]:
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        except TypeError as exc:  # what tokenizers raises for a non-string or a string that is not valid UTF-8
+            raise _invalid_text(texts, offset) from exc
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         batches = []
@@ -164,6 +167,18 @@ class OnnxMiniLM:
 
     def _run_unlocked(self, batch: _Batch) -> np.ndarray:
         return self.session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+
+
+def _invalid_text(texts: Sequence[str], offset: int) -> InvalidInputError:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            return InvalidInputError(f"text {offset + i} to embed is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return InvalidInputError(f"text {offset + i} to embed is not valid Unicode: {exc.reason} at "
+                                     f"character {exc.start} ({text[exc.start]!r})")
+    return InvalidInputError("a text to embed could not be tokenised")
 
 
 def _max_seq_length(path: Path) -> int:
@@ -199,6 +214,8 @@ def load(threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> On
 def embed_safely(runtime: OnnxMiniLM, texts: Sequence[str]) -> np.ndarray:
     try:
         return runtime.embed(texts)
+    except KBError:
+        raise
     except Exception as exc:
         raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} failed on {len(texts)} texts: "
                              f"{type(exc).__name__}: {exc}") from exc
