@@ -73,6 +73,22 @@ class LocalMiniLMModel(EmbeddingModel):
         return local_minilm.embed_safely(self.runtime(), texts)
 
 
+def preload_local_model() -> threading.Thread:
+    """Start loading the local model in a daemon thread, so that it overlaps a server's imports and start-up.
+
+    A failure is left for the first real use to report (the server's warm-up logs it)."""
+
+    def load() -> None:
+        try:
+            LocalMiniLMModel.runtime()
+        except Exception:  # noqa: S110 - reported by the first caller, which retries the load
+            pass
+
+    thread = threading.Thread(target=load, name="kb-model-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 # the name this class had while it ran on sentence-transformers; kept for code written against it
 LocalSentenceTransformerModel = LocalMiniLMModel
 
