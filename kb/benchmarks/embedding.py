@@ -31,7 +31,8 @@ import numpy as np
 
 from kb import local_minilm
 
-SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact"
+SCIFACT = Path(os.environ.get("KB_SCIFACT")
+               or Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact")
 QUERY = "Does aspirin reduce the risk of heart attacks?"
 
 
