@@ -215,3 +215,43 @@ def test_cross_encoder_without_the_torch_extra_names_the_extra(tmp_path: Path) -
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "refused: 501 missing_extra" in result.stdout and "pip install 'kb[torch]'" in result.stdout
+
+
+def test_kb_serve_is_ready_only_with_the_onnx_model_loaded(runtime: OnnxMiniLM, tmp_path: Path) -> None:
+    """``kb serve`` as ``make serve`` runs it (warm-up on, one worker, the model preloaded): /readyz says ready
+    once the graph is built into an empty cache, and /v1/embeddings answers with the same vectors."""
+    import time
+
+    import httpx
+
+    from tests.support.openai_embeddings_server import free_port
+
+    port = free_port()
+    cache = tmp_path / "models"
+    env = {**os.environ, "KB_HOME": str(tmp_path / "home"), "KB_AUTH": "off", "KB_MODEL_CACHE": str(cache)}
+    env.pop("KB_WARMUP", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--log-level",
+                                   "warning"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, status = time.monotonic() + 300, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                status = httpx.get(f"{base}/readyz", timeout=5).status_code
+            except httpx.TransportError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.05)
+        assert status == 200, f"not ready (exit {server.poll()}): {log.read_text()[-2000:]}"
+        assert len(list(cache.glob("all-MiniLM-L6-v2-*.onnx"))) == 1  # built by the warm-up, before ready
+        texts = ["hello world", "Does aspirin reduce the risk of heart attacks?"]
+        answer = httpx.post(f"{base}/v1/embeddings", json={"model": "local:all-MiniLM-L6-v2", "input": texts},
+                            timeout=60).json()
+        served = np.array([item["embedding"] for item in sorted(answer["data"], key=lambda d: d["index"])])
+        assert np.allclose(served, runtime.embed(texts), atol=1e-5)
+    finally:
+        server.terminate()
+        server.wait(30)
