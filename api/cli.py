@@ -40,6 +40,10 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.workers == 1 and os.environ.get("KB_WARMUP", "on").strip().lower() != "off":
+        from kb.embeddings import preload_local_model
+
+        preload_local_model()  # loads while the app and uvicorn are imported; /readyz still waits for the warm-up
     import uvicorn
 
     from api.app import configure_logging

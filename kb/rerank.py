@@ -15,6 +15,7 @@ in the knowledge bank's settings.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from kb.errors import EmbeddingError, InvalidInputError
+from kb.errors import EmbeddingError, InvalidInputError, MissingExtraError
 from kb.search import SearchResult
 
 DEFAULT_CANDIDATES = 50
@@ -55,6 +56,8 @@ class CrossEncoderReranker(Reranker):
         if not (self.path / "config.json").is_file():
             raise InvalidInputError(f"cross-encoder path {str(self.path)!r} is not a local model folder "
                                     "(no config.json); rerankers are never downloaded")
+        if not _installed("sentence_transformers"):  # refuse the setting now, not at the first search
+            _cross_encoder_class()
         self.candidates = candidates
         self.batch_size = batch_size
         self._model: Any = None
@@ -63,8 +66,7 @@ class CrossEncoderReranker(Reranker):
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
-                from sentence_transformers import CrossEncoder
-
+                CrossEncoder = _cross_encoder_class()
                 self._model = CrossEncoder(str(self.path), device="cpu", local_files_only=True)
             return self._model
 
@@ -122,3 +124,20 @@ def build_reranker(settings: Mapping[str, Any], connections: Mapping[str, Mappin
         return HttpReranker(settings.get("url", ""), settings.get("model"), api_key,
                             float(settings.get("timeout", 30.0)), candidates)
     raise InvalidInputError(f"unknown reranker type {kind!r}; use 'cross-encoder' or 'http'")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module present in sys.modules as None (blocked)
+        return False
+
+
+def _cross_encoder_class() -> Any:
+    """sentence-transformers' CrossEncoder, which needs torch: an optional extra since kb's own model runs on ONNX."""
+    try:
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:
+        raise MissingExtraError("the cross-encoder reranker needs PyTorch and sentence-transformers, kb's optional "
+                                f"'torch' extra: pip install 'kb[torch]' ({type(exc).__name__}: {exc})") from exc
+    return CrossEncoder

@@ -18,7 +18,7 @@ from kb.embedding_cache import CachedEmbedder, EmbeddingCache
 from kb.embeddings import (
     LOCAL_MINILM_ID,
     EmbeddingModel,
-    LocalSentenceTransformerModel,
+    LocalMiniLMModel,
     OpenAICompatibleModel,
     build_model,
     list_model_ids,
@@ -83,10 +83,8 @@ def test_local_model_is_real_offline_and_cached(tmp_path: Path) -> None:
     assert (embedder.hits, embedder.misses) == (0, 3)
     assert np.array_equal(embedder.embed_documents(texts[::-1]), vectors[::-1])
     assert (embedder.hits, embedder.misses) == (3, 3)  # second call: cache only, the model was not called
-    import os
-
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
-    assert LocalSentenceTransformerModel._instance.device.type == "cpu"
+    runtime = LocalMiniLMModel.runtime()  # onnxruntime on the CPU, from the packaged weights
+    assert runtime.session.get_providers() == ["CPUExecutionProvider"] and runtime.max_length == 256
 
 
 @pytest.mark.slow

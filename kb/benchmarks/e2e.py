@@ -33,12 +33,12 @@ def scifact_texts(count: int) -> tuple[list[str], list[dict[str, Any]], list[str
 
 def bench_end_to_end(count: int, folder: Path, rounds: int = 5) -> dict[str, Any]:
     import kb
-    from kb.embeddings import LocalSentenceTransformerModel
+    from kb.embeddings import LocalMiniLMModel
 
     per_round = max(1, count // rounds)
     texts, metadatas, ids = scifact_texts(per_round * rounds)
     warm = texts[per_round * rounds:]
-    model = LocalSentenceTransformerModel()
+    model = LocalMiniLMModel()
     model.embed(warm)  # load and warm the model outside every clock
     client = kb.api_client(home=folder)
     core = client.get_default_project().create_knowledge_bank("e2e").as_core_knowledge_bank()
