@@ -154,12 +154,14 @@ def test_concurrent_callers_get_their_own_answers(runtime: OnnxMiniLM) -> None:
         assert np.allclose(got[t], expected[t], atol=1e-5)
 
 
-@pytest.mark.timeout(2400)  # about 7 minutes on 2 idle cores; far longer on a shared machine
-def test_every_scifact_vector_is_reproduced(runtime: OnnxMiniLM) -> None:
-    """All 5,183 abstracts against the vectors sentence-transformers (fp32) computed: cosine >= 0.9999 each."""
+@pytest.mark.timeout(2400)  # the whole corpus: about 7 minutes on 2 idle cores; far longer on a shared machine
+def test_scifact_vectors_are_reproduced(runtime: OnnxMiniLM) -> None:
+    """SciFact abstracts against the vectors sentence-transformers (fp32) computed: cosine >= 0.9999 each.
+
+    ``make test`` checks every 8th abstract and the 100 longest (those past the 256-token truncation), about
+    a minute; ``KB_SCIFACT_FULL=1`` checks all 5,183 (run for the README's figure)."""
     corpus = SCIFACT / "corpus.jsonl"
-    if not corpus.is_file():
-        pytest.skip(f"SciFact is not at {SCIFACT}")
+    assert corpus.is_file(), f"SciFact is not at {SCIFACT} (../shared beside the checkout)"
     reference = np.load(SCIFACT / "corpus-all-MiniLM-L6-v2.npy")
     texts = []
     with corpus.open(encoding="utf-8") as handle:
@@ -167,10 +169,15 @@ def test_every_scifact_vector_is_reproduced(runtime: OnnxMiniLM) -> None:
             doc = json.loads(line)
             texts.append(doc["title"] + " " + doc["text"])
     assert len(texts) == reference.shape[0] == 5183
-    ours = runtime.embed(texts)
-    cosines = _cosines(ours, reference)
+    if os.environ.get("KB_SCIFACT_FULL") == "1":
+        chosen = np.arange(len(texts))
+    else:
+        longest = np.argsort([-len(t) for t in texts], kind="stable")[:100]
+        chosen = np.union1d(np.arange(0, len(texts), 8), longest)
+    ours = runtime.embed([texts[i] for i in chosen])
+    cosines = _cosines(ours, reference[chosen])
     worst = int(np.argmin(cosines))
-    assert cosines[worst] >= 0.9999, f"document {worst}: cosine {cosines[worst]:.6f}"
+    assert cosines[worst] >= 0.9999, f"document {int(chosen[worst])}: cosine {cosines[worst]:.6f}"
 
 
 # --- the default install needs no torch ------------------------------------------------------------
