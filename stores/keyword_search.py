@@ -202,15 +202,24 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
     # document into the top k on their own, so only documents of the other ("essential") terms are
     # candidates; they are scored on every term.
     by_best = sorted(terms, key=lambda t: t.impact_at(0))
+    # a slack of a billionth keeps float rounding of the bounds from ever excluding a document that ties
+    bar = threshold - 1e-9 * max(1.0, threshold)
     reach, skipped = 0.0, 0
     for term in by_best:
-        if reach + term.impact_at(0) >= threshold:
+        if reach + term.impact_at(0) >= bar:
             break
         reach += term.impact_at(0)
         skipped += 1
     essential = by_best[skipped:]
-    if skipped and sum(t.docs.size for t in essential) * _PRUNED_WORTH_IT <= postings:
-        candidates = _union([t.docs for t in essential])
+    # Within an essential term, a posting can only lead to the top k if it plus every other term's best
+    # contribution reaches the threshold: the others are not candidates on that term's account.
+    best_total = sum(t.impact_at(0) for t in terms)
+    lists = []
+    for term in essential:
+        floor = bar - (best_total - term.impact_at(0))
+        lists.append(term.docs if floor <= 0.0 else term.docs[term.impacts >= floor])
+    if sum(d.size for d in lists) * _PRUNED_WORTH_IT <= postings:
+        candidates = _union(lists)
         if allowed is not None:
             candidates = candidates[_member(candidates, allowed)]
         trace["pruned"] = 1
@@ -226,8 +235,9 @@ def top_k(terms: Sequence[ScoredPostings], k: int, allowed: np.ndarray | None = 
 
 def _union(sorted_lists: Sequence[np.ndarray]) -> np.ndarray:
     """The sorted union of sorted rowid arrays: as is for one, a mark per rowid when they are dense."""
-    if len(sorted_lists) == 1:
-        return sorted_lists[0]
+    sorted_lists = [docs for docs in sorted_lists if docs.size]
+    if len(sorted_lists) <= 1:
+        return sorted_lists[0] if sorted_lists else np.zeros(0, dtype=np.int64)
     span = max(int(docs[-1]) for docs in sorted_lists) + 1
     if span <= _DENSE_SPAN_PER_POSTING * sum(docs.size for docs in sorted_lists):
         marks = np.zeros(span, dtype=bool)
