@@ -271,6 +271,8 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
         assert httpx.put(f"{base}/folders/{folder['id']}/files/{path}", content=content,
                          headers=auth).status_code == 201
     kb_id = httpx.post(f"{base}/knowledge-banks", json={"name": "manuals-kb"}, headers=auth).json()["id"]
+    driver.get(server.url + "/")
+    driver.execute_script("sessionStorage.clear()")  # the browser is shared with the other tests
     _sign_in(driver, server, ADMIN_KEY)
     driver.get(f"{server.url}/#/p/DEFAULT/folder/{folder['id']}")
     _wait(driver, "#sync")
