@@ -149,6 +149,11 @@ def create_app(settings: ServiceSettings | None = None,
     async def kb_error(_: Request, exc: KBError) -> JSONResponse:
         return error_response(exc.http_status, exc.code, str(exc))
 
+    @app.exception_handler(UnicodeError)
+    async def unicode_error(_: Request, exc: UnicodeError) -> JSONResponse:
+        # kb.input_checks names the field at the boundary; text it missed is still the caller's, not a 500
+        return error_response(422, "invalid_text", f"a string in the request is not valid Unicode: {exc}"[:500])
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
