@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kb
+from api import metrics
 from api.config import ServiceSettings
 from api.keys import KeyStore
 from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
@@ -111,9 +112,11 @@ class LimitsAndLogs:
                 await error_response(500, "internal_error", f"internal error; request id {request_id}")(
                     scope, receive, send_with_id)
         state = scope.get("state") or {}
+        elapsed = time.perf_counter() - started
+        metrics.observe_request(scope, status, elapsed)
         log.info("request", extra={"fields": {
             "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 1), "key": state.get("key_id")}})
+            "ms": round(elapsed * 1000, 1), "key": state.get("key_id")}})
 
 
 def create_app(settings: ServiceSettings | None = None,
@@ -146,7 +149,8 @@ def create_app(settings: ServiceSettings | None = None,
     app.state.settings = settings
 
     @app.exception_handler(KBError)
-    async def kb_error(_: Request, exc: KBError) -> JSONResponse:
+    async def kb_error(request: Request, exc: KBError) -> JSONResponse:
+        metrics.observe_error(request.scope, exc)
         return error_response(exc.http_status, exc.code, str(exc))
 
     @app.exception_handler(UnicodeError)
@@ -167,6 +171,7 @@ def create_app(settings: ServiceSettings | None = None,
     # Starlette tries routes in order: the busiest (search, documents) first, so they match without
     # testing thirty others.
     for router in (documents.router, health.router, projects.router, llms.router, folders.router,
-                   knowledge_banks.router, ingest.router, openai_compat.router):
+                   knowledge_banks.router, ingest.router, openai_compat.router, metrics.router):
         app.include_router(router)
+    metrics.install()
     return app

@@ -29,6 +29,10 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    from api.metrics_dir import prepare_metrics_dir
+    from kb.config import default_home
+
+    prepare_metrics_dir(default_home(), args.port)  # before prometheus_client is imported, for every worker
     import uvicorn
 
     from api.app import configure_logging

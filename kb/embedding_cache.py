@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from kb import events
 from kb.embeddings import EmbeddingModel
 from kb.errors import EmbeddingError, InvalidInputError
 
@@ -162,6 +164,7 @@ class CachedEmbedder:
         with self._lock:
             self.misses += sent
             self.hits += len(texts) - sent
+        events.emit("embedding", model=self.model_id, hits=len(texts) - sent, misses=sent)
         out = [rows[k] for k in keys]
         dims = {r.size for r in out}
         if len(dims) != 1:
@@ -181,7 +184,10 @@ class CachedEmbedder:
                         rows[key] = vector
                 todo = [k for k in mine if k not in rows]
                 if todo:
+                    started = time.perf_counter()
                     vectors = np.asarray(self.model.embed([first_text[k] for k in todo]), dtype=np.float32)
+                    events.emit("model_call", model=self.model_id, texts=len(todo),
+                                seconds=time.perf_counter() - started)
                     if vectors.ndim != 2 or vectors.shape[0] != len(todo):
                         raise EmbeddingError(f"embedding model {self.model_id} returned an array of shape "
                                              f"{vectors.shape} for {len(todo)} texts")
@@ -204,11 +210,14 @@ class CachedEmbedder:
         if not isinstance(text, str):
             raise InvalidInputError(f"the query to embed is a {type(text).__name__}, not a string")
         with self._lock:
-            vector = self._lru.get(text)
-            if vector is not None:
+            cached = self._lru.get(text)
+            if cached is not None:
                 self._lru.move_to_end(text)
                 self.hits += 1
-                return vector.copy()
+                cached = cached.copy()
+        if cached is not None:
+            events.emit("embedding", model=self.model_id, hits=1, misses=0)
+            return cached
         vector = self.embed_documents([text])[0].copy()
         with self._lock:
             self._lru[text] = vector

@@ -10,10 +10,11 @@ one-operation transactions. Scores are "higher is better" for every search.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from kb import events
 from kb.errors import InvalidInputError, UnsupportedSearchError, WriterBusyError
 from kb.filters import Filter
 
@@ -99,6 +101,24 @@ class StoreReader(ABC):
     def ids_where(self, flt: Filter | None) -> list[str]: ...
 
 
+def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(commit)
+    def reporting(self: Any) -> None:
+        started = time.perf_counter()
+        ok = False
+        try:
+            commit(self)
+            ok = True
+        finally:
+            store = getattr(self, "store", None)
+            events.emit("commit", store=getattr(store, "store_type", type(self).__name__),
+                        kb_id=getattr(getattr(store, "context", None), "kb_id", ""),
+                        seconds=time.perf_counter() - started, ok=ok)
+
+    reporting.reports_commit = True  # type: ignore[attr-defined]
+    return reporting
+
+
 class StoreTransaction(StoreReader):
     """An open write. Reads on it see its own writes; nothing is visible elsewhere before commit."""
 
@@ -123,6 +143,13 @@ class StoreTransaction(StoreReader):
     @abstractmethod
     def rollback(self) -> None:
         """Forget every write of this transaction."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every store's ``commit`` reports its duration and outcome (``kb.events``: metrics count them)."""
+        super().__init_subclass__(**kwargs)
+        commit = cls.__dict__.get("commit")
+        if commit is not None and not getattr(commit, "reports_commit", False):
+            cls.commit = _reporting_commit(commit)  # type: ignore[method-assign]
 
     def __enter__(self) -> StoreTransaction:
         return self
