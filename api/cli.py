@@ -52,11 +52,12 @@ def keys(argv: Sequence[str]) -> int:
     create.add_argument("--admin", action="store_true", help="global admin (every project)")
     create.add_argument("--role", action="append", default=[], metavar="PROJECT=ROLE",
                         help="reader, writer or admin on a project; repeatable")
+    create.add_argument("--expires", metavar="WHEN", help="30d, 12h, 90m, 3600s from now, or an ISO-8601 date/time")
     sub.add_parser("list", help="list keys (never the secrets)")
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
-    from api.keys import KeyStore
+    from api.keys import KeyStore, parse_expiry
     from kb.config import default_home
     from kb.errors import KBError
 
@@ -64,7 +65,8 @@ def keys(argv: Sequence[str]) -> int:
     try:
         if args.action == "create":
             roles = dict(item.split("=", 1) for item in args.role)
-            print(store.create(args.name, admin=args.admin, roles=roles))
+            expires_at = parse_expiry(args.expires) if args.expires else None
+            print(store.create(args.name, admin=args.admin, roles=roles, expires_at=expires_at))
         elif args.action == "list":
             print(json.dumps(store.list(), indent=2))
         else:
