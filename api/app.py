@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from api import metrics
 from api.config import ServiceSettings
 from api.keys import KeyStore
 from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
+from kb.disk import disk_full_error, is_disk_full
 from kb.errors import KBError
 
 log = logging.getLogger("kb.api")
@@ -152,6 +154,15 @@ def create_app(settings: ServiceSettings | None = None,
     async def kb_error(request: Request, exc: KBError) -> JSONResponse:
         metrics.observe_error(request.scope, exc)
         return error_response(exc.http_status, exc.code, str(exc))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def system_error(request: Request, exc: Exception) -> JSONResponse:
+        # a full disk that surfaced outside the places that name it (kb.disk) is still a 507, not a 500
+        if is_disk_full(exc):
+            return await kb_error(request, disk_full_error(exc, f"{request.method} {request.url.path}"))
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the service log")
 
     @app.exception_handler(UnicodeError)
     async def unicode_error(_: Request, exc: UnicodeError) -> JSONResponse:

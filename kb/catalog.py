@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kb.disk import disk_full_error, is_disk_full
 from kb.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from kb.input_checks import check_value
 
@@ -83,10 +84,13 @@ class Catalog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if is_disk_full(exc):
+                raise disk_full_error(exc, "a catalog change (settings, knowledge bank, folder)") from exc
             raise
-        conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, params).fetchall()

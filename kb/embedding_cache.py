@@ -11,6 +11,7 @@ a small in-memory LRU, so repeated queries cost a dict lookup.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
@@ -21,10 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from kb import events
+from kb.disk import is_disk_full
 from kb.embeddings import EmbeddingModel
 from kb.errors import EmbeddingError, InvalidInputError
 
 _BATCH = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
+
+log = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> bytes:
@@ -118,13 +122,17 @@ class EmbeddingCache:
         rows = [(model_id, key, int(v.size), np.ascontiguousarray(v).tobytes())
                 for key, v in zip(keys, vectors, strict=True)]
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not is_disk_full(exc):
+                raise
+            # a cache that cannot grow must not fail the search or write it serves: the texts are embedded again
+            log.warning("embedding cache %s: disk full, %d vectors not cached", self.path, len(rows))
 
 
 class CachedEmbedder:

@@ -107,3 +107,10 @@ class StoreError(KBError):
 
     http_status = 502
     code = "store_error"
+
+
+class DiskFullError(StoreError):
+    """The disk (or quota) under kb's files is full: the write failed whole and the previous state stands."""
+
+    http_status = 507
+    code = "insufficient_storage"

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from kb import events
+from kb.disk import disk_full_error, is_disk_full, reports_disk_full
 from kb.errors import InvalidInputError, UnsupportedSearchError, WriterBusyError
 from kb.filters import Filter
 
@@ -101,6 +102,10 @@ class StoreReader(ABC):
     def ids_where(self, flt: Filter | None) -> list[str]: ...
 
 
+def _kb_of(transaction: Any) -> str:
+    return getattr(getattr(getattr(transaction, "store", None), "context", None), "kb_id", "") or "?"
+
+
 def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
     @functools.wraps(commit)
     def reporting(self: Any) -> None:
@@ -109,6 +114,10 @@ def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
         try:
             commit(self)
             ok = True
+        except Exception as exc:  # every store: a full disk is a DiskFullError (507), whatever layer noticed it
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"commit to knowledge bank {_kb_of(self)}") from exc
+            raise
         finally:
             store = getattr(self, "store", None)
             events.emit("commit", store=getattr(store, "store_type", type(self).__name__),
@@ -150,6 +159,10 @@ class StoreTransaction(StoreReader):
         commit = cls.__dict__.get("commit")
         if commit is not None and not getattr(commit, "reports_commit", False):
             cls.commit = _reporting_commit(commit)  # type: ignore[method-assign]
+        for name in ("upsert", "delete", "clear"):  # local stores write pages to disk before the commit
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__wrapped__", None):
+                setattr(cls, name, reports_disk_full(f"a write to a knowledge bank ({name})")(method))
 
     def __enter__(self) -> StoreTransaction:
         return self
