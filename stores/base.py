@@ -12,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import os
+import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -100,6 +102,12 @@ class StoreReader(ABC):
 
     @abstractmethod
     def ids_where(self, flt: Filter | None) -> list[str]: ...
+
+
+def fault_point(point: str) -> None:
+    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
+    if os.environ.get("KB_FAULT_POINT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kb_of(transaction: Any) -> str:

@@ -38,6 +38,7 @@ from stores.base import (
     acquire_writer_lock,
     check_query_vector,
     check_records,
+    fault_point,
     normalise,
 )
 from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
@@ -430,6 +431,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
                    for r, v, meta in zip(records, vectors, sources, strict=True)]
         self.store.bulk(actions)
         self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
+        fault_point("store_records_written")
         self.conn.executemany("INSERT INTO records VALUES (?, ?, ?)",
                               [(r.id, f"{self.generation}:{r.id}", self.generation) for r in records])
         if self._dim is None:
@@ -448,7 +450,9 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         self._view()
         try:
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(self.generation),))
+            fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")  # the commit point
+            fault_point("after_sqlite_commit")
         except BaseException:
             self.rollback()
             raise
