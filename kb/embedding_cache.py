@@ -25,6 +25,7 @@ from kb import events
 from kb.disk import is_disk_full
 from kb.embeddings import EmbeddingModel
 from kb.errors import EmbeddingError, InvalidInputError
+from kb.input_checks import string_problem
 
 _BATCH = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
 
@@ -157,6 +158,9 @@ class CachedEmbedder:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInputError(f"text #{i} to embed is a {type(text).__name__}, not a string")
+            problem = string_problem(text)
+            if problem is not None:  # the model would fail on it, and answer as if it were down
+                raise InvalidInputError(f"text #{i} to embed {problem}")
         if not texts:
             return np.zeros((0, self.model.dimension or 0), dtype=np.float32)
         keys = [text_key(t) for t in texts]

@@ -152,3 +152,9 @@ def test_hostile_folder_paths_get_a_4xx(server: KBServer) -> None:
         assert 400 <= response.status_code < 500 and "error" in response.json(), (path, response.text)
     assert httpx.get(base, headers=HEADERS).json() == []
     _refused(httpx.post(folders, headers=HEADERS, content=b'{"name": "f\\ud800"}'))
+
+
+def test_texts_to_embed_with_surrogates_get_a_422_not_a_502(server: KBServer) -> None:
+    for path, body in (("/v1/embeddings", b'{"model": "custom:fake6", "input": ["fine", "a\\ud800"]}'),
+                       ("/v1/projects/DEFAULT/llms/custom:fake6/embeddings", b'{"texts": ["fine", "a\\ud800"]}')):
+        _refused(httpx.post(f"{server.url}{path}", headers=HEADERS, content=body), "text #1", "surrogate")
