@@ -26,6 +26,7 @@ import platform
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -190,8 +191,9 @@ class Load:
                     self.request(http, operation, "POST", "/documents/get",
                                  json={"ids": [f"seed-{rng.randrange(300)}#0" for _ in range(5)]})
                 elif operation == "upsert":
-                    docs = [{"id": f"w{number}-{rng.randrange(200)}", "text": _text(rng),
-                             "metadata": {"group": rng.randrange(10), "source": "soak"}} for _ in range(3)]
+                    picked = rng.sample(range(200), 3)  # distinct: the same id twice in one write is refused
+                    docs = [{"id": f"w{number}-{i}", "text": _text(rng),
+                             "metadata": {"group": rng.randrange(10), "source": "soak"}} for i in picked]
                     self.request(http, operation, "POST", "/documents", json={"documents": docs})
                 else:
                     self.request(http, operation, "POST", "/documents/delete",
@@ -309,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
     args = parser.parse_args(argv)
+    # SIGTERM ends the run through the finally that stops kb serve (background jobs ignore SIGINT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seconds = args.seconds if args.seconds is not None else (args.minutes or 10.0) * 60
     interval = min(args.interval, seconds)
     figures = run(seconds, interval, args.workers, args.clients, args.rate, args.settings_every,
