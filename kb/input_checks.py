@@ -18,7 +18,7 @@ and the field, raised before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kb.errors import InvalidInputError
@@ -62,13 +62,14 @@ def check_id(value: Any, where: str) -> str:
     return check_string(value, where, MAX_ID_CHARS)
 
 
-def check_ids(ids: Sequence[Any], what: str = "ids") -> list[str]:
+def check_ids(ids: Iterable[Any], what: str = "ids") -> list[str]:
     """A list of document ids (for get and delete): each a storable non-empty string."""
-    if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
         raise InvalidInputError(f"{what} must be a list of strings")
-    for position, doc_id in enumerate(ids):
+    listed = list(ids)
+    for position, doc_id in enumerate(listed):
         check_id(doc_id, f"{what}[{position}]")
-    return list(ids)
+    return listed
 
 
 def check_unique_ids(ids: Sequence[str]) -> None:
