@@ -27,6 +27,7 @@ import kb
 from api import metrics
 from api.config import ServiceSettings
 from api.keys import KeyStore
+from api.memory import tune_malloc
 from api.routers import documents, folders, health, ingest, knowledge_banks, llms, openai_compat, projects
 from kb.disk import disk_full_error, is_disk_full
 from kb.errors import KBError
@@ -128,6 +129,7 @@ def create_app(settings: ServiceSettings | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_malloc()  # before the model's first allocations (see api.memory)
         app.state.client = kb.api_client(home=settings.home)
         if configure_client is not None:
             configure_client(app.state.client)
