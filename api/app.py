@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -23,10 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kb
+from api import metrics
 from api.config import ServiceSettings
 from api.console_app import mount_console
 from api.jobs import JobRegistry
 from api.keys import KeyStore
+from api.memory import tune_malloc
 from api.routers import (
     documents,
     evaluation,
@@ -41,6 +44,7 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
+from kb.disk import disk_full_error, is_disk_full
 from kb.errors import KBError
 
 log = logging.getLogger("kb.api")
@@ -126,9 +130,11 @@ class LimitsAndLogs:
                 await error_response(500, "internal_error", f"internal error; request id {request_id}")(
                     scope, receive, send_with_id)
         state = scope.get("state") or {}
+        elapsed = time.perf_counter() - started
+        metrics.observe_request(scope, status, elapsed)
         log.info("request", extra={"fields": {
             "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 1), "key": state.get("key_id")}})
+            "ms": round(elapsed * 1000, 1), "key": state.get("key_id")}})
 
 
 def create_app(settings: ServiceSettings | None = None,
@@ -138,6 +144,7 @@ def create_app(settings: ServiceSettings | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_malloc()  # before the model's first allocations (see api.memory)
         app.state.client = kb.api_client(home=settings.home)
         if configure_client is not None:
             configure_client(app.state.client)
@@ -163,8 +170,23 @@ def create_app(settings: ServiceSettings | None = None,
     app.state.settings = settings
 
     @app.exception_handler(KBError)
-    async def kb_error(_: Request, exc: KBError) -> JSONResponse:
+    async def kb_error(request: Request, exc: KBError) -> JSONResponse:
+        metrics.observe_error(request.scope, exc)
         return error_response(exc.http_status, exc.code, str(exc))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def system_error(request: Request, exc: Exception) -> JSONResponse:
+        # a full disk that surfaced outside the places that name it (kb.disk) is still a 507, not a 500
+        if is_disk_full(exc):
+            return await kb_error(request, disk_full_error(exc, f"{request.method} {request.url.path}"))
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the service log")
+
+    @app.exception_handler(UnicodeError)
+    async def unicode_error(_: Request, exc: UnicodeError) -> JSONResponse:
+        # kb.input_checks names the field at the boundary; text it missed is still the caller's, not a 500
+        return error_response(422, "invalid_text", f"a string in the request is not valid Unicode: {exc}"[:500])
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -180,7 +202,8 @@ def create_app(settings: ServiceSettings | None = None,
     # testing thirty others.
     for router in (documents.router, health.router, projects.router, llms.router, folders.router,
                    knowledge_banks.router, ingest.router, openai_compat.router, session.router, jobs.router,
-                   evaluation.router, sync_jobs.router):
+                   evaluation.router, sync_jobs.router, metrics.router):
         app.include_router(router)
+    metrics.install()
     mount_console(app)  # the web console at / (static files; every datum comes from the REST API above)
     return app

@@ -40,6 +40,10 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    from api.metrics_dir import prepare_metrics_dir
+    from kb.config import default_home
+
+    prepare_metrics_dir(default_home(), args.port)  # before prometheus_client is imported, for every worker
     if args.workers == 1 and os.environ.get("KB_WARMUP", "on").strip().lower() != "off":
         from kb.embeddings import preload_local_model
 
@@ -63,11 +67,12 @@ def keys(argv: Sequence[str]) -> int:
     create.add_argument("--admin", action="store_true", help="global admin (every project)")
     create.add_argument("--role", action="append", default=[], metavar="PROJECT=ROLE",
                         help="reader, writer or admin on a project; repeatable")
+    create.add_argument("--expires", metavar="WHEN", help="30d, 12h, 90m, 3600s from now, or an ISO-8601 date/time")
     sub.add_parser("list", help="list keys (never the secrets)")
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
-    from api.keys import KeyStore
+    from api.keys import KeyStore, parse_expiry
     from kb.config import default_home
     from kb.errors import KBError
 
@@ -75,7 +80,8 @@ def keys(argv: Sequence[str]) -> int:
     try:
         if args.action == "create":
             roles = dict(item.split("=", 1) for item in args.role)
-            print(store.create(args.name, admin=args.admin, roles=roles))
+            expires_at = parse_expiry(args.expires) if args.expires else None
+            print(store.create(args.name, admin=args.admin, roles=roles, expires_at=expires_at))
         elif args.action == "list":
             print(json.dumps(store.list(), indent=2))
         else:

@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kb.disk import disk_full_error, is_disk_full
 from kb.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from kb.input_checks import check_value
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS projects (
@@ -51,6 +53,12 @@ def check_name(kind: str, name: Any) -> str:
     return name
 
 
+def settings_json(settings: Any, owner: str) -> str:
+    """Settings as JSON text, after the checks every stored value passes (no lone surrogates, NUL, NaN,
+    integers beyond 64 bits, deep nesting), so what is read back is what was meant."""
+    return json.dumps(check_value(settings, f"{owner}: settings"), allow_nan=False)
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -76,10 +84,13 @@ class Catalog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if is_disk_full(exc):
+                raise disk_full_error(exc, "a catalog change (settings, knowledge bank, folder)") from exc
             raise
-        conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, params).fetchall()
@@ -127,7 +138,8 @@ class Catalog:
                             (project_key, name)).fetchone():
                 raise AlreadyExistsError(f"project {project_key!r} already has a knowledge bank named {name!r}")
             conn.execute("INSERT INTO knowledge_banks VALUES (?, ?, ?, ?, ?)",
-                         (kb_id, project_key, name, json.dumps(settings), time.time()))
+                         (kb_id, project_key, name, settings_json(settings, f"knowledge bank {name!r}"),
+                          time.time()))
         return kb_id
 
     def knowledge_bank(self, project_key: str, kb_id: str) -> dict[str, Any]:
@@ -151,7 +163,7 @@ class Catalog:
     def save_knowledge_bank_settings(self, project_key: str, kb_id: str, settings: dict[str, Any]) -> None:
         with self.transaction() as conn:
             cursor = conn.execute("UPDATE knowledge_banks SET settings = ? WHERE project_key = ? AND id = ?",
-                                  (json.dumps(settings), project_key, kb_id))
+                                  (settings_json(settings, f"knowledge bank {kb_id!r}"), project_key, kb_id))
             if cursor.rowcount != 1:
                 raise NotFoundError(f"knowledge bank {kb_id!r} does not exist in project {project_key!r}")
 
@@ -199,7 +211,7 @@ class Catalog:
             if exists and not replace:
                 raise AlreadyExistsError(f"connection {name!r} already exists")
             conn.execute("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?)",
-                         (name, kind, json.dumps(params), time.time()))
+                         (name, kind, settings_json(params, f"connection {name!r}"), time.time()))
 
     def connections(self) -> dict[str, dict[str, Any]]:
         return {n: {"type": t, **json.loads(p)} for n, t, p in self.query("SELECT name, type, params FROM connections")}

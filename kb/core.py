@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,9 +13,11 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from kb import events
 from kb.documents import document_of
 from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
 from kb.filters import Filter, parse_filter
+from kb.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
 from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver, plain_metadata_json
 from writers.schema import plain_metadata, validate_filter, validate_metadata
@@ -27,6 +30,11 @@ if TYPE_CHECKING:
     from writers.writer import KnowledgeBankWriter
 
 log = logging.getLogger(__name__)
+
+
+def _store_label(reader: Any) -> str:
+    """The store type of a driver, or of the store a writer's transaction writes to."""
+    return getattr(reader, "store_type", None) or getattr(getattr(reader, "store", None), "store_type", "unknown")
 
 
 class CoreKnowledgeBank:
@@ -105,15 +113,24 @@ class CoreKnowledgeBank:
                **kwargs: Any) -> list[SearchResult]:
         """Run a search. ``core.search(query="...", k=5, search_type="hybrid", filter={...})``."""
         request = request or SearchRequest(**kwargs)
-        return execute_search(reader or self.driver, request, self.search_context())
+        started = time.perf_counter()
+        reader = reader or self.driver
+        results = execute_search(reader, request, self.search_context())
+        events.emit("search", search_type=request.search_type, store=_store_label(reader),
+                    seconds=time.perf_counter() - started)
+        return results
 
     def similarity_documents(self, vector: Sequence[float], k: int, filter: Mapping[str, Any] | None = None,
                              reader: StoreReader | None = None) -> list[tuple[Document, float]]:
         """``search(vector=..., search_type="similarity")`` as LangChain documents and scores, without the
         general request, result and conversion layers (a third of kb's own time in a 10k search)."""
         check_count("k", k)
+        started = time.perf_counter()
         flt = self.check_filter(parse_filter(filter)) if filter else None
-        hits = (reader or self.driver).similarity(vector, k, flt)  # type: ignore[arg-type]
+        reader = reader or self.driver
+        hits = reader.similarity(vector, k, flt)  # type: ignore[arg-type]
+        events.emit("search", search_type="similarity", store=_store_label(reader),
+                    seconds=time.perf_counter() - started)
         return [(document_of(h.record.text, dict(h.record.metadata), h.record.id), h.score) for h in hits]
 
     def searches_quickly(self, request: SearchRequest) -> bool:
@@ -130,6 +147,7 @@ class CoreKnowledgeBank:
 
     def get_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> list[Document]:
         reader = tx or self.driver
+        ids = check_ids(ids)
         return [Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in reader.get(list(ids))]
 
     # --- writing ------------------------------------------------------------------------------
@@ -139,20 +157,26 @@ class CoreKnowledgeBank:
         """Validate everything (schema included) and embed; nothing is written here."""
         if not (len(texts) == len(metadatas) == len(ids)) or (vectors is not None and len(vectors) != len(texts)):
             raise InvalidInputError("texts, metadatas, ids (and vectors) must have the same length")
+        check_write_ids(ids)
         schema = self.schema
         checked = []
         encoded: list[str | None] = []
         for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
-            if type(text) is str and type(metadata) is dict:
+            if type(text) is str and type(metadata) is dict and len(text) <= MAX_TEXT_CHARS and \
+                    string_problem(text) is None:
                 plain = plain_metadata(schema, metadata)
-                if plain is not None:  # the common case, without building a label or walking the slow path
+                # the common case, without building a label or walking the slow path; orjson refuses what
+                # plain_metadata leaves to it (lone surrogates), which then takes the slow path and its error
+                encoded_one = plain_metadata_json(plain) if plain is not None else None
+                if encoded_one is not None:
                     checked.append(plain)
-                    encoded.append(plain_metadata_json(plain))
+                    encoded.append(encoded_one)
                     continue
             encoded.append(None)
             label = f"document {doc_id!r} (position {position})"
             if not isinstance(text, str):
                 raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
+            check_text(text, f"{label}: page_content")
             if metadata is not None and not isinstance(metadata, Mapping):
                 raise InvalidInputError(f"{label}: metadata must be a mapping")
             checked.append(validate_metadata(schema, metadata or {}, label))
@@ -189,6 +213,7 @@ class CoreKnowledgeBank:
             own.upsert(records)
 
     def delete_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> int:
+        ids = check_ids(ids)
         if tx is not None:
             return tx.delete(ids)
         with self.driver.begin() as own:

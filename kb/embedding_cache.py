@@ -11,18 +11,25 @@ a small in-memory LRU, so repeated queries cost a dict lookup.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from kb import events
+from kb.disk import is_disk_full
 from kb.embeddings import EmbeddingModel
 from kb.errors import EmbeddingError, InvalidInputError
+from kb.input_checks import string_problem
 
 _BATCH = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
+
+log = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> bytes:
@@ -116,13 +123,17 @@ class EmbeddingCache:
         rows = [(model_id, key, int(v.size), np.ascontiguousarray(v).tobytes())
                 for key, v in zip(keys, vectors, strict=True)]
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not is_disk_full(exc):
+                raise
+            # a cache that cannot grow must not fail the search or write it serves: the texts are embedded again
+            log.warning("embedding cache %s: disk full, %d vectors not cached", self.path, len(rows))
 
 
 class CachedEmbedder:
@@ -147,6 +158,9 @@ class CachedEmbedder:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInputError(f"text #{i} to embed is a {type(text).__name__}, not a string")
+            problem = string_problem(text)
+            if problem is not None:  # the model would fail on it, and answer as if it were down
+                raise InvalidInputError(f"text #{i} to embed {problem}")
         if not texts:
             return np.zeros((0, self.model.dimension or 0), dtype=np.float32)
         keys = [text_key(t) for t in texts]
@@ -162,6 +176,7 @@ class CachedEmbedder:
         with self._lock:
             self.misses += sent
             self.hits += len(texts) - sent
+        events.emit("embedding", model=self.model_id, hits=len(texts) - sent, misses=sent)
         out = [rows[k] for k in keys]
         dims = {r.size for r in out}
         if len(dims) != 1:
@@ -181,7 +196,10 @@ class CachedEmbedder:
                         rows[key] = vector
                 todo = [k for k in mine if k not in rows]
                 if todo:
+                    started = time.perf_counter()
                     vectors = np.asarray(self.model.embed([first_text[k] for k in todo]), dtype=np.float32)
+                    events.emit("model_call", model=self.model_id, texts=len(todo),
+                                seconds=time.perf_counter() - started)
                     if vectors.ndim != 2 or vectors.shape[0] != len(todo):
                         raise EmbeddingError(f"embedding model {self.model_id} returned an array of shape "
                                              f"{vectors.shape} for {len(todo)} texts")
@@ -204,11 +222,14 @@ class CachedEmbedder:
         if not isinstance(text, str):
             raise InvalidInputError(f"the query to embed is a {type(text).__name__}, not a string")
         with self._lock:
-            vector = self._lru.get(text)
-            if vector is not None:
+            cached = self._lru.get(text)
+            if cached is not None:
                 self._lru.move_to_end(text)
                 self.hits += 1
-                return vector.copy()
+                cached = cached.copy()
+        if cached is not None:
+            events.emit("embedding", model=self.model_id, hits=1, misses=0)
+            return cached
         vector = self.embed_documents([text])[0].copy()
         with self._lock:
             self._lru[text] = vector

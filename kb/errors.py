@@ -132,3 +132,10 @@ class MissingExtraError(KBError):
 
     http_status = 501
     code = "missing_extra"
+
+
+class DiskFullError(StoreError):
+    """The disk (or quota) under kb's files is full: the write failed whole and the previous state stands."""
+
+    http_status = 507
+    code = "insufficient_storage"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kb.errors import FilterError
+from kb.input_checks import INT64_MAX, INT64_MIN, string_problem
 
 Scalar = str | int | float | bool
 
@@ -124,7 +125,16 @@ def _check_key(key: str, path: str) -> None:
 
 
 def _check_scalar(value: Any, path: str) -> Scalar:
-    if isinstance(value, bool | str | int):
+    if isinstance(value, str):
+        problem = string_problem(value)
+        if problem is not None:
+            raise FilterError(f"{path}: the value {problem}")
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FilterError(f"{path}: {str(value)[:30]} is an integer beyond 64 bits, which no store holds")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

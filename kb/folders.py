@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, BinaryIO
 
+from kb.disk import disk_full_error, is_disk_full
 from kb.errors import NotFoundError, PathError
 
 MAX_PATH_LENGTH = 1024
@@ -65,18 +66,38 @@ class _AtomicWriter:
         self.file: IO[bytes] = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self._discard()
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"upload of {self.target.name!r}") from exc
+            raise
 
     def close(self, commit: bool = True) -> None:
         if self.file.closed:
             return
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        if commit:
+        if not commit:
+            self._discard()
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
             os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            self._discard()
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"upload of {self.target.name!r}") from exc
+            raise
+
+    def _discard(self) -> None:
+        """Drop the partial file; closing may fail again on a full disk (the buffer cannot be flushed)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> _AtomicWriter:
         return self

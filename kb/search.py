@@ -19,6 +19,7 @@ import numpy as np
 
 from kb.errors import InvalidInputError, UnsupportedSearchError
 from kb.filters import Filter, parse_filter
+from kb.input_checks import MAX_TEXT_CHARS, check_string
 from stores.base import Hit, StoreReader, check_query_vector
 
 SEARCH_TYPES = ("similarity", "similarity_score_threshold", "mmr", "keyword", "hybrid", "semantic_hybrid")
@@ -68,8 +69,8 @@ class SearchRequest:
             raise InvalidInputError("search type similarity_score_threshold needs a score_threshold")
         if self.query is None and self.vector is None:
             raise InvalidInputError("a search needs a query text or a query vector")
-        if self.query is not None and not isinstance(self.query, str):
-            raise InvalidInputError("query must be a string")
+        if self.query is not None:
+            check_string(self.query, "query", MAX_TEXT_CHARS)  # a lone surrogate would fail in the model as a 502
         if self.diversity and self.search_type in (*HYBRID_TYPES, "keyword"):
             raise UnsupportedSearchError(
                 f"the diversity option (mmr) cannot combine with {self.search_type} search; "

@@ -10,10 +10,13 @@ one-operation transactions. Scores are "higher is better" for every search.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
+import os
+import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +25,8 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from kb import events
+from kb.disk import disk_full_error, is_disk_full, reports_disk_full
 from kb.errors import InvalidInputError, UnsupportedSearchError, WriterBusyError
 from kb.filters import Filter
 
@@ -100,6 +105,38 @@ class StoreReader(ABC):
     def ids_where(self, flt: Filter | None) -> list[str]: ...
 
 
+def fault_point(point: str) -> None:
+    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
+    if os.environ.get("KB_FAULT_POINT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kb_of(transaction: Any) -> str:
+    return getattr(getattr(getattr(transaction, "store", None), "context", None), "kb_id", "") or "?"
+
+
+def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(commit)
+    def reporting(self: Any) -> None:
+        started = time.perf_counter()
+        ok = False
+        try:
+            commit(self)
+            ok = True
+        except Exception as exc:  # every store: a full disk is a DiskFullError (507), whatever layer noticed it
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"commit to knowledge bank {_kb_of(self)}") from exc
+            raise
+        finally:
+            store = getattr(self, "store", None)
+            events.emit("commit", store=getattr(store, "store_type", type(self).__name__),
+                        kb_id=getattr(getattr(store, "context", None), "kb_id", ""),
+                        seconds=time.perf_counter() - started, ok=ok)
+
+    reporting.reports_commit = True  # type: ignore[attr-defined]
+    return reporting
+
+
 class StoreTransaction(StoreReader):
     """An open write. Reads on it see its own writes; nothing is visible elsewhere before commit."""
 
@@ -124,6 +161,17 @@ class StoreTransaction(StoreReader):
     @abstractmethod
     def rollback(self) -> None:
         """Forget every write of this transaction."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every store's ``commit`` reports its duration and outcome (``kb.events``: metrics count them)."""
+        super().__init_subclass__(**kwargs)
+        commit = cls.__dict__.get("commit")
+        if commit is not None and not getattr(commit, "reports_commit", False):
+            cls.commit = _reporting_commit(commit)  # type: ignore[method-assign]
+        for name in ("upsert", "delete", "clear"):  # local stores write pages to disk before the commit
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__wrapped__", None):
+                setattr(cls, name, reports_disk_full(f"a write to a knowledge bank ({name})")(method))
 
     def __enter__(self) -> StoreTransaction:
         return self

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb.errors import InvalidInputError, KBError, WriterClosedError
-from stores.base import DelegatingReader, Record, StoreTransaction, check_records, normalise
+from stores.base import DelegatingReader, Record, StoreTransaction, check_records, fault_point, normalise
 from stores.chroma_codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma_reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
 from stores.generations import flip_generation, split_by_generation
@@ -113,6 +113,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             added += physical[start:end]
             self._call("add", ids=physical[start:end], embeddings=vectors[start:end],
                        metadatas=metadatas[start:end], documents=[r.text for r in records[start:end]])
+        fault_point("store_records_written")
         rows = [(self._next_rowid + i, r.id, p, self.generation, m)
                 for i, (r, p, m) in enumerate(zip(records, physical, copies, strict=True))]
         self._next_rowid += len(rows)
@@ -152,7 +153,9 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             set_meta(self.conn, "drops", json.dumps(kept))
             flip_generation(self.conn, self.generation)
             set_meta(self.conn, "dirty", "0")
+            fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
+            fault_point("after_sqlite_commit")
         except BaseException:
             self.rollback()
             raise

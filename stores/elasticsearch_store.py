@@ -37,6 +37,7 @@ from stores.base import (
     VectorStoreDriver,
     check_query_vector,
     check_records,
+    fault_point,
     normalise,
 )
 from stores.generations import NEVER, GenerationLedger, LedgerWrite
@@ -395,6 +396,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
                    for r, v, meta in zip(records, vectors, sources, strict=True)]
         self.store.bulk(actions)
         self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
+        fault_point("store_records_written")
         self.write.add((r.id, f"{self.generation}:{r.id}") for r in records)
         if self.write.dim is None:
             self.write.set_dimension(dim)
@@ -410,7 +412,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
     def commit(self) -> None:
         self._view()
         try:
-            self.write.commit()  # the commit point
+            self.write.commit()  # the commit point (with its fault points)
         except BaseException:
             self.rollback()
             raise

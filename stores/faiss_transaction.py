@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -16,17 +15,19 @@ import numpy as np
 
 from kb.errors import StoreError, WriterClosedError
 from stores.background_io import Background, flush_to_disk
-from stores.base import DelegatingReader, Record, StoreTransaction, checked_vectors, metadata_json, normalise
+from stores.base import (
+    DelegatingReader,
+    Record,
+    StoreTransaction,
+    checked_vectors,
+    fault_point,
+    metadata_json,
+    normalise,
+)
 from stores.faiss_view import FaissView, _chunks
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
-
-
-def _fault(point: str) -> None:
-    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
-    if os.environ.get("KB_FAULT_POINT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,9 +172,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                 # After clear() there is no index file: dimension '' tells readers the store is empty.
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_rowid', ?)", (str(self._next_rowid),))
-            _fault("before_sqlite_commit")
+            fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")
-            _fault("after_sqlite_commit")
+            fault_point("after_sqlite_commit")
         except BaseException as exc:
             if writer is not None:
                 try:
@@ -192,11 +193,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.staging.mkdir(parents=True, exist_ok=True)
         staged = self.staging / "index.faiss"
         faiss.write_index(self.index, str(staged))
-        _fault("index_written")
+        fault_point("index_written")
         with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staged, self.store.index_path(generation))
-        _fault("index_renamed")
+        fault_point("index_renamed")
         _fsync_dir(self.store.dir)
 
     def _join_wal_flush(self) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from stores.base import acquire_writer_lock
+from stores.base import acquire_writer_lock, fault_point
 from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62  # kb_del of a live record: above every generation
@@ -133,7 +133,9 @@ class LedgerWrite:
 
     def commit(self) -> None:
         flip_generation(self.conn, self.generation)
+        fault_point("before_sqlite_commit")
         self.conn.execute("COMMIT")  # the commit point
+        fault_point("after_sqlite_commit")
 
     def rollback(self) -> None:
         if self.conn.in_transaction:

@@ -14,10 +14,20 @@ from stores.sql_filters import filter_to_sql
 from tests.conftest import FAKE_MODEL_ID
 from writers.ingest import IngestOptions, ingest
 
+# Strings as JSON allows them (lone surrogates and NUL included, which hypothesis' default text leaves out),
+# plus the edges stores care about; integers beyond 64 bits and every float.
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=8),  # surrogates (category Cs) included
+    st.sampled_from(["\ud800", "a\udfff", "\x00", "x\x00", "k" * 300, "\ufeff", "é" * 9000]),
+)
+HOSTILE_NUMBERS = st.one_of(st.integers(), st.integers(min_value=2**63 - 2, max_value=2**70),
+                            st.integers(min_value=-(2**70), max_value=-(2**63) + 1),
+                            st.floats(allow_nan=True, allow_infinity=True), st.just(-0.0))
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    st.none() | st.booleans() | HOSTILE_NUMBERS | HOSTILE_TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.one_of(st.text(max_size=6), st.sampled_from(["$and", "$or", "$not", "$eq", "$in", "$gt", "$ne", "$nin"])),
+        st.one_of(HOSTILE_TEXT, st.sampled_from(["$and", "$or", "$not", "$eq", "$in", "$gt", "$ne", "$nin"])),
         inner, max_size=4),
     max_leaves=20,
 )
@@ -32,6 +42,49 @@ def test_any_json_is_a_filter_or_a_filter_error(raw: object) -> None:
         return
     matches(flt, {"a": 1, "b": "x", "c": True})  # whatever parses can be evaluated and translated
     filter_to_sql(flt)
+
+
+@pytest.fixture(scope="module")
+def metadata_core(tmp_path_factory: pytest.TempPathFactory) -> kb.core.CoreKnowledgeBank:  # type: ignore[name-defined]
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from kb.custom_models import LangChainEmbeddingModel
+
+    client = kb.api_client(home=tmp_path_factory.mktemp("hostile-metadata-home"))
+    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
+    return client.get_default_project().create_knowledge_bank(
+        "hostile-metadata", embedding_llm_id=FAKE_MODEL_ID).as_core_knowledge_bank()
+
+
+def _without_negative_zero(value: object) -> object:
+    if isinstance(value, float) and value == 0.0:
+        return 0.0
+    if isinstance(value, dict):
+        return {k: _without_negative_zero(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_negative_zero(v) for v in value]
+    return value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(metadata=st.dictionaries(HOSTILE_TEXT, JSON, max_size=4), text=HOSTILE_TEXT, doc_id=HOSTILE_TEXT)
+def test_any_metadata_text_and_id_is_stored_faithfully_or_refused_whole(metadata_core: object, metadata: dict,
+                                                                        text: str, doc_id: str) -> None:
+    core: kb.core.CoreKnowledgeBank = metadata_core  # type: ignore[name-defined]
+    before = core.count()
+    try:
+        with core.get_writer() as writer:
+            writer.delete(["neighbour"])
+            core.write_texts(["neighbour", text], [{"n": 1}, metadata], ["neighbour", doc_id or "empty"],
+                             tx=writer.transaction)
+    except kb.InvalidInputError:  # SchemaError and FilterError included: a typed error, nothing written
+        assert core.count() == before
+        return
+    [stored] = core.get_documents([doc_id or "empty"])
+    assert stored.page_content == text
+    assert json.dumps(stored.metadata, sort_keys=True) == json.dumps(_without_negative_zero(metadata), sort_keys=True)
+    with core.get_writer() as writer:
+        writer.delete([doc_id or "empty"])
 
 
 def test_deeply_nested_filters_are_refused() -> None:

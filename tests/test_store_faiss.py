@@ -132,11 +132,14 @@ def test_encoded_metadata_round_trips_exactly(tmp_path: Path) -> None:
     core = client.get_default_project().create_knowledge_bank("m", embedding_llm_id="custom:fake6") \
         .as_core_knowledge_bank()
     metadata = [{"f": 1e16, "g": 0.1, "n": None, "b": True, "i": -7, "s": "é\\u0000\"x"},
-                {"big": 123456789012345678901234567890}, {"neg": -(2**63)}, {}]
+                {"big": 2**63 - 1}, {"neg": -(2**63)}, {}]
     core.write_texts(["a", "b", "c", "d"], metadata, ["a", "b", "c", "d"])
     got = {d.id: d.metadata for d in core.get_documents(["a", "b", "c", "d"])}
     assert got == dict(zip("abcd", metadata, strict=True))
     assert type(got["b"]["big"]) is int and type(got["a"]["b"]) is bool
+    # beyond 64 bits no store holds an integer (SQLite, Elasticsearch, Chroma): refused, not silently a float
+    with pytest.raises(kb.InvalidInputError, match="64 bits"):
+        core.write_texts(["e"], [{"big": 123456789012345678901234567890}], ["e"])
     client.close()
 
 

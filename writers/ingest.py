@@ -38,6 +38,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from tqdm import tqdm
 
 from kb.errors import InvalidInputError, SchemaError
+from kb.input_checks import check_id, check_text
 from stores.base import Record
 from writers.schema import RESERVED_PREFIX, validate_metadata
 from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
@@ -240,6 +241,7 @@ class _Ingestion:
         if not isinstance(text, str):
             raise InvalidInputError(f"{label}: text column {options.text_column!r} holds a "
                                     f"{type(text).__name__}, not text")
+        check_text(text, f"{label}: text column {options.text_column!r}")
         if options.id_column:
             given = row.get(options.id_column)
             if given is None or str(given) == "":
@@ -247,6 +249,7 @@ class _Ingestion:
             row_id = str(given)
             if len(row_id) > MAX_ID_LENGTH:
                 raise InvalidInputError(f"{label}: id {row_id[:40]!r}... is longer than {MAX_ID_LENGTH} characters")
+            check_id(row_id, f"{label}: id column {options.id_column!r}")
         else:
             row_id = _digest(self.source, text)
         if self.metadata_columns is not None:

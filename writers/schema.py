@@ -18,6 +18,10 @@ from typing import Any
 
 from kb.errors import FilterError, SchemaError
 from kb.filters import Filter, comparisons
+from kb.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, check_metadata
+
+# A string value this short cannot pass MAX_VALUE_BYTES of UTF-8 (4 bytes per character at most).
+_SHORT_VALUE_CHARS = 8191
 
 SCHEMA_TYPES = ("string", "int", "float", "bool", "date")
 RESERVED_PREFIX = "KB_"
@@ -93,14 +97,23 @@ def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> di
 
     The fast path of a write: flat metadata of plain JSON scalars, a type test per value. It accepts exactly
     what ``validate_metadata`` accepts without converting, so errors and normalisation stay with that one.
+    The input checks of ``kb.input_checks`` that are not cheap here (lone surrogates: non-ASCII text) are left
+    to the caller's JSON encoding, which refuses them (``stores.base.plain_metadata_json`` returns None).
     """
     for key, value in metadata.items():
-        if type(key) is not str:
+        if type(key) is not str or not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
             return None
         kind = "" if not schema or key.startswith(RESERVED_PREFIX) else schema.get(key)
-        if kind is None or type(value) not in _PLAIN_TYPES[kind]:
+        kind_of_value = type(value)
+        if kind is None or kind_of_value not in _PLAIN_TYPES[kind]:
             return None
-        if type(value) is float and value - value != 0.0:  # NaN and infinities
+        if kind_of_value is str:
+            if len(value) > _SHORT_VALUE_CHARS or "\x00" in value:
+                return None
+        elif kind_of_value is float:
+            if value - value != 0.0 or (value == 0.0 and math.copysign(1.0, value) < 0):  # NaN, infinities, -0.0
+                return None
+        elif kind_of_value is int and not INT64_MIN <= value <= INT64_MAX:
             return None
     return dict(metadata)
 
@@ -108,11 +121,14 @@ def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> di
 def validate_metadata(
     schema: Mapping[str, str], metadata: Mapping[str, Any], doc_label: str
 ) -> dict[str, Any]:
-    """Check and normalise one document's metadata; raise SchemaError naming the document and key."""
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
+    """Check and normalise one document's metadata; raise SchemaError (or InvalidInputError for a value no
+    store can hold, see ``kb.input_checks``) naming the document and key."""
+    for key in metadata:
         if not isinstance(key, str):
             raise SchemaError(f"{doc_label}: metadata key {key!r} is not a string")
+    metadata = check_metadata(metadata, doc_label)
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
         if key.startswith(RESERVED_PREFIX) or not schema:
             out[key] = _check_free_value(key, value, doc_label)
             continue

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from kb.errors import InvalidInputError, KBError
+from kb.input_checks import check_metadata, check_text, check_write_ids
 from stores.base import Record
 
 FORMAT = "kb-snapshot/1"
@@ -116,9 +117,13 @@ def import_knowledge_bank(project: Any, path: str | Path, name: str | None = Non
                     raise InvalidInputError(f"snapshot vectors do not have the declared dimension {dim}")
                 matrix = vectors.reshape(batch.num_rows, dim)
                 metadatas = [json.loads(m) for m in columns["metadata"]]
-                records = core.prepare_records(columns["text"], metadatas, columns["id"], matrix) \
-                    if core.schema else [Record(i, t, m, v) for i, t, m, v in
-                                         zip(columns["id"], columns["text"], metadatas, matrix, strict=True)]
+                if core.schema:
+                    records = core.prepare_records(columns["text"], metadatas, columns["id"], matrix)
+                else:  # a snapshot's metadata is JSON text: "\ud800" escapes and huge integers can hide in it
+                    check_write_ids(columns["id"])
+                    records = [Record(i, check_text(t, f"document {i!r}: text"),
+                                      check_metadata(m, f"document {i!r}"), v)
+                               for i, t, m, v in zip(columns["id"], columns["text"], metadatas, matrix, strict=True)]
                 writer.transaction.upsert(records)
                 bar.update(batch.num_rows)
     except BaseException:

@@ -27,6 +27,7 @@ from kb.client import EmbeddedClient
 from kb.core import CoreKnowledgeBank
 from kb.errors import InvalidInputError
 from kb.filters import parse_filter
+from kb.input_checks import check_ids
 from kb.search import SearchRequest
 from stores.base import Record
 
@@ -71,6 +72,7 @@ def commit(project_key: str, kb_id: str, body: CommitIn, request: Request,
            client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
     _limit(request, len(body.upserts) + len(body.deletes), "operations")
     core = core_for(client, project_key, kb_id)
+    check_ids(body.deletes, "deletes")
     records = _records(core, body.upserts)  # validate and embed before taking the write lock
     with core.driver.begin() as tx:
         if body.clear:
@@ -84,6 +86,7 @@ def commit(project_key: str, kb_id: str, body: CommitIn, request: Request,
 def get_documents(project_key: str, kb_id: str, body: IdsIn, request: Request,
                   client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("reader"))) -> list:
     _limit(request, len(body.ids), "ids")
+    check_ids(body.ids)
     return [{"id": r.id, "text": r.text, "metadata": r.metadata}
             for r in core_for(client, project_key, kb_id).driver.get(body.ids)]
 
@@ -117,7 +120,7 @@ def delete(project_key: str, kb_id: str, body: DeleteIn, request: Request,
     with core.driver.begin() as tx:
         if body.ids is not None:
             _limit(request, len(body.ids), "ids")
-            return {"deleted": tx.delete(body.ids)}
+            return {"deleted": tx.delete(check_ids(body.ids))}
         return {"deleted": tx.delete_where(core.check_filter(parse_filter(body.filter)))}
 
 

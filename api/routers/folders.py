@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -10,9 +12,20 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import FolderIn, FolderOut
 from kb.client import EmbeddedClient
+from kb.errors import PathError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/folders", tags=["managed folders"],
                    route_class=OrjsonRoute)
+
+
+def _utf8_path(request: Request, path: str) -> str:
+    """The file path, refused when its percent-encoding is not UTF-8 (Starlette would decode the bytes to
+    U+FFFD and store a file under a name nobody sent)."""
+    try:
+        unquote_to_bytes(request.scope.get("raw_path") or b"").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PathError(f"folder path {path!r} is not valid UTF-8 once percent-decoded ({exc.reason})") from None
+    return path
 
 
 @router.get("", response_model=list[FolderOut])
@@ -45,6 +58,7 @@ def list_files(project_key: str, folder_id: str, client: EmbeddedClient = Depend
 async def upload(project_key: str, folder_id: str, path: str, request: Request,
                  client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("writer"))) -> dict:
     folder = client.get_project(project_key).get_managed_folder(folder_id)
+    path = _utf8_path(request, path)
     size = 0
     with folder.get_writer(path) as writer:  # atomic: nothing appears if the upload breaks off
         async for chunk in request.stream():

@@ -13,6 +13,7 @@ from api.deps import core_for, get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
+from kb.disk import disk_full_error, is_disk_full
 from writers.ingest import IngestOptions, ingest
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["ingestion"],
@@ -36,8 +37,13 @@ async def ingest_file(
                             if metadata_columns else None)
     with tempfile.TemporaryDirectory(prefix="kb-ingest-") as folder:
         path = Path(folder) / f"upload.{format}"
-        with open(path, "wb") as handle:  # stream to disk: the file is never held in memory
-            async for chunk in request.stream():
-                handle.write(chunk)
+        try:
+            with open(path, "wb") as handle:  # stream to disk: the file is never held in memory
+                async for chunk in request.stream():
+                    handle.write(chunk)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"receiving the file to ingest (in {tempfile.gettempdir()})") from exc
+            raise
         report = await run_in_threadpool(ingest, core, path, options, False)
     return report.to_dict()

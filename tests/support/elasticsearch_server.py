@@ -154,6 +154,18 @@ class ElasticsearchNode:
         self.process = None
         self.log.close()
 
+    def kill(self) -> None:
+        """The node dies at once (SIGKILL to its process group), keeping its data for a restart with start()."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(30)
+        self.process = None
+        self.log.close()
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.work, ignore_errors=True)
