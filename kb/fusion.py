@@ -18,7 +18,7 @@ import numpy as np
 from kb.errors import InvalidInputError
 from kb.filters import Filter
 from kb.search import SearchContext, SearchRequest, SearchResult
-from stores.base import Hit, StoreReader
+from stores.base import Hit, Record, StoreReader
 
 FUSION_METHODS = ("rrf", "linear")
 NORMALISATIONS = ("minmax", "zscore", "dbsf")
@@ -53,35 +53,49 @@ def fusion_settings(raw: Mapping[str, Any] | None, request: SearchRequest | None
     return out
 
 
-def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], rank_constant: int = 60) -> list[tuple[str, float]]:
+Scored = Sequence[tuple[str, float]]  # (record id, score), best first
+
+
+def _pairs(hits: Sequence[Hit]) -> list[tuple[str, float]]:
+    return [(h.record.id, h.score) for h in hits]
+
+
+def rrf_of(lists: Sequence[Scored], rank_constant: int = 60) -> list[tuple[str, float]]:
     scores: dict[str, float] = {}
-    for hits in lists:
-        for rank, hit in enumerate(hits, start=1):
-            scores[hit.record.id] = scores.get(hit.record.id, 0.0) + 1.0 / (rank_constant + rank)
+    for ranked in lists:
+        for rank, (doc_id, _) in enumerate(ranked, start=1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rank_constant + rank)
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
-def normalise_scores(hits: Sequence[Hit], method: str = "minmax") -> dict[str, float]:
-    if not hits:
+def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], rank_constant: int = 60) -> list[tuple[str, float]]:
+    return rrf_of([_pairs(hits) for hits in lists], rank_constant)
+
+
+def normalised(scored: Scored, method: str = "minmax") -> dict[str, float]:
+    if not scored:
         return {}
-    values = np.array([h.score for h in hits], dtype=np.float64)
+    values = np.array([score for _, score in scored], dtype=np.float64)
     if method == "minmax":
         low, span = float(values.min()), float(values.max() - values.min())
-        normalised = (values - low) / span if span > 0 else np.ones_like(values)
+        normalised_values = (values - low) / span if span > 0 else np.ones_like(values)
     else:
         mean, std = float(values.mean()), float(values.std())
         std = std if std > 0 else 1.0
         if method == "zscore":
-            normalised = (values - mean) / std
+            normalised_values = (values - mean) / std
         else:  # dbsf
             low, high = mean - 3 * std, mean + 3 * std
-            normalised = np.clip((values - low) / (high - low), 0.0, 1.0)
-    return {h.record.id: float(v) for h, v in zip(hits, normalised, strict=True)}
+            normalised_values = np.clip((values - low) / (high - low), 0.0, 1.0)
+    return {doc_id: float(v) for (doc_id, _), v in zip(scored, normalised_values, strict=True)}
 
 
-def linear_fusion(dense: Sequence[Hit], keyword: Sequence[Hit], weight: float,
-                  normalisation: str = "minmax") -> list[tuple[str, float]]:
-    dense_n, keyword_n = normalise_scores(dense, normalisation), normalise_scores(keyword, normalisation)
+def normalise_scores(hits: Sequence[Hit], method: str = "minmax") -> dict[str, float]:
+    return normalised(_pairs(hits), method)
+
+
+def linear_of(dense: Scored, keyword: Scored, weight: float, normalisation: str = "minmax") -> list[tuple[str, float]]:
+    dense_n, keyword_n = normalised(dense, normalisation), normalised(keyword, normalisation)
     dense_floor = min(dense_n.values(), default=0.0)
     keyword_floor = min(keyword_n.values(), default=0.0)
     ids = dense_n.keys() | keyword_n.keys()
@@ -89,27 +103,23 @@ def linear_fusion(dense: Sequence[Hit], keyword: Sequence[Hit], weight: float,
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
-def hybrid_search(
-    reader: StoreReader,
-    request: SearchRequest,
-    flt: Filter | None,
-    query_vector: Callable[[], np.ndarray],
-    ctx: SearchContext,
-) -> list[SearchResult]:
-    settings = fusion_settings(ctx.fusion, request)
-    depth = max(settings["candidates"], request.k)
-    dense = reader.similarity(query_vector(), depth, flt)
-    keyword = reader.keyword(request.query or "", depth, flt)
+def linear_fusion(dense: Sequence[Hit], keyword: Sequence[Hit], weight: float,
+                  normalisation: str = "minmax") -> list[tuple[str, float]]:
+    return linear_of(_pairs(dense), _pairs(keyword), weight, normalisation)
+
+
+def _fuse(dense: Scored, keyword: Scored, settings: dict[str, Any]) -> list[tuple[str, float]]:
     if settings["method"] == "rrf":
-        fused = reciprocal_rank_fusion([dense, keyword], int(settings["rank_constant"]))
-    else:
-        fused = linear_fusion(dense, keyword, float(settings["weight"]), settings["normalisation"])
-    by_id = {h.record.id: h.record for h in [*keyword, *dense]}
-    dense_scores = {h.record.id: h.score for h in dense}
-    keyword_scores = {h.record.id: h.score for h in keyword}
+        return rrf_of([dense, keyword], int(settings["rank_constant"]))
+    return linear_of(dense, keyword, float(settings["weight"]), settings["normalisation"])
+
+
+def _results(fused: Sequence[tuple[str, float]], records: dict[str, Record], dense: Scored,
+             keyword: Scored) -> list[SearchResult]:
+    dense_scores, keyword_scores = dict(dense), dict(keyword)
     results = []
     for doc_id, score in fused:
-        record = by_id[doc_id]
+        record = records[doc_id]
         stages = {"fused": score}
         if doc_id in dense_scores:
             stages["dense"] = dense_scores[doc_id]
@@ -117,3 +127,29 @@ def hybrid_search(
             stages["keyword"] = keyword_scores[doc_id]
         results.append(SearchResult(record.id, record.text, record.metadata, score, stages))
     return results
+
+
+def hybrid_search(
+    reader: StoreReader,
+    request: SearchRequest,
+    flt: Filter | None,
+    query_vector: Callable[[bool], np.ndarray],
+    ctx: SearchContext,
+    keep: int | None = None,
+) -> list[SearchResult]:
+    """Fused results, best first; ``keep`` bounds how many the caller will use (only those need records)."""
+    settings = fusion_settings(ctx.fusion, request)
+    depth = max(settings["candidates"], request.k)
+    vector = query_vector(True)  # every driver checks a query vector and its dimension itself
+    ranked = reader.ranked_lists(vector, request.query or "", depth, flt)
+    if ranked is not None:  # ids and scores first; records only for what the fusion keeps
+        fused = _fuse(ranked.dense, ranked.keyword, settings)[:keep]
+        records = ranked.records([doc_id for doc_id, _ in fused])
+        if records is not None:
+            return _results(fused, records, ranked.dense, ranked.keyword)
+    dense = reader.similarity(vector, depth, flt)
+    keyword = reader.keyword(request.query or "", depth, flt)
+    dense_pairs, keyword_pairs = _pairs(dense), _pairs(keyword)
+    fused = _fuse(dense_pairs, keyword_pairs, settings)[:keep]
+    by_id = {h.record.id: h.record for h in [*keyword, *dense]}
+    return _results(fused, by_id, dense_pairs, keyword_pairs)

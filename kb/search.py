@@ -152,7 +152,9 @@ def execute_search(reader: StoreReader, request: SearchRequest, ctx: SearchConte
         return native(request, flt, query_vector)[: request.k]
     from kb.fusion import hybrid_search  # local import: fusion imports this module's types
 
-    results = hybrid_search(reader, request, flt, query_vector, ctx)
+    # the fused results the caller uses: k, or the reranker's pool
+    keep = max(request.k, getattr(ctx.reranker, "candidates", 0)) if kind == "semantic_hybrid" else request.k
+    results = hybrid_search(reader, request, flt, query_vector, ctx, keep)
     if kind == "semantic_hybrid":
         if ctx.reranker is None:
             raise UnsupportedSearchError(

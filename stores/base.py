@@ -73,6 +73,16 @@ class StoreContext:
     metadata_schema: dict[str, str] = field(default_factory=dict)  # declared key types (for fixed index schemas)
 
 
+@dataclass
+class RankedLists:
+    """Both candidate lists of a hybrid search, best first, and how to read the records it keeps."""
+
+    dense: list[tuple[str, float]]
+    keyword: list[tuple[str, float]]
+    # records of the given ids, or None when one of them went away since (a newer commit deleted it)
+    records: Callable[[Sequence[str]], dict[str, Record] | None]
+
+
 class StoreReader(ABC):
     """The read side, shared by drivers and open transactions (which read their own writes)."""
 
@@ -96,6 +106,12 @@ class StoreReader(ABC):
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         raise UnsupportedSearchError(f"{type(self).__name__} has no keyword search")
+
+    def ranked_lists(self, vector: np.ndarray, query: str, depth: int,
+                     flt: Filter | None = None) -> RankedLists | None:
+        """Optional: a hybrid search's two candidate lists as ids and scores, the records read afterwards for
+        the few the fusion keeps. None (the default): hybrid reads both lists' records."""
+        return None
 
     @abstractmethod
     def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:

@@ -48,6 +48,7 @@ from kb.filters import Filter
 from stores.base import (
     Capabilities,
     Hit,
+    RankedLists,
     Record,
     StoreContext,
     VectorStoreDriver,
@@ -56,7 +57,7 @@ from stores.base import (
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_filtered import FilteredSearch
 from stores.faiss_transaction import FaissTransaction
-from stores.faiss_view import FaissView
+from stores.faiss_view import FaissView, read_rows
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
 from stores.record_cache import RecordCache
 from stores.sqlite_meta import connect_durable, read_meta
@@ -297,6 +298,28 @@ class FaissStore(VectorStoreDriver):
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         with self._snapshot() as view:
             return view.keyword(query, k, flt)
+
+    def ranked_lists(self, vector: np.ndarray, query: str, depth: int,
+                     flt: Filter | None = None) -> RankedLists | None:
+        """Both hybrid lists from one snapshot as ids and scores; records are read later for the fused few,
+        by rowid outside the snapshot (committed rowids never change content; a vanished one is reported)."""
+        if not self.capabilities.keyword:
+            return None
+        with self._snapshot() as view:
+            dense = view.ranked(vector, depth, flt)
+            keyword = view.keyword_ranked(query, depth, flt)
+            ids = view.ids_by_rowid(list({r for r, _ in dense} | {r for r, _ in keyword}))
+        rowid_of = {record_id: rowid for rowid, record_id in ids.items()}
+
+        def records(wanted: Sequence[str]) -> dict[str, Record] | None:
+            rowids = [rowid_of[i] for i in wanted]
+            found = read_rows(self._conn(), rowids, self._records)
+            if len(found) < len(rowids):
+                return None
+            return {found[r].id: found[r] for r in rowids}
+
+        return RankedLists([(ids[r], s) for r, s in dense if r in ids],
+                           [(ids[r], s) for r, s in keyword if r in ids], records)
 
     # --- writing -----------------------------------------------------------------------------
 

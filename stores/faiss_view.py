@@ -151,16 +151,29 @@ class FaissView(StoreReader):
         return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        pairs = self.keyword_ranked(query, k, flt)
+        records = self._records_by_rowid([r for r, _ in pairs], False)
+        return [Hit(records[r], s) for r, s in pairs if r in records]
+
+    def keyword_ranked(self, query: str, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+        """(rowid, BM25 score) of the best ``k``, best first."""
         if k <= 0:
             return []
         if flt is not None and self._columns is not None:
-            pairs = self.keywords.search(self.conn, query, k, allowed=self._columns().select(flt),
-                                         cache_key=self.generation)
-        elif flt is not None:
+            return self.keywords.search(self.conn, query, k, allowed=self._columns().select(flt),
+                                        cache_key=self.generation)
+        if flt is not None:
             where, params = filter_to_sql(flt)
-            pairs = self.keywords.search(self.conn, query, k, f"SELECT rowid FROM records WHERE {where}", params,
-                                         cache_key=self.generation)
-        else:
-            pairs = self.keywords.search(self.conn, query, k, cache_key=self.generation)
-        records = self._records_by_rowid([r for r, _ in pairs], False)
-        return [Hit(records[r], s) for r, s in pairs if r in records]
+            return self.keywords.search(self.conn, query, k, f"SELECT rowid FROM records WHERE {where}", params,
+                                        cache_key=self.generation)
+        return self.keywords.search(self.conn, query, k, cache_key=self.generation)
+
+    def ids_by_rowid(self, rowids: Sequence[int]) -> dict[int, str]:
+        """Record ids of ``rowids`` (from the record cache where it has them): no text or metadata decoded."""
+        cached = self._cache.get_many(rowids) if self._cache is not None else {}
+        out = {rowid: row[0] for rowid, row in cached.items()}
+        missing = [r for r in rowids if r not in out]
+        for part in _chunks(missing):
+            marks = ",".join("?" * len(part))
+            out.update(self.conn.execute(f"SELECT rowid, id FROM records WHERE rowid IN ({marks})", list(part)))
+        return out
