@@ -44,14 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _find_knowledge_bank(project: Any, ref: str) -> Any:
-    items = project.list_knowledge_banks()
-    for item in items:
-        if ref in (item.id, item.name):
-            return item.to_knowledge_bank().as_core_knowledge_bank()
-    raise NotFoundError(f"no knowledge bank with id or name {ref!r} in project {project.project_key}")
-
-
 def _find_source(project: Any, source: str) -> Any:
     if Path(source).is_dir():
         return Path(source)
@@ -81,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help is 0, a usage error 2
         return int(exc.code or 0)
     import kb
+    from kb.lookup import find_knowledge_bank
 
     client = None
     try:
@@ -90,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         options.validate()
         client = kb.api_client(home=args.home)
         project = client.get_project(args.project)
-        core = _find_knowledge_bank(project, args.kb)
+        core = find_knowledge_bank(project, args.kb).as_core_knowledge_bank()  # ambiguous names listed
         report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
     except KBError as exc:
         print(f"kb sync: {exc}", file=sys.stderr)
