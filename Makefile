@@ -36,13 +36,13 @@ serve: $(STAMP)
 
 # Debian packages some tests drive for real (a browser, OCR): installed once when missing and we are root.
 system-packages:
-	@grep -v '^#' tests/support/system-packages.txt | while read -r pkg probe; do \
-	  [ -z "$$pkg" ] && continue; [ -e "$$probe" ] && continue; \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian package $$pkg (needed by the tests)"; \
-	    (apt-get update -qq || true) >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$pkg" >/dev/null; \
-	  else echo "warning: Debian package $$pkg is missing and we are not root; tests that need it will fail"; fi; \
-	done
+	@missing=$$(grep -v '^#' tests/support/system-packages.txt | while read -r pkg probe; do \
+	  [ -n "$$pkg" ] && [ ! -e "$$probe" ] && echo "$$pkg"; done; true); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages the tests need:" $$missing; \
+	  (apt-get update -qq || true) >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "warning: Debian packages missing and we are not root; tests that need them will fail:" $$missing; fi
 
 test: $(DEV_STAMP) system-packages
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

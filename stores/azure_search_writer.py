@@ -88,9 +88,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
                    for (r, meta, fields), v in zip(documents, vectors, strict=True)]
         self._written.update(d["key"] for d in payload)  # before the call, as for marks
         self._send("upload", payload)
-        self.write.add((r.id, physical_key(self.generation, r.id)) for r in records)
-        if self.write.dim is None:
-            self.write.set_dimension(dim)
+        self.write.add(((r.id, physical_key(self.generation, r.id)) for r in records), dim)
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()

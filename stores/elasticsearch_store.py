@@ -397,9 +397,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         self.store.bulk(actions)
         self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
         fault_point("store_records_written")
-        self.write.add((r.id, f"{self.generation}:{r.id}") for r in records)
-        if self.write.dim is None:
-            self.write.set_dimension(dim)
+        self.write.add(((r.id, f"{self.generation}:{r.id}") for r in records), dim)
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()

@@ -120,9 +120,12 @@ class LedgerWrite:
         self.conn.executemany("DELETE FROM records WHERE id = ?", [(r[0],) for r in rows])
         return split_by_generation(((physical, gen) for _, physical, gen in rows), self.generation)
 
-    def add(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Record (id, physical id) pairs written by this generation."""
+    def add(self, pairs: Iterable[tuple[str, str]], dim: int | None = None) -> None:
+        """Record (id, physical id) pairs written by this generation; ``dim``, the vectors' dimension, is kept
+        from the first write on."""
         self.conn.executemany("INSERT INTO records VALUES (?, ?, ?)", [(i, p, self.generation) for i, p in pairs])
+        if dim is not None and self.dim is None:
+            self.set_dimension(dim)
 
     def all_ids(self) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT id FROM records")]

@@ -337,8 +337,8 @@ class KeywordIndex:
         if candidates_sql:
             allowed = np.fromiter((r[0] for r in conn.execute(candidates_sql, list(candidates_params))),
                                   dtype=np.int64)
-        if allowed is not None:
-            allowed = np.sort(allowed)
+        if allowed is not None and allowed.size > 1 and np.any(allowed[1:] < allowed[:-1]):
+            allowed = np.sort(allowed)  # metadata columns give rowids ascending already: no sort per query
         deleted: list[np.ndarray] = []  # read once, and only if a term has to be read from SQLite
 
         def load(term_id: int, df: int) -> ScoredPostings:

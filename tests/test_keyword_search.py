@@ -96,3 +96,33 @@ def test_deep_first_round_orders_more_than_the_kept_best():
     terms = [_term(rng, 50_000, 20_000, float(rng.uniform(0.5, 4.0)), False) for _ in range(3)]
     for k in (700, 3000):  # first-round depth 1400 / 6000: past the 1024 contributions ordered at build
         assert top_k(terms, k) == exhaustive(terms, k)
+
+
+def test_store_keyword_cache_never_serves_uncommitted_or_stale_postings(client):  # noqa: ANN001
+    """Through a FAISS knowledge bank: a writer's own keyword searches see its writes, a rolled-back writer
+    leaves no trace in later searches, and a commit is seen at once (the cache is per committed generation)."""
+    from tests.conftest import FAKE_MODEL_ID
+
+    core = client.get_default_project().create_knowledge_bank(
+        "kw", embedding_llm_id=FAKE_MODEL_ID).as_core_knowledge_bank()
+    with core.get_writer() as writer:
+        writer.as_langchain_vectorstore().add_texts(["red apple pie", "green apple"], ids=["a", "b"])
+
+    def ids() -> list[str]:
+        return [r.id for r in core.search(query="apple", k=5, search_type="keyword")]
+
+    assert ids() == ["b", "a"]  # now cached for this generation
+    try:
+        with core.get_writer() as writer:
+            store = writer.as_langchain_vectorstore()
+            store.add_texts(["apple apple apple"], ids=["c"])
+            assert [d.id for d in store.keyword_search("apple", k=5)][0] == "c"  # read-your-writes
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    assert ids() == ["b", "a"]  # nothing of the rolled-back writer, cached or not
+    with core.get_writer() as writer:
+        store = writer.as_langchain_vectorstore()
+        store.add_texts(["apple apple apple"], ids=["c"])
+        store.delete(["b"])
+    assert ids() == ["c", "a"]
