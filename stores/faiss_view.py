@@ -49,8 +49,6 @@ def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCach
         if cache is not None and len(part) <= _CACHED_FETCH:  # search hits, not bulk exports
             cache.put_many(fetched)
     return out
-# Below this many filter matches, HNSW search is replaced by exact search over the matches:
-# graph search with a very selective filter loses recall, brute force on a few vectors does not.
 # Fetches of up to this many rows (search results) go into the record cache; bigger ones (exports) do not.
 _CACHED_FETCH = 128
 

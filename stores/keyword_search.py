@@ -6,15 +6,17 @@ changes make its cost follow the answer instead of the corpus:
 
 - **Hot terms stay decoded.** Per committed generation (the store passes it as ``cache_key``), a term's
   postings are read once, scored once (a posting's BM25 contribution depends only on the term, the
-  document and the collection statistics, all fixed within a generation) and kept with their impact
-  order, in a cache bounded by bytes (``KB_KEYWORD_CACHE_MB``, default 1024). A new commit is a new
-  generation and starts an empty cache; a writer's own uncommitted view is never cached.
-- **Threshold algorithm (Fagin et al.) in vectorised rounds.** Take each term's ``depth`` highest
-  contributions, score the union of their documents exactly (a binary search per term), and stop
-  when the k-th best exact score is strictly above the best score a document outside the union could
-  have (the sum of each term's next contribution). Otherwise go four times deeper. Rare, high-idf
-  terms settle a query within a round or two; a query of only common terms ends, at worst, as the
-  exhaustive evaluation it replaces. The answer is exactly the exhaustive one, ties by rowid included.
+  document and the collection statistics, all fixed within a generation) and kept with their best
+  contributions ordered, in a cache bounded by bytes (``KB_KEYWORD_CACHE_MB``, default 1024). A new
+  commit is a new generation and starts an empty cache; a writer's uncommitted view is never cached.
+- **Early termination, exact.** One round of the threshold algorithm (Fagin et al.): each term's best
+  contributions, their documents scored exactly; done when the k-th score is strictly above what any
+  unseen document could reach. Otherwise MaxScore with that k-th score as the bar: terms whose best
+  contributions together stay below it bring no candidates, nor do postings of the other terms that
+  cannot reach it with every other term's best; the candidates are scored on every term (binary search
+  or an accumulator, whichever touches less). Only when pruning would not pay is every posting scored
+  (an accumulator over the rowid range). The answer is exactly the exhaustive one, ties by rowid
+  included, and the sums are added in the same order, so the floats are identical too.
 """
 
 from __future__ import annotations
