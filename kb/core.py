@@ -128,10 +128,10 @@ class CoreKnowledgeBank:
         started = time.perf_counter()
         flt = self.check_filter(parse_filter(filter)) if filter else None
         reader = reader or self.driver
-        hits = reader.similarity(vector, k, flt)  # type: ignore[arg-type]
+        rows = reader.similarity_rows(vector, k, flt)  # type: ignore[arg-type]
         events.emit("search", search_type="similarity", store=_store_label(reader),
                     seconds=time.perf_counter() - started)
-        return [(document_of(h.record.text, dict(h.record.metadata), h.record.id), h.score) for h in hits]
+        return [(document_of(text, metadata, doc_id), score) for doc_id, text, metadata, score in rows]
 
     def searches_quickly(self, request: SearchRequest) -> bool:
         """Whether ``search(request)`` is short CPU work: a query vector (no model), no keyword or reranking

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -103,6 +104,12 @@ class StoreReader(ABC):
         self, vector: np.ndarray, k: int, flt: Filter | None = None, with_vectors: bool = False
     ) -> list[Hit]:
         """The ``k`` nearest records to ``vector`` among those matching ``flt``, best first."""
+
+    def similarity_rows(self, vector: np.ndarray, k: int,
+                        flt: Filter | None = None) -> list[tuple[str, str, dict[str, Any], float]]:
+        """``similarity`` as (id, text, metadata, score) tuples, each metadata dict the caller's own: for callers
+        that build their own objects (LangChain Documents); a driver may answer it without Records and Hits."""
+        return [(h.record.id, h.record.text, dict(h.record.metadata), h.score) for h in self.similarity(vector, k, flt)]
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         raise UnsupportedSearchError(f"{type(self).__name__} has no keyword search")
@@ -339,11 +346,22 @@ def check_query_vector(vector: Any, dimension: int | None) -> np.ndarray:
     return array
 
 
-def unit_query(vector: np.ndarray) -> np.ndarray:
-    """One checked query vector as a unit-length (1, d) row (``normalise`` for the single-row hot path)."""
-    row = vector.reshape(1, -1)
-    norm = float(np.sqrt(np.dot(vector, vector)))
-    return row / np.float32(norm) if norm > 0 else np.ascontiguousarray(row)
+def unit_query(vector: Any, dimension: int | None) -> np.ndarray:
+    """A checked query vector as a unit-length (1, d) float32 row (zero stays zero).
+
+    The hot path is one numpy call: a finite, positive squared norm means every value is finite. Anything
+    else (NaN, infinities, an overflowing norm, zero, a wrong shape) takes ``check_query_vector``'s way.
+    """
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim == 1 and array.size == (dimension or array.size) and array.size:
+        squared = float(np.dot(array, array))
+        if 0.0 < squared < math.inf:
+            # sqrt in double rounded once to float32 equals float32's correctly rounded sqrt
+            return array.reshape(1, -1) / np.float32(math.sqrt(squared))
+    array = check_query_vector(vector, dimension)
+    norm = float(np.linalg.norm(array.astype(np.float64)))  # in double: a float32 norm may overflow
+    row = array.reshape(1, -1)
+    return (row.astype(np.float64) / norm).astype(np.float32) if norm > 0 else np.ascontiguousarray(row)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

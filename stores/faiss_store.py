@@ -57,10 +57,11 @@ from stores.base import (
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_filtered import FilteredSearch
 from stores.faiss_transaction import FaissTransaction
-from stores.faiss_view import FaissView, read_rows
+from stores.faiss_view import FaissView, read_row_tuples, read_rows
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
 from stores.record_cache import RecordCache
 from stores.sqlite_meta import connect_durable, read_meta
+from stores.wal_watch import WalWatch
 
 log = logging.getLogger(__name__)
 
@@ -255,27 +256,47 @@ class FaissStore(VectorStoreDriver):
             return view.similarity(vector, k, flt, with_vectors)
 
     def _committed_meta(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
-        """The committed (generation, dimension), re-read only after another connection committed."""
-        version = conn.execute("PRAGMA data_version").fetchone()[0]  # read first: a later commit changes it
-        known = getattr(self._local, "meta", None)
+        """The committed (generation, dimension), re-read only after another connection committed.
+
+        Whether one did is first asked of the wal-index header in shared memory (no system call; see
+        ``stores.wal_watch``), then of ``PRAGMA data_version`` when the header moved.
+        """
+        local = self._local
+        watch = getattr(local, "wal_watch", None)
+        header = watch.header() if watch is not None else None  # read before data_version: see wal_watch
+        known = getattr(local, "meta", None)
+        if header is not None and known is not None and known[3] == header:
+            return known[1], known[2]
+        cursor = getattr(local, "version_cursor", None)
+        if cursor is None or cursor.connection is not conn:
+            cursor = local.version_cursor = conn.cursor()
+        version = next(cursor.execute("PRAGMA data_version"))[0]  # read first: a later commit changes it
+        if watch is None:  # the connection has the database open now: its -shm file exists (WAL mode)
+            local.wal_watch = WalWatch(self.db_path)
         if known is not None and known[0] == version:
+            local.meta = (version, known[1], known[2], header)
             return known[1], known[2]
         generation, dim = self._read_meta(conn)
-        self._local.meta = (version, generation, dim)
+        local.meta = (version, generation, dim, header)
         return generation, dim
 
-    def _similarity_without_snapshot(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Hit] | None:
-        """The search path without a SQLite read transaction (None: answer from a snapshot instead).
+    def _committed_view(self, flt: Filter | None) -> FaissView | None:
+        """A view of the committed generation outside any SQLite read transaction, for the similarity hot path
+        (None: answer from a snapshot instead).
 
         Committed rowids never change content (see ``stores.record_cache``), so the records of the
         committed generation's hits can be read outside a transaction: a record is either the one the
         index meant, or gone because a newer commit deleted it, and then the snapshot path answers.
+        An unfiltered view is kept per thread until the generation changes (it holds that thread's connection).
         """
         _configure_search_threads()
         conn = self._conn()
         generation, dim = self._committed_meta(conn)
         if dim is None:
             return None
+        kept = getattr(self._local, "view", None)
+        if flt is None and kept is not None and kept.generation == generation and kept.conn is conn:
+            return kept
         columns = None
         if flt is not None:  # only columns built in a snapshot of this generation may answer a filter
             built = self._columns_cache
@@ -287,13 +308,34 @@ class FaissStore(VectorStoreDriver):
         except RuntimeError:  # its file was replaced by two newer commits meanwhile
             return None
         view = FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                     columns=(lambda: columns) if columns is not None else None, cache=self._records,
-                     generation=generation, prepared=lambda: self._prepared(generation, index))
+                         columns=(lambda: columns) if columns is not None else None, cache=self._records,
+                         generation=generation, prepared=lambda: self._prepared(generation, index))
+        if flt is None:
+            self._local.view = view
+        return view
+
+    def _similarity_without_snapshot(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Hit] | None:
+        view = self._committed_view(flt)
+        if view is None:
+            return None
         pairs = view.ranked(vector, k, flt)
         records = view._records_by_rowid([r for r, _ in pairs], False)
         if len(records) < len(pairs):
             return None
         return [Hit(records[r], s) for r, s in pairs]
+
+    def similarity_rows(self, vector: np.ndarray, k: int,
+                        flt: Filter | None = None) -> list[tuple[str, str, dict[str, Any], float]]:
+        view = self._committed_view(flt)
+        if view is not None:
+            rowids, scores = view.nearest(vector, k, flt)
+            rows = self._records.hits(rowids, scores)  # the common case: every hit's record is in memory
+            if rows is not None:
+                return rows
+            found = read_row_tuples(view.conn, rowids, self._records)
+            if len(found) == len(rowids):
+                return [(*found[r], s) for r, s in zip(rowids, scores, strict=True)]
+        return super().similarity_rows(vector, k, flt)
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         with self._snapshot() as view:
@@ -377,6 +419,11 @@ class FaissStore(VectorStoreDriver):
             conn.close()
             self._local.conn = None
             self._local.meta = None
+            self._local.view = None
+            watch = getattr(self._local, "wal_watch", None)
+            if watch is not None:
+                watch.close()
+                self._local.wal_watch = None
         with self._cache_lock:
             self._cached = (-1, None)
 

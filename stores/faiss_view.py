@@ -15,11 +15,11 @@ import numpy as np
 
 from kb.filters import Filter
 from kb.jsonfast import loads_checked, orjson_reads_exactly
-from stores.base import Hit, Record, StoreReader, check_query_vector, unit_query
+from stores.base import Hit, Record, StoreReader, unit_query
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_filtered import FilteredSearch
 from stores.keyword_index import KeywordIndex
-from stores.record_cache import RecordCache
+from stores.record_cache import CachedRow, RecordCache, cached_metadata, flat_or_none
 from stores.sql_filters import filter_to_sql
 
 _BATCH = 500
@@ -34,21 +34,39 @@ _SELECT_BY_ROWID = [_select_by_rowid(n) for n in range(101)]
 
 def read_rows(conn: sqlite3.Connection, rowids: Sequence[int], cache: RecordCache | None) -> dict[int, Record]:
     """Records by rowid: from the cache where it has them, else from SQLite (then cached)."""
+    return {rowid: Record(rid, text, metadata) for rowid, (rid, text, metadata) in
+            read_row_tuples(conn, rowids, cache).items()}
+
+
+def read_row_tuples(conn: sqlite3.Connection, rowids: Sequence[int],
+                    cache: RecordCache | None) -> dict[int, tuple[str, str, dict[str, Any]]]:
+    """(id, text, metadata) by rowid, each metadata dict the caller's own; ``read_rows`` without Record objects
+    (a search's hits become LangChain Documents straight from these)."""
     cached = cache.get_many(rowids) if cache is not None else {}
-    out = {rowid: Record(rid, text, loads_checked(metadata, exact))
-           for rowid, (rid, text, metadata, exact) in cached.items()}
+    out = {rowid: (row[0], row[1], cached_metadata(row)) for rowid, row in cached.items()}
+    if len(cached) == len(rowids):
+        return out
     missing = [r for r in rowids if r not in cached] if cached else list(rowids)
     for part in _chunks(missing):
         # one statement text per batch size, so SQLite's statement cache serves repeated searches
         rows = conn.execute(_SELECT_BY_ROWID[len(part)] if len(part) < len(_SELECT_BY_ROWID) else
                             _select_by_rowid(len(part)), part).fetchall()
-        fetched = [(rowid, (rid, text, metadata, orjson_reads_exactly(metadata)))
-                   for rowid, rid, text, metadata in rows]
-        for rowid, (rid, text, metadata, exact) in fetched:
-            out[rowid] = Record(rid, text, loads_checked(metadata, exact))
-        if cache is not None and len(part) <= _CACHED_FETCH:  # search hits, not bulk exports
+        caching = cache is not None and len(part) <= _CACHED_FETCH  # search hits, not bulk exports
+        fetched: list[tuple[int, CachedRow]] = []
+        for rowid, rid, text, metadata_json in rows:
+            exact = orjson_reads_exactly(metadata_json)
+            metadata = loads_checked(metadata_json, exact)
+            if caching:
+                flat = flat_or_none(metadata)
+                fetched.append((rowid, (rid, text, metadata_json, exact, flat)))
+                if flat is not None:
+                    metadata = dict(flat)  # the cache keeps the decoded dict: the caller gets a copy
+            out[rowid] = (rid, text, metadata)
+        if cache is not None and fetched:
             cache.put_many(fetched)
     return out
+
+
 # Fetches of up to this many rows (search results) go into the record cache; bigger ones (exports) do not.
 _CACHED_FETCH = 128
 
@@ -131,9 +149,13 @@ class FaissView(StoreReader):
 
     def ranked(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
         """(rowid, cosine similarity) of the k nearest, best first."""
-        query = unit_query(check_query_vector(vector, self._dim))
+        return list(zip(*self.nearest(vector, k, flt), strict=True))
+
+    def nearest(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> tuple[list[int], list[float]]:
+        """``ranked`` as two lists, rowids and cosine similarities (no pair objects on the hot path)."""
+        query = unit_query(vector, self._dim)
         if self.index is None or self.index.ntotal == 0 or k <= 0:
-            return []
+            return [], []
         if flt is None:
             scores, rowids = self.index.search(query, min(k, self.index.ntotal))
         else:
@@ -146,7 +168,11 @@ class FaissView(StoreReader):
             else:
                 found_scores, found_rowids = prepared.search(query, k, self._matching_rowids(flt), ef_search)
             scores, rowids = found_scores.reshape(1, -1), found_rowids.reshape(1, -1)
-        return [(r, s) for r, s in zip(rowids[0].tolist(), scores[0].tolist(), strict=True) if r >= 0]
+        ids, values = rowids[0].tolist(), scores[0].tolist()
+        if ids and ids[-1] < 0:  # fewer than k found: faiss pads with -1 at the end
+            kept = [i for i, r in enumerate(ids) if r >= 0]
+            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
+        return ids, values
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         pairs = self.keyword_ranked(query, k, flt)
