@@ -129,8 +129,9 @@ class CoreKnowledgeBank:
         flt = self.check_filter(parse_filter(filter)) if filter else None
         reader = reader or self.driver
         rows = reader.similarity_rows(vector, k, flt)  # type: ignore[arg-type]
-        events.emit("search", search_type="similarity", store=_store_label(reader),
-                    seconds=time.perf_counter() - started)
+        if events.observed():
+            events.emit("search", search_type="similarity", store=_store_label(reader),
+                        seconds=time.perf_counter() - started)
         return [(document_of(text, metadata, doc_id), score) for doc_id, text, metadata, score in rows]
 
     def searches_quickly(self, request: SearchRequest) -> bool:

@@ -31,6 +31,11 @@ def unsubscribe(listener: Listener) -> None:
         _listeners.remove(listener)
 
 
+def observed() -> bool:
+    """Whether anyone listens: hot paths skip preparing an event's fields when nobody does."""
+    return bool(_listeners)
+
+
 def emit(event: str, **fields: Any) -> None:
     if not _listeners:
         return

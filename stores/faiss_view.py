@@ -154,10 +154,11 @@ class FaissView(StoreReader):
     def nearest(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> tuple[list[int], list[float]]:
         """``ranked`` as two lists, rowids and cosine similarities (no pair objects on the hot path)."""
         query = unit_query(vector, self._dim)
-        if self.index is None or self.index.ntotal == 0 or k <= 0:
+        ntotal = self.index.ntotal if self.index is not None else 0  # a SWIG property: read it once
+        if ntotal == 0 or k <= 0:
             return [], []
         if flt is None:
-            scores, rowids = self.index.search(query, min(k, self.index.ntotal))
+            scores, rowids = self.index.search(query, min(k, ntotal))
         else:
             prepared = self._prepared() if self._prepared is not None else FilteredSearch(self.index)
             ef_search = prepared.inner.hnsw.efSearch if prepared.hnsw else 0
