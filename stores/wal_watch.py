@@ -36,7 +36,7 @@ class WalWatch:
             return
         try:
             if os.fstat(fd).st_size >= HEADER_BYTES:
-                self._map = mmap.mmap(fd, HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+                self._map = mmap.mmap(fd, HEADER_BYTES, access=mmap.ACCESS_READ)  # shared, read-only
         except (OSError, ValueError):
             self._map = None
         finally:
