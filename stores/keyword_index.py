@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from stores import doc_blocks
 from stores.analysis import Analyzer, analyzer_settings
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
+from stores.posting_counts import count_pairs
 
 _BATCH = 500
 MERGE_AT = 8  # segments per term before they are merged into one
@@ -83,6 +85,7 @@ class KeywordIndex:
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
                      "term_ids BLOB NOT NULL)")
+        doc_blocks.create(conn)
         conn.execute("CREATE TABLE IF NOT EXISTS kw_deleted (doc INTEGER PRIMARY KEY, term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1), "
@@ -131,29 +134,42 @@ class KeywordIndex:
         n = len(rows)
         ids, new_terms = self._term_ids(conn, sorted(vocabulary))
         global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        # Postings are the distinct (term, document) pairs: one sort of term * n + position counts them and
-        # leaves them grouped by term, documents in row order, as segments are written.
-        pairs, tfs = np.unique(global_of_local[local_terms] * n + positions, return_counts=True)
-        pair_terms, pair_positions = np.divmod(pairs, n)
+        # local term ids renumbered in global id order: postings sorted on them come out sorted by term id
+        by_global = np.argsort(global_of_local)
+        rank = np.empty_like(by_global)
+        rank[by_global] = np.arange(by_global.size)
+        pair_ranks, pair_positions, tfs = count_pairs(rank[local_terms], positions, n, len(vocabulary))
+        pair_terms = global_of_local[by_global][pair_ranks]
+        if pair_terms.size and pair_terms.max() > np.iinfo(_TERM32).max:
+            raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
         lengths = np.bincount(positions, minlength=n)
-        # kw_docs wants them grouped by document instead (a stable sort of positions below 2**16 is a radix sort)
+        self._write_doc_terms(conn, rowids, lengths, pair_terms, pair_positions)
+        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
+                             {term_id: term for term, term_id in new_terms.items()})
+        self._bump(conn, "docs", n)
+        self._bump(conn, "length", int(lengths.sum()))
+        self._bump(conn, "postings", int(pair_terms.size))
+        self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
+
+    def _write_doc_terms(self, conn: sqlite3.Connection, rowids: np.ndarray, lengths: np.ndarray,
+                         pair_terms: np.ndarray, pair_positions: np.ndarray) -> None:
+        """Each document's length and term ids (to undo it): blocks of documents, or rows of kw_docs for rowids
+        that are not ascending or fall in an existing block's range (blocks must not overlap)."""
+        n = rowids.size
+        # grouped by document (a stable sort of positions below 2**16 is a radix sort)
         by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
+        counts = np.bincount(pair_positions, minlength=n)
+        if doc_blocks.fits(conn, rowids):
+            doc_blocks.write(conn, rowids, lengths, counts, pair_terms[by_doc])
+            return
         dtype = self._term_dtype(conn)
-        if pair_terms.size and pair_terms.max() > np.iinfo(dtype).max:
-            raise OverflowError(f"keyword index: more than {np.iinfo(dtype).max} distinct terms")
         doc_terms = pair_terms[by_doc].astype(dtype)
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(pair_positions, minlength=n))))
+        bounds = np.concatenate(([0], np.cumsum(counts)))
         conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
             (doc, length, doc_terms[start:end].tobytes())
             for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
                                                bounds[1:].tolist(), strict=True)
         ])
-        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
-                             {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", n)
-        self._bump(conn, "length", int(lengths.sum()))
-        self._bump(conn, "postings", int(pairs.size))
-        self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
                         lengths: np.ndarray, new_terms: dict[int, str] | None = None) -> None:
@@ -197,26 +213,27 @@ class KeywordIndex:
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         dtype = self._term_dtype(conn)
-        removed_docs, removed_length, removed_postings = 0, 0, 0
-        df_delta: dict[int, int] = {}
+        removed: list[tuple[int, int, np.ndarray]] = []  # (doc, length, term ids) of each removed document
         for start in range(0, len(rowids), _BATCH):
             part = list(rowids[start : start + _BATCH])
             rows = conn.execute(f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({_marks(len(part))})",
                                 part).fetchall()
-            for _, length, blob in rows:
-                for term in np.frombuffer(blob, dtype=dtype).tolist():
-                    df_delta[term] = df_delta.get(term, 0) + 1
-                removed_length += length
-                removed_postings += len(blob) // dtype.itemsize
-            removed_docs += len(rows)
-            conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)", [(r[0], r[2]) for r in rows])
-            conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
-        if not removed_docs:
+            removed += [(doc, length, np.frombuffer(blob, dtype=dtype)) for doc, length, blob in rows]
+            if rows:
+                conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
+        in_rows = {doc for doc, _, _ in removed}
+        removed += doc_blocks.take(conn, np.asarray([r for r in rowids if r not in in_rows], dtype=np.int64))
+        if not removed:
             return
-        conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?", [(n, t) for t, n in df_delta.items()])
-        self._bump(conn, "docs", -removed_docs)
-        self._bump(conn, "length", -removed_length)
-        self._bump(conn, "deleted", removed_postings)
+        conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)",
+                         [(doc, terms.astype(dtype).tobytes()) for doc, _, terms in removed])
+        all_terms = np.concatenate([terms for _, _, terms in removed]).astype(np.int64)
+        terms, df_delta = np.unique(all_terms, return_counts=True)
+        conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?",
+                         list(zip(df_delta.tolist(), terms.tolist(), strict=True)))
+        self._bump(conn, "docs", -len(removed))
+        self._bump(conn, "length", -sum(length for _, length, _ in removed))
+        self._bump(conn, "deleted", int(all_terms.size))
         stats = self._stats(conn)
         if stats["deleted"] > max(10_000, stats["postings"] // 4):
             self._compact_all(conn)
@@ -281,7 +298,7 @@ class KeywordIndex:
         return int(conn.execute("SELECT COALESCE(MAX(doc), 0) FROM kw_deleted").fetchone()[0])
 
     def clear(self, conn: sqlite3.Connection) -> None:
-        for table in ("kw_segments", "kw_docs", "kw_terms", "kw_deleted"):
+        for table in ("kw_segments", "kw_docs", "kw_doc_blocks", "kw_terms", "kw_deleted"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("UPDATE kw_stats SET value = 0 WHERE key IN ('docs', 'length', 'deleted', 'postings')")
 
