@@ -25,6 +25,7 @@ from stores.base import (
     normalise,
 )
 from stores.faiss_view import FaissView, _chunks
+from stores.keyword_index import PendingKeywords
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
@@ -49,6 +50,10 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         self._wal_flush: Background | None = None
+        # The last upsert's documents, analysed for the keyword index on a helper thread while the caller goes
+        # on (prepares its next batch); written into this transaction before anything reads or writes again.
+        self._pending_keywords: PendingKeywords | None = None
+        self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
         # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
@@ -62,6 +67,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def _view(self) -> FaissView:
         self._check_open()
+        self._write_pending_keywords()
         return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
 
     def _check_open(self) -> None:
@@ -119,15 +125,22 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             return
         vectors = normalise(checked_vectors(records, self._dim))
         dim = int(vectors.shape[1])
-        self._remove_rowids(self._rowids_of([r.id for r in records]))
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
+        # analysed on a helper thread meanwhile, written at this transaction's next read, write or commit
+        analysing = PendingKeywords(self.store.keywords, rowids, [r.text for r in records])
+        try:
+            self._write_pending_keywords()
+            self._remove_rowids(self._rowids_of([r.id for r in records]))
+        except BaseException:
+            analysing.discard()
+            raise
         self._next_rowid += len(records)
+        self._pending_keywords = analysing
         rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
                 in zip(rowids.tolist(), records, strict=True)]
         self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
         if self._written_ids is not None:
             self._written_ids.update(r.id for r in records)
-        self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
         self._writable_index(dim).add_with_ids(vectors, rowids)
         if self._dim is None:
             self._dim = dim
@@ -139,14 +152,25 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _flush_wal(self) -> None:
         flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
 
+    def _write_pending_keywords(self) -> None:
+        pending, self._pending_keywords = self._pending_keywords, None
+        if pending is not None:
+            try:
+                pending.write(self.conn)
+            except BaseException:
+                self._broken = True  # records are in without their postings: this transaction must not commit
+                raise
+
     def delete(self, ids: Sequence[str]) -> int:
         self._check_open()
+        self._write_pending_keywords()
         rowids = self._rowids_of(ids)
         self._remove_rowids(rowids)
         return len(rowids)
 
     def clear(self) -> None:
         self._check_open()
+        self._drop_pending_keywords()
         self.conn.execute("DELETE FROM records")
         self._written_ids = set()  # empty again: only what this writer adds from here on can exist
         self.store.keywords.clear(self.conn)
@@ -160,6 +184,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         writer: Background | None = None
         try:
+            self._write_pending_keywords()
+            if self._broken:
+                raise StoreError("an earlier write of this transaction failed: roll it back")
             if self._dirty:
                 new_generation = self.generation + 1
                 if self.index is not None:
@@ -211,7 +238,13 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._abort()
         self._finish()
 
+    def _drop_pending_keywords(self) -> None:
+        pending, self._pending_keywords = self._pending_keywords, None
+        if pending is not None:
+            pending.discard()
+
     def _abort(self) -> None:
+        self._drop_pending_keywords()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 

@@ -33,15 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from stores import doc_blocks
+from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
+from stores.background_io import Background
+from stores.keyword_batch import AnalysedBatch, analyse_batch
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
-from stores.posting_counts import count_pairs
 
 _BATCH = 500
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
-_DOC, _TF, _LEN = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u4")
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
 _TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
 
@@ -81,6 +81,10 @@ class KeywordIndex:
         # versions (WITHOUT ROWID, same columns and key) are kept: every query works on both.
         conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
                      "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL)")
+        if "packing" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_segments)")}:
+            # rows of earlier versions read the default: int64 / uint32 / uint32, as they were written
+            conn.execute("ALTER TABLE kw_segments ADD COLUMN packing INTEGER NOT NULL "
+                         f"DEFAULT {segment_packing.LEGACY}")
         if not self._clustered_by_term(conn):
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
@@ -126,75 +130,73 @@ class KeywordIndex:
     # --- writing ------------------------------------------------------------------------------
 
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
-        if not rows:
+        if rows:
+            self.write(conn, self.analyse([r[0] for r in rows], [r[1] for r in rows]))
+
+    def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
+        """The CPU half of an add, without the database (thread-safe: a writer may run it on a helper thread)."""
+        return analyse_batch(self.analyzer, rowids, texts)
+
+    def write(self, conn: sqlite3.Connection, batch: AnalysedBatch | None) -> None:
+        """Index the documents of ``batch`` (made by ``analyse``)."""
+        if batch is None or batch.size == 0:
             return
-        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self._forget_reused(conn, rowids)
-        positions, local_terms, vocabulary = self.analyzer.batch_terms([r[1] for r in rows])
-        n = len(rows)
+        self._forget_reused(conn, batch.rowids)
+        vocabulary = batch.vocabulary
         ids, new_terms = self._term_ids(conn, sorted(vocabulary))
         global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        # local term ids renumbered in global id order: postings sorted on them come out sorted by term id
-        by_global = np.argsort(global_of_local)
-        rank = np.empty_like(by_global)
-        rank[by_global] = np.arange(by_global.size)
-        pair_ranks, pair_positions, tfs = count_pairs(rank[local_terms], positions, n, len(vocabulary))
-        pair_terms = global_of_local[by_global][pair_ranks]
-        if pair_terms.size and pair_terms.max() > np.iinfo(_TERM32).max:
+        if global_of_local.size and global_of_local.max() > np.iinfo(_TERM32).max:
             raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
-        lengths = np.bincount(positions, minlength=n)
-        self._write_doc_terms(conn, rowids, lengths, pair_terms, pair_positions)
-        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
-                             {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", n)
-        self._bump(conn, "length", int(lengths.sum()))
-        self._bump(conn, "postings", int(pair_terms.size))
+        self._write_doc_terms(conn, batch, global_of_local[batch.doc_terms])
+        self._insert_segments(conn, global_of_local[batch.segment_terms].tolist(), batch.segment_dfs,
+                              batch.segments, batch.packing, {term_id: term for term, term_id in new_terms.items()})
+        self._bump(conn, "docs", batch.size)
+        self._bump(conn, "length", int(batch.lengths.sum()))
+        self._bump(conn, "postings", batch.postings)
         self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
-    def _write_doc_terms(self, conn: sqlite3.Connection, rowids: np.ndarray, lengths: np.ndarray,
-                         pair_terms: np.ndarray, pair_positions: np.ndarray) -> None:
+    def _write_doc_terms(self, conn: sqlite3.Connection, batch: AnalysedBatch, doc_terms: np.ndarray) -> None:
         """Each document's length and term ids (to undo it): blocks of documents, or rows of kw_docs for rowids
         that are not ascending or fall in an existing block's range (blocks must not overlap)."""
-        n = rowids.size
-        # grouped by document (a stable sort of positions below 2**16 is a radix sort)
-        by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
-        counts = np.bincount(pair_positions, minlength=n)
-        if doc_blocks.fits(conn, rowids):
-            doc_blocks.write(conn, rowids, lengths, counts, pair_terms[by_doc])
+        if doc_blocks.fits(conn, batch.rowids):
+            doc_blocks.write(conn, batch.rowids, batch.lengths, batch.doc_counts, doc_terms)
             return
-        dtype = self._term_dtype(conn)
-        doc_terms = pair_terms[by_doc].astype(dtype)
-        bounds = np.concatenate(([0], np.cumsum(counts)))
+        doc_terms = doc_terms.astype(self._term_dtype(conn))
+        bounds = np.concatenate(([0], np.cumsum(batch.doc_counts)))
         conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
             (doc, length, doc_terms[start:end].tobytes())
-            for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
+            for doc, length, start, end in zip(batch.rowids.tolist(), batch.lengths.tolist(), bounds[:-1].tolist(),
                                                bounds[1:].tolist(), strict=True)
         ])
 
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
-                        lengths: np.ndarray, new_terms: dict[int, str] | None = None) -> None:
-        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow.
-
-        ``new_terms`` (id -> term) are not in kw_terms yet: they are inserted with their counts, one statement
-        instead of an insert and an update each.
-        """
+                        lengths: np.ndarray) -> None:
+        """One new segment per distinct term of the given postings, grouped by term (a conversion's path)."""
         if term_ids.size == 0:
             return
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
         ends = np.append(starts[1:], term_ids.size)
+        packing = segment_packing.choose(docs, tfs, lengths)
+        docs_p, tfs_p, lengths_p = segment_packing.pack(packing, docs, tfs, lengths)
+        self._insert_segments(conn, term_ids[starts].tolist(), (ends - starts).tolist(),
+                              [(docs_p[s:e].tobytes(), tfs_p[s:e].tobytes(), lengths_p[s:e].tobytes())
+                               for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], packing, {})
+
+    def _insert_segments(self, conn: sqlite3.Connection, term_ids: list[int], dfs: list[int],
+                         blobs: list[tuple[bytes, bytes, bytes]], packing: int, new_terms: dict[int, str]) -> None:
+        """One new segment (``blobs``, packed as ``packing``) per term; document frequencies and segment counts
+        follow. ``new_terms`` (id -> term) are not in kw_terms yet: inserted with their counts, one statement
+        instead of an insert and an update each."""
         seg = self._stats(conn)["next_seg"]
         self._bump(conn, "next_seg", 1)
-        docs_b, tfs_b, len_b = docs.astype(_DOC), tfs.astype(_TF), lengths.astype(_LEN)
-        conn.executemany("INSERT INTO kw_segments VALUES (?, ?, ?, ?, ?)", [
-            (term, seg, docs_b[s:e].tobytes(), tfs_b[s:e].tobytes(), len_b[s:e].tobytes())
-            for term, s, e in zip(term_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
-        ])
-        counts = list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True))
-        new_terms = new_terms or {}
+        conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [(term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)])
         conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
-                         [(new_terms[term], term, df) for df, term in counts if term in new_terms])
+                         [(new_terms[term], term, df) for term, df in zip(term_ids, dfs, strict=True)
+                          if term in new_terms])
         conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
-                         [(df, term) for df, term in counts if term not in new_terms])
+                         [(df, term) for term, df in zip(term_ids, dfs, strict=True) if term not in new_terms])
 
     def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
@@ -275,9 +277,10 @@ class KeywordIndex:
                 dropped += int(docs.size - keep.sum())
                 docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
             if docs.size:
-                conn.execute("INSERT INTO kw_segments VALUES (?, 0, ?, ?, ?)",
-                             (term, docs.astype(_DOC).tobytes(), tfs.astype(_TF).tobytes(),
-                              lengths.astype(_LEN).tobytes()))
+                packing = segment_packing.choose(docs, tfs, lengths)
+                conn.execute("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
+                             "VALUES (?, 0, ?, ?, ?, ?)",
+                             (term, *segment_packing.blobs(packing, docs, tfs, lengths), packing))
             conn.execute("UPDATE kw_terms SET segments = ? WHERE id = ?", (int(docs.size > 0), term))
         if dropped:
             self._bump(conn, "deleted", -dropped)
@@ -310,13 +313,14 @@ class KeywordIndex:
 
     def _postings(self, conn: sqlite3.Connection, term: int,
                   deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = conn.execute("SELECT docs, tfs, lengths FROM kw_segments WHERE term_id = ?", (term,)).fetchall()
+        parts = [segment_packing.unpack(packing, *blobs) for *blobs, packing in conn.execute(
+            "SELECT docs, tfs, lengths, packing FROM kw_segments WHERE term_id = ?", (term,))]
         if not parts:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        docs = np.concatenate([np.frombuffer(p[0], dtype=_DOC) for p in parts]).astype(np.int64)
-        tfs = np.concatenate([np.frombuffer(p[1], dtype=_TF) for p in parts]).astype(np.float64)
-        lengths = np.concatenate([np.frombuffer(p[2], dtype=_LEN) for p in parts]).astype(np.float64)
+        docs = np.concatenate([p[0] for p in parts]).astype(np.int64)
+        tfs = np.concatenate([p[1] for p in parts]).astype(np.float64)
+        lengths = np.concatenate([p[2] for p in parts]).astype(np.float64)
         if deleted is not None and deleted.size:
             keep = ~_member(docs, deleted)
             docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
@@ -382,6 +386,12 @@ class NoKeywordIndex(KeywordIndex):
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
         return None
 
+    def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
+        return None
+
+    def write(self, conn: sqlite3.Connection, batch: AnalysedBatch | None) -> None:
+        return None
+
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         return None
 
@@ -395,3 +405,26 @@ class NoKeywordIndex(KeywordIndex):
                candidates_params: Sequence[Any] = (), allowed: np.ndarray | None = None,
                cache_key: Hashable = None) -> list[tuple[int, float]]:
         return []
+
+
+class PendingKeywords:
+    """Documents being analysed on a helper thread, to be written by ``write`` in the writer's transaction."""
+
+    def __init__(self, index: KeywordIndex, rowids: Sequence[int], texts: Sequence[str]) -> None:
+        self.index = index
+        self._batch: list[AnalysedBatch | None] = []
+        self._work = None if isinstance(index, NoKeywordIndex) else \
+            Background(lambda: self._batch.append(index.analyse(rowids, texts)), "kb-keyword-analysis")
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self._work is not None:
+            self._work.join()  # raises what the analysis raised
+            self.index.write(conn, self._batch[0])
+
+    def discard(self) -> None:
+        """Wait for the analysis (no thread outlives its writer) and forget it, errors included."""
+        if self._work is not None:
+            try:
+                self._work.join()
+            except Exception:  # nothing of it is written: its error no longer matters
+                pass
