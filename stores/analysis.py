@@ -116,8 +116,10 @@ class Analyzer:
         # "" is not a token: the whitespace split yields it at a text's edges and between blank runs
         term_of_token = np.fromiter(
             (-1 if not token or (term := stems[token]) is None else term_index.setdefault(term, len(term_index))
-             for token in tokens), dtype=np.int64, count=len(tokens))
+             for token in tokens), dtype=np.int32, count=len(tokens))
         terms = term_of_token[token_index]
+        if term_of_token.size and term_of_token.min() >= 0:  # no stop word nor blank in the batch: no copies
+            return docs, terms, list(term_index)
         kept = terms >= 0
         return docs[kept], terms[kept], list(term_index)
 

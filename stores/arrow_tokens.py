@@ -36,6 +36,8 @@ def batch_tokens(texts: Sequence[str], tokenize_one: Callable[[str], list[str]]
     else:
         fast = [i for i, text in enumerate(texts) if text.isascii()]
         slow = [i for i, text in enumerate(texts) if not text.isascii()]
+    if not slow and len(texts) <= _CHUNK_TEXTS:  # the common case: Arrow's dictionary is the answer as it is
+        return _ascii_tokens(list(texts))
     ids: dict[str, int] = {}
     counter = itertools.count()
     doc_parts: list[np.ndarray] = []

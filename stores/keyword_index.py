@@ -40,6 +40,7 @@ from stores.keyword_batch import AnalysedBatch, analyse_batch
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
+_SCAN_TERMS_AT = 4  # a batch with at least a quarter as many terms as the index reads all of kw_terms
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
@@ -201,13 +202,19 @@ class KeywordIndex:
     def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
         found: dict[str, int] = {}
-        for start in range(0, len(terms), _BATCH):
-            part = terms[start : start + _BATCH]
-            found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})", part))
+        next_id = self._stats(conn)["next_term"]  # above every id: the table has fewer rows than this
+        if len(terms) * _SCAN_TERMS_AT >= next_id:
+            # a batch's vocabulary is most of the table (a bulk load's): one scan beats lookups by the hundred
+            wanted = set(terms)
+            found.update((term, id_) for term, id_ in conn.execute("SELECT term, id FROM kw_terms") if term in wanted)
+        else:
+            for start in range(0, len(terms), _BATCH):
+                part = terms[start : start + _BATCH]
+                found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})",
+                                          part))
         missing = [t for t in terms if t not in found]
         new: dict[str, int] = {}
         if missing:
-            next_id = self._stats(conn)["next_term"]
             new = {t: next_id + i for i, t in enumerate(missing)}
             self._bump(conn, "next_term", len(missing))
             found.update(new)
