@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
 
 
+PENDING_KEYWORD_DOCUMENTS = 100_000  # documents analysed and not yet written, at most (about 1 KB each)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -52,7 +55,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._wal_flush: Background | None = None
         # The last upsert's documents, analysed for the keyword index on a helper thread while the caller goes
         # on (prepares its next batch); written into this transaction before anything reads or writes again.
-        self._pending_keywords: PendingKeywords | None = None
+        self._pending_keywords = PendingKeywords(store.keywords)
         self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
@@ -125,20 +128,18 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             return
         vectors = normalise(checked_vectors(records, self._dim))
         dim = int(vectors.shape[1])
+        replaced = self._rowids_of([r.id for r in records])
+        if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
+            self._write_pending_keywords()  # removing documents needs their postings in; and memory stays bounded
+        self._remove_rowids(replaced)
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
-        # analysed on a helper thread meanwhile, written at this transaction's next read, write or commit
-        analysing = PendingKeywords(self.store.keywords, rowids, [r.text for r in records])
-        try:
-            self._write_pending_keywords()
-            self._remove_rowids(self._rowids_of([r.id for r in records]))
-        except BaseException:
-            analysing.discard()
-            raise
         self._next_rowid += len(records)
-        self._pending_keywords = analysing
         rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
                 in zip(rowids.tolist(), records, strict=True)]
         self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        # analysed on a helper thread meanwhile; written at this transaction's next read, delete or commit,
+        # together with the batches after it (one segment per term for all of them)
+        self._pending_keywords.add(rowids, [r.text for r in records])
         if self._written_ids is not None:
             self._written_ids.update(r.id for r in records)
         self._writable_index(dim).add_with_ids(vectors, rowids)
@@ -153,13 +154,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
 
     def _write_pending_keywords(self) -> None:
-        pending, self._pending_keywords = self._pending_keywords, None
-        if pending is not None:
-            try:
-                pending.write(self.conn)
-            except BaseException:
-                self._broken = True  # records are in without their postings: this transaction must not commit
-                raise
+        try:
+            self._pending_keywords.write(self.conn)
+        except BaseException:
+            self._broken = True  # records are in without their postings: this transaction must not commit
+            raise
 
     def delete(self, ids: Sequence[str]) -> int:
         self._check_open()
@@ -184,15 +183,17 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         writer: Background | None = None
         try:
-            self._write_pending_keywords()
             if self._broken:
                 raise StoreError("an earlier write of this transaction failed: roll it back")
+            new_generation = self.generation + 1
+            if self._dirty and self.index is not None:
+                # the index file is written and fsynced on a helper thread while this one writes the buffered
+                # keyword postings and flushes the WAL; both are waited for before the SQLite commit that makes
+                # the new generation visible (a failure before it leaves an unreferenced file, as ever)
+                writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+            self._write_pending_keywords()
             if self._dirty:
-                new_generation = self.generation + 1
-                if self.index is not None:
-                    # the index file is written and fsynced on a helper thread while this one flushes the WAL;
-                    # both are waited for before the SQLite commit that makes the new generation visible
-                    writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+                if writer is not None:
                     self._join_wal_flush()
                     self._flush_wal()
                     writer.join()
@@ -239,9 +240,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._finish()
 
     def _drop_pending_keywords(self) -> None:
-        pending, self._pending_keywords = self._pending_keywords, None
-        if pending is not None:
-            pending.discard()
+        self._pending_keywords.discard()
 
     def _abort(self) -> None:
         self._drop_pending_keywords()

@@ -36,7 +36,7 @@ import numpy as np
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
 from stores.background_io import Background
-from stores.keyword_batch import AnalysedBatch, analyse_batch
+from stores.keyword_batch import AnalysedBatch, analyse_batch, combined_segments
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
@@ -132,28 +132,34 @@ class KeywordIndex:
 
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
         if rows:
-            self.write(conn, self.analyse([r[0] for r in rows], [r[1] for r in rows]))
+            self.write(conn, [self.analyse([r[0] for r in rows], [r[1] for r in rows])])
 
     def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
         """The CPU half of an add, without the database (thread-safe: a writer may run it on a helper thread)."""
         return analyse_batch(self.analyzer, rowids, texts)
 
-    def write(self, conn: sqlite3.Connection, batch: AnalysedBatch | None) -> None:
-        """Index the documents of ``batch`` (made by ``analyse``)."""
-        if batch is None or batch.size == 0:
+    def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
+        """Index the documents of batches made by ``analyse`` (rowids ascending from one batch to the next, as a
+        writer allocates them): one new segment per term for all of them."""
+        batches = [b for b in analysed if b is not None and b.size]
+        if not batches:
             return
-        self._forget_reused(conn, batch.rowids)
-        vocabulary = batch.vocabulary
-        ids, new_terms = self._term_ids(conn, sorted(vocabulary))
-        global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        if global_of_local.size and global_of_local.max() > np.iinfo(_TERM32).max:
+        for batch in batches:
+            self._forget_reused(conn, batch.rowids)
+        vocabulary = sorted({term for batch in batches for term in batch.vocabulary})
+        ids, new_terms = self._term_ids(conn, vocabulary)
+        global_ids = [np.fromiter(map(ids.__getitem__, b.vocabulary), dtype=np.int64, count=len(b.vocabulary))
+                      for b in batches]
+        if ids and max(ids.values()) > np.iinfo(_TERM32).max:
             raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
-        self._write_doc_terms(conn, batch, global_of_local[batch.doc_terms])
-        self._insert_segments(conn, global_of_local[batch.segment_terms].tolist(), batch.segment_dfs,
-                              batch.segments, batch.packing, {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", batch.size)
-        self._bump(conn, "length", int(batch.lengths.sum()))
-        self._bump(conn, "postings", batch.postings)
+        for batch, globals_ in zip(batches, global_ids, strict=True):
+            self._write_doc_terms(conn, batch, globals_[batch.doc_terms])
+        term_ids, dfs, blobs, packing = combined_segments(batches, global_ids)
+        self._insert_segments(conn, term_ids, dfs, blobs, packing,
+                              {term_id: term for term, term_id in new_terms.items()})
+        self._bump(conn, "docs", sum(b.size for b in batches))
+        self._bump(conn, "length", sum(int(b.lengths.sum()) for b in batches))
+        self._bump(conn, "postings", sum(b.postings for b in batches))
         self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
     def _write_doc_terms(self, conn: sqlite3.Connection, batch: AnalysedBatch, doc_terms: np.ndarray) -> None:
@@ -396,7 +402,7 @@ class NoKeywordIndex(KeywordIndex):
     def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
         return None
 
-    def write(self, conn: sqlite3.Connection, batch: AnalysedBatch | None) -> None:
+    def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
         return None
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
@@ -415,23 +421,49 @@ class NoKeywordIndex(KeywordIndex):
 
 
 class PendingKeywords:
-    """Documents being analysed on a helper thread, to be written by ``write`` in the writer's transaction."""
+    """Batches analysed on helper threads (one each), written together in the writer's transaction by ``write``:
+    one segment per term for all of them (see ``combined_segments``)."""
 
-    def __init__(self, index: KeywordIndex, rowids: Sequence[int], texts: Sequence[str]) -> None:
+    def __init__(self, index: KeywordIndex) -> None:
         self.index = index
-        self._batch: list[AnalysedBatch | None] = []
-        self._work = None if isinstance(index, NoKeywordIndex) else \
-            Background(lambda: self._batch.append(index.analyse(rowids, texts)), "kb-keyword-analysis")
+        self.documents = 0
+        self._work: list[tuple[Background, list[AnalysedBatch | None]]] = []
+
+    def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
+        if isinstance(self.index, NoKeywordIndex) or not texts:
+            return
+        out: list[AnalysedBatch | None] = []
+        given: list[Sequence[str]] = [texts]  # let go of once analysed: only the analysis is kept
+        previous = self._work[-1][0] if self._work else None
+
+        def analyse() -> None:
+            if previous is not None:
+                previous.wait()  # one analysis at a time: more threads would only fight over the GIL
+            out.append(self.index.analyse(rowids, given.pop()))
+
+        self._work.append((Background(analyse, "kb-keyword-analysis"), out))
+        self.documents += len(texts)
+
+    def _joined(self) -> list[AnalysedBatch | None]:
+        work, self._work, self.documents = self._work, [], 0
+        errors: list[BaseException] = []
+        for thread, _ in work:
+            try:
+                thread.join()
+            except BaseException as exc:  # every thread is waited for; the first error is the one raised
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return [out[0] for _, out in work]
 
     def write(self, conn: sqlite3.Connection) -> None:
-        if self._work is not None:
-            self._work.join()  # raises what the analysis raised
-            self.index.write(conn, self._batch[0])
+        batches = self._joined()
+        if batches:
+            self.index.write(conn, batches)
 
     def discard(self) -> None:
-        """Wait for the analysis (no thread outlives its writer) and forget it, errors included."""
-        if self._work is not None:
-            try:
-                self._work.join()
-            except Exception:  # nothing of it is written: its error no longer matters
-                pass
+        """Wait for the analyses (no thread outlives its writer) and forget them, errors included."""
+        try:
+            self._joined()
+        except Exception:  # nothing of it is written: its errors no longer matter
+            pass

@@ -28,6 +28,12 @@ def choose(docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray) -> int:
     return doc_width * 100 + _count_width(tfs) * 10 + _count_width(lengths)
 
 
+def widest(packings: list[int]) -> int:
+    """A packing that holds what each of ``packings`` holds."""
+    return max(p // 100 for p in packings) * 100 + max(p // 10 % 10 for p in packings) * 10 + \
+        max(p % 10 for p in packings)
+
+
 def dtypes(packing: int) -> tuple[np.dtype, np.dtype, np.dtype]:
     """The dtypes of a row's docs, tfs and lengths blobs."""
     return _DOC_TYPES[packing // 100], _COUNT_TYPES[packing // 10 % 10], _COUNT_TYPES[packing % 10]
