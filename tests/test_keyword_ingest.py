@@ -223,3 +223,14 @@ def test_a_failed_analysis_refuses_the_commit_and_writes_nothing(tmp_path, monke
             monkeypatch.undo()
             tx.commit()
     assert FaissStore(StoreContext("kb", tmp_path)).count() == 1
+
+
+def test_documents_without_terms_are_counted_and_removable(conn):
+    index = KeywordIndex()
+    index.create(conn)
+    index.write(conn, [index.analyse([1, 2], ["the a an", ""]), index.analyse([3], ["alpha beta"])])
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 3
+    assert_same(index, conn, {1: "the a an", 2: "", 3: "alpha beta"}, ["alpha", "the"])
+    index.remove(conn, [1, 3])
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 1
+    assert index.search(conn, "alpha", 3) == []
