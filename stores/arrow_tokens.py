@@ -30,14 +30,15 @@ def batch_tokens(texts: Sequence[str], tokenize_one: Callable[[str], list[str]]
     """``(docs, token_index, tokens)``: for every token occurrence, its text's position in ``texts`` and its
     index in ``tokens`` (the distinct tokens; may include "", which is not a token and is for the caller to
     drop). Each text's occurrences come in text order. ``tokenize_one`` tokenises a non-ASCII text."""
-    if "".join(texts).isascii():
+    joined = "".join(texts)
+    if joined.isascii():
+        if len(texts) <= _CHUNK_TEXTS:  # the common case: Arrow's dictionary is the answer as it is
+            return _ascii_tokens(texts, joined)
         fast: Sequence[int] = range(len(texts))
         slow: list[int] = []
     else:
         fast = [i for i, text in enumerate(texts) if text.isascii()]
         slow = [i for i, text in enumerate(texts) if not text.isascii()]
-    if not slow and len(texts) <= _CHUNK_TEXTS:  # the common case: Arrow's dictionary is the answer as it is
-        return _ascii_tokens(list(texts))
     ids: dict[str, int] = {}
     counter = itertools.count()
     doc_parts: list[np.ndarray] = []
@@ -63,9 +64,10 @@ def batch_tokens(texts: Sequence[str], tokenize_one: Callable[[str], list[str]]
     return np.concatenate(doc_parts), dense[np.concatenate(token_parts)], list(ids)
 
 
-def _ascii_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """For each token of the ASCII ``texts``: its text's index and its index among the distinct tokens."""
-    data = "".join(texts).encode("ascii").translate(_ASCII_TABLE)
+def _ascii_tokens(texts: Sequence[str], joined: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """For each token of the ASCII ``texts`` (``joined``: them joined, if at hand): its text's index and its
+    index among the distinct tokens."""
+    data = (joined if joined is not None else "".join(texts)).encode("ascii").translate(_ASCII_TABLE)
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=offsets[1:])
     array = pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(data))
