@@ -25,7 +25,7 @@ from stores.base import (
     normalise,
 )
 from stores.faiss_view import FaissView, _chunks
-from stores.keyword_index import PendingKeywords
+from stores.pending_keywords import PendingKeywords
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
@@ -53,8 +53,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         self._wal_flush: Background | None = None
-        # The last upsert's documents, analysed for the keyword index on a helper thread while the caller goes
-        # on (prepares its next batch); written into this transaction before anything reads or writes again.
+        # Upserted documents being analysed for the keyword index on a helper thread while the caller goes on
+        # (prepares its next batch); written into this transaction, all buffered batches at once, before its
+        # next read, delete, replacement or commit (or at PENDING_KEYWORD_DOCUMENTS).
         self._pending_keywords = PendingKeywords(store.keywords)
         self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()

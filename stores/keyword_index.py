@@ -9,11 +9,16 @@ nDCG on SciFact). Scoring happens in numpy.
 Layout (tables ``kw_*``), a small log-structured design:
 
 - ``kw_terms``: term → id, document frequency, number of segments;
-- ``kw_segments``: per term, one row per ``add`` call holding three packed
-  arrays (doc rowids, term frequencies, doc lengths). A batch of 10k chunks
-  writes one row per distinct term instead of one per posting (the first
-  format, a row per posting, spent two thirds of a write on SQLite inserts);
-- ``kw_docs``: rowid → length and its term ids (to undo a document);
+- ``kw_segments``: per term, one row per ``write`` (all the batches a writer
+  buffered) holding three packed arrays (doc rowids, term frequencies, doc
+  lengths) at the widths ``packing`` names (``stores.segment_packing``). A
+  batch of 10k chunks writes one row per distinct term instead of one per
+  posting (the first format, a row per posting, spent two thirds of a write
+  on SQLite inserts);
+- ``kw_doc_blocks``: each document's length and term ids (to undo it), in
+  blocks of documents (``stores.doc_blocks``); indexes written before blocks
+  keep a ``kw_docs`` row per document, and rowids that cannot go in a block
+  still get one;
 - ``kw_deleted``: tombstones, documents removed while their postings are
   still in segments. Queries drop them; a term's segments are merged (and
   its tombstoned postings dropped) once it has ``MERGE_AT`` segments, and
@@ -35,7 +40,6 @@ import numpy as np
 
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
-from stores.background_io import Background
 from stores.keyword_batch import AnalysedBatch, analyse_batch, combined_segments
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
@@ -418,52 +422,3 @@ class NoKeywordIndex(KeywordIndex):
                candidates_params: Sequence[Any] = (), allowed: np.ndarray | None = None,
                cache_key: Hashable = None) -> list[tuple[int, float]]:
         return []
-
-
-class PendingKeywords:
-    """Batches analysed on helper threads (one each), written together in the writer's transaction by ``write``:
-    one segment per term for all of them (see ``combined_segments``)."""
-
-    def __init__(self, index: KeywordIndex) -> None:
-        self.index = index
-        self.documents = 0
-        self._work: list[tuple[Background, list[AnalysedBatch | None]]] = []
-
-    def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
-        if isinstance(self.index, NoKeywordIndex) or not texts:
-            return
-        out: list[AnalysedBatch | None] = []
-        given: list[Sequence[str]] = [texts]  # let go of once analysed: only the analysis is kept
-        previous = self._work[-1][0] if self._work else None
-
-        def analyse() -> None:
-            if previous is not None:
-                previous.wait()  # one analysis at a time: more threads would only fight over the GIL
-            out.append(self.index.analyse(rowids, given.pop()))
-
-        self._work.append((Background(analyse, "kb-keyword-analysis"), out))
-        self.documents += len(texts)
-
-    def _joined(self) -> list[AnalysedBatch | None]:
-        work, self._work, self.documents = self._work, [], 0
-        errors: list[BaseException] = []
-        for thread, _ in work:
-            try:
-                thread.join()
-            except BaseException as exc:  # every thread is waited for; the first error is the one raised
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        return [out[0] for _, out in work]
-
-    def write(self, conn: sqlite3.Connection) -> None:
-        batches = self._joined()
-        if batches:
-            self.index.write(conn, batches)
-
-    def discard(self) -> None:
-        """Wait for the analyses (no thread outlives its writer) and forget them, errors included."""
-        try:
-            self._joined()
-        except Exception:  # nothing of it is written: its errors no longer matter
-            pass
