@@ -148,8 +148,7 @@ class KeywordIndex:
         batches = [b for b in analysed if b is not None and b.size]
         if not batches:
             return
-        for batch in batches:
-            self._forget_reused(conn, batch.rowids)
+        self._forget_reused(conn, np.concatenate([batch.rowids for batch in batches]))
         vocabulary = sorted({term for batch in batches for term in batch.vocabulary})
         ids, new_terms = self._term_ids(conn, vocabulary)
         global_ids = [np.fromiter(map(ids.__getitem__, b.vocabulary), dtype=np.int64, count=len(b.vocabulary))

@@ -9,11 +9,32 @@ only waits for the threads and forgets their results.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from stores.background_io import Background
 from stores.keyword_batch import AnalysedBatch
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
+
+_THREAD_AT = 256  # texts: smaller batches are analysed on the caller's thread
+
+
+class _Done:
+    """Work run on the spot, with ``Background``'s wait and join (join raises what it raised)."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:  # raised by join, as a helper thread's would be
+            self._error = exc
+
+    def wait(self) -> None:
+        return None
+
+    def join(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class PendingKeywords:
@@ -23,7 +44,7 @@ class PendingKeywords:
     def __init__(self, index: KeywordIndex) -> None:
         self.index = index
         self.documents = 0
-        self._work: list[tuple[Background, list[AnalysedBatch | None]]] = []
+        self._work: list[tuple[Background | _Done, list[AnalysedBatch | None]]] = []
 
     def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
         if isinstance(self.index, NoKeywordIndex) or not texts:
@@ -37,7 +58,8 @@ class PendingKeywords:
                 previous.wait()  # one analysis at a time: more threads would only fight over the GIL
             out.append(self.index.analyse(rowids, given.pop()))
 
-        self._work.append((Background(analyse, "kb-keyword-analysis"), out))
+        small = len(texts) < _THREAD_AT  # a thread costs more than analysing a few texts here
+        self._work.append((_Done(analyse) if small else Background(analyse, "kb-keyword-analysis"), out))
         self.documents += len(texts)
 
     def _joined(self) -> list[AnalysedBatch | None]:

@@ -146,6 +146,15 @@ def test_batches_written_together_score_exactly_as_one_at_a_time(tmp_path):
 # --- through a FAISS writer: buffered analyses, read-your-writes, replacements, rollback, failure ----------------
 
 
+@pytest.fixture(params=["threads", "inline"])
+def analysis_on(request, monkeypatch):
+    """Every writer test both ways: batches analysed on helper threads, and small ones on the caller's."""
+    from stores import pending_keywords
+
+    monkeypatch.setattr(pending_keywords, "_THREAD_AT", 1 if request.param == "threads" else 10**9)
+    return request.param
+
+
 def recs(texts: dict[str, str]) -> list[Record]:
     return [Record(doc_id, text, {}, unit(i)) for i, (doc_id, text) in enumerate(texts.items())]
 
@@ -154,7 +163,7 @@ def keyword_ids(reader, query: str) -> list[str]:
     return [hit.record.id for hit in reader.keyword(query, 10)]
 
 
-def test_a_writer_sees_its_own_buffered_keywords_and_replaces_them(tmp_path):
+def test_a_writer_sees_its_own_buffered_keywords_and_replaces_them(tmp_path, analysis_on):
     store = FaissStore(StoreContext("kb", tmp_path))
     with store.begin() as tx:
         tx.upsert(recs({"a": "alpha beta", "b": "gamma"}))
@@ -173,7 +182,7 @@ def test_a_writer_sees_its_own_buffered_keywords_and_replaces_them(tmp_path):
     assert keyword_ids(store, "alpha") == ["c", "e"]
 
 
-def test_many_batches_in_one_transaction_match_the_reference(tmp_path, monkeypatch):
+def test_many_batches_in_one_transaction_match_the_reference(tmp_path, monkeypatch, analysis_on):
     from stores import faiss_transaction
 
     monkeypatch.setattr(faiss_transaction, "PENDING_KEYWORD_DOCUMENTS", 50)  # some writes mid-transaction
@@ -198,29 +207,29 @@ def test_many_batches_in_one_transaction_match_the_reference(tmp_path, monkeypat
         assert np.allclose([s for _, s in got], [s for _, s in expected])
 
 
-def test_a_failed_analysis_refuses_the_commit_and_writes_nothing(tmp_path, monkeypatch):
+def test_a_failed_analysis_refuses_the_commit_and_writes_nothing(tmp_path, analysis_on):
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(recs({"kept": "alpha"}))
 
     def broken(self, rowids, texts):
         raise MemoryError("no memory for the analysis")
 
-    monkeypatch.setattr(KeywordIndex, "analyse", broken)
-    tx = store.begin()
-    tx.upsert(recs({"new": "alpha beta"}))
-    with pytest.raises(MemoryError):
-        tx.commit()
-    tx.rollback()
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeywordIndex, "analyse", broken)
+        tx = store.begin()
+        tx.upsert(recs({"new": "alpha beta"}))
+        with pytest.raises(MemoryError):
+            tx.commit()
+        tx.rollback()
     reopened = FaissStore(StoreContext("kb", tmp_path))
     assert reopened.count() == 1 and keyword_ids(reopened, "alpha") == ["kept"]
     with pytest.raises(StoreError):  # and a writer whose buffered write failed cannot commit later either
         with reopened.begin() as tx:
-            monkeypatch.setattr(KeywordIndex, "analyse", broken)
-            tx.upsert(recs({"x": "beta"}))
-            with pytest.raises(MemoryError):
-                tx.delete(["kept"])  # writes the buffer first: fails
-            monkeypatch.undo()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(KeywordIndex, "analyse", broken)
+                tx.upsert(recs({"x": "beta"}))
+                with pytest.raises(MemoryError):
+                    tx.delete(["kept"])  # writes the buffer first: fails
             tx.commit()
     assert FaissStore(StoreContext("kb", tmp_path)).count() == 1
 
