@@ -69,6 +69,8 @@ def combined_segments(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.
     (term, batch) order, no sort of postings. One row per term however many batches were buffered (at 100k
     chunks, 13k rows instead of 67k in 20k-chunk batches)."""
     packing = segment_packing.widest([b.packing for b in batches])
+    if not any(b.postings for b in batches):  # every document empty or stop words only
+        return [], [], [], packing
     arrays = [b.repacked(packing) for b in batches]
     offsets = np.cumsum([0, *(b.postings for b in batches)])
     group_terms = np.concatenate([g[b.segment_terms] for b, g in zip(batches, global_ids, strict=True)])

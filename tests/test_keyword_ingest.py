@@ -243,3 +243,13 @@ def test_documents_without_terms_are_counted_and_removable(conn):
     index.remove(conn, [1, 3])
     assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 1
     assert index.search(conn, "alpha", 3) == []
+    index.write(conn, [index.analyse([4], [""]), index.analyse([5, 6], ["the", "   "])])  # no postings at all
+    index.add(conn, [(7, "of and")])
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 5
+    assert index.search(conn, "the", 3) == []
+
+
+def test_a_writer_of_texts_without_terms_commits(tmp_path, analysis_on):
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert([Record(f"r{i}", "" if i % 2 else "the", {}, unit(i)) for i in range(300)])
+    assert store.count() == 300 and keyword_ids(store, "the") == []
