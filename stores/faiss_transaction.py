@@ -127,20 +127,27 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         if not records:
             return
-        vectors = normalise(checked_vectors(records, self._dim))
-        dim = int(vectors.shape[1])
-        replaced = self._rowids_of([r.id for r in records])
-        if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
-            self._write_pending_keywords()  # removing documents needs their postings in; and memory stays bounded
-        self._remove_rowids(replaced)
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
-        self._next_rowid += len(records)
-        rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
-                in zip(rowids.tolist(), records, strict=True)]
-        self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
-        # analysed on a helper thread meanwhile; written at this transaction's next read, delete or commit,
-        # together with the batches after it (one segment per term for all of them)
-        self._pending_keywords.add(rowids, [r.text for r in records])
+        # analysed for the keyword index on a helper thread from now on, while the records and vectors are
+        # checked and written here and the caller prepares its next batch; buffered, and written with the
+        # batches after it (one segment per term for all of them) at this transaction's next read, delete,
+        # replacement or commit
+        analysing = self._pending_keywords.start(rowids, [r.text for r in records])
+        try:
+            vectors = normalise(checked_vectors(records, self._dim))
+            dim = int(vectors.shape[1])
+            replaced = self._rowids_of([r.id for r in records])
+            if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
+                self._write_pending_keywords()  # a removal needs the postings in; and memory stays bounded
+            self._remove_rowids(replaced)
+            self._next_rowid += len(records)
+            rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
+                    in zip(rowids.tolist(), records, strict=True)]
+            self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        except BaseException:
+            self._pending_keywords.forget(analysing)
+            raise
+        self._pending_keywords.keep(analysing)
         if self._written_ids is not None:
             self._written_ids.update(r.id for r in records)
         self._writable_index(dim).add_with_ids(vectors, rowids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from stores.background_io import Background
 from stores.keyword_batch import AnalysedBatch
@@ -37,6 +38,15 @@ class _Done:
             raise error
 
 
+@dataclass(frozen=True)
+class Job:
+    """One batch's analysis: its thread (or work already done), its result once done, its size."""
+
+    work: Background | _Done
+    out: list[AnalysedBatch | None]
+    documents: int
+
+
 class PendingKeywords:
     """Batches analysed on helper threads (one each), written together in the writer's transaction by ``write``:
     one segment per term for all of them (see ``combined_segments``)."""
@@ -44,14 +54,16 @@ class PendingKeywords:
     def __init__(self, index: KeywordIndex) -> None:
         self.index = index
         self.documents = 0
-        self._work: list[tuple[Background | _Done, list[AnalysedBatch | None]]] = []
+        self._work: list[Job] = []
+        self._last: Background | _Done | None = None  # the latest analysis started
 
-    def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
+    def start(self, rowids: Sequence[int], texts: Sequence[str]) -> Job | None:
+        """Start analysing a batch (after the batches already started); ``keep`` it once its records are in."""
         if isinstance(self.index, NoKeywordIndex) or not texts:
-            return
+            return None
         out: list[AnalysedBatch | None] = []
         given: list[Sequence[str]] = [texts]  # let go of once analysed: only the analysis is kept
-        previous = self._work[-1][0] if self._work else None
+        previous = self._last
 
         def analyse() -> None:
             if previous is not None:
@@ -59,20 +71,39 @@ class PendingKeywords:
             out.append(self.index.analyse(rowids, given.pop()))
 
         small = len(texts) < _THREAD_AT  # a thread costs more than analysing a few texts here
-        self._work.append((_Done(analyse) if small else Background(analyse, "kb-keyword-analysis"), out))
-        self.documents += len(texts)
+        job = Job(_Done(analyse) if small else Background(analyse, "kb-keyword-analysis"), out, len(texts))
+        self._last = job.work
+        return job
+
+    def keep(self, job: Job | None) -> None:
+        """Buffer a started batch, to be written by ``write``."""
+        if job is not None:
+            self._work.append(job)
+            self.documents += job.documents
+
+    def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
+        self.keep(self.start(rowids, texts))
+
+    @staticmethod
+    def forget(job: Job | None) -> None:
+        """A started batch whose records were not written after all: wait for it, drop it."""
+        if job is not None:
+            try:
+                job.work.join()
+            except Exception:  # nothing of it is written: its error no longer matters
+                pass
 
     def _joined(self) -> list[AnalysedBatch | None]:
         work, self._work, self.documents = self._work, [], 0
         errors: list[BaseException] = []
-        for thread, _ in work:
+        for job in work:
             try:
-                thread.join()
+                job.work.join()
             except BaseException as exc:  # every thread is waited for; the first error is the one raised
                 errors.append(exc)
         if errors:
             raise errors[0]
-        return [out[0] for _, out in work]
+        return [job.out[0] for job in work]
 
     def write(self, conn: sqlite3.Connection) -> None:
         batches = self._joined()

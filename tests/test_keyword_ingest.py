@@ -253,3 +253,21 @@ def test_a_writer_of_texts_without_terms_commits(tmp_path, analysis_on):
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert([Record(f"r{i}", "" if i % 2 else "the", {}, unit(i)) for i in range(300)])
     assert store.count() == 300 and keyword_ids(store, "the") == []
+
+
+def test_a_rejected_batch_leaves_no_postings(tmp_path, analysis_on):
+    """The analysis starts before the records are checked: a batch refused after that is never written."""
+    from kb.errors import InvalidInputError
+
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        tx.upsert(recs({"a": "alpha"}))
+        bad = [Record(f"b{i}", "beta", {}, unit(i) * np.float32("nan")) for i in range(300)]
+        with pytest.raises(InvalidInputError):
+            tx.upsert(bad)
+        tx.upsert(recs({"c": "gamma beta"}))
+    assert store.count() == 2
+    assert keyword_ids(store, "beta") == ["c"] and keyword_ids(store, "alpha") == ["a"]
+    conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 2
+    conn.close()
