@@ -12,7 +12,6 @@ or a list of words. The defaults come from the SciFact evaluation (see
 
 from __future__ import annotations
 
-import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -23,6 +22,7 @@ import numpy as np
 import Stemmer
 
 from kb.errors import InvalidInputError
+from stores.arrow_tokens import batch_tokens
 
 # A common English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 ENGLISH_STOP_WORDS = frozenset("""
@@ -44,16 +44,6 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 # str.translate + str.split do that in C, three times faster than the regex.
 _ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
 _STEM_CACHE_LIMIT = 500_000
-# The batch path works on bytes: one bytes.translate both lowercases and blanks non-word characters (a
-# 256-byte table, several times faster than str.translate), and bytes tokens hash and compare cheaply.
-# NUL is kept: documents are joined with " \0 " so that one split tokenises a whole batch and the NUL
-# tokens mark where each document ends (documents that contain NUL themselves take the per-text path).
-_BYTES_TABLE = bytes(
-    c + 32 if 65 <= c <= 90 else c if c == 0 or c >= 128 or chr(c).isalnum() or chr(c) == "_" else 32
-    for c in range(256)
-)
-_SEPARATOR = " \0 "
-_BATCH_DOCS = 5000  # documents tokenised at once: bounds the token list (about 90 bytes a token)
 
 
 def analyzer_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -116,51 +106,22 @@ class Analyzer:
         """Every term occurrence of a batch of texts, for the keyword index, without a Python loop per token.
 
         Returns ``(docs, terms, vocabulary)``: for each occurrence (stop words dropped), the position of its
-        text in ``texts`` and the index of its term in ``vocabulary``. Same terms as ``terms`` per text.
+        text in ``texts`` and the index of its term in ``vocabulary``; each text's occurrences in text order.
+        Same terms as ``terms`` per text: ASCII texts are tokenised by Arrow kernels (``batch_tokens``), the
+        others one at a time by ``tokens``. Only distinct tokens go through Python (stemming, stop words).
         """
-        # Token ids come from one C-level pass, map(dict.setdefault) fed by a counter: a token keeps the id of
-        # its first occurrence (ids are sparse, below the number of tokens). Id 0 is the document separator.
-        token_ids: dict[bytes, int] = {b"\0": 0}
-        counter = itertools.count(1)
-        doc_parts: list[np.ndarray] = []
-        token_parts: list[np.ndarray] = []
-        for start in range(0, len(texts), _BATCH_DOCS):
-            raw, order = self._raw_tokens(texts[start : start + _BATCH_DOCS])
-            ids = np.fromiter(map(token_ids.setdefault, raw, counter), dtype=np.int64, count=len(raw))
-            separators = ids == 0
-            # the document of a token is the number of separators before it (documents in ``order``'s order)
-            docs = order[np.cumsum(separators)] + start
-            doc_parts.append(docs[~separators])
-            token_parts.append(ids[~separators])
-        del token_ids[b"\0"]
-        tokens = [token.decode() for token in token_ids]
+        docs, token_index, tokens = batch_tokens(texts, self.tokens)
         stems = self._lookup(tokens)
         term_index: dict[str, int] = {}
-        term_of_token = np.full(next(counter), -1, dtype=np.int64)
-        term_of_token[np.fromiter(token_ids.values(), dtype=np.int64, count=len(token_ids))] = np.fromiter(
-            (-1 if (term := stems[token]) is None else term_index.setdefault(term, len(term_index))
-             for token in tokens), dtype=np.int64, count=len(tokens))
-        docs = np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int64)
-        terms = term_of_token[np.concatenate(token_parts)] if token_parts else np.zeros(0, np.int64)
+        # "" is not a token: the whitespace split yields it at a text's edges and between blank runs
+        term_of_token = np.fromiter(
+            (-1 if not token or (term := stems[token]) is None else term_index.setdefault(term, len(term_index))
+             for token in tokens), dtype=np.int32, count=len(tokens))
+        terms = term_of_token[token_index]
+        if term_of_token.size and term_of_token.min() >= 0:  # no stop word nor blank in the batch: no copies
+            return docs, terms, list(term_index)
         kept = terms >= 0
         return docs[kept], terms[kept], list(term_index)
-
-    def _raw_tokens(self, texts: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
-        """The texts' tokens as bytes, each text's followed by a NUL token but the last; and the texts' order.
-
-        ASCII texts are tokenised together in one pass (order: first); the others, one at a time by ``tokens``.
-        """
-        joined = _SEPARATOR.join(texts)
-        if joined.isascii() and joined.count("\0") == len(texts) - 1:  # the common case: one pass for all
-            return joined.encode().translate(_BYTES_TABLE).split(), np.arange(len(texts), dtype=np.int64)
-        fast = [i for i, text in enumerate(texts) if text.isascii() and "\0" not in text]
-        slow = sorted(set(range(len(texts))) - set(fast))
-        raw = _SEPARATOR.join(texts[i] for i in fast).encode().translate(_BYTES_TABLE).split() if fast else []
-        for i in slow:
-            if fast or i != slow[0]:
-                raw.append(b"\0")
-            raw.extend(token.encode() for token in self.tokens(texts[i]))
-        return raw, np.asarray(fast + slow, dtype=np.int64)
 
     def _lookup(self, tokens: Iterable[str]) -> dict[str, str | None]:
         """The cached term of every token; new tokens are stemmed in one call."""

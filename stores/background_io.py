@@ -34,6 +34,10 @@ class Background:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def wait(self) -> None:
+        """Wait for the work to end, leaving what it raised to ``join``."""
+        self._thread.join()
+
     def join(self) -> None:
         self._thread.join()
         if self._error is not None:

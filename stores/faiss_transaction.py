@@ -25,9 +25,13 @@ from stores.base import (
     normalise,
 )
 from stores.faiss_view import FaissView, _chunks
+from stores.pending_keywords import PendingKeywords
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
+
+
+PENDING_KEYWORD_DOCUMENTS = 100_000  # documents analysed and not yet written, at most (about 1 KB each)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,6 +53,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         self._wal_flush: Background | None = None
+        # Upserted documents being analysed for the keyword index on a helper thread while the caller goes on
+        # (prepares its next batch); written into this transaction, all buffered batches at once, before its
+        # next read, delete, replacement or commit (or at PENDING_KEYWORD_DOCUMENTS).
+        self._pending_keywords = PendingKeywords(store.keywords)
+        self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
         # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
@@ -62,6 +71,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def _view(self) -> FaissView:
         self._check_open()
+        self._write_pending_keywords()
         return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
 
     def _check_open(self) -> None:
@@ -117,17 +127,29 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         if not records:
             return
-        vectors = normalise(checked_vectors(records, self._dim))
-        dim = int(vectors.shape[1])
-        self._remove_rowids(self._rowids_of([r.id for r in records]))
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
-        self._next_rowid += len(records)
-        rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
-                in zip(rowids.tolist(), records, strict=True)]
-        self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        # analysed for the keyword index on a helper thread from now on, while the records and vectors are
+        # checked and written here and the caller prepares its next batch; buffered, and written with the
+        # batches after it (one segment per term for all of them) at this transaction's next read, delete,
+        # replacement or commit
+        analysing = self._pending_keywords.start(rowids, [r.text for r in records])
+        try:
+            vectors = normalise(checked_vectors(records, self._dim))
+            dim = int(vectors.shape[1])
+            replaced = self._rowids_of([r.id for r in records])
+            if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
+                self._write_pending_keywords()  # a removal needs the postings in; and memory stays bounded
+            self._remove_rowids(replaced)
+            self._next_rowid += len(records)
+            rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
+                    in zip(rowids.tolist(), records, strict=True)]
+            self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+        except BaseException:
+            self._pending_keywords.forget(analysing)
+            raise
+        self._pending_keywords.keep(analysing)
         if self._written_ids is not None:
             self._written_ids.update(r.id for r in records)
-        self.store.keywords.add(self.conn, [(r[0], r[2]) for r in rows])
         self._writable_index(dim).add_with_ids(vectors, rowids)
         if self._dim is None:
             self._dim = dim
@@ -139,14 +161,23 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _flush_wal(self) -> None:
         flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
 
+    def _write_pending_keywords(self) -> None:
+        try:
+            self._pending_keywords.write(self.conn)
+        except BaseException:
+            self._broken = True  # records are in without their postings: this transaction must not commit
+            raise
+
     def delete(self, ids: Sequence[str]) -> int:
         self._check_open()
+        self._write_pending_keywords()
         rowids = self._rowids_of(ids)
         self._remove_rowids(rowids)
         return len(rowids)
 
     def clear(self) -> None:
         self._check_open()
+        self._drop_pending_keywords()
         self.conn.execute("DELETE FROM records")
         self._written_ids = set()  # empty again: only what this writer adds from here on can exist
         self.store.keywords.clear(self.conn)
@@ -160,12 +191,17 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         writer: Background | None = None
         try:
+            if self._broken:
+                raise StoreError("an earlier write of this transaction failed: roll it back")
+            new_generation = self.generation + 1
+            if self._dirty and self.index is not None:
+                # the index file is written and fsynced on a helper thread while this one writes the buffered
+                # keyword postings and flushes the WAL; both are waited for before the SQLite commit that makes
+                # the new generation visible (a failure before it leaves an unreferenced file, as ever)
+                writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+            self._write_pending_keywords()
             if self._dirty:
-                new_generation = self.generation + 1
-                if self.index is not None:
-                    # the index file is written and fsynced on a helper thread while this one flushes the WAL;
-                    # both are waited for before the SQLite commit that makes the new generation visible
-                    writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+                if writer is not None:
                     self._join_wal_flush()
                     self._flush_wal()
                     writer.join()
@@ -211,7 +247,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._abort()
         self._finish()
 
+    def _drop_pending_keywords(self) -> None:
+        self._pending_keywords.discard()
+
     def _abort(self) -> None:
+        self._drop_pending_keywords()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 

@@ -9,11 +9,16 @@ nDCG on SciFact). Scoring happens in numpy.
 Layout (tables ``kw_*``), a small log-structured design:
 
 - ``kw_terms``: term → id, document frequency, number of segments;
-- ``kw_segments``: per term, one row per ``add`` call holding three packed
-  arrays (doc rowids, term frequencies, doc lengths). A batch of 10k chunks
-  writes one row per distinct term instead of one per posting (the first
-  format, a row per posting, spent two thirds of a write on SQLite inserts);
-- ``kw_docs``: rowid → length and its term ids (to undo a document);
+- ``kw_segments``: per term, one row per ``write`` (all the batches a writer
+  buffered) holding three packed arrays (doc rowids, term frequencies, doc
+  lengths) at the widths ``packing`` names (``stores.segment_packing``). A
+  batch of 10k chunks writes one row per distinct term instead of one per
+  posting (the first format, a row per posting, spent two thirds of a write
+  on SQLite inserts);
+- ``kw_doc_blocks``: each document's length and term ids (to undo it), in
+  blocks of documents (``stores.doc_blocks``); indexes written before blocks
+  keep a ``kw_docs`` row per document, and rowids that cannot go in a block
+  still get one;
 - ``kw_deleted``: tombstones, documents removed while their postings are
   still in segments. Queries drop them; a term's segments are merged (and
   its tombstoned postings dropped) once it has ``MERGE_AT`` segments, and
@@ -33,13 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
+from stores.keyword_batch import AnalysedBatch, analyse_batch, combined_segments
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
+_SCAN_TERMS_AT = 4  # a batch with at least a quarter as many terms as the index reads all of kw_terms
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
-_DOC, _TF, _LEN = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u4")
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
 _TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
 
@@ -79,10 +86,15 @@ class KeywordIndex:
         # versions (WITHOUT ROWID, same columns and key) are kept: every query works on both.
         conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
                      "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL)")
+        if "packing" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_segments)")}:
+            # rows of earlier versions read the default: int64 / uint32 / uint32, as they were written
+            conn.execute("ALTER TABLE kw_segments ADD COLUMN packing INTEGER NOT NULL "
+                         f"DEFAULT {segment_packing.LEGACY}")
         if not self._clustered_by_term(conn):
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
                      "term_ids BLOB NOT NULL)")
+        doc_blocks.create(conn)
         conn.execute("CREATE TABLE IF NOT EXISTS kw_deleted (doc INTEGER PRIMARY KEY, term_ids BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         conn.execute("INSERT OR IGNORE INTO kw_stats VALUES ('docs', 0), ('length', 0), ('next_term', 1), "
@@ -123,73 +135,95 @@ class KeywordIndex:
     # --- writing ------------------------------------------------------------------------------
 
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
-        if not rows:
+        if rows:
+            self.write(conn, [self.analyse([r[0] for r in rows], [r[1] for r in rows])])
+
+    def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
+        """The CPU half of an add, without the database (thread-safe: a writer may run it on a helper thread)."""
+        return analyse_batch(self.analyzer, rowids, texts)
+
+    def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
+        """Index the documents of batches made by ``analyse`` (rowids ascending from one batch to the next, as a
+        writer allocates them): one new segment per term for all of them."""
+        batches = [b for b in analysed if b is not None and b.size]
+        if not batches:
             return
-        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self._forget_reused(conn, rowids)
-        positions, local_terms, vocabulary = self.analyzer.batch_terms([r[1] for r in rows])
-        n = len(rows)
-        ids, new_terms = self._term_ids(conn, sorted(vocabulary))
-        global_of_local = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        # Postings are the distinct (term, document) pairs: one sort of term * n + position counts them and
-        # leaves them grouped by term, documents in row order, as segments are written.
-        pairs, tfs = np.unique(global_of_local[local_terms] * n + positions, return_counts=True)
-        pair_terms, pair_positions = np.divmod(pairs, n)
-        lengths = np.bincount(positions, minlength=n)
-        # kw_docs wants them grouped by document instead (a stable sort of positions below 2**16 is a radix sort)
-        by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
-        dtype = self._term_dtype(conn)
-        if pair_terms.size and pair_terms.max() > np.iinfo(dtype).max:
-            raise OverflowError(f"keyword index: more than {np.iinfo(dtype).max} distinct terms")
-        doc_terms = pair_terms[by_doc].astype(dtype)
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(pair_positions, minlength=n))))
-        conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
-            (doc, length, doc_terms[start:end].tobytes())
-            for doc, length, start, end in zip(rowids.tolist(), lengths.tolist(), bounds[:-1].tolist(),
-                                               bounds[1:].tolist(), strict=True)
-        ])
-        self._write_segments(conn, pair_terms, rowids[pair_positions], tfs, lengths[pair_positions],
-                             {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", n)
-        self._bump(conn, "length", int(lengths.sum()))
-        self._bump(conn, "postings", int(pairs.size))
+        self._forget_reused(conn, np.concatenate([batch.rowids for batch in batches]))
+        vocabulary = sorted({term for batch in batches for term in batch.vocabulary})
+        ids, new_terms = self._term_ids(conn, vocabulary)
+        global_ids = [np.fromiter(map(ids.__getitem__, b.vocabulary), dtype=np.int64, count=len(b.vocabulary))
+                      for b in batches]
+        if ids and max(ids.values()) > np.iinfo(_TERM32).max:
+            raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
+        for batch, globals_ in zip(batches, global_ids, strict=True):
+            self._write_doc_terms(conn, batch, globals_[batch.doc_terms])
+        term_ids, dfs, blobs, packing = combined_segments(batches, global_ids)
+        self._insert_segments(conn, term_ids, dfs, blobs, packing,
+                              {term_id: term for term, term_id in new_terms.items()})
+        self._bump(conn, "docs", sum(b.size for b in batches))
+        self._bump(conn, "length", sum(int(b.lengths.sum()) for b in batches))
+        self._bump(conn, "postings", sum(b.postings for b in batches))
         self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
-    def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
-                        lengths: np.ndarray, new_terms: dict[int, str] | None = None) -> None:
-        """One new segment per distinct term of the given postings, sorted by term; df and segment counts follow.
+    def _write_doc_terms(self, conn: sqlite3.Connection, batch: AnalysedBatch, doc_terms: np.ndarray) -> None:
+        """Each document's length and term ids (to undo it): blocks of documents, or rows of kw_docs for rowids
+        that are not ascending or fall in an existing block's range (blocks must not overlap)."""
+        if doc_blocks.fits(conn, batch.rowids):
+            doc_blocks.write(conn, batch.rowids, batch.lengths, batch.doc_counts, doc_terms)
+            return
+        doc_terms = doc_terms.astype(self._term_dtype(conn))
+        bounds = np.concatenate(([0], np.cumsum(batch.doc_counts)))
+        conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
+            (doc, length, doc_terms[start:end].tobytes())
+            for doc, length, start, end in zip(batch.rowids.tolist(), batch.lengths.tolist(), bounds[:-1].tolist(),
+                                               bounds[1:].tolist(), strict=True)
+        ])
 
-        ``new_terms`` (id -> term) are not in kw_terms yet: they are inserted with their counts, one statement
-        instead of an insert and an update each.
-        """
+    def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
+                        lengths: np.ndarray) -> None:
+        """One new segment per distinct term of the given postings, grouped by term (a conversion's path)."""
         if term_ids.size == 0:
             return
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
         ends = np.append(starts[1:], term_ids.size)
+        packing = segment_packing.choose(docs, tfs, lengths)
+        docs_p, tfs_p, lengths_p = segment_packing.pack(packing, docs, tfs, lengths)
+        self._insert_segments(conn, term_ids[starts].tolist(), (ends - starts).tolist(),
+                              [(docs_p[s:e].tobytes(), tfs_p[s:e].tobytes(), lengths_p[s:e].tobytes())
+                               for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], packing, {})
+
+    def _insert_segments(self, conn: sqlite3.Connection, term_ids: list[int], dfs: list[int],
+                         blobs: list[tuple[bytes, bytes, bytes]], packing: int, new_terms: dict[int, str]) -> None:
+        """One new segment (``blobs``, packed as ``packing``) per term; document frequencies and segment counts
+        follow. ``new_terms`` (id -> term) are not in kw_terms yet: inserted with their counts, one statement
+        instead of an insert and an update each."""
         seg = self._stats(conn)["next_seg"]
         self._bump(conn, "next_seg", 1)
-        docs_b, tfs_b, len_b = docs.astype(_DOC), tfs.astype(_TF), lengths.astype(_LEN)
-        conn.executemany("INSERT INTO kw_segments VALUES (?, ?, ?, ?, ?)", [
-            (term, seg, docs_b[s:e].tobytes(), tfs_b[s:e].tobytes(), len_b[s:e].tobytes())
-            for term, s, e in zip(term_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
-        ])
-        counts = list(zip((ends - starts).tolist(), term_ids[starts].tolist(), strict=True))
-        new_terms = new_terms or {}
+        conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [(term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)])
         conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
-                         [(new_terms[term], term, df) for df, term in counts if term in new_terms])
+                         [(new_terms[term], term, df) for term, df in zip(term_ids, dfs, strict=True)
+                          if term in new_terms])
         conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
-                         [(df, term) for df, term in counts if term not in new_terms])
+                         [(df, term) for term, df in zip(term_ids, dfs, strict=True) if term not in new_terms])
 
     def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
         found: dict[str, int] = {}
-        for start in range(0, len(terms), _BATCH):
-            part = terms[start : start + _BATCH]
-            found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})", part))
+        next_id = self._stats(conn)["next_term"]  # above every id: the table has fewer rows than this
+        if len(terms) * _SCAN_TERMS_AT >= next_id:
+            # a batch's vocabulary is most of the table (a bulk load's): one scan beats lookups by the hundred
+            wanted = set(terms)
+            found.update((term, id_) for term, id_ in conn.execute("SELECT term, id FROM kw_terms") if term in wanted)
+        else:
+            for start in range(0, len(terms), _BATCH):
+                part = terms[start : start + _BATCH]
+                found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})",
+                                          part))
         missing = [t for t in terms if t not in found]
         new: dict[str, int] = {}
         if missing:
-            next_id = self._stats(conn)["next_term"]
             new = {t: next_id + i for i, t in enumerate(missing)}
             self._bump(conn, "next_term", len(missing))
             found.update(new)
@@ -197,26 +231,27 @@ class KeywordIndex:
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         dtype = self._term_dtype(conn)
-        removed_docs, removed_length, removed_postings = 0, 0, 0
-        df_delta: dict[int, int] = {}
+        removed: list[tuple[int, int, np.ndarray]] = []  # (doc, length, term ids) of each removed document
         for start in range(0, len(rowids), _BATCH):
             part = list(rowids[start : start + _BATCH])
             rows = conn.execute(f"SELECT doc, length, term_ids FROM kw_docs WHERE doc IN ({_marks(len(part))})",
                                 part).fetchall()
-            for _, length, blob in rows:
-                for term in np.frombuffer(blob, dtype=dtype).tolist():
-                    df_delta[term] = df_delta.get(term, 0) + 1
-                removed_length += length
-                removed_postings += len(blob) // dtype.itemsize
-            removed_docs += len(rows)
-            conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)", [(r[0], r[2]) for r in rows])
-            conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
-        if not removed_docs:
+            removed += [(doc, length, np.frombuffer(blob, dtype=dtype)) for doc, length, blob in rows]
+            if rows:
+                conn.execute(f"DELETE FROM kw_docs WHERE doc IN ({_marks(len(part))})", part)
+        in_rows = {doc for doc, _, _ in removed}
+        removed += doc_blocks.take(conn, np.asarray([r for r in rowids if r not in in_rows], dtype=np.int64))
+        if not removed:
             return
-        conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?", [(n, t) for t, n in df_delta.items()])
-        self._bump(conn, "docs", -removed_docs)
-        self._bump(conn, "length", -removed_length)
-        self._bump(conn, "deleted", removed_postings)
+        conn.executemany("INSERT OR REPLACE INTO kw_deleted VALUES (?, ?)",
+                         [(doc, terms.astype(dtype).tobytes()) for doc, _, terms in removed])
+        all_terms = np.concatenate([terms for _, _, terms in removed]).astype(np.int64)
+        terms, df_delta = np.unique(all_terms, return_counts=True)
+        conn.executemany("UPDATE kw_terms SET df = df - ? WHERE id = ?",
+                         list(zip(df_delta.tolist(), terms.tolist(), strict=True)))
+        self._bump(conn, "docs", -len(removed))
+        self._bump(conn, "length", -sum(length for _, length, _ in removed))
+        self._bump(conn, "deleted", int(all_terms.size))
         stats = self._stats(conn)
         if stats["deleted"] > max(10_000, stats["postings"] // 4):
             self._compact_all(conn)
@@ -258,9 +293,10 @@ class KeywordIndex:
                 dropped += int(docs.size - keep.sum())
                 docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
             if docs.size:
-                conn.execute("INSERT INTO kw_segments VALUES (?, 0, ?, ?, ?)",
-                             (term, docs.astype(_DOC).tobytes(), tfs.astype(_TF).tobytes(),
-                              lengths.astype(_LEN).tobytes()))
+                packing = segment_packing.choose(docs, tfs, lengths)
+                conn.execute("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
+                             "VALUES (?, 0, ?, ?, ?, ?)",
+                             (term, *segment_packing.blobs(packing, docs, tfs, lengths), packing))
             conn.execute("UPDATE kw_terms SET segments = ? WHERE id = ?", (int(docs.size > 0), term))
         if dropped:
             self._bump(conn, "deleted", -dropped)
@@ -281,7 +317,7 @@ class KeywordIndex:
         return int(conn.execute("SELECT COALESCE(MAX(doc), 0) FROM kw_deleted").fetchone()[0])
 
     def clear(self, conn: sqlite3.Connection) -> None:
-        for table in ("kw_segments", "kw_docs", "kw_terms", "kw_deleted"):
+        for table in ("kw_segments", "kw_docs", "kw_doc_blocks", "kw_terms", "kw_deleted"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("UPDATE kw_stats SET value = 0 WHERE key IN ('docs', 'length', 'deleted', 'postings')")
 
@@ -293,13 +329,14 @@ class KeywordIndex:
 
     def _postings(self, conn: sqlite3.Connection, term: int,
                   deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = conn.execute("SELECT docs, tfs, lengths FROM kw_segments WHERE term_id = ?", (term,)).fetchall()
+        parts = [segment_packing.unpack(packing, *blobs) for *blobs, packing in conn.execute(
+            "SELECT docs, tfs, lengths, packing FROM kw_segments WHERE term_id = ?", (term,))]
         if not parts:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        docs = np.concatenate([np.frombuffer(p[0], dtype=_DOC) for p in parts]).astype(np.int64)
-        tfs = np.concatenate([np.frombuffer(p[1], dtype=_TF) for p in parts]).astype(np.float64)
-        lengths = np.concatenate([np.frombuffer(p[2], dtype=_LEN) for p in parts]).astype(np.float64)
+        docs = np.concatenate([p[0] for p in parts]).astype(np.int64)
+        tfs = np.concatenate([p[1] for p in parts]).astype(np.float64)
+        lengths = np.concatenate([p[2] for p in parts]).astype(np.float64)
         if deleted is not None and deleted.size:
             keep = ~_member(docs, deleted)
             docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
@@ -363,6 +400,12 @@ class NoKeywordIndex(KeywordIndex):
         return None
 
     def add(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
+        return None
+
+    def analyse(self, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch | None:
+        return None
+
+    def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
         return None
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
