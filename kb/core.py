@@ -20,6 +20,7 @@ from kb.filters import Filter, parse_filter
 from kb.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
 from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver, plain_metadata_json
+from stores.record_batch import RecordBatch
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 
 if TYPE_CHECKING:
@@ -185,6 +186,10 @@ class CoreKnowledgeBank:
             matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
             matrix = self._given_vectors(vectors, ids)
+        if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
+            rows = list(matrix)  # one view per record; the store takes the matrix itself (see RecordBatch)
+            return RecordBatch((Record(i, t, m, v, e) for i, t, m, v, e
+                                in zip(ids, texts, checked, rows, encoded, strict=True)), matrix, rows)
         return [Record(i, t, m, v, e) for i, t, m, v, e in zip(ids, texts, checked, matrix, encoded, strict=True)]
 
     def _given_vectors(self, vectors: Sequence[Sequence[float]], ids: Sequence[str]) -> np.ndarray | list[np.ndarray]:

@@ -30,6 +30,7 @@ from kb import events
 from kb.disk import disk_full_error, is_disk_full, reports_disk_full
 from kb.errors import InvalidInputError, UnsupportedSearchError, WriterBusyError
 from kb.filters import Filter
+from stores.record_batch import RecordBatch
 
 _JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)  # one encoder: json.dumps builds one a call
 _ORJSON_SCALARS = frozenset((str, int, float, bool))
@@ -268,10 +269,12 @@ def checked_vectors(records: Sequence[Record], dimension: int | None) -> np.ndar
     ids = [r.id for r in records]
     if (all(type(i) is str and 0 < len(i) <= 512 for i in ids) and len(set(ids)) == len(ids)
             and all(type(r.text) is str for r in records)):
-        try:
-            matrix = np.asarray([r.vector for r in records])
-        except (ValueError, TypeError):
-            matrix = None
+        matrix = records.vectors() if isinstance(records, RecordBatch) else None
+        if matrix is None:
+            try:
+                matrix = np.asarray([r.vector for r in records])
+            except (ValueError, TypeError):
+                matrix = None
         if (matrix is not None and matrix.dtype.kind in "biuf" and matrix.ndim == 2 and matrix.shape[1] > 0
                 and dimension in (None, matrix.shape[1]) and np.isfinite(matrix).all()):
             return np.asarray(matrix, dtype=np.float32)

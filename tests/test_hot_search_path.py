@@ -149,3 +149,21 @@ def test_a_zero_vector_stays_zero_and_an_overflowing_norm_still_normalises() -> 
     assert not unit_query([0.0, 0.0], 2).any()
     big = unit_query([3e38, 3e38], 2)  # the float32 dot product overflows; the values are finite
     assert big.shape == (1, 2) and np.allclose(big, [[0.70710677, 0.70710677]])
+
+
+def test_a_record_batch_hands_over_its_matrix_only_while_every_record_holds_its_row() -> None:
+    from stores.base import checked_vectors
+    from stores.record_batch import RecordBatch
+
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    rows = list(matrix)
+    batch = RecordBatch((Record(f"r{i}", "t", {}, row) for i, row in enumerate(rows)), matrix, rows)
+    assert batch.vectors() is matrix and checked_vectors(batch, 3) is matrix
+    batch[1].vector = np.ones(3, dtype=np.float32)  # a vector reassigned: stacked from the records again
+    assert batch.vectors() is None
+    assert checked_vectors(batch, 3).tolist() == [list(matrix[0]), [1.0, 1.0, 1.0], *map(list, matrix[2:])]
+    batch[1].vector = rows[1]
+    batch[2] = Record("r2", "t", {}, np.zeros(3, dtype=np.float32))  # a record replaced
+    assert batch.vectors() is None and checked_vectors(batch, 3)[2].tolist() == [0.0, 0.0, 0.0]
+    batch.pop()
+    assert batch.vectors() is None
