@@ -59,8 +59,7 @@ class RecordCache:
             row = rows.get(rowid)
             if row is None:
                 return None
-            flat = row[4]
-            out.append((row[0], row[1], dict(flat) if flat is not None else loads_checked(row[2], row[3]), score))
+            out.append((row[0], row[1], cached_metadata(row), score))
         return out
 
     def put_many(self, entries: Iterable[tuple[int, CachedRow]]) -> None:

@@ -90,6 +90,23 @@ def test_a_search_sees_another_processs_commit_at_once(tmp_path: Path) -> None:
     assert "doc-1" not in {row[0] for row in store.similarity_rows(unit(1), 3)}
 
 
+def test_searches_skip_data_version_until_the_header_moves(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    writer = FaissStore(StoreContext("kb", tmp_path))  # another driver: another SQLite connection
+    writer.upsert(records(3))
+    store.similarity_rows(unit(1), 1)
+    store.similarity_rows(unit(1), 1)  # the header is known from here on
+    statements: list[str] = []
+    store._conn().set_trace_callback(statements.append)
+    for _ in range(5):
+        assert store.similarity_rows(unit(1), 1)[0][0] == "doc-1"
+    assert not [s for s in statements if "data_version" in s], "an unchanged header still ran the PRAGMA"
+    writer.upsert([Record("doc-1", "changed", {"i": 1}, unit(1))])
+    assert store.similarity_rows(unit(1), 1)[0][1] == "changed"
+    assert sum("data_version" in s for s in statements) == 1  # the header moved: asked SQLite once
+    store._conn().set_trace_callback(None)
+
+
 def test_rows_equal_hits_and_are_the_callers_own(tmp_path: Path) -> None:
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert([Record("flat", "a flat one", {"n": 1, "s": "x", "f": 0.5, "b": True, "z": None}, unit(1)),
