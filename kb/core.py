@@ -21,6 +21,7 @@ from kb.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_i
 from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver, plain_metadata_json
 from stores.record_batch import RecordBatch
+from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 
 if TYPE_CHECKING:
@@ -155,42 +156,59 @@ class CoreKnowledgeBank:
     # --- writing ------------------------------------------------------------------------------
 
     def prepare_records(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None],
-                        ids: Sequence[str], vectors: Sequence[Sequence[float]] | None = None) -> list[Record]:
+                        ids: Sequence[str], vectors: Sequence[Sequence[float]] | None = None) -> Sequence[Record]:
         """Validate everything (schema included) and embed; nothing is written here."""
         if not (len(texts) == len(metadatas) == len(ids)) or (vectors is not None and len(vectors) != len(texts)):
             raise InvalidInputError("texts, metadatas, ids (and vectors) must have the same length")
         check_write_ids(ids)
-        schema = self.schema
-        checked = []
-        encoded: list[str | None] = []
-        for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
-            if type(text) is str and type(metadata) is dict and len(text) <= MAX_TEXT_CHARS and \
-                    string_problem(text) is None:
-                plain = plain_metadata(schema, metadata)
-                # the common case, without building a label or walking the slow path; orjson refuses what
-                # plain_metadata leaves to it (lone surrogates), which then takes the slow path and its error
-                encoded_one = plain_metadata_json(plain) if plain is not None else None
-                if encoded_one is not None:
-                    checked.append(plain)
-                    encoded.append(encoded_one)
-                    continue
-            encoded.append(None)
-            label = f"document {doc_id!r} (position {position})"
-            if not isinstance(text, str):
-                raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
-            check_text(text, f"{label}: page_content")
-            if metadata is not None and not isinstance(metadata, Mapping):
-                raise InvalidInputError(f"{label}: metadata must be a mapping")
-            checked.append(validate_metadata(schema, metadata or {}, label))
+        checked, encoded = self._checked_documents(texts, metadatas, ids)
         if vectors is None:
             matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
             matrix = self._given_vectors(vectors, ids)
         if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
-            rows = list(matrix)  # one view per record; the store takes the matrix itself (see RecordBatch)
-            return RecordBatch((Record(i, t, m, v, e) for i, t, m, v, e
-                                in zip(ids, texts, checked, rows, encoded, strict=True)), matrix, rows)
+            return RecordBatch(ids, texts, checked, encoded, matrix)  # columns: a store may take them whole
         return [Record(i, t, m, v, e) for i, t, m, v, e in zip(ids, texts, checked, matrix, encoded, strict=True)]
+
+    def _checked_documents(self, texts: Sequence[Any], metadatas: Sequence[Any], ids: Sequence[str]
+                           ) -> tuple[list[dict[str, Any]], list[str | None]]:
+        """Each document's checked metadata and, where the check also encoded it, its JSON; raises naming the
+        first bad document. A batch is checked column by column (``writers.batch_checks``); the documents that
+        leaves in doubt, or every one if the metadata is not all plain, are checked one at a time."""
+        schema = self.schema
+        plain = plain_metadata_batch(schema, metadatas)
+        if plain is not None:
+            for position in sorted(suspect_texts(texts)):
+                self._check_text(texts[position], ids[position], position)
+            return plain
+        checked: list[dict[str, Any]] = []
+        encoded: list[str | None] = []
+        for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
+            if type(text) is str and type(metadata) is dict and len(text) <= MAX_TEXT_CHARS and \
+                    string_problem(text) is None:
+                flat = plain_metadata(schema, metadata)
+                # the common case, without building a label or walking the slow path; orjson refuses what
+                # plain_metadata leaves to it (lone surrogates), which then takes the slow path and its error
+                encoded_one = plain_metadata_json(flat) if flat is not None else None
+                if encoded_one is not None:
+                    checked.append(flat)
+                    encoded.append(encoded_one)
+                    continue
+            encoded.append(None)
+            label = self._check_text(text, doc_id, position)
+            if metadata is not None and not isinstance(metadata, Mapping):
+                raise InvalidInputError(f"{label}: metadata must be a mapping")
+            checked.append(validate_metadata(schema, metadata or {}, label))
+        return checked, encoded
+
+    @staticmethod
+    def _check_text(text: Any, doc_id: str, position: int) -> str:
+        """The document's label for error messages, once its text is known to be storable."""
+        label = f"document {doc_id!r} (position {position})"
+        if not isinstance(text, str):
+            raise InvalidInputError(f"{label}: page_content must be a string, got {type(text).__name__}")
+        check_text(text, f"{label}: page_content")
+        return label
 
     def _given_vectors(self, vectors: Sequence[Sequence[float]], ids: Sequence[str]) -> np.ndarray | list[np.ndarray]:
         """Precomputed vectors as float32, their sizes checked against the embedding model's dimension."""

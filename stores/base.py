@@ -266,9 +266,11 @@ def checked_vectors(records: Sequence[Record], dimension: int | None) -> np.ndar
     """
     if not records:
         return np.zeros((0, dimension or 0), dtype=np.float32)
-    ids = [r.id for r in records]
-    if (all(type(i) is str and 0 < len(i) <= 512 for i in ids) and len(set(ids)) == len(ids)
-            and all(type(r.text) is str for r in records)):
+    batch = records.columns() if isinstance(records, RecordBatch) else None
+    ids = batch.ids if batch is not None else [r.id for r in records]
+    texts = batch.texts if batch is not None else [r.text for r in records]
+    if (set(map(type, ids)) <= {str} and min(map(len, ids)) > 0 and max(map(len, ids)) <= 512
+            and len(set(ids)) == len(ids) and set(map(type, texts)) <= {str}):
         matrix = records.vectors() if isinstance(records, RecordBatch) else None
         if matrix is None:
             try:

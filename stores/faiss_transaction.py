@@ -26,6 +26,7 @@ from stores.base import (
 )
 from stores.faiss_view import FaissView, _chunks
 from stores.pending_keywords import PendingKeywords
+from stores.record_batch import RecordBatch
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
@@ -127,29 +128,36 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._check_open()
         if not records:
             return
+        batch = records.columns() if isinstance(records, RecordBatch) else None
+        ids = list(batch.ids) if batch is not None else [r.id for r in records]
+        texts = batch.texts if batch is not None else [r.text for r in records]
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
         # analysed for the keyword index on a helper thread from now on, while the records and vectors are
         # checked and written here and the caller prepares its next batch; buffered, and written with the
         # batches after it (one segment per term for all of them) at this transaction's next read, delete,
         # replacement or commit
-        analysing = self._pending_keywords.start(rowids, [r.text for r in records])
+        analysing = self._pending_keywords.start(rowids, texts)
         try:
             vectors = normalise(checked_vectors(records, self._dim))
             dim = int(vectors.shape[1])
-            replaced = self._rowids_of([r.id for r in records])
+            replaced = self._rowids_of(ids)
             if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
                 self._write_pending_keywords()  # a removal needs the postings in; and memory stays bounded
             self._remove_rowids(replaced)
             self._next_rowid += len(records)
-            rows = [(rowid, record.id, record.text, metadata_json(record)) for rowid, record
-                    in zip(rowids.tolist(), records, strict=True)]
-            self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+            if batch is not None:
+                metadata = [e if e is not None else metadata_json(Record(i, "", m))
+                            for i, m, e in zip(ids, batch.metadatas, batch.encoded, strict=True)]
+            else:
+                metadata = [metadata_json(record) for record in records]
+            self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)",
+                                  zip(rowids.tolist(), ids, texts, metadata, strict=True))
         except BaseException:
             self._pending_keywords.forget(analysing)
             raise
         self._pending_keywords.keep(analysing)
         if self._written_ids is not None:
-            self._written_ids.update(r.id for r in records)
+            self._written_ids.update(ids)
         self._writable_index(dim).add_with_ids(vectors, rowids)
         if self._dim is None:
             self._dim = dim

@@ -173,14 +173,10 @@ def test_a_record_batch_hands_over_its_matrix_only_while_every_record_holds_its_
     from stores.record_batch import RecordBatch
 
     matrix = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
-    rows = list(matrix)
-    batch = RecordBatch((Record(f"r{i}", "t", {}, row) for i, row in enumerate(rows)), matrix, rows)
-    assert batch.vectors() is matrix and checked_vectors(batch, 3) is matrix
+    batch = RecordBatch([f"r{i}" for i in range(4)], ["t"] * 4, [{}] * 4, [None] * 4, matrix)
+    assert batch.columns() is batch and batch.vectors() is matrix and checked_vectors(batch, 3) is matrix
+    assert batch[0].vector is not None and batch.columns() is None  # records handed out: they are the truth
+    assert batch.vectors() is matrix  # while each still holds its own row
     batch[1].vector = np.ones(3, dtype=np.float32)  # a vector reassigned: stacked from the records again
     assert batch.vectors() is None
     assert checked_vectors(batch, 3).tolist() == [list(matrix[0]), [1.0, 1.0, 1.0], *map(list, matrix[2:])]
-    batch[1].vector = rows[1]
-    batch[2] = Record("r2", "t", {}, np.zeros(3, dtype=np.float32))  # a record replaced
-    assert batch.vectors() is None and checked_vectors(batch, 3)[2].tolist() == [0.0, 0.0, 0.0]
-    batch.pop()
-    assert batch.vectors() is None

@@ -21,7 +21,7 @@ from kb.filters import Filter, comparisons
 from kb.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, check_metadata
 
 # A string value this short cannot pass MAX_VALUE_BYTES of UTF-8 (4 bytes per character at most).
-_SHORT_VALUE_CHARS = 8191
+SHORT_VALUE_CHARS = 8191
 
 SCHEMA_TYPES = ("string", "int", "float", "bool", "date")
 RESERVED_PREFIX = "KB_"
@@ -87,7 +87,7 @@ def coerce_value(kind: str, value: Any) -> tuple[bool, Any]:
 
 # Values that are valid and already normalised as they are, by schema type ("" when there is no schema, or
 # for reserved keys); floats must also be finite. Checked with ``type(...) is``: subclasses take the full path.
-_PLAIN_TYPES: dict[str, tuple[type, ...]] = {"": (str, int, bool, float, type(None)), "string": (str, type(None)),
+PLAIN_TYPES: dict[str, tuple[type, ...]] = {"": (str, int, bool, float, type(None)), "string": (str, type(None)),
                                              "int": (int, type(None)), "float": (float, type(None)),
                                              "bool": (bool, type(None)), "date": (type(None),)}
 
@@ -105,10 +105,10 @@ def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> di
             return None
         kind = "" if not schema or key.startswith(RESERVED_PREFIX) else schema.get(key)
         kind_of_value = type(value)
-        if kind is None or kind_of_value not in _PLAIN_TYPES[kind]:
+        if kind is None or kind_of_value not in PLAIN_TYPES[kind]:
             return None
         if kind_of_value is str:
-            if len(value) > _SHORT_VALUE_CHARS or "\x00" in value:
+            if len(value) > SHORT_VALUE_CHARS or "\x00" in value:
                 return None
         elif kind_of_value is float:
             if value - value != 0.0 or (value == 0.0 and math.copysign(1.0, value) < 0):  # NaN, infinities, -0.0
