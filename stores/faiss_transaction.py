@@ -58,6 +58,10 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # (prepares its next batch); written into this transaction, all buffered batches at once, before its
         # next read, delete, replacement or commit (or at PENDING_KEYWORD_DOCUMENTS).
         self._pending_keywords = PendingKeywords(store.keywords)
+        # Vectors added to the index on a helper thread (faiss releases the GIL; growing a 100k index is mostly
+        # page faults and copies, ~0.25 s), one batch after another; waited for before anything reads, removes
+        # from or writes out the index.
+        self._adding: Background | None = None
         self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
@@ -73,6 +77,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _view(self) -> FaissView:
         self._check_open()
         self._write_pending_keywords()
+        self._join_adds()
         return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
 
     def _check_open(self) -> None:
@@ -106,6 +111,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _remove_rowids(self, rowids: list[int]) -> None:
         if not rowids:
             return
+        self._join_adds()
         index = self._writable_index(self._dim or 0)
         if self.store.settings["type"] == "HNSW":
             self._rebuild_without(index, np.asarray(rowids, dtype=np.int64))
@@ -158,13 +164,42 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._pending_keywords.keep(analysing)
         if self._written_ids is not None:
             self._written_ids.update(ids)
-        self._writable_index(dim).add_with_ids(vectors, rowids)
+        self._add_vectors(self._writable_index(dim), vectors, rowids)
         if self._dim is None:
             self._dim = dim
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
         # the pages SQLite spilled to the WAL during this batch go to disk while the caller prepares the next
         if self._wal_flush is None or not self._wal_flush.running:
             self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
+
+    def _add_vectors(self, index: faiss.Index, vectors: np.ndarray, rowids: np.ndarray) -> None:
+        previous = self._adding
+
+        def add() -> None:
+            if previous is not None:
+                previous.join()  # in order; an earlier failure fails this one too, and is what join raises
+            index.add_with_ids(vectors, rowids)
+
+        self._adding = Background(add, "kb-vector-add")
+
+    def _join_adds(self) -> None:
+        adding, self._adding = self._adding, None
+        if adding is not None:
+            try:
+                adding.join()
+            except BaseException:
+                self._broken = True  # records are in without their vectors: this transaction must not commit
+                raise
+
+    def _discard_adds(self) -> None:
+        """Wait for the adds (no thread outlives its writer, nor writes into an index being dropped); what they
+        raised no longer matters."""
+        adding, self._adding = self._adding, None
+        if adding is not None:
+            try:
+                adding.join()
+            except Exception:
+                pass
 
     def _flush_wal(self) -> None:
         flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
@@ -186,6 +221,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def clear(self) -> None:
         self._check_open()
         self._drop_pending_keywords()
+        self._discard_adds()
         self.conn.execute("DELETE FROM records")
         self._written_ids = set()  # empty again: only what this writer adds from here on can exist
         self.store.keywords.clear(self.conn)
@@ -202,6 +238,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             if self._broken:
                 raise StoreError("an earlier write of this transaction failed: roll it back")
             new_generation = self.generation + 1
+            self._join_adds()
             if self._dirty and self.index is not None:
                 # the index file is written and fsynced on a helper thread while this one writes the buffered
                 # keyword postings and flushes the WAL; both are waited for before the SQLite commit that makes
@@ -260,6 +297,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def _abort(self) -> None:
         self._drop_pending_keywords()
+        self._discard_adds()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 

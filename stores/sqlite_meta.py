@@ -11,8 +11,12 @@ import threading
 from pathlib import Path
 
 
-def connect_durable(path: Path) -> sqlite3.Connection:
+def connect_durable(path: Path, page_size: int | None = None) -> sqlite3.Connection:
+    """A connection in WAL mode with full fsyncs. ``page_size`` applies only to a database created here (SQLite
+    fixes a WAL database's page size when it creates it)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+    if page_size is not None:
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
