@@ -74,23 +74,30 @@ def plain_metadata_batch(schema: Mapping[str, str], metadatas: Sequence[Any]
 
 
 def _values_plain(metadatas: Sequence[dict[str, Any]], kinds: dict[str, str]) -> bool:
-    """Every value's type allowed for its key's kind; floats finite and not -0.0; ints within 64 bits."""
-    if all(kind == "" for kind in kinds.values()):
-        values = list(chain.from_iterable(map(dict.values, metadatas)))
-        if not set(map(type, values)) <= set(PLAIN_TYPES[""]):
+    """Every value's type allowed for its key's kind; floats finite and not -0.0; ints within 64 bits. Checked
+    key by key (a column of a few C passes each); a batch with many distinct keys, all free of a schema, is
+    checked value by value instead."""
+    if len(kinds) > _PER_KEY_AT_MOST:
+        if any(kinds.values()):
             return False
-    else:
-        if len(kinds) > _PER_KEY_AT_MOST:
-            return False
-        for key, kind in kinds.items():
-            # a document without the key gives None, which every kind allows
-            if not set(map(type, map(dict.get, metadatas, repeat(key)))) <= set(PLAIN_TYPES[kind]):
-                return False
-        values = list(chain.from_iterable(map(dict.values, metadatas)))
-    floats = np.array([value for value in values if type(value) is float], dtype=np.float64)
-    # NaN and the infinities are not finite; -0.0 (which the per-document path turns into 0.0) has its sign bit
-    if floats.size and not (np.isfinite(floats).all() and not (np.signbit(floats) & (floats == 0.0)).any()):
-        return False
-    ints = [value for value in values if type(value) is int]
-    return not ints or (min(ints) >= INT64_MIN and max(ints) <= INT64_MAX)
+        return _numbers_plain(list(chain.from_iterable(map(dict.values, metadatas))), PLAIN_TYPES[""])
+    # a document without the key gives None, which every kind allows
+    return all(_numbers_plain(list(map(dict.get, metadatas, repeat(key))), PLAIN_TYPES[kind])
+               for key, kind in kinds.items())
 
+
+def _numbers_plain(values: list[Any], allowed: tuple[type, ...]) -> bool:
+    types = set(map(type, values))
+    if not types <= set(allowed):
+        return False
+    if int in types:
+        ints = values if types == {int} else [value for value in values if type(value) is int]
+        if min(ints) < INT64_MIN or max(ints) > INT64_MAX:
+            return False
+    if float in types:
+        floats = np.array(values if types == {float} else [value for value in values if type(value) is float],
+                          dtype=np.float64)
+        # NaN and the infinities are not finite; -0.0 (which the per-document path makes 0.0) has its sign bit
+        if not np.isfinite(floats).all() or (np.signbit(floats) & (floats == 0.0)).any():
+            return False
+    return True
