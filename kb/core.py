@@ -19,8 +19,9 @@ from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
 from kb.filters import Filter, parse_filter
 from kb.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
 from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
-from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver, plain_metadata_json
+from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
 from stores.record_batch import RecordBatch
+from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 

@@ -20,7 +20,8 @@ import numpy as np
 from kb.errors import InvalidInputError, UnsupportedSearchError
 from kb.filters import Filter, parse_filter
 from kb.input_checks import MAX_TEXT_CHARS, check_string
-from stores.base import Hit, StoreReader, check_query_vector
+from stores.base import Hit, StoreReader
+from stores.record_checks import check_query_vector
 
 SEARCH_TYPES = ("similarity", "similarity_score_threshold", "mmr", "keyword", "hybrid", "semantic_hybrid")
 HYBRID_TYPES = ("hybrid", "semantic_hybrid")

@@ -46,10 +46,9 @@ from stores.base import (
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
-    check_query_vector,
-    normalise,
 )
 from stores.generations import NEVER, GenerationLedger
+from stores.record_checks import check_query_vector, normalise
 
 log = logging.getLogger(__name__)
 PAGE = 1000

@@ -14,8 +14,9 @@ from kb.errors import InvalidInputError, KBError, StoreError, WriterClosedError
 from kb.filters import Filter
 from stores.azure_search_filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search_store import AzureSearchStore, AzureView, physical_key
-from stores.base import DelegatingReader, Record, StoreTransaction, check_records, metadata_json, normalise
+from stores.base import DelegatingReader, Record, StoreTransaction
 from stores.generations import NEVER, LedgerWrite
+from stores.record_checks import check_records, metadata_json, normalise
 
 log = logging.getLogger(__name__)
 MAX_FILTERABLE_BYTES = 32766  # the service's limit for a filterable string value

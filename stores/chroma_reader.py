@@ -17,9 +17,10 @@ import numpy as np
 
 from kb.errors import FilterError, StoreError
 from kb.filters import Filter, comparisons
-from stores.base import Hit, Record, StoreReader, check_query_vector, normalise
+from stores.base import Hit, Record, StoreReader
 from stores.chroma_codec import ID, MAX_EXACT_INT, Inexpressible, decode, to_where, visibility, visible
 from stores.columnar_filter import MetadataColumns
+from stores.record_checks import check_query_vector, normalise
 from stores.sql_filters import filter_to_sql
 
 if TYPE_CHECKING:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb.errors import InvalidInputError, KBError, WriterClosedError
-from stores.base import DelegatingReader, Record, StoreTransaction, check_records, fault_point, normalise
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
 from stores.chroma_codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma_reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
 from stores.generations import flip_generation, split_by_generation
+from stores.record_checks import check_records, normalise
 
 if TYPE_CHECKING:
     from stores.chroma_store import ChromaStore

@@ -35,12 +35,10 @@ from stores.base import (
     StoreReader,
     StoreTransaction,
     VectorStoreDriver,
-    check_query_vector,
-    check_records,
     fault_point,
-    normalise,
 )
 from stores.generations import NEVER, GenerationLedger, LedgerWrite
+from stores.record_checks import check_query_vector, check_records, normalise
 from stores.sqlite_meta import read_meta
 
 _PAGE = 1000

@@ -15,18 +15,11 @@ import numpy as np
 
 from kb.errors import StoreError, WriterClosedError
 from stores.background_io import Background, flush_to_disk
-from stores.base import (
-    DelegatingReader,
-    Record,
-    StoreTransaction,
-    checked_vectors,
-    fault_point,
-    metadata_json,
-    normalise,
-)
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
 from stores.faiss_view import FaissView, _chunks
 from stores.pending_keywords import PendingKeywords
 from stores.record_batch import RecordBatch
+from stores.record_checks import checked_vectors, metadata_json, normalise
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore

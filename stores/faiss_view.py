@@ -15,11 +15,12 @@ import numpy as np
 
 from kb.filters import Filter
 from kb.jsonfast import loads_checked, orjson_reads_exactly
-from stores.base import Hit, Record, StoreReader, unit_query
+from stores.base import Hit, Record, StoreReader
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_filtered import FilteredSearch
 from stores.keyword_index import KeywordIndex
 from stores.record_cache import CachedRow, RecordCache, cached_metadata, flat_or_none
+from stores.record_checks import unit_query
 from stores.sql_filters import filter_to_sql
 
 _BATCH = 500

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kb.errors import InvalidInputError
-from stores.base import Record, StoreContext, check_query_vector, unit_query
+from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
+from stores.record_checks import check_query_vector, unit_query
 from stores.wal_watch import WalWatch
 from tests.conformance.store_suite import records, unit
 
@@ -169,8 +170,8 @@ def test_a_zero_vector_stays_zero_and_an_overflowing_norm_still_normalises() -> 
 
 
 def test_a_record_batch_hands_over_its_matrix_only_while_every_record_holds_its_row() -> None:
-    from stores.base import checked_vectors
     from stores.record_batch import RecordBatch
+    from stores.record_checks import checked_vectors
 
     matrix = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
     batch = RecordBatch([f"r{i}" for i in range(4)], ["t"] * 4, [{}] * 4, [None] * 4, matrix)
