@@ -241,7 +241,7 @@ class EmbeddedClient:
 
     def _check_store_settings(self, raw: dict[str, Any]) -> None:
         if raw["vector_store_type"] == "FAISS":
-            from stores.faiss_store import index_settings
+            from stores.faiss_index import index_settings
 
             index_settings(raw.get("store") or {})
         if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
@@ -373,7 +373,7 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
 
 def _built_index(settings: dict[str, Any]) -> dict[str, Any]:
     """The FAISS index settings that shape a built index (all but the search-time ef_search), with defaults."""
-    from stores.faiss_store import index_settings
+    from stores.faiss_index import index_settings
 
     built = index_settings(settings.get("store") or {})
     built.pop("ef_search", None)

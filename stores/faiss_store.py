@@ -43,7 +43,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from kb.errors import InvalidInputError, WriterClosedError
+from kb.errors import WriterClosedError
 from kb.filters import Filter
 from stores.base import (
     Capabilities,
@@ -56,6 +56,7 @@ from stores.base import (
 )
 from stores.columnar_filter import MetadataColumns
 from stores.faiss_filtered import FilteredSearch
+from stores.faiss_index import configure_search_threads, index_settings, new_index
 from stores.faiss_transaction import FaissTransaction
 from stores.faiss_view import FaissView, read_row_tuples, read_rows
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
@@ -64,22 +65,6 @@ from stores.sqlite_meta import connect_durable, read_meta
 from stores.wal_watch import WalWatch
 
 log = logging.getLogger(__name__)
-
-# One query at a time is kb's common case, and OpenMP's thread hand-off costs more than it saves
-# there (10k x 384 flat search: 8.1 ms with 2 threads, 0.85 ms with 1, on the 2-core CI machine).
-# OpenMP's thread count is a per-thread setting: every thread that searches sets it once (a service
-# searches from its event loop and from pool threads, which otherwise use one OpenMP thread per core).
-_SEARCH_THREADS = int(os.environ.get("KB_FAISS_THREADS", "1"))
-_omp_configured = threading.local()
-
-
-def _configure_search_threads() -> None:
-    if not getattr(_omp_configured, "done", False):
-        faiss.omp_set_num_threads(_SEARCH_THREADS)
-        _omp_configured.done = True
-
-
-_configure_search_threads()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,26 +85,7 @@ _RECORD_CACHE_ENTRIES = int(os.environ.get("KB_RECORD_CACHE", "50000"))
 # A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
 _QUICK_FLAT_FLOATS = 40_000_000
 
-INDEX_TYPES = ("FLAT", "HNSW")
-
-
 _connect = connect_durable
-
-
-def index_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Validated index settings with defaults (also used by the KB settings check)."""
-    raw = dict(settings.get("index") or {})
-    kind = str(raw.get("type", "FLAT")).upper()
-    if kind not in INDEX_TYPES:
-        raise InvalidInputError(f"unknown FAISS index type {raw.get('type')!r}; choose one of {INDEX_TYPES}")
-    out = {"type": kind}
-    if kind == "HNSW":
-        for key, default in (("m", 32), ("ef_construction", 200), ("ef_search", 192)):
-            value = raw.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 4096:
-                raise InvalidInputError(f"FAISS HNSW setting {key!r} must be an integer in [2, 4096]")
-            out[key] = value
-    return out
 
 
 class FaissStore(VectorStoreDriver):
@@ -208,7 +174,7 @@ class FaissStore(VectorStoreDriver):
 
     @contextmanager
     def _snapshot(self) -> Iterator[FaissView]:
-        _configure_search_threads()
+        configure_search_threads()
         conn = self._conn()
         for attempt in range(5):
             conn.execute("BEGIN")
@@ -294,7 +260,7 @@ class FaissStore(VectorStoreDriver):
         index meant, or gone because a newer commit deleted it, and then the snapshot path answers.
         An unfiltered view is kept per thread until the generation changes (it holds that thread's connection).
         """
-        _configure_search_threads()
+        configure_search_threads()
         conn = self._conn()
         generation, dim = self._committed_meta(conn)
         if dim is None:
@@ -410,13 +376,7 @@ class FaissStore(VectorStoreDriver):
         return index.ntotal * index.d <= _QUICK_FLAT_FLOATS
 
     def new_index(self, dim: int) -> faiss.Index:
-        if self.settings["type"] == "HNSW":
-            inner = faiss.IndexHNSWFlat(dim, self.settings["m"], faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = self.settings["ef_construction"]
-            inner.hnsw.efSearch = self.settings["ef_search"]
-        else:
-            inner = faiss.IndexFlatIP(dim)
-        return faiss.IndexIDMap2(inner)
+        return new_index(self.settings, dim)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
