@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
@@ -169,19 +170,22 @@ class CoreKnowledgeBank:
             matrix = self._given_vectors(vectors, ids)
         if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
             return RecordBatch(ids, texts, checked, encoded, matrix)  # columns: a store may take them whole
+        if checked is None:
+            checked = [orjson.loads(e) for e in encoded]  # type: ignore[arg-type]
         return [Record(i, t, m, v, e) for i, t, m, v, e in zip(ids, texts, checked, matrix, encoded, strict=True)]
 
     def _checked_documents(self, texts: Sequence[Any], metadatas: Sequence[Any], ids: Sequence[str]
-                           ) -> tuple[list[dict[str, Any]], list[str | None]]:
-        """Each document's checked metadata and, where the check also encoded it, its JSON; raises naming the
-        first bad document. A batch is checked column by column (``writers.batch_checks``); the documents that
-        leaves in doubt, or every one if the metadata is not all plain, are checked one at a time."""
+                           ) -> tuple[list[dict[str, Any]] | None, list[str | None]]:
+        """Each document's checked metadata and, where the check also encoded it, its JSON (the metadata None:
+        all encoded, the JSON is the metadata); raises naming the first bad document. A batch is checked column
+        by column (``writers.batch_checks``); the documents that leaves in doubt, or every one if the metadata
+        is not all plain, are checked one at a time."""
         schema = self.schema
-        plain = plain_metadata_batch(schema, metadatas)
+        plain: list[str | None] | None = plain_metadata_batch(schema, metadatas)  # type: ignore[assignment]
         if plain is not None:
             for position in sorted(suspect_texts(texts)):
                 self._check_text(texts[position], ids[position], position)
-            return plain
+            return None, plain
         checked: list[dict[str, Any]] = []
         encoded: list[str | None] = []
         for position, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):

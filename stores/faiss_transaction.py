@@ -144,7 +144,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                 self._write_pending_keywords()  # a removal needs the postings in; and memory stays bounded
             self._remove_rowids(replaced)
             self._next_rowid += len(records)
-            if batch is not None:
+            if batch is not None and batch.metadatas is None:
+                metadata: Sequence[str] = batch.encoded  # type: ignore[assignment]
+            elif batch is not None:
                 metadata = [e if e is not None else metadata_json(Record(i, "", m))
                             for i, m, e in zip(ids, batch.metadatas, batch.encoded, strict=True)]
             else:

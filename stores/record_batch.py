@@ -14,15 +14,19 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+import orjson
 
 if TYPE_CHECKING:
     from stores.base import Record
 
 
 class RecordBatch(Sequence["Record"]):
-    def __init__(self, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict[str, Any]],
+    def __init__(self, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict[str, Any]] | None,
                  encoded: Sequence[str | None], matrix: np.ndarray) -> None:
-        if not len(ids) == len(texts) == len(metadatas) == len(encoded) == matrix.shape[0]:
+        """``metadatas`` None: every record's metadata is its JSON text ``encoded``, decoded when Records are
+        made (a bulk load into FAISS then never builds 100k dicts, which also wake Python's cyclic GC)."""
+        if not len(ids) == len(texts) == len(encoded) == matrix.shape[0] or \
+                (metadatas is None and None in encoded) or (metadatas is not None and len(metadatas) != len(ids)):
             raise ValueError("a record batch's columns must have the same length")
         self.ids, self.texts, self.metadatas, self.encoded = ids, texts, metadatas, encoded
         self.matrix = matrix
@@ -48,8 +52,9 @@ class RecordBatch(Sequence["Record"]):
             from stores.base import Record
 
             self._rows = list(self.matrix)
+            metadatas = self.metadatas if self.metadatas is not None else list(map(orjson.loads, self.encoded))
             self._records = [Record(i, t, m, v, e) for i, t, m, v, e
-                             in zip(self.ids, self.texts, self.metadatas, self._rows, self.encoded, strict=True)]
+                             in zip(self.ids, self.texts, metadatas, self._rows, self.encoded, strict=True)]
         return self._records
 
     def columns(self) -> RecordBatch | None:

@@ -43,12 +43,12 @@ def suspect_texts(texts: Sequence[Any]) -> set[int]:
             "\x00" in text or not text.isascii()}
 
 
-def plain_metadata_batch(schema: Mapping[str, str], metadatas: Sequence[Any]
-                         ) -> tuple[list[dict[str, Any]], list[str]] | None:
-    """Copies of the metadata and their JSON texts, if every one of them is plain (see the module docstring),
-    else None: then the caller checks them one by one. Each JSON text is what ``plain_metadata_json`` gives."""
+def plain_metadata_batch(schema: Mapping[str, str], metadatas: Sequence[Any]) -> list[str] | None:
+    """The metadata's JSON texts, if every one of them is plain (see the module docstring), else None: then the
+    caller checks them one by one. Each JSON text is what ``plain_metadata_json`` gives; decoded, it is the copy
+    of the metadata that ``plain_metadata`` returns."""
     if not metadatas:
-        return [], []
+        return []
     if set(map(type, metadatas)) != {dict}:
         return None
     keys = set().union(*metadatas)
@@ -70,7 +70,7 @@ def plain_metadata_batch(schema: Mapping[str, str], metadatas: Sequence[Any]
     # text: both are cleared by looking at the JSON text (a text that trips either goes one by one).
     if max(map(len, encoded)) > SHORT_VALUE_CHARS or any(map(str.__contains__, encoded, repeat("\\u0000"))):
         return None
-    return list(map(dict, metadatas)), encoded
+    return encoded
 
 
 def _values_plain(metadatas: Sequence[dict[str, Any]], kinds: dict[str, str]) -> bool:
