@@ -33,14 +33,15 @@ nothing here commits.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
-from stores.keyword_batch import AnalysedBatch, analyse_batch, combined_segments
+from stores.keyword_batch import AnalysedBatch, analyse_batch
+from stores.keyword_combine import CombinedBatches, DocumentTerms
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
@@ -49,6 +50,7 @@ MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
 _TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
+Blob = bytes | np.ndarray  # sqlite3 binds any contiguous buffer as a blob (copying it)
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -145,27 +147,30 @@ class KeywordIndex:
     def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
         """Index the documents of batches made by ``analyse`` (rowids ascending from one batch to the next, as a
         writer allocates them): one new segment per term for all of them."""
-        batches = [b for b in analysed if b is not None and b.size]
-        if not batches:
+        self.write_combined(conn, CombinedBatches.of(list(analysed)))
+
+    def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches) -> None:
+        """Index batches already combined (a writer combines them as they are analysed): what is left is mapping
+        the combined batches' term ids to the index's and inserting the rows."""
+        if not combined.size:
             return
-        self._forget_reused(conn, np.concatenate([batch.rowids for batch in batches]))
-        vocabulary = sorted({term for batch in batches for term in batch.vocabulary})
+        self._forget_reused(conn, combined.rowids())
+        vocabulary = combined.vocabulary  # new terms get ids in this order (first appearance)
         ids, new_terms = self._term_ids(conn, vocabulary)
-        global_ids = [np.fromiter(map(ids.__getitem__, b.vocabulary), dtype=np.int64, count=len(b.vocabulary))
-                      for b in batches]
         if ids and max(ids.values()) > np.iinfo(_TERM32).max:
             raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
-        for batch, globals_ in zip(batches, global_ids, strict=True):
-            self._write_doc_terms(conn, batch, globals_[batch.doc_terms])
-        term_ids, dfs, blobs, packing = combined_segments(batches, global_ids)
+        global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
+        for documents, doc_terms in combined.documents_in(global_ids):
+            self._write_doc_terms(conn, documents, doc_terms)
+        term_ids, dfs, blobs, packing = combined.segments(global_ids)
         self._insert_segments(conn, term_ids, dfs, blobs, packing,
                               {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", sum(b.size for b in batches))
-        self._bump(conn, "length", sum(int(b.lengths.sum()) for b in batches))
-        self._bump(conn, "postings", sum(b.postings for b in batches))
+        self._bump(conn, "docs", combined.size)
+        self._bump(conn, "length", combined.length)
+        self._bump(conn, "postings", combined.postings)
         self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
 
-    def _write_doc_terms(self, conn: sqlite3.Connection, batch: AnalysedBatch, doc_terms: np.ndarray) -> None:
+    def _write_doc_terms(self, conn: sqlite3.Connection, batch: DocumentTerms, doc_terms: np.ndarray) -> None:
         """Each document's length and term ids (to undo it): blocks of documents, or rows of kw_docs for rowids
         that are not ascending or fall in an existing block's range (blocks must not overlap)."""
         if doc_blocks.fits(conn, batch.rowids):
@@ -193,7 +198,7 @@ class KeywordIndex:
                                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], packing, {})
 
     def _insert_segments(self, conn: sqlite3.Connection, term_ids: list[int], dfs: list[int],
-                         blobs: list[tuple[bytes, bytes, bytes]], packing: int, new_terms: dict[int, str]) -> None:
+                         blobs: Iterable[tuple[Blob, Blob, Blob]], packing: int, new_terms: dict[int, str]) -> None:
         """One new segment (``blobs``, packed as ``packing``) per term; document frequencies and segment counts
         follow. ``new_terms`` (id -> term) are not in kw_terms yet: inserted with their counts, one statement
         instead of an insert and an update each."""
@@ -201,7 +206,7 @@ class KeywordIndex:
         self._bump(conn, "next_seg", 1)
         conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
-                         [(term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)])
+                         ((term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)))
         conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
                          [(new_terms[term], term, df) for term, df in zip(term_ids, dfs, strict=True)
                           if term in new_terms])

@@ -9,11 +9,13 @@ only waits for the threads and forgets their results.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stores.background_io import Background
 from stores.keyword_batch import AnalysedBatch
+from stores.keyword_combine import CombinedBatches
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
 
 _THREAD_AT = 256  # texts: smaller batches are analysed on the caller's thread
@@ -38,24 +40,34 @@ class _Done:
             raise error
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
-    """One batch's analysis: its thread (or work already done), its result once done, its size."""
+    """One batch's analysis: its thread (or work already done), its result once done (until merged), its size."""
 
     work: Background | _Done
     out: list[AnalysedBatch | None]
     documents: int
+    merged: bool = False  # into the running combination (or given up: its analysis failed)
 
 
 class PendingKeywords:
-    """Batches analysed on helper threads (one each), written together in the writer's transaction by ``write``:
-    one segment per term for all of them (see ``combined_segments``)."""
+    """Batches analysed on helper threads (one at a time), written together in the writer's transaction by
+    ``write``: one segment per term for all of them.
+
+    Each kept batch is merged into a running combination (``CombinedBatches``) on the thread that analyses the
+    next batch, before that analysis: by then the writer has kept or forgotten it (``start`` comes after the
+    previous ``upsert`` returned), so a forgotten batch is never merged. ``write`` merges what is left (the
+    last batch, usually) and inserts the rows. A lock orders the merges of the helper threads and ``write``
+    (a write inside an upsert runs while that upsert's batch is being analysed)."""
 
     def __init__(self, index: KeywordIndex) -> None:
         self.index = index
         self.documents = 0
-        self._work: list[Job] = []
+        self._work: list[Job] = []  # kept, not written yet
         self._last: Background | _Done | None = None  # the latest analysis started
+        self._lock = threading.Lock()
+        self._combined = CombinedBatches()  # kept batches merged so far (under _lock)
+        self._failed: BaseException | None = None  # a merge that failed: the next write raises it (under _lock)
 
     def start(self, rowids: Sequence[int], texts: Sequence[str]) -> Job | None:
         """Start analysing a batch (after the batches already started); ``keep`` it once its records are in."""
@@ -64,10 +76,12 @@ class PendingKeywords:
         out: list[AnalysedBatch | None] = []
         given: list[Sequence[str]] = [texts]  # let go of once analysed: only the analysis is kept
         previous = self._last
+        kept = list(self._work)  # every batch kept so far: merged on this thread, if no write took them first
 
         def analyse() -> None:
             if previous is not None:
                 previous.wait()  # one analysis at a time: more threads would only fight over the GIL
+            self._merge(kept)
             out.append(self.index.analyse(rowids, given.pop()))
 
         small = len(texts) < _THREAD_AT  # a thread costs more than analysing a few texts here
@@ -86,14 +100,30 @@ class PendingKeywords:
 
     @staticmethod
     def forget(job: Job | None) -> None:
-        """A started batch whose records were not written after all: wait for it, drop it."""
+        """A started batch whose records were not written after all: wait for it, drop it (never merged)."""
         if job is not None:
             try:
                 job.work.join()
             except Exception:  # nothing of it is written: its error no longer matters
                 pass
 
-    def _joined(self) -> list[AnalysedBatch | None]:
+    def _merge(self, jobs: list[Job]) -> None:
+        """Merge finished, kept batches into the running combination, in order (each once)."""
+        with self._lock:
+            for job in jobs:
+                if job.merged:
+                    continue
+                job.merged = True
+                if not job.out or self._failed is not None:  # a failed analysis: joining it raises its error
+                    continue
+                batch = job.out.pop()  # the combination holds it from now on
+                try:
+                    self._combined.add(batch)
+                except BaseException as exc:  # (memory) the batch is lost: the next write must fail
+                    self._failed = exc
+
+    def _taken(self) -> tuple[list[Job], CombinedBatches, BaseException | None]:
+        """Every kept batch, joined and merged, and the combination, which starts over empty."""
         work, self._work, self.documents = self._work, [], 0
         errors: list[BaseException] = []
         for job in work:
@@ -101,18 +131,19 @@ class PendingKeywords:
                 job.work.join()
             except BaseException as exc:  # every thread is waited for; the first error is the one raised
                 errors.append(exc)
-        if errors:
-            raise errors[0]
-        return [job.out[0] for job in work]
+        self._merge(work)
+        with self._lock:
+            combined, self._combined = self._combined, CombinedBatches()
+            failed, self._failed = self._failed, None
+        return work, combined, errors[0] if errors else failed
 
     def write(self, conn: sqlite3.Connection) -> None:
-        batches = self._joined()
-        if batches:
-            self.index.write(conn, batches)
+        work, combined, error = self._taken()
+        if error is not None:
+            raise error
+        if work:
+            self.index.write_combined(conn, combined)
 
     def discard(self) -> None:
         """Wait for the analyses (no thread outlives its writer) and forget them, errors included."""
-        try:
-            self._joined()
-        except Exception:  # nothing of it is written: its errors no longer matter
-            pass
+        self._taken()
