@@ -67,15 +67,21 @@ class CombinedBatches:
         return np.concatenate([d.rowids for d in self.documents]) if self.documents else np.zeros(0, np.int64)
 
     def add(self, batch: AnalysedBatch | None) -> None:
-        """Merge a batch in (its rowids above every rowid already here). All or nothing: the state changes only
-        once every new array is built, so a failure (memory) leaves it as it was."""
+        """Merge a batch in (its rowids above every rowid already here). All or nothing: on a failure (memory)
+        the state is left as it was."""
         if batch is None or not batch.size:
             return
+        known = len(self.vocabulary)
         running = self._running_ids(batch.vocabulary)
-        documents = DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
-                                  running[batch.doc_terms].astype(np.int32))
-        if batch.postings:
-            self.bounds, self.columns, self.packing = self._merged(batch, running)
+        try:
+            documents = DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
+                                      running[batch.doc_terms].astype(np.int32))
+            merged = self._merged(batch, running) if batch.postings else None
+        except BaseException:
+            self._forget_terms_from(known)
+            raise
+        if merged is not None:
+            self.bounds, self.columns, self.packing = merged
         self.documents.append(documents)
         self.size += batch.size
         self.length += int(batch.lengths.sum())
@@ -88,11 +94,17 @@ class CombinedBatches:
             ids.update(zip(fresh, range(known, known + len(fresh)), strict=True))
             self.vocabulary.extend(fresh)
             return np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        except BaseException:  # (memory) the vocabulary stays that of the batches merged
-            del self.vocabulary[known:]
+        except BaseException:
             for term in fresh:
                 ids.pop(term, None)
+            del self.vocabulary[known:]
             raise
+
+    def _forget_terms_from(self, known: int) -> None:
+        """Take back the running ids from ``known`` on (a batch that could not be merged)."""
+        for term in self.vocabulary[known:]:
+            del self._ids[term]
+        del self.vocabulary[known:]
 
     def _merged(self, batch: AnalysedBatch, running: np.ndarray
                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], int]:
