@@ -44,9 +44,10 @@ class _Done:
 class Job:
     """One batch's analysis: its thread (or work already done), its result once done (until merged), its size."""
 
-    work: Background | _Done
+    work: Background | _Done | None
     out: list[AnalysedBatch | None]
     documents: int
+    kept: bool = False  # its records are in: to be written (set by ``keep``, under the lock)
     merged: bool = False  # into the running combination (or given up: its analysis failed)
 
 
@@ -54,11 +55,12 @@ class PendingKeywords:
     """Batches analysed on helper threads (one at a time), written together in the writer's transaction by
     ``write``: one segment per term for all of them.
 
-    Each kept batch is merged into a running combination (``CombinedBatches``) on the thread that analyses the
-    next batch, before that analysis: by then the writer has kept or forgotten it (``start`` comes after the
-    previous ``upsert`` returned), so a forgotten batch is never merged. ``write`` merges what is left (the
-    last batch, usually) and inserts the rows. A lock orders the merges of the helper threads and ``write``
-    (a write inside an upsert runs while that upsert's batch is being analysed)."""
+    Each kept batch is merged into a running combination (``CombinedBatches``) on a helper thread: by the thread
+    that analysed it, if the writer kept it before that analysis ended (usual: an analysis takes longer than
+    the records' checks and inserts), or else by the thread of the next batch, before its analysis (``start``
+    comes after the previous ``upsert`` kept or forgot its batch). A forgotten batch is never merged. ``write``
+    merges what is left, if anything, and inserts the rows. A lock orders the merges of the helper threads and
+    of ``write`` (a write inside an upsert runs while that upsert's batch is being analysed)."""
 
     def __init__(self, index: KeywordIndex) -> None:
         self.index = index
@@ -77,22 +79,26 @@ class PendingKeywords:
         given: list[Sequence[str]] = [texts]  # let go of once analysed: only the analysis is kept
         previous = self._last
         kept = list(self._work)  # every batch kept so far: merged on this thread, if no write took them first
+        job = Job(None, out, len(texts))
 
         def analyse() -> None:
             if previous is not None:
                 previous.wait()  # one analysis at a time: more threads would only fight over the GIL
             self._merge(kept)
             out.append(self.index.analyse(rowids, given.pop()))
+            self._merge_own(job)
 
         small = len(texts) < _THREAD_AT  # a thread costs more than analysing a few texts here
-        job = Job(_Done(analyse) if small else Background(analyse, "kb-keyword-analysis"), out, len(texts))
+        job.work = _Done(analyse) if small else Background(analyse, "kb-keyword-analysis")
         self._last = job.work
         return job
 
     def keep(self, job: Job | None) -> None:
         """Buffer a started batch, to be written by ``write``."""
         if job is not None:
-            self._work.append(job)
+            with self._lock:
+                job.kept = True
+                self._work.append(job)
             self.documents += job.documents
 
     def add(self, rowids: Sequence[int], texts: Sequence[str]) -> None:
@@ -103,36 +109,51 @@ class PendingKeywords:
         """A started batch whose records were not written after all: wait for it, drop it (never merged)."""
         if job is not None:
             try:
-                job.work.join()
+                if job.work is not None:
+                    job.work.join()
             except Exception:  # nothing of it is written: its error no longer matters
                 pass
 
     def _merge(self, jobs: list[Job]) -> None:
         """Merge finished, kept batches into the running combination, in order (each once)."""
         with self._lock:
-            for job in jobs:
-                if job.merged:
-                    continue
-                job.merged = True
-                if not job.out or self._failed is not None:  # a failed analysis: joining it raises its error
-                    continue
-                batch = job.out.pop()  # the combination holds it from now on
-                try:
-                    self._combined.add(batch)
-                except BaseException as exc:  # (memory) the batch is lost: the next write must fail
-                    self._failed = exc
+            self._merge_locked(jobs)
+
+    def _merge_locked(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.merged or not job.kept:
+                continue
+            job.merged = True
+            if not job.out or self._failed is not None:  # a failed analysis: joining it raises its error
+                continue
+            batch = job.out.pop()  # the combination holds it from now on
+            try:
+                self._combined.add(batch)
+            except BaseException as exc:  # (memory) the batch is lost: the next write must fail
+                self._failed = exc
+
+    def _merge_own(self, job: Job) -> None:
+        """A batch's thread, once its analysis is done: merge it now if it is kept and every batch kept before
+        it is merged (else the next batch's thread or ``write`` will)."""
+        with self._lock:
+            if not job.kept or job not in self._work:
+                return
+            if all(earlier.merged for earlier in self._work[: self._work.index(job)]):
+                self._merge_locked([job])
 
     def _taken(self) -> tuple[list[Job], CombinedBatches, BaseException | None]:
         """Every kept batch, joined and merged, and the combination, which starts over empty."""
-        work, self._work, self.documents = self._work, [], 0
+        work = list(self._work)  # only this thread keeps batches: the list is this one until the swap below
         errors: list[BaseException] = []
         for job in work:
             try:
-                job.work.join()
+                if job.work is not None:
+                    job.work.join()  # (its thread merges it, if every batch before it is merged)
             except BaseException as exc:  # every thread is waited for; the first error is the one raised
                 errors.append(exc)
-        self._merge(work)
         with self._lock:
+            self._merge_locked(work)  # what no thread merged (usually nothing)
+            self._work, self.documents = [], 0
             combined, self._combined = self._combined, CombinedBatches()
             failed, self._failed = self._failed, None
         return work, combined, errors[0] if errors else failed

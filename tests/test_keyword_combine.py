@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -150,7 +151,8 @@ def keyword_ids(reader, query: str) -> list[str]:
     return [hit.record.id for hit in reader.keyword(query, 50)]
 
 
-def test_batches_are_merged_on_the_analysis_thread_not_at_commit(tmp_path, threaded, monkeypatch):
+def merge_threads(monkeypatch) -> list[str]:
+    """The names of the threads that merge batches, in order."""
     merged_on: list[str] = []
     real = CombinedBatches.add
 
@@ -159,13 +161,40 @@ def test_batches_are_merged_on_the_analysis_thread_not_at_commit(tmp_path, threa
         real(self, batch)
 
     monkeypatch.setattr(CombinedBatches, "add", add)
+    return merged_on
+
+
+def test_batches_are_merged_on_the_analysis_threads_not_at_commit(tmp_path, threaded, monkeypatch):
+    merged_on = merge_threads(monkeypatch)
     store = FaissStore(StoreContext("kb", tmp_path))
     with store.begin() as tx:
         for start in range(0, 50, 10):
             tx.upsert(records(start, [f"alpha beta{start}"] * 10))
-    # batches 1-4 merged by the threads analysing batches 2-5; only the last one by the commit
-    assert merged_on == ["kb-keyword-analysis"] * 4 + [threading.current_thread().name]
+    # batches 1-4 merged on analysis threads (their own, or the next batch's, whichever saw them kept); the last
+    # one on its own thread if it was kept before its analysis ended, else by the commit
+    assert len(merged_on) == 5 and set(merged_on[:4]) == {"kb-keyword-analysis"}
     assert len(keyword_ids(store, "alpha")) == 50 and len(keyword_ids(store, "beta20")) == 10
+
+
+def test_a_batch_kept_while_it_is_analysed_is_merged_by_its_own_thread(tmp_path, threaded, monkeypatch):
+    """The usual case at scale (an analysis outlasts the records' inserts): the commit merges nothing."""
+    merged_on = merge_threads(monkeypatch)
+    real = KeywordIndex.analyse
+    analysing = [threading.Event() for _ in range(3)]
+
+    def slow(self, rowids, texts):
+        analysing[len([e for e in analysing if e.is_set()])].set()
+        time.sleep(0.3)  # still analysing when the upsert keeps the batch
+        return real(self, rowids, texts)
+
+    monkeypatch.setattr(KeywordIndex, "analyse", slow)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        for i, start in enumerate(range(0, 30, 10)):
+            tx.upsert(records(start, [f"alpha beta{start}"] * 10))
+            assert analysing[i].wait(5)
+    assert merged_on == ["kb-keyword-analysis"] * 3
+    assert len(keyword_ids(store, "alpha")) == 30 and len(keyword_ids(store, "beta20")) == 10
 
 
 def test_a_rolled_back_writer_leaves_nothing_of_its_merged_batches(tmp_path, threaded):
