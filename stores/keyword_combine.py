@@ -145,14 +145,6 @@ class CombinedBatches:
 
     # --- what a write needs, once the database's term ids are known -----------------------------------------
 
-    def documents_in(self, global_ids: np.ndarray) -> Iterator[tuple[DocumentTerms, np.ndarray]]:
-        """Each batch's documents with their term ids in the database's ids (``global_ids[running id]``)."""
-        offset = _offset(global_ids)
-        for documents in self.documents:
-            # new terms numbered in running order (a bulk load's): a shift instead of a lookup per term
-            yield documents, (documents.doc_terms + np.int32(offset) if offset is not None
-                              else global_ids[documents.doc_terms])
-
     def segments(self, global_ids: np.ndarray
                  ) -> tuple[list[int], list[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
         """``(term ids ascending, document frequencies, (docs, tfs, lengths) per term, packing)``: the rows of
@@ -166,6 +158,26 @@ class CombinedBatches:
         rows = ((docs[s:e], tfs[s:e], lengths[s:e]) for s, e in zip(starts, ends, strict=True))
         packing = self.packing if self.packing is not None else segment_packing.choose(*_NO_POSTINGS)
         return global_ids[order].tolist(), sizes[order].tolist(), rows, packing
+
+
+def documents_in(documents: list[DocumentTerms], global_ids: np.ndarray
+                 ) -> Iterator[tuple[DocumentTerms, np.ndarray]]:
+    """Each batch's documents with their term ids in the database's ids (``global_ids[running id]``)."""
+    offset = _offset(global_ids)
+    for batch in documents:
+        # new terms numbered in running order (a bulk load's): a shift instead of a lookup per term
+        yield batch, (batch.doc_terms + np.int32(offset) if offset is not None else global_ids[batch.doc_terms])
+
+
+@dataclass(frozen=True)
+class WrittenAhead:
+    """What ``KeywordIndex.write_ahead`` wrote of a combination still growing: the rows of its first batches'
+    documents, and the index's ids for the terms known then (the first ``len(ids)`` of its vocabulary)."""
+
+    combined: CombinedBatches
+    documents: int  # batches (of ``combined.documents``) whose documents' rows are written
+    ids: dict[str, int]
+    new_terms: dict[str, int]  # those of ``ids`` new to the index: their kw_terms rows come with the segments
 
 
 def _offset(global_ids: np.ndarray) -> int | None:

@@ -41,7 +41,7 @@ import numpy as np
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
 from stores.keyword_batch import AnalysedBatch, analyse_batch
-from stores.keyword_combine import CombinedBatches, DocumentTerms
+from stores.keyword_combine import CombinedBatches, DocumentTerms, WrittenAhead, documents_in
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 
 _BATCH = 500
@@ -149,19 +149,44 @@ class KeywordIndex:
         writer allocates them): one new segment per term for all of them."""
         self.write_combined(conn, CombinedBatches.of(list(analysed)))
 
-    def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches) -> None:
-        """Index batches already combined (a writer combines them as they are analysed): what is left is mapping
-        the combined batches' term ids to the index's and inserting the rows."""
+    def write_ahead(self, conn: sqlite3.Connection, combined: CombinedBatches) -> WrittenAhead | None:
+        """Write what is final already of a combination whose last batches are still being analysed and merged
+        on a helper thread (a writer's commit waits for them meanwhile): the rows of the merged batches'
+        documents and the ids of their terms. Merges only append to the lists read here."""
+        documents = combined.documents[:]  # a copy, then the vocabulary: it holds every term these use
+        if not documents:
+            return None
+        vocabulary = combined.vocabulary[:]
+        self._forget_reused(conn, np.concatenate([batch.rowids for batch in documents]))
+        ids, new_terms = self._term_ids(conn, vocabulary)
+        global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
+        for batch, doc_terms in documents_in(documents, global_ids):
+            self._write_doc_terms(conn, batch, doc_terms)
+        return WrittenAhead(combined, len(documents), ids, new_terms)
+
+    def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches,
+                       ahead: WrittenAhead | None = None) -> None:
+        """Index batches already combined (a writer combines them as they are analysed), ``ahead`` of them
+        written already: what is left is mapping the other term ids to the index's and inserting the rows."""
         if not combined.size:
             return
-        self._forget_reused(conn, combined.rowids())
+        if ahead is not None and ahead.combined is not combined:
+            raise ValueError("written ahead for another combination")
+        done = ahead.documents if ahead is not None else 0
+        ids = dict(ahead.ids) if ahead is not None else {}
+        new_terms = dict(ahead.new_terms) if ahead is not None else {}
+        rest = combined.documents[done:]
+        if rest:
+            self._forget_reused(conn, np.concatenate([batch.rowids for batch in rest]))
         vocabulary = combined.vocabulary  # new terms get ids in this order (first appearance)
-        ids, new_terms = self._term_ids(conn, vocabulary)
+        more_ids, more_new = self._term_ids(conn, vocabulary[len(ids):])
+        ids.update(more_ids)
+        new_terms.update(more_new)
         if ids and max(ids.values()) > np.iinfo(_TERM32).max:
             raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
         global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        for documents, doc_terms in combined.documents_in(global_ids):
-            self._write_doc_terms(conn, documents, doc_terms)
+        for batch, doc_terms in documents_in(rest, global_ids):
+            self._write_doc_terms(conn, batch, doc_terms)
         term_ids, dfs, blobs, packing = combined.segments(global_ids)
         self._insert_segments(conn, term_ids, dfs, blobs, packing,
                               {term_id: term for term, term_id in new_terms.items()})
@@ -411,6 +436,9 @@ class NoKeywordIndex(KeywordIndex):
         return None
 
     def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
+        return None
+
+    def write_ahead(self, conn: sqlite3.Connection, combined: CombinedBatches) -> WrittenAhead | None:
         return None
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
 from stores.keyword_batch import AnalysedBatch, combined_segments
-from stores.keyword_combine import CombinedBatches
+from stores.keyword_combine import CombinedBatches, documents_in
 from stores.keyword_index import KeywordIndex
 from tests.conformance.store_suite import unit
 from tests.test_keyword_index import WORDS, assert_same
@@ -64,7 +64,7 @@ def assert_combines_like_write_time(batches: list[AnalysedBatch | None], how: st
     assert [tuple(bytes(array) for array in row) for row in rows] == expected[2]
     if expected[0]:
         assert packing == expected[3]
-    documents = list(combined.documents_in(global_ids))
+    documents = list(documents_in(combined.documents, global_ids))
     assert len(documents) == len(present)
     for batch, globals_, (docs, doc_terms) in zip(present, local_to_global, documents, strict=True):
         assert np.array_equal(docs.rowids, batch.rowids) and np.array_equal(docs.doc_counts, batch.doc_counts)
@@ -131,6 +131,44 @@ def test_written_combined_batches_score_like_batches_written_one_by_one(tmp_path
     assert [INDEX.search(together, q, 10) for q in queries] == [INDEX.search(apart, q, 10) for q in queries]
     live = {i + 1: text for i, text in enumerate(texts) if i + 1 not in (3, 50, 77)}
     assert_same(INDEX, together, live, queries)
+
+
+def table_rows(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
+    return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("kw_terms", "kw_segments", "kw_doc_blocks", "kw_docs", "kw_deleted", "kw_stats")}
+
+
+@pytest.mark.parametrize("ahead_after", [0, 1, 2, 4])
+def test_writing_ahead_then_the_rest_writes_what_one_write_does(tmp_path, ahead_after):
+    """A writer's commit writes the merged batches' documents and term ids while the last batches are still
+    analysed (``write_ahead``), then the rest: the tables end up exactly as after one write of everything."""
+    rng = random.Random(ahead_after)
+    words = [*WORDS, "café", "naïve", "the"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(100)]
+    # the batches bring terms of their own too: new to the index, some first seen in each batch
+    new_words = [f"new{i}" for i in range(12)]
+    texts += [" ".join(rng.choice([*words, *new_words[: 3 * (1 + i // 50)]]) for _ in range(rng.randint(0, 12)))
+              for i in range(200)]
+    parts = [(start, texts[start : start + 50]) for start in range(100, 300, 50)]
+    batches = [INDEX.analyse(range(start + 1, start + 1 + len(part)), part) for start, part in parts]
+    ahead_conn, once_conn = sqlite3.connect(tmp_path / "ahead.sqlite"), sqlite3.connect(tmp_path / "once.sqlite")
+    for conn in (ahead_conn, once_conn):
+        INDEX.create(conn)
+        INDEX.add(conn, [(i + 1, texts[i]) for i in range(100)])  # terms the index has already, tombstones
+        INDEX.remove(conn, [7, 8, 60])
+    combined = CombinedBatches.of(batches[:ahead_after])
+    ahead = INDEX.write_ahead(ahead_conn, combined)
+    assert (ahead is None) == (ahead_after == 0)
+    for batch in batches[ahead_after:]:  # the helper thread goes on merging
+        combined.add(batch)
+    INDEX.write_combined(ahead_conn, combined, ahead)
+    INDEX.write(once_conn, batches)
+    assert table_rows(ahead_conn) == table_rows(once_conn)
+    live = {i + 1: text for i, text in enumerate(texts) if i + 1 not in (7, 8, 60)}
+    assert_same(INDEX, ahead_conn, live, ["alpha", "beta gamma", "cafe naive", "omicron pi rho", "new0 new7",
+                                          "new11 alpha"])
+    with pytest.raises(ValueError):  # written ahead for one combination, not for another
+        INDEX.write_combined(ahead_conn, CombinedBatches.of(batches[:1]), INDEX.write_ahead(ahead_conn, combined))
 
 
 # --- through a FAISS writer ----------------------------------------------------------------------------------
