@@ -40,7 +40,10 @@ class DocumentTerms:
 class CombinedBatches:
     """Analysed batches (rowids ascending from one to the next) merged into one group of postings per term.
 
-    Not thread-safe: the caller serialises ``add`` calls (``PendingKeywords`` holds a lock around them)."""
+    The caller serialises ``add`` calls (``PendingKeywords`` holds a lock around them). Another thread may copy
+    ``documents`` and then ``vocabulary`` meanwhile (``KeywordIndex.write_ahead``): a merge only appends to
+    them, the vocabulary first, so such copies are a consistent prefix (short of a failed merge, which takes its
+    new terms back and fails the write)."""
 
     def __init__(self) -> None:
         self.vocabulary: list[str] = []  # running term id -> term
