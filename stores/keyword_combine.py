@@ -40,10 +40,7 @@ class DocumentTerms:
 class CombinedBatches:
     """Analysed batches (rowids ascending from one to the next) merged into one group of postings per term.
 
-    The caller serialises ``add`` calls (``PendingKeywords`` holds a lock around them). Another thread may copy
-    ``documents`` and then ``vocabulary`` meanwhile (``KeywordIndex.write_ahead``): a merge only appends to
-    them, the vocabulary first, so such copies are a consistent prefix (short of a failed merge, which takes its
-    new terms back and fails the write)."""
+    Not thread-safe: the caller serialises ``add`` calls (``PendingKeywords`` holds a lock around them)."""
 
     def __init__(self) -> None:
         self.vocabulary: list[str] = []  # running term id -> term
@@ -168,19 +165,8 @@ def documents_in(documents: list[DocumentTerms], global_ids: np.ndarray
     """Each batch's documents with their term ids in the database's ids (``global_ids[running id]``)."""
     offset = _offset(global_ids)
     for batch in documents:
-        # new terms numbered in running order (a bulk load's): a shift instead of a lookup per term
+        # ids consecutive in running order (e.g. new terms first seen in sorted order): a shift, not a lookup
         yield batch, (batch.doc_terms + np.int32(offset) if offset is not None else global_ids[batch.doc_terms])
-
-
-@dataclass(frozen=True)
-class WrittenAhead:
-    """What ``KeywordIndex.write_ahead`` wrote of a combination still growing: the rows of its first batches'
-    documents, and the index's ids for the terms known then (the first ``len(ids)`` of its vocabulary)."""
-
-    combined: CombinedBatches
-    documents: int  # batches (of ``combined.documents``) whose documents' rows are written
-    ids: dict[str, int]
-    new_terms: dict[str, int]  # those of ``ids`` new to the index: their kw_terms rows come with the segments
 
 
 def _offset(global_ids: np.ndarray) -> int | None:

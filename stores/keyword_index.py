@@ -41,7 +41,6 @@ import numpy as np
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
 from stores.keyword_batch import AnalysedBatch, analyse_batch
-from stores.keyword_combine import CombinedBatches, WrittenAhead
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 from stores.keyword_writes import _BATCH, BatchWrites, _marks
 
@@ -328,9 +327,6 @@ class NoKeywordIndex(KeywordIndex):
         return None
 
     def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
-        return None
-
-    def write_ahead(self, conn: sqlite3.Connection, combined: CombinedBatches) -> WrittenAhead | None:
         return None
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:

@@ -2,8 +2,7 @@
 
 A writer's batches are combined as they are analysed (``stores.keyword_combine``); what is left here is
 what needs the database: the index's ids for the combination's terms, the rows of its documents (to undo them
-later) and one new segment per term. ``write_ahead`` lets a commit write the first part while the last
-batches are still being analysed.
+later) and one new segment per term.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import numpy as np
 
 from stores import doc_blocks
 from stores.keyword_batch import AnalysedBatch
-from stores.keyword_combine import CombinedBatches, DocumentTerms, WrittenAhead, documents_in
+from stores.keyword_combine import CombinedBatches, DocumentTerms, documents_in
 
 _BATCH = 500
 _SCAN_TERMS_AT = 4  # a batch with at least a quarter as many terms as the index reads all of kw_terms
@@ -36,43 +35,20 @@ class BatchWrites:
         writer allocates them): one new segment per term for all of them."""
         self.write_combined(conn, CombinedBatches.of(list(analysed)))
 
-    def write_ahead(self, conn: sqlite3.Connection, combined: CombinedBatches) -> WrittenAhead | None:
-        """Write what is final already of a combination whose last batches are still being analysed and merged
-        on a helper thread (a writer's commit waits for them meanwhile): the rows of the merged batches'
-        documents and the ids of their terms. Merges only append to the lists read here."""
-        documents = combined.documents[:]  # a copy, then the vocabulary: it holds every term these use
-        if not documents:
-            return None
-        vocabulary = combined.vocabulary[:]
-        self._forget_reused(conn, np.concatenate([batch.rowids for batch in documents]))
-        ids, new_terms = self._term_ids(conn, vocabulary)
-        global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        for batch, doc_terms in documents_in(documents, global_ids):
-            self._write_doc_terms(conn, batch, doc_terms)
-        return WrittenAhead(combined, len(documents), ids, new_terms)
-
-    def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches,
-                       ahead: WrittenAhead | None = None) -> None:
-        """Index batches already combined (a writer combines them as they are analysed), ``ahead`` of them
-        written already: what is left is mapping the other term ids to the index's and inserting the rows."""
+    def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches) -> None:
+        """Index batches already combined (a writer combines them as they are analysed): what is left is mapping
+        the combination's term ids to the index's and inserting the rows."""
         if not combined.size:
             return
-        if ahead is not None and ahead.combined is not combined:
-            raise ValueError("written ahead for another combination")
-        done = ahead.documents if ahead is not None else 0
-        ids = dict(ahead.ids) if ahead is not None else {}
-        new_terms = dict(ahead.new_terms) if ahead is not None else {}
-        rest = combined.documents[done:]
-        if rest:
-            self._forget_reused(conn, np.concatenate([batch.rowids for batch in rest]))
-        vocabulary = combined.vocabulary  # new terms get ids in this order (first appearance)
-        more_ids, more_new = self._term_ids(conn, vocabulary[len(ids):])
-        ids.update(more_ids)
-        new_terms.update(more_new)
+        self._forget_reused(conn, combined.rowids())
+        vocabulary = combined.vocabulary
+        # new terms get ids in sorted order, as they always did: a query's terms are scored in id order, so the
+        # same order keeps the floating-point sums (the scores) identical to the bit
+        ids, new_terms = self._term_ids(conn, sorted(vocabulary))
         if ids and max(ids.values()) > _MAX_TERM_ID:
             raise OverflowError(f"keyword index: more than {_MAX_TERM_ID} distinct terms")
         global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
-        for batch, doc_terms in documents_in(rest, global_ids):
+        for batch, doc_terms in documents_in(combined.documents, global_ids):
             self._write_doc_terms(conn, batch, doc_terms)
         term_ids, dfs, blobs, packing = combined.segments(global_ids)
         self._insert_segments(conn, term_ids, dfs, blobs, packing,

@@ -159,13 +159,11 @@ class PendingKeywords:
         return work, combined, errors[0] if errors else failed
 
     def write(self, conn: sqlite3.Connection) -> None:
-        # while the last batches are analysed and merged, what of the combination is final is written already
-        ahead = self.index.write_ahead(conn, self._combined) if self._work else None
         work, combined, error = self._taken()
         if error is not None:
             raise error
         if work:
-            self.index.write_combined(conn, combined, ahead)
+            self.index.write_combined(conn, combined)
 
     def discard(self) -> None:
         """Wait for the analyses (no thread outlives its writer) and forget them, errors included."""
