@@ -47,7 +47,11 @@ class Job:
     work: Background | _Done | None
     out: list[AnalysedBatch | None]
     documents: int
-    kept: bool = False  # its records are in: to be written (set by ``keep``, under the lock)
+    run: Callable[[], None] = lambda: None  # the analysis itself: puts its result in ``out``
+    # set under the lock:
+    claimed: bool = False  # its analysis began (on its thread, or on the writer's: see ``_taken``)
+    done: bool = False  # its analysis ended (``out`` empty: it failed, or was dropped)
+    kept: bool = False  # its records are in: to be written (set by ``keep``)
     merged: bool = False  # into the running combination (or given up: its analysis failed)
 
 
@@ -81,13 +85,18 @@ class PendingKeywords:
         kept = list(self._work)  # every batch kept so far: merged on this thread, if no write took them first
         job = Job(None, out, len(texts))
 
+        def run() -> None:
+            out.append(self.index.analyse(rowids, given.pop()))
+
         def analyse() -> None:
             if previous is not None:
                 previous.wait()  # one analysis at a time: more threads would only fight over the GIL
             self._merge(kept)
-            out.append(self.index.analyse(rowids, given.pop()))
-            self._merge_own(job)
+            if self._claim(job):  # else a write took it over (its writer was waiting for it)
+                self._analyse(job)
+                self._merge_own(job)
 
+        job.run = run
         small = len(texts) < _THREAD_AT  # a thread costs more than analysing a few texts here
         job.work = _Done(analyse) if small else Background(analyse, "kb-keyword-analysis")
         self._last = job.work
@@ -119,10 +128,25 @@ class PendingKeywords:
         with self._lock:
             self._merge_locked(jobs)
 
+    def _claim(self, job: Job) -> bool:
+        """Whether the caller is the one to analyse ``job`` (no one began it yet)."""
+        with self._lock:
+            claimed, job.claimed = job.claimed, True
+        return not claimed
+
+    def _analyse(self, job: Job) -> None:
+        try:
+            job.run()
+        finally:
+            with self._lock:
+                job.done = True
+
     def _merge_locked(self, jobs: list[Job]) -> None:
         for job in jobs:
-            if job.merged or not job.kept:
+            if job.merged:
                 continue
+            if not job.kept or not job.done:  # in order: nothing merges past a batch not analysed yet
+                break
             job.merged = True
             if not job.out or self._failed is not None:  # a failed analysis: joining it raises its error
                 continue
@@ -141,10 +165,23 @@ class PendingKeywords:
             if all(earlier.merged for earlier in self._work[: self._work.index(job)]):
                 self._merge_locked([job])
 
-    def _taken(self) -> tuple[list[Job], CombinedBatches, BaseException | None]:
-        """Every kept batch, joined and merged, and the combination, which starts over empty."""
+    def _taken(self, analyse_waiting: bool = True) -> tuple[list[Job], CombinedBatches, BaseException | None]:
+        """Every kept batch, analysed and merged, and the combination, which starts over empty. Batches whose
+        analysis has not begun (waiting for the one before: the helper thread fell behind) are analysed here, on
+        the writer's thread, which would only wait for them otherwise, beside the helper thread's analysis (or,
+        ``analyse_waiting`` false, dropped: a rollback)."""
         work = list(self._work)  # only this thread keeps batches: the list is this one until the swap below
         errors: list[BaseException] = []
+        for job in work:
+            if self._claim(job):
+                if not analyse_waiting:
+                    with self._lock:
+                        job.done = True  # dropped: nothing to merge (a rollback forgets it all)
+                    continue
+                try:
+                    self._analyse(job)
+                except BaseException as exc:  # as a helper thread's failure: the first error is the one raised
+                    errors.append(exc)
         for job in work:
             try:
                 if job.work is not None:
@@ -152,7 +189,7 @@ class PendingKeywords:
             except BaseException as exc:  # every thread is waited for; the first error is the one raised
                 errors.append(exc)
         with self._lock:
-            self._merge_locked(work)  # what no thread merged (usually nothing)
+            self._merge_locked(work)  # what no thread merged
             self._work, self.documents = [], 0
             combined, self._combined = self._combined, CombinedBatches()
             failed, self._failed = self._failed, None
@@ -167,4 +204,4 @@ class PendingKeywords:
 
     def discard(self) -> None:
         """Wait for the analyses (no thread outlives its writer) and forget them, errors included."""
-        self._taken()
+        self._taken(analyse_waiting=False)

@@ -215,6 +215,49 @@ def test_a_batch_kept_while_it_is_analysed_is_merged_by_its_own_thread(tmp_path,
     assert len(keyword_ids(store, "alpha")) == 30 and len(keyword_ids(store, "beta20")) == 10
 
 
+def slow_first_analysis(monkeypatch) -> list[str]:
+    """The first batch's analysis takes a while: the helper thread falls behind. Returns who analysed what."""
+    analysed_on: list[str] = []
+    real = KeywordIndex.analyse
+
+    def analyse(self, rowids, texts):
+        analysed_on.append(threading.current_thread().name)
+        if len(analysed_on) == 1:
+            time.sleep(0.5)
+        return real(self, rowids, texts)
+
+    monkeypatch.setattr(KeywordIndex, "analyse", analyse)
+    return analysed_on
+
+
+def test_a_commit_analyses_the_batches_the_helper_thread_has_not_begun(tmp_path, threaded, monkeypatch):
+    """Instead of waiting for the helper thread to get to them: the commit would only wait otherwise."""
+    analysed_on = slow_first_analysis(monkeypatch)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        for start in range(0, 40, 10):
+            tx.upsert(records(start, [f"alpha beta{start} gamma{start % 20}"] * 10))
+    me = threading.current_thread().name
+    assert analysed_on == ["kb-keyword-analysis", me, me, me]
+    assert len(keyword_ids(store, "alpha")) == 40 and len(keyword_ids(store, "beta30")) == 10
+    assert len(keyword_ids(store, "gamma10")) == 20
+    conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    live = {rowid: text for rowid, text in conn.execute("SELECT rowid, text FROM records")}
+    assert_same(INDEX, conn, live, ["alpha", "beta20 gamma0", "gamma10 beta0"])
+    conn.close()
+
+
+def test_a_rollback_drops_the_batches_the_helper_thread_has_not_begun(tmp_path, threaded, monkeypatch):
+    analysed_on = slow_first_analysis(monkeypatch)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    tx = store.begin()
+    for start in range(0, 40, 10):
+        tx.upsert(records(start, ["alpha"] * 10))
+    tx.rollback()
+    assert analysed_on == ["kb-keyword-analysis"]  # the three others never analysed
+    assert store.count() == 0 and keyword_ids(store, "alpha") == []
+
+
 def test_a_rolled_back_writer_leaves_nothing_of_its_merged_batches(tmp_path, threaded):
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(records(0, ["alpha", "beta"]))
