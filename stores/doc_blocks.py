@@ -46,8 +46,10 @@ def write(conn: sqlite3.Connection, rowids: np.ndarray, lengths: np.ndarray, cou
 
 
 def _row(rowids: np.ndarray, lengths: np.ndarray, counts: np.ndarray, terms: np.ndarray) -> tuple:
-    return (int(rowids[0]), int(rowids[-1]), rowids.astype(_DOC).tobytes(), lengths.astype(_COUNT).tobytes(),
-            counts.astype(_COUNT).tobytes(), terms.astype(_TERM).tobytes())
+    # arrays, not bytes: sqlite3 binds a contiguous buffer as a blob (copying it), so no second copy here
+    return (int(rowids[0]), int(rowids[-1]), np.ascontiguousarray(rowids, dtype=_DOC),
+            np.ascontiguousarray(lengths, dtype=_COUNT), np.ascontiguousarray(counts, dtype=_COUNT),
+            np.ascontiguousarray(terms, dtype=_TERM))
 
 
 def take(conn: sqlite3.Connection, rowids: np.ndarray) -> list[tuple[int, int, np.ndarray]]:

@@ -40,11 +40,10 @@ import numpy as np
 
 from stores import doc_blocks, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
-from stores.keyword_batch import AnalysedBatch, analyse_batch, combined_segments
+from stores.keyword_batch import AnalysedBatch, analyse_batch
 from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
+from stores.keyword_writes import _BATCH, BatchWrites, _marks
 
-_BATCH = 500
-_SCAN_TERMS_AT = 4  # a batch with at least a quarter as many terms as the index reads all of kw_terms
 MERGE_AT = 8  # segments per term before they are merged into one
 FORMAT = 2
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
@@ -57,11 +56,7 @@ def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     return sorted_set[positions] == values
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-class KeywordIndex:
+class KeywordIndex(BatchWrites):
     def __init__(self, analyzer: dict[str, Any] | None = None) -> None:
         self.settings = analyzer_settings(analyzer)
         self.analyzer = Analyzer(self.settings)
@@ -142,43 +137,6 @@ class KeywordIndex:
         """The CPU half of an add, without the database (thread-safe: a writer may run it on a helper thread)."""
         return analyse_batch(self.analyzer, rowids, texts)
 
-    def write(self, conn: sqlite3.Connection, analysed: Sequence[AnalysedBatch | None]) -> None:
-        """Index the documents of batches made by ``analyse`` (rowids ascending from one batch to the next, as a
-        writer allocates them): one new segment per term for all of them."""
-        batches = [b for b in analysed if b is not None and b.size]
-        if not batches:
-            return
-        self._forget_reused(conn, np.concatenate([batch.rowids for batch in batches]))
-        vocabulary = sorted({term for batch in batches for term in batch.vocabulary})
-        ids, new_terms = self._term_ids(conn, vocabulary)
-        global_ids = [np.fromiter(map(ids.__getitem__, b.vocabulary), dtype=np.int64, count=len(b.vocabulary))
-                      for b in batches]
-        if ids and max(ids.values()) > np.iinfo(_TERM32).max:
-            raise OverflowError(f"keyword index: more than {np.iinfo(_TERM32).max} distinct terms")
-        for batch, globals_ in zip(batches, global_ids, strict=True):
-            self._write_doc_terms(conn, batch, globals_[batch.doc_terms])
-        term_ids, dfs, blobs, packing = combined_segments(batches, global_ids)
-        self._insert_segments(conn, term_ids, dfs, blobs, packing,
-                              {term_id: term for term, term_id in new_terms.items()})
-        self._bump(conn, "docs", sum(b.size for b in batches))
-        self._bump(conn, "length", sum(int(b.lengths.sum()) for b in batches))
-        self._bump(conn, "postings", sum(b.postings for b in batches))
-        self._merge_crowded(conn, sorted(ids[t] for t in vocabulary if t not in new_terms))  # new ones have one
-
-    def _write_doc_terms(self, conn: sqlite3.Connection, batch: AnalysedBatch, doc_terms: np.ndarray) -> None:
-        """Each document's length and term ids (to undo it): blocks of documents, or rows of kw_docs for rowids
-        that are not ascending or fall in an existing block's range (blocks must not overlap)."""
-        if doc_blocks.fits(conn, batch.rowids):
-            doc_blocks.write(conn, batch.rowids, batch.lengths, batch.doc_counts, doc_terms)
-            return
-        doc_terms = doc_terms.astype(self._term_dtype(conn))
-        bounds = np.concatenate(([0], np.cumsum(batch.doc_counts)))
-        conn.executemany("INSERT INTO kw_docs VALUES (?, ?, ?)", [
-            (doc, length, doc_terms[start:end].tobytes())
-            for doc, length, start, end in zip(batch.rowids.tolist(), batch.lengths.tolist(), bounds[:-1].tolist(),
-                                               bounds[1:].tolist(), strict=True)
-        ])
-
     def _write_segments(self, conn: sqlite3.Connection, term_ids: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
                         lengths: np.ndarray) -> None:
         """One new segment per distinct term of the given postings, grouped by term (a conversion's path)."""
@@ -191,43 +149,6 @@ class KeywordIndex:
         self._insert_segments(conn, term_ids[starts].tolist(), (ends - starts).tolist(),
                               [(docs_p[s:e].tobytes(), tfs_p[s:e].tobytes(), lengths_p[s:e].tobytes())
                                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], packing, {})
-
-    def _insert_segments(self, conn: sqlite3.Connection, term_ids: list[int], dfs: list[int],
-                         blobs: list[tuple[bytes, bytes, bytes]], packing: int, new_terms: dict[int, str]) -> None:
-        """One new segment (``blobs``, packed as ``packing``) per term; document frequencies and segment counts
-        follow. ``new_terms`` (id -> term) are not in kw_terms yet: inserted with their counts, one statement
-        instead of an insert and an update each."""
-        seg = self._stats(conn)["next_seg"]
-        self._bump(conn, "next_seg", 1)
-        conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         [(term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)])
-        conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
-                         [(new_terms[term], term, df) for term, df in zip(term_ids, dfs, strict=True)
-                          if term in new_terms])
-        conn.executemany("UPDATE kw_terms SET df = df + ?, segments = segments + 1 WHERE id = ?",
-                         [(df, term) for term, df in zip(term_ids, dfs, strict=True) if term not in new_terms])
-
-    def _term_ids(self, conn: sqlite3.Connection, terms: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """Ids of ``terms``, and among them the new ones (ids allocated here, rows left to _write_segments)."""
-        found: dict[str, int] = {}
-        next_id = self._stats(conn)["next_term"]  # above every id: the table has fewer rows than this
-        if len(terms) * _SCAN_TERMS_AT >= next_id:
-            # a batch's vocabulary is most of the table (a bulk load's): one scan beats lookups by the hundred
-            wanted = set(terms)
-            found.update((term, id_) for term, id_ in conn.execute("SELECT term, id FROM kw_terms") if term in wanted)
-        else:
-            for start in range(0, len(terms), _BATCH):
-                part = terms[start : start + _BATCH]
-                found.update(conn.execute(f"SELECT term, id FROM kw_terms WHERE term IN ({_marks(len(part))})",
-                                          part))
-        missing = [t for t in terms if t not in found]
-        new: dict[str, int] = {}
-        if missing:
-            new = {t: next_id + i for i, t in enumerate(missing)}
-            self._bump(conn, "next_term", len(missing))
-            found.update(new)
-        return found, new
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         dtype = self._term_dtype(conn)

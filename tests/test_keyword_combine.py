@@ -1,0 +1,301 @@
+"""Buffered keyword batches combined as they arrive (``CombinedBatches``), and a FAISS writer that merges them on its
+analysis thread: the rows are exactly those of combining every batch at write time (``combined_segments``)."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stores.base import Record, StoreContext
+from stores.faiss_store import FaissStore
+from stores.keyword_batch import AnalysedBatch, combined_segments
+from stores.keyword_combine import CombinedBatches, documents_in
+from stores.keyword_index import KeywordIndex
+from tests.conformance.store_suite import unit
+from tests.test_keyword_index import WORDS, assert_same
+
+INDEX = KeywordIndex()
+# texts of every kind a batch can hold: terms, stop words only, nothing, accents (the per-text path), a frequency
+# past 255 (widens the frequencies), long documents (widen the lengths past 255)
+TEXTS = st.one_of(
+    st.lists(st.sampled_from([*WORDS, "the", "of", "café", "Über", "naïve"]), max_size=12).map(" ".join),
+    st.sampled_from(["", "the a an", "   ", "alpha " * 300, " ".join(WORDS * 20)]),
+)
+
+
+def analysed(batches: list[list[str]], first_rowid: int) -> list[AnalysedBatch | None]:
+    """Each batch analysed, rowids ascending from one batch to the next (as a writer gives them)."""
+    out: list[AnalysedBatch | None] = []
+    rowid = first_rowid
+    for texts in batches:
+        out.append(INDEX.analyse(range(rowid, rowid + len(texts)), texts) if texts else None)
+        rowid += len(texts) + 3  # gaps between batches, as replacements leave
+    return out
+
+
+def global_ids_for(vocabulary: list[str], how: str, rng: random.Random) -> dict[str, int]:
+    ids = list(range(5, 5 + len(vocabulary)))
+    if how == "permuted":  # terms the index already had, ids in any order
+        rng.shuffle(ids)
+    return dict(zip(vocabulary, ids, strict=True))
+
+
+def assert_combines_like_write_time(batches: list[AnalysedBatch | None], how: str, seed: int) -> None:
+    combined = CombinedBatches.of(batches)
+    ids = global_ids_for(combined.vocabulary, how, random.Random(seed))
+    global_ids = np.asarray([ids[term] for term in combined.vocabulary], dtype=np.int64)
+    present = [b for b in batches if b is not None and b.size]
+    assert combined.size == sum(b.size for b in present)
+    assert combined.length == sum(int(b.lengths.sum()) for b in present)
+    assert combined.postings == sum(b.postings for b in present)
+    assert np.array_equal(combined.rowids(), np.concatenate([b.rowids for b in present]) if present
+                          else np.zeros(0, np.int64))
+    local_to_global = [np.asarray([ids[t] for t in b.vocabulary], dtype=np.int64) for b in present]
+    term_ids, dfs, rows, packing = combined.segments(global_ids)
+    expected = combined_segments(present, local_to_global) if present else ([], [], [], None)
+    assert term_ids == expected[0] and dfs == expected[1]
+    assert [tuple(bytes(array) for array in row) for row in rows] == expected[2]
+    if expected[0]:
+        assert packing == expected[3]
+    documents = list(documents_in(combined.documents, global_ids))
+    assert len(documents) == len(present)
+    for batch, globals_, (docs, doc_terms) in zip(present, local_to_global, documents, strict=True):
+        assert np.array_equal(docs.rowids, batch.rowids) and np.array_equal(docs.doc_counts, batch.doc_counts)
+        assert np.array_equal(doc_terms, globals_[batch.doc_terms])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(TEXTS, max_size=8), min_size=1, max_size=6),
+       how=st.sampled_from(["shifted", "permuted"]), wide_rowids=st.booleans(), seed=st.integers(0, 1000))
+def test_combining_as_batches_arrive_equals_combining_at_write_time(batches, how, wide_rowids, seed):
+    """Across packings (a later batch may widen them), term-less and empty batches, batches of new terms only
+    and of terms seen before, and the index's ids a shift of the running ones or any permutation."""
+    first = 2**32 - 5 if wide_rowids else 1  # rowids crossing 2**32 widen the document array mid-way
+    assert_combines_like_write_time(analysed(batches, first), how, seed)
+
+
+def test_a_later_batch_widens_the_packing_of_earlier_ones():
+    batches = analysed([["alpha beta", "gamma"], ["alpha " * 300 + "beta"], [" ".join(WORDS * 4000)]], 1)
+    # narrow; frequencies and lengths past 255; lengths past 65535 (see segment_packing)
+    assert [b.packing for b in batches if b is not None] == [411, 422, 424]
+    combined = CombinedBatches.of(batches)
+    assert combined.packing == 424
+    assert_combines_like_write_time(batches, "permuted", 1)
+
+
+def test_a_batch_that_fails_to_merge_leaves_the_combination_as_it_was(monkeypatch):
+    first, second, third = analysed([["alpha beta"], ["gamma alpha delta", "epsilon"], ["beta zeta"]], 1)
+    combined = CombinedBatches.of([first])
+    before = (list(combined.vocabulary), combined.bounds.copy(), [c.copy() for c in combined.columns])
+    real = CombinedBatches._merged
+
+    def out_of_memory(self, batch, running):
+        raise MemoryError("no memory for the merge")
+
+    monkeypatch.setattr(CombinedBatches, "_merged", out_of_memory)
+    with pytest.raises(MemoryError):
+        combined.add(second)
+    assert combined.vocabulary == before[0] and np.array_equal(combined.bounds, before[1])
+    assert all(np.array_equal(a, b) for a, b in zip(combined.columns, before[2], strict=True))
+    assert combined.size == 1 and len(combined.documents) == 1
+    monkeypatch.setattr(CombinedBatches, "_merged", real)
+    combined.add(third)  # goes on as if the failed batch never came
+    expected = CombinedBatches.of([first, third])
+    assert combined.vocabulary == expected.vocabulary and np.array_equal(combined.bounds, expected.bounds)
+    assert all(np.array_equal(a, b) for a, b in zip(combined.columns, expected.columns, strict=True))
+
+
+def test_written_combined_batches_score_like_batches_written_one_by_one(tmp_path):
+    """``write`` of several batches (combined) is scored exactly like a write per batch, on an index that
+    already holds terms and tombstones."""
+    rng = random.Random(5)
+    words = [*WORDS, "café", "naïve"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(400)]
+    together, apart = sqlite3.connect(tmp_path / "together.sqlite"), sqlite3.connect(tmp_path / "apart.sqlite")
+    for conn in (together, apart):
+        INDEX.create(conn)
+        INDEX.add(conn, [(i + 1, texts[i]) for i in range(100)])
+        INDEX.remove(conn, [3, 50, 77])
+    parts = [(start, texts[start : start + 60]) for start in range(100, 400, 60)]
+    INDEX.write(together, [INDEX.analyse(range(start + 1, start + 1 + len(part)), part) for start, part in parts])
+    for start, part in parts:
+        INDEX.add(apart, list(zip(range(start + 1, start + 1 + len(part)), part, strict=True)))
+    queries = ["alpha", "beta gamma", "delta alpha zeta", "cafe naive", "omicron pi rho", "mu nu xi kappa"]
+    assert [INDEX.search(together, q, 10) for q in queries] == [INDEX.search(apart, q, 10) for q in queries]
+    live = {i + 1: text for i, text in enumerate(texts) if i + 1 not in (3, 50, 77)}
+    assert_same(INDEX, together, live, queries)
+
+
+def test_new_terms_get_ids_in_sorted_order_as_before(tmp_path):
+    """A query's terms are scored in id order: new terms numbered in sorted order, as the previous code did, keep
+    the floating-point sums of a knowledge bank written by either version identical to the bit."""
+    conn = sqlite3.connect(tmp_path / "kw.sqlite")
+    INDEX.create(conn)
+    INDEX.add(conn, [(1, "mike alpha"), (2, "alpha")])
+    before = dict(conn.execute("SELECT term, id FROM kw_terms"))
+    # first appearances: zulu, mike (known), bravo, yankee, charlie
+    batches = analysed([["zulu mike", "bravo"], ["yankee alpha zulu"], ["charlie"]], 10)
+    INDEX.write_combined(conn, CombinedBatches.of(batches))
+    ids = dict(conn.execute("SELECT term, id FROM kw_terms"))
+    assert {t: ids[t] for t in before} == before
+    new = sorted(set(ids) - set(before))
+    assert new == ["bravo", "charli", "yanke", "zulu"]  # (stemmed)
+    assert [ids[t] for t in new] == sorted(ids[t] for t in new) and min(ids[t] for t in new) > max(before.values())
+    assert INDEX.search(conn, "zulu yankee bravo", 3)[0][0] == 15  # "yankee alpha zulu" (rowids leave gaps)
+
+
+# --- through a FAISS writer ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    from stores import pending_keywords
+
+    monkeypatch.setattr(pending_keywords, "_THREAD_AT", 1)  # every batch on a helper thread
+
+
+def records(start: int, texts: list[str]) -> list[Record]:
+    return [Record(f"d{start + i}", text, {}, unit(start + i)) for i, text in enumerate(texts)]
+
+
+def keyword_ids(reader, query: str) -> list[str]:
+    return [hit.record.id for hit in reader.keyword(query, 50)]
+
+
+def merge_threads(monkeypatch) -> list[str]:
+    """The names of the threads that merge batches, in order."""
+    merged_on: list[str] = []
+    real = CombinedBatches.add
+
+    def add(self, batch):
+        merged_on.append(threading.current_thread().name)
+        real(self, batch)
+
+    monkeypatch.setattr(CombinedBatches, "add", add)
+    return merged_on
+
+
+def test_batches_are_merged_on_the_analysis_threads_not_at_commit(tmp_path, threaded, monkeypatch):
+    merged_on = merge_threads(monkeypatch)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        for start in range(0, 50, 10):
+            tx.upsert(records(start, [f"alpha beta{start}"] * 10))
+    # batches 1-4 merged on analysis threads (their own, or the next batch's, whichever saw them kept); the last
+    # one on its own thread if it was kept before its analysis ended, else by the commit
+    assert len(merged_on) == 5 and set(merged_on[:4]) == {"kb-keyword-analysis"}
+    assert len(keyword_ids(store, "alpha")) == 50 and len(keyword_ids(store, "beta20")) == 10
+
+
+def test_a_batch_kept_while_it_is_analysed_is_merged_by_its_own_thread(tmp_path, threaded, monkeypatch):
+    """The usual case at scale (an analysis outlasts the records' inserts): the commit merges nothing."""
+    merged_on = merge_threads(monkeypatch)
+    real = KeywordIndex.analyse
+    analysing = [threading.Event() for _ in range(3)]
+
+    def slow(self, rowids, texts):
+        analysing[len([e for e in analysing if e.is_set()])].set()
+        time.sleep(0.3)  # still analysing when the upsert keeps the batch
+        return real(self, rowids, texts)
+
+    monkeypatch.setattr(KeywordIndex, "analyse", slow)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        for i, start in enumerate(range(0, 30, 10)):
+            tx.upsert(records(start, [f"alpha beta{start}"] * 10))
+            assert analysing[i].wait(5)
+    assert merged_on == ["kb-keyword-analysis"] * 3
+    assert len(keyword_ids(store, "alpha")) == 30 and len(keyword_ids(store, "beta20")) == 10
+
+
+def slow_first_analysis(monkeypatch) -> list[str]:
+    """The first batch's analysis takes a while: the helper thread falls behind. Returns who analysed what."""
+    analysed_on: list[str] = []
+    real = KeywordIndex.analyse
+
+    def analyse(self, rowids, texts):
+        analysed_on.append(threading.current_thread().name)
+        if len(analysed_on) == 1:
+            time.sleep(0.5)
+        return real(self, rowids, texts)
+
+    monkeypatch.setattr(KeywordIndex, "analyse", analyse)
+    return analysed_on
+
+
+def test_a_commit_analyses_the_batches_the_helper_thread_has_not_begun(tmp_path, threaded, monkeypatch):
+    """Instead of waiting for the helper thread to get to them: the commit would only wait otherwise."""
+    analysed_on = slow_first_analysis(monkeypatch)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    with store.begin() as tx:
+        for start in range(0, 40, 10):
+            tx.upsert(records(start, [f"alpha beta{start} gamma{start % 20}"] * 10))
+    me = threading.current_thread().name
+    assert analysed_on == ["kb-keyword-analysis", me, me, me]
+    assert len(keyword_ids(store, "alpha")) == 40 and len(keyword_ids(store, "beta30")) == 10
+    assert len(keyword_ids(store, "gamma10")) == 20
+    conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    live = {rowid: text for rowid, text in conn.execute("SELECT rowid, text FROM records")}
+    assert_same(INDEX, conn, live, ["alpha", "beta20 gamma0", "gamma10 beta0"])
+    conn.close()
+
+
+def test_a_rollback_drops_the_batches_the_helper_thread_has_not_begun(tmp_path, threaded, monkeypatch):
+    analysed_on = slow_first_analysis(monkeypatch)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    tx = store.begin()
+    for start in range(0, 40, 10):
+        tx.upsert(records(start, ["alpha"] * 10))
+    tx.rollback()
+    assert analysed_on == ["kb-keyword-analysis"]  # the three others never analysed
+    assert store.count() == 0 and keyword_ids(store, "alpha") == []
+
+
+def test_a_rolled_back_writer_leaves_nothing_of_its_merged_batches(tmp_path, threaded):
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert(records(0, ["alpha", "beta"]))
+    tx = store.begin()
+    for start in range(10, 60, 10):
+        tx.upsert(records(start, ["alpha gamma"] * 10))
+    assert len(keyword_ids(tx, "gamma")) == 50  # read: every batch merged and written into the transaction
+    tx.upsert(records(60, ["gamma delta"] * 10))  # merged on a thread, not written
+    tx.rollback()
+    assert keyword_ids(store, "alpha") == ["d0"] and keyword_ids(store, "gamma") == []
+    with store.begin() as tx:  # the next writer starts from an empty combination
+        tx.upsert(records(100, ["delta"] * 3))
+        tx.upsert(records(200, ["delta epsilon"] * 3))
+    assert sorted(keyword_ids(store, "delta")) == sorted(f"d{i}" for i in [100, 101, 102, 200, 201, 202])
+    conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["docs"] == 8
+    conn.close()
+
+
+def test_a_failed_merge_refuses_the_commit_and_writes_nothing(tmp_path, threaded, monkeypatch):
+    store = FaissStore(StoreContext("kb", tmp_path))
+    store.upsert(records(0, ["alpha"]))
+    real = CombinedBatches._merged
+    calls = []
+
+    def fails_second(self, batch, running):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no memory for the merge")
+        return real(self, batch, running)
+
+    monkeypatch.setattr(CombinedBatches, "_merged", fails_second)
+    tx = store.begin()
+    for start in range(10, 50, 10):
+        tx.upsert(records(start, ["alpha beta"] * 10))
+    with pytest.raises(MemoryError):
+        tx.commit()
+    tx.rollback()
+    monkeypatch.setattr(CombinedBatches, "_merged", real)
+    reopened = FaissStore(StoreContext("kb", tmp_path))
+    assert reopened.count() == 1 and keyword_ids(reopened, "alpha") == ["d0"]
