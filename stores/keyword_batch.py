@@ -65,12 +65,23 @@ def combined_segments(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.
                       ) -> tuple[list[int], list[int], list[tuple[bytes, bytes, bytes]], int]:
     """One segment per term for several batches (rowids ascending from batch to batch): ``(term ids ascending,
     document frequencies, (docs, tfs, lengths) blobs, packing)``. ``global_ids[i]`` maps batch i's local term
-    ids to the index's. Every batch's postings are already grouped by term: one gather puts the groups in
-    (term, batch) order, no sort of postings. One row per term however many batches were buffered (at 100k
-    chunks, 13k rows instead of 67k in 20k-chunk batches)."""
+    ids to the index's. See ``combined_columns``."""
+    terms, term_starts, term_ends, columns, packing = combined_columns(batches, global_ids)
+    docs, tfs, lengths = columns
+    blobs = [(docs[s:e].tobytes(), tfs[s:e].tobytes(), lengths[s:e].tobytes())
+             for s, e in zip(term_starts.tolist(), term_ends.tolist(), strict=True)]
+    return terms.tolist(), (term_ends - term_starts).tolist(), blobs, packing
+
+
+def combined_columns(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """Several batches' postings in one go, grouped by term: ``(terms ascending, where each term's postings
+    start and end, (docs, tfs, lengths) columns, packing)``. Every batch's postings are already grouped by term:
+    one gather puts the groups in (term, batch) order, no sort of postings."""
     packing = segment_packing.widest([b.packing for b in batches])
+    empty = np.zeros(0, np.int64)
     if not any(b.postings for b in batches):  # every document empty or stop words only
-        return [], [], [], packing
+        return empty, empty, empty, (empty, empty, empty), packing
     arrays = [b.repacked(packing) for b in batches]
     offsets = np.cumsum([0, *(b.postings for b in batches)])
     group_terms = np.concatenate([g[b.segment_terms] for b, g in zip(batches, global_ids, strict=True)])
@@ -86,7 +97,4 @@ def combined_segments(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.
     first = np.concatenate(([True], terms[1:] != terms[:-1])) if terms.size else np.zeros(0, bool)
     term_starts = new_starts[first]
     term_ends = np.append(term_starts[1:], total)
-    docs, tfs, lengths = columns
-    blobs = [(docs[s:e].tobytes(), tfs[s:e].tobytes(), lengths[s:e].tobytes())
-             for s, e in zip(term_starts.tolist(), term_ends.tolist(), strict=True)]
-    return terms[first].tolist(), (term_ends - term_starts).tolist(), blobs, packing
+    return terms[first], term_starts, term_ends, (columns[0], columns[1], columns[2]), packing

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from stores.background_io import Background
 from stores.keyword_batch import AnalysedBatch
-from stores.keyword_combine import CombinedBatches
+from stores.keyword_combine import CombinedBatches, CombinedRuns
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
 
 _THREAD_AT = 256  # texts: smaller batches are analysed on the caller's thread
@@ -72,7 +72,7 @@ class PendingKeywords:
         self._work: list[Job] = []  # kept, not written yet
         self._last: Background | _Done | None = None  # the latest analysis started
         self._lock = threading.Lock()
-        self._combined = CombinedBatches()  # kept batches merged so far (under _lock)
+        self._combined = CombinedRuns()  # kept batches merged so far (under _lock)
         self._failed: BaseException | None = None  # a merge that failed: the next write raises it (under _lock)
 
     def start(self, rowids: Sequence[int], texts: Sequence[str]) -> Job | None:
@@ -191,7 +191,13 @@ class PendingKeywords:
         with self._lock:
             self._merge_locked(work)  # what no thread merged
             self._work, self.documents = [], 0
-            combined, self._combined = self._combined, CombinedBatches()
+            runs, self._combined = self._combined, CombinedRuns()
+            combined = CombinedBatches()
+            if analyse_waiting:  # a write (a rollback only forgets the runs)
+                try:
+                    combined = runs.combined()
+                except BaseException as exc:  # (memory) as a failed merge: this write must fail
+                    self._failed = self._failed or exc
             failed, self._failed = self._failed, None
         return work, combined, errors[0] if errors else failed
 

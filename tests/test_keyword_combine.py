@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stores import keyword_combine
 from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
 from stores.keyword_batch import AnalysedBatch, combined_segments
-from stores.keyword_combine import CombinedBatches, documents_in
+from stores.keyword_combine import CombinedBatches, CombinedRuns, documents_in
 from stores.keyword_index import KeywordIndex
 from tests.conformance.store_suite import unit
 from tests.test_keyword_index import WORDS, assert_same
@@ -48,7 +49,18 @@ def global_ids_for(vocabulary: list[str], how: str, rng: random.Random) -> dict[
 
 
 def assert_combines_like_write_time(batches: list[AnalysedBatch | None], how: str, seed: int) -> None:
-    combined = CombinedBatches.of(batches)
+    # grouped in one go (the default for small batches), every batch a run of its own (absorbed one into the
+    # other), and groups of a few documents: the same rows every way
+    for run_documents in (10_000, 1, 7):
+        saved, keyword_combine._RUN_DOCUMENTS = keyword_combine._RUN_DOCUMENTS, run_documents
+        try:
+            assert_combination(CombinedBatches.of(batches), batches, how, seed)
+        finally:
+            keyword_combine._RUN_DOCUMENTS = saved
+
+
+def assert_combination(combined: CombinedBatches, batches: list[AnalysedBatch | None], how: str,
+                       seed: int) -> None:
     ids = global_ids_for(combined.vocabulary, how, random.Random(seed))
     global_ids = np.asarray([ids[term] for term in combined.vocabulary], dtype=np.int64)
     present = [b for b in batches if b is not None and b.size]
@@ -172,13 +184,14 @@ def keyword_ids(reader, query: str) -> list[str]:
 def merge_threads(monkeypatch) -> list[str]:
     """The names of the threads that merge batches, in order."""
     merged_on: list[str] = []
-    real = CombinedBatches.add
+    real = CombinedRuns.add
 
     def add(self, batch):
         merged_on.append(threading.current_thread().name)
         real(self, batch)
 
-    monkeypatch.setattr(CombinedBatches, "add", add)
+    monkeypatch.setattr(CombinedRuns, "add", add)
+    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 1)  # every batch combined as it comes (no grouping)
     return merged_on
 
 
@@ -290,6 +303,7 @@ def test_a_failed_merge_refuses_the_commit_and_writes_nothing(tmp_path, threaded
         return real(self, batch, running)
 
     monkeypatch.setattr(CombinedBatches, "_merged", fails_second)
+    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 1)  # every batch a run: merges by absorbing
     tx = store.begin()
     for start in range(10, 50, 10):
         tx.upsert(records(start, ["alpha beta"] * 10))
