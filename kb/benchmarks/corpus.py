@@ -19,6 +19,7 @@ Files (``<cache>/corpus-<n>/``): ``vectors.npy`` (float32, no pickle),
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -51,17 +52,23 @@ class Corpus:
     queries: np.ndarray  # (q, 384)
     query_texts: list[str]
 
-    @property
+    # Decoded from Arrow once and kept: what peers are given as Python lists is the harness's work, done before
+    # any clock starts (``peer_run.ingest``), not part of a peer's ingestion.
+    @functools.cached_property
     def ids(self) -> list[str]:
         return self.table.column("id").to_pylist()
 
-    @property
+    @functools.cached_property
     def texts(self) -> list[str]:
         return self.table.column("text").to_pylist()
 
-    def metadatas(self) -> list[dict[str, Any]]:
+    @functools.cached_property
+    def _metadatas(self) -> list[dict[str, Any]]:
         columns = ["source", "page", "year", "category", "reviewed"]
         return self.table.select(columns).to_pylist()
+
+    def metadatas(self) -> list[dict[str, Any]]:
+        return self._metadatas
 
 
 def _words(rng: np.random.Generator) -> np.ndarray:
