@@ -92,20 +92,8 @@ class CombinedBatches:
         the state is left as it was."""
         if batch is None or not batch.size:
             return
-        known = len(self.vocabulary)
-        running = self._running_ids(batch.vocabulary)
-        try:
-            documents = DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
-                                      running[batch.doc_terms].astype(np.int32))
-            merged = self._merged(batch, running) if batch.postings else None
-        except BaseException:
-            self._forget_terms_from(known)
-            raise
-        if merged is not None:
-            self.bounds, self.columns, self.packing = merged
-        self.documents.append(documents)
-        self.size += batch.size
-        self.length += int(batch.lengths.sum())
+        self._merge_in(batch.vocabulary, [DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
+                                                        batch.doc_terms)], batch, batch.size, int(batch.lengths.sum()))
 
     def absorb(self, later: CombinedBatches) -> None:
         """Merge a combination of later batches in (its rowids above every rowid here), as if its batches had
@@ -117,20 +105,26 @@ class CombinedBatches:
             self.columns, self.packing, self.documents = later.columns, later.packing, later.documents
             self.size, self.length = later.size, later.length
             return
+        self._merge_in(later.vocabulary, later.documents, _AsBatch(later), later.size, later.length)
+
+    def _merge_in(self, vocabulary: list[str], documents: list[DocumentTerms], groups: AnalysedBatch | _AsBatch,
+                  size: int, length: int) -> None:
+        """Merge postings grouped by term (``groups``: a batch, or a combination seen as one) whose term ids
+        index ``vocabulary``, and their documents (term ids in the same space)."""
         known = len(self.vocabulary)
-        running = self._running_ids(later.vocabulary)
+        running = self._running_ids(vocabulary)
         try:
-            documents = [DocumentTerms(d.rowids, d.lengths, d.doc_counts, running[d.doc_terms].astype(np.int32))
-                         for d in later.documents]
-            merged = self._merged(_AsBatch(later), running) if later.postings else None  # type: ignore[arg-type]
+            mapped = [DocumentTerms(d.rowids, d.lengths, d.doc_counts, running[d.doc_terms].astype(np.int32))
+                      for d in documents]
+            merged = self._merged(groups, running) if groups.postings else None  # type: ignore[arg-type]
         except BaseException:
             self._forget_terms_from(known)
             raise
         if merged is not None:
             self.bounds, self.columns, self.packing = merged
-        self.documents.extend(documents)
-        self.size += later.size
-        self.length += later.length
+        self.documents.extend(mapped)
+        self.size += size
+        self.length += length
 
     def _running_ids(self, vocabulary: list[str]) -> np.ndarray:
         """Running ids of a batch's terms (its local ids index the result); new terms get the next ids."""
