@@ -21,6 +21,7 @@ from kb.disk import disk_full_error, is_disk_full
 from kb.errors import NotFoundError, PathError
 
 MAX_PATH_LENGTH = 1024
+MAX_NAME_BYTES = 255  # one name in a path (a file or a folder), as most file systems allow
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ def normalise_path(path: str) -> str:
         raise PathError(f"folder path {path!r} may not contain '..'")
     if not parts:
         raise PathError(f"folder path {path!r} names the folder itself, not a file")
+    for part in parts:
+        # the file system's limit per name (NAME_MAX); Path.is_file() raises on a longer one instead of saying no
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise PathError(f"folder path {path[:80]!r}...: the name {part[:40]!r}... is longer than "
+                            f"{MAX_NAME_BYTES} bytes of UTF-8")
     return "/" + "/".join(parts)
 
 

@@ -188,6 +188,11 @@ def test_path_traversal_in_folders(server: KBServer, admin: RemoteClient) -> Non
     for path in ("/..%2F..%2Fescape.txt", "/a/%2E%2E/%2E%2E/escape.txt"):
         response = httpx.put(base + path, content=b"x", headers=headers)
         assert response.status_code in (404, 422), (path, response.text)
+    long_name = "/" + "%C3%A9" * 128  # 256 bytes of UTF-8 in one name: past the file system's NAME_MAX
+    for method in ("GET", "PUT", "DELETE"):
+        response = httpx.request(method, base + long_name, content=b"x" if method == "PUT" else None,
+                                 headers=headers)
+        assert response.status_code == 422 and "255 bytes" in response.json()["error"]["message"], response.text
     assert folder.list_paths() == []
 
 

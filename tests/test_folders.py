@@ -49,6 +49,17 @@ def test_path_traversal_is_refused(folder: kb.ManagedFolder, path: str) -> None:
     assert not (folder.root.parent / "escape.txt").exists()
 
 
+def test_a_name_longer_than_the_file_system_allows_is_a_path_error(folder: kb.ManagedFolder) -> None:
+    fits, too_long = "é" * 127 + "x", "é" * 128  # 255 and 256 bytes of UTF-8
+    folder.upload_data(f"a/{fits}", b"x")
+    assert folder.read(f"a/{fits}") == b"x"
+    for path in (too_long, f"a/{too_long}/b.txt", f"{too_long}.txt"):
+        for call in (lambda p: folder.upload_data(p, b"x"), folder.read, folder.exists, folder.delete_path):
+            with pytest.raises(kb.PathError, match="255 bytes"):
+                call(path)
+    assert folder.list_paths() == [f"/a/{fits}"]
+
+
 def test_symlink_escape_is_refused(folder: kb.ManagedFolder, tmp_path: os.PathLike[str]) -> None:
     outside = os.path.join(tmp_path, "outside")
     os.makedirs(outside)
