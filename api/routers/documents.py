@@ -30,6 +30,7 @@ from kb.filters import parse_filter
 from kb.input_checks import check_ids
 from kb.search import SearchRequest
 from stores.base import Record
+from stores.record_batch import RecordBatch
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["documents and search"],
                    route_class=OrjsonRoute)
@@ -41,7 +42,7 @@ def _limit(request: Request, count: int, what: str) -> None:
         raise InvalidInputError(f"{count} {what} in one request; the limit is {maximum} (KB_MAX_BATCH)")
 
 
-def _records(core: CoreKnowledgeBank, documents: Sequence[DocumentIn]) -> list[Record]:
+def _records(core: CoreKnowledgeBank, documents: Sequence[DocumentIn]) -> Sequence[Record]:
     """Validate and embed (only documents without a vector go to the model)."""
     ids = [d.id or str(uuid.uuid4()) for d in documents]
     missing = [i for i, d in enumerate(documents) if d.vector is None]
@@ -64,7 +65,8 @@ def upsert(project_key: str, kb_id: str, body: UpsertIn, request: Request,
     records = _records(core, body.documents)
     with core.driver.begin() as tx:
         tx.upsert(records)
-    return {"ids": [r.id for r in records]}
+    # a record batch's ids column: iterating its Records would build (and decode metadata for) every one
+    return {"ids": list(records.ids) if isinstance(records, RecordBatch) else [r.id for r in records]}
 
 
 @router.post("/commits", summary="Apply clear/deletes/upserts as one atomic commit (the remote writer's close)")
