@@ -59,7 +59,7 @@ class PendingKeywords:
     """Batches analysed on helper threads (one at a time), written together in the writer's transaction by
     ``write``: one segment per term for all of them.
 
-    Each kept batch is merged into a running combination (``CombinedBatches``) on a helper thread: by the thread
+    Each kept batch is merged into a running combination (``CombinedRuns``) on a helper thread: by the thread
     that analysed it, if the writer kept it before that analysis ended (usual: an analysis takes longer than
     the records' checks and inserts), or else by the thread of the next batch, before its analysis (``start``
     comes after the previous ``upsert`` kept or forgot its batch). A forgotten batch is never merged. ``write``

@@ -171,3 +171,18 @@ def test_a_vector_set_on_a_prepared_record_is_the_one_stored(core: object) -> No
         tx.upsert(records)
     [hit] = core.search(vector=target.tolist(), k=1)  # type: ignore[attr-defined]
     assert hit.id == "d4" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_store_that_takes_records_gets_the_metadata_of_a_batch_kept_as_json(client: object) -> None:
+    """A bulk batch keeps plain metadata as JSON only; a store that is handed Records (Chroma here) gets it
+    decoded, every type as it was given."""
+    core = client.get_default_project().create_knowledge_bank(  # type: ignore[attr-defined]
+        "batch-chroma", embedding_llm_id=FAKE_MODEL_ID, vector_store_type="CHROMA").as_core_knowledge_bank()
+    texts, metadatas, ids, vectors = _batch(30)
+    metadatas[3]["title"] = "naïve café"
+    records = core.prepare_records(texts, metadatas, ids, vectors)
+    assert records.columns() is not None and records.metadatas is None  # the JSON is all it holds
+    core.write_texts(texts, metadatas, ids, vectors=vectors)
+    stored = {d.id: d.metadata for d in core.get_documents(ids)}
+    assert stored == dict(zip(ids, metadatas, strict=True))
+    assert type(stored["d3"]["score"]) is float and type(stored["d3"]["even"]) is bool

@@ -3,17 +3,19 @@
 ``CoreKnowledgeBank.prepare_records`` used to check every document on its own (``writers.schema.plain_metadata``,
 ``kb.input_checks.string_problem``, orjson): 5-10 us a document, most of a 100k bulk load's Python time. Here the
 checks run over whole columns through builtins that loop in C (``map``, ``set``, ``max``, ``str.__contains__``,
-orjson), and come out as one of two answers per document:
+orjson), with two outcomes:
 
-- *plain*: the document is exactly what the per-document fast path accepts unchanged (a ``str`` text with no NUL,
-  no lone surrogate, within ``MAX_TEXT_CHARS``; a ``dict`` of plain JSON scalars of the types the schema allows,
-  finite floats other than ``-0.0``, 64-bit ints, keys and strings within their limits): its metadata is copied
-  and its JSON kept;
-- *suspect*: anything else, and anything a check here cannot clear cheaply. Suspects go through the per-document
-  path, which accepts, normalises or names the problem as it always has.
+- *plain*: every document's metadata is exactly what the per-document fast path accepts unchanged (a ``dict``
+  of plain JSON scalars of the types the schema allows, finite floats other than ``-0.0``, 64-bit ints, keys
+  and strings within their limits): the batch keeps its JSON texts only (decoded, they are the copies the
+  per-document path makes). Texts are cleared here too (a ``str`` without NUL within ``MAX_TEXT_CHARS``);
+  the few that are not (non-ASCII ones may hide a lone surrogate) are checked one by one;
+- otherwise the whole batch goes through the per-document path, which accepts, normalises or names the first
+  bad document as it always has.
 
-A suspect is never a wrong answer, only a slower one; the checks may over-flag (a string value holding the six
-characters ``\\u0000`` is a suspect, a NUL is not), never under-flag.
+The checks may send a batch or a text to the per-document path when it need not go (a string value holding
+the six characters ``\\u0000`` looks like an escaped NUL), never let through what that path would refuse or
+change.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import orjson
 from kb.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, MAX_TEXT_CHARS
 from writers.schema import PLAIN_TYPES, RESERVED_PREFIX, SHORT_VALUE_CHARS
 
-_PER_KEY_AT_MOST = 64  # distinct keys checked key by key under a schema; beyond, documents are checked one by one
+_PER_KEY_AT_MOST = 64  # distinct keys checked key by key; beyond, by value (no schema) or one by one (a schema)
 
 
 def suspect_texts(texts: Sequence[Any]) -> set[int]:
