@@ -22,7 +22,6 @@ import numpy as np
 import Stemmer
 
 from kb.errors import InvalidInputError
-from stores.arrow_tokens import batch_tokens
 
 # A common English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 ENGLISH_STOP_WORDS = frozenset("""
@@ -41,7 +40,8 @@ DEFAULT_ANALYZER: dict[str, Any] = {"language": "english", "stemmer": "snowball"
                                     "k1": 0.9, "b": 0.4}
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 # For ASCII text, ``\w+`` tokens are what is left after every other ASCII character becomes a space:
-# str.translate + str.split do that in C, three times faster than the regex.
+# str.translate + str.split do that in C, three times faster than the regex (``stores.token_kernels`` does
+# the same for a batch).
 _ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
 _STEM_CACHE_LIMIT = 500_000
 
@@ -102,26 +102,15 @@ class Analyzer:
                 out[term] = out.get(term, 0) + n
         return out
 
-    def batch_terms(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Every term occurrence of a batch of texts, for the keyword index, without a Python loop per token.
-
-        Returns ``(docs, terms, vocabulary)``: for each occurrence (stop words dropped), the position of its
-        text in ``texts`` and the index of its term in ``vocabulary``; each text's occurrences in text order.
-        Same terms as ``terms`` per text: ASCII texts are tokenised by Arrow kernels (``batch_tokens``), the
-        others one at a time by ``tokens``. Only distinct tokens go through Python (stemming, stop words).
-        """
-        docs, token_index, tokens = batch_tokens(texts, self.tokens)
+    def term_ids(self, tokens: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """``(term_of_token, vocabulary)`` for distinct ``tokens``: each one's index in ``vocabulary`` (the terms,
+        numbered by first occurrence), -1 for a stop word. The batch analysis maps tokens to terms this way."""
         stems = self._lookup(tokens)
         term_index: dict[str, int] = {}
-        # "" is not a token: the whitespace split yields it at a text's edges and between blank runs
         term_of_token = np.fromiter(
-            (-1 if not token or (term := stems[token]) is None else term_index.setdefault(term, len(term_index))
+            (-1 if (term := stems[token]) is None else term_index.setdefault(term, len(term_index))
              for token in tokens), dtype=np.int32, count=len(tokens))
-        terms = term_of_token[token_index]
-        if term_of_token.size and term_of_token.min() >= 0:  # no stop word nor blank in the batch: no copies
-            return docs, terms, list(term_index)
-        kept = terms >= 0
-        return docs[kept], terms[kept], list(term_index)
+        return term_of_token, list(term_index)
 
     def _lookup(self, tokens: Iterable[str]) -> dict[str, str | None]:
         """The cached term of every token; new tokens are stemmed in one call."""

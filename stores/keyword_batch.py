@@ -1,8 +1,8 @@
 """A batch of documents analysed for the keyword index: the CPU half of ``KeywordIndex.add``, no database.
 
 Split from the writes so that a writer can run it on a helper thread while its own thread goes on (the
-FAISS transaction analyses a batch while the caller prepares the next one): Arrow's kernels and numpy's
-sorts, most of the work, release the GIL. It goes as far as the bytes of every segment row; what needs the
+FAISS transaction analyses a batch while the caller prepares the next one): the compiled kernels of
+``stores.token_kernels``, most of the work, release the GIL. It goes as far as the bytes of every segment row; what needs the
 database (global term ids, the rows themselves) is left to ``KeywordIndex.write``.
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 
 from stores import segment_packing
 from stores.analysis import Analyzer
-from stores.posting_counts import count_pairs
 
 
 @dataclass(frozen=True)
@@ -43,22 +42,47 @@ class AnalysedBatch:
 
 
 def analyse_batch(analyzer: Analyzer, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch:
+    # imported here: numba and the compiled kernels take ~0.5 s to load, which a process that never writes
+    # keywords (the CLI, a reader) should not pay at import
+    from stores import token_kernels
+
     rowids = np.asarray(rowids, dtype=np.int64)
     if rowids.size != len(texts):
         raise ValueError(f"{rowids.size} rowids for {len(texts)} texts")
-    positions, terms, vocabulary = analyzer.batch_terms(texts)
-    n = len(texts)
-    pair_terms, pair_positions, tfs = count_pairs(terms, positions, n, len(vocabulary))
-    lengths = np.bincount(positions, minlength=n)
-    # a stable sort of positions below 2**16 is a radix sort
-    by_doc = np.argsort(pair_positions.astype(np.uint16) if n <= 2**16 else pair_positions, kind="stable")
-    docs, posting_lengths = rowids[pair_positions], lengths[pair_positions]
+    data, offsets, kinds = _laid_out(analyzer, texts)
+    token_ids, ends, pool = token_kernels.tokenize(data, offsets, kinds, token_kernels.TABLES)
+    # Python sees each distinct token once (stems and stop words are looked up per distinct token)
+    tokens = pool.tobytes().decode("utf-8").split(" ")[:-1]
+    term_of_token, vocabulary = analyzer.term_ids(tokens)
+    lengths, doc_counts, doc_terms, bounds, positions, tfs = token_kernels.postings(
+        token_ids, ends, term_of_token, len(vocabulary))
+    docs, posting_lengths = rowids[positions], lengths[positions]
     packing = segment_packing.choose(docs, tfs, posting_lengths)
-    starts = np.flatnonzero(np.concatenate(([True], pair_terms[1:] != pair_terms[:-1]))) if pair_terms.size \
-        else np.zeros(0, np.int64)
-    return AnalysedBatch(rowids, vocabulary, lengths, np.bincount(pair_positions, minlength=n),
-                         pair_terms[by_doc], pair_terms[starts], np.append(starts, pair_terms.size),
+    # every term of the vocabulary occurs in some text: each has postings
+    return AnalysedBatch(rowids, vocabulary, lengths, doc_counts, doc_terms, np.arange(len(vocabulary)), bounds,
                          segment_packing.pack(packing, docs, tfs, posting_lengths), packing)
+
+
+def _laid_out(analyzer: Analyzer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The texts as the tokenizer reads them: bytes end to end, where each text starts, how to read each.
+
+    ASCII texts go as they are (the kernel does ``Analyzer.tokens``' ASCII path); any other text is tokenised
+    here by ``Analyzer.tokens`` (accent folding, Unicode ``\\w``) and goes as its tokens joined by spaces."""
+    joined = "".join(texts)
+    if joined.isascii():  # the common case: no copy per text
+        parts: Sequence[str] = texts
+        kinds = np.zeros(len(texts), np.uint8)
+        data = joined.encode("ascii")
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    else:
+        kinds = np.fromiter((0 if text.isascii() else 1 for text in texts), dtype=np.uint8, count=len(texts))
+        parts = [text.encode("ascii") if text.isascii() else " ".join(analyzer.tokens(text)).encode("utf-8")
+                 for text in texts]
+        data = b"".join(parts)
+        sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return np.frombuffer(data, dtype=np.uint8), offsets, kinds
 
 
 def combined_segments(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.ndarray]
