@@ -40,6 +40,11 @@ PEERS = ["faiss-flat", "kb-flat", "kb-flat-vectors", "langchain-faiss", "langcha
 NOT_COMPARED = {"kb-flat-vectors"}
 # Served over REST beside the Chroma server: both approximate (HNSW), both with their recall measured.
 REST_PEER = "kb-hnsw"
+# The ingestion ratios are checked on rounds run back to back: LangChain's FAISS, then kb with and without its
+# keyword index, in a rotating order. One run of each, minutes apart, measured this machine's drift as much as
+# the code (the same kb-flat load took 2.4 s to 4.1 s within ten minutes).
+INGEST_ROUND_PEERS = ["langchain-faiss", "kb-flat", "kb-flat-vectors"]
+INGEST_ROUNDS = 3
 
 
 def machine() -> dict[str, Any]:
@@ -77,6 +82,7 @@ def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) 
         tqdm.write(f"  {peer:<17} ingest {ingest['chunks_per_second']:>9,.0f} chunks/s | similarity p50 "
                    f"{serve['similarity']['p50_ms']:6.2f} ms recall@10 {serve['similarity']['recall_at_10']:.3f} "
                    f"| {time.monotonic() - started:5.0f}s")
+    ingest_rounds(size, [p for p in INGEST_ROUND_PEERS if p in peers], work, report)
     # The peers side by side in one process, query by query: the ratios the targets are checked on.
     out = work / f"compare-{size}.json"
     compared = [p for p in peers if p not in NOT_COMPARED]
@@ -92,6 +98,23 @@ def bench_size(size: int, peers: list[str], work: Path, report: dict[str, Any]) 
     for peer in peers:
         if peer != REST_PEER:  # its folder is kept for the REST comparison
             shutil.rmtree(work / f"{peer}-{size}", ignore_errors=True)
+
+
+def ingest_rounds(size: int, peers: list[str], work: Path, report: dict[str, Any]) -> None:
+    """``INGEST_ROUNDS`` more ingestions of each of ``peers``, back to back, the order rotating every round."""
+    if "langchain-faiss" not in peers or len(peers) < 2:
+        return
+    seconds: dict[str, list[float]] = {peer: [] for peer in peers}
+    for round_number in range(INGEST_ROUNDS):
+        order = peers[round_number % len(peers):] + peers[: round_number % len(peers)]
+        for peer in order:
+            folder = work / f"round-{peer}-{size}"
+            shutil.rmtree(folder, ignore_errors=True)
+            seconds[peer].append(run_peer("ingest", peer, size, folder, work)["seconds"])
+            shutil.rmtree(folder, ignore_errors=True)
+    report.setdefault("ingest_rounds", {})[str(size)] = seconds
+    tqdm.write(f"  ingestion, {INGEST_ROUNDS} rounds back to back: " + " | ".join(
+        f"{peer} " + "/".join(f"{s:.2f}" for s in runs) + " s" for peer, runs in seconds.items()))
 
 
 def bench_rest(size: int, work: Path, clients: list[int], seconds: float, workers: int,
