@@ -233,12 +233,15 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             if self._broken:
                 raise StoreError("an earlier write of this transaction failed: roll it back")
             new_generation = self.generation + 1
-            self._join_adds()
             if self._dirty and self.index is not None:
-                # the index file is written and fsynced on a helper thread while this one writes the buffered
-                # keyword postings and flushes the WAL; both are waited for before the SQLite commit that makes
-                # the new generation visible (a failure before it leaves an unreferenced file, as ever)
-                writer = Background(lambda: self._write_index(new_generation), "kb-index-write")
+                # the index file is written and fsynced on a helper thread, once the vector adds it waits for are
+                # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
+                # for before the SQLite commit that makes the new generation visible (a failure before it leaves
+                # an unreferenced file, as ever; a failed add fails the join below)
+                adding, self._adding = self._adding, None
+                writer = Background(lambda: self._write_index(new_generation, after=adding), "kb-index-write")
+            else:
+                self._join_adds()
             self._write_pending_keywords()
             if self._dirty:
                 if writer is not None:
@@ -263,8 +266,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             raise
         self._finish()
 
-    def _write_index(self, generation: int) -> None:
-        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder."""
+    def _write_index(self, generation: int, after: Background | None = None) -> None:
+        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder; first wait for
+        ``after`` (the vector adds)."""
+        if after is not None:
+            after.join()
         assert self.index is not None
         self.staging.mkdir(parents=True, exist_ok=True)
         staged = self.staging / "index.faiss"
