@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kb.errors import StoreError
 from stores import doc_blocks, keyword_index, segment_packing
 from stores.keyword_index import KeywordIndex
-from tests.test_keyword_index import assert_same, reference_bm25
+from tests.test_keyword_index import WORDS, assert_same, reference_bm25
 from tests.test_keyword_ingest import QUERIES, random_texts
 
 
@@ -294,3 +294,52 @@ def test_an_index_written_by_format_2_code_reads_changes_and_merges_like_a_fresh
     assert {r[0] for r in conn.execute("SELECT DISTINCT seg FROM kw_segments")} == {0}
     check()
     conn.close()
+
+
+def test_a_faiss_knowledge_bank_of_many_commits_ranks_like_brute_force(tmp_path, monkeypatch):
+    """Through the FAISS store: transactions of several batches (written together at commit), deletions and
+    replacements, terms merged (MERGE_AT 3), reopened. Each commit: top-10 rowids and scores of a brute-force
+    BM25 over the live texts; the segments use gapped rowids and the blocks uint16 term ids."""
+    from stores.base import Record, StoreContext
+    from stores.faiss_store import FaissStore
+    from tests.conformance.store_suite import unit
+
+    monkeypatch.setattr(keyword_index, "MERGE_AT", 3)
+    rng = random.Random(17)
+    store = FaissStore(StoreContext("kb", tmp_path))
+    texts: dict[str, str] = {}
+    queries = [*QUERIES, "alpha beta gamma delta", "café über", "zeta eta"]
+    serial = 0
+    for _ in range(8):
+        with store.begin() as tx:
+            for _ in range(rng.randint(1, 4)):  # batches of one commit
+                batch = {f"doc-{serial + i}": text for i, text in enumerate(random_texts(rng, rng.randint(5, 60)))}
+                serial += len(batch)
+                if texts and rng.random() < 0.5:  # a replacement
+                    batch[rng.choice(sorted(texts))] = " ".join(rng.choices(WORDS_AND_MORE, k=6))
+                tx.upsert([Record(doc_id, text, {}, unit(i)) for i, (doc_id, text) in enumerate(batch.items())])
+                texts.update(batch)
+            gone = rng.sample(sorted(texts), k=min(len(texts) // 5, 15))
+            assert tx.delete(gone) == len(gone)
+            for doc_id in gone:
+                del texts[doc_id]
+        reopened = FaissStore(StoreContext("kb", tmp_path))
+        conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+        rowid_of = dict(conn.execute("SELECT id, rowid FROM records"))
+        conn.close()
+        id_of = {rowid: doc_id for doc_id, rowid in rowid_of.items()}
+        live = {rowid_of[doc_id]: text for doc_id, text in texts.items()}
+        for query in queries:
+            got = [(hit.record.id, hit.score) for hit in reopened.keyword(query, 10)]
+            expected = reference_bm25(live, query, 10)
+            assert [doc for doc, _ in got] == [id_of[d] for d, _ in expected], query
+            assert np.allclose([s for _, s in got], [s for _, s in expected]), query
+    conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    assert segment_packing.GAPS16 in {r[0] // 100 for r in conn.execute("SELECT packing FROM kw_segments")}
+    assert conn.execute("SELECT MAX(segments) FROM kw_terms").fetchone()[0] < 3
+    assert all(len(terms) == 2 * int(np.frombuffer(counts, "<u4").sum())
+               for terms, counts in conn.execute("SELECT term_ids, counts FROM kw_doc_blocks"))
+    conn.close()
+
+
+WORDS_AND_MORE = [*WORDS, "café", "naïve", "Über", "omega"]
