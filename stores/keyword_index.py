@@ -261,7 +261,7 @@ class KeywordIndex(BatchWrites):
         if not parts:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        docs = np.concatenate([p[0] for p in parts]).astype(np.int64)
+        docs = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)  # gapped rows: int64 already
         tfs = np.concatenate([p[1] for p in parts]).astype(np.float64)
         lengths = np.concatenate([p[2] for p in parts]).astype(np.float64)
         if deleted is not None and deleted.size:
