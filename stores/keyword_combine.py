@@ -186,18 +186,17 @@ class CombinedBatches:
     # --- what a write needs, once the database's term ids are known -----------------------------------------
 
     def segments(self, global_ids: np.ndarray
-                 ) -> tuple[list[int], list[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
-        """``(term ids ascending, document frequencies, (docs, tfs, lengths) per term, packing)``: the rows of
-        one new segment per term. The arrays are views of the combined postings (sqlite3 binds any contiguous
-        buffer as a blob, copying it: no bytes object per array)."""
+                 ) -> tuple[list[int], list[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]]:
+        """``(term ids ascending, document frequencies, (docs, tfs, lengths, packing, doc_base) per term)``: the
+        rows of one new segment per term, each term's rowids gapped where they fit (``segment_packing.rows``,
+        whose gaps are computed for the whole column at once). The arrays are views of the combined postings
+        (sqlite3 binds any contiguous buffer as a blob, copying it: no bytes object per array)."""
         sizes = np.diff(self.bounds)
         present = np.flatnonzero(sizes)  # every term of a batch has postings; kept safe all the same
         order = present if _offset(global_ids) is not None else present[np.argsort(global_ids[present], kind="stable")]
-        starts, ends = self.bounds[order].tolist(), self.bounds[order + 1].tolist()
-        docs, tfs, lengths = self.columns
-        rows = ((docs[s:e], tfs[s:e], lengths[s:e]) for s, e in zip(starts, ends, strict=True))
         packing = self.packing if self.packing is not None else segment_packing.choose(*_NO_POSTINGS)
-        return global_ids[order].tolist(), sizes[order].tolist(), rows, packing
+        rows = segment_packing.rows(packing, *self.columns, self.bounds[order], self.bounds[order + 1])
+        return global_ids[order].tolist(), sizes[order].tolist(), rows
 
 
 class _AsBatch:

@@ -11,10 +11,11 @@ Layout (tables ``kw_*``), a small log-structured design:
 - ``kw_terms``: term → id, document frequency, number of segments;
 - ``kw_segments``: per term, one row per ``write`` (all the batches a writer
   buffered) holding three packed arrays (doc rowids, term frequencies, doc
-  lengths) at the widths ``packing`` names (``stores.segment_packing``). A
-  batch of 10k chunks writes one row per distinct term instead of one per
-  posting (the first format, a row per posting, spent two thirds of a write
-  on SQLite inserts);
+  lengths) at the widths ``packing`` names (``stores.segment_packing``), the
+  rowids as uint16 gaps after ``doc_base`` where they fit. A batch of 10k
+  chunks writes one row per distinct term instead of one per posting (the
+  first format, a row per posting, spent two thirds of a write on SQLite
+  inserts);
 - ``kw_doc_blocks``: each document's length and term ids (to undo it), in
   blocks of documents (``stores.doc_blocks``); indexes written before blocks
   keep a ``kw_docs`` row per document, and rowids that cannot go in a block
@@ -24,6 +25,11 @@ Layout (tables ``kw_*``), a small log-structured design:
   its tombstoned postings dropped) once it has ``MERGE_AT`` segments, and
   all segments are rewritten once tombstones pass a quarter of the index;
 - ``kw_stats``: document count, total length, counters, format.
+
+Format 3 (gapped rowids in segments, uint16 term ids in document blocks) is a
+one-way change: this code reads and writes indexes of formats 1 and 2 (their
+rows read as they were written; new rows beside them use format 3's widths),
+but code before format 3 cannot read a row written by this one.
 
 Document frequencies and lengths are exact at every commit, so scores do not
 depend on merge state. The caller owns the connection and the transaction;
@@ -45,7 +51,7 @@ from stores.keyword_search import PostingsCache, ScoredPostings, idf, top_k
 from stores.keyword_writes import _BATCH, BatchWrites, _marks
 
 MERGE_AT = 8  # segments per term before they are merged into one
-FORMAT = 2
+FORMAT = 3  # 3: gapped segment rowids and uint16 block term ids, unreadable by format 2's code
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
 _TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
 
@@ -85,6 +91,9 @@ class KeywordIndex(BatchWrites):
             # rows of earlier versions read the default: int64 / uint32 / uint32, as they were written
             conn.execute("ALTER TABLE kw_segments ADD COLUMN packing INTEGER NOT NULL "
                          f"DEFAULT {segment_packing.LEGACY}")
+        if "doc_base" not in {row[1] for row in conn.execute("PRAGMA table_info(kw_segments)")}:
+            # a GAPS16 row's first rowid (format 3); rows of other packings leave it 0
+            conn.execute("ALTER TABLE kw_segments ADD COLUMN doc_base INTEGER NOT NULL DEFAULT 0")
         if not self._clustered_by_term(conn):
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
         conn.execute("CREATE TABLE IF NOT EXISTS kw_docs (doc INTEGER PRIMARY KEY, length INTEGER NOT NULL, "
@@ -145,10 +154,9 @@ class KeywordIndex(BatchWrites):
         starts = np.flatnonzero(np.concatenate(([True], term_ids[1:] != term_ids[:-1])))
         ends = np.append(starts[1:], term_ids.size)
         packing = segment_packing.choose(docs, tfs, lengths)
-        docs_p, tfs_p, lengths_p = segment_packing.pack(packing, docs, tfs, lengths)
+        packed = segment_packing.pack(packing, docs, tfs, lengths)
         self._insert_segments(conn, term_ids[starts].tolist(), (ends - starts).tolist(),
-                              [(docs_p[s:e].tobytes(), tfs_p[s:e].tobytes(), lengths_p[s:e].tobytes())
-                               for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], packing, {})
+                              segment_packing.rows(packing, *packed, starts, ends), {})
 
     def remove(self, conn: sqlite3.Connection, rowids: Sequence[int]) -> None:
         dtype = self._term_dtype(conn)
@@ -214,10 +222,8 @@ class KeywordIndex(BatchWrites):
                 dropped += int(docs.size - keep.sum())
                 docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
             if docs.size:
-                packing = segment_packing.choose(docs, tfs, lengths)
-                conn.execute("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
-                             "VALUES (?, 0, ?, ?, ?, ?)",
-                             (term, *segment_packing.blobs(packing, docs, tfs, lengths), packing))
+                conn.execute("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing, doc_base) "
+                             "VALUES (?, 0, ?, ?, ?, ?, ?)", (term, *segment_packing.row(docs, tfs, lengths)))
             conn.execute("UPDATE kw_terms SET segments = ? WHERE id = ?", (int(docs.size > 0), term))
         if dropped:
             self._bump(conn, "deleted", -dropped)
@@ -250,12 +256,12 @@ class KeywordIndex(BatchWrites):
 
     def _postings(self, conn: sqlite3.Connection, term: int,
                   deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = [segment_packing.unpack(packing, *blobs) for *blobs, packing in conn.execute(
-            "SELECT docs, tfs, lengths, packing FROM kw_segments WHERE term_id = ?", (term,))]
+        parts = [segment_packing.unpack(*row) for row in conn.execute(
+            "SELECT packing, docs, tfs, lengths, doc_base FROM kw_segments WHERE term_id = ?", (term,))]
         if not parts:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        docs = np.concatenate([p[0] for p in parts]).astype(np.int64)
+        docs = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)  # gapped rows: int64 already
         tfs = np.concatenate([p[1] for p in parts]).astype(np.float64)
         lengths = np.concatenate([p[2] for p in parts]).astype(np.float64)
         if deleted is not None and deleted.size:

@@ -50,9 +50,8 @@ class BatchWrites:
         global_ids = np.fromiter(map(ids.__getitem__, vocabulary), dtype=np.int64, count=len(vocabulary))
         for batch, doc_terms in documents_in(combined.documents, global_ids):
             self._write_doc_terms(conn, batch, doc_terms)
-        term_ids, dfs, blobs, packing = combined.segments(global_ids)
-        self._insert_segments(conn, term_ids, dfs, blobs, packing,
-                              {term_id: term for term, term_id in new_terms.items()})
+        term_ids, dfs, rows = combined.segments(global_ids)
+        self._insert_segments(conn, term_ids, dfs, rows, {term_id: term for term, term_id in new_terms.items()})
         self._bump(conn, "docs", combined.size)
         self._bump(conn, "length", combined.length)
         self._bump(conn, "postings", combined.postings)
@@ -73,15 +72,16 @@ class BatchWrites:
         ])
 
     def _insert_segments(self, conn: sqlite3.Connection, term_ids: list[int], dfs: list[int],
-                         blobs: Iterable[tuple[Blob, Blob, Blob]], packing: int, new_terms: dict[int, str]) -> None:
-        """One new segment (``blobs``, packed as ``packing``) per term; document frequencies and segment counts
-        follow. ``new_terms`` (id -> term) are not in kw_terms yet: inserted with their counts, one statement
-        instead of an insert and an update each."""
+                         rows: Iterable[tuple[Blob, Blob, Blob, int, int]], new_terms: dict[int, str]) -> None:
+        """One new segment per term: ``rows`` are its (docs, tfs, lengths, packing, doc_base) as
+        ``segment_packing.rows`` makes them; document frequencies and segment counts follow. ``new_terms``
+        (id -> term) are not in kw_terms yet: inserted with their counts, one statement instead of an insert
+        and an update each."""
         seg = self._stats(conn)["next_seg"]
         self._bump(conn, "next_seg", 1)
-        conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         ((term, seg, *blob, packing) for term, blob in zip(term_ids, blobs, strict=True)))
+        conn.executemany("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths, packing, doc_base) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         ((term, seg, *row) for term, row in zip(term_ids, rows, strict=True)))
         conn.executemany("INSERT INTO kw_terms (term, id, df, segments) VALUES (?, ?, ?, 1)",
                          [(new_terms[term], term, df) for term, df in zip(term_ids, dfs, strict=True)
                           if term in new_terms])
