@@ -2,8 +2,8 @@
 
 Split from the writes so that a writer can run it on a helper thread while its own thread goes on (the
 FAISS transaction analyses a batch while the caller prepares the next one): the compiled kernels of
-``stores.token_kernels``, most of the work, release the GIL. It goes as far as the bytes of every segment row; what needs the
-database (global term ids, the rows themselves) is left to ``KeywordIndex.write``.
+``stores.token_kernels``, most of the work, release the GIL. It goes as far as the bytes of every segment
+row; what needs the database (global term ids, the rows themselves) is left to ``KeywordIndex.write``.
 """
 
 from __future__ import annotations
