@@ -40,7 +40,7 @@ DEFAULT_ANALYZER: dict[str, Any] = {"language": "english", "stemmer": "snowball"
                                     "k1": 0.9, "b": 0.4}
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 # For ASCII text, ``\w+`` tokens are what is left after every other ASCII character becomes a space:
-# str.translate + str.split do that in C, three times faster than the regex (``stores.token_kernels`` does
+# str.translate + str.split do that in C, three times faster than the regex (``stores.keyword_kernels`` does
 # the same for a batch).
 _ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
 _STEM_CACHE_LIMIT = 500_000

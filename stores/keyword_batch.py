@@ -2,7 +2,7 @@
 
 Split from the writes so that a writer can run it on a helper thread while its own thread goes on (the
 FAISS transaction analyses a batch while the caller prepares the next one): the compiled kernels of
-``stores.token_kernels``, most of the work, release the GIL. It goes as far as the bytes of every segment
+``stores.keyword_kernels``, most of the work, release the GIL. It goes as far as the bytes of every segment
 row; what needs the database (global term ids, the rows themselves) is left to ``KeywordIndex.write``.
 """
 
@@ -44,17 +44,17 @@ class AnalysedBatch:
 def analyse_batch(analyzer: Analyzer, rowids: Sequence[int], texts: Sequence[str]) -> AnalysedBatch:
     # imported here: numba and the compiled kernels take ~0.5 s to load, which a process that never writes
     # keywords (the CLI, a reader) should not pay at import
-    from stores import token_kernels
+    from stores import keyword_kernels
 
     rowids = np.asarray(rowids, dtype=np.int64)
     if rowids.size != len(texts):
         raise ValueError(f"{rowids.size} rowids for {len(texts)} texts")
     data, offsets, kinds = _laid_out(analyzer, texts)
-    token_ids, ends, pool = token_kernels.tokenize(data, offsets, kinds, token_kernels.TABLES)
+    token_ids, ends, pool = keyword_kernels.tokenize(data, offsets, kinds, keyword_kernels.TABLES)
     # Python sees each distinct token once (stems and stop words are looked up per distinct token)
     tokens = pool.tobytes().decode("utf-8").split(" ")[:-1]
     term_of_token, vocabulary = analyzer.term_ids(tokens)
-    lengths, doc_counts, doc_terms, bounds, positions, tfs = token_kernels.postings(
+    lengths, doc_counts, doc_terms, bounds, positions, tfs = keyword_kernels.postings(
         token_ids, ends, term_of_token, len(vocabulary))
     docs, posting_lengths = rowids[positions], lengths[positions]
     packing = segment_packing.choose(docs, tfs, posting_lengths)
@@ -101,7 +101,8 @@ def combined_columns(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.n
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], int]:
     """Several batches' postings in one go, grouped by term: ``(terms ascending, where each term's postings
     start and end, (docs, tfs, lengths) columns, packing)``. Every batch's postings are already grouped by term:
-    one gather puts the groups in (term, batch) order, no sort of postings."""
+    the groups are put in (term, batch) order by copying each as a block (``keyword_kernels.copy_groups``), no
+    sort of postings and no gather by index."""
     packing = segment_packing.widest([b.packing for b in batches])
     empty = np.zeros(0, np.int64)
     if not any(b.postings for b in batches):  # every document empty or stop words only
@@ -116,8 +117,15 @@ def combined_columns(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.n
     sizes, starts, terms = group_sizes[order], group_starts[order], group_terms[order]
     new_starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
     total = int(offsets[-1])
-    gather = np.arange(total, dtype=np.int64) + np.repeat(starts - new_starts, sizes)
-    columns = [np.concatenate([a[c] for a in arrays])[gather] for c in range(3)]
+    from stores import keyword_kernels  # see analyse_batch
+
+    columns = []
+    for c in range(3):
+        source = np.concatenate([a[c] for a in arrays])
+        out = np.empty(total, dtype=source.dtype)
+        keyword_kernels.copy_groups(source.view(np.uint8), starts, sizes, new_starts, source.dtype.itemsize,
+                                    out.view(np.uint8))
+        columns.append(out)
     first = np.concatenate(([True], terms[1:] != terms[:-1])) if terms.size else np.zeros(0, bool)
     term_starts = new_starts[first]
     term_ends = np.append(term_starts[1:], total)

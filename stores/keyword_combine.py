@@ -1,17 +1,14 @@
-"""Buffered keyword batches combined as they arrive: one group of postings per term for all of them.
+"""Buffered keyword batches combined into one group of postings per term for all of them.
 
 A FAISS writer buffers its batches and writes them together, one segment per term (``KeywordIndex.write``).
-Combining them all at commit (``combined_segments``: a sort of every batch's term groups and a gather of every
-posting) cost 0.1-0.35 s of the commit at 100k chunks, with the writer's thread waiting. Here each batch is
-merged into a running state as soon as it is analysed, on the analysis thread, in a term space of the
-writer's own (running term ids: a term's id is its rank of first appearance among the buffered batches); the
-database's term ids are only known at write time, when mapping the running ids to them is one small lookup
-per distinct term. The commit is left with mapping ids and inserting rows.
-
-A merge keeps each term's postings contiguous, batch after batch (rowids ascend from batch to batch, so each
-term's documents stay ascending): a batch whose terms are all new is appended; otherwise one mask says which
-posting of the merged arrays comes from the batch, and two masked copies per array place the old postings and
-the batch's (streaming copies, about twice as fast as a gather by index, and numpy releases the GIL in them).
+Small batches are grouped on the analysis thread as they come (``CombinedRuns``: a group of ~10k documents
+is combined in one go into a run); a bulk load's batches are runs as they are. At write time the runs are
+combined in one go: one sort of their term groups, then each group copied as a block (``combined_columns``;
+at 100k chunks ~0.1 s for 7M postings, where merging each run into the one before as it came copied every
+posting three times over on the analysis thread, which then fell behind the writer). Term ids are a
+writer's own until then (running ids: a term's rank of first appearance among the buffered batches); the
+database's are only known at write time, when mapping the running ids to them is one small lookup per
+distinct term, and each document's term ids go from its batch's ids to the database's in one lookup.
 """
 
 from __future__ import annotations
@@ -34,7 +31,8 @@ class DocumentTerms:
     rowids: np.ndarray  # int64
     lengths: np.ndarray  # terms per document
     doc_counts: np.ndarray  # distinct terms per document ...
-    doc_terms: np.ndarray  # ... and their running term ids, document after document (int32)
+    doc_terms: np.ndarray  # ... and their term ids, document after document, in the batch's own ids (int32) ...
+    running: np.ndarray  # ... which this maps to running ids: mapped once, to the database's, at write time
 
 
 class CombinedBatches:
@@ -60,24 +58,25 @@ class CombinedBatches:
         return runs.combined()
 
     @classmethod
-    def from_batches(cls, batches: list[AnalysedBatch]) -> CombinedBatches:
-        """Several batches (rowids ascending from one to the next) combined in one go: one sort of their term
-        groups and one gather of their postings (``combined_columns``), however many batches."""
+    def from_batches(cls, batches: list[AnalysedBatch | CombinedBatches]) -> CombinedBatches:
+        """Several batches, or combinations of batches (rowids ascending from one to the next), combined in one
+        go: one sort of their term groups and one gather of their postings (``combined_columns``), however many
+        there are."""
         combined = cls()
-        batches = [b for b in batches if b is not None and b.size]
-        locals_ = [combined._running_ids(batch.vocabulary) for batch in batches]
-        terms, starts, ends, columns, packing = combined_columns(batches, locals_) if batches else (
+        parts = [_AsBatch(b) if isinstance(b, CombinedBatches) else b for b in batches if b is not None and b.size]
+        locals_ = [combined._running_ids(part.vocabulary) for part in parts]
+        terms, starts, ends, columns, packing = combined_columns(parts, locals_) if parts else (
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), _NO_POSTINGS, None)
         sizes = np.zeros(len(combined.vocabulary), np.int64)
         sizes[terms] = ends - starts
         combined.bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         combined.columns = columns
-        combined.packing = packing if any(b.postings for b in batches) else None
-        for batch, running in zip(batches, locals_, strict=True):
-            combined.documents.append(DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
-                                                    running[batch.doc_terms].astype(np.int32)))
-            combined.size += batch.size
-            combined.length += int(batch.lengths.sum())
+        combined.packing = packing if any(part.postings for part in parts) else None
+        for part, running in zip(parts, locals_, strict=True):
+            combined.documents += [DocumentTerms(d.rowids, d.lengths, d.doc_counts, d.doc_terms, running[d.running])
+                                   for d in _documents(part)]
+            combined.size += part.size
+            combined.length += part.length if isinstance(part, _AsBatch) else int(part.lengths.sum())
         return combined
 
     @property
@@ -86,45 +85,6 @@ class CombinedBatches:
 
     def rowids(self) -> np.ndarray:
         return np.concatenate([d.rowids for d in self.documents]) if self.documents else np.zeros(0, np.int64)
-
-    def add(self, batch: AnalysedBatch | None) -> None:
-        """Merge a batch in (its rowids above every rowid already here). All or nothing: on a failure (memory)
-        the state is left as it was."""
-        if batch is None or not batch.size:
-            return
-        self._merge_in(batch.vocabulary, [DocumentTerms(batch.rowids, batch.lengths, batch.doc_counts,
-                                                        batch.doc_terms)], batch, batch.size, int(batch.lengths.sum()))
-
-    def absorb(self, later: CombinedBatches) -> None:
-        """Merge a combination of later batches in (its rowids above every rowid here), as if its batches had
-        been added one by one. All or nothing, as ``add``."""
-        if not later.size:
-            return
-        if not self.size and not self.vocabulary:  # nothing here yet: take its state as it is
-            self.vocabulary, self._ids, self.bounds = later.vocabulary, later._ids, later.bounds
-            self.columns, self.packing, self.documents = later.columns, later.packing, later.documents
-            self.size, self.length = later.size, later.length
-            return
-        self._merge_in(later.vocabulary, later.documents, _AsBatch(later), later.size, later.length)
-
-    def _merge_in(self, vocabulary: list[str], documents: list[DocumentTerms], groups: AnalysedBatch | _AsBatch,
-                  size: int, length: int) -> None:
-        """Merge postings grouped by term (``groups``: a batch, or a combination seen as one) whose term ids
-        index ``vocabulary``, and their documents (term ids in the same space)."""
-        known = len(self.vocabulary)
-        running = self._running_ids(vocabulary)
-        try:
-            mapped = [DocumentTerms(d.rowids, d.lengths, d.doc_counts, running[d.doc_terms].astype(np.int32))
-                      for d in documents]
-            merged = self._merged(groups, running) if groups.postings else None  # type: ignore[arg-type]
-        except BaseException:
-            self._forget_terms_from(known)
-            raise
-        if merged is not None:
-            self.bounds, self.columns, self.packing = merged
-        self.documents.extend(mapped)
-        self.size += size
-        self.length += length
 
     def _running_ids(self, vocabulary: list[str]) -> np.ndarray:
         """Running ids of a batch's terms (its local ids index the result); new terms get the next ids."""
@@ -139,49 +99,6 @@ class CombinedBatches:
                 ids.pop(term, None)
             del self.vocabulary[known:]
             raise
-
-    def _forget_terms_from(self, known: int) -> None:
-        """Take back the running ids from ``known`` on (a batch that could not be merged)."""
-        for term in self.vocabulary[known:]:
-            del self._ids[term]
-        del self.vocabulary[known:]
-
-    def _merged(self, batch: AnalysedBatch, running: np.ndarray
-                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], int]:
-        packing = batch.packing if self.packing is None else segment_packing.widest([self.packing, batch.packing])
-        old = self.columns if packing == self.packing else segment_packing.pack(packing, *self.columns)
-        new = batch.repacked(packing)
-        terms = running[batch.segment_terms]  # a running id per group of the batch's postings (distinct)
-        group_sizes = np.diff(batch.segment_bounds)
-        known = self.bounds.size - 1
-        sizes = np.zeros(len(self.vocabulary), np.int64)
-        sizes[:known] = np.diff(self.bounds)
-        batch_sizes = np.zeros(len(self.vocabulary), np.int64)
-        batch_sizes[terms] = group_sizes
-        bounds = np.concatenate(([0], np.cumsum(sizes + batch_sizes)))
-        ascending = bool(terms.size < 2 or np.all(terms[1:] > terms[:-1]))
-        if known == 0 and ascending:  # the first batch with postings
-            return bounds, new, packing
-        if ascending and int(terms[0]) >= known:  # only new terms, in order: appended
-            return bounds, (np.concatenate((old[0], new[0])), np.concatenate((old[1], new[1])),
-                            np.concatenate((old[2], new[2]))), packing
-        if not ascending:  # the batch's groups in running-id order (terms seen before come first in a batch)
-            order = np.argsort(terms, kind="stable")
-            starts = batch.segment_bounds[:-1][order]
-            ordered_sizes = group_sizes[order]
-            new_starts = np.concatenate(([0], np.cumsum(ordered_sizes)[:-1]))
-            gather = np.arange(batch.postings, dtype=np.int64) + np.repeat(starts - new_starts, ordered_sizes)
-            new = tuple(column[gather] for column in new)
-        # per term: its old postings, then the batch's
-        from_batch = np.repeat(np.tile(np.array([False, True]), sizes.size), np.stack((sizes, batch_sizes), 1).ravel())
-        from_state = ~from_batch
-        columns = []
-        for a, b in zip(old, new, strict=True):
-            merged = np.empty(int(bounds[-1]), dtype=a.dtype)
-            merged[from_state] = a
-            merged[from_batch] = b
-            columns.append(merged)
-        return bounds, (columns[0], columns[1], columns[2]), packing
 
     # --- what a write needs, once the database's term ids are known -----------------------------------------
 
@@ -200,32 +117,37 @@ class CombinedBatches:
 
 
 class _AsBatch:
-    """A combination seen as one analysed batch by ``CombinedBatches._merged``: its terms with postings, in
-    running-id order, each term's postings one group."""
+    """A combination seen as one analysed batch by ``CombinedBatches.from_batches``: its terms with postings,
+    in running-id order, each term's postings one group; its documents, term ids in its running ids."""
 
     def __init__(self, combined: CombinedBatches) -> None:
         present = np.flatnonzero(np.diff(combined.bounds))
         self.segment_terms = present
         self.segment_bounds = np.append(combined.bounds[present], combined.bounds[-1])
-        self.packing = combined.packing
+        self.packing = combined.packing if combined.packing is not None else segment_packing.choose(*_NO_POSTINGS)
         self.postings = combined.postings
         self._columns = combined.columns
+        self.vocabulary, self.documents = combined.vocabulary, combined.documents
+        self.size, self.length = combined.size, combined.length
 
     def repacked(self, packing: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._columns if packing == self.packing else segment_packing.pack(packing, *self._columns)
 
 
 class CombinedRuns:
-    """Batches combined as they come, with copying bounded like a binary counter's carries.
+    """Batches combined as they come, each posting copied twice at most.
 
     Merging each batch into one running combination copies everything merged so far: a writer sending 200-text
     batches (a REST client's) made that quadratic (50k chunks: 4.3 s instead of 2.6 s). Here batches are grouped
-    until they hold ``_RUN_DOCUMENTS`` documents (a bulk load's batches are a group each) and a group is combined
-    in one go into a run; the youngest run is absorbed by the one before it while it is at least half its size,
-    so every posting is copied O(log n) times. ``combined()`` folds what is left into one."""
+    until they hold ``_RUN_DOCUMENTS`` documents, and a group of several batches is combined in one go into a
+    run (on the analysis thread); a group of one batch (a bulk load's) is a run as it is. ``combined()`` combines
+    the runs in one go (one sort of their term groups, one gather of their postings). A writer writes its
+    buffered batches at ``PENDING_KEYWORD_DOCUMENTS``, so there are a handful of runs at most. (Absorbing runs
+    pairwise as they came, like a binary counter's carries, copied a 100k bulk load's postings three times over
+    on the analysis thread, which then fell behind the writer.)"""
 
     def __init__(self) -> None:
-        self._runs: list[CombinedBatches] = []
+        self._runs: list[AnalysedBatch | CombinedBatches] = []
         self._group: list[AnalysedBatch] = []
         self._group_documents = 0
 
@@ -247,33 +169,36 @@ class CombinedRuns:
         if not self._group:
             return
         group, self._group, self._group_documents = self._group, [], 0
-        self._runs.append(CombinedBatches.from_batches(group))
-        while len(self._runs) >= 2 and _weight(self._runs[-1]) * 2 >= _weight(self._runs[-2]):
-            self._runs[-2].absorb(self._runs[-1])
-            self._runs.pop()
+        self._runs.append(group[0] if len(group) == 1 else CombinedBatches.from_batches(group))
 
     def combined(self) -> CombinedBatches:
         self._close_group()
-        while len(self._runs) >= 2:
-            self._runs[-2].absorb(self._runs[-1])
-            self._runs.pop()
-        return self._runs[0] if self._runs else CombinedBatches()
+        runs, self._runs = self._runs, []
+        if len(runs) == 1 and isinstance(runs[0], CombinedBatches):
+            return runs[0]
+        return CombinedBatches.from_batches(runs)
 
 
 _RUN_DOCUMENTS = 10_000
 
 
-def _weight(run: CombinedBatches) -> int:
-    return max(run.postings, run.size)
+def _documents(part: AnalysedBatch | _AsBatch) -> list[DocumentTerms]:
+    """A part's documents, term ids in the part's own (local or running) ids."""
+    if isinstance(part, _AsBatch):
+        return part.documents
+    identity = np.arange(len(part.vocabulary), dtype=np.int64)
+    return [DocumentTerms(part.rowids, part.lengths, part.doc_counts, part.doc_terms, identity)]
 
 
 def documents_in(documents: list[DocumentTerms], global_ids: np.ndarray
                  ) -> Iterator[tuple[DocumentTerms, np.ndarray]]:
-    """Each batch's documents with their term ids in the database's ids (``global_ids[running id]``)."""
-    offset = _offset(global_ids)
+    """Each batch's documents with their term ids in the database's ids (``global_ids[running id]``): one
+    lookup per posting, through the batch's own ids to the database's."""
     for batch in documents:
-        # ids consecutive in running order (e.g. new terms first seen in sorted order): a shift, not a lookup
-        yield batch, (batch.doc_terms + np.int32(offset) if offset is not None else global_ids[batch.doc_terms])
+        mapping = global_ids[batch.running]
+        offset = _offset(mapping)
+        # ids consecutive in the batch's order (e.g. new terms first seen in sorted order): a shift, not a lookup
+        yield batch, (batch.doc_terms + np.int32(offset) if offset is not None else mapping[batch.doc_terms])
 
 
 def _offset(global_ids: np.ndarray) -> int | None:

@@ -1,4 +1,4 @@
-"""The keyword index's batch analysis (compiled kernels, ``stores.token_kernels``) gives, for every text, exactly
+"""The keyword index's batch analysis (compiled kernels, ``stores.keyword_kernels``) gives, for every text, exactly
 the terms and frequencies of ``Analyzer.term_counts``, and postings laid out as the index writes them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stores import segment_packing, token_kernels
+from stores import keyword_kernels, segment_packing
 from stores.analysis import Analyzer, analyzer_settings
 from stores.keyword_batch import AnalysedBatch, analyse_batch
 
@@ -110,8 +110,8 @@ def test_tokenize_kernel_reads_each_text_by_its_table():
     """A raw text is lowercased and split on non-word bytes; a tokenised one (kind 1) is read as it is."""
     data = np.frombuffer("Hello, WORLD hello ÀB_c".encode(), dtype=np.uint8)
     split = len("Hello, WORLD hello ")
-    token_ids, ends, pool = token_kernels.tokenize(data, np.array([0, split, data.size], np.int64),
-                                                   np.array([token_kernels.RAW, token_kernels.TOKENISED], np.uint8),
-                                                   token_kernels.TABLES)
+    token_ids, ends, pool = keyword_kernels.tokenize(data, np.array([0, split, data.size], np.int64),
+                                                   np.array([keyword_kernels.RAW, keyword_kernels.TOKENISED], np.uint8),
+                                                   keyword_kernels.TABLES)
     assert pool.tobytes().decode().split(" ")[:-1] == ["hello", "world", "ÀB_c"]
     assert token_ids.tolist() == [0, 1, 0, 2] and ends.tolist() == [3, 4]

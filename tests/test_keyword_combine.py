@@ -107,25 +107,30 @@ def test_a_later_batch_widens_the_packing_of_earlier_ones():
     assert_combines_like_write_time(batches, "permuted", 1)
 
 
-def test_a_batch_that_fails_to_merge_leaves_the_combination_as_it_was(monkeypatch):
-    first, second, third = analysed([["alpha beta"], ["gamma alpha delta", "epsilon"], ["beta zeta"]], 1)
-    combined = CombinedBatches.of([first])
-    before = (list(combined.vocabulary), combined.bounds.copy(), [c.copy() for c in combined.columns])
-    real = CombinedBatches._merged
+def test_a_group_that_fails_to_combine_leaves_the_runs_before_it(monkeypatch):
+    """Small batches are combined a group at a time: a group that fails (memory) is lost whole, and what was
+    combined before it is left as it was (the writer then refuses to write any of it: see below)."""
+    first, second, third, fourth, fifth = analysed(
+        [["alpha beta"], ["gamma alpha"], ["delta", "epsilon"], ["zeta"], ["eta alpha"]], 1)
+    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 2)
+    runs = CombinedRuns()
+    runs.add(first)
+    runs.add(second)  # a group of two batches: combined into a run
+    real = CombinedBatches.from_batches
 
-    def out_of_memory(self, batch, running):
-        raise MemoryError("no memory for the merge")
+    def out_of_memory(batches):
+        raise MemoryError("no memory for the group")
 
-    monkeypatch.setattr(CombinedBatches, "_merged", out_of_memory)
+    monkeypatch.setattr(CombinedBatches, "from_batches", out_of_memory)
+    runs.add(third)  # a group of one batch (two documents) is a run as it is: nothing to combine
+    runs.add(fourth)
     with pytest.raises(MemoryError):
-        combined.add(second)
-    assert combined.vocabulary == before[0] and np.array_equal(combined.bounds, before[1])
-    assert all(np.array_equal(a, b) for a, b in zip(combined.columns, before[2], strict=True))
-    assert combined.size == 1 and len(combined.documents) == 1
-    monkeypatch.setattr(CombinedBatches, "_merged", real)
-    combined.add(third)  # goes on as if the failed batch never came
-    expected = CombinedBatches.of([first, third])
-    assert combined.vocabulary == expected.vocabulary and np.array_equal(combined.bounds, expected.bounds)
+        runs.add(fifth)  # closes the group of the fourth and fifth batches
+    monkeypatch.setattr(CombinedBatches, "from_batches", real)
+    combined = runs.combined()
+    expected = CombinedBatches.of([first, second, third])
+    assert combined.size == 4 and combined.vocabulary == expected.vocabulary
+    assert np.array_equal(combined.bounds, expected.bounds)
     assert all(np.array_equal(a, b) for a, b in zip(combined.columns, expected.columns, strict=True))
 
 
@@ -298,23 +303,20 @@ def test_a_rolled_back_writer_leaves_nothing_of_its_merged_batches(tmp_path, thr
 def test_a_failed_merge_refuses_the_commit_and_writes_nothing(tmp_path, threaded, monkeypatch):
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(records(0, ["alpha"]))
-    real = CombinedBatches._merged
-    calls = []
+    real = CombinedBatches.from_batches
 
-    def fails_second(self, batch, running):
-        calls.append(1)
-        if len(calls) == 2:
-            raise MemoryError("no memory for the merge")
-        return real(self, batch, running)
+    def fails(batches):
+        raise MemoryError("no memory for the merge")
 
-    monkeypatch.setattr(CombinedBatches, "_merged", fails_second)
-    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 1)  # every batch a run: merges by absorbing
+    # groups of two batches, combined on the analysis threads; the commit combines the runs
+    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 15)
+    monkeypatch.setattr(CombinedBatches, "from_batches", fails)
     tx = store.begin()
     for start in range(10, 50, 10):
         tx.upsert(records(start, ["alpha beta"] * 10))
     with pytest.raises(MemoryError):
         tx.commit()
     tx.rollback()
-    monkeypatch.setattr(CombinedBatches, "_merged", real)
+    monkeypatch.setattr(CombinedBatches, "from_batches", real)
     reopened = FaissStore(StoreContext("kb", tmp_path))
     assert reopened.count() == 1 and keyword_ids(reopened, "alpha") == ["d0"]

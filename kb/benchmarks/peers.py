@@ -78,7 +78,7 @@ class Peer:
 class KBPeer(Peer):
     # kb.embeddings and the modules after it: a write asks the knowledge bank's embedding model for its dimension
     modules = ("kb", "kb.client", "kb.core", "kb.langchain_vectorstore", "writers.writer", "stores.faiss_store",
-               "stores.token_kernels",
+               "stores.keyword_kernels",
                "langchain_community.vectorstores", "kb.embeddings", "kb.local_minilm", "kb.embedding_cache", "kb.llm")
 
     def __init__(self, index_type: str, keyword_index: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""The keyword index's batch analysis in two compiled loops (numba): tokens, then postings.
+"""The keyword index's batch work in compiled loops (numba): tokens, postings, and combining batches.
 
 The numpy/Arrow pipeline this replaces made ~25 passes over a batch's ~2M token occurrences (split, hash,
 gather, two radix sorts, compares, casts): 0.2 s per 20k chunks, half of what the keyword index added to a
@@ -184,6 +184,16 @@ def postings(token_ids, ends, term_of_token, n_terms):  # pragma: no cover - com
     return lengths, doc_counts, pair_terms[:pairs].copy(), bounds, positions, tfs
 
 
+@njit(cache=True, nogil=True)
+def copy_groups(source, starts, sizes, destinations, width, out):  # pragma: no cover - compiled
+    """Copy groups of ``width``-byte items: group g's ``sizes[g]`` items from item ``starts[g]`` of ``source``
+    to item ``destinations[g]`` of ``out`` (both raw bytes). Combining batches moves each term's postings as a
+    block: one copy per group instead of a gather by index per posting."""
+    for group in range(sizes.size):
+        source_at, out_at, size = starts[group] * width, destinations[group] * width, sizes[group] * width
+        out[out_at : out_at + size] = source[source_at : source_at + size]
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the analysis passes."""
     data = np.frombuffer(b"Warm up, warm UP", dtype=np.uint8)
@@ -191,6 +201,8 @@ def warm_up() -> None:
                                      TABLES)
     distinct = pool.tobytes().count(b" ")
     postings(token_ids, ends, np.arange(distinct, dtype=np.int32), distinct)
+    copy_groups(np.zeros(1, np.uint8), np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.int64), 1,
+                np.empty(1, np.uint8))
 
 
 warm_up()
