@@ -62,26 +62,21 @@ def pack(packing: int, docs: np.ndarray, tfs: np.ndarray,
 def rows(packing: int, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
          ends: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
     """Rows ``[starts[i], ends[i])`` (non-empty) of columns packed as ``packing``: ``(docs, tfs, lengths, row
-    packing, doc_base)`` each, docs as uint16 gaps where the row's steps fit. The gaps and the test are computed
-    for the whole column at once; what is left per row is slicing (views: sqlite3 binds a buffer as a blob)."""
+    packing, doc_base)`` each, docs as uint16 gaps where the row's steps fit. The gaps and the test are one
+    compiled pass over the column (``keyword_kernels.row_gaps``); what is left per row is slicing (views:
+    sqlite3 binds a buffer as a blob)."""
     if docs.size == 0:
         return
-    later, earlier = docs[1:], docs[:-1]
-    # steps[i] is the step to posting i + 1; seen as uint64, a negative step is huge, so one comparison finds
-    # the steps that do not fit. uint32 rowids subtract exactly in int64; int64 ones wrap (mod 2**64) only for
-    # rowids half the int64 range apart: an ascending pair's step still reads true as uint64, and a descending
-    # pair is flagged by comparing the rowids themselves
-    steps = np.subtract(later, earlier, dtype=np.int64)
-    too_far = steps.view(np.uint64) > _MAX_GAP
-    if docs.dtype.itemsize == 8:
-        too_far |= later < earlier
-    misfits = np.flatnonzero(too_far)  # few: a rare term's steps, and where one row ends and the next begins
-    # row [s, e) has steps s .. e - 2 (step s - 1 crosses from the row before)
-    fits = np.searchsorted(misfits, ends - 1) == np.searchsorted(misfits, starts)
-    gaps = steps.astype(_GAP)  # wrapped where a step does not fit: those rows keep their plain docs
+    from stores import keyword_kernels  # compiled on first use: a reader never loads it
+
+    gaps = np.empty(docs.size, dtype=_GAP)
+    fits_array = np.empty(starts.size, dtype=np.bool_)
+    keyword_kernels.row_gaps(np.ascontiguousarray(docs), np.ascontiguousarray(starts, dtype=np.int64),
+                             np.ascontiguousarray(ends, dtype=np.int64), gaps, fits_array)
+    fits = fits_array.tolist()
     bases = docs[starts].astype(np.int64)
     gapped = GAPS16 * 100 + packing % 100
-    for s, e, fit, base in zip(starts.tolist(), ends.tolist(), fits.tolist(), bases.tolist(), strict=True):
+    for s, e, fit, base in zip(starts.tolist(), ends.tolist(), fits, bases.tolist(), strict=True):
         if fit:
             yield gaps[s : e - 1], tfs[s:e], lengths[s:e], gapped, base
         else:
