@@ -49,8 +49,8 @@ def global_ids_for(vocabulary: list[str], how: str, rng: random.Random) -> dict[
 
 
 def assert_combines_like_write_time(batches: list[AnalysedBatch | None], how: str, seed: int) -> None:
-    # grouped in one go (the default for small batches), every batch a run of its own (absorbed one into the
-    # other), and groups of a few documents: the same rows every way
+    # grouped in one go (the default for small batches), every batch a run of its own (the runs combined at
+    # the end), and groups of a few documents: the same rows every way
     for run_documents in (10_000, 1, 7):
         saved, keyword_combine._RUN_DOCUMENTS = keyword_combine._RUN_DOCUMENTS, run_documents
         try:
