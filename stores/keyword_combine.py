@@ -60,7 +60,7 @@ class CombinedBatches:
     @classmethod
     def from_batches(cls, batches: list[AnalysedBatch | CombinedBatches]) -> CombinedBatches:
         """Several batches, or combinations of batches (rowids ascending from one to the next), combined in one
-        go: one sort of their term groups and one gather of their postings (``combined_columns``), however many
+        go: one sort of their term groups and a block copy of each group (``combined_columns``), however many
         there are."""
         combined = cls()
         parts = [_AsBatch(b) if isinstance(b, CombinedBatches) else b for b in batches if b is not None and b.size]
@@ -135,13 +135,13 @@ class _AsBatch:
 
 
 class CombinedRuns:
-    """Batches combined as they come, each posting copied twice at most.
+    """Batches grouped as they come and combined at write time, each posting copied twice at most.
 
     Merging each batch into one running combination copies everything merged so far: a writer sending 200-text
     batches (a REST client's) made that quadratic (50k chunks: 4.3 s instead of 2.6 s). Here batches are grouped
     until they hold ``_RUN_DOCUMENTS`` documents, and a group of several batches is combined in one go into a
     run (on the analysis thread); a group of one batch (a bulk load's) is a run as it is. ``combined()`` combines
-    the runs in one go (one sort of their term groups, one gather of their postings). A writer writes its
+    the runs in one go (one sort of their term groups, each group copied as a block). A writer writes its
     buffered batches at ``PENDING_KEYWORD_DOCUMENTS``, so there are a handful of runs at most. (Absorbing runs
     pairwise as they came, like a binary counter's carries, copied a 100k bulk load's postings three times over
     on the analysis thread, which then fell behind the writer.)"""

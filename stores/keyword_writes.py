@@ -1,8 +1,8 @@
 """The keyword index's batch writes: analysed batches, combined, into its tables (half of ``KeywordIndex``).
 
-A writer's batches are combined as they are analysed (``stores.keyword_combine``); what is left here is
-what needs the database: the index's ids for the combination's terms, the rows of its documents (to undo them
-later) and one new segment per term.
+A writer's batches are grouped as they are analysed and combined at write time (``stores.keyword_combine``);
+what is left here is what needs the database: the index's ids for the combination's terms, the rows of its
+documents (to undo them later) and one new segment per term.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class BatchWrites:
         self.write_combined(conn, CombinedBatches.of(list(analysed)))
 
     def write_combined(self, conn: sqlite3.Connection, combined: CombinedBatches) -> None:
-        """Index batches already combined (a writer combines them as they are analysed): what is left is mapping
-        the combination's term ids to the index's and inserting the rows."""
+        """Index batches already combined (``CombinedRuns.combined``): what is left is mapping the combination's
+        term ids to the index's and inserting the rows."""
         if not combined.size:
             return
         self._forget_reused(conn, combined.rowids())

@@ -52,19 +52,19 @@ class Job:
     claimed: bool = False  # its analysis began (on its thread, or on the writer's: see ``_taken``)
     done: bool = False  # its analysis ended (``out`` empty: it failed, or was dropped)
     kept: bool = False  # its records are in: to be written (set by ``keep``)
-    merged: bool = False  # into the running combination (or given up: its analysis failed)
+    merged: bool = False  # added to the writer's runs (or given up: its analysis failed)
 
 
 class PendingKeywords:
     """Batches analysed on helper threads (one at a time), written together in the writer's transaction by
     ``write``: one segment per term for all of them.
 
-    Each kept batch is merged into a running combination (``CombinedRuns``) on a helper thread: by the thread
+    Each kept batch is added to the writer's runs (``CombinedRuns``) on a helper thread: by the thread
     that analysed it, if the writer kept it before that analysis ended (usual: an analysis takes longer than
     the records' checks and inserts), or else by the thread of the next batch, before its analysis (``start``
-    comes after the previous ``upsert`` kept or forgot its batch). A forgotten batch is never merged. ``write``
-    merges what is left, if anything, and inserts the rows. A lock orders the merges of the helper threads and
-    of ``write`` (a write inside an upsert runs while that upsert's batch is being analysed)."""
+    comes after the previous ``upsert`` kept or forgot its batch). A forgotten batch is never added. ``write``
+    adds what is left, combines the runs and inserts the rows. A lock orders the helper threads and ``write``
+    (a write inside an upsert runs while that upsert's batch is being analysed)."""
 
     def __init__(self, index: KeywordIndex) -> None:
         self.index = index
@@ -124,7 +124,7 @@ class PendingKeywords:
                 pass
 
     def _merge(self, jobs: list[Job]) -> None:
-        """Merge finished, kept batches into the running combination, in order (each once)."""
+        """Add finished, kept batches to the runs, in order (each once)."""
         with self._lock:
             self._merge_locked(jobs)
 

@@ -1,5 +1,5 @@
-"""Buffered keyword batches combined as they arrive (``CombinedBatches``), and a FAISS writer that merges them on its
-analysis thread: the rows are exactly those of combining every batch at write time (``combined_segments``)."""
+"""Buffered keyword batches grouped as they arrive and combined at write time (``CombinedRuns``), and a FAISS
+writer that hands them over on its analysis threads: the rows are exactly those of ``combined_segments``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from stores import keyword_combine, segment_packing
 from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
-from stores.keyword_batch import AnalysedBatch, combined_segments
+from stores.keyword_batch import AnalysedBatch, combined_columns, combined_segments
 from stores.keyword_combine import CombinedBatches, CombinedRuns, documents_in
 from stores.keyword_index import KeywordIndex
 from tests.conformance.store_suite import unit
@@ -96,6 +96,32 @@ def test_combining_as_batches_arrive_equals_combining_at_write_time(batches, how
     and of terms seen before, and the index's ids a shift of the running ones or any permutation."""
     first = 2**32 - 5 if wide_rowids else 1  # rowids crossing 2**32 widen the document array mid-way
     assert_combines_like_write_time(analysed(batches, first), how, seed)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(TEXTS, max_size=8), min_size=1, max_size=6), seed=st.integers(0, 1000))
+def test_combined_columns_put_each_terms_postings_batch_after_batch(batches, seed):
+    """``combined_columns`` (a block copy per term group, compiled) against a plain loop: for each term by id,
+    its postings from each batch in turn. Independent of ``combined_segments``, which uses it too."""
+    present = [b for b in analysed(batches, 1) if b is not None and b.size]
+    if not present:
+        return
+    vocabulary = sorted({term for b in present for term in b.vocabulary})
+    ids = global_ids_for(vocabulary, "permuted", random.Random(seed))
+    global_ids = [np.asarray([ids[t] for t in b.vocabulary], dtype=np.int64) for b in present]
+    terms, starts, ends, columns, packing = combined_columns(present, global_ids)
+    expected: dict[int, list[list[int]]] = {}
+    for batch, globals_ in zip(present, global_ids, strict=True):
+        docs, tfs, lengths = (c.tolist() for c in batch.repacked(packing))
+        for term, s, e in zip(batch.segment_terms.tolist(), batch.segment_bounds[:-1].tolist(),
+                              batch.segment_bounds[1:].tolist(), strict=True):
+            postings = expected.setdefault(int(globals_[term]), [[], [], []])
+            for column, values in zip(postings, (docs, tfs, lengths), strict=True):
+                column.extend(values[s:e])
+    assert terms.tolist() == sorted(expected)
+    for term, s, e in zip(terms.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        assert [c[s:e].tolist() for c in columns] == expected[term]
+        assert all(c.dtype == w.dtype for c, w in zip(columns, present[0].repacked(packing), strict=True))
 
 
 def test_a_later_batch_widens_the_packing_of_earlier_ones():
@@ -201,7 +227,7 @@ def merge_threads(monkeypatch) -> list[str]:
         real(self, batch)
 
     monkeypatch.setattr(CombinedRuns, "add", add)
-    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 1)  # every batch combined as it comes (no grouping)
+    monkeypatch.setattr(keyword_combine, "_RUN_DOCUMENTS", 1)  # every batch a run of its own (no grouping)
     return merged_on
 
 
