@@ -17,6 +17,7 @@ from kb.errors import StoreError, WriterClosedError
 from stores.background_io import Background, flush_to_disk
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
 from stores.faiss_view import FaissView, _chunks
+from stores.index_file import write_durably
 from stores.pending_keywords import PendingKeywords
 from stores.record_batch import RecordBatch
 from stores.record_checks import checked_vectors, metadata_json, normalise
@@ -274,10 +275,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         assert self.index is not None
         self.staging.mkdir(parents=True, exist_ok=True)
         staged = self.staging / "index.faiss"
-        faiss.write_index(self.index, str(staged))
+        write_durably(self.index, staged)
         fault_point("index_written")
-        with open(staged, "rb") as handle:
-            os.fsync(handle.fileno())
         os.replace(staged, self.store.index_path(generation))
         fault_point("index_renamed")
         _fsync_dir(self.store.dir)

@@ -186,3 +186,30 @@ def test_a_store_that_takes_records_gets_the_metadata_of_a_batch_kept_as_json(cl
     stored = {d.id: d.metadata for d in core.get_documents(ids)}
     assert stored == dict(zip(ids, metadatas, strict=True))
     assert type(stored["d3"]["score"]) is float and type(stored["d3"]["even"]) is bool
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 5000), scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e18]), zero_row=st.booleans(),
+       bad=st.sampled_from([None, np.nan, np.inf, -np.inf]))
+def test_vectors_are_checked_and_normalised_a_few_rows_at_a_time_exactly_as_whole(rows: int, scale: float,
+                                                                                  zero_row: bool, bad) -> None:
+    """The batch's norms and finiteness test run in steps of rows (small temporaries); the stored vectors
+    are np.linalg.norm's to the bit, and a non-finite value anywhere, even in the last step, sends the batch to
+    the record-by-record check that names it."""
+    from stores.base import Record
+    from stores.record_checks import checked_vectors, normalise
+
+    vectors = (np.random.default_rng(rows).standard_normal((rows, 24)) * scale).astype(np.float32)
+    if zero_row and rows:
+        vectors[rows // 2] = 0.0
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms[norms == 0] = 1.0
+    assert np.array_equal(normalise(vectors), vectors / norms)
+    if rows and bad is not None:
+        vectors[-1, -1] = bad
+    records = [Record(f"d{i}", "t", {}, v) for i, v in enumerate(vectors)]
+    if rows and bad is not None:
+        with pytest.raises(kb.InvalidInputError, match=f"'d{rows - 1}'"):
+            checked_vectors(records, None)
+    elif rows:
+        assert np.array_equal(checked_vectors(records, None), vectors)
