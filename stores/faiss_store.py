@@ -62,6 +62,7 @@ from stores.faiss_view import FaissView, read_row_tuples, read_rows
 from stores.keyword_index import KeywordIndex, NoKeywordIndex
 from stores.record_cache import RecordCache
 from stores.sqlite_meta import connect_durable, read_meta
+from stores.wal_checkpoint import BackgroundCheckpoints
 from stores.wal_watch import WalWatch
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,12 @@ class FaissStore(VectorStoreDriver):
         self._prepared_cache: tuple[int, FilteredSearch] | None = None
         self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
+        self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
         conn = _connect(self.db_path, page_size=_PAGE_BYTES)
         try:
+            # opened right after a big commit, the WAL may still be long: its copy is the checkpointer's, not
+            # this (tiny) transaction's
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -340,6 +345,7 @@ class FaissStore(VectorStoreDriver):
         lock_file = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
         conn = _connect(self.db_path)
         try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed after the commit, on self.checkpoints
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = self._read_meta(conn)
             base = self._load_index(generation) if dim is not None else None
@@ -394,6 +400,7 @@ class FaissStore(VectorStoreDriver):
 
     def destroy(self) -> None:
         self.close()
+        self.checkpoints.wait()
         self._closed = True
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -24,7 +24,7 @@ RAW, TOKENISED = 0, 1
 TABLES = np.array([[c + 32 if 65 <= c <= 90 else c if c < 128 and (chr(c).isalnum() or chr(c) == "_") else 32
                     for c in range(256)], list(range(256))], dtype=np.uint8)
 _SPACE = 32
-_FNV_OFFSET = np.uint64(14695981039346656037)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection on 64-bit words
 _FNV_PRIME = np.uint64(1099511628211)
 _MAX_GAP = np.uint64(65535)
 
@@ -100,21 +100,30 @@ def _scan(data, offsets, kinds, tables, token_ids, ends, slots, starts, lengths,
                 position += 1
                 continue
             begin = position
-            h = _FNV_OFFSET
+            # A token's first 8 bytes go into a word as they are (no multiply chain per byte); longer tokens fold
+            # the rest in FNV-style. The word is mixed once, bijectively: for tokens of up to 8 bytes, equal
+            # hashes and lengths mean equal tokens, and only longer ones compare bytes.
+            key = np.uint64(0)
             while position < stop:
                 byte = table[data[position]]
                 if byte == _SPACE:
                     break
-                h = (h ^ np.uint64(byte)) * _FNV_PRIME
+                offset = position - begin
+                if offset < 8:
+                    key |= np.uint64(byte) << np.uint64(8 * offset)
+                else:
+                    key = (key ^ np.uint64(byte)) * _FNV_PRIME
                 position += 1
             length = position - begin
+            h = key * _MIX
+            h ^= h >> np.uint64(32)
             slot = np.int64(h & np.uint64(mask))
             while True:
                 found = slots[slot]
                 if found < 0:
                     break
                 if hashes[found] == h and lengths[found] == length and \
-                        _same(data, table, begin, pool, starts[found], length):
+                        (length <= 8 or _same(data, table, begin, pool, starts[found], length)):
                     break
                 slot = (slot + 1) & mask
             if found < 0:

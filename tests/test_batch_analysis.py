@@ -115,3 +115,22 @@ def test_tokenize_kernel_reads_each_text_by_its_table():
                                                    keyword_kernels.TABLES)
     assert pool.tobytes().decode().split(" ")[:-1] == ["hello", "world", "ÀB_c"]
     assert token_ids.tolist() == [0, 1, 0, 2] and ends.tolist() == [3, 4]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["abcdefgh", "abcdefg", "abcdefghi", "abcdefgi", "bbcdefgh", "a"]),
+                          st.text(alphabet="xyz\x00", max_size=3)), min_size=1, max_size=40))
+def test_tokens_that_share_their_first_eight_bytes_stay_apart(parts: list[tuple[str, str]]) -> None:
+    """Tokens of up to 8 bytes are told apart by their hashed bytes alone, longer ones by comparing bytes too:
+    prefixes of each other, a differing ninth byte, a trailing NUL (in the tokenised table) are all distinct."""
+    words = [prefix + suffix for prefix, suffix in parts]
+    data = np.frombuffer(" ".join(words).encode(), np.uint8)
+    for kind in (keyword_kernels.RAW, keyword_kernels.TOKENISED):
+        token_ids, ends, pool = keyword_kernels.tokenize(data, np.array([0, data.size]), np.array([kind]),
+                                                         keyword_kernels.TABLES)
+        table = keyword_kernels.TABLES[kind]
+        tokens = bytes(table[data]).decode().split(" ")
+        tokens = [t for t in tokens if t]
+        distinct = list(dict.fromkeys(tokens))  # numbered by first occurrence
+        assert pool.tobytes().decode().split(" ")[:-1] == distinct
+        assert [distinct[i] for i in token_ids.tolist()] == tokens and ends.tolist() == [len(tokens)]

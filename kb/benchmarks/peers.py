@@ -16,6 +16,7 @@ Every peer gets the same vectors, texts and metadata, and the same queries.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ class Peer:
     def ingest(self, corpus: Corpus, folder: Path) -> None:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Wait for work an ingestion left running after it returned (off the clock, timed apart)."""
+
     def open(self, folder: Path) -> None:
         raise NotImplementedError
 
@@ -107,6 +111,13 @@ class KBPeer(Peer):
                 store.add_embeddings(zip(texts[start:end], vectors, strict=True), metadatas[start:end],
                                      ids=ids[start:end])
         client.close()
+
+    def settle(self) -> None:
+        # The commit left the copy of its WAL into the database file to a checkpoint thread
+        # (stores.wal_checkpoint): the data is durable already, the folder's size is not final until it ends.
+        for thread in threading.enumerate():
+            if thread.name == "kb-wal-checkpoint":
+                thread.join()
 
     def open(self, folder: Path) -> None:
         import kb
