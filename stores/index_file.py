@@ -14,6 +14,7 @@ returns only after an fsync.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -61,22 +62,25 @@ class _DirectWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buffer = mmap.mmap(-1, _BUFFER)  # anonymous maps are page-aligned
+        self._window = ctypes.c_char.from_buffer(self.buffer)  # released by close, before the map
+        self._address = ctypes.addressof(self._window)
         self.filled = 0
         self.size = 0
         self.error: BaseException | None = None  # faiss turns a callback's exception into "py err": kept here
 
     def __call__(self, data: bytes) -> None:
         try:
-            view = memoryview(data)
+            source = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0  # the bytes' own buffer
             done = 0
-            while done < len(view):
-                n = min(_BUFFER - self.filled, len(view) - done)
-                self.buffer[self.filled : self.filled + n] = view[done : done + n]
+            while done < len(data):
+                n = min(_BUFFER - self.filled, len(data) - done)
+                # ctypes calls release the GIL: the commit's own thread goes on with its Python work meanwhile
+                ctypes.memmove(self._address + self.filled, source + done, n)
                 self.filled += n
                 done += n
                 if self.filled == _BUFFER:
                     self._flush(_BUFFER)
-            self.size += len(view)
+            self.size += len(data)
         except BaseException as exc:
             self.error = exc
             raise
@@ -103,6 +107,7 @@ class _DirectWriter:
         os.fsync(self.fd)
 
     def close(self) -> None:
+        del self._window
         self.buffer.close()
 
 
