@@ -7,11 +7,14 @@ Layout of ``<kb folder>/store/``::
     writer.lock         flock'ed by the single writer
 
 Commit protocol (crash-safe at any point):
-1. the new index is written to the writer's staging folder, fsynced, then
-   renamed to ``index-<gen+1>.faiss`` (an orphan until step 2 lands);
+1. the new index is written to the writer's staging folder (``O_DIRECT`` where
+   the file system allows, ``stores.index_file``), fsynced, then renamed to
+   ``index-<gen+1>.faiss`` (an orphan until step 2 lands);
 2. one SQLite transaction applies the record and keyword changes and sets
    ``meta.generation = gen+1``; SQLite (WAL, synchronous=FULL) makes it
-   atomic and durable.
+   atomic and durable;
+3. after the commit returns, a thread copies the WAL into the database file
+   (``stores.wal_checkpoint``): nothing durable depends on it.
 Readers take a SQLite read snapshot, read the generation in it and search the
 index of that generation, so they see either the old or the new state, never
 a mix. The previous index file is kept one generation so a reader that

@@ -255,7 +255,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")
             fault_point("after_sqlite_commit")
-            self.store.checkpoints.request()  # copies the WAL into the database after this returns
+            self.store.checkpoints.after_commit()  # a long WAL is copied into the database after this returns
         except BaseException as exc:
             if writer is not None:
                 try:

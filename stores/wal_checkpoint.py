@@ -8,10 +8,11 @@ documentation suggests exactly this split for applications that mind commit late
 checkpoint off and checkpoint "in a separate thread or process" (https://www.sqlite.org/wal.html,
 "Automatic Checkpoint" and "Application-Initiated Checkpoints").
 
-So a writer's connection runs with ``wal_autocheckpoint=0`` and, after each commit, ``request()`` starts a
-passive checkpoint here: readers and the next writer go on while it copies (a passive checkpoint takes no lock
-they wait for). Its connection is opened before ``request`` returns, so the writer closing its own is never
-the database's last close (that one checkpoints too, synchronously).
+So a writer's connection runs with ``wal_autocheckpoint=0`` and, after each commit, ``after_commit()`` starts
+a passive checkpoint here once the WAL holds ``CHECKPOINT_FRAMES`` pages not yet copied (SQLite's own default
+threshold: small commits are copied together, as before): readers and the next writer go on while it copies
+(a passive checkpoint takes no lock they wait for). Its connection is opened before ``request`` returns, so
+the writer closing its own is never the database's last close (that one checkpoints too, synchronously).
 
 The thread is not a daemon: a process that ends right after a commit lets the checkpoint finish first. If
 the process is killed instead, nothing is lost: the WAL still holds every committed frame and the next
@@ -22,12 +23,33 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
 from stores.sqlite_meta import connect_durable
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_FRAMES = 1000  # SQLite's default wal_autocheckpoint
+# In the -shm file (https://www.sqlite.org/walformat.html): the first WalIndexHdr's mxFrame (the WAL's last
+# valid frame) and WalCkptInfo's nBackfill (frames already copied), both 32-bit in the machine's byte order.
+_MX_FRAME_AT, _BACKFILL_AT = 16, 96
+
+
+def pending_frames(db_path: Path) -> int | None:
+    """Frames in the WAL not checkpointed yet, read from the wal-index without a lock (a torn read only
+    moves the next checkpoint by a commit); None when there is no wal-index to read."""
+    try:
+        with open(f"{db_path}-shm", "rb") as shm:
+            head = shm.read(_BACKFILL_AT + 4)
+    except OSError:
+        return None
+    if len(head) < _BACKFILL_AT + 4:
+        return None
+    frames = int.from_bytes(head[_MX_FRAME_AT : _MX_FRAME_AT + 4], sys.byteorder)
+    copied = int.from_bytes(head[_BACKFILL_AT : _BACKFILL_AT + 4], sys.byteorder)
+    return max(0, frames - copied)
 
 
 class BackgroundCheckpoints:
@@ -38,6 +60,12 @@ class BackgroundCheckpoints:
         self._last: threading.Thread | None = None  # still closing its connection after _thread is cleared
         self._again = False
         self.completed = 0  # checkpoints run (for tests and logs)
+
+    def after_commit(self) -> None:
+        """Checkpoint in the background if the WAL holds enough uncopied frames (or if that cannot be read)."""
+        pending = pending_frames(self.db_path)
+        if pending is None or pending >= CHECKPOINT_FRAMES:
+            self.request()
 
     def request(self) -> None:
         """Checkpoint soon: now on a new thread, or once more when the running one is done."""

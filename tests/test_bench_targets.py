@@ -32,3 +32,13 @@ def test_single_run_decides_without_rounds():
     checks = ingest_checks(check_targets(report(None)))
     assert checks["kb-flat"]["value"] == 2.5 and not checks["kb-flat"]["ok"]
     assert checks["kb-flat-vectors"]["value"] == 5.0 and checks["kb-flat-vectors"]["ok"]
+
+
+def test_background_work_after_the_clock_is_reported_beside_the_ratio():
+    rounds = {"langchain-faiss": [6.0, 6.0, 6.0], "kb-flat": [2.0, 2.0, 2.0], "kb-flat-vectors": [1.0, 1.0, 1.0]}
+    out = report(rounds)
+    out["ingest_settle"] = {"100000": {"langchain-faiss": [0.0] * 3, "kb-flat": [0.21, 0.3, 0.25],
+                                       "kb-flat-vectors": [0.0] * 3}}
+    checks = ingest_checks(check_targets(out))
+    assert "WAL checkpoint ended 0.21-0.30 s after" in checks["kb-flat"]["detail"]
+    assert "checkpoint" not in checks["kb-flat-vectors"]["detail"]  # nothing left running: nothing said

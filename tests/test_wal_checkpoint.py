@@ -58,7 +58,23 @@ def test_the_commit_returns_before_the_copy_and_the_file_catches_up(tmp_path, mo
     reader.close()
 
 
-def test_commits_during_a_checkpoint_are_checkpointed_too(tmp_path):
+def test_small_commits_are_left_in_the_wal_until_enough_pages_wait(tmp_path):
+    store = FaissStore(StoreContext("kb", tmp_path / "kb"))
+    reader = FaissStore(StoreContext("kb", tmp_path / "kb"))
+    assert reader.count() == 0  # open throughout: no close is the last one, which would checkpoint
+    for batch in range(5):
+        store.upsert(recs(40, start=batch * 40))
+    assert store.checkpoints.completed == 0 and ids_in_file_alone(store.db_path, tmp_path) == set()
+    assert 0 < wal_checkpoint.pending_frames(store.db_path) < wal_checkpoint.CHECKPOINT_FRAMES
+    store.upsert(recs(30_000, start=200))  # past the threshold: everything so far is copied
+    store.checkpoints.wait()
+    assert store.checkpoints.completed == 1 and wal_checkpoint.pending_frames(store.db_path) == 0
+    assert len(ids_in_file_alone(store.db_path, tmp_path)) == 30_200
+    reader.close()
+
+
+def test_commits_during_a_checkpoint_are_checkpointed_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal_checkpoint, "CHECKPOINT_FRAMES", 1)  # every commit asks for one
     store = FaissStore(StoreContext("kb", tmp_path / "kb"))
     for batch in range(12):  # back to back: most land while the previous checkpoint still runs
         store.upsert(recs(50, start=batch * 50))
@@ -69,6 +85,7 @@ def test_commits_during_a_checkpoint_are_checkpointed_too(tmp_path):
 
 
 def test_a_failed_checkpoint_is_a_warning_and_the_next_commit_tries_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(wal_checkpoint, "CHECKPOINT_FRAMES", 1)
     store = FaissStore(StoreContext("kb", tmp_path / "kb"))
     real_connect = wal_checkpoint.connect_durable
 
@@ -96,14 +113,15 @@ def test_a_process_that_ends_right_after_its_commit_lets_the_checkpoint_finish(t
         store = FaissStore(StoreContext("kb", {str(folder)!r}))
         reader = FaissStore(StoreContext("kb", {str(folder)!r}))
         assert reader.count() == 0  # a reader's connection stays open: the writer's close is not the last
-        store.upsert(recs(2000))
+        store.upsert(recs(30_000))
     """)
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)
     db_path = folder / "store" / "store.sqlite"
-    assert len(ids_in_file_alone(db_path, tmp_path)) == 2000
+    assert len(ids_in_file_alone(db_path, tmp_path)) == 30_000
 
 
-def test_destroy_waits_for_the_checkpoint(tmp_path):
+def test_destroy_waits_for_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal_checkpoint, "CHECKPOINT_FRAMES", 1)
     store = FaissStore(StoreContext("kb", tmp_path / "kb"))
     store.upsert(recs(300))
     store.destroy()

@@ -93,7 +93,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Reports of runs on the same machine and code, one size each (ratios are only ever taken within a size,
     so within a run); a later report's entries win."""
     merged: dict[str, Any] = {**reports[0], "runs": [r["started"] for r in reports]}
-    for key in ("sizes", "compare", "rest", "scale", "ingest_rounds"):
+    for key in ("sizes", "compare", "rest", "scale", "ingest_rounds", "ingest_settle"):
         merged[key] = {k: v for r in reports for k, v in r.get(key, {}).items()}
     merged["e2e"] = next((r["e2e"] for r in reversed(reports) if r.get("e2e")), {})
     return merged

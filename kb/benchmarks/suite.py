@@ -44,7 +44,7 @@ REST_PEER = "kb-hnsw"
 # keyword index, in a rotating order. One run of each, minutes apart, measured this machine's drift as much as
 # the code (the same kb-flat load took 2.4 s to 4.1 s within ten minutes).
 INGEST_ROUND_PEERS = ["langchain-faiss", "kb-flat", "kb-flat-vectors"]
-INGEST_ROUNDS = 3
+INGEST_ROUNDS = 5
 
 
 def machine() -> dict[str, Any]:
@@ -105,14 +105,18 @@ def ingest_rounds(size: int, peers: list[str], work: Path, report: dict[str, Any
     if "langchain-faiss" not in peers or len(peers) < 2:
         return
     seconds: dict[str, list[float]] = {peer: [] for peer in peers}
+    settle: dict[str, list[float]] = {peer: [] for peer in peers}  # work left running after the clock stopped
     for round_number in range(INGEST_ROUNDS):
         order = peers[round_number % len(peers):] + peers[: round_number % len(peers)]
         for peer in order:
             folder = work / f"round-{peer}-{size}"
             shutil.rmtree(folder, ignore_errors=True)
-            seconds[peer].append(run_peer("ingest", peer, size, folder, work)["seconds"])
+            result = run_peer("ingest", peer, size, folder, work)
+            seconds[peer].append(result["seconds"])
+            settle[peer].append(result.get("settle_seconds", 0.0))
             shutil.rmtree(folder, ignore_errors=True)
     report.setdefault("ingest_rounds", {})[str(size)] = seconds
+    report.setdefault("ingest_settle", {})[str(size)] = settle
     tqdm.write(f"  ingestion, {INGEST_ROUNDS} rounds back to back: " + " | ".join(
         f"{peer} " + "/".join(f"{s:.2f}" for s in runs) + " s" for peer, runs in seconds.items()))
 
