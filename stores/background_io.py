@@ -60,3 +60,12 @@ def flush_to_disk(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_path(path: Path | str) -> None:
+    """fsync a file or a folder by its path (a folder's fsync makes renames and new names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -7,14 +7,13 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from kb.errors import StoreError, WriterClosedError
-from stores.background_io import Background, flush_to_disk
+from stores.background_io import Background, flush_to_disk, fsync_path
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
 from stores.faiss_view import FaissView, _chunks
 from stores.index_file import write_durably
@@ -27,14 +26,6 @@ if TYPE_CHECKING:
 
 
 PENDING_KEYWORD_DOCUMENTS = 100_000  # documents analysed and not yet written, at most (about 1 KB each)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FaissTransaction(DelegatingReader, StoreTransaction):
@@ -280,7 +271,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         fault_point("index_written")
         os.replace(staged, self.store.index_path(generation))
         fault_point("index_renamed")
-        _fsync_dir(self.store.dir)
+        fsync_path(self.store.dir)
 
     def _join_wal_flush(self) -> None:
         if self._wal_flush is not None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import faiss
 
+from stores.background_io import fsync_path
+
 _ALIGN = 4096  # O_DIRECT wants block-aligned offsets, lengths and memory; 4 KB covers 512-byte devices too
 _BUFFER = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024  # what faiss hands the writer at a time
@@ -45,11 +47,7 @@ def write_durably(index: faiss.Index, path: Path) -> None:
             finally:
                 os.close(fd)
     faiss.write_index(index, str(path))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 
 
 class _DirectRefused(Exception):

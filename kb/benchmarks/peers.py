@@ -15,7 +15,6 @@ Every peer gets the same vectors, texts and metadata, and the same queries.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from kb.benchmarks.corpus import Corpus
+from stores.background_io import fsync_path
 
 # ef_search 192 (kb's default): at 1M chunks (M 32, ef_construction 64) ef_search 128 gave recall@10 0.941,
 # 160 gave 0.958, 192 gave 0.968 (p50 ~1.1 ms), 256 gave 0.983 (~1.4 ms)
@@ -35,11 +35,7 @@ BATCH = 20_000
 
 def fsync_tree(folder: Path) -> None:
     for path in [*folder.rglob("*"), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 class PrecomputedEmbeddings(Embeddings):
