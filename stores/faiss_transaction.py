@@ -246,7 +246,6 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")
             fault_point("after_sqlite_commit")
-            self.store.checkpoints.after_commit()  # a long WAL is copied into the database after this returns
         except BaseException as exc:
             if writer is not None:
                 try:
@@ -257,6 +256,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
                 raise StoreError(f"commit to knowledge bank {self.store.context.kb_id} failed: {exc}") from exc
             raise
+        self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
         self._finish()
 
     def _write_index(self, generation: int, after: Background | None = None) -> None:

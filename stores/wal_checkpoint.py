@@ -62,10 +62,14 @@ class BackgroundCheckpoints:
         self.completed = 0  # checkpoints run (for tests and logs)
 
     def after_commit(self) -> None:
-        """Checkpoint in the background if the WAL holds enough uncopied frames (or if that cannot be read)."""
-        pending = pending_frames(self.db_path)
-        if pending is None or pending >= CHECKPOINT_FRAMES:
-            self.request()
+        """Checkpoint in the background if the WAL holds enough uncopied frames (or if that cannot be read).
+        Never raises: the commit it follows has landed, and a checkpoint left undone loses nothing."""
+        try:
+            pending = pending_frames(self.db_path)
+            if pending is None or pending >= CHECKPOINT_FRAMES:
+                self.request()
+        except Exception as exc:  # e.g. no thread can be started: the next commit, or the last close, copies
+            log.warning("kb: no background checkpoint of %s after a commit: %s", self.db_path, exc)
 
     def request(self) -> None:
         """Checkpoint soon: now on a new thread, or once more when the running one is done."""

@@ -127,3 +127,18 @@ def test_destroy_waits_for_the_checkpoint(tmp_path, monkeypatch):
     store.destroy()
     assert not (tmp_path / "kb" / "store").exists()
     assert store.checkpoints.completed == 1
+
+
+def test_no_thread_for_the_checkpoint_leaves_the_commit_landed(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(wal_checkpoint, "CHECKPOINT_FRAMES", 1)
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(wal_checkpoint.BackgroundCheckpoints, "request", no_thread)
+    store = FaissStore(StoreContext("kb", tmp_path / "kb"))
+    with caplog.at_level(logging.WARNING, logger="stores.wal_checkpoint"):
+        store.upsert(recs(20))  # no StoreError: the commit had landed
+    assert "no background checkpoint" in caplog.text and "can't start new thread" in caplog.text
+    monkeypatch.undo()
+    assert FaissStore(StoreContext("kb", tmp_path / "kb")).count() == 20
