@@ -82,8 +82,13 @@ class BackgroundCheckpoints:
             except sqlite3.Error as exc:  # the WAL stays as it is; the next commit asks again
                 log.warning("kb: could not open %s to checkpoint its WAL: %s", self.db_path, exc)
                 return
-            self._thread = self._last = threading.Thread(target=self._run, args=(conn,), name="kb-wal-checkpoint")
-            self._thread.start()
+            thread = threading.Thread(target=self._run, args=(conn,), name="kb-wal-checkpoint")
+            try:
+                thread.start()
+            except BaseException:  # no thread: nothing is left looking as if one ran (the next request tries)
+                conn.close()
+                raise
+            self._thread = self._last = thread
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:

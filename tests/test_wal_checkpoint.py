@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from stores import wal_checkpoint
 from stores.base import Record, StoreContext
 from stores.faiss_store import FaissStore
@@ -142,3 +144,19 @@ def test_no_thread_for_the_checkpoint_leaves_the_commit_landed(tmp_path, monkeyp
     assert "no background checkpoint" in caplog.text and "can't start new thread" in caplog.text
     monkeypatch.undo()
     assert FaissStore(StoreContext("kb", tmp_path / "kb")).count() == 20
+
+
+def test_a_thread_that_would_not_start_leaves_the_next_request_free_to_run(tmp_path, monkeypatch):
+    store = FaissStore(StoreContext("kb", tmp_path / "kb"))
+    store.upsert(recs(50))
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(wal_checkpoint.threading.Thread, "start", refused)
+    with pytest.raises(RuntimeError):
+        store.checkpoints.request()
+    monkeypatch.undo()
+    store.checkpoints.wait()  # no thread recorded: returns at once
+    store.checkpoints.request()  # not mistaken for one still running
+    store.checkpoints.wait()
+    assert store.checkpoints.completed == 1
