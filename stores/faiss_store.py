@@ -288,7 +288,8 @@ class FaissStore(VectorStoreDriver):
             return None
         view = FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
                          columns=(lambda: columns) if columns is not None else None, cache=self._records,
-                         generation=generation, prepared=lambda: self._prepared(generation, index))
+                         generation=generation, prepared=lambda: self._prepared(generation, index),
+                         one_thread=flt is None)
         if flt is None:
             self._local.view = view
         return view
@@ -369,6 +370,14 @@ class FaissStore(VectorStoreDriver):
                 continue
             if gen > generation or gen < generation - 1:  # orphans of crashed commits, or long replaced
                 path.unlink(missing_ok=True)
+
+    def committed_index(self) -> faiss.Index | None:
+        """The committed generation's FAISS index, the very object searches use (None while empty).
+
+        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only.
+        """
+        with self._snapshot() as view:
+            return view.index
 
     def answers_quickly(self, filtered: bool) -> bool:
         # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.

@@ -6,6 +6,7 @@ in-memory metadata columns; a writer's view reads its own uncommitted state stra
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -77,14 +78,47 @@ def _chunks(items: Sequence[Any], size: int = _BATCH) -> Iterator[Sequence[Any]]
         yield items[start : start + size]
 
 
+def _aligned_row(dim: int) -> np.ndarray:
+    """A (1, dim) float32 row starting on a 64-byte boundary: faiss's AVX-512 kernels load the query 64 bytes at
+    a time, and a row split across cache lines made every load two (a 10k flat search 5% slower here)."""
+    spare = np.empty(dim + 16, dtype=np.float32)
+    skip = (-spare.ctypes.data % 64) // 4
+    return spare[skip : skip + dim].reshape(1, dim)
+
+
+class _SearchBuffers:
+    """A query row and result rows for one thread's searches, with the pointers faiss takes to them."""
+
+    def __init__(self, dim: int, k: int) -> None:
+        self.k = k
+        self.query = _aligned_row(dim)
+        self.scores = np.empty((1, k), dtype=np.float32)
+        self.rowids = np.empty((1, k), dtype=np.int64)
+        self.query_at, self.scores_at, self.rowids_at = (faiss.swig_ptr(self.query), faiss.swig_ptr(self.scores),
+                                                         faiss.swig_ptr(self.rowids))
+
+    def set_query(self, vector: Any, dim: int | None) -> None:
+        """``unit_query(vector, dim)`` written into ``query`` (the same bits: the same division)."""
+        array = np.asarray(vector, dtype=np.float32)
+        if array.shape == self.query.shape[1:]:
+            squared = float(np.dot(array, array))
+            if 0.0 < squared < math.inf:
+                np.divide(array, np.float32(math.sqrt(squared)), out=self.query[0])
+                return
+        self.query[0] = unit_query(vector, dim)[0]  # every other case, errors included, its way
+
+
 class FaissView(StoreReader):
     """Reads over one SQLite connection (in a transaction) and one FAISS index."""
 
     def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
                  keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
                  cache: RecordCache | None = None, generation: int | None = None,
-                 prepared: Callable[[], FilteredSearch] | None = None) -> None:
+                 prepared: Callable[[], FilteredSearch] | None = None, one_thread: bool = False) -> None:
         self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+        # a view only its own thread ever uses (the store keeps one per thread) reuses its search buffers
+        self._one_thread = one_thread
+        self._buffers: _SearchBuffers | None = None
         self.generation = generation  # committed snapshots only: names the state keyword caches may keep
         self._prepared = prepared  # committed snapshots only: the index's layout for filtered searches
         self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
@@ -154,8 +188,10 @@ class FaissView(StoreReader):
 
     def nearest(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> tuple[list[int], list[float]]:
         """``ranked`` as two lists, rowids and cosine similarities (no pair objects on the hot path)."""
-        query = unit_query(vector, self._dim)
         ntotal = self.index.ntotal if self.index is not None else 0  # a SWIG property: read it once
+        if flt is None and self._one_thread and ntotal and k > 0:
+            return self._nearest_reusing_buffers(vector, min(k, ntotal))
+        query = unit_query(vector, self._dim)
         if ntotal == 0 or k <= 0:
             return [], []
         if flt is None:
@@ -172,6 +208,21 @@ class FaissView(StoreReader):
             scores, rowids = found_scores.reshape(1, -1), found_rowids.reshape(1, -1)
         ids, values = rowids[0].tolist(), scores[0].tolist()
         if ids and ids[-1] < 0:  # fewer than k found: faiss pads with -1 at the end
+            kept = [i for i, r in enumerate(ids) if r >= 0]
+            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
+        return ids, values
+
+    def _nearest_reusing_buffers(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """``nearest`` without a filter, in buffers kept from the last search: the query normalised in place,
+        faiss writing straight into result rows. A search of a 10k HNSW index takes ~0.15 ms here, and the
+        per-search arrays and faiss's argument checks were a tenth of that on top."""
+        buffers = self._buffers
+        if buffers is None or buffers.k != k:
+            buffers = self._buffers = _SearchBuffers(self.index.d, k)
+        buffers.set_query(vector, self._dim)
+        self.index.search_c(1, buffers.query_at, k, buffers.scores_at, buffers.rowids_at)
+        ids, values = buffers.rowids[0].tolist(), buffers.scores[0].tolist()
+        if ids[-1] < 0:  # fewer than k found: faiss pads with -1 at the end
             kept = [i for i, r in enumerate(ids) if r >= 0]
             ids, values = [ids[i] for i in kept], [values[i] for i in kept]
         return ids, values

@@ -13,6 +13,7 @@ import pytest
 from langchain_core.documents import Document
 
 from kb.documents import FAST_DOCUMENTS
+from kb.errors import InvalidInputError
 from kb.jsonfast import loads_json
 from kb.langchain_vectorstore import to_document
 from kb.search import SearchResult
@@ -124,6 +125,33 @@ def test_every_searching_thread_gets_kbs_openmp_setting(tmp_path: Path) -> None:
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+@pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
+def test_searches_reusing_a_threads_buffers_answer_as_a_snapshot_does(tmp_path: Path, kind: str) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path, settings={"index": {"type": kind}}))
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    store.upsert([Record(f"r{i}", f"text {i}", {"i": i}, v) for i, v in enumerate(vectors)])
+
+    def answers(hits: list) -> list[tuple[str, float]]:
+        return [(hit.record.id, round(hit.score, 6)) for hit in hits]
+
+    earlier = store.similarity_rows(vectors[0] * 3, 5)
+    kept = [list(row) for row in earlier]
+    for k in (5, 1, 12, 40, 60, 5):  # a new k makes new buffers; 60 > the 40 held: fewer than k come back
+        for query in (vectors[k % 40] * 7, rng.normal(size=8)):
+            rows = store.similarity_rows(query, k)
+            with store._snapshot() as view:  # the general path: fresh arrays, faiss's own wrapper
+                expected = answers(view.similarity(query, k))
+            assert [(r[0], round(r[3], 6)) for r in rows] == expected and len(rows) == min(k, 40)
+    assert [list(row) for row in earlier] == kept  # a later search did not write into an earlier answer
+    assert store.similarity_rows(np.zeros(8), 3)[0][3] == 0.0  # zero stays zero: every score 0
+    for bad in (np.ones(7), np.array([np.nan] * 8), np.array([np.inf] + [0.0] * 7)):
+        with pytest.raises(InvalidInputError):
+            store.similarity_rows(bad, 3)
+    view = store._committed_view(None)
+    assert view is not None and view._buffers is not None  # the path under test was the reused one
 
 
 def test_fast_documents_equal_validated_ones() -> None:

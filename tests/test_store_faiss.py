@@ -174,3 +174,18 @@ def faiss_ef_search(driver: FaissStore) -> int:
     index = driver._cached[1]
     assert index is not None
     return int(faiss.downcast_index(index.index).hnsw.efSearch)
+
+
+def test_committed_index_is_the_object_searches_use(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    assert store.committed_index() is None  # nothing committed yet
+    store.upsert(records(8))
+    index = store.committed_index()
+    assert index is not None and index.ntotal == 8
+    assert store.committed_index() is index  # loaded once per generation, not re-read
+    scores, rowids = index.search(unit(3).reshape(1, -1), 1)
+    hit = store.similarity(unit(3), 1)[0]
+    assert store.get([hit.record.id])[0].id == "doc-3" and abs(float(scores[0][0]) - hit.score) < 1e-6
+    assert rowids[0][0] > 0  # ids are rowids
+    store.upsert(records(1, start=20))
+    assert store.committed_index() is not index and store.committed_index().ntotal == 9

@@ -135,9 +135,9 @@ class KBPeer(Peer):
     def keyword_search(self, text: str, k: int) -> Any:
         return self.core.search(query=text, k=k, search_type="keyword")
 
-    def index_file(self, folder: Path) -> Path:
-        files = sorted((folder / "projects").rglob("index-*.faiss"), key=lambda p: int(p.stem.split("-")[1]))
-        return files[-1]
+    def served_index(self) -> Any:
+        """The FAISS index object this peer's searches run on (raw faiss is timed on it too)."""
+        return self.core.driver.committed_index()
 
 
 class RawFaissPeer(Peer):
@@ -167,6 +167,10 @@ class RawFaissPeer(Peer):
         self.index = faiss.read_index(str(path))
         if self.index_type == "HNSW":
             faiss.downcast_index(self.index.index).hnsw.efSearch = HNSW["ef_search"]
+
+    def use_index(self, index: Any) -> None:
+        """Search an index already in memory (kb's own: then both peers read the same bytes)."""
+        self.index = index
 
     def search(self, vector: np.ndarray, k: int) -> Any:
         return self.index.search(vector.reshape(1, -1), k)
