@@ -108,23 +108,26 @@ def combined_columns(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.n
     if not any(b.postings for b in batches):  # every document empty or stop words only
         return empty, empty, empty, (empty, empty, empty), packing
     arrays = [b.repacked(packing) for b in batches]
-    offsets = np.cumsum([0, *(b.postings for b in batches)])
     group_terms = np.concatenate([g[b.segment_terms] for b, g in zip(batches, global_ids, strict=True)])
     group_batches = np.concatenate([np.full(b.segment_terms.size, i) for i, b in enumerate(batches)])
-    group_starts = np.concatenate([b.segment_bounds[:-1] + offsets[i] for i, b in enumerate(batches)])
+    group_starts = np.concatenate([b.segment_bounds[:-1] for b in batches])  # within the group's own batch
     group_sizes = np.concatenate([np.diff(b.segment_bounds) for b in batches])
     order = np.lexsort((group_batches, group_terms))
-    sizes, starts, terms = group_sizes[order], group_starts[order], group_terms[order]
+    sizes, starts, terms, owners = group_sizes[order], group_starts[order], group_terms[order], group_batches[order]
     new_starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    total = int(offsets[-1])
+    total = sum(b.postings for b in batches)
     from stores import keyword_kernels  # see analyse_batch
 
+    # each batch's groups are copied from its own arrays: no concatenation of them first (at 100k chunks that
+    # was 35 MB of fresh memory and a copy, for postings copied once more right after)
+    mine = [np.flatnonzero(owners == i) for i in range(len(batches))]
     columns = []
     for c in range(3):
-        source = np.concatenate([a[c] for a in arrays])
-        out = np.empty(total, dtype=source.dtype)
-        keyword_kernels.copy_groups(source.view(np.uint8), starts, sizes, new_starts, source.dtype.itemsize,
-                                    out.view(np.uint8))
+        out = np.empty(total, dtype=arrays[0][c].dtype)
+        for i, picked in enumerate(mine):
+            source = np.ascontiguousarray(arrays[i][c])
+            keyword_kernels.copy_groups(source.view(np.uint8), starts[picked], sizes[picked], new_starts[picked],
+                                        out.dtype.itemsize, out.view(np.uint8))
         columns.append(out)
     first = np.concatenate(([True], terms[1:] != terms[:-1])) if terms.size else np.zeros(0, bool)
     term_starts = new_starts[first]
