@@ -19,7 +19,8 @@ from stores.faiss_view import FaissView, _chunks
 from stores.index_file import write_durably
 from stores.pending_keywords import PendingKeywords
 from stores.record_batch import RecordBatch
-from stores.record_checks import checked_vectors, metadata_json, normalise
+from stores.record_checks import checked_vectors, metadata_json
+from stores.vector_buffers import NormalisedBuffers
 
 if TYPE_CHECKING:
     from stores.faiss_store import FaissStore
@@ -47,6 +48,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # page faults and copies, ~0.25 s), one batch after another; waited for before anything reads, removes
         # from or writes out the index.
         self._adding: Background | None = None
+        self._normalised = NormalisedBuffers()
         self._broken = False
         row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
         counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
@@ -129,7 +131,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # replacement or commit
         analysing = self._pending_keywords.start(rowids, texts)
         try:
-            vectors = normalise(checked_vectors(records, self._dim))
+            vectors, buffer = self._normalised.into_free_buffer(checked_vectors(records, self._dim))
             dim = int(vectors.shape[1])
             replaced = self._rowids_of(ids)
             if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
@@ -152,9 +154,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if self._written_ids is not None:
             self._written_ids.update(ids)
         self._add_vectors(self._writable_index(dim), vectors, rowids)
+        self._normalised.lent(buffer, self._adding)
         if self._dim is None:
-            self._dim = dim
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'dimension'", (str(dim),))
+            self._dim = dim  # into meta at commit, with the generation (see ``_write_meta``)
         # the pages SQLite spilled to the WAL during this batch go to disk while the caller prepares the next
         if self._wal_flush is None or not self._wal_flush.running:
             self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
@@ -212,7 +214,6 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.conn.execute("DELETE FROM records")
         self._written_ids = set()  # empty again: only what this writer adds from here on can exist
         self.store.keywords.clear(self.conn)
-        self.conn.execute("UPDATE meta SET value = '' WHERE key = 'dimension'")
         self._dim = None
         self.index = None
         self._owns_index = True
@@ -240,9 +241,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                     self._join_wal_flush()
                     self._flush_wal()
                     writer.join()
-                # After clear() there is no index file: dimension '' tells readers the store is empty.
-                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_generation),))
-                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_rowid', ?)", (str(self._next_rowid),))
+                self._write_meta(new_generation)
             fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")
             fault_point("after_sqlite_commit")
@@ -258,6 +257,18 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             raise
         self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
         self._finish()
+
+    def _write_meta(self, generation: int) -> None:
+        """The new generation, the vector dimension and the rowid counter, together and last of the transaction.
+
+        Why last: SQLite writes a page it already spilled to the WAL during this transaction in place, and then
+        rewrites the checksum of every frame after it at COMMIT, reading each back. The dimension, written at
+        the first upsert, put the meta page ~18 MB into a 100k load's WAL: its COMMIT re-read ~130 MB.
+        After clear() there is no index file: dimension '' tells readers the store is empty.
+        """
+        dimension = "" if self._dim is None else str(self._dim)
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("generation", str(generation)), ("dimension", dimension), ("next_rowid", str(self._next_rowid))])
 
     def _write_index(self, generation: int, after: Background | None = None) -> None:
         """Stage the index file, fsync it, rename it to its generation's name, fsync the folder; first wait for

@@ -140,16 +140,17 @@ def unit_query(vector: Any, dimension: int | None) -> np.ndarray:
 _ROWS_PER_STEP = 2048
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
+def normalise(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """L2-normalise rows (cosine similarity becomes an inner product); zero rows stay zero. The norms are
-    ``np.linalg.norm(vectors, axis=-1)``'s to the bit (the same per-row reduction), a few rows at a time."""
+    ``np.linalg.norm(vectors, axis=-1)``'s to the bit (the same per-row reduction), a few rows at a time.
+    ``out``: a float32 array of the same shape to write the result into (and return)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.empty((vectors.shape[0], 1), dtype=np.float32)
     for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
         rows = vectors[start : start + _ROWS_PER_STEP]
         np.sqrt(np.add.reduce(rows * rows, axis=-1, keepdims=True), out=norms[start : start + _ROWS_PER_STEP])
     norms[norms == 0] = 1.0
-    return vectors / norms
+    return np.divide(vectors, norms, out=out)
 
 
 def _all_finite(matrix: np.ndarray) -> bool:
