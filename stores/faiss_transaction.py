@@ -259,11 +259,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._finish()
 
     def _write_meta(self, generation: int) -> None:
-        """The new generation, the vector dimension and the rowid counter, together and last of the transaction.
-
-        Why last: SQLite writes a page it already spilled to the WAL during this transaction in place, and then
-        rewrites the checksum of every frame after it at COMMIT, reading each back. The dimension, written at
-        the first upsert, put the meta page ~18 MB into a 100k load's WAL: its COMMIT re-read ~130 MB.
+        """The new generation, the vector dimension and the rowid counter, together and last of the transaction:
+        the meta page is written once, at the end (the dimension used to be written at the first upsert, so a
+        bulk load spilled that page to the WAL early and SQLite rewrote it in place at commit).
         After clear() there is no index file: dimension '' tells readers the store is empty.
         """
         dimension = "" if self._dim is None else str(self._dim)
