@@ -56,11 +56,16 @@ def analyse_batch(analyzer: Analyzer, rowids: Sequence[int], texts: Sequence[str
     term_of_token, vocabulary = analyzer.term_ids(tokens)
     lengths, doc_counts, doc_terms, bounds, positions, tfs = keyword_kernels.postings(
         token_ids, ends, term_of_token, len(vocabulary))
-    docs, posting_lengths = rowids[positions], lengths[positions]
-    packing = segment_packing.choose(docs, tfs, posting_lengths)
+    # The packing is chosen from the documents that have postings (the very values the postings hold), so each
+    # column is gathered straight into its stored width: no int64 column of 1.4M postings per 20k batch first
+    # (fresh memory, which costs more than the gather on this VM).
+    has_postings = doc_counts > 0
+    packing = segment_packing.choose(rowids[has_postings], tfs, lengths[has_postings])
+    doc_type, tf_type, length_type = segment_packing.dtypes(packing)
+    packed = (rowids.astype(doc_type)[positions], tfs.astype(tf_type), lengths.astype(length_type)[positions])
     # every term of the vocabulary occurs in some text: each has postings
     return AnalysedBatch(rowids, vocabulary, lengths, doc_counts, doc_terms, np.arange(len(vocabulary)), bounds,
-                         segment_packing.pack(packing, docs, tfs, posting_lengths), packing)
+                         packed, packing)
 
 
 def _laid_out(analyzer: Analyzer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
