@@ -60,7 +60,7 @@ class Peer:
         raise NotImplementedError
 
     def settle(self) -> None:
-        """Wait for work an ingestion left running after it returned (off the clock, timed apart)."""
+        """Wait for work an ingestion or an open left running after it returned (off the clock, timed apart)."""
 
     def open(self, folder: Path) -> None:
         raise NotImplementedError
@@ -111,8 +111,10 @@ class KBPeer(Peer):
     def settle(self) -> None:
         # The commit left the copy of its WAL into the database file to a checkpoint thread
         # (stores.wal_checkpoint): the data is durable already, the folder's size is not final until it ends.
+        # A loaded index is moved onto huge pages by a thread of its own (stores.huge_pages): searches run
+        # meanwhile, faster once it is done.
         for thread in threading.enumerate():
-            if thread.name == "kb-wal-checkpoint":
+            if thread.name in ("kb-wal-checkpoint", "kb-huge-pages"):
                 thread.join()
 
     def open(self, folder: Path) -> None:
