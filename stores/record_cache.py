@@ -59,7 +59,8 @@ class RecordCache:
             row = rows.get(rowid)
             if row is None:
                 return None
-            out.append((row[0], row[1], cached_metadata(row), score))
+            flat = row[4]  # cached_metadata(row), inline: this loop is on every similarity search's path
+            out.append((row[0], row[1], dict(flat) if flat is not None else loads_checked(row[2], row[3]), score))
         return out
 
     def put_many(self, entries: Iterable[tuple[int, CachedRow]]) -> None:
