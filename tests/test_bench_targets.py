@@ -42,3 +42,18 @@ def test_background_work_after_the_clock_is_reported_beside_the_ratio():
     checks = ingest_checks(check_targets(out))
     assert "WAL checkpoint ended 0.21-0.30 s after" in checks["kb-flat"]["detail"]
     assert "checkpoint" not in checks["kb-flat-vectors"]["detail"]  # nothing left running: nothing said
+
+
+def test_merged_runs_keep_every_peer_and_only_side_by_sides_of_two_or_more() -> None:
+    from kb.benchmarks.markdown import merge
+
+    old = {"started": "t1", "runs": ["t0", "t1"],
+           "sizes": {"1000000": {"kb-hnsw": {"serve": 1}, "faiss-hnsw": {"serve": 2}}},
+           "compare": {"1000000": {"kb-hnsw": {"p50_ms": 1.4}, "langchain-faiss": {"p50_ms": 69.0}}}}
+    new = {"started": "t2", "sizes": {"1000000": {"kb-hnsw": {"serve": 3}}, "100000": {"kb-flat": {"serve": 4}}},
+           "compare": {"1000000": {"kb-hnsw": {"p50_ms": 0.9}}, "100000": {"kb-flat": {}, "faiss-flat": {}}}}
+    merged = merge([old, new])
+    assert merged["sizes"]["1000000"] == {"kb-hnsw": {"serve": 3}, "faiss-hnsw": {"serve": 2}}  # peer by peer
+    assert merged["compare"]["1000000"] == old["compare"]["1000000"]  # a one-peer side by side compares nothing
+    assert set(merged["compare"]["100000"]) == {"kb-flat", "faiss-flat"}
+    assert merged["runs"] == ["t0", "t1", "t2"]

@@ -90,10 +90,21 @@ def tables(report: dict[str, Any]) -> str:
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Reports of runs on the same machine and code, one size each (ratios are only ever taken within a size,
-    so within a run); a later report's entries win."""
-    merged: dict[str, Any] = {**reports[0], "runs": [r["started"] for r in reports]}
-    for key in ("sizes", "compare", "rest", "scale", "ingest_rounds", "ingest_settle"):
+    """Reports of runs on the same machine, a later report's entries winning. Every ratio stays within one run:
+    a size's per-peer figures merge peer by peer (each peer's are its own processes', and a kb peer's ratio to
+    raw faiss is inside its entry); a size's side-by-side comparison is replaced only by one of at least two
+    peers; the rest by size. A report that merged earlier runs keeps listing them in ``runs``."""
+    runs = sorted({run for r in reports for run in r.get("runs") or [r["started"]]})
+    merged: dict[str, Any] = {**reports[0], "runs": runs}
+    merged["sizes"] = {}
+    for report in reports:
+        for size, peers in report.get("sizes", {}).items():
+            merged["sizes"].setdefault(size, {}).update(peers)
+    merged["compare"] = {}
+    for report in reports:
+        merged["compare"].update({size: peers for size, peers in report.get("compare", {}).items()
+                                  if len(peers) >= 2 or size not in merged["compare"]})
+    for key in ("rest", "scale", "ingest_rounds", "ingest_settle"):
         merged[key] = {k: v for r in reports for k, v in r.get(key, {}).items()}
     merged["e2e"] = next((r["e2e"] for r in reversed(reports) if r.get("e2e")), {})
     return merged
