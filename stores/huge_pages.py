@@ -17,6 +17,7 @@ THP off, no free huge pages) nothing changes: the index works as it did. ``KB_HU
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 * 2**20
 THREAD_NAME = "kb-huge-pages"
+_ATTEMPTS = 3
 
 
 def _madvise() -> Any:
@@ -76,11 +78,14 @@ def collapse(array: np.ndarray) -> int:
     end = (address + array.nbytes) // HUGE_PAGE * HUGE_PAGE
     if end <= start:
         return 0
-    if _MADVISE(start, end - start, MADV_COLLAPSE) != 0:
+    for _ in range(_ATTEMPTS):
+        if _MADVISE(start, end - start, MADV_COLLAPSE) == 0:
+            return end - start
         error = ctypes.get_errno()
-        log.debug("huge pages refused for %d MB of a FAISS index: %s", (end - start) >> 20, os.strerror(error))
-        return 0
-    return end - start
+        if error != errno.EAGAIN:  # EAGAIN: a transient shortage of huge pages, which a retry may find
+            break
+    log.debug("huge pages refused for %d MB of a FAISS index: %s", (end - start) >> 20, os.strerror(error))
+    return 0
 
 
 def back_with_huge_pages(index: faiss.Index) -> int:

@@ -97,3 +97,29 @@ def test_a_store_moves_the_index_it_loads_and_answers_as_before(tmp_path: Path) 
     assert [(h.record.id, h.score) for h in store.similarity(vectors[7], 5)] == \
         [(h.record.id, h.score) for h in first]
     assert first[0].record.id == "r7"
+
+
+def test_a_transient_shortage_is_tried_again_and_other_refusals_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    import errno
+
+    calls: list[int] = []
+
+    def refusing(times: int, error: int):  # noqa: ANN202 - a stand-in for libc's madvise
+        def madvise(start: int, length: int, advice: int) -> int:
+            calls.append(advice)
+            if len(calls) <= times:
+                ctypes.set_errno(error)
+                return -1
+            return 0
+        return madvise
+
+    array = np.zeros(3 * huge_pages.HUGE_PAGE // 4, np.float32)  # 3 huge pages of bytes: at least 2 whole
+    monkeypatch.setattr(huge_pages, "_MADVISE", refusing(2, errno.EAGAIN))
+    assert huge_pages.collapse(array) >= 2 * huge_pages.HUGE_PAGE and calls == [huge_pages.MADV_COLLAPSE] * 3
+    calls.clear()
+    monkeypatch.setattr(huge_pages, "_MADVISE", refusing(1, errno.EINVAL))
+    assert huge_pages.collapse(array) == 0 and len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(huge_pages, "_MADVISE", refusing(5, errno.EAGAIN))
+    assert huge_pages.collapse(array) == 0 and len(calls) == 3
