@@ -117,8 +117,9 @@ def check_query_vector(vector: Any, dimension: int | None) -> np.ndarray:
     return array
 
 
-def unit_query(vector: Any, dimension: int | None) -> np.ndarray:
-    """A checked query vector as a unit-length (1, d) float32 row (zero stays zero).
+def unit_query(vector: Any, dimension: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    """A checked query vector as a unit-length (1, d) float32 row (zero stays zero); written into ``out`` (a
+    (1, d) float32 row) and returned when given.
 
     The hot path is one numpy call: a finite, positive squared norm means every value is finite. Anything
     else (NaN, infinities, an overflowing norm, zero, a wrong shape) takes ``check_query_vector``'s way.
@@ -128,11 +129,15 @@ def unit_query(vector: Any, dimension: int | None) -> np.ndarray:
         squared = float(np.dot(array, array))
         if 0.0 < squared < math.inf:
             # sqrt in double rounded once to float32 equals float32's correctly rounded sqrt
-            return array.reshape(1, -1) / np.float32(math.sqrt(squared))
+            return np.divide(array.reshape(1, -1), np.float32(math.sqrt(squared)), out=out)
     array = check_query_vector(vector, dimension)
     norm = float(np.linalg.norm(array.astype(np.float64)))  # in double: a float32 norm may overflow
     row = array.reshape(1, -1)
-    return (row.astype(np.float64) / norm).astype(np.float32) if norm > 0 else np.ascontiguousarray(row)
+    unit = (row.astype(np.float64) / norm).astype(np.float32) if norm > 0 else np.ascontiguousarray(row)
+    if out is None:
+        return unit
+    out[...] = unit
+    return out
 
 
 # Rows per step when a batch is squared or tested: the temporaries stay small and reused. A whole 20k x 384

@@ -44,7 +44,7 @@ class NormalisedBuffers:
             reader.wait()  # the add that read this buffer two batches ago: done with it before it is overwritten
         buffer = self._buffers[slot]
         if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < rows:
-            buffer = self._buffers[slot] = np.empty((max(rows, 0), dim), dtype=np.float32)
+            buffer = self._buffers[slot] = np.empty((rows, dim), dtype=np.float32)
         return normalise(vectors, out=buffer[:rows]), slot
 
     def lent(self, slot: int, reader: _Reader | None) -> None:

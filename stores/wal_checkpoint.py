@@ -11,7 +11,7 @@ checkpoint off and checkpoint "in a separate thread or process" (https://www.sql
 So a writer's connection runs with ``wal_autocheckpoint=0`` and, after each commit, ``after_commit()`` starts
 a passive checkpoint here once the WAL holds ``CHECKPOINT_FRAMES`` pages not yet copied (SQLite's own default
 threshold: small commits are copied together, as before): readers and the next writer go on while it copies
-(a passive checkpoint takes no lock they wait for). Its connection is opened before ``request`` returns, so
+(a passive checkpoint takes no lock they wait for). Its connection is opened before ``after_commit`` returns, so
 the writer closing its own is never the database's last close (that one checkpoints too, synchronously).
 
 The thread is not a daemon: a process that ends right after a commit lets the checkpoint finish first. If

@@ -189,3 +189,23 @@ def test_committed_index_is_the_object_searches_use(tmp_path: Path) -> None:
     assert rowids[0][0] > 0  # ids are rowids
     store.upsert(records(1, start=20))
     assert store.committed_index() is not index and store.committed_index().ntotal == 9
+
+
+def test_dimension_lands_with_the_commit_and_clear_empties_it(tmp_path: Path) -> None:
+    store = FaissStore(StoreContext("kb", tmp_path))
+    writer = store.begin()
+    writer.upsert(records(3))
+    assert writer.dimension == len(unit(0))
+    assert store.dimension is None  # a reader: nothing committed yet
+    writer.rollback()
+    assert FaissStore(StoreContext("kb", tmp_path)).dimension is None
+    store.upsert(records(3))
+    assert FaissStore(StoreContext("kb", tmp_path)).dimension == len(unit(0))
+    writer = store.begin()
+    writer.clear()
+    writer.commit()
+    reopened = FaissStore(StoreContext("kb", tmp_path))
+    assert reopened.dimension is None and reopened.count() == 0
+    wider = np.ones(2 * len(unit(0)), dtype=np.float32)
+    reopened.upsert([Record("w", "wide", {}, wider)])  # a cleared store takes any dimension
+    assert FaissStore(StoreContext("kb", tmp_path)).dimension == wider.size
