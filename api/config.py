@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kb.config import default_home
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 
 def _int(name: str, default: int) -> int:

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from api.keys import ANONYMOUS_ADMIN, Principal
 from kb.client import EmbeddedClient
 from kb.core import CoreKnowledgeBank
-from kb.errors import KBError
+from kb_base.errors import KBError
 
 
 class AuthError(KBError):

@@ -16,7 +16,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from kb.jsonfast import loads_json
+from kb_base.jsonfast import loads_json
 
 
 class OrjsonRequest(Request):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb.errors import KBError, NotFoundError
+from kb_base.errors import KBError, NotFoundError
 
 log = logging.getLogger("kb.api.jobs")
 MAX_JOBS = 200

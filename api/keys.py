@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kb.errors import InvalidInputError, KBError, NotFoundError
+from kb_base.errors import InvalidInputError, KBError, NotFoundError
 
 LAST_USED_RESOLUTION = 60.0  # seconds: how stale a key's recorded last use may get
 _DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -1,6 +1,6 @@
 """The service's Prometheus metrics, served at ``GET /metrics`` (a global admin key when auth is on).
 
-Everything the service counts is defined here; the rest of kb only emits ``kb.events`` (searches,
+Everything the service counts is defined here; the rest of kb only emits ``kb_base.events`` (searches,
 embeddings, commits) and the request middleware calls ``observe_request``. Under ``kb serve --workers N``
 every worker writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` (set and emptied by
 ``kb serve``, see ``api.metrics_dir``) and a scrape of any worker merges them all.
@@ -41,8 +41,8 @@ from starlette.types import Scope
 from api.deps import ForbiddenError, get_principal
 from api.keys import Principal
 from api.metrics_dir import ENV
-from kb import events
-from kb.errors import KBError, StoreError, StoreUnavailableError
+from kb_base import events
+from kb_base.errors import KBError, StoreError, StoreUnavailableError
 
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -5,9 +5,8 @@
     project = client.get_default_project()
 """
 
-from typing import TYPE_CHECKING, Any
-
-from kb.errors import (
+from kb.client import EmbeddedClient, Project, api_client
+from kb_base.errors import (
     AlreadyExistsError,
     EmbeddingError,
     FilterError,
@@ -24,24 +23,8 @@ from kb.errors import (
     UnsupportedSearchError,
     WriterBusyError,
 )
-from kb.folders import ManagedFolder, ManagedFolderDocumentRef
-
-if TYPE_CHECKING:
-    from kb.client import EmbeddedClient, Project, api_client
-    from kb.search import SearchRequest, SearchResult
-
-# The client and search types import the store drivers, which import kb.errors: loading them
-# lazily keeps `import stores.base` (or any driver) free of import cycles.
-_LAZY = {"EmbeddedClient": "kb.client", "Project": "kb.client", "api_client": "kb.client",
-         "SearchRequest": "kb.search", "SearchResult": "kb.search"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'kb' has no attribute {name!r}")
+from kb_base.folders import ManagedFolder, ManagedFolderDocumentRef
+from kb_base.search import SearchRequest, SearchResult
 
 __all__ = [
     "AlreadyExistsError",

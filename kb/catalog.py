@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kb.disk import disk_full_error, is_disk_full
-from kb.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from kb.input_checks import check_value
+from kb_base.disk import disk_full_error, is_disk_full
+from kb_base.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from kb_base.input_checks import check_value
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS projects (

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from kb.catalog import Catalog
 from kb.config import default_home
-from kb.errors import InvalidInputError, UnknownModelError
-from kb.folders import ManagedFolder
 from kb.knowledge_bank import (
     KnowledgeBankHandle,
     KnowledgeBankListItem,
@@ -25,6 +23,8 @@ from kb.knowledge_bank import (
     default_settings,
     keyword_index_enabled,
 )
+from kb_base.errors import InvalidInputError, UnknownModelError
+from kb_base.folders import ManagedFolder
 from stores.base import StoreContext, VectorStoreDriver
 from stores.factory import open_store
 from writers.schema import validate_schema_definition
@@ -241,7 +241,7 @@ class EmbeddedClient:
 
     def _check_store_settings(self, raw: dict[str, Any]) -> None:
         if raw["vector_store_type"] == "FAISS":
-            from stores.faiss_index import index_settings
+            from stores.faiss.index import index_settings
 
             index_settings(raw.get("store") or {})
         if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
@@ -373,7 +373,7 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
 
 def _built_index(settings: dict[str, Any]) -> dict[str, Any]:
     """The FAISS index settings that shape a built index (all but the search-time ef_search), with defaults."""
-    from stores.faiss_index import index_settings
+    from stores.faiss.index import index_settings
 
     built = index_settings(settings.get("store") or {})
     built.pop("ef_search", None)

@@ -14,22 +14,25 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from kb import events
-from kb.documents import document_of
-from kb.errors import ImageNotFoundError, InvalidInputError, NotFoundError
-from kb.filters import Filter, parse_filter
-from kb.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
-from kb.search import SearchContext, SearchRequest, SearchResult, check_count, execute_search, image_paths_of
+from kb.search import SearchContext, execute_search
+from kb_base import events
+from kb_base.documents import document_of
+from kb_base.errors import AlreadyExistsError, ImageNotFoundError, InvalidInputError, NotFoundError
+from kb_base.filters import Filter, parse_filter
+from kb_base.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
+from kb_base.search import SearchRequest, SearchResult, check_count, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
+from stores.langchain import KBRetriever, KBVectorStore
 from stores.record_batch import RecordBatch
 from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import plain_metadata, validate_filter, validate_metadata
+from writers.sync import SyncOptions, sync_folder
+from writers.writer import KnowledgeBankWriter
 
 if TYPE_CHECKING:
     from kb.client import EmbeddedClient
-    from kb.folders import ManagedFolder
-    from kb.langchain_vectorstore import KBRetriever
+    from kb_base.folders import ManagedFolder
     from writers.sync import SyncReport
     from writers.writer import KnowledgeBankWriter
 
@@ -89,7 +92,8 @@ class CoreKnowledgeBank:
     def langchain_embeddings(self) -> Embeddings:
         return self._client.get_llm_handle(self.embedding_llm_id).as_langchain_embeddings()
 
-    def _embedder(self) -> Any:
+    def embedder(self) -> Any:
+        """The embedding model behind this knowledge bank, with the embedding cache in front of it."""
         return self._client.get_llm_handle(self.embedding_llm_id).embedder
 
     # --- reading ------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ class CoreKnowledgeBank:
         search_settings = self.settings.get("search") or {}
         context = SearchContext(
             # resolved on first use: keyword search never needs (or loads) the embedding model
-            embed_query=lambda text: np.asarray(self._embedder().embed_query(text), dtype=np.float32),
+            embed_query=lambda text: np.asarray(self.embedder().embed_query(text), dtype=np.float32),
             check_filter=self.check_filter,
             fusion=search_settings.get("fusion") or {},
             reranker=self._client.reranker_for(search_settings.get("reranker")),
@@ -165,7 +169,7 @@ class CoreKnowledgeBank:
         check_write_ids(ids)
         checked, encoded = self._checked_documents(texts, metadatas, ids)
         if vectors is None:
-            matrix = self._embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
+            matrix = self.embedder().embed_documents(list(texts)) if texts else np.zeros((0, 0), np.float32)
         else:
             matrix = self._given_vectors(vectors, ids)
         if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
@@ -217,7 +221,7 @@ class CoreKnowledgeBank:
 
     def _given_vectors(self, vectors: Sequence[Sequence[float]], ids: Sequence[str]) -> np.ndarray | list[np.ndarray]:
         """Precomputed vectors as float32, their sizes checked against the embedding model's dimension."""
-        expected = getattr(self._embedder().model, "dimension", None)
+        expected = getattr(self.embedder().model, "dimension", None)
         try:
             # one conversion for the whole batch; ragged input (an error, found below) cannot be one matrix
             matrix = np.asarray(vectors, dtype=np.float32)
@@ -250,7 +254,6 @@ class CoreKnowledgeBank:
 
     def get_writer(self, timeout: float = 30.0) -> KnowledgeBankWriter:
         """A context manager that commits everything written in its block at once, or nothing."""
-        from writers.writer import KnowledgeBankWriter
 
         self.refresh()
         return KnowledgeBankWriter(self, timeout=timeout)
@@ -259,7 +262,6 @@ class CoreKnowledgeBank:
                     progress: bool = False, **options: Any) -> SyncReport:
         """Make this knowledge bank hold exactly the documents of ``folder`` (a managed folder or a local
         directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields."""
-        from writers.sync import SyncOptions, sync_folder
 
         settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
         return sync_folder(self, folder, settings, progress=progress)
@@ -272,14 +274,10 @@ class CoreKnowledgeBank:
 
     def langchain_vectorstore(self, tx: StoreTransaction | None, **kwargs: Any) -> VectorStore:
         factory = getattr(self.driver, "langchain_vectorstore", None)
-        if factory is not None:
+        if factory is not None:  # the store's own LangChain class (FAISS, Chroma, ...)
             return factory(self, tx, **kwargs)
-        from kb.langchain_vectorstore import KBFaissVectorStore, KBVectorStore
-
         if kwargs:
             raise InvalidInputError(f"unexpected vector store options: {', '.join(sorted(kwargs))}")
-        if self.driver.store_type == "FAISS":
-            return KBFaissVectorStore(self, tx)
         return KBVectorStore(self, tx)
 
     def as_langchain_retriever(self, search_type: str = "similarity", search_kwargs: dict[str, Any] | None = None,
@@ -297,6 +295,22 @@ class CoreKnowledgeBank:
                 f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder"
             )
         return self._client.resolve_folder(ref, default_project=self.project_key)
+
+    def ensure_images_folder(self) -> ManagedFolder:
+        """The images folder, created (``<kb name> pages``) and saved in the settings if missing."""
+        self.refresh()
+        if self.settings.get("images_folder"):
+            return self.images_folder()
+        project = self._client.get_project(self.project_key)
+        try:
+            folder = project.create_managed_folder(f"{self.name} pages")
+        except AlreadyExistsError:
+            folder = project.create_managed_folder(f"{self.name} pages {self.id}")
+        settings = project.get_knowledge_bank(self.id).get_settings()
+        settings.set_images_folder(f"{self.project_key}.{folder.id}")
+        settings.save()
+        self.refresh()
+        return folder
 
     def get_images(self, item: Document | SearchResult | Mapping[str, Any]) -> list[bytes]:
         """The image bytes a document's retrieval content points at, read from the images folder."""

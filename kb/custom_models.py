@@ -8,7 +8,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from kb.embeddings import EmbeddingModel
-from kb.errors import EmbeddingError
+from kb_base.errors import EmbeddingError
 
 
 class LangChainEmbeddingModel(EmbeddingModel):

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kb import events
-from kb.disk import is_disk_full
 from kb.embeddings import EmbeddingModel
-from kb.errors import EmbeddingError, InvalidInputError
-from kb.input_checks import string_problem
+from kb_base import events
+from kb_base.disk import is_disk_full
+from kb_base.errors import EmbeddingError, InvalidInputError
+from kb_base.input_checks import string_problem
 
 _BATCH = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
 

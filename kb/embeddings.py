@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb import local_minilm
-from kb.errors import EmbeddingError, InvalidInputError, UnknownModelError
 from kb.local_minilm import LOCAL_MINILM_DESCRIPTION, LOCAL_MINILM_DIMENSION, LOCAL_MINILM_ID
+from kb_base.errors import EmbeddingError, InvalidInputError, UnknownModelError
 
 if TYPE_CHECKING:
     import httpx

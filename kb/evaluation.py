@@ -7,11 +7,8 @@ shared by every search type, so comparing types costs one embedding pass.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kb.errors import InvalidInputError, KBError
-from kb.search import SearchRequest
+from kb_base.errors import InvalidInputError
+from kb_base.search import SearchRequest
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DEFAULT_TYPES = ("similarity", "keyword", "hybrid")
@@ -109,39 +106,3 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         lines.append(f"{search_type:<18}" + "".join(f"{scores[m]:>12.4f}" for m in METRICS)
                      + f"{scores.get('queries_per_second', 0):>10.1f}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kb eval", description="Evaluate a knowledge bank on BEIR queries and qrels.")
-    parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
-    parser.add_argument("--kb", required=True, help="knowledge bank id or name")
-    parser.add_argument("--queries", type=Path, required=True, help="BEIR queries.jsonl (_id, text)")
-    parser.add_argument("--qrels", type=Path, required=True, help="BEIR qrels .tsv (query-id, corpus-id, score)")
-    parser.add_argument("--search-types", default=",".join(DEFAULT_TYPES),
-                        help="comma-separated search types (default: similarity,keyword,hybrid)")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    parser.add_argument("--home", type=Path, help="KB_HOME (default: $KB_HOME)")
-    parser.add_argument("--url", default=os.environ.get("KB_URL") or None,
-                        help="evaluate a knowledge bank of a kb server instead (default: $KB_URL)")
-    parser.add_argument("--api-key", default=os.environ.get("KB_API_KEY") or None,
-                        help="API key for --url (default: $KB_API_KEY)")
-    args = parser.parse_args(argv)
-    import kb
-    from kb.lookup import find_knowledge_bank
-
-    try:
-        if args.url and args.home:
-            raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
-        client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
-        core = find_knowledge_bank(client.get_project(args.project), args.kb).as_core_knowledge_bank()
-        queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
-        types = [t.strip() for t in args.search_types.split(",") if t.strip()]
-        results = evaluate(lambda r: core.search(r), queries, qrels, types)
-    except (KBError, OSError) as exc:
-        print(f"kb eval: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"knowledge_bank": args.kb, "results": results}, indent=2))
-    return 0

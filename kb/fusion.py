@@ -11,19 +11,22 @@ Two methods:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kb.errors import InvalidInputError
-from kb.filters import Filter
-from kb.search import SearchContext, SearchRequest, SearchResult
+from kb_base.errors import InvalidInputError
+from kb_base.filters import Filter
+from kb_base.search import SearchRequest, SearchResult
 from stores.base import Hit, Record, StoreReader
+
+if TYPE_CHECKING:  # kb.search imports this module to run hybrid searches
+    from kb.search import SearchContext
 
 FUSION_METHODS = ("rrf", "linear")
 NORMALISATIONS = ("minmax", "zscore", "dbsf")
 # Chosen on SciFact train by 5-fold cross-validation over queries (every fold picked z-score, weight 0.4;
-# held-out nDCG@10 0.7368): see kb/benchmarks/scifact.py --sweep.
+# held-out nDCG@10 0.7368): see benchmarks/scifact.py --sweep.
 DEFAULT_FUSION: dict[str, Any] = {"method": "linear", "weight": 0.4, "normalisation": "zscore", "rank_constant": 60,
                                   "candidates": 100}
 

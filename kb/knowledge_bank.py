@@ -6,7 +6,9 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kb.errors import InvalidInputError
+from kb.core import CoreKnowledgeBank
+from kb_base.errors import InvalidInputError
+from stores.factory import driver_class
 from writers.schema import validate_schema_definition
 
 if TYPE_CHECKING:
@@ -107,7 +109,6 @@ class KnowledgeBankHandle:
         return KnowledgeBankSettings(self, copy.deepcopy(raw))
 
     def as_core_knowledge_bank(self) -> CoreKnowledgeBank:
-        from kb.core import CoreKnowledgeBank
 
         return CoreKnowledgeBank(self._client, self.project_key, self.id)
 
@@ -119,7 +120,6 @@ class KnowledgeBankHandle:
 
 
 def check_store_type(value: Any) -> str:
-    from stores.factory import driver_class
 
     if not isinstance(value, str):
         raise InvalidInputError(f"vector_store_type must be a string, got {type(value).__name__}")

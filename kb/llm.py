@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from langchain_core.embeddings import Embeddings
 
 from kb.embedding_cache import CachedEmbedder
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 EMBEDDING_PURPOSE = "TEXT_EMBEDDING_EXTRACTION"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb.errors import EmbeddingError, InvalidInputError, KBError
+from kb_base.errors import EmbeddingError, InvalidInputError, KBError
 
 log = logging.getLogger(__name__)
 

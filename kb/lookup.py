@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kb.errors import AmbiguousNameError, NotFoundError
+from kb_base.errors import AmbiguousNameError, NotFoundError
 
 
 def find_knowledge_bank(project: Any, ref: str) -> Any:

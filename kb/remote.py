@@ -4,7 +4,7 @@ Projects, embedding models, managed folders, knowledge banks and their
 settings map onto the service's resources (the knowledge-bank classes are in
 ``kb.remote_knowledge_bank``, the HTTP layer in ``kb.remote_transport``).
 ``as_core_knowledge_bank()`` returns a ``RemoteCoreKnowledgeBank`` whose LangChain vector store and
-retriever are kb's own (``kb.langchain_vectorstore``) over HTTP, and whose
+retriever are kb's own (``stores.langchain``) over HTTP, and whose
 writer stages operations locally and sends them as one atomic commit when
 the ``with`` block ends cleanly (nothing at all after an exception).
 Server errors come back as the same ``kb.errors`` classes.
@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 from langchain_core.embeddings import Embeddings
 
-from kb import errors
-from kb.folders import normalise_path
 from kb.llm import LLMListItem
 from kb.remote_transport import RemoteAuthError, RemoteForbiddenError, Transport
+from kb_base import errors
+from kb_base.folders import normalise_path
 
 if TYPE_CHECKING:
     from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle

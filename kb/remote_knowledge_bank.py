@@ -18,10 +18,12 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from kb import errors
 from kb.remote import RemoteLLM, RemoteProject
-from kb.search import SearchRequest, SearchResult, image_paths_of
+from kb_base import errors
+from kb_base.search import SearchRequest, SearchResult, image_paths_of
+from stores.langchain import KBVectorStore
 from writers.formatter import MetadataFormatter
+from writers.schema import validate_schema_definition
 
 
 class RemoteSettings:
@@ -35,7 +37,6 @@ class RemoteSettings:
         return dict(self._raw.get("metadata_schema") or {})
 
     def set_metadata_schema(self, schema: dict[str, str]) -> None:
-        from writers.schema import validate_schema_definition
 
         self._raw["metadata_schema"] = validate_schema_definition(schema)
 
@@ -175,7 +176,6 @@ class RemoteCoreKnowledgeBank:
         return self.langchain_vectorstore(None, **kwargs)
 
     def langchain_vectorstore(self, tx: StagedCommit | None, **kwargs: Any) -> VectorStore:
-        from kb.langchain_vectorstore import KBVectorStore
 
         if kwargs:
             raise errors.InvalidInputError(f"unexpected vector store options: {', '.join(sorted(kwargs))}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from kb import errors
+from kb_base import errors
 
 _IDEMPOTENT = ("GET", "PUT", "DELETE")
 
@@ -68,7 +68,7 @@ class Transport:
         cls = self.classes.get(code, errors.KBError)
         try:
             error = cls(message)
-        except TypeError:  # a class that carries more than a message (a report): its base in kb.errors
+        except TypeError:  # a class that carries more than a message (a report): its base in kb_base.errors
             error = next(c for c in cls.__mro__ if c.__module__ == errors.__name__)(message)
         raise error
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from kb.errors import EmbeddingError, InvalidInputError, MissingExtraError
-from kb.search import SearchResult
+from kb_base.errors import EmbeddingError, InvalidInputError, MissingExtraError
+from kb_base.search import SearchResult
 
 DEFAULT_CANDIDATES = 50
 

@@ -23,10 +23,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from kb import events
-from kb.disk import disk_full_error, is_disk_full, reports_disk_full
-from kb.errors import UnsupportedSearchError, WriterBusyError
-from kb.filters import Filter
+from kb_base import events
+from kb_base.disk import disk_full_error, is_disk_full, reports_disk_full
+from kb_base.errors import UnsupportedSearchError, WriterBusyError
+from kb_base.filters import Filter
 
 
 @dataclass
@@ -180,7 +180,7 @@ class StoreTransaction(StoreReader):
         """Forget every write of this transaction."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every store's ``commit`` reports its duration and outcome (``kb.events``: metrics count them)."""
+        """Every store's ``commit`` reports its duration and outcome (``kb_base.events``: metrics count them)."""
         super().__init_subclass__(**kwargs)
         commit = cls.__dict__.get("commit")
         if commit is not None and not getattr(commit, "reports_commit", False):

@@ -3,7 +3,7 @@
 Evaluating a filter in SQLite means ``json_extract`` over every row for every query (about 90 ms at
 100k records). A committed generation never changes, so its metadata is turned into typed columns
 once (kind, number, string, boolean per key) and each filter becomes a few vectorised comparisons.
-Semantics are ``kb.filters.matches`` exactly; the conformance suite's property test checks it.
+Semantics are ``kb_base.filters.matches`` exactly; the conformance suite's property test checks it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.filters import And, Comparison, Filter, Not, Or
+from kb_base.filters import And, Comparison, Filter, Not, Or
 
 MISSING, BOOL, NUMBER, STRING, OTHER = 0, 1, 2, 3, 4
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-from kb.errors import UnknownStoreTypeError
+from kb_base.errors import UnknownStoreTypeError
 from stores.base import StoreContext, VectorStoreDriver
 
 DRIVERS: dict[str, str] = {
-    "FAISS": "stores.faiss_store:FaissStore",
-    "CHROMA": "stores.chroma_store:ChromaStore",
-    "ELASTICSEARCH": "stores.elasticsearch_store:ElasticsearchStore",
-    "AZURE_AI_SEARCH": "stores.azure_search_store:AzureSearchStore",
+    "FAISS": "stores.faiss.store:FaissStore",
+    "CHROMA": "stores.chroma.store:ChromaStore",
+    "ELASTICSEARCH": "stores.elasticsearch.store:ElasticsearchStore",
+    "AZURE_AI_SEARCH": "stores.azure_search.store:AzureSearchStore",
 }
 
 

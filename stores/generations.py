@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from stores.base import acquire_writer_lock, fault_point
-from stores.sqlite_meta import ThreadConnections, connect_durable, create_meta, read_meta
+from stores.sqlite.meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62  # kb_del of a live record: above every generation
 _CHUNK = 500  # SQLite variables per IN (...) query

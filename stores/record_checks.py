@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 from stores.base import Record
 from stores.record_batch import RecordBatch
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import kb
 from kb.custom_models import LangChainEmbeddingModel
-from stores.azure_search_store import index_name
+from stores.azure_search.store import index_name
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.server import ADMIN_KEY, KBServer
 from tests.test_snapshot import RefusingEmbeddings, _search_all

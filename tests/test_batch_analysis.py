@@ -1,4 +1,4 @@
-"""The keyword index's batch analysis (compiled kernels, ``stores.keyword_kernels``) gives, for every text, exactly
+"""The keyword index's batch analysis (compiled kernels, ``stores.keyword.kernels``) gives, for every text, exactly
 the terms and frequencies of ``Analyzer.term_counts``, and postings laid out as the index writes them."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stores import keyword_kernels, segment_packing
-from stores.analysis import Analyzer, analyzer_settings
-from stores.keyword_batch import AnalysedBatch, analyse_batch
+from stores.keyword import kernels as keyword_kernels
+from stores.keyword import packing as segment_packing
+from stores.keyword.analysis import Analyzer, analyzer_settings
+from stores.keyword.batch import AnalysedBatch, analyse_batch
 
 # Characters the tokeniser treats specially: ASCII punctuation and whitespace, NUL and control characters,
 # digits, underscores, accents (composed and combining), other scripts, fullwidth forms, ligatures, and

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kb
-from kb.input_checks import INT64_MAX, MAX_ID_CHARS, _plain_ids, check_write_ids
+from kb_base.input_checks import INT64_MAX, MAX_ID_CHARS, _plain_ids, check_write_ids
 from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import SHORT_VALUE_CHARS, plain_metadata

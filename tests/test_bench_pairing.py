@@ -1,9 +1,9 @@
-"""kb bench's paired timing (kb.benchmarks.peer_run.paired): both searches see every query once a round, never
+"""kb bench's paired timing (benchmarks.peer_run.paired): both searches see every query once a round, never
 the same query back to back, and their results come back in query order."""
 
 from __future__ import annotations
 
-from kb.benchmarks import peer_run
+from benchmarks import peer_run
 
 
 def test_paired_searches_every_query_once_a_round_never_the_same_back_to_back() -> None:

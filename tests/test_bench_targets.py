@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kb.benchmarks.targets import check_targets
+from benchmarks.targets import check_targets
 
 
 def report(rounds: dict[str, list[float]] | None) -> dict:
@@ -45,7 +45,7 @@ def test_background_work_after_the_clock_is_reported_beside_the_ratio():
 
 
 def test_merged_runs_keep_every_peer_and_only_side_by_sides_of_two_or_more() -> None:
-    from kb.benchmarks.markdown import merge
+    from benchmarks.markdown import merge
 
     old = {"started": "t1", "runs": ["t0", "t1"],
            "sizes": {"1000000": {"kb-hnsw": {"serve": 1}, "faiss-hnsw": {"serve": 2}}},

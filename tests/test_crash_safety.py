@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from stores.base import StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
 from tests.support.crash_worker import version_records, write_version
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import kb
+from api.cli_sync import main
 from stores.base import acquire_writer_lock
 from tests.support.document_files import NESTED_MARKDOWN, corrupt_pdf
-from writers.sync_cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kb.errors import ExtractionError, InvalidInputError
-from kb.folders import ManagedFolderDocumentRef
-from kb.search import image_paths_of
+from kb_base.errors import ExtractionError, InvalidInputError
+from kb_base.folders import ManagedFolderDocumentRef
+from kb_base.search import image_paths_of
 from tests.support.document_files import (
     NESTED_MARKDOWN,
     NOISY_HTML,

@@ -16,9 +16,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 import kb
 from kb.core import CoreKnowledgeBank
 from kb.custom_models import LangChainEmbeddingModel
-from kb.errors import InvalidInputError, SyncBusyError
-from kb.folders import ManagedFolder
-from kb.search import image_paths_of
+from kb_base.errors import InvalidInputError, SyncBusyError
+from kb_base.folders import ManagedFolder
+from kb_base.search import image_paths_of
 from tests.support.document_files import (
     NESTED_MARKDOWN,
     NOISY_HTML,

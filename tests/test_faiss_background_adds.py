@@ -9,9 +9,9 @@ import faiss
 import numpy as np
 import pytest
 
-from kb.errors import StoreError
+from kb_base.errors import StoreError
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
 from tests.conformance.store_suite import unit
 
 

@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from stores import faiss_filtered
-from stores.faiss_filtered import FilteredSearch
+from stores.faiss import filtered as faiss_filtered
+from stores.faiss.filtered import FilteredSearch
 
 DIM = 32
 

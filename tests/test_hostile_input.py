@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kb
-from kb.filters import MAX_DEPTH, matches, parse_filter
-from stores.sql_filters import filter_to_sql
+from kb_base.filters import MAX_DEPTH, matches, parse_filter
+from stores.sqlite.filters import filter_to_sql
 from tests.conftest import FAKE_MODEL_ID
 from writers.ingest import IngestOptions, ingest
 

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
 from stores.record_checks import check_query_vector, unit_query
-from stores.wal_watch import WalWatch
+from stores.sqlite.wal_watch import WalWatch
 from tests.conformance.store_suite import records, unit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_a_search_sees_another_processs_commit_at_once(tmp_path: Path) -> None:
         _run(f"""
             from pathlib import Path
             from stores.base import Record, StoreContext
-            from stores.faiss_store import FaissStore
+            from stores.faiss.store import FaissStore
             from tests.conformance.store_suite import unit
             store = FaissStore(StoreContext("kb", Path({str(tmp_path)!r})))
             store.upsert([Record("doc-1", {text!r}, {{"i": 1}}, unit(1))])
@@ -85,7 +85,7 @@ def test_a_search_sees_another_processs_commit_at_once(tmp_path: Path) -> None:
     _run(f"""
         from pathlib import Path
         from stores.base import StoreContext
-        from stores.faiss_store import FaissStore
+        from stores.faiss.store import FaissStore
         FaissStore(StoreContext("kb", Path({str(tmp_path)!r}))).delete(["doc-1"])
     """)
     assert "doc-1" not in {row[0] for row in store.similarity_rows(unit(1), 3)}

@@ -1,4 +1,4 @@
-"""A loaded FAISS index moved onto 2 MB pages (stores.huge_pages): the arrays it finds are the index's own
+"""A loaded FAISS index moved onto 2 MB pages (stores.faiss.huge_pages): the arrays it finds are the index's own
 memory, the move keeps every byte and every search answer, and it can be turned off."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import faiss
 import numpy as np
 import pytest
 
-from stores import huge_pages
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss import huge_pages
+from stores.faiss.store import FaissStore
 
 
 def _kernel_collapses() -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from kb.client import EmbeddedClient
 from kb.fusion import hybrid_search
-from kb.search import SearchRequest
+from kb_base.search import SearchRequest
 from stores.base import StoreReader
 from tests.conftest import FAKE_MODEL_ID
 

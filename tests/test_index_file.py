@@ -1,4 +1,4 @@
-"""FAISS index files written with O_DIRECT (stores.index_file): the same bytes as faiss.write_index, fsynced,
+"""FAISS index files written with O_DIRECT (stores.faiss.index_file): the same bytes as faiss.write_index, fsynced,
 and the ordinary write where the file system refuses direct I/O; a failing disk raises its own error."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from stores import index_file
-from stores.index_file import write_durably
+from stores.faiss import index_file
+from stores.faiss.index_file import write_durably
 
 
 def flat(n: int, dim: int = 48, seed: int = 0) -> faiss.Index:

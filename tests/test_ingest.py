@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import kb
 from kb.core import CoreKnowledgeBank
 from kb.embeddings import LOCAL_MINILM_ID
-from kb.errors import SchemaError
-from kb.filters import parse_filter
+from kb_base.errors import SchemaError
+from kb_base.filters import parse_filter
 from tests.conftest import FAKE_MODEL_ID
 from writers.ingest import (
     CHUNKS_KEY,

@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 
 import kb
 from kb.client import EmbeddedClient
-from kb.input_checks import MAX_DEPTH, MAX_KEY_CHARS, MAX_VALUE_BYTES
+from kb_base.input_checks import MAX_DEPTH, MAX_KEY_CHARS, MAX_VALUE_BYTES
 from tests.conftest import FAKE_MODEL_ID
 from writers.ingest import IngestOptions, ingest
 

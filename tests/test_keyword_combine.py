@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stores import keyword_combine, segment_packing
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
-from stores.keyword_batch import AnalysedBatch, combined_columns, combined_segments
-from stores.keyword_combine import CombinedBatches, CombinedRuns, documents_in
-from stores.keyword_index import KeywordIndex
+from stores.faiss.store import FaissStore
+from stores.keyword import combine as keyword_combine
+from stores.keyword import packing as segment_packing
+from stores.keyword.batch import AnalysedBatch, combined_columns, combined_segments
+from stores.keyword.combine import CombinedBatches, CombinedRuns, documents_in
+from stores.keyword.index import KeywordIndex
 from tests.conformance.store_suite import unit
 from tests.test_keyword_index import WORDS, assert_same
 
@@ -204,7 +205,7 @@ def test_new_terms_get_ids_in_sorted_order_as_before(tmp_path):
 
 @pytest.fixture
 def threaded(monkeypatch):
-    from stores import pending_keywords
+    from stores.keyword import pending as pending_keywords
 
     monkeypatch.setattr(pending_keywords, "_THREAD_AT", 1)  # every batch on a helper thread
 

@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stores import keyword_index
-from stores.analysis import Analyzer, analyzer_settings
-from stores.keyword_index import KeywordIndex
+from stores.keyword import index as keyword_index
+from stores.keyword.analysis import Analyzer, analyzer_settings
+from stores.keyword.index import KeywordIndex
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 

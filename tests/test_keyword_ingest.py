@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kb.errors import StoreError
-from stores import doc_blocks
+from kb_base.errors import StoreError
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
-from stores.keyword_index import KeywordIndex
+from stores.faiss.store import FaissStore
+from stores.keyword import doc_blocks
+from stores.keyword.index import KeywordIndex
 from tests.conformance.store_suite import unit
 from tests.test_keyword_index import WORDS, assert_same, reference_bm25
 
@@ -154,7 +154,7 @@ def test_batches_written_together_score_exactly_as_one_at_a_time(tmp_path):
 @pytest.fixture(params=["threads", "inline"])
 def analysis_on(request, monkeypatch):
     """Every writer test both ways: batches analysed on helper threads, and small ones on the caller's."""
-    from stores import pending_keywords
+    from stores.keyword import pending as pending_keywords
 
     monkeypatch.setattr(pending_keywords, "_THREAD_AT", 1 if request.param == "threads" else 10**9)
     return request.param
@@ -188,7 +188,7 @@ def test_a_writer_sees_its_own_buffered_keywords_and_replaces_them(tmp_path, ana
 
 
 def test_many_batches_in_one_transaction_match_the_reference(tmp_path, monkeypatch, analysis_on):
-    from stores import faiss_transaction
+    from stores.faiss import transaction as faiss_transaction
 
     monkeypatch.setattr(faiss_transaction, "PENDING_KEYWORD_DOCUMENTS", 50)  # some writes mid-transaction
     rng = random.Random(4)
@@ -262,7 +262,7 @@ def test_a_writer_of_texts_without_terms_commits(tmp_path, analysis_on):
 
 def test_a_rejected_batch_leaves_no_postings(tmp_path, analysis_on):
     """The analysis starts before the records are checked: a batch refused after that is never written."""
-    from kb.errors import InvalidInputError
+    from kb_base.errors import InvalidInputError
 
     store = FaissStore(StoreContext("kb", tmp_path))
     with store.begin() as tx:

@@ -14,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kb.errors import StoreError
-from stores import doc_blocks, keyword_index, segment_packing
-from stores.keyword_index import KeywordIndex
+from kb_base.errors import StoreError
+from stores.keyword import doc_blocks
+from stores.keyword import index as keyword_index
+from stores.keyword import packing as segment_packing
+from stores.keyword.index import KeywordIndex
 from tests.test_keyword_index import WORDS, assert_same, reference_bm25
 from tests.test_keyword_ingest import QUERIES, random_texts
 
@@ -301,7 +303,7 @@ def test_a_faiss_knowledge_bank_of_many_commits_ranks_like_brute_force(tmp_path,
     replacements, terms merged (MERGE_AT 3), reopened. Each commit: top-10 rowids and scores of a brute-force
     BM25 over the live texts; the segments use gapped rowids and the blocks uint16 term ids."""
     from stores.base import Record, StoreContext
-    from stores.faiss_store import FaissStore
+    from stores.faiss.store import FaissStore
     from tests.conformance.store_suite import unit
 
     monkeypatch.setattr(keyword_index, "MERGE_AT", 3)

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stores.keyword_index import KeywordIndex
-from stores.keyword_search import PostingsCache, ScoredPostings, exhaustive, top_k
+from stores.keyword.index import KeywordIndex
+from stores.keyword.search import PostingsCache, ScoredPostings, exhaustive, top_k
 
 
 def _term(rng: np.random.Generator, n_docs: int, df: int, idf: float, tie_heavy: bool) -> ScoredPostings:

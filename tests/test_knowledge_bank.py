@@ -299,7 +299,7 @@ def test_vector_only_knowledge_bank(client: EmbeddedClient) -> None:
     the switch cannot flip on a non-empty knowledge bank, and only FAISS offers it."""
     import sqlite3
 
-    from kb.errors import InvalidInputError, UnsupportedSearchError
+    from kb_base.errors import InvalidInputError, UnsupportedSearchError
 
     project = client.get_default_project()
     handle = project.create_knowledge_bank("vectors", embedding_llm_id=FAKE_MODEL_ID,

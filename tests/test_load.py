@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import kb
-from kb.benchmarks.load import run_load
+from benchmarks.load import run_load
 from tests.support.server import ADMIN_KEY, KBServer
 
 

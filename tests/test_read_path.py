@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 
-from kb.documents import FAST_DOCUMENTS
-from kb.errors import InvalidInputError
-from kb.jsonfast import loads_json
-from kb.langchain_vectorstore import to_document
-from kb.search import SearchResult
+from kb_base.documents import FAST_DOCUMENTS
+from kb_base.errors import InvalidInputError
+from kb_base.jsonfast import loads_json
+from kb_base.search import SearchResult
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
+from stores.langchain import to_document
 from tests.conformance.store_suite import records, unit
 
 
@@ -99,7 +99,7 @@ def test_a_hit_deleted_between_index_and_records_falls_back_to_a_snapshot(tmp_pa
 
 
 def test_filtered_search_without_built_columns_takes_the_snapshot_path(tmp_path: Path) -> None:
-    from kb.filters import parse_filter
+    from kb_base.filters import parse_filter
 
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(records(10))
@@ -180,7 +180,7 @@ def test_json_decoding_matches_the_standard_library(text: str) -> None:
 def test_float_vectors_take_the_fast_decoder() -> None:
     import json
 
-    from kb import jsonfast
+    from kb_base import jsonfast
 
     body = json.dumps({"vector": np.random.default_rng(0).normal(scale=0.05, size=384).tolist()})
     assert jsonfast._LONG_DIGITS.search(body) is None  # else every search body would fall back to json.loads
@@ -189,7 +189,7 @@ def test_float_vectors_take_the_fast_decoder() -> None:
 def test_which_searches_count_as_quick(tmp_path: Path) -> None:
     """A service runs only these on its event loop: a loaded in-memory index, and for HNSW no filter (a filter
     may brute-force up to 20k matches); nothing before the index is loaded."""
-    from kb.filters import parse_filter
+    from kb_base.filters import parse_filter
 
     flat = FaissStore(StoreContext("flat", tmp_path / "flat"))
     hnsw = FaissStore(StoreContext("hnsw", tmp_path / "hnsw", settings={"index": {"type": "HNSW"}}))

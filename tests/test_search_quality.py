@@ -17,9 +17,9 @@ import kb
 from kb.evaluation import evaluate, load_qrels, load_queries
 from kb.evaluation import main as eval_main
 from kb.fusion import linear_fusion, normalise_scores, reciprocal_rank_fusion
-from kb.search import SearchRequest
-from stores.analysis import Analyzer, analyzer_settings
+from kb_base.search import SearchRequest
 from stores.base import Hit, Record
+from stores.keyword.analysis import Analyzer, analyzer_settings
 from tests.conftest import FAKE_MODEL_ID
 from tests.support.openai_embeddings_server import free_port
 

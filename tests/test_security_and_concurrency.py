@@ -14,7 +14,7 @@ import pytest
 
 import kb
 from stores.base import StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
 from tests.support.crash_worker import write_version
 from tests.support.server import ADMIN_KEY, KBServer
 
@@ -89,7 +89,7 @@ def test_readers_in_another_process_see_only_whole_commits(tmp_path: Path) -> No
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from stores.base import StoreContext
-        from stores.faiss_store import FaissStore
+        from stores.faiss.store import FaissStore
         from tests.support.crash_worker import version_records
         store = FaissStore(StoreContext("crash", Path({str(folder)!r})))
         reads = 0

@@ -1,4 +1,4 @@
-"""The short soak: ``python -m kb.benchmarks.soak`` for 30 s against a real ``kb serve`` with the real model."""
+"""The short soak: ``python -m benchmarks.soak`` for 30 s against a real ``kb serve`` with the real model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.support.server import ROOT
 @pytest.mark.slow
 def test_a_short_soak_has_no_errors_and_reads_its_figures_from_metrics(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    finished = subprocess.run([sys.executable, "-m", "kb.benchmarks.soak", "--seconds", "30", "--interval", "10",
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--seconds", "30", "--interval", "10",
                                "--settings-every", "8", "--out", str(out)], cwd=ROOT, capture_output=True,
                               text=True, timeout=400, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert out.exists(), finished.stdout[-2000:] + finished.stderr[-2000:]

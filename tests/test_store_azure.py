@@ -21,10 +21,10 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import kb
-from kb.errors import StoreError, StoreUnavailableError
-from kb.filters import Comparison, Filter, Not
-from stores.azure_search_filters import EXACT_INT
-from stores.azure_search_store import AzureSearchStore
+from kb_base.errors import StoreError, StoreUnavailableError
+from kb_base.filters import Comparison, Filter, Not
+from stores.azure_search.filters import EXACT_INT
+from stores.azure_search.store import AzureSearchStore
 from stores.base import Record, StoreContext
 from stores.generations import NEVER
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
@@ -134,7 +134,7 @@ def test_batches_stay_within_the_service_limits(tmp_path: Path, emulator: AzureS
 
 
 def _batch_sizes(documents: list[dict[str, Any]]) -> list[int]:
-    from stores.azure_search_client import _batches
+    from stores.azure_search.client import _batches
 
     return [len(b) for b in _batches(documents)]
 
@@ -302,7 +302,7 @@ def test_a_dead_writer_leaves_nothing_visible_and_the_next_writer_cleans_up(tmp_
 
 def test_awkward_keys_and_values_filter_exactly(tmp_path: Path, emulator: AzureSearchEmulator) -> None:
     """Quotes, delimiters, unicode, keys that are not identifiers (hashed field names), long $in lists."""
-    from kb.filters import matches, parse_filter
+    from kb_base.filters import matches, parse_filter
 
     metadata = [{"who": "O'Brien", "a.b c": 1, "tag": "x|y"}, {"who": "Zoë", "a.b c": 2.5, "tag": "x,y~^"},
                 {"who": "o'brien", "a.b c": True, "tag": "plain"}, {"who": "", "tag": " padded "}]

@@ -25,10 +25,10 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import kb
-from kb.filters import And, Comparison, Not, Or, matches, parse_filter
+from kb_base.filters import And, Comparison, Not, Or, matches, parse_filter
 from stores.base import Record, StoreContext
-from stores.chroma_codec import Inexpressible, to_where
-from stores.chroma_store import ChromaStore
+from stores.chroma.codec import Inexpressible, to_where
+from stores.chroma.store import ChromaStore
 from tests.conformance.store_suite import _FILTERS, StoreConformanceSuite, StoreFactory, records, unit
 from tests.conftest import FAKE_MODEL_ID
 from tests.support.chroma_server import ChromaServer
@@ -245,7 +245,7 @@ _SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from pathlib import Path
     from stores.base import StoreContext
-    from stores.chroma_store import ChromaStore
+    from stores.chroma.store import ChromaStore
     from tests.conformance.store_suite import records, unit
     store = ChromaStore(StoreContext("shared", Path({folder!r})))
     {action}

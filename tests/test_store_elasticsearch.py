@@ -16,7 +16,7 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import kb
 from stores.base import StoreContext
-from stores.elasticsearch_store import ElasticsearchStore
+from stores.elasticsearch.store import ElasticsearchStore
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
 from tests.conftest import FAKE_MODEL_ID
 from tests.support.elasticsearch_server import ElasticsearchCluster, ElasticsearchNode

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_a_reader_in_another_process_sees_commits(tmp_path: Path) -> None:
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from stores.base import StoreContext
-        from stores.faiss_store import FaissStore
+        from stores.faiss.store import FaissStore
         store = FaissStore(StoreContext("kb", Path({str(tmp_path)!r})))
         print(store.count(), ",".join(sorted(store.ids_where(None))))
     """)

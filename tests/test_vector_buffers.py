@@ -1,4 +1,4 @@
-"""A writer's normalised batches in two reused buffers (stores.vector_buffers): the same bits as ``normalise``,
+"""A writer's normalised batches in two reused buffers (stores.faiss.vector_buffers): the same bits as ``normalise``,
 never overwritten while an index add still reads them, and every batch of a transaction intact in the index."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stores import vector_buffers
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss import vector_buffers
+from stores.faiss.store import FaissStore
+from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.record_checks import normalise
-from stores.vector_buffers import NormalisedBuffers
 
 
 def _batch(rows: int, seed: int, dim: int = 16) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A FAISS writer's commit leaves the WAL checkpoint to a thread of its own (stores.wal_checkpoint): the commit
+"""A FAISS writer's commit leaves the WAL checkpoint to a thread of its own (stores.sqlite.wal_checkpoint): the commit
 is durable and visible when it returns, the database file catches up behind it, and a failed checkpoint
 costs nothing but a warning."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stores import wal_checkpoint
 from stores.base import Record, StoreContext
-from stores.faiss_store import FaissStore
+from stores.faiss.store import FaissStore
+from stores.sqlite import wal_checkpoint
 from tests.conformance.store_suite import unit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_a_failed_checkpoint_is_a_warning_and_the_next_commit_tries_again(tmp_pa
         raise sqlite3.OperationalError("unable to open database file")
 
     monkeypatch.setattr(wal_checkpoint, "connect_durable", refused)
-    with caplog.at_level(logging.WARNING, logger="stores.wal_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="stores.sqlite.wal_checkpoint"):
         store.upsert(recs(30))
     assert "could not open" in caplog.text and str(store.db_path) in caplog.text
     assert store.count() == 30
@@ -110,7 +110,7 @@ def test_a_process_that_ends_right_after_its_commit_lets_the_checkpoint_finish(t
     folder = tmp_path / "kb"
     script = textwrap.dedent(f"""
         from stores.base import StoreContext
-        from stores.faiss_store import FaissStore
+        from stores.faiss.store import FaissStore
         from tests.test_wal_checkpoint import recs
         store = FaissStore(StoreContext("kb", {str(folder)!r}))
         reader = FaissStore(StoreContext("kb", {str(folder)!r}))
@@ -139,7 +139,7 @@ def test_no_thread_for_the_checkpoint_leaves_the_commit_landed(tmp_path, monkeyp
 
     monkeypatch.setattr(wal_checkpoint.BackgroundCheckpoints, "request", no_thread)
     store = FaissStore(StoreContext("kb", tmp_path / "kb"))
-    with caplog.at_level(logging.WARNING, logger="stores.wal_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="stores.sqlite.wal_checkpoint"):
         store.upsert(recs(20))  # no StoreError: the commit had landed
     assert "no background checkpoint" in caplog.text and "can't start new thread" in caplog.text
     monkeypatch.undo()

@@ -1,7 +1,7 @@
 """A write's texts and metadata checked a batch at a time, with C loops instead of a Python loop per document.
 
 ``CoreKnowledgeBank.prepare_records`` used to check every document on its own (``writers.schema.plain_metadata``,
-``kb.input_checks.string_problem``, orjson): 5-10 us a document, most of a 100k bulk load's Python time. Here the
+``kb_base.input_checks.string_problem``, orjson): 5-10 us a document, most of a 100k bulk load's Python time. Here the
 checks run over whole columns through builtins that loop in C (``map``, ``set``, ``max``, ``str.__contains__``,
 orjson), with two outcomes:
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kb.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, MAX_TEXT_CHARS
+from kb_base.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, MAX_TEXT_CHARS
 from writers.schema import PLAIN_TYPES, RESERVED_PREFIX, SHORT_VALUE_CHARS
 
 _PER_KEY_AT_MOST = 64  # distinct keys checked key by key; beyond, by value (no schema) or one by one (a schema)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from kb.folders import ManagedFolderDocumentRef
+from kb_base.folders import ManagedFolderDocumentRef
 from stores.base import Record
 from writers.extract import ExtractedDocument
 from writers.formatter import MetadataFormatter

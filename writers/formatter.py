@@ -15,9 +15,9 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from kb.errors import InvalidInputError
-from kb.folders import ManagedFolderDocumentRef, normalise_path
-from kb.search import DOCUMENT_INFO_KEY, MULTIMODAL_KEY
+from kb_base.errors import InvalidInputError
+from kb_base.folders import ManagedFolderDocumentRef, normalise_path
+from kb_base.search import DOCUMENT_INFO_KEY, MULTIMODAL_KEY
 
 
 @dataclass(frozen=True)

@@ -31,20 +31,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 from tqdm import tqdm
 
-from kb.errors import InvalidInputError, SchemaError
-from kb.input_checks import check_id, check_text
+from kb_base.errors import InvalidInputError, SchemaError
+from kb_base.input_checks import check_id, check_text
 from stores.base import Record
 from writers.schema import RESERVED_PREFIX, validate_metadata
 from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
-
-if TYPE_CHECKING:
-    from kb.core import CoreKnowledgeBank
+from writers.target import KnowledgeBankTarget
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +170,7 @@ def split_chunks(text: str, splitter: RecursiveCharacterTextSplitter | None, chu
 
 
 class _Ingestion:
-    def __init__(self, core: CoreKnowledgeBank, path: Path, options: IngestOptions, progress: bool,
+    def __init__(self, core: KnowledgeBankTarget, path: Path, options: IngestOptions, progress: bool,
                  on_commit: Callable[[IngestReport], None] | None) -> None:
         self.core, self.options, self.on_commit = core, options, on_commit
         core.refresh()
@@ -339,7 +337,7 @@ class _Ingestion:
         if not fresh and not stale:
             return
         if fresh:
-            embedder = self.core._embedder()
+            embedder = self.core.embedder()
             hits, misses = embedder.hits, embedder.misses
             vectors = embedder.embed_documents([r.text for r in fresh])
             self.report.texts_embedded += embedder.misses - misses
@@ -358,7 +356,7 @@ class _Ingestion:
             self.on_commit(self.report)
 
 
-def ingest(core: CoreKnowledgeBank, path: str | Path, options: IngestOptions | None = None, progress: bool = True,
+def ingest(core: KnowledgeBankTarget, path: str | Path, options: IngestOptions | None = None, progress: bool = True,
            on_commit: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """Ingest one file into the knowledge bank behind ``core``; see the module docstring.
 
@@ -370,10 +368,3 @@ def ingest(core: CoreKnowledgeBank, path: str | Path, options: IngestOptions | N
     options = options or IngestOptions()
     options.validate()
     return _Ingestion(core, Path(path), options, progress, on_commit).run()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``kb ingest`` (see ``writers.ingest_cli``): 0 all rows written or unchanged, 1 some rejected, 2 errors."""
-    from writers.ingest_cli import main as cli_main
-
-    return cli_main(argv)

@@ -16,9 +16,9 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from kb.errors import FilterError, SchemaError
-from kb.filters import Filter, comparisons
-from kb.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, check_metadata
+from kb_base.errors import FilterError, SchemaError
+from kb_base.filters import Filter, comparisons
+from kb_base.input_checks import INT64_MAX, INT64_MIN, MAX_KEY_CHARS, check_metadata
 
 # A string value this short cannot pass MAX_VALUE_BYTES of UTF-8 (4 bytes per character at most).
 SHORT_VALUE_CHARS = 8191
@@ -97,7 +97,7 @@ def plain_metadata(schema: Mapping[str, str], metadata: Mapping[str, Any]) -> di
 
     The fast path of a write: flat metadata of plain JSON scalars, a type test per value. It accepts exactly
     what ``validate_metadata`` accepts without converting, so errors and normalisation stay with that one.
-    The input checks of ``kb.input_checks`` that are not cheap here (lone surrogates: non-ASCII text) are left
+    The input checks of ``kb_base.input_checks`` that are not cheap here (lone surrogates: non-ASCII text) are left
     to the caller's JSON encoding, which refuses them (``stores.base.plain_metadata_json`` returns None).
     """
     for key, value in metadata.items():
@@ -122,7 +122,7 @@ def validate_metadata(
     schema: Mapping[str, str], metadata: Mapping[str, Any], doc_label: str
 ) -> dict[str, Any]:
     """Check and normalise one document's metadata; raise SchemaError (or InvalidInputError for a value no
-    store can hold, see ``kb.input_checks``) naming the document and key."""
+    store can hold, see ``kb_base.input_checks``) naming the document and key."""
     for key in metadata:
         if not isinstance(key, str):
             raise SchemaError(f"{doc_label}: metadata key {key!r} is not a string")

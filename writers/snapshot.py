@@ -10,9 +10,7 @@ writer transaction: a failed import deletes the half-created knowledge bank agai
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from kb.errors import InvalidInputError, KBError
-from kb.input_checks import check_metadata, check_text, check_write_ids
+from kb_base.errors import InvalidInputError, KBError
+from kb_base.input_checks import check_metadata, check_text, check_write_ids
 from stores.base import Record
+from writers.target import KnowledgeBankTarget
 
 FORMAT = "kb-snapshot/1"
 _BATCH = 2000
@@ -43,8 +42,8 @@ def _schema(dimension: int) -> pa.Schema:
                       ("vector", pa.list_(pa.float32(), dimension))])
 
 
-def export_knowledge_bank(core: Any, path: str | Path, progress: bool = True) -> SnapshotReport:
-    """Write every record of ``core`` (a CoreKnowledgeBank) to a Parquet snapshot."""
+def export_knowledge_bank(core: KnowledgeBankTarget, path: str | Path, progress: bool = True) -> SnapshotReport:
+    """Write every record of ``core`` to a Parquet snapshot."""
     import time
 
     started = time.perf_counter()
@@ -130,45 +129,3 @@ def import_knowledge_bank(project: Any, path: str | Path, name: str | None = Non
         handle.delete()  # nothing half-imported stays behind
         raise
     return handle
-
-
-def main_export(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kb export", description="Write a knowledge bank to a Parquet snapshot.")
-    parser.add_argument("output", type=Path)
-    parser.add_argument("--kb", required=True)
-    parser.add_argument("--project", default="DEFAULT")
-    parser.add_argument("--home", type=Path)
-    args = parser.parse_args(argv)
-    import kb
-
-    try:
-        core = kb.api_client(home=args.home).get_project(args.project).get_knowledge_bank(args.kb) \
-            .as_core_knowledge_bank()
-        report = export_knowledge_bank(core, args.output)
-    except (KBError, OSError) as exc:
-        print(f"kb export: {exc}", file=sys.stderr)
-        return 2
-    print(f"exported {report.rows} records ({report.dimension} dimensions) to {report.path} in {report.seconds:.1f}s")
-    return 0
-
-
-def main_import(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kb import", description="Restore a knowledge bank from a snapshot.")
-    parser.add_argument("snapshot", type=Path)
-    parser.add_argument("--name", help="name of the new knowledge bank (default: the exported name)")
-    parser.add_argument("--project", default="DEFAULT")
-    parser.add_argument("--store", help="vector store type (default: the exported one)")
-    parser.add_argument("--connection", help="store connection for the new knowledge bank")
-    parser.add_argument("--home", type=Path)
-    args = parser.parse_args(argv)
-    import kb
-
-    try:
-        project = kb.api_client(home=args.home).get_project(args.project)
-        handle = import_knowledge_bank(project, args.snapshot, args.name, args.store,
-                                       {"connection": args.connection} if args.connection else None)
-    except (KBError, OSError) as exc:
-        print(f"kb import: {exc}", file=sys.stderr)
-        return 2
-    print(f"imported into knowledge bank {handle.id} ({handle.name})")
-    return 0

@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
            ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow", ".arrows": "arrow"}

@@ -25,19 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from tqdm import tqdm
 
-from kb.errors import (
-    AlreadyExistsError,
+from kb_base.errors import (
     ExtractionError,
     InvalidInputError,
     NotFoundError,
     SyncBusyError,
     WriterBusyError,
 )
-from kb.folders import ManagedFolder, ManagedFolderDocumentRef
+from kb_base.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
 from writers.document_chunks import chunk_records, document_id
 from writers.extract import extract_document
@@ -45,11 +44,9 @@ from writers.extract.ocr import ocr_available
 from writers.ingest import CHUNKS_KEY, HASH_KEY
 from writers.sync_records import FileRecord, SyncRecords
 from writers.sync_report import SyncOptions, SyncReport
+from writers.target import KnowledgeBankTarget
 
-if TYPE_CHECKING:
-    from kb.core import CoreKnowledgeBank
-
-__all__ = ["SyncOptions", "SyncReport", "acquire_sync_lock", "as_folder", "ensure_images_folder", "sync_folder"]
+__all__ = ["SyncOptions", "SyncReport", "acquire_sync_lock", "as_folder", "sync_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -78,35 +75,18 @@ def as_folder(folder: ManagedFolder | str | Path) -> ManagedFolder:
     return ManagedFolder("LOCAL", f"local:{root}", root.name, root)
 
 
-def ensure_images_folder(core: CoreKnowledgeBank) -> ManagedFolder:
-    """The knowledge bank's images folder, created (``<kb name> pages``) and saved in its settings if missing."""
-    core.refresh()
-    if core.settings.get("images_folder"):
-        return core.images_folder()
-    project = core._client.get_project(core.project_key)
-    try:
-        folder = project.create_managed_folder(f"{core.name} pages")
-    except AlreadyExistsError:
-        folder = project.create_managed_folder(f"{core.name} pages {core.id}")
-    settings = project.get_knowledge_bank(core.id).get_settings()
-    settings.set_images_folder(f"{core.project_key}.{folder.id}")
-    settings.save()
-    core.refresh()
-    return folder
-
-
 def _sha256(folder: ManagedFolder, path: str) -> str:
     with folder.get_download_stream(path) as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 class _Sync:
-    def __init__(self, core: CoreKnowledgeBank, folder: ManagedFolder, options: SyncOptions, progress: bool,
+    def __init__(self, core: KnowledgeBankTarget, folder: ManagedFolder, options: SyncOptions, progress: bool,
                  on_progress: Callable[[SyncReport], None] | None) -> None:
         self.core, self.folder, self.options = core, folder, options
         self.on_progress = on_progress
         self.records = SyncRecords(core.folder / "sync.sqlite")
-        self.images = ensure_images_folder(core) if options.screenshots else self._existing_images_folder()
+        self.images = core.ensure_images_folder() if options.screenshots else self._existing_images_folder()
         self.prefix = f"{SCREENSHOT_ROOT}/{core.id}"
         self.config = options.digest()
         self.report = SyncReport(folder_id=folder.id)
@@ -240,7 +220,7 @@ class _Sync:
         for old in removed:
             stale.extend(old.chunk_ids)
         if fresh:
-            embedder = self.core._embedder()
+            embedder = self.core.embedder()
             hits, misses = embedder.hits, embedder.misses
             vectors = embedder.embed_documents([c.text for c in fresh])
             self.report.texts_embedded += embedder.misses - misses
@@ -291,7 +271,7 @@ class _Sync:
                 directory.rmdir()
 
 
-def acquire_sync_lock(core: CoreKnowledgeBank, timeout: float = 0.0) -> IO[str]:
+def acquire_sync_lock(core: KnowledgeBankTarget, timeout: float = 0.0) -> IO[str]:
     """The knowledge bank's sync lock (released when the returned file is closed or the process dies)."""
     core.folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -300,7 +280,7 @@ def acquire_sync_lock(core: CoreKnowledgeBank, timeout: float = 0.0) -> IO[str]:
         raise SyncBusyError(f"knowledge bank {core.id} is busy: another folder sync is running on it") from None
 
 
-def sync_folder(core: CoreKnowledgeBank, folder: ManagedFolder | str | Path, options: SyncOptions | None = None,
+def sync_folder(core: KnowledgeBankTarget, folder: ManagedFolder | str | Path, options: SyncOptions | None = None,
                 progress: bool = False, on_progress: Callable[[SyncReport], None] | None = None,
                 held_lock: IO[str] | None = None) -> SyncReport:
     """Make the knowledge bank behind ``core`` hold exactly the documents of ``folder``; see the module doc.

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 from writers.extract import EXTRACTION_MODES
 
 

@@ -22,23 +22,21 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from kb.errors import WriterClosedError
+from kb_base.errors import WriterClosedError
 from stores.base import StoreTransaction
 from writers.formatter import MetadataFormatter
-
-if TYPE_CHECKING:
-    from kb.core import CoreKnowledgeBank
+from writers.target import KnowledgeBankTarget
 
 log = logging.getLogger(__name__)
 
 
 class KnowledgeBankWriter:
-    def __init__(self, core: CoreKnowledgeBank, timeout: float = 30.0) -> None:
+    def __init__(self, core: KnowledgeBankTarget, timeout: float = 30.0) -> None:
         self.core = core
         self.timeout = timeout
         self._tx: StoreTransaction | None = None

@@ -25,10 +25,10 @@ from api.schemas import (
 )
 from kb.client import EmbeddedClient
 from kb.core import CoreKnowledgeBank
-from kb.errors import InvalidInputError
-from kb.filters import parse_filter
-from kb.input_checks import check_ids
-from kb.search import SearchRequest
+from kb_base.errors import InvalidInputError
+from kb_base.filters import parse_filter
+from kb_base.input_checks import check_ids
+from kb_base.search import SearchRequest
 from stores.base import Record
 from stores.record_batch import RecordBatch
 

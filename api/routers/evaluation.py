@@ -11,8 +11,8 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import SearchType, Strict
 from kb.client import EmbeddedClient
-from kb.errors import InvalidInputError
 from kb.evaluation import DEFAULT_TYPES, METRICS, evaluate, parse_qrels, parse_queries
+from kb_base.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["evaluation"],
                    route_class=OrjsonRoute)

@@ -12,7 +12,7 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import FolderIn, FolderOut
 from kb.client import EmbeddedClient
-from kb.errors import PathError
+from kb_base.errors import PathError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/folders", tags=["managed folders"],
                    route_class=OrjsonRoute)

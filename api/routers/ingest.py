@@ -13,7 +13,7 @@ from api.deps import core_for, get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
-from kb.disk import disk_full_error, is_disk_full
+from kb_base.disk import disk_full_error, is_disk_full
 from writers.ingest import IngestOptions, ingest
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}", tags=["ingestion"],

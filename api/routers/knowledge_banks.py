@@ -11,7 +11,7 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import KnowledgeBankIn, KnowledgeBankOut, SettingsBody
 from kb.client import EmbeddedClient, mask_secrets
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks", tags=["knowledge banks"],
                    route_class=OrjsonRoute)

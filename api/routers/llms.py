@@ -9,7 +9,7 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import EmbedIn, EmbedOut, LLMOut
 from kb.client import EmbeddedClient
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/llms", tags=["embedding models"],
                    route_class=OrjsonRoute)

@@ -12,7 +12,7 @@ from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import OpenAIEmbeddingsIn
 from kb.client import EmbeddedClient
-from kb.errors import InvalidInputError
+from kb_base.errors import InvalidInputError
 
 router = APIRouter(tags=["openai-compatible"], route_class=OrjsonRoute)
 

@@ -23,7 +23,7 @@ from api.deps import core_for, get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
-from kb.errors import KBError, NotFoundError
+from kb_base.errors import KBError, NotFoundError
 from writers.sync import SyncOptions, SyncReport, acquire_sync_lock, sync_folder
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks/{kb_id}/sync-jobs", tags=["folder sync"],

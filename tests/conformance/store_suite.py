@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kb.errors import FilterError, InvalidInputError, WriterBusyError, WriterClosedError
-from kb.filters import matches, parse_filter
+from kb_base.errors import FilterError, InvalidInputError, WriterBusyError, WriterClosedError
+from kb_base.filters import matches, parse_filter
 from stores.base import Record, VectorStoreDriver
 
 DIM = 8

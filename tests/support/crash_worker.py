@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb.errors import KBError
+from kb_base.errors import KBError
 from stores.base import Record, StoreContext, VectorStoreDriver
 
 DIM = 16
@@ -22,16 +22,16 @@ DIM = 16
 
 def open_store(folder: Path, kind: str = "faiss", url: str | None = None, kb_id: str = "crash") -> VectorStoreDriver:
     if kind == "faiss":
-        from stores.faiss_store import FaissStore
+        from stores.faiss.store import FaissStore
 
         return FaissStore(StoreContext(kb_id, folder))
     if kind in ("chroma", "chroma-server"):
-        from stores.chroma_store import ChromaStore
+        from stores.chroma.store import ChromaStore
 
         connection = {"url": url, "timeout": 10} if kind == "chroma-server" else {}
         return ChromaStore(StoreContext(kb_id, folder, connection=connection))
     if kind == "elasticsearch":
-        from stores.elasticsearch_store import ElasticsearchStore
+        from stores.elasticsearch.store import ElasticsearchStore
 
         return ElasticsearchStore(StoreContext(kb_id, folder, connection={"url": url, "timeout": 10}))
     raise SystemExit(f"unknown store kind {kind!r}")

@@ -4,7 +4,7 @@
 sections with their heading path and page offsets (``raw``: one section per
 page/slide/document; ``structured``: one per heading), warnings, and for PDFs
 and images a page renderer for screenshots. A file kb cannot read raises
-``kb.errors.ExtractionError`` with the reason; it never yields an empty document.
+``kb_base.errors.ExtractionError`` with the reason; it never yields an empty document.
 """
 
 from writers.extract.registry import KINDS, check_mode, detect_kind, extract_document

@@ -11,7 +11,7 @@ from docx.opc.exceptions import PackageNotFoundError
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 from writers.extract.types import ExtractedDocument, SectionBuilder
 
 _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)

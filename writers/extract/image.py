@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
 from writers.extract.types import ExtractedDocument, Section
 

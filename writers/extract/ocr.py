@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 
 OCR_TIMEOUT_SECONDS = 120
 INSTALL_HINT = "install the Debian package tesseract-ocr (or point KB_TESSERACT at a tesseract binary)"

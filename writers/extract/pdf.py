@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
 from writers.extract.types import ExtractedDocument, Section, SectionBuilder
 

@@ -10,7 +10,7 @@ from pptx import Presentation
 from pptx.exc import PackageNotFoundError
 from pptx.shapes.base import BaseShape
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 from writers.extract.types import ExtractedDocument, SectionBuilder
 
 

@@ -6,7 +6,7 @@ import io
 import zipfile
 from pathlib import PurePosixPath
 
-from kb.errors import ExtractionError, InvalidInputError
+from kb_base.errors import ExtractionError, InvalidInputError
 from writers.extract.types import EXTRACTION_MODES, ExtractedDocument
 
 EXTENSIONS = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kb.errors import ExtractionError
+from kb_base.errors import ExtractionError
 
 
 def decode_text(data: bytes, warnings: list[str]) -> str:

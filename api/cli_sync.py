@@ -1,0 +1,98 @@
+"""``kb sync``: keep a knowledge bank equal to a folder of documents (``writers.sync``).
+
+    kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR] [--extraction raw|structured]
+            [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200] [--batch-files 32]
+            [--wait SECONDS] [--report report.json] [--quiet]
+
+SOURCE is a local directory, or the id or name of a managed folder of the
+project. Exit status: 0 every file synced or unchanged, 1 some files failed
+(listed on stderr with their reason), 2 usage or fatal error (unknown
+knowledge bank or folder, another sync running, the model failing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import kb
+from kb.lookup import find_knowledge_bank
+from kb_base.errors import KBError, NotFoundError
+from writers.sync import SyncOptions, SyncReport, sync_folder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kb sync", description="Extract a folder of documents (PDF, DOCX, PPTX, HTML, Markdown, text, images) "
+                                    "into a knowledge bank and keep it in sync: added, changed and removed files.",
+        epilog="exit status: 0 every file synced or unchanged, 1 some files failed, 2 usage or fatal error")
+    parser.add_argument("source", help="a local directory, or a managed folder id or name")
+    parser.add_argument("--kb", required=True, help="knowledge bank id or name")
+    parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
+    parser.add_argument("--home", type=Path, help="kb home (default: $KB_HOME)")
+    parser.add_argument("--extraction", choices=["raw", "structured"], default="raw",
+                        help="raw: text per page/slide/document; structured: split at headings (default: raw)")
+    parser.add_argument("--screenshots", action="store_true", help="render PDF pages to PNG in the images folder")
+    parser.add_argument("--no-ocr", action="store_true", help="never run tesseract on image-only pages or images")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="characters; 0 keeps sections whole")
+    parser.add_argument("--chunk-overlap", type=int, default=200)
+    parser.add_argument("--batch-files", type=int, default=32, help="files per atomic commit")
+    parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another sync to finish")
+    parser.add_argument("--report", type=Path, help="also write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _find_source(project: Any, source: str) -> Any:
+    if Path(source).is_dir():
+        return Path(source)
+    for info in project.list_managed_folders():
+        if source in (info["id"], info["name"]):
+            return project.get_managed_folder(info["id"])
+    raise NotFoundError(f"{source!r} is neither a local directory nor a managed folder of project "
+                        f"{project.project_key}")
+
+
+def _print_report(report: SyncReport, path: Path | None) -> None:
+    for item in report.failed[:50]:
+        print(f"failed: {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(report.failed) > 50:
+        print(f"... and {len(report.failed) - 50} more failed files (see --report)", file=sys.stderr)
+    for item in report.warnings[:20]:
+        print(f"warning: {item['path']}: {item['message']}", file=sys.stderr)
+    print(report.summary())
+    if path is not None:
+        path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kb sync``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help is 0, a usage error 2
+        return int(exc.code or 0)
+    client = None
+    try:
+        options = SyncOptions(extraction=args.extraction, screenshots=args.screenshots, ocr=not args.no_ocr,
+                              chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+                              batch_files=args.batch_files, lock_timeout=args.wait)
+        options.validate()
+        client = kb.api_client(home=args.home)
+        project = client.get_project(args.project)
+        core = find_knowledge_bank(project, args.kb).as_core_knowledge_bank()  # ambiguous names listed
+        report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
+    except KBError as exc:
+        print(f"kb sync: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
+    _print_report(report, args.report)
+    return report.exit_status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

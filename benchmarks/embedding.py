@@ -1,0 +1,252 @@
+"""The local model's speed: kb's ONNX path beside sentence-transformers, threads, query latency, serve start.
+
+    python -m benchmarks.embedding [--docs 192 --round-docs 16] [--out bench-results/embedding.json]
+
+- Documents per second on SciFact abstracts (``title + " " + text``, as in the reference vectors), kb's
+  onnxruntime path and sentence-transformers (when the torch extra is installed) taking turns on the same
+  texts in alternating rounds in one process (this machine's speed drifts within a minute, so only ratios
+  measured side by side mean anything); the cosine of every vector to the SciFact reference.
+- Achieved GFLOP/s: the encoder's multiply-adds on the real (unpadded) tokens divided by the time, beside the
+  CPU's fp32 peak (cores x clock x FLOP per cycle, printed with how it was found).
+- onnxruntime intra-op threads 1 .. cores, alternating; what tokenising costs next to inference.
+- Query latency for one short text (p50 of 50 after warm-up), both paths.
+- ``kb serve`` start until ``/readyz`` answers 200: with the ONNX graph not yet built, then cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kb import local_minilm
+
+SCIFACT = Path(os.environ.get("KB_SCIFACT")
+               or Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact")
+QUERY = "Does aspirin reduce the risk of heart attacks?"
+
+
+def scifact(count: int) -> tuple[list[str], np.ndarray]:
+    texts = []
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            texts.append(doc["title"] + " " + doc["text"])
+            if len(texts) == count:
+                break
+    reference = np.load(SCIFACT / "corpus-all-MiniLM-L6-v2.npy", mmap_mode="r")[:count]
+    return texts, np.asarray(reference)
+
+
+def encoder_flops(token_counts: np.ndarray, config: dict[str, Any]) -> float:
+    """Multiply-adds x 2 of the encoder on these sequences: the dense layers plus the attention products."""
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    n = token_counts.astype(np.float64)
+    dense = 2 * (4 * h * h + 2 * h * i) * n  # Q, K, V, output projection; the two feed-forward matrices
+    attention = 2 * 2 * h * n * n  # Q.K^T and probabilities.V, over every head
+    return float(layers * (dense + attention).sum())
+
+
+def cpu_peak() -> dict[str, Any]:
+    """fp32 peak of the cores this process may use: cores x clock x FLOP per cycle per core."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda name: next((ln.split(":", 1)[1].strip() for ln in info.splitlines()  # noqa: E731
+                               if ln.startswith(name)), "")
+    flags = set(field("flags").split())
+    mhz = float(field("cpu MHz") or 0)
+    cores = len(os.sched_getaffinity(0))
+    vendor, family = field("vendor_id"), field("cpu family")
+    if "avx512f" in flags and vendor == "AuthenticAMD" and family == "25":
+        per_cycle, why = 32, "Zen 4: two 256-bit FMA pipes (AVX-512 runs as two halves): 2 x 8 lanes x 2"
+    elif "avx512f" in flags:
+        per_cycle, why = 64, "two 512-bit FMA units: 2 x 16 lanes x 2"
+    elif "fma" in flags:
+        per_cycle, why = 32, "two 256-bit FMA units: 2 x 8 lanes x 2"
+    else:
+        per_cycle, why = 8, "SSE: 4 lanes x (add + multiply)"
+    return {"cores": cores, "mhz": mhz, "flop_per_cycle": per_cycle, "why": why,
+            "gflops": cores * mhz / 1000 * per_cycle, "model": field("model name")}
+
+
+def _clock(run: Any) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def compare(texts: list[str], rounds: int, reference: np.ndarray, runtime: Any) -> dict[str, Any]:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        SentenceTransformer = None
+    st = (SentenceTransformer(str(local_minilm.model_dir()), device="cpu", local_files_only=True)
+          if SentenceTransformer else None)
+    warm = texts[:8]
+    runtime.embed(warm)
+    if st is not None:
+        st.encode(warm, batch_size=local_minilm.DEFAULT_BATCH_SIZE)
+    per_round = len(texts) // rounds
+    rows, ours_all = [], []
+    for r in range(rounds):
+        part = texts[r * per_round : (r + 1) * per_round]
+        out: dict[str, Any] = {}
+
+        def run_ours(p: list[str] = part, o: dict[str, Any] = out) -> None:
+            o["vectors"] = runtime.embed(p)
+
+        def run_st(p: list[str] = part) -> None:
+            st.encode(p, batch_size=local_minilm.DEFAULT_BATCH_SIZE, normalize_embeddings=True)
+
+        order = [("kb_onnx", run_ours), ("sentence_transformers", run_st)] if st is not None else [
+            ("kb_onnx", run_ours)]
+        if r % 2:
+            order.reverse()
+        row = {name: _clock(run) for name, run in order}  # seconds
+        if st is not None:
+            row["ratio"] = row["sentence_transformers"] / row["kb_onnx"]  # kb's speed over theirs
+        rows.append(row)
+        ours_all.append(out["vectors"])
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {len(part) / v:.2f}" for k, v in row.items() if k != "ratio")
+              + (f", ratio {row['ratio']:.2f}" if "ratio" in row else ""), flush=True)
+    ours = np.vstack(ours_all)
+    cosines = (ours * reference[: len(ours)]).sum(axis=1)
+    result = {"documents": per_round * rounds, "rounds": rows,
+              "kb_onnx_docs_per_s": per_round * rounds / sum(r["kb_onnx"] for r in rows),
+              "min_cosine_to_reference": float(cosines.min()),
+              "torch_threads": None}
+    if st is not None:
+        import torch
+
+        result["sentence_transformers_docs_per_s"] = per_round * rounds / sum(r["sentence_transformers"] for r in rows)
+        result["median_ratio"] = float(np.median([r["ratio"] for r in rows]))
+        result["total_ratio"] = result["kb_onnx_docs_per_s"] / result["sentence_transformers_docs_per_s"]
+        result["torch_threads"] = torch.get_num_threads()
+        result["st_query_ms"] = _p50_ms(lambda: st.encode([QUERY], normalize_embeddings=True))
+    return result
+
+
+def _p50_ms(run: Any, times: int = 50) -> float:
+    for _ in range(5):
+        run()
+    return float(np.percentile([_clock(run) for _ in range(times)], 50) * 1000)
+
+
+def threads(texts: list[str], counts: list[int]) -> dict[str, float]:
+    runtimes = {n: local_minilm.OnnxMiniLM(local_minilm.model_dir(), local_minilm.model_cache_dir(), threads=n)
+                for n in counts}
+    for runtime in runtimes.values():
+        runtime.embed(texts[:4])
+    seconds: dict[int, list[float]] = {n: [] for n in counts}
+    for r in range(2):
+        for n in counts if r % 2 == 0 else counts[::-1]:
+            seconds[n].append(_clock(lambda rt=runtimes[n]: rt.embed(texts)))
+    return {str(n): len(texts) / float(np.median(s)) for n, s in seconds.items()}
+
+
+def serve_ready(cache: Path) -> float:
+    """Seconds from starting ``kb serve`` until /readyz answers 200 (the local model loaded and warm)."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "KB_HOME": home, "KB_AUTH": "off", "KB_MODEL_CACHE": str(cache)}
+        started = time.perf_counter()
+        server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
+                                   "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+        try:
+            while time.perf_counter() - started < 120:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                        return time.perf_counter() - started
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.02)
+            raise RuntimeError("kb serve was not ready within 120 s")
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=192, help="SciFact abstracts in the comparison")
+    parser.add_argument("--round-docs", type=int, default=16,
+                        help="abstracts per round: short rounds, because this machine's speed drifts within seconds")
+    parser.add_argument("--thread-docs", type=int, default=64, help="abstracts per thread-count run")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/embedding.json"))
+    args = parser.parse_args(argv)
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        print(f"SciFact is not at {SCIFACT}", file=sys.stderr)
+        return 2
+    texts, reference = scifact(args.docs)
+    path = local_minilm.model_dir()
+    config = json.loads((path / "config.json").read_text())
+    runtime = local_minilm.load()
+    peak = cpu_peak()
+    print(f"CPU: {peak['model']}, {peak['cores']} cores at {peak['mhz']:.0f} MHz; fp32 peak "
+          f"{peak['gflops']:.0f} GFLOP/s = cores x GHz x {peak['flop_per_cycle']} ({peak['why']})")
+
+    tokenized = runtime.tokenizer.encode_batch(texts)
+    tokens = np.array([len(e.ids) for e in tokenized])
+    tokenize_s = _clock(lambda: runtime.tokenizer.encode_batch(texts))
+    result: dict[str, Any] = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
+                                          "cpu": peak}, "onnx_threads": runtime.threads,
+                              "batch_size": runtime.batch_size, "mean_tokens": float(tokens.mean())}
+    rounds = max(1, args.docs // args.round_docs)
+    print(f"comparison on {args.docs} abstracts (mean {tokens.mean():.0f} tokens), {rounds} alternating "
+          "rounds, docs/s:", flush=True)
+    result["comparison"] = compare(texts, rounds, reference, runtime)
+    comparison = result["comparison"]
+    flops_per_doc = encoder_flops(tokens, config) / len(texts)
+    achieved = flops_per_doc * comparison["kb_onnx_docs_per_s"] / 1e9
+    result["gflops"] = {"per_document": flops_per_doc / 1e9, "kb_onnx": achieved,
+                        "peak": peak["gflops"], "fraction_of_peak": achieved / peak["gflops"]}
+    if "sentence_transformers_docs_per_s" in comparison:
+        result["gflops"]["sentence_transformers"] = flops_per_doc * comparison["sentence_transformers_docs_per_s"] / 1e9
+    result["tokenize_share"] = tokenize_s / (len(texts) / comparison["kb_onnx_docs_per_s"])
+    result["query_ms"] = _p50_ms(lambda: runtime.embed([QUERY]))
+    counts = sorted({1, runtime.threads})
+    print(f"onnxruntime threads {counts} on {args.thread_docs} abstracts ...", flush=True)
+    result["threads_docs_per_s"] = threads(texts[: args.thread_docs], counts)
+    with tempfile.TemporaryDirectory() as cache:
+        cold = serve_ready(Path(cache))  # builds the graph into the empty cache
+        result["serve_ready_s"] = {"graph_not_built": cold, "graph_cached": serve_ready(Path(cache))}
+
+    print(f"kb onnx: {comparison['kb_onnx_docs_per_s']:.2f} docs/s, min cosine to the SciFact reference "
+          f"{comparison['min_cosine_to_reference']:.6f}")
+    if "median_ratio" in comparison:
+        print(f"sentence-transformers: {comparison['sentence_transformers_docs_per_s']:.2f} docs/s (torch "
+              f"{comparison['torch_threads']} threads); median ratio of rounds {comparison['median_ratio']:.2f}x "
+              f"(ratio of the totals {comparison['total_ratio']:.2f}x)")
+        print(f"query, one short text: kb {result['query_ms']:.2f} ms, sentence-transformers "
+              f"{comparison['st_query_ms']:.2f} ms (p50)")
+    else:
+        print(f"query, one short text: kb {result['query_ms']:.2f} ms (p50); no torch extra: kb alone")
+    g = result["gflops"]
+    print(f"GFLOP/s: kb {g['kb_onnx']:.1f} ({g['fraction_of_peak']:.0%} of the {g['peak']:.0f} peak)"
+          + (f", sentence-transformers {g['sentence_transformers']:.1f}" if "sentence_transformers" in g else "")
+          + f"; {g['per_document']:.2f} GFLOP per abstract")
+    print(f"tokenising is {result['tokenize_share']:.1%} of the inference time")
+    print("onnxruntime threads, docs/s: " + ", ".join(f"{k}: {v:.2f}" for k, v in result["threads_docs_per_s"].items()))
+    print(f"kb serve ready: {result['serve_ready_s']['graph_not_built']:.2f} s building the graph, "
+          f"{result['serve_ready_s']['graph_cached']:.2f} s with it cached")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""SciFact (BEIR, train split) retrieval benchmark for kb's search types.
+
+    python -m benchmarks.scifact [--home DIR] [--out bench-results/scifact.json] [--folds 5]
+
+Builds a FAISS knowledge bank from ``../shared/datasets/scifact`` using the
+precomputed all-MiniLM-L6-v2 document vectors (``title + " " + text``),
+embeds the 809 queries once with the real model (cached in the KB_HOME
+embedding cache, so reruns are fast), and evaluates every search type with
+ranx. ``--sweep`` also evaluates fusion settings and reports, for the
+chosen default, the held-out score of k-fold cross-validation over queries
+(the setting is picked on the training folds only), so the default is not
+tuned to these queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import kb
+from kb.evaluation import evaluate, format_table, load_qrels, load_queries
+from kb_base.search import SearchRequest
+
+DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact"
+
+
+def build(home: Path, dataset: Path) -> Any:
+    from tqdm import tqdm
+
+    client = kb.api_client(home=home)
+    project = client.get_default_project()
+    existing = {i.name: i for i in project.list_knowledge_banks()}
+    if "scifact" in existing:
+        core = existing["scifact"].to_knowledge_bank().as_core_knowledge_bank()
+        if core.count() > 0:
+            return client, core
+    core = (existing["scifact"].to_knowledge_bank() if "scifact" in existing else
+            project.create_knowledge_bank("scifact")).as_core_knowledge_bank()
+    docs = [json.loads(line) for line in (dataset / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    vectors = np.load(dataset / "corpus-all-MiniLM-L6-v2.npy")
+    assert len(docs) == vectors.shape[0]
+    started = time.perf_counter()
+    with core.get_writer() as writer:
+        for start in tqdm(range(0, len(docs), 1000), desc="indexing SciFact", unit="k docs"):
+            part = docs[start : start + 1000]
+            core.write_texts([d["title"] + " " + d["text"] for d in part], [{"title": d["title"]} for d in part],
+                             [str(d["_id"]) for d in part], vectors=vectors[start : start + 1000],
+                             tx=writer.transaction)
+    print(f"indexed {len(docs)} documents in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return client, core
+
+
+def cross_validated(per_query: dict[str, dict[str, float]], folds: int, seed: int = 0) -> dict[str, Any]:
+    """Pick the best setting on k-1 folds, score it on the held-out fold; average the held-out scores."""
+    query_ids = sorted(next(iter(per_query.values())))
+    random.Random(seed).shuffle(query_ids)
+    held_out, picks = [], []
+    for fold in range(folds):
+        test = set(query_ids[fold::folds])
+        train = [q for q in query_ids if q not in test]
+        best = max(per_query, key=lambda s: np.mean([per_query[s][q] for q in train]))
+        picks.append(best)
+        held_out.extend(per_query[best][q] for q in test)
+    return {"held_out_ndcg@10": round(float(np.mean(held_out)), 4), "picked_per_fold": picks}
+
+
+def per_query_ndcg(core: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]],
+                   options: dict[str, Any]) -> dict[str, float]:
+    from ranx import Qrels, Run
+    from ranx import evaluate as ranx_evaluate
+
+    run = {}
+    for qid, text in queries.items():
+        hits = core.search(SearchRequest(query=text, k=10, search_type="hybrid", **options))
+        run[qid] = {h.id: float(len(hits) - r) for r, h in enumerate(hits)} or {"__none__": 0.0}
+    ranx_run = Run(run)
+    ranx_evaluate(Qrels({q: qrels[q] for q in queries}), ranx_run, "ndcg@10")
+    return {q: float(s) for q, s in ranx_run.scores["ndcg@10"].items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="SciFact retrieval benchmark")
+    parser.add_argument("--dataset", type=Path, default=Path(os.environ.get("KB_SCIFACT", DATASET)))
+    parser.add_argument("--home", type=Path, help="KB_HOME to build in (reused if it has the KB); default: a temp dir")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/scifact.json"))
+    parser.add_argument("--types", default="similarity,keyword,hybrid,mmr")
+    parser.add_argument("--sweep", action="store_true", help="also sweep fusion settings with cross-validation")
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not (args.dataset / "corpus.jsonl").exists():
+        print(f"SciFact not found at {args.dataset}: nothing to benchmark (set KB_SCIFACT)", file=sys.stderr)
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = args.home or Path(tmp) / "home"
+        client, core = build(home, args.dataset)
+        queries = load_queries(args.dataset / "queries-train.jsonl")
+        qrels = load_qrels(args.dataset / "qrels-train.tsv")
+        queries = {q: t for q, t in queries.items() if q in qrels}
+        started = time.perf_counter()
+        embedder = client.get_llm_handle(core.embedding_llm_id).embedder
+        embedder.embed_documents(list(queries.values()))  # one batched pass, then cache hits
+        print(f"embedded {len(queries)} queries in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        types = [t for t in args.types.split(",") if t]
+        results = evaluate(core.search, queries, qrels, types)
+        print(format_table(results))
+        report: dict[str, Any] = {"dataset": "scifact-train", "queries": len(queries), "results": results,
+                                  "fusion_default": core.search_context().fusion or "kb.fusion.DEFAULT_FUSION",
+                                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+        if args.sweep:
+            report["sweep"] = sweep(core, queries, qrels, args.folds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"report: {args.out}")
+        client.close()
+    return 0
+
+
+def sweep(core: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], folds: int) -> dict[str, Any]:
+    settings: dict[str, dict[str, Any]] = {"rrf-60": {"fusion": "rrf"}}
+    for normalisation in ("minmax", "zscore", "dbsf"):
+        for weight in (0.3, 0.4, 0.5, 0.6):
+            settings[f"{normalisation}-{weight}"] = {"fusion": "linear", "fusion_weight": weight,
+                                                     "normalisation": normalisation}
+    per_query = {name: per_query_ndcg(core, queries, qrels, options) for name, options in settings.items()}
+    means = {name: round(float(np.mean(list(v.values()))), 4) for name, v in per_query.items()}
+    for name, mean in means.items():
+        print(f"  hybrid {name:<12} nDCG@10 {mean:.4f}")
+    cv = cross_validated(per_query, folds)
+    print(f"  {folds}-fold cross-validated hybrid nDCG@10 (setting chosen on training folds): "
+          f"{cv['held_out_ndcg@10']:.4f}; picks {cv['picked_per_fold']}")
+    return {"means": means, "cross_validation": cv}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

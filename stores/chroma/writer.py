@@ -1,0 +1,198 @@
+"""The write side of the Chroma driver: one transaction at generation committed + 1 (design in stores/chroma/store.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kb_base.errors import InvalidInputError, KBError, WriterClosedError
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
+from stores.chroma.codec import DEL, GEN, ID, NEVER, encode
+from stores.chroma.reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
+from stores.generations import flip_generation, split_by_generation
+from stores.record_checks import check_records, normalise
+
+if TYPE_CHECKING:
+    from stores.chroma.store import ChromaStore
+
+log = logging.getLogger(__name__)
+
+
+class ChromaTransaction(DelegatingReader, StoreTransaction):
+    def __init__(self, store: ChromaStore, conn: sqlite3.Connection, lock: Any, snap: Snap) -> None:
+        self.store, self.conn, self.lock = store, conn, lock
+        self.committed, self.generation = snap.generation, snap.generation + 1
+        self.live = self.collection = snap.collection
+        self._dim = snap.dim
+        self.switched = self._switching = False
+        self._open = True
+        self._added: dict[str, list[str]] = {}  # collection → physical ids added (undone by rollback)
+        self._marked: list[str] = []  # live physical ids marked __kb_del = G (unmarked by rollback)
+        top = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
+        self._next_rowid = max(top, store.keywords.highest_tombstone(conn)) + 1  # rowids are never reused
+
+    def snap(self) -> Snap:
+        return Snap(self.generation, self.collection, self._dim)
+
+    def _view(self) -> ChromaView:
+        if not self._open:
+            raise WriterClosedError("this transaction is already committed or rolled back")
+        return ChromaView(self.store, self.conn, self)
+
+    @property
+    def dimension(self) -> int | None:
+        self._view()
+        return self._dim
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return self.store.chroma.call(self.collection, method, **kwargs)
+
+    def _switch(self) -> None:
+        """Write into a fresh, empty collection from now on (see the module docstring)."""
+        name = f"{self.store.collection_base}-g{self.generation}"
+        self._switching = True  # from here on, a rollback deletes that collection
+        self.store.chroma.delete_collection(name)  # this transaction's earlier one, or a dead writer's
+        self.store.chroma.collection(name, create=True, configuration=self.store.configuration)
+        self._added.pop(name, None)
+        self.collection, self.switched, self._dim = name, True, None
+        self.conn.execute("DELETE FROM records")
+        self.conn.execute("DELETE FROM retired")  # they are in the old collection, which goes as a whole
+        self.store.keywords.clear(self.conn)
+        set_meta(self.conn, "dimension", "")
+
+    def _retire(self, ids: Sequence[str]) -> int:
+        """Hide the records of ``ids`` from this generation on; returns how many existed."""
+        rows: list[tuple[int, str, int]] = []
+        for part in chunks(ids):
+            rows += self.conn.execute(f"SELECT rowid, physical, gen FROM records WHERE id IN ({marks(len(part))})",
+                                      part).fetchall()
+        if not rows:
+            return 0
+        own, older = split_by_generation(((physical, gen) for _, physical, gen in rows), self.generation)
+        for part in chunks(own):
+            self._call("delete", ids=part)
+        for part in chunks(older):
+            self._marked += part  # before the call: a call that times out may still have been applied
+            self._call("update", ids=part, metadatas=[{DEL: self.generation}] * len(part))  # Chroma merges keys
+        self.conn.executemany("INSERT INTO retired VALUES (?, ?)", [(p, self.generation) for p in older])
+        self.store.keywords.remove(self.conn, [r[0] for r in rows])
+        self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        self._view()
+        if not records:
+            return
+        dim = check_records(records, self._dim)
+        copies = []
+        for record in records:
+            try:
+                copies.append(json.dumps(record.metadata, allow_nan=False, ensure_ascii=False))
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
+        metadatas = [encode(r.id, dict(r.metadata)) for r in records]
+        if self._dim is None and not self.switched:
+            # The KB is empty: write into a fresh collection, which takes any dimension (the old one keeps the
+            # dimension of its first vector) and exists wherever the KB's connection now points.
+            self._switch()
+        self._retire([r.id for r in records])
+        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
+        # A fresh part per call: an add never meets an id already there (Chroma would silently keep the old one).
+        nonce = secrets.token_hex(4)
+        physical = [f"{self.generation}.{nonce}:{r.id}" for r in records]
+        for metadata, record in zip(metadatas, records, strict=True):
+            metadata.update({ID: record.id, GEN: self.generation, DEL: NEVER})
+        added = self._added.setdefault(self.collection, [])
+        for start in range(0, len(records), BATCH):
+            end = start + BATCH
+            added += physical[start:end]
+            self._call("add", ids=physical[start:end], embeddings=vectors[start:end],
+                       metadatas=metadatas[start:end], documents=[r.text for r in records[start:end]])
+        fault_point("store_records_written")
+        rows = [(self._next_rowid + i, r.id, p, self.generation, m)
+                for i, (r, p, m) in enumerate(zip(records, physical, copies, strict=True))]
+        self._next_rowid += len(rows)
+        self.conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+        self.store.keywords.add(self.conn, [(row[0], r.text) for row, r in zip(rows, records, strict=True)])
+        if self._dim is None:
+            self._dim = dim
+            set_meta(self.conn, "dimension", str(dim))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        self._view()
+        return self._retire(list(dict.fromkeys(ids)))
+
+    def clear(self) -> None:
+        self._view()
+        self._switch()
+
+    def commit(self) -> None:
+        self._view()
+        try:
+            drops = [tuple(d) for d in json.loads(meta_value(self.conn, "drops"))]
+            if self.switched:
+                set_meta(self.conn, "collection", self.collection)
+                if self.live:
+                    drops.append((self.live, self.generation))
+            else:
+                self._vacuum()
+            kept = []
+            for name, gen in drops:
+                if gen <= self.committed:  # switched away from before the current generation: unused now
+                    try:
+                        self.store.chroma.delete_collection(name)
+                        continue
+                    except KBError as exc:  # garbage never fails a commit; the next one tries again
+                        log.warning("could not delete old Chroma collection %s: %s", name, exc)
+                kept.append([name, gen])
+            set_meta(self.conn, "drops", json.dumps(kept))
+            flip_generation(self.conn, self.generation)
+            set_meta(self.conn, "dirty", "0")
+            fault_point("before_sqlite_commit")
+            self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
+            fault_point("after_sqlite_commit")
+        except BaseException:
+            self.rollback()
+            raise
+        self.store.chroma.committed(self.committed, self.generation)
+        self._finish()
+
+    def _vacuum(self) -> None:
+        """Delete records retired before the current generation: no reader of it or later sees them."""
+        stale = [r[0] for r in self.conn.execute("SELECT physical FROM retired WHERE gen <= ?", (self.committed,))]
+        try:
+            for part in chunks(stale):
+                self._call("delete", ids=part)
+        except KBError as exc:  # invisible garbage never fails a commit; the next one tries again
+            log.warning("could not delete %d replaced Chroma records: %s", len(stale), exc)
+            return
+        self.conn.execute("DELETE FROM retired WHERE gen <= ?", (self.committed,))
+
+    def rollback(self) -> None:
+        if not self._open:
+            return
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if self._switching:
+                self.store.chroma.delete_collection(f"{self.store.collection_base}-g{self.generation}")
+            for name, physical in self._added.items():
+                if name != self.collection or not self.switched:
+                    for part in chunks(physical):
+                        self.store.chroma.call(name, "delete", ids=part)
+            for part in chunks(self._marked):
+                self.store.chroma.call(self.live, "update", ids=part, metadatas=[{DEL: NEVER}] * len(part))
+            set_meta(self.conn, "dirty", "0")  # only once Chroma is clean; otherwise the next writer cleans
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._open = False
+        self.conn.close()
+        self.lock.close()

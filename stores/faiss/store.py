@@ -1,0 +1,432 @@
+"""FAISS driver: vectors in a FAISS index file, records and keyword index in SQLite.
+
+Layout of ``<kb folder>/store/``::
+
+    store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta
+    index-<gen>.faiss   the FAISS index of committed generation <gen>
+    writer.lock         flock'ed by the single writer
+
+Commit protocol (crash-safe at any point):
+1. the new index is written to the writer's staging folder (``O_DIRECT`` where
+   the file system allows, ``stores.faiss.index_file``), fsynced, then renamed to
+   ``index-<gen+1>.faiss`` (an orphan until step 2 lands);
+2. one SQLite transaction applies the record and keyword changes and sets
+   ``meta.generation = gen+1``; SQLite (WAL, synchronous=FULL) makes it
+   atomic and durable;
+3. after the commit returns, a thread copies the WAL into the database file
+   (``stores.sqlite.wal_checkpoint``): nothing durable depends on it.
+Readers take a SQLite read snapshot, read the generation in it and search the
+index of that generation, so they see either the old or the new state, never
+a mix. The previous index file is kept one generation so a reader that
+raced a commit can still open it. Similarity searches skip the snapshot:
+rowids are never reused, so the hits of the committed generation's index are
+read by rowid (from a record cache, else SQLite), and a hit that a newer
+commit removed meanwhile sends the search to the snapshot path.
+
+Modules: this one (the driver and its reads), ``faiss_view`` (reads over one
+connection and one index), ``faiss_transaction`` (the writer and its commit).
+
+Vectors are L2-normalised on the way in, so inner product is cosine
+similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
+``HNSW`` (approximate) is chosen in the KB's store settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from kb_base.errors import InvalidInputError, WriterClosedError
+from kb_base.filters import Filter
+from stores.base import (
+    Capabilities,
+    Hit,
+    RankedLists,
+    Record,
+    StoreContext,
+    StoreTransaction,
+    VectorStoreDriver,
+    acquire_writer_lock,
+)
+from stores.columnar_filter import MetadataColumns
+from stores.faiss.filtered import FilteredSearch
+from stores.faiss.huge_pages import start_backing
+from stores.faiss.index import configure_search_threads, index_settings, new_index
+from stores.faiss.langchain import KBFaissVectorStore
+from stores.faiss.record_cache import RecordCache
+from stores.faiss.transaction import FaissTransaction
+from stores.faiss.view import FaissView, read_row_tuples, read_rows
+from stores.keyword.index import KeywordIndex, NoKeywordIndex
+from stores.sqlite.meta import connect_durable, read_meta
+from stores.sqlite.wal_checkpoint import BackgroundCheckpoints
+from stores.sqlite.wal_watch import WalWatch
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+"""
+_READ_MMAP_BYTES = 1 << 30
+# Pages of a new store's database. Records (about 1 KB of text each) and postings blobs fill 16 KB pages with
+# less per-page overhead and fewer overflow chains: a 100k bulk load's inserts and commit took 0.5-0.6 s instead
+# of 0.77-0.95 s with 4 KB pages (the same 100k rows through sqlite3 alone, WAL, synchronous=FULL). Existing stores keep
+# the page size they were created with.
+_PAGE_BYTES = 16384
+_RECORD_CACHE_ENTRIES = int(os.environ.get("KB_RECORD_CACHE", "50000"))
+# A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
+_QUICK_FLAT_FLOATS = 40_000_000
+
+_connect = connect_durable
+
+
+class FaissStore(VectorStoreDriver):
+    store_type = "FAISS"
+    capabilities = Capabilities(keyword=True, approximate=True)
+
+    def __init__(self, context: StoreContext) -> None:
+        super().__init__(context)
+        self.settings = index_settings(context.settings)
+        self.dir = Path(context.folder) / "store"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.dir / "store.sqlite"
+        self.keywords = KeywordIndex(context.keyword_analyzer) if context.keyword_index else NoKeywordIndex()
+        if not context.keyword_index:
+            self.capabilities = Capabilities(keyword=False, approximate=True)
+        self._local = threading.local()
+        self._cache_lock = threading.Lock()
+        self._cached: tuple[int, faiss.Index | None] = (-1, None)
+        self.huge_pages: threading.Thread | None = None  # the loaded index's move onto huge pages, while it runs
+        self._columns_cache: tuple[int, MetadataColumns] | None = None
+        self._prepared_cache: tuple[int, FilteredSearch] | None = None
+        self._records = RecordCache(_RECORD_CACHE_ENTRIES)
+        self._closed = False
+        self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
+        conn = _connect(self.db_path, page_size=_PAGE_BYTES)
+        try:
+            # opened right after a big commit, the WAL may still be long: its copy is the checkpointer's, not
+            # this (tiny) transaction's
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            self.keywords.create(conn)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', '')")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise WriterClosedError(f"the store of knowledge bank {self.context.kb_id} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.db_path)
+            # Reads map the file instead of a pread per page: a search's ten records are ten page
+            # lookups, which in a fresh process (or a cold SQLite page cache) were ten system calls.
+            conn.execute(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
+        return conn
+
+    def index_path(self, generation: int) -> Path:
+        return self.dir / f"index-{generation}.faiss"
+
+    def _load_index(self, generation: int) -> faiss.Index | None:
+        with self._cache_lock:
+            cached_gen, cached = self._cached
+            if cached_gen == generation:
+                return cached
+            index = faiss.read_index(str(self.index_path(generation))) if generation > 0 else None
+            if index is not None and self.settings["type"] == "HNSW":
+                faiss.downcast_index(index.index).hnsw.efSearch = self.settings["ef_search"]
+            if index is not None:
+                # searches go on meanwhile; ~2x faster flat scans once it is done (stores.faiss.huge_pages)
+                self.huge_pages = start_backing(index)
+            self._cached = (generation, index)
+            return index
+
+    _read_meta = staticmethod(read_meta)
+
+    def _prepared(self, generation: int, index: faiss.Index) -> FilteredSearch:
+        """The committed index's layout for filtered searches, made once per generation."""
+        cached = self._prepared_cache
+        if cached is not None and cached[0] == generation and cached[1].index is index:
+            return cached[1]
+        prepared = FilteredSearch(index)
+        self._prepared_cache = (generation, prepared)
+        return prepared
+
+    def _metadata_columns(self, conn: sqlite3.Connection, generation: int) -> MetadataColumns:
+        """Columns of the committed generation's metadata, built once per generation (read in its snapshot)."""
+        with self._cache_lock:
+            cached = self._columns_cache
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+        rows = conn.execute("SELECT rowid, metadata FROM records ORDER BY rowid").fetchall()
+        columns = MetadataColumns(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                                  (r[1] for r in rows))
+        with self._cache_lock:
+            self._columns_cache = (generation, columns)
+        return columns
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[FaissView]:
+        configure_search_threads()
+        conn = self._conn()
+        for attempt in range(5):
+            conn.execute("BEGIN")
+            try:
+                generation, dim = self._read_meta(conn)
+                try:
+                    index = self._load_index(generation) if dim is not None else None
+                except RuntimeError:
+                    # The index file of an old snapshot went away under us: retry with a fresh one.
+                    conn.execute("COMMIT")
+                    if attempt == 4:
+                        raise
+                    continue
+                yield FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
+                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records,
+                            generation=generation, prepared=lambda g=generation, i=index: self._prepared(g, i))
+                return
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    @property
+    def dimension(self) -> int | None:
+        with self._snapshot() as view:
+            return view.dimension
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        with self._snapshot() as view:
+            return view.get(ids, with_vectors)
+
+    def count(self, flt: Filter | None = None) -> int:
+        with self._snapshot() as view:
+            return view.count(flt)
+
+    def ids_where(self, flt: Filter | None) -> list[str]:
+        with self._snapshot() as view:
+            return view.ids_where(flt)
+
+    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        with self._snapshot() as view:
+            yield from view.iter_records(batch_size, with_vectors)
+
+    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
+                   with_vectors: bool = False) -> list[Hit]:
+        if not with_vectors:
+            hits = self._similarity_without_snapshot(vector, k, flt)
+            if hits is not None:
+                return hits
+        with self._snapshot() as view:
+            return view.similarity(vector, k, flt, with_vectors)
+
+    def _committed_meta(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
+        """The committed (generation, dimension), re-read only after another connection committed.
+
+        Whether one did is first asked of the wal-index header in shared memory (no system call; see
+        ``stores.sqlite.wal_watch``), then of ``PRAGMA data_version`` when the header moved.
+        """
+        local = self._local
+        watch = getattr(local, "wal_watch", None)
+        header = watch.header() if watch is not None else None  # read before data_version: see wal_watch
+        known = getattr(local, "meta", None)
+        if header is not None and known is not None and known[3] == header:
+            return known[1], known[2]
+        cursor = getattr(local, "version_cursor", None)
+        if cursor is None or cursor.connection is not conn:
+            cursor = local.version_cursor = conn.cursor()
+        version = next(cursor.execute("PRAGMA data_version"))[0]  # read first: a later commit changes it
+        if watch is None:  # the connection has the database open now: its -shm file exists (WAL mode)
+            local.wal_watch = WalWatch(self.db_path)
+        if known is not None and known[0] == version:
+            local.meta = (version, known[1], known[2], header)
+            return known[1], known[2]
+        generation, dim = self._read_meta(conn)
+        local.meta = (version, generation, dim, header)
+        return generation, dim
+
+    def _committed_view(self, flt: Filter | None) -> FaissView | None:
+        """A view of the committed generation outside any SQLite read transaction, for the similarity hot path
+        (None: answer from a snapshot instead).
+
+        Committed rowids never change content (see ``stores.faiss.record_cache``), so the records of the
+        committed generation's hits can be read outside a transaction: a record is either the one the
+        index meant, or gone because a newer commit deleted it, and then the snapshot path answers.
+        An unfiltered view is kept per thread until the generation changes (it holds that thread's connection).
+        """
+        configure_search_threads()
+        conn = self._conn()
+        generation, dim = self._committed_meta(conn)
+        if dim is None:
+            return None
+        kept = getattr(self._local, "view", None)
+        if flt is None and kept is not None and kept.generation == generation and kept.conn is conn:
+            return kept
+        columns = None
+        if flt is not None:  # only columns built in a snapshot of this generation may answer a filter
+            built = self._columns_cache
+            if built is None or built[0] != generation:
+                return None
+            columns = built[1]
+        try:
+            index = self._load_index(generation)
+        except RuntimeError:  # its file was replaced by two newer commits meanwhile
+            return None
+        view = FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
+                         columns=(lambda: columns) if columns is not None else None, cache=self._records,
+                         generation=generation, prepared=lambda: self._prepared(generation, index),
+                         one_thread=flt is None)
+        if flt is None:
+            self._local.view = view
+        return view
+
+    def _similarity_without_snapshot(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Hit] | None:
+        view = self._committed_view(flt)
+        if view is None:
+            return None
+        pairs = view.ranked(vector, k, flt)
+        records = view._records_by_rowid([r for r, _ in pairs], False)
+        if len(records) < len(pairs):
+            return None
+        return [Hit(records[r], s) for r, s in pairs]
+
+    def similarity_rows(self, vector: np.ndarray, k: int,
+                        flt: Filter | None = None) -> list[tuple[str, str, dict[str, Any], float]]:
+        view = self._committed_view(flt)
+        if view is not None:
+            rowids, scores = view.nearest(vector, k, flt)
+            rows = self._records.hits(rowids, scores)  # the common case: every hit's record is in memory
+            if rows is not None:
+                return rows
+            found = read_row_tuples(view.conn, rowids, self._records)
+            if len(found) == len(rowids):
+                return [(*found[r], s) for r, s in zip(rowids, scores, strict=True)]
+        return super().similarity_rows(vector, k, flt)
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        with self._snapshot() as view:
+            return view.keyword(query, k, flt)
+
+    def ranked_lists(self, vector: np.ndarray, query: str, depth: int,
+                     flt: Filter | None = None) -> RankedLists | None:
+        """Both hybrid lists from one snapshot as ids and scores; records are read later for the fused few,
+        by rowid outside the snapshot (committed rowids never change content; a vanished one is reported)."""
+        if not self.capabilities.keyword:
+            return None
+        with self._snapshot() as view:
+            dense = view.ranked(vector, depth, flt)
+            keyword = view.keyword_ranked(query, depth, flt)
+            ids = view.ids_by_rowid(list({r for r, _ in dense} | {r for r, _ in keyword}))
+        rowid_of = {record_id: rowid for rowid, record_id in ids.items()}
+
+        def records(wanted: Sequence[str]) -> dict[str, Record] | None:
+            rowids = [rowid_of[i] for i in wanted]
+            found = read_rows(self._conn(), rowids, self._records)
+            if len(found) < len(rowids):
+                return None
+            return {found[r].id: found[r] for r in rowids}
+
+        return RankedLists([(ids[r], s) for r, s in dense if r in ids],
+                           [(ids[r], s) for r, s in keyword if r in ids], records)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def begin(self, timeout: float = 30.0) -> FaissTransaction:
+        lock_file = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
+        conn = _connect(self.db_path)
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed after the commit, on self.checkpoints
+            conn.execute("BEGIN IMMEDIATE")
+            generation, dim = self._read_meta(conn)
+            base = self._load_index(generation) if dim is not None else None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            lock_file.close()
+            raise
+        self._remove_stale_index_files(generation)
+        return FaissTransaction(self, conn, lock_file, base, generation, dim)
+
+    def _remove_stale_index_files(self, generation: int) -> None:
+        for path in self.dir.glob("index-*.faiss"):
+            try:
+                gen = int(path.stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            if gen > generation or gen < generation - 1:  # orphans of crashed commits, or long replaced
+                path.unlink(missing_ok=True)
+
+    def committed_index(self) -> faiss.Index | None:
+        """The committed generation's FAISS index, the very object searches use (None while empty).
+
+        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only.
+        """
+        with self._snapshot() as view:
+            return view.index
+
+    def answers_quickly(self, filtered: bool) -> bool:
+        # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.
+        # A filter also needs the generation's metadata columns already built (building them reads every row).
+        generation, index = self._cached
+        if index is None or self._closed:
+            return False
+        if filtered and (self._columns_cache is None or self._columns_cache[0] != generation):
+            return False
+        if self.settings["type"] == "HNSW":
+            # a filter evaluates columns over every row and may scan up to 8k matches exactly: a few ms at 1M
+            # chunks, not event-loop work
+            return not filtered
+        return index.ntotal * index.d <= _QUICK_FLAT_FLOATS
+
+    def new_index(self, dim: int) -> faiss.Index:
+        return new_index(self.settings, dim)
+
+    def langchain_vectorstore(self, core: Any, tx: StoreTransaction | None, **kwargs: Any) -> KBFaissVectorStore:
+        """A FAISS knowledge bank hands out an instance of langchain-community's FAISS class."""
+        if kwargs:
+            raise InvalidInputError(f"unexpected vector store options: {', '.join(sorted(kwargs))}")
+        return KBFaissVectorStore(core, tx)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+            self._local.meta = None
+            self._local.view = None
+            watch = getattr(self._local, "wal_watch", None)
+            if watch is not None:
+                watch.close()
+                self._local.wal_watch = None
+        with self._cache_lock:
+            self._cached = (-1, None)
+
+    def destroy(self) -> None:
+        self.close()
+        self.checkpoints.wait()
+        self._closed = True
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+

@@ -1,0 +1,310 @@
+"""The FAISS knowledge bank's single write transaction and its crash-safe commit (see ``stores.faiss.store``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from kb_base.errors import StoreError, WriterClosedError
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
+from stores.faiss.index_file import write_durably
+from stores.faiss.vector_buffers import NormalisedBuffers
+from stores.faiss.view import FaissView, _chunks
+from stores.keyword.pending import PendingKeywords
+from stores.record_batch import RecordBatch
+from stores.record_checks import checked_vectors, metadata_json
+from stores.sqlite.background_io import Background, flush_to_disk, fsync_path
+
+if TYPE_CHECKING:
+    from stores.faiss.store import FaissStore
+
+
+PENDING_KEYWORD_DOCUMENTS = 100_000  # documents analysed and not yet written, at most (about 1 KB each)
+
+
+class FaissTransaction(DelegatingReader, StoreTransaction):
+    def __init__(self, store: FaissStore, conn: sqlite3.Connection, lock_file: Any,
+                 base: faiss.Index | None, generation: int, dim: int | None) -> None:
+        self.store, self.conn, self.lock_file = store, conn, lock_file
+        self.generation, self._dim = generation, dim
+        self.index = base
+        self._owns_index = False  # copy-on-write: the committed index is shared with readers
+        self._dirty = False
+        self._open = True
+        self.staging = store.dir / "staging" / uuid.uuid4().hex
+        self._wal_flush: Background | None = None
+        # Upserted documents being analysed for the keyword index on a helper thread while the caller goes on
+        # (prepares its next batch); written into this transaction, all buffered batches at once, before its
+        # next read, delete, replacement or commit (or at PENDING_KEYWORD_DOCUMENTS).
+        self._pending_keywords = PendingKeywords(store.keywords)
+        # Vectors added to the index on a helper thread (faiss releases the GIL; growing a 100k index is mostly
+        # page faults and copies, ~0.25 s), one batch after another; waited for before anything reads, removes
+        # from or writes out the index.
+        self._adding: Background | None = None
+        self._normalised = NormalisedBuffers()
+        self._broken = False
+        row = conn.execute("SELECT MAX(rowid) FROM records").fetchone()
+        counter = conn.execute("SELECT value FROM meta WHERE key = 'next_rowid'").fetchone()
+        # Rowids are never reused: not while the keyword index holds a tombstone for one, and not ever
+        # once committed (the counter commits with the records), which is what lets readers cache
+        # records by rowid and read them outside a snapshot.
+        self._next_rowid = max(int(row[0] or 0) + 1, store.keywords.highest_tombstone(conn) + 1,
+                               int(counter[0]) if counter else 1)
+        # While the store was empty when this writer began, the only ids that can exist are the ones it wrote:
+        # an upsert then looks up only those (a bulk load into a new knowledge bank looks up none).
+        self._written_ids: set[str] | None = set() if row[0] is None else None
+
+    def _view(self) -> FaissView:
+        self._check_open()
+        self._write_pending_keywords()
+        self._join_adds()
+        return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise WriterClosedError("this transaction is already committed or rolled back")
+
+    @property
+    def dimension(self) -> int | None:
+        return self._dim
+
+    def _writable_index(self, dim: int) -> faiss.Index:
+        if self.index is None:
+            self.index = self.store.new_index(dim)
+            self._owns_index = True
+        elif not self._owns_index:
+            self.index = faiss.clone_index(self.index)
+            self._owns_index = True
+        self._dirty = True
+        return self.index
+
+    def _rowids_of(self, ids: Sequence[str]) -> list[int]:
+        if self._written_ids is not None:
+            ids = [i for i in ids if i in self._written_ids]
+        rowids: list[int] = []
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            query = f"SELECT rowid FROM records WHERE id IN ({marks})"
+            rowids.extend(r[0] for r in self.conn.execute(query, list(part)))
+        return rowids
+
+    def _remove_rowids(self, rowids: list[int]) -> None:
+        if not rowids:
+            return
+        self._join_adds()
+        index = self._writable_index(self._dim or 0)
+        if self.store.settings["type"] == "HNSW":
+            self._rebuild_without(index, np.asarray(rowids, dtype=np.int64))
+        else:
+            index.remove_ids(np.asarray(rowids, dtype=np.int64))
+        self.store.keywords.remove(self.conn, rowids)
+        self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
+
+    def _rebuild_without(self, index: faiss.Index, removed: np.ndarray) -> None:
+        """HNSW graphs cannot drop nodes: rebuild from the remaining vectors (cost: O(n) per commit with deletes)."""
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        keep = ~np.isin(ids, removed)
+        vectors = index.index.reconstruct_n(0, index.ntotal)[keep] if index.ntotal else np.zeros((0, self._dim))
+        fresh = self.store.new_index(int(self._dim or 0))
+        if keep.any():
+            fresh.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids[keep])
+        self.index = fresh
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        self._check_open()
+        if not records:
+            return
+        batch = records.columns() if isinstance(records, RecordBatch) else None
+        ids = list(batch.ids) if batch is not None else [r.id for r in records]
+        texts = batch.texts if batch is not None else [r.text for r in records]
+        rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
+        # analysed for the keyword index on a helper thread from now on, while the records and vectors are
+        # checked and written here and the caller prepares its next batch; buffered, and written with the
+        # batches after it (one segment per term for all of them) at this transaction's next read, delete,
+        # replacement or commit
+        analysing = self._pending_keywords.start(rowids, texts)
+        try:
+            vectors, buffer = self._normalised.into_free_buffer(checked_vectors(records, self._dim))
+            dim = int(vectors.shape[1])
+            replaced = self._rowids_of(ids)
+            if replaced or self._pending_keywords.documents >= PENDING_KEYWORD_DOCUMENTS:
+                self._write_pending_keywords()  # a removal needs the postings in; and memory stays bounded
+            self._remove_rowids(replaced)
+            self._next_rowid += len(records)
+            if batch is not None and batch.metadatas is None:
+                metadata: Sequence[str] = batch.encoded  # type: ignore[assignment]
+            elif batch is not None:
+                metadata = [e if e is not None else metadata_json(Record(i, "", m))
+                            for i, m, e in zip(ids, batch.metadatas, batch.encoded, strict=True)]
+            else:
+                metadata = [metadata_json(record) for record in records]
+            self.conn.executemany("INSERT INTO records(rowid, id, text, metadata) VALUES (?, ?, ?, ?)",
+                                  zip(rowids.tolist(), ids, texts, metadata, strict=True))
+        except BaseException:
+            self._pending_keywords.forget(analysing)
+            raise
+        self._pending_keywords.keep(analysing)
+        if self._written_ids is not None:
+            self._written_ids.update(ids)
+        self._add_vectors(self._writable_index(dim), vectors, rowids)
+        self._normalised.lent(buffer, self._adding)
+        if self._dim is None:
+            self._dim = dim  # into meta at commit, with the generation (see ``_write_meta``)
+        # the pages SQLite spilled to the WAL during this batch go to disk while the caller prepares the next
+        if self._wal_flush is None or not self._wal_flush.running:
+            self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
+
+    def _add_vectors(self, index: faiss.Index, vectors: np.ndarray, rowids: np.ndarray) -> None:
+        previous = self._adding
+
+        def add() -> None:
+            if previous is not None:
+                previous.join()  # in order; an earlier failure fails this one too, and is what join raises
+            index.add_with_ids(vectors, rowids)
+
+        self._adding = Background(add, "kb-vector-add")
+
+    def _join_adds(self) -> None:
+        adding, self._adding = self._adding, None
+        if adding is not None:
+            try:
+                adding.join()
+            except BaseException:
+                self._broken = True  # records are in without their vectors: this transaction must not commit
+                raise
+
+    def _discard_adds(self) -> None:
+        """Wait for the adds (no thread outlives its writer, nor writes into an index being dropped); what they
+        raised no longer matters."""
+        adding, self._adding = self._adding, None
+        if adding is not None:
+            try:
+                adding.join()
+            except Exception:
+                pass
+
+    def _flush_wal(self) -> None:
+        flush_to_disk(self.store.db_path.with_name(self.store.db_path.name + "-wal"))
+
+    def _write_pending_keywords(self) -> None:
+        try:
+            self._pending_keywords.write(self.conn)
+        except BaseException:
+            self._broken = True  # records are in without their postings: this transaction must not commit
+            raise
+
+    def delete(self, ids: Sequence[str]) -> int:
+        self._check_open()
+        self._write_pending_keywords()
+        rowids = self._rowids_of(ids)
+        self._remove_rowids(rowids)
+        return len(rowids)
+
+    def clear(self) -> None:
+        self._check_open()
+        self._drop_pending_keywords()
+        self._discard_adds()
+        self.conn.execute("DELETE FROM records")
+        self._written_ids = set()  # empty again: only what this writer adds from here on can exist
+        self.store.keywords.clear(self.conn)
+        self._dim = None
+        self.index = None
+        self._owns_index = True
+        self._dirty = True
+
+    def commit(self) -> None:
+        self._check_open()
+        writer: Background | None = None
+        try:
+            if self._broken:
+                raise StoreError("an earlier write of this transaction failed: roll it back")
+            new_generation = self.generation + 1
+            if self._dirty and self.index is not None:
+                # the index file is written and fsynced on a helper thread, once the vector adds it waits for are
+                # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
+                # for before the SQLite commit that makes the new generation visible (a failure before it leaves
+                # an unreferenced file, as ever; a failed add fails the join below)
+                adding, self._adding = self._adding, None
+                writer = Background(lambda: self._write_index(new_generation, after=adding), "kb-index-write")
+            else:
+                self._join_adds()
+            self._write_pending_keywords()
+            if self._dirty:
+                if writer is not None:
+                    self._join_wal_flush()
+                    self._flush_wal()
+                    writer.join()
+                self._write_meta(new_generation)
+            fault_point("before_sqlite_commit")
+            self.conn.execute("COMMIT")
+            fault_point("after_sqlite_commit")
+        except BaseException as exc:
+            if writer is not None:
+                try:
+                    writer.join()  # not left writing into the staging folder that _finish removes
+                except BaseException:  # the first failure is the one reported
+                    pass
+            self._abort()
+            if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
+                raise StoreError(f"commit to knowledge bank {self.store.context.kb_id} failed: {exc}") from exc
+            raise
+        self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
+        self._finish()
+
+    def _write_meta(self, generation: int) -> None:
+        """The new generation, the vector dimension and the rowid counter, together and last of the transaction:
+        the meta page is written once, at the end (the dimension used to be written at the first upsert, so a
+        bulk load spilled that page to the WAL early and SQLite rewrote it in place at commit).
+        After clear() there is no index file: dimension '' tells readers the store is empty.
+        """
+        dimension = "" if self._dim is None else str(self._dim)
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("generation", str(generation)), ("dimension", dimension), ("next_rowid", str(self._next_rowid))])
+
+    def _write_index(self, generation: int, after: Background | None = None) -> None:
+        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder; first wait for
+        ``after`` (the vector adds)."""
+        if after is not None:
+            after.join()
+        assert self.index is not None
+        self.staging.mkdir(parents=True, exist_ok=True)
+        staged = self.staging / "index.faiss"
+        write_durably(self.index, staged)
+        fault_point("index_written")
+        os.replace(staged, self.store.index_path(generation))
+        fault_point("index_renamed")
+        fsync_path(self.store.dir)
+
+    def _join_wal_flush(self) -> None:
+        if self._wal_flush is not None:
+            self._wal_flush.join()
+            self._wal_flush = None
+
+    def rollback(self) -> None:
+        if not self._open:
+            return
+        self._abort()
+        self._finish()
+
+    def _drop_pending_keywords(self) -> None:
+        self._pending_keywords.discard()
+
+    def _abort(self) -> None:
+        self._drop_pending_keywords()
+        self._discard_adds()
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _finish(self) -> None:
+        self._open = False
+        self._join_wal_flush()
+        self.conn.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.lock_file.close()  # releases the flock
