@@ -11,13 +11,12 @@ been handed out they may be changed (an ingestion sets their vectors), so from t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import numpy as np
 import orjson
 
-if TYPE_CHECKING:
-    from stores.base import Record
+from stores.base import Record
 
 
 class RecordBatch(Sequence["Record"]):
@@ -49,7 +48,6 @@ class RecordBatch(Sequence["Record"]):
     def records(self) -> list[Record]:
         """The batch as Records (made once; from then on ``columns()`` is None)."""
         if self._records is None:
-            from stores.base import Record
 
             self._rows = list(self.matrix)
             metadatas = self.metadatas if self.metadatas is not None else list(map(orjson.loads, self.encoded))

@@ -10,12 +10,13 @@ import httpx
 import numpy as np
 
 import kb
+from api.cli_snapshot import main_export, main_import
 from kb.custom_models import LangChainEmbeddingModel
 from stores.azure_search.store import index_name
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.server import ADMIN_KEY, KBServer
 from tests.test_snapshot import RefusingEmbeddings, _search_all
-from writers.snapshot import export_knowledge_bank, import_knowledge_bank, main_export, main_import
+from writers.snapshot import export_knowledge_bank, import_knowledge_bank
 
 TEXTS = ["espresso coffee crema", "coffee beans roasted slowly", "marathon runners train daily",
          "solar panels make power", "how coffee beans are roasted: slowly, in a drum"]

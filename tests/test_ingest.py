@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kb
+from api.cli_ingest import main
 from kb.core import CoreKnowledgeBank
 from kb.embeddings import LOCAL_MINILM_ID
 from kb_base.errors import SchemaError
@@ -28,7 +29,6 @@ from writers.ingest import (
     IngestOptions,
     TooManyRejectedError,
     ingest,
-    main,
     make_splitter,
     split_chunks,
 )

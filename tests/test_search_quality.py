@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import kb
+from api.cli_eval import main as eval_main
 from kb.evaluation import evaluate, load_qrels, load_queries
-from kb.evaluation import main as eval_main
 from kb.fusion import linear_fusion, normalise_scores, reciprocal_rank_fusion
 from kb_base.search import SearchRequest
 from stores.base import Hit, Record

@@ -9,8 +9,9 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 import kb
+from api.cli_snapshot import main_export, main_import
 from kb.custom_models import LangChainEmbeddingModel
-from writers.snapshot import export_knowledge_bank, import_knowledge_bank, main_export, main_import
+from writers.snapshot import export_knowledge_bank, import_knowledge_bank
 
 
 class RefusingEmbeddings(Embeddings):

@@ -93,7 +93,7 @@ from stores.chroma.langchain import KBChromaVectorStore
 from stores.chroma.reader import ChromaView, Columns, Snap, build_columns, chunks, meta_value, read_snap, set_meta
 from stores.chroma.writer import ChromaTransaction
 from stores.generations import open_writer
-from stores.keyword.index import KeywordIndex
+from stores.keyword import KeywordIndex
 from stores.sqlite.meta import ThreadConnections, connect_durable, create_meta
 
 log = logging.getLogger(__name__)

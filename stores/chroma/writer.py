@@ -1,4 +1,4 @@
-"""The write side of the Chroma driver: one transaction at generation committed + 1 (design in stores/chroma/store.py)."""
+"""The write side of the Chroma driver: one transaction at generation committed + 1 (design in store.py)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ from stores.faiss.langchain import KBFaissVectorStore
 from stores.faiss.record_cache import RecordCache
 from stores.faiss.transaction import FaissTransaction
 from stores.faiss.view import FaissView, read_row_tuples, read_rows
-from stores.keyword.index import KeywordIndex, NoKeywordIndex
+from stores.keyword import KeywordIndex, NoKeywordIndex
 from stores.sqlite.meta import connect_durable, read_meta
 from stores.sqlite.wal_checkpoint import BackgroundCheckpoints
 from stores.sqlite.wal_watch import WalWatch

@@ -17,7 +17,7 @@ from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
 from stores.faiss.index_file import write_durably
 from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.faiss.view import FaissView, _chunks
-from stores.keyword.pending import PendingKeywords
+from stores.keyword import PendingKeywords
 from stores.record_batch import RecordBatch
 from stores.record_checks import checked_vectors, metadata_json
 from stores.sqlite.background_io import Background, flush_to_disk, fsync_path

@@ -19,7 +19,7 @@ from stores.base import Hit, Record, StoreReader
 from stores.columnar_filter import MetadataColumns
 from stores.faiss.filtered import FilteredSearch
 from stores.faiss.record_cache import CachedRow, RecordCache, cached_metadata, flat_or_none
-from stores.keyword.index import KeywordIndex
+from stores.keyword import KeywordIndex
 from stores.record_checks import unit_query
 from stores.sqlite.filters import filter_to_sql
 

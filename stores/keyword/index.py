@@ -1,39 +1,8 @@
-"""BM25 keyword index kept in a store's SQLite database, postings as numpy blobs.
+"""``KeywordIndex``: BM25 over the ``kw_*`` tables of a store's SQLite database.
 
-Why our own tables and not FTS5, tantivy or bm25s: the index must commit in
-the same transaction as the records (FTS5 and our tables do; tantivy and
-bm25s keep separate files that would need a two-phase commit), and BM25's
-k1 and b must be tunable (FTS5 hard-codes k1=1.2, b=0.75, which costs
-nDCG on SciFact). Scoring happens in numpy.
-
-Layout (tables ``kw_*``), a small log-structured design:
-
-- ``kw_terms``: term → id, document frequency, number of segments;
-- ``kw_segments``: per term, one row per ``write`` (all the batches a writer
-  buffered) holding three packed arrays (doc rowids, term frequencies, doc
-  lengths) at the widths ``packing`` names (``stores.keyword.packing``), the
-  rowids as uint16 gaps after ``doc_base`` where they fit. A batch of 10k
-  chunks writes one row per distinct term instead of one per posting (the
-  first format, a row per posting, spent two thirds of a write on SQLite
-  inserts);
-- ``kw_doc_blocks``: each document's length and term ids (to undo it), in
-  blocks of documents (``stores.keyword.doc_blocks``); indexes written before blocks
-  keep a ``kw_docs`` row per document, and rowids that cannot go in a block
-  still get one;
-- ``kw_deleted``: tombstones, documents removed while their postings are
-  still in segments. Queries drop them; a term's segments are merged (and
-  its tombstoned postings dropped) once it has ``MERGE_AT`` segments, and
-  all segments are rewritten once tombstones pass a quarter of the index;
-- ``kw_stats``: document count, total length, counters, format.
-
-Format 3 (gapped rowids in segments, uint16 term ids in document blocks) is a
-one-way change: this code reads and writes indexes of formats 1 and 2 (their
-rows read as they were written; new rows beside them use format 3's widths),
-but code before format 3 cannot read a row written by this one.
-
-Document frequencies and lengths are exact at every commit, so scores do not
-depend on merge state. The caller owns the connection and the transaction;
-nothing here commits.
+The tables, their encodings and the format's history are described in the package docstring
+(``stores/keyword/__init__.py``); this module creates and migrates them, writes analysed batches,
+removes documents, merges segments and scores queries (with ``search``).
 """
 
 from __future__ import annotations
