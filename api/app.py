@@ -44,6 +44,7 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
+from kb.embeddings import LOCAL_MINILM_ID
 from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
 
@@ -72,7 +73,6 @@ def configure_logging(level: str = "INFO") -> None:
 
 def _warm_up(app: FastAPI) -> None:
     """Load the local model before the first query needs it (10-20 s on 2 cores); /readyz waits for it."""
-    from kb.embeddings import LOCAL_MINILM_ID
 
     started = time.perf_counter()
     try:

@@ -114,7 +114,6 @@ def measure(name: str, driver: VectorStoreDriver, records: list[Record], queries
         tx.rollback()
     collection = getattr(driver, "live_collection", lambda: None)()
     if collection is not None:
-
         view = driver._view()  # type: ignore[attr-defined]
 
         def filtered(i: int) -> object:

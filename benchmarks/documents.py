@@ -86,7 +86,6 @@ def make_corpus(folder: Path, pdfs: int, pages: int) -> list[Path]:
 
 
 def time_extraction(paths: list[Path]) -> dict[str, Any]:
-
     datas = [(p.name, p.read_bytes()) for p in paths]
     figures: dict[str, Any] = {}
     pages = 0
@@ -112,7 +111,6 @@ def time_extraction(paths: list[Path]) -> dict[str, Any]:
 
 
 def time_sync_against_model(corpus: Path, home: Path) -> dict[str, Any]:
-
     client = kb.api_client(home=home)
     try:
         core = client.get_default_project().create_knowledge_bank("bench-docs", embedding_llm_id=LOCAL_MINILM_ID) \

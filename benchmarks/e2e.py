@@ -34,7 +34,6 @@ def scifact_texts(count: int) -> tuple[list[str], list[dict[str, Any]], list[str
 
 
 def bench_end_to_end(count: int, folder: Path, rounds: int = 5) -> dict[str, Any]:
-
     per_round = max(1, count // rounds)
     texts, metadatas, ids = scifact_texts(per_round * rounds)
     warm = texts[per_round * rounds:]

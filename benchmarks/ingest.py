@@ -75,7 +75,6 @@ def warm_cache(client: Any, model_id: str, path: Path, chunk_size: int, chunk_ov
 
 
 def run(rows: int, chunk_size: int, chunk_overlap: int, commit_every: int, trace_memory: bool) -> dict[str, Any]:
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rows.parquet"
         write_rows(path, rows)

@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     reports = [json.loads(Path(a).read_text()) for a in (args or ["bench-results/bench.json"])]
     report = merge(reports) if len(reports) > 1 else reports[0]
     if out is not None:
-
         out.mkdir(parents=True, exist_ok=True)
         write_report(report, out)
     print(tables(report))

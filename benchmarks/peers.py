@@ -94,7 +94,6 @@ class KBPeer(Peer):
         return {"store": {"index": index}, "keyword": {"index": self.keyword_index}}
 
     def ingest(self, corpus: Corpus, folder: Path) -> None:
-
         client = kb.api_client(home=folder)
         core = client.get_default_project().create_knowledge_bank("bench", settings=self._settings()) \
             .as_core_knowledge_bank()
@@ -118,7 +117,6 @@ class KBPeer(Peer):
                 thread.join()
 
     def open(self, folder: Path) -> None:
-
         self.client = kb.api_client(home=folder)
         handle = self.client.get_default_project().list_knowledge_banks(as_type="objects")[0]
         self.core = handle.as_core_knowledge_bank()

@@ -37,7 +37,6 @@ def synthetic_chunks(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 def bench_kb(texts: list[str], vectors: np.ndarray, home: Path) -> dict[str, float]:
-
     client = kb.api_client(home=home)
     client.embedding_cache.put_many(LOCAL_MINILM_ID, texts, vectors)
     core = client.get_default_project().create_knowledge_bank("bench").as_core_knowledge_bank()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from kb.catalog import Catalog
 from kb.config import default_home
+from kb.embedding_cache import CachedEmbedder, EmbeddingCache
+from kb.embeddings import LOCAL_MINILM_ID, build_model, list_model_ids
 from kb.knowledge_bank import (
     KnowledgeBankHandle,
     KnowledgeBankListItem,
@@ -23,10 +25,13 @@ from kb.knowledge_bank import (
     default_settings,
     keyword_index_enabled,
 )
+from kb.llm import LLMHandle, LLMListItem
+from kb.remote import RemoteClient
+from kb.rerank import build_reranker
 from kb_base.errors import InvalidInputError, UnknownModelError
 from kb_base.folders import ManagedFolder
 from stores.base import StoreContext, VectorStoreDriver
-from stores.factory import open_store
+from stores.factory import driver_class, open_store
 from writers.schema import validate_schema_definition
 
 if TYPE_CHECKING:
@@ -102,8 +107,6 @@ class EmbeddedClient:
 
     @property
     def embedding_cache(self) -> Any:
-        from kb.embedding_cache import EmbeddingCache
-
         with self._lock:
             if self._cache is None:
                 self._cache = EmbeddingCache(self.home / "cache" / "embeddings.sqlite")
@@ -116,9 +119,6 @@ class EmbeddedClient:
             self._llm_handles.pop(model.id, None)
 
     def list_llm_items(self) -> list[Any]:
-        from kb.embeddings import list_model_ids
-        from kb.llm import LLMListItem
-
         items = [LLMListItem(id=i, description=d, type=i.split(":", 1)[0], purpose=EMBEDDING_PURPOSE)
                  for i, d in list_model_ids(self.catalog.connections())]
         items += [LLMListItem(id=m.id, description=m.description, type="custom", purpose=EMBEDDING_PURPOSE)
@@ -126,10 +126,6 @@ class EmbeddedClient:
         return items
 
     def get_llm_handle(self, llm_id: str) -> Any:
-        from kb.embedding_cache import CachedEmbedder
-        from kb.embeddings import build_model
-        from kb.llm import LLMHandle
-
         with self._lock:
             handle = self._llm_handles.get(llm_id)
             if handle is None:
@@ -150,8 +146,6 @@ class EmbeddedClient:
         key = json.dumps(settings, sort_keys=True)
         with self._lock:
             if key not in self._rerankers:
-                from kb.rerank import build_reranker
-
                 self._rerankers[key] = build_reranker(settings, self.catalog.connections())
             return self._rerankers[key]
 
@@ -240,10 +234,7 @@ class EmbeddedClient:
         return kb_id
 
     def _check_store_settings(self, raw: dict[str, Any]) -> None:
-        if raw["vector_store_type"] == "FAISS":
-            from stores.faiss.index import index_settings
-
-            index_settings(raw.get("store") or {})
+        driver_class(raw["vector_store_type"]).check_settings(raw.get("store") or {})
         if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
             raise InvalidInputError("the keyword index can only be turned off on FAISS knowledge banks "
                                     f"(this one is {raw['vector_store_type']})")
@@ -269,11 +260,11 @@ class EmbeddedClient:
                 self.store_for(project_key, kb_id, current).count() > 0:
             raise InvalidInputError("the keyword index of a non-empty knowledge bank cannot be turned on or off: "
                                     "clear it first, or create a new knowledge bank")
-        if raw["vector_store_type"] == "FAISS" and _built_index(raw) != _built_index(current):
-            # ef_search is read when an index is loaded, so it may change at any time; the rest shapes the index
+        store = driver_class(raw["vector_store_type"])
+        if store.fixed_settings(raw.get("store") or {}) != store.fixed_settings(current.get("store") or {}):
             if self.store_for(project_key, kb_id, current).count() > 0:
-                raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet "
-                                        "(only ef_search can)")
+                raise InvalidInputError(f"the {store.store_type} index type of a non-empty knowledge bank cannot "
+                                        "change yet (only its search-time settings, such as ef_search, can)")
         self.catalog.save_knowledge_bank_settings(project_key, kb_id, raw)
 
     def delete_knowledge_bank(self, project_key: str, kb_id: str) -> None:
@@ -333,7 +324,6 @@ class Project:
 
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> KnowledgeBankHandle:
-        from kb.embeddings import LOCAL_MINILM_ID
 
         kb_id = self.client.create_knowledge_bank(self.project_key, name, embedding_llm_id or LOCAL_MINILM_ID,
                                                   vector_store_type, settings)
@@ -366,15 +356,4 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
     """The embedded client, or with ``url`` the REST client of a kb server."""
     if url is None:
         return EmbeddedClient(home)
-    from kb.remote import RemoteClient
-
     return RemoteClient(url, api_key=api_key)
-
-
-def _built_index(settings: dict[str, Any]) -> dict[str, Any]:
-    """The FAISS index settings that shape a built index (all but the search-time ef_search), with defaults."""
-    from stores.faiss.index import index_settings
-
-    built = index_settings(settings.get("store") or {})
-    built.pop("ef_search", None)
-    return built

@@ -109,7 +109,6 @@ class KnowledgeBankHandle:
         return KnowledgeBankSettings(self, copy.deepcopy(raw))
 
     def as_core_knowledge_bank(self) -> CoreKnowledgeBank:
-
         return CoreKnowledgeBank(self._client, self.project_key, self.id)
 
     def delete(self) -> None:
@@ -120,7 +119,6 @@ class KnowledgeBankHandle:
 
 
 def check_store_type(value: Any) -> str:
-
     if not isinstance(value, str):
         raise InvalidInputError(f"vector_store_type must be a string, got {type(value).__name__}")
     driver_class(value)  # UnknownStoreTypeError names the valid types

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.config import default_home
 from kb_base.errors import EmbeddingError, InvalidInputError, KBError
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,6 @@ def _pad_id(path: Path) -> int:
 
 def model_cache_dir() -> Path:
     """``$KB_MODEL_CACHE``, else ``$KB_HOME/models``: the built ONNX graphs, keyed by the weights' hash."""
-    from kb.config import default_home
 
     explicit = os.environ.get("KB_MODEL_CACHE")
     return Path(explicit).expanduser() if explicit else default_home() / "models"

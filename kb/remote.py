@@ -2,7 +2,7 @@
 
 Projects, embedding models, managed folders, knowledge banks and their
 settings map onto the service's resources (the knowledge-bank classes are in
-``kb.remote_knowledge_bank``, the HTTP layer in ``kb.remote_transport``).
+``kb.remote_knowledge_bank``, the embedding models in ``kb.remote_llm``, the HTTP layer in ``kb.remote_transport``).
 ``as_core_knowledge_bank()`` returns a ``RemoteCoreKnowledgeBank`` whose LangChain vector store and
 retriever are kb's own (``stores.langchain``) over HTTP, and whose
 writer stages operations locally and sends them as one atomic commit when
@@ -15,18 +15,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from langchain_core.embeddings import Embeddings
-
 from kb.llm import LLMListItem
+from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle
+from kb.remote_llm import RemoteLLM
 from kb.remote_transport import RemoteAuthError, RemoteForbiddenError, Transport
 from kb_base import errors
 from kb_base.folders import normalise_path
-
-if TYPE_CHECKING:
-    from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle
 
 __all__ = ["RemoteAuthError", "RemoteClient", "RemoteForbiddenError", "RemoteProject", "Transport"]
 
@@ -66,50 +63,6 @@ class RemoteClient:
         self.close()
 
 
-class RemoteEmbeddings(Embeddings):
-    def __init__(self, llm: RemoteLLM) -> None:
-        self.llm = llm
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.llm.embed(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.llm.embed([text])[0]
-
-
-class RemoteEmbeddingQuery:
-    def __init__(self, llm: RemoteLLM) -> None:
-        self.llm, self.texts = llm, []  # type: ignore[var-annotated]
-
-    def add_text(self, text: str) -> RemoteEmbeddingQuery:
-        if not isinstance(text, str):
-            raise errors.InvalidInputError(f"add_text expects a string, got {type(text).__name__}")
-        self.texts.append(text)
-        return self
-
-    def execute(self) -> Any:
-        from kb.llm import EmbeddingResponse
-
-        return EmbeddingResponse(self.llm.embed(self.texts) if self.texts else [])
-
-
-@dataclass
-class RemoteLLM:
-    transport: Transport
-    project_key: str
-    id: str
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        path = f"/v1/projects/{quote(self.project_key)}/llms/{quote(self.id, safe='')}/embeddings"
-        return self.transport.json("POST", path, json={"texts": texts})["embeddings"]
-
-    def new_embeddings(self) -> RemoteEmbeddingQuery:
-        return RemoteEmbeddingQuery(self)
-
-    def as_langchain_embeddings(self) -> RemoteEmbeddings:
-        return RemoteEmbeddings(self)
-
-
 class RemoteProject:
     def __init__(self, transport: Transport, project_key: str) -> None:
         self.transport, self.project_key = transport, project_key
@@ -130,15 +83,11 @@ class RemoteProject:
         return [i.to_knowledge_bank() for i in items] if as_type == "objects" else items
 
     def get_knowledge_bank(self, kb_id: str) -> RemoteKnowledgeBankHandle:
-        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
-
         info = self.transport.json("GET", f"{self.base}/knowledge-banks/{quote(kb_id)}")
         return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
 
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> RemoteKnowledgeBankHandle:
-        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
-
         body = {"name": name, "vector_store_type": vector_store_type, "settings": settings or {}}
         if embedding_llm_id:
             body["embedding_llm_id"] = embedding_llm_id
@@ -169,8 +118,6 @@ class RemoteKnowledgeBankListItem:
     embedding_llm_id: str
 
     def to_knowledge_bank(self) -> RemoteKnowledgeBankHandle:
-        from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle  # it imports this module
-
         return RemoteKnowledgeBankHandle(self.project, self.id, self.name)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -18,12 +18,15 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from kb.remote import RemoteLLM, RemoteProject
+from kb.remote_llm import RemoteLLM
 from kb_base import errors
 from kb_base.search import SearchRequest, SearchResult, image_paths_of
 from stores.langchain import KBVectorStore
 from writers.formatter import MetadataFormatter
 from writers.schema import validate_schema_definition
+
+if TYPE_CHECKING:  # the project (kb.remote) hands out these handles
+    from kb.remote import RemoteProject
 
 
 class RemoteSettings:
@@ -37,7 +40,6 @@ class RemoteSettings:
         return dict(self._raw.get("metadata_schema") or {})
 
     def set_metadata_schema(self, schema: dict[str, str]) -> None:
-
         self._raw["metadata_schema"] = validate_schema_definition(schema)
 
     def get_images_folder(self) -> str | None:
@@ -176,7 +178,6 @@ class RemoteCoreKnowledgeBank:
         return self.langchain_vectorstore(None, **kwargs)
 
     def langchain_vectorstore(self, tx: StagedCommit | None, **kwargs: Any) -> VectorStore:
-
         if kwargs:
             raise errors.InvalidInputError(f"unexpected vector store options: {', '.join(sorted(kwargs))}")
         return KBVectorStore(self, tx)  # type: ignore[arg-type]

@@ -211,6 +211,15 @@ class VectorStoreDriver(StoreReader):
     def __init__(self, context: StoreContext) -> None:
         self.context = context
 
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Refuse store settings (a knowledge bank's ``settings["store"]``) this store cannot use: InvalidInputError."""
+
+    @classmethod
+    def fixed_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """The store settings that shape what is stored: a knowledge bank that holds records cannot change them."""
+        return {}
+
     @abstractmethod
     def begin(self, timeout: float = 30.0) -> StoreTransaction:
         """Open the knowledge bank's single write transaction; WriterBusyError after ``timeout``."""

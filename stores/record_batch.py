@@ -48,7 +48,6 @@ class RecordBatch(Sequence["Record"]):
     def records(self) -> list[Record]:
         """The batch as Records (made once; from then on ``columns()`` is None)."""
         if self._records is None:
-
             self._rows = list(self.matrix)
             metadatas = self.metadatas if self.metadatas is not None else list(map(orjson.loads, self.encoded))
             self._records = [Record(i, t, m, v, e) for i, t, m, v, e

@@ -29,10 +29,7 @@ STORES_TOP = {"__init__", "base", "factory", "generations", "langchain", "record
 # In-function imports of kb's own code, each for a reason: a heavy dependency loaded only when needed.
 LAZY_IMPORTS = {
     "api.cli": "kb --help and kb keys start without faiss, LangChain or the model",
-    "api.app": "the local model's id, read when the warm-up runs",
-    "kb.client": "the embedding stack (onnxruntime, the model) and the remote client, loaded on first use",
     "kb.local_minilm": "the ONNX graph builder (onnx) runs once per machine",
-    "kb.remote": "the remote knowledge bank module imports this one",
     "stores.keyword.batch": "numba kernels compile on first use: a reader never loads numba",
     "stores.keyword.packing": "numba kernels, as above",
     "writers.extract.registry": "one document parser per format (pypdfium2, python-docx, ...), loaded by need",

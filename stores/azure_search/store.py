@@ -76,7 +76,6 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
     # --- writes ----------------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> StoreTransaction:
-
         def prepare(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'dirty'").fetchone()
             if row and row[0] == "1":  # a writer died, or could not clean up: undo what it left

@@ -97,7 +97,6 @@ class AzureView(StoreReader):
         return self.store.service.search(**kwargs)
 
     def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-
         found: dict[str, Record] = {}
         unique = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
         for start in range(0, len(unique), PAGE):

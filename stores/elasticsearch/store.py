@@ -15,86 +15,27 @@ or ``<key>_b`` (boolean) by value kind; the original metadata is kept as JSON fo
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kb_base.errors import InvalidInputError, StoreError, StoreUnavailableError, WriterClosedError
-from kb_base.filters import And, Comparison, Filter, Not, Or
+from kb_base.errors import InvalidInputError, StoreError, StoreUnavailableError
 from stores.base import (
     Capabilities,
     DelegatingReader,
-    Hit,
-    Record,
     StoreContext,
-    StoreReader,
     StoreTransaction,
     VectorStoreDriver,
-    fault_point,
 )
 from stores.elasticsearch.langchain import KBElasticsearchStore
-from stores.generations import NEVER, GenerationLedger, LedgerWrite
-from stores.record_checks import check_query_vector, check_records, normalise
+from stores.elasticsearch.view import EsView, NoIndex
+from stores.elasticsearch.writer import EsTransaction
+from stores.generations import NEVER, GenerationLedger
 from stores.sqlite.meta import read_meta
 
 _PAGE = 1000
 log = logging.getLogger(__name__)
-
-
-def _field(key: str, value: Any) -> str:
-    kind = "b" if isinstance(value, bool) else "n" if isinstance(value, int | float) else "s"
-    return f"m.k{key.encode().hex()}_{kind}"
-
-
-def _typed_value(value: Any) -> Any:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def to_query(flt: Filter | None) -> dict[str, Any] | None:
-    """kb filter → Elasticsearch bool query with the reference semantics (missing keys, kinds)."""
-    if flt is None:
-        return None
-    if isinstance(flt, And):
-        return {"bool": {"filter": [to_query(c) for c in flt.clauses]}}
-    if isinstance(flt, Or):
-        return {"bool": {"should": [to_query(c) for c in flt.clauses], "minimum_should_match": 1}}
-    if isinstance(flt, Not):
-        return {"bool": {"must_not": [to_query(flt.clause)]}}
-    assert isinstance(flt, Comparison)
-
-    def eq(value: Any) -> dict[str, Any]:
-        return {"term": {_field(flt.key, value): _typed_value(value)}}
-
-    if flt.op == "$eq":
-        return eq(flt.value)
-    if flt.op == "$ne":
-        return {"bool": {"must_not": [eq(flt.value)]}}
-    if flt.op in ("$in", "$nin"):
-        any_of = {"bool": {"should": [eq(v) for v in flt.value], "minimum_should_match": 1}}
-        return any_of if flt.op == "$in" else {"bool": {"must_not": [any_of]}}
-    bound = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}[flt.op]
-    return {"range": {_field(flt.key, flt.value): {bound: _typed_value(flt.value)}}}
-
-
-def _metadata_fields(metadata: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if isinstance(value, bool | int | float | str):
-            out[_field(key, value).split(".", 1)[1]] = _typed_value(value)
-    return out
-
-
-def _visible(generation: int, user: dict[str, Any] | None = None) -> dict[str, Any]:
-    clauses: list[dict[str, Any]] = [{"range": {"kb_gen": {"lte": generation}}},
-                                     {"range": {"kb_del": {"gt": generation}}}]
-    if user:
-        clauses.append(user)
-    return {"bool": {"filter": clauses}}
 
 
 class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
@@ -147,7 +88,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
                                         f"bank {self.context.kb_id}: {exc}") from exc
         except ApiError as exc:
             if getattr(exc, "status_code", None) == 404 and method in ("search", "count"):
-                raise _NoIndex() from exc
+                raise NoIndex() from exc
             raise StoreError(f"Elasticsearch refused {method} on index {self.index}: {exc}") from exc
 
     def ensure_index(self, dim: int) -> None:
@@ -182,9 +123,9 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             mappings["properties"]["text"]["analyzer"] = "standard"
             self.call("indices.create", index=self.index, mappings=mappings, settings=settings)
 
-    def _view(self) -> _EsView:
+    def _view(self) -> EsView:
         generation, dim = self.ledger.committed()
-        return _EsView(self, generation, dim)
+        return EsView(self, generation, dim)
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -204,7 +145,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             try:
                 hits = self.call("search", index=self.index, query=query, size=_PAGE, source=False,
                                  sort=[{"kb_id": "asc"}, {"kb_gen": "asc"}], **extra)["hits"]["hits"]
-            except _NoIndex:
+            except NoIndex:
                 return found
             if not hits:
                 return found
@@ -262,170 +203,3 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class _NoIndex(Exception):
-    """The index does not exist yet (nothing was ever written)."""
-
-
-class _EsView(StoreReader):
-    def __init__(self, store: ElasticsearchStore, generation: int, dim: int | None) -> None:
-        self.store, self.generation, self._dim = store, generation, dim
-
-    @property
-    def dimension(self) -> int | None:
-        return self._dim
-
-    @staticmethod
-    def _record(hit: dict[str, Any], with_vectors: bool) -> Record:
-        source = hit["_source"]
-        vector = np.asarray(source["vector"], dtype=np.float32) if with_vectors and "vector" in source else None
-        return Record(source["kb_id"], source.get("text", ""), json.loads(source["meta_json"]), vector)
-
-    def _source(self, with_vectors: bool) -> list[str]:
-        return ["kb_id", "text", "meta_json", *(["vector"] if with_vectors else [])]
-
-    def _search(self, **kwargs: Any) -> list[dict[str, Any]]:
-        if self._dim is None:
-            return []
-        try:
-            return self.store.call("search", index=self.store.index, **kwargs)["hits"]["hits"]
-        except _NoIndex:
-            return []
-
-    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        found: dict[str, Record] = {}
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _PAGE):
-            part = unique[start : start + _PAGE]
-            hits = self._search(query=_visible(self.generation, {"terms": {"kb_id": part}}), size=len(part),
-                                source=self._source(with_vectors))
-            found.update((r.id, r) for r in (self._record(h, with_vectors) for h in hits))
-        return [found[i] for i in ids if i in found]
-
-    def count(self, flt: Filter | None = None) -> int:
-        if self._dim is None:
-            return 0
-        try:
-            return int(self.store.call("count", index=self.store.index,
-                                       query=_visible(self.generation, to_query(flt)))["count"])
-        except _NoIndex:
-            return 0
-
-    def _pages(self, flt: Filter | None, size: int, source: list[str]) -> Iterator[list[dict[str, Any]]]:
-        after: list[Any] | None = None
-        while True:
-            extra = {"search_after": after} if after else {}
-            hits = self._search(query=_visible(self.generation, to_query(flt)), size=size, sort=[{"kb_id": "asc"}],
-                                source=source, **extra)
-            if not hits:
-                return
-            yield hits
-            after = hits[-1]["sort"]
-
-    def ids_where(self, flt: Filter | None) -> list[str]:
-        return [h["_source"]["kb_id"] for page in self._pages(flt, _PAGE, ["kb_id"]) for h in page]
-
-    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        for page in self._pages(None, batch_size, self._source(with_vectors)):
-            yield [self._record(h, with_vectors) for h in page]
-
-    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
-                   with_vectors: bool = False) -> list[Hit]:
-        query = normalise(check_query_vector(vector, self._dim).reshape(1, -1))[0]
-        if k <= 0:
-            return []
-        knn = {"field": "vector", "query_vector": query.tolist(), "k": k, "num_candidates": max(100, 10 * k),
-               "filter": _visible(self.generation, to_query(flt))}
-        hits = self._search(knn=knn, size=k, source=self._source(with_vectors))
-        # Elasticsearch's cosine score is (1 + cos) / 2; kb reports cosine similarity like every store.
-        return [Hit(self._record(h, with_vectors), 2.0 * float(h["_score"]) - 1.0) for h in hits]
-
-    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        if k <= 0 or not query.strip():
-            return []
-        body = {"bool": {"must": [{"match": {"text": query}}], "filter": [_visible(self.generation, to_query(flt))]}}
-        return [Hit(self._record(h, False), float(h["_score"])) for h in
-                self._search(query=body, size=k, source=self._source(False))]
-
-
-class EsTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: ElasticsearchStore, write: LedgerWrite) -> None:
-        self.store, self.write = store, write
-        self.committed, self.generation = write.committed, write.generation
-        self._open = True
-
-    def _view(self) -> _EsView:
-        if not self._open:
-            raise WriterClosedError("this transaction is already committed or rolled back")
-        return _EsView(self.store, self.generation, self.write.dim)
-
-    @property
-    def dimension(self) -> int | None:
-        return self.write.dim
-
-    def _retire(self, ids: Sequence[str]) -> int:
-        own, older = self.write.retire(ids)
-        if not own and not older:
-            return 0
-        actions: list[dict[str, Any]] = [{"_op_type": "delete", "_index": self.store.index, "_id": p} for p in own]
-        actions += [{"_op_type": "update", "_index": self.store.index, "_id": p, "doc": {"kb_del": self.generation}}
-                    for p in older]
-        self.store.bulk(actions)
-        self.store.call("indices.refresh", index=self.store.index)
-        return len(own) + len(older)
-
-    def upsert(self, records: Sequence[Record]) -> None:
-        self._view()
-        if not records:
-            return
-        dim = check_records(records, self.write.dim)
-        sources = []
-        for record in records:
-            try:
-                sources.append(json.dumps(record.metadata, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
-        self.store.ensure_index(dim)
-        self._retire([r.id for r in records])
-        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
-        actions = [{"_op_type": "index", "_index": self.store.index, "_id": f"{self.generation}:{r.id}",
-                    "_source": {"kb_id": r.id, "kb_gen": self.generation, "kb_del": NEVER, "text": r.text,
-                                "vector": v.tolist(), "meta_json": meta, "m": _metadata_fields(r.metadata)}}
-                   for r, v, meta in zip(records, vectors, sources, strict=True)]
-        self.store.bulk(actions)
-        self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
-        fault_point("store_records_written")
-        self.write.add(((r.id, f"{self.generation}:{r.id}") for r in records), dim)
-
-    def delete(self, ids: Sequence[str]) -> int:
-        self._view()
-        return self._retire(list(dict.fromkeys(ids)))
-
-    def clear(self) -> None:
-        self._view()
-        self._retire(self.write.all_ids())
-
-    def commit(self) -> None:
-        self._view()
-        try:
-            self.write.commit()  # the commit point (with its fault points)
-        except BaseException:
-            self.rollback()
-            raise
-        self._finish()
-        try:
-            self.store.vacuum(self.committed)
-        except (StoreError, StoreUnavailableError):
-            pass  # invisible garbage, vacuumed by a later commit
-
-    def rollback(self) -> None:
-        if not self._open:
-            return
-        try:
-            self.write.rollback()
-            self.store.clean_leftovers(self.committed)
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._open = False
-        self.write.close()

@@ -23,8 +23,11 @@ rowids are never reused, so the hits of the committed generation's index are
 read by rowid (from a record cache, else SQLite), and a hit that a newer
 commit removed meanwhile sends the search to the snapshot path.
 
-Modules: this one (the driver and its reads), ``faiss_view`` (reads over one
-connection and one index), ``faiss_transaction`` (the writer and its commit).
+Modules of ``stores/faiss/``: this one (the driver and its reads), ``view`` (reads
+over one connection and one index), ``transaction`` (the writer and its commit),
+``filtered`` (filtered similarity), ``index`` (index settings and threads),
+``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
+``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
 Vectors are L2-normalised on the way in, so inner product is cosine
 similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
@@ -399,6 +402,16 @@ class FaissStore(VectorStoreDriver):
             # chunks, not event-loop work
             return not filtered
         return index.ntotal * index.d <= _QUICK_FLAT_FLOATS
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        index_settings(settings)
+
+    @classmethod
+    def fixed_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        built = index_settings(settings)
+        built.pop("ef_search", None)  # read when an index is loaded, so it may change at any time
+        return built
 
     def new_index(self, dim: int) -> faiss.Index:
         return new_index(self.settings, dim)

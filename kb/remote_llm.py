@@ -1,0 +1,55 @@
+"""A kb server's embedding models over REST: ``project.get_llm(id)`` on the remote client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from langchain_core.embeddings import Embeddings
+
+from kb.llm import EmbeddingResponse
+from kb.remote_transport import Transport
+from kb_base import errors
+
+
+class RemoteEmbeddings(Embeddings):
+    def __init__(self, llm: RemoteLLM) -> None:
+        self.llm = llm
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.llm.embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.llm.embed([text])[0]
+
+
+class RemoteEmbeddingQuery:
+    def __init__(self, llm: RemoteLLM) -> None:
+        self.llm, self.texts = llm, []  # type: ignore[var-annotated]
+
+    def add_text(self, text: str) -> RemoteEmbeddingQuery:
+        if not isinstance(text, str):
+            raise errors.InvalidInputError(f"add_text expects a string, got {type(text).__name__}")
+        self.texts.append(text)
+        return self
+
+    def execute(self) -> Any:
+        return EmbeddingResponse(self.llm.embed(self.texts) if self.texts else [])
+
+
+@dataclass
+class RemoteLLM:
+    transport: Transport
+    project_key: str
+    id: str
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        path = f"/v1/projects/{quote(self.project_key)}/llms/{quote(self.id, safe='')}/embeddings"
+        return self.transport.json("POST", path, json={"texts": texts})["embeddings"]
+
+    def new_embeddings(self) -> RemoteEmbeddingQuery:
+        return RemoteEmbeddingQuery(self)
+
+    def as_langchain_embeddings(self) -> RemoteEmbeddings:
+        return RemoteEmbeddings(self)
