@@ -261,10 +261,8 @@ class EmbeddedClient:
             raise InvalidInputError("the keyword index of a non-empty knowledge bank cannot be turned on or off: "
                                     "clear it first, or create a new knowledge bank")
         store = driver_class(raw["vector_store_type"])
-        if store.fixed_settings(raw.get("store") or {}) != store.fixed_settings(current.get("store") or {}):
-            if self.store_for(project_key, kb_id, current).count() > 0:
-                raise InvalidInputError(f"the {store.store_type} index type of a non-empty knowledge bank cannot "
-                                        "change yet (only its search-time settings, such as ef_search, can)")
+        if raw.get("store") != current.get("store") and self.store_for(project_key, kb_id, current).count() > 0:
+            store.check_settings_change(current.get("store") or {}, raw.get("store") or {})
         self.catalog.save_knowledge_bank_settings(project_key, kb_id, raw)
 
     def delete_knowledge_bank(self, project_key: str, kb_id: str) -> None:

@@ -216,9 +216,9 @@ class VectorStoreDriver(StoreReader):
         """Refuse store settings (a knowledge bank's ``settings["store"]``) this store cannot use: InvalidInputError."""
 
     @classmethod
-    def fixed_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
-        """The store settings that shape what is stored: a knowledge bank that holds records cannot change them."""
-        return {}
+    def check_settings_change(cls, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Refuse a change of store settings that a knowledge bank holding records cannot take (InvalidInputError):
+        the settings that shape what is already stored."""
 
     @abstractmethod
     def begin(self, timeout: float = 30.0) -> StoreTransaction:

@@ -408,10 +408,15 @@ class FaissStore(VectorStoreDriver):
         index_settings(settings)
 
     @classmethod
-    def fixed_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
-        built = index_settings(settings)
-        built.pop("ef_search", None)  # read when an index is loaded, so it may change at any time
-        return built
+    def check_settings_change(cls, old: dict[str, Any], new: dict[str, Any]) -> None:
+        def built(settings: dict[str, Any]) -> dict[str, Any]:
+            shape = index_settings(settings)
+            shape.pop("ef_search", None)  # read when an index is loaded, so it may change at any time
+            return shape
+
+        if built(old) != built(new):
+            raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet "
+                                    "(only ef_search can)")
 
     def new_index(self, dim: int) -> faiss.Index:
         return new_index(self.settings, dim)
