@@ -48,7 +48,7 @@ test: $(DEV_STAMP) system-packages
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check kb_base stores writers kb benchmarks api tests
+	$(BIN)/ruff check kb_base stores writers kb benchmarks api tests docs/hooks
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks $(BENCH_ARGS)
