@@ -6,7 +6,7 @@
 """
 
 from kb.client import EmbeddedClient, Project, api_client
-from kb_base.errors import (
+from kb.errors import (
     AlreadyExistsError,
     EmbeddingError,
     FilterError,

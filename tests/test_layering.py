@@ -201,11 +201,16 @@ def test_the_remote_client_lives_in_kb() -> None:
 
 
 def test_the_public_names_stay_where_users_find_them() -> None:
-    import kb
-    import kb.errors
-    from kb_base import errors
-
-    assert kb.SearchRequest.__module__ == "kb_base.search" and kb.api_client.__module__ == "kb.client"
-    assert kb.errors.DiskFullError is errors.DiskFullError and kb.NotFoundError is errors.NotFoundError
-    assert set(kb.errors.__all__) == {n for n, v in vars(errors).items()
-                                      if isinstance(v, type) and issubclass(v, Exception)}
+    """``import kb`` alone gives every public name, ``kb.errors`` (a documented module) among them."""
+    script = textwrap.dedent("""
+        import kb
+        from kb_base import errors
+        assert kb.errors.DiskFullError is errors.DiskFullError and kb.NotFoundError is errors.NotFoundError
+        assert set(kb.errors.__all__) == {n for n, v in vars(errors).items()
+                                          if isinstance(v, type) and issubclass(v, Exception)}
+        assert kb.SearchRequest.__module__ == "kb_base.search" and kb.api_client.__module__ == "kb.client"
+        assert all(hasattr(kb, name) for name in kb.__all__)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-3000:]
