@@ -1,0 +1,1 @@
+"""The Azure AI Search driver: one index per knowledge bank, hybrid and semantic ranking in the service."""
