@@ -19,6 +19,7 @@ from kb_base import events
 from kb_base.documents import document_of
 from kb_base.errors import AlreadyExistsError, ImageNotFoundError, InvalidInputError, NotFoundError
 from kb_base.filters import Filter, parse_filter
+from kb_base.folders import ManagedFolder
 from kb_base.input_checks import MAX_TEXT_CHARS, check_ids, check_text, check_write_ids, string_problem
 from kb_base.search import SearchRequest, SearchResult, check_count, image_paths_of
 from stores.base import Record, StoreReader, StoreTransaction, VectorStoreDriver
@@ -27,14 +28,11 @@ from stores.record_batch import RecordBatch
 from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import plain_metadata, validate_filter, validate_metadata
-from writers.sync import SyncOptions, sync_folder
+from writers.sync import SyncOptions, SyncReport, sync_folder
 from writers.writer import KnowledgeBankWriter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the client imports this module to hand out knowledge banks
     from kb.client import EmbeddedClient
-    from kb_base.folders import ManagedFolder
-    from writers.sync import SyncReport
-    from writers.writer import KnowledgeBankWriter
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ from kb_base.errors import InvalidInputError
 from stores.factory import driver_class
 from writers.schema import validate_schema_definition
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the client imports this module to hand out handles
     from kb.client import EmbeddedClient
-    from kb.core import CoreKnowledgeBank
 
 
 def default_settings(embedding_llm_id: str, vector_store_type: str) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class RemoteProject:
         params = {"purpose": purpose} if purpose else {}
         return [LLMListItem(**item) for item in self.transport.json("GET", f"{self.base}/llms", params=params)]
 
+    def sibling(self, project_key: str) -> RemoteProject:
+        """Another project on the same server (an images folder may live in another project: ``KEY.id``)."""
+        return RemoteProject(self.transport, project_key)
+
     def get_llm(self, llm_id: str) -> RemoteLLM:
         if llm_id not in {i.id for i in self.list_llms()}:
             raise errors.UnknownModelError(f"unknown embedding model {llm_id!r}")

@@ -199,7 +199,7 @@ class RemoteCoreKnowledgeBank:
         if not ref:
             raise errors.NotFoundError(f"knowledge bank {self.id} has no images folder")
         project_key, _, folder_id = ref.rpartition(".")
-        folder = RemoteProject(self.transport, project_key or self.project_key).get_managed_folder(folder_id)
+        folder = self.handle.project.sibling(project_key or self.project_key).get_managed_folder(folder_id)
         out = []
         for path in paths:
             try:
