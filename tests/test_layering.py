@@ -175,6 +175,45 @@ def test_every_module_imports_on_its_own() -> None:
     assert done.stdout.strip().splitlines()[-1] == "{}"
 
 
+def _runtime_uses_of_type_checking_names(path: Path) -> list[str]:
+    """Names imported only under ``if TYPE_CHECKING:`` but used outside annotations: a NameError at run time."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    only_typing: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            only_typing |= {alias.asname or alias.name.split(".")[0] for n in ast.walk(node)
+                            if isinstance(n, ast.Import | ast.ImportFrom) for alias in n.names}
+    typing_block_names = {id(n) for node in tree.body if isinstance(node, ast.If)
+                          and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    imported_elsewhere = {alias.asname or alias.name.split(".")[0] for n in ast.walk(tree)  # e.g. in a function
+                          if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in typing_block_names
+                          for alias in n.names}
+    in_annotations: set[int] = set()
+    for node in ast.walk(tree):
+        annotations = [getattr(node, "annotation", None), getattr(node, "returns", None)]
+        for annotation in annotations:
+            if annotation is not None:
+                in_annotations |= {id(inner) for inner in ast.walk(annotation)}
+    return [f"{path.relative_to(ROOT)}:{node.lineno}: {node.id}" for node in ast.walk(tree)
+            if isinstance(node, ast.Name) and node.id in only_typing - imported_elsewhere
+            and id(node) not in in_annotations and id(node) not in typing_block_names]
+
+
+def test_names_imported_for_type_checking_are_only_annotations() -> None:
+    """Same-layer cycles are broken with ``if TYPE_CHECKING:`` imports; using such a name at run time fails."""
+    assert [use for _, path in _modules() for use in _runtime_uses_of_type_checking_names(path)] == []
+
+
+def test_the_type_checking_reader_sees_a_runtime_use(tmp_path: Path) -> None:
+    path = ROOT / "tests" / "_layering_probe.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from kb.remote import RemoteProject\n"
+                    "def f(p: RemoteProject) -> RemoteProject:\n    return RemoteProject(p.transport, 'X')\n")
+    try:
+        assert _runtime_uses_of_type_checking_names(path) == ["tests/_layering_probe.py:5: RemoteProject"]
+    finally:
+        path.unlink()
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from kb.core import CoreKnowledgeBank\n", {("kb.core", False)}),
     ("def f():\n    import api.app\n", {("api.app", True)}),
