@@ -26,8 +26,6 @@ from kb.knowledge_bank import (
     keyword_index_enabled,
 )
 from kb.llm import LLMHandle, LLMListItem
-from kb.remote import RemoteClient
-from kb.rerank import build_reranker
 from kb_base.errors import InvalidInputError, UnknownModelError
 from kb_base.folders import ManagedFolder
 from stores.base import StoreContext, VectorStoreDriver
@@ -146,6 +144,8 @@ class EmbeddedClient:
         key = json.dumps(settings, sort_keys=True)
         with self._lock:
             if key not in self._rerankers:
+                from kb.rerank import build_reranker  # httpx (0.2 s to import): only with a reranker
+
                 self._rerankers[key] = build_reranker(settings, self.catalog.connections())
             return self._rerankers[key]
 
@@ -354,4 +354,6 @@ def api_client(url: str | None = None, api_key: str | None = None, home: str | P
     """The embedded client, or with ``url`` the REST client of a kb server."""
     if url is None:
         return EmbeddedClient(home)
+    from kb.remote import RemoteClient  # httpx (0.2 s to import): only for a server
+
     return RemoteClient(url, api_key=api_key)

@@ -20,9 +20,9 @@ import json
 
 from kb_base.folders import ManagedFolderDocumentRef
 from stores.base import Record
+from writers.chunking import CHUNKS_KEY, HASH_KEY, make_splitter, split_chunks
 from writers.extract import ExtractedDocument
 from writers.formatter import MetadataFormatter
-from writers.ingest import CHUNKS_KEY, HASH_KEY, make_splitter, split_chunks
 
 SOURCE_KEY, FOLDER_KEY, SECTION_KEY = "KB_SOURCE", "KB_SOURCE_FOLDER", "KB_SECTION_PATH"
 PAGE_START_KEY, PAGE_END_KEY, KIND_KEY, FILE_HASH_KEY = "KB_PAGE_START", "KB_PAGE_END", "KB_DOCUMENT_KIND", \

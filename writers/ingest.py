@@ -34,19 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from langchain_text_splitters import RecursiveCharacterTextSplitter
 from tqdm import tqdm
 
 from kb_base.errors import InvalidInputError, SchemaError
 from kb_base.input_checks import check_id, check_text
 from stores.base import Record
+from writers.chunking import CHUNKS_KEY, HASH_KEY, ROW_KEY, make_splitter, split_chunks
 from writers.schema import RESERVED_PREFIX, validate_metadata
 from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
 from writers.target import KnowledgeBankTarget
 
 log = logging.getLogger(__name__)
 
-ROW_KEY, CHUNKS_KEY, HASH_KEY = "KB_ROW_ID", "KB_CHUNKS", "KB_CONTENT_HASH"
 MAX_ID_LENGTH = 480  # the stores take ids up to 512 characters; "#<n>" is appended
 MAX_LISTED_REJECTIONS = 1000
 
@@ -151,22 +150,6 @@ def _digest(*parts: str) -> str:
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
     return digest.hexdigest()[:32]
-
-
-def make_splitter(chunk_size: int, chunk_overlap: int) -> RecursiveCharacterTextSplitter | None:
-    if not chunk_size:
-        return None
-    return RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True)
-
-
-def split_chunks(text: str, splitter: RecursiveCharacterTextSplitter | None, chunk_size: int) -> list[tuple[str, int]]:
-    """(chunk, start index) pairs: the splitter's chunks, or the whole text when chunking is off."""
-    if splitter is None:
-        return [(text, 0)]
-    if len(text) < chunk_size:  # what the splitter makes of a short text, without its cost
-        stripped = text.strip()
-        return [(stripped, text.find(stripped))] if stripped else []
-    return [(d.page_content, int(d.metadata["start_index"])) for d in splitter.create_documents([text])]
 
 
 class _Ingestion:

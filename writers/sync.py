@@ -38,10 +38,10 @@ from kb_base.errors import (
 )
 from kb_base.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
+from writers.chunking import CHUNKS_KEY, HASH_KEY
 from writers.document_chunks import chunk_records, document_id
 from writers.extract import extract_document
 from writers.extract.ocr import ocr_available
-from writers.ingest import CHUNKS_KEY, HASH_KEY
 from writers.sync_records import FileRecord, SyncRecords
 from writers.sync_report import SyncOptions, SyncReport
 from writers.target import KnowledgeBankTarget
