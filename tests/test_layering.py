@@ -96,6 +96,19 @@ def test_the_layers_are_the_whole_tree() -> None:
     assert packages == set(LAYERS)
 
 
+def test_the_package_build_takes_every_layer() -> None:
+    """pyproject's package list names every layer and every subpackage, or an installed kb misses modules."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packaged = set(find_packages(where=str(ROOT), include=include))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts)
+               for layer in LAYERS for p in (ROOT / layer).rglob("__init__.py")}
+    assert on_disk - packaged == set() and packaged - on_disk == set()
+
+
 def test_no_module_imports_a_layer_above_its_own() -> None:
     offenders = {name: sorted({m for m, _ in _imports(name, path) if _layer(m) > _layer(name)})
                  for name, path in _modules()}
@@ -213,6 +226,31 @@ def test_the_type_checking_reader_sees_a_runtime_use(tmp_path: Path) -> None:
         assert _runtime_uses_of_type_checking_names(path) == ["tests/_layering_probe.py:5: RemoteProject"]
     finally:
         path.unlink()
+
+
+def test_every_module_named_by_string_exists() -> None:
+    """The factory's drivers and the CLI's subcommands are named as ``"module:attr"``: each must resolve."""
+    import importlib
+
+    named = {node.value for _, path in _modules() for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and DYNAMIC.fullmatch(node.value)
+             and _ours(node.value)}
+    assert {"stores.faiss.store:FaissStore", "api.cli_sync:main", "benchmarks.suite:main"} <= named
+    missing = [target for target in sorted(named)
+               if not callable(getattr(importlib.import_module(target.split(":")[0]), target.split(":")[1], None))]
+    assert missing == []
+
+
+@pytest.mark.parametrize("command", ["ingest", "sync", "export", "import", "eval", "bench"])
+def test_each_subcommand_answers_help_through_the_kb_command(command: str, capsys: pytest.CaptureFixture) -> None:
+    from api.cli import main
+
+    try:
+        status = main([command, "--help"])
+    except SystemExit as exc:  # argparse's --help
+        status = exc.code
+    assert status in (0, None)
+    assert f"kb {command}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("source, expected", [
