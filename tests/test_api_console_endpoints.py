@@ -295,3 +295,19 @@ def test_only_admins_change_settings(server: KBServer, http: httpx.Client, setti
     project_admin = httpx.patch(f"{server.url}{settings_kb}/settings", headers=_key(server, "admin"),
                                 json={"search": {"default_k": 2}})
     assert project_admin.status_code == 200 and project_admin.json()["search"] == {"default_k": 2}
+
+
+def test_create_checks_search_settings(http: httpx.Client) -> None:
+    before = http.get("/v1/projects/DEFAULT/knowledge-banks").json()
+    refused = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "broken", "embedding_llm_id": "custom:fake6", "settings": {"search": {"fusion": {"method": "magic"}}}})
+    assert "magic" in _error(refused, 422, "invalid_input")
+    assert http.get("/v1/projects/DEFAULT/knowledge-banks").json() == before
+    created = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "keyword-first", "embedding_llm_id": "custom:fake6",
+        "settings": {"search": {"default_search_type": "keyword", "default_k": 1}}})
+    url = f"/v1/projects/DEFAULT/knowledge-banks/{created.json()['id']}"
+    http.post(f"{url}/documents", json={"documents": [{"id": "a", "text": "red apple"}, {"id": "b", "text": "red"}]})
+    hits = http.post(f"{url}/search", json={"query": "red apple"}).json()["results"]
+    assert [h["id"] for h in hits] == ["a"] and set(hits[0]["scores"]) == {"keyword"}
+    http.delete(url)

@@ -31,8 +31,10 @@ def list_knowledge_banks(project_key: str, client: EmbeddedClient = Depends(get_
 
 
 @router.post("", response_model=KnowledgeBankOut, status_code=201)
-def create_knowledge_bank(project_key: str, body: KnowledgeBankIn, client: EmbeddedClient = Depends(get_client),
+def create_knowledge_bank(project_key: str, body: KnowledgeBankIn, request: Request,
+                          client: EmbeddedClient = Depends(get_client),
                           _: Principal = Depends(require("admin"))) -> dict:
+    check_search_settings(client, body.settings, request.app.state.settings.max_k)
     handle = client.get_project(project_key).create_knowledge_bank(
         body.name, embedding_llm_id=body.embedding_llm_id, vector_store_type=body.vector_store_type,
         settings=body.settings)
