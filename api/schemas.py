@@ -81,6 +81,22 @@ class SettingsBody(BaseModel):
     images_folder: str | None = None
 
 
+class SettingsPatch(Strict):
+    """A change of some settings: each top-level key given replaces the stored one, the others are kept."""
+
+    embedding_llm_id: str | None = None
+    vector_store_type: str | None = None
+    metadata_schema: dict[str, str] | None = Field(default=None, examples=[{"source": "string", "year": "int"}])
+    images_folder: str | None = Field(default=None, description="'<PROJECT>.<folder id>'; null unsets it")
+    store: dict[str, Any] | None = None
+    connection: str | None = None
+    keyword: dict[str, Any] | None = None
+    search: dict[str, Any] | None = Field(default=None, examples=[{
+        "default_search_type": "hybrid", "default_k": 8, "fusion": {"method": "rrf"}}], description=(
+        "default_search_type and default_k (what a REST search that leaves search_type or k out gets), "
+        "fusion (hybrid fusion settings), reranker (for semantic_hybrid)"))
+
+
 class DocumentIn(Strict):
     id: str | None = Field(default=None, examples=["doc-1"])
     text: str = Field(examples=["Solar panels convert sunlight into electricity."])
@@ -123,8 +139,9 @@ class CountOut(BaseModel):
 class SearchIn(Strict):
     query: str | None = Field(default=None, examples=["How do solar panels work?"])
     vector: list[float] | None = None
-    k: int = Field(default=4, ge=1)
-    search_type: SearchType = "similarity"
+    k: int | None = Field(default=None, ge=1, description="default: the knowledge bank's search.default_k, else 4")
+    search_type: SearchType | None = Field(
+        default=None, description="default: the knowledge bank's search.default_search_type, else similarity")
     filter: dict[str, Any] | None = None
     fetch_k: int = Field(default=20, ge=1)
     lambda_mult: float = Field(default=0.5, ge=0.0, le=1.0)

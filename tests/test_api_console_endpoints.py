@@ -156,3 +156,158 @@ def test_evaluation(http: httpx.Client, kb_url: str) -> None:
                                  422, "invalid_input")
     _error(http.post(f"{kb_url}/evaluate", json={"queries": queries, "qrels": qrels, "search_types": ["magic"]}),
            422, "invalid_request")
+
+
+def _key(server: KBServer, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.keys().create(role, roles={'DEFAULT': role})}"}
+
+
+def test_create_project_needs_a_global_admin(server: KBServer, http: httpx.Client) -> None:
+    created = http.post("/v1/projects", json={"key": "RESEARCH_2", "name": "Research"})
+    assert created.status_code == 201, created.text
+    assert created.json() == {"key": "RESEARCH_2", "name": "Research"}
+    assert {"key": "RESEARCH_2", "name": "Research"} in http.get("/v1/projects").json()
+    assert "already exists" in _error(http.post("/v1/projects", json={"key": "RESEARCH_2"}), 409, "already_exists")
+    assert "letters, digits or underscores" in _error(http.post("/v1/projects", json={"key": "bad key!"}), 422,
+                                                      "invalid_input")
+    _error(http.post("/v1/projects", json={"key": "X", "colour": "red"}), 422, "invalid_request")
+    for role in ("reader", "writer", "admin"):  # a project's admin is not a global admin
+        refused = httpx.post(f"{server.url}/v1/projects", json={"key": f"BY_{role.upper()}"},
+                             headers=_key(server, role))
+        assert "global admin" in _error(refused, 403, "forbidden")
+    assert not {"BY_READER", "BY_WRITER", "BY_ADMIN"} & {p["key"] for p in http.get("/v1/projects").json()}
+
+
+@pytest.fixture()
+def settings_kb(http: httpx.Client) -> str:
+    created = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "settings", "embedding_llm_id": "custom:fake6", "settings": {"metadata_schema": {"n": "int"}}})
+    url = f"/v1/projects/DEFAULT/knowledge-banks/{created.json()['id']}"
+    docs = [{"id": f"d{n}", "text": f"solar panel number {n} " + "filler " * n, "metadata": {"n": n}}
+            for n in range(6)]
+    assert http.post(f"{url}/documents", json={"documents": docs}).status_code == 200
+    yield url
+    http.delete(url)
+
+
+def test_patch_settings_changes_only_what_it_names(http: httpx.Client, settings_kb: str) -> None:
+    url = settings_kb
+    before = http.get(f"{url}/settings").json()
+    # similarity, 4 results: the defaults before any search setting
+    plain = http.post(f"{url}/search", json={"query": "solar panel"}).json()["results"]
+    assert len(plain) == 4 and set(plain[0]["scores"]) == {"dense"}
+    assert "topic" in _error(http.post(f"{url}/search", json={"query": "solar", "filter": {"topic": "t"}}), 422,
+                             "invalid_filter")
+    topical = {"documents": [{"id": "d9", "text": "solar topic", "metadata": {"n": 9, "topic": "t"}}]}
+    _error(http.post(f"{url}/documents", json=topical), 422, "schema_violation")
+
+    changed = http.patch(f"{url}/settings", json={
+        "metadata_schema": {"n": "int", "topic": "string"},
+        "search": {"default_search_type": "keyword", "default_k": 2, "fusion": {"method": "rrf"}}})
+    assert changed.status_code == 200, changed.text
+    stored = http.get(f"{url}/settings").json()
+    assert stored == changed.json()
+    assert stored["metadata_schema"] == {"n": "int", "topic": "string"}
+    assert stored["search"] == {"default_search_type": "keyword", "default_k": 2, "fusion": {"method": "rrf"}}
+    assert {k: v for k, v in stored.items() if k not in ("metadata_schema", "search")} == \
+        {k: v for k, v in before.items() if k not in ("metadata_schema", "search")}
+
+    # effective at once: a search that names neither gets keyword and 2; one that names them gets what it asks
+    defaulted = http.post(f"{url}/search", json={"query": "solar panel"}).json()["results"]
+    assert len(defaulted) == 2 and set(defaulted[0]["scores"]) == {"keyword"}
+    asked = http.post(f"{url}/search", json={"query": "solar panel", "search_type": "similarity", "k": 3}).json()
+    assert len(asked["results"]) == 3 and set(asked["results"][0]["scores"]) == {"dense"}
+    assert len(http.post(f"{url}/search", json={"query": "solar", "k": 5}).json()["results"]) == 5
+    hybrid = http.post(f"{url}/search", json={"query": "solar panel", "search_type": "hybrid", "k": 1}).json()
+    assert hybrid["results"][0]["score"] <= 2 / 61  # rrf: at most 1/(60+1) from each list
+    assert http.post(f"{url}/documents", json=topical).status_code == 200
+    only = http.post(f"{url}/search", json={"query": "solar", "filter": {"topic": "t"}, "k": 5}).json()["results"]
+    assert [hit["id"] for hit in only] == ["d9"]
+    http.post(f"{url}/documents/delete", json={"ids": ["d9"]})
+
+    # null resets a section; the others stay
+    reset = http.patch(f"{url}/settings", json={"search": None}).json()
+    assert reset["search"] == {} and reset["metadata_schema"] == {"n": "int", "topic": "string"}
+    assert len(http.post(f"{url}/search", json={"query": "solar panel"}).json()["results"]) == 4
+
+
+def test_images_folder_setting(http: httpx.Client, settings_kb: str) -> None:
+    folder = http.post("/v1/projects/DEFAULT/folders", json={"name": "pictures"}).json()
+    ref = f"DEFAULT.{folder['id']}"
+    assert http.patch(f"{settings_kb}/settings", json={"images_folder": ref}).json()["images_folder"] == ref
+    hit = http.post(f"{settings_kb}/search", json={"query": "solar", "k": 1}).json()["results"][0]
+    assert hit["images"] == []  # no image references in these documents, but the folder is set
+    _error(http.patch(f"{settings_kb}/settings", json={"images_folder": "DEFAULT.nope"}), 404, "not_found")
+    assert http.get(f"{settings_kb}/settings").json()["images_folder"] == ref
+    assert http.patch(f"{settings_kb}/settings", json={"images_folder": None}).json()["images_folder"] is None
+    http.delete(f"/v1/projects/DEFAULT/folders/{folder['id']}")
+
+
+@pytest.mark.parametrize(("change", "status", "code", "words"), [
+    ({"search": {"fusion": {"method": "magic"}}}, 422, "invalid_input", "magic"),
+    ({"search": {"fusion": {"weight": 3}}}, 422, "invalid_input", "weight"),
+    ({"search": {"fusion": "rrf"}}, 422, "invalid_input", "search.fusion must be an object"),
+    ({"search": {"defualt_k": 3}}, 422, "invalid_input", "defualt_k"),
+    ({"search": {"default_k": 0}}, 422, "invalid_input", "default_k"),
+    ({"search": {"default_k": 5000}}, 422, "invalid_input", "KB_MAX_K"),
+    ({"search": {"default_k": "4"}}, 422, "invalid_input", "default_k"),
+    ({"search": {"default_search_type": "magic"}}, 422, "invalid_input", "magic"),
+    ({"search": {"default_search_type": "similarity_score_threshold"}}, 422, "invalid_input", "default_search_type"),
+    ({"search": {"default_search_type": "semantic_hybrid"}}, 422, "invalid_input", "reranker"),
+    ({"search": {"reranker": {"type": "magic"}}}, 422, "invalid_input", "magic"),
+    ({"search": {"reranker": {"type": "http", "url": "ftp://x"}}}, 422, "invalid_input", "url"),
+    ({"search": {"reranker": {"type": "http", "url": "http://127.0.0.1:9/rerank", "timeout": "soon"}}}, 422,
+     "invalid_input", "soon"),
+    ({"search": {"reranker": {"type": "cross-encoder", "path": "/nowhere"}}}, 422, "invalid_input", "/nowhere"),
+    ({"metadata_schema": {"n": "integer"}}, 422, "schema_violation", "integer"),
+    ({"store": {"index": {"type": "HNSW"}}}, 422, "invalid_input", "cannot change"),
+    ({"embedding_llm_id": "local:all-MiniLM-L6-v2"}, 422, "invalid_input", "non-empty"),
+    ({"embedding_llm_id": None}, 422, "invalid_input", "cannot be unset"),
+    ({"embedding_llm_id": "custom:nope"}, 404, "unknown_model", "nope"),
+    ({"keyword": {"index": False}}, 422, "invalid_input", "keyword index"),
+    ({"store": {"password": "***"}}, 422, "invalid_input", "masked secret"),
+    ({"colour": "red"}, 422, "invalid_request", "colour"),
+])
+def test_refused_settings_change_nothing(http: httpx.Client, settings_kb: str, change: dict, status: int,
+                                         code: str, words: str) -> None:
+    before = http.get(f"{settings_kb}/settings").json()
+    message = _error(http.patch(f"{settings_kb}/settings", json=change), status, code)
+    assert words in message, message
+    assert http.get(f"{settings_kb}/settings").json() == before
+
+
+def test_put_checks_search_settings_too(http: httpx.Client, settings_kb: str) -> None:
+    settings = http.get(f"{settings_kb}/settings").json()
+    settings["search"] = {"fusion": {"normalisation": "magic"}}
+    assert "magic" in _error(http.put(f"{settings_kb}/settings", json=settings), 422, "invalid_input")
+
+
+def test_only_admins_change_settings(server: KBServer, http: httpx.Client, settings_kb: str) -> None:
+    before = http.get(f"{settings_kb}/settings").json()
+    for role in ("reader", "writer"):
+        headers = _key(server, role)
+        assert httpx.get(f"{server.url}{settings_kb}/settings", headers=headers).status_code == 200
+        refused = httpx.patch(f"{server.url}{settings_kb}/settings", headers=headers,
+                              json={"search": {"default_k": 2}})
+        assert "admin role" in _error(refused, 403, "forbidden")
+        _error(httpx.put(f"{server.url}{settings_kb}/settings", headers=headers, json=before), 403, "forbidden")
+    assert http.get(f"{settings_kb}/settings").json() == before
+    project_admin = httpx.patch(f"{server.url}{settings_kb}/settings", headers=_key(server, "admin"),
+                                json={"search": {"default_k": 2}})
+    assert project_admin.status_code == 200 and project_admin.json()["search"] == {"default_k": 2}
+
+
+def test_create_checks_search_settings(http: httpx.Client) -> None:
+    before = http.get("/v1/projects/DEFAULT/knowledge-banks").json()
+    refused = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "broken", "embedding_llm_id": "custom:fake6", "settings": {"search": {"fusion": {"method": "magic"}}}})
+    assert "magic" in _error(refused, 422, "invalid_input")
+    assert http.get("/v1/projects/DEFAULT/knowledge-banks").json() == before
+    created = http.post("/v1/projects/DEFAULT/knowledge-banks", json={
+        "name": "keyword-first", "embedding_llm_id": "custom:fake6",
+        "settings": {"search": {"default_search_type": "keyword", "default_k": 1}}})
+    url = f"/v1/projects/DEFAULT/knowledge-banks/{created.json()['id']}"
+    http.post(f"{url}/documents", json={"documents": [{"id": "a", "text": "red apple"}, {"id": "b", "text": "red"}]})
+    hits = http.post(f"{url}/search", json={"query": "red apple"}).json()["results"]
+    assert [h["id"] for h in hits] == ["a"] and set(hits[0]["scores"]) == {"keyword"}
+    http.delete(url)

@@ -140,9 +140,10 @@ def test_console_scenario(server: KBServer, browser, files: dict[str, Path]) -> 
     assert "topic" in _css(driver, "#schema").text and "string" in _css(driver, "#schema").text
 
     # images of retrieval content live in the folder
-    folder_ref = _css(driver, "#images-folder select option:nth-child(2)").get_attribute("value")
-    _select(_css(driver, "#images-folder select"), folder_ref)
-    _css(driver, "#images-folder button").click()
+    folder_ref = _css(driver, "#images-folder option:nth-child(2)").get_attribute("value")
+    _select(_css(driver, "#images-folder"), folder_ref)
+    _css(driver, "#save-settings").click()
+    _wait(driver, "#settings-message", "Settings saved.")
     _wait(driver, "#overview pre.json", folder_ref)
 
     # upload the rows and the image into the folder, then ingest the rows with progress and a report

@@ -56,6 +56,7 @@ const api = {
   get(path) { return api.call("GET", path); },
   post(path, body) { return api.call("POST", path, body === undefined ? {} : body); },
   put(path, body) { return api.call("PUT", path, body); },
+  patch(path, body) { return api.call("PATCH", path, body); },
   del(path) { return api.call("DELETE", path); },
 
   // Uploads report their progress (fetch cannot), so they go through XMLHttpRequest.

@@ -3,6 +3,7 @@
 
 const SEARCH_TYPES = ["similarity", "similarity_score_threshold", "mmr", "keyword", "hybrid", "semantic_hybrid"];
 const TABS = ["overview", "search", "documents", "ingest", "evaluate"];
+const DEFAULT_SEARCH_TYPES = SEARCH_TYPES.filter((t) => t !== "similarity_score_threshold");  // (it needs a threshold)
 
 pages.knowledgeBank = async function (projectKey, kbId, tab) {
   const base = api.kb(projectKey, kbId);
@@ -23,32 +24,22 @@ pages.knowledgeBank = async function (projectKey, kbId, tab) {
 const kbTabs = {
   async overview(ctx) {
     const schema = ctx.settings.metadata_schema || {};
+    const search = ctx.settings.search || {};
     const folders = await api.get(api.project(ctx.projectKey) + "/folders");
-    const message = messageBox("settings-message");
-    const current = ctx.settings.images_folder || "";
-    const imagesForm = h("form", { id: "images-folder", class: "inline-form", onsubmit: async (e) => {
-      e.preventDefault();
-      message.clear();
-      const settings = Object.assign({}, ctx.settings, { images_folder: formValues(e.target).images_folder || null });
-      try {
-        await api.put(ctx.base + "/settings", settings);
-        app.route();
-      } catch (err) { report(message, err); }
-    } },
-      field("Images folder (where retrieval-content images are)", h("select", { name: "images_folder" },
-        h("option", { value: "" }, "(none)"),
-        folders.map((f) => h("option", { value: ctx.projectKey + "." + f.id, selected: current === ctx.projectKey + "." + f.id }, f.name)))),
-      h("button", { type: "submit" }, "Save"));
+    const shown = (value) => (value === undefined || value === null ? "-" : typeof value === "object" ? JSON.stringify(value) : String(value));
     return h("div", { id: "overview" },
       table(["", ""], [["Store", ctx.info.vector_store_type], ["Embedding model", ctx.info.embedding_llm_id],
-        ["Documents", String(ctx.count)], ["Images folder", ctx.settings.images_folder || "-"]]),
+        ["Documents", String(ctx.count)], ["Images folder", ctx.settings.images_folder || "-"],
+        ["Default search type", shown(search.default_search_type || "similarity")], ["Default k", shown(search.default_k || 4)],
+        ["Fusion", search.fusion ? shown(search.fusion) : "the server's default"], ["Reranker", search.reranker ? shown(search.reranker) : "none"]], "", { id: "settings-summary" }),
       h("h2", {}, "Metadata schema"),
       table(["Key", "Type"], Object.entries(schema), "No schema: any metadata is accepted.", { id: "schema" }),
-      h("h2", {}, "Images folder"), imagesForm, message,
-      h("h2", {}, "Settings"), json(ctx.settings));
+      h("h2", {}, "Edit settings"), settingsForm(ctx, folders),
+      h("h2", {}, "All settings"), json(ctx.settings));
   },
 
   async search(ctx) {
+    const defaults = ctx.settings.search || {};  // the knowledge bank's default search type and k, set on the overview
     const filterBox = messageBox("filter-message");
     const message = messageBox("search-message");
     const results = h("div", { id: "results" });
@@ -73,8 +64,9 @@ const kbTabs = {
     } },
       field("Query", h("input", { name: "query", id: "query", required: true, size: 60 })),
       h("div", { class: "inline-form" },
-        field("Search type", h("select", { name: "search_type", id: "search-type" }, SEARCH_TYPES.map((t) => h("option", { value: t }, t)))),
-        field("k", h("input", { name: "k", id: "k", type: "number", min: 1, value: 4, size: 4 })),
+        field("Search type", h("select", { name: "search_type", id: "search-type" }, SEARCH_TYPES.map((t) =>
+          h("option", { value: t, selected: t === (defaults.default_search_type || "similarity") }, t)))),
+        field("k", h("input", { name: "k", id: "k", type: "number", min: 1, value: defaults.default_k || 4, size: 4 })),
         field("fetch_k (mmr)", h("input", { name: "fetch_k", type: "number", min: 1, placeholder: "20", size: 5 })),
         field("lambda_mult (mmr)", h("input", { name: "lambda_mult", type: "number", min: 0, max: 1, step: "any", placeholder: "0.5", size: 5 })),
         field("score_threshold", h("input", { name: "score_threshold", id: "score-threshold", type: "number", step: "any", size: 6 }))),
@@ -234,4 +226,90 @@ function followJob(projectKey, jobId, message, status) {
     }
   };
   tick();
+}
+
+// The knowledge bank's editable settings: metadata schema, search defaults, fusion, reranker, images folder.
+// Saved with PATCH (only these sections travel, so a masked secret elsewhere never comes back as "***"); the
+// server checks the whole and answers 422 with what was wrong (an index type that cannot change on a non-empty
+// knowledge bank, an unknown fusion method, ...), shown under the form. Changing settings needs admin.
+function settingsForm(ctx, folders) {
+  const canEdit = app.roleIn(ctx.projectKey) === "admin";
+  const search = ctx.settings.search || {};
+  const message = messageBox("settings-message");
+  const rows = h("tbody", {});
+  const addRow = (key, type) => {
+    const row = h("tr", { class: "schema-row" },
+      h("td", {}, h("input", { class: "schema-key", value: key || "", placeholder: "key", size: 18, "aria-label": "metadata key" })),
+      h("td", {}, h("select", { class: "schema-type", "aria-label": "type" }, SCHEMA_TYPES.map((t) => h("option", { value: t, selected: t === type }, t)))),
+      h("td", {}, h("button", { type: "button", class: "danger schema-remove", onclick: () => row.remove() }, "Remove")));
+    rows.append(row);
+    return row;
+  };
+  for (const [key, type] of Object.entries(ctx.settings.metadata_schema || {})) addRow(key, type);
+  const jsonArea = (name, value, placeholder) => h("textarea", { name, id: "settings-" + name, rows: 2, cols: 56, placeholder },
+    value ? JSON.stringify(value) : "");
+  const folder = ctx.settings.images_folder || "";
+  const known = folders.some((f) => ctx.projectKey + "." + f.id === folder);
+
+  const form = h("form", { id: "kb-settings", class: "stack", novalidate: true, onsubmit: async (e) => {
+    e.preventDefault();
+    message.clear();
+    for (const el of form.querySelectorAll(".invalid")) el.classList.remove("invalid");
+    const bad = (el, text) => { el.classList.add("invalid"); el.focus(); message.show(text); };
+    const schema = {};
+    for (const row of rows.querySelectorAll("tr")) {
+      const keyInput = row.querySelector(".schema-key");
+      const key = keyInput.value.trim();
+      if (!key) return bad(keyInput, "Every schema column needs a key (or remove the row).");
+      if (key in schema) return bad(keyInput, "The schema names " + key + " twice.");
+      schema[key] = row.querySelector(".schema-type").value;
+    }
+    const v = formValues(form);
+    const next = {};
+    if (v.default_search_type) next.default_search_type = v.default_search_type;
+    if (v.default_k.trim()) {
+      const k = Number(v.default_k);
+      if (!Number.isInteger(k) || k < 1) return bad(form.elements.default_k, "Default k must be a whole number of 1 or more.");
+      next.default_k = k;
+    }
+    for (const name of ["fusion", "reranker"]) {
+      if (!v[name].trim()) continue;
+      let value;
+      try { value = JSON.parse(v[name]); } catch (err) { return bad(form.elements[name], name + " is not valid JSON: " + err.message); }
+      if (value === null || typeof value !== "object" || Array.isArray(value)) return bad(form.elements[name], name + " must be a JSON object.");
+      next[name] = value;
+    }
+    try {
+      await api.patch(ctx.base + "/settings", { metadata_schema: schema, search: next, images_folder: v.images_folder || null });
+    } catch (err) { return report(message, err); }
+    await app.route();
+    const saved = document.getElementById("settings-message");
+    if (saved) saved.show("Settings saved.", "ok");
+  } },
+    h("fieldset", { class: "plain", id: "settings-fields", disabled: !canEdit },
+      canEdit ? null : h("p", { class: "muted", id: "settings-note" }, "Changing settings needs the admin role on " + ctx.projectKey + "; yours is " + (app.roleIn(ctx.projectKey) || "none") + "."),
+      h("fieldset", { class: "section" }, h("legend", {}, "Metadata schema"),
+        h("table", { class: "editor", id: "schema-editor" }, rows),
+        h("button", { type: "button", id: "add-column", onclick: () => addRow("", "string").querySelector("input").focus() }, "Add column"),
+        h("p", { class: "muted" }, "Documents must match the schema; filters may use only its keys.")),
+      h("fieldset", { class: "section" }, h("legend", {}, "Search"),
+        h("div", { class: "inline-form" },
+          field("Default search type", h("select", { name: "default_search_type", id: "default-search-type" },
+            h("option", { value: "" }, "(not set: similarity)"),
+            DEFAULT_SEARCH_TYPES.map((t) => h("option", { value: t, selected: t === search.default_search_type }, t)))),
+          field("Default k", h("input", { name: "default_k", id: "default-k", type: "number", min: 1, step: 1, size: 5,
+            placeholder: "4", value: search.default_k === undefined ? null : search.default_k }))),
+        h("p", { class: "muted" }, "What a search that names no search type or k gets (REST, and the search tab's starting values)."),
+        field("Fusion for hybrid search (JSON)", jsonArea("fusion", search.fusion, '{"method": "rrf"}  or  {"method": "linear", "weight": 0.4, "normalisation": "zscore"}'),
+          "empty: the server's default fusion"),
+        field("Reranker for semantic_hybrid (JSON)", jsonArea("reranker", search.reranker, '{"type": "cross-encoder", "path": "/models/reranker"}'),
+          'or {"type": "http", "url": "https://…/rerank", "model": "…", "connection": "…"}; empty: none')),
+      h("fieldset", { class: "section" }, h("legend", {}, "Images folder"),
+        field("Where retrieval-content images are", h("select", { name: "images_folder", id: "images-folder" },
+          h("option", { value: "" }, "(none)"),
+          folders.map((f) => h("option", { value: ctx.projectKey + "." + f.id, selected: folder === ctx.projectKey + "." + f.id }, f.name)),
+          folder && !known ? h("option", { value: folder, selected: true }, folder) : null))),
+      h("button", { type: "submit", id: "save-settings" }, "Save settings")),
+    message);
+  return form;
 }

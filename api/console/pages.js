@@ -8,10 +8,32 @@ const pages = {
   async projects() {
     app.crumbs([{ text: "Projects" }]);
     const projects = await api.get("/v1/projects");
+    const admin = Boolean(app.whoami && app.whoami.admin);
+    const message = messageBox("project-message");
+    // Only a global admin may create projects (a role is held per project, so no other key could): other keys
+    // see the form disabled, and the server answers 403 if asked anyway.
+    const form = h("form", { id: "create-project", class: "inline-form", onsubmit: async (e) => {
+      e.preventDefault();
+      message.clear();
+      const v = formValues(e.target);
+      try {
+        const created = await api.post("/v1/projects", { key: v.key.trim(), name: v.name.trim() || null });
+        await pages.projects();
+        document.getElementById("project-message").show("Created project " + created.key + " (" + created.name + ").", "ok");
+      } catch (err) { report(message, err); }
+    } },
+      h("fieldset", { class: "plain", id: "create-project-fields", disabled: !admin },
+        field("Key", h("input", { name: "key", id: "project-key", required: true, maxlength: 64, size: 16, placeholder: "e.g. RESEARCH" }),
+          "letters, digits, underscores"),
+        field("Name", h("input", { name: "name", id: "project-name", size: 24, placeholder: "(the key)" })),
+        h("button", { type: "submit" }, "Create project")));
     app.main().replaceChildren(h("section", { class: "card" }, h("h1", {}, "Projects"),
       table(["Project", "Name", "Your role"], projects.map((p) => [
         h("a", { href: "#/p/" + encodeURIComponent(p.key) }, p.key), p.name, app.roleIn(p.key) || "-"]),
-      "This key can read no project.", { id: "projects" })));
+      "This key can read no project.", { id: "projects" }),
+      h("h2", {}, "New project"),
+      admin ? null : h("p", { class: "muted", id: "create-project-note" }, "Creating a project needs a global admin key."),
+      form, message));
   },
 
   async project(projectKey) {
