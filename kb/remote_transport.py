@@ -42,10 +42,15 @@ class Transport:
         self.classes.update({"unauthenticated": RemoteAuthError, "forbidden": RemoteForbiddenError})
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            request = self.http.build_request(method, path, **kwargs)
+        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+            # the callers check what users give (kb.remote_checks); this keeps anything they miss a typed error
+            raise errors.InvalidInputError(f"{method} {path[:200]}: the request cannot be encoded: {exc}") from exc
         attempts = self.retries + 1 if method in _IDEMPOTENT else 1
         for attempt in range(attempts):
             try:
-                response = self.http.request(method, path, **kwargs)
+                response = self.http.send(request)
             except httpx.TransportError as exc:
                 if attempt + 1 == attempts:
                     raise errors.StoreUnavailableError(f"kb service at {self.base} unreachable: {exc}") from exc
