@@ -34,6 +34,13 @@ class RemoteForbiddenError(errors.KBError):
 
 class Transport:
     def __init__(self, url: str, api_key: str | None, timeout: float = 60.0, retries: int = 3) -> None:
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise errors.InvalidInputError(f"url must be the kb service's http:// or https:// address, got {url!r}")
+        if api_key and (not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable()):
+            # an HTTP header holds printable ASCII only: a pasted newline, space or typographic quote would
+            # fail in the HTTP library, or look like an unreachable service
+            raise errors.InvalidInputError("api_key must be a printable ASCII string (kb's keys look like "
+                                           "kb_...); check it for a pasted line break or a typographic character")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base = url.rstrip("/")
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)

@@ -381,3 +381,13 @@ def test_any_json_filter_fares_the_same_on_both_clients(hypothesis_cores: tuple[
     assert far == local
     if far[0] != "ok":
         assert far[0] == "FilterError" and sent.requests == [], (far, sent.requests)
+
+
+@pytest.mark.parametrize("url,api_key,fragment", [
+    ("http://127.0.0.1:9", "kb_caf\u00e9", "api_key"), ("http://127.0.0.1:9", "kb_x\n", "api_key"),
+    ("http://127.0.0.1:9", f"kb_{SURROGATE}", "api_key"), ("127.0.0.1:8080", "kb_x", "http://"),
+    ("ftp://127.0.0.1", "kb_x", "http://"),
+], ids=["non-ascii key", "line break in key", "surrogate in key", "no scheme", "ftp"])
+def test_a_bad_key_or_url_is_refused_when_the_client_is_made(url: str, api_key: str, fragment: str) -> None:
+    with pytest.raises(kb.InvalidInputError, match=fragment):
+        kb.api_client(url=url, api_key=api_key)
