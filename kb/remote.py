@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+from kb.catalog import PROJECT_KEY_RE, check_name
 from kb.llm import LLMListItem
+from kb.remote_checks import path_segment, query_params, settings_body
 from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle
 from kb.remote_llm import RemoteLLM
 from kb.remote_transport import RemoteAuthError, RemoteForbiddenError, Transport
 from kb_base import errors
 from kb_base.folders import normalise_path
+from kb_base.input_checks import check_string
 
 __all__ = ["RemoteAuthError", "RemoteClient", "RemoteForbiddenError", "RemoteProject", "Transport"]
 
@@ -43,10 +46,16 @@ class RemoteClient:
         return [p["key"] for p in self.list_projects()]
 
     def get_project(self, project_key: str) -> RemoteProject:
-        self.transport.json("GET", f"/v1/projects/{quote(project_key)}")
-        return RemoteProject(self.transport, project_key)
+        project = RemoteProject(self.transport, project_key)
+        self.transport.json("GET", project.base)
+        return project
 
     def create_project(self, project_key: str, name: str | None = None) -> RemoteProject:
+        if not isinstance(project_key, str) or not PROJECT_KEY_RE.match(project_key):
+            raise errors.InvalidInputError(f"invalid project key {project_key!r}: use 1-64 letters, digits or "
+                                           "underscores")
+        if name is not None:
+            check_string(name, "project name")
         self.transport.json("POST", "/v1/projects", json={"key": project_key, "name": name})
         return RemoteProject(self.transport, project_key)
 
@@ -66,10 +75,10 @@ class RemoteClient:
 class RemoteProject:
     def __init__(self, transport: Transport, project_key: str) -> None:
         self.transport, self.project_key = transport, project_key
-        self.base = f"/v1/projects/{quote(project_key)}"
+        self.base = f"/v1/projects/{path_segment(project_key, 'project key')}"
 
     def list_llms(self, purpose: str | None = None) -> list[LLMListItem]:
-        params = {"purpose": purpose} if purpose else {}
+        params = query_params({"purpose": purpose or None}, "model listing option")
         return [LLMListItem(**item) for item in self.transport.json("GET", f"{self.base}/llms", params=params)]
 
     def sibling(self, project_key: str) -> RemoteProject:
@@ -87,18 +96,21 @@ class RemoteProject:
         return [i.to_knowledge_bank() for i in items] if as_type == "objects" else items
 
     def get_knowledge_bank(self, kb_id: str) -> RemoteKnowledgeBankHandle:
-        info = self.transport.json("GET", f"{self.base}/knowledge-banks/{quote(kb_id)}")
+        info = self.transport.json("GET", f"{self.base}/knowledge-banks/{path_segment(kb_id, 'knowledge bank id')}")
         return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
 
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> RemoteKnowledgeBankHandle:
-        body = {"name": name, "vector_store_type": vector_store_type, "settings": settings or {}}
+        check_name("knowledge bank", name)
+        body = {"name": name, "vector_store_type": vector_store_type,
+                "settings": settings_body(settings or {}, f"knowledge bank {name!r}")}
         if embedding_llm_id:
             body["embedding_llm_id"] = embedding_llm_id
         info = self.transport.json("POST", f"{self.base}/knowledge-banks", json=body)
         return RemoteKnowledgeBankHandle(self, info["id"], info["name"])
 
     def create_managed_folder(self, name: str) -> RemoteManagedFolder:
+        check_name("managed folder", name)
         info = self.transport.json("POST", f"{self.base}/folders", json={"name": name})
         return RemoteManagedFolder(self, info["id"], info["name"])
 
@@ -129,7 +141,7 @@ class RemoteManagedFolder:
     def __init__(self, project: RemoteProject, folder_id: str, name: str) -> None:
         self.project, self.id, self.name = project, folder_id, name
         self.project_key = project.project_key
-        self.base = f"{project.base}/folders/{quote(folder_id)}/files"
+        self.base = f"{project.base}/folders/{path_segment(folder_id, 'managed folder id')}/files"
 
     def get_id(self) -> str:
         return self.id
@@ -138,7 +150,10 @@ class RemoteManagedFolder:
         return self.base + quote(normalise_path(path))
 
     def upload_data(self, path: str, data: bytes) -> None:
-        self.project.transport.request("PUT", self._path(path), content=data)
+        target = self._path(path)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise errors.InvalidInputError(f"upload_data({path!r}): the data must be bytes, got {type(data).__name__}")
+        self.project.transport.request("PUT", target, content=bytes(data))
 
     def upload_stream(self, path: str, stream: BinaryIO) -> None:
         self.upload_data(path, stream.read())

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from kb.remote_checks import document_bodies, filter_json, path_segment, query_params, search_body, settings_body
 from kb.remote_llm import RemoteLLM
 from kb_base import errors
+from kb_base.input_checks import check_ids
 from kb_base.search import SearchRequest, SearchResult, image_paths_of
 from stores.langchain import KBVectorStore
 from writers.formatter import MetadataFormatter
@@ -55,14 +55,15 @@ class RemoteSettings:
         self._raw["search"] = dict(search)
 
     def save(self) -> None:
-        self._raw = self._handle.project.transport.json("PUT", f"{self._handle.base}/settings", json=self._raw)
+        body = settings_body(self._raw, f"knowledge bank {self._handle.id!r}")
+        self._raw = self._handle.project.transport.json("PUT", f"{self._handle.base}/settings", json=body)
 
 
 class RemoteKnowledgeBankHandle:
     def __init__(self, project: RemoteProject, kb_id: str, name: str) -> None:
         self.project, self.id, self.name = project, kb_id, name
         self.project_key = project.project_key
-        self.base = f"{project.base}/knowledge-banks/{quote(kb_id)}"
+        self.base = f"{project.base}/knowledge-banks/{path_segment(kb_id, 'knowledge bank id')}"
 
     def get_settings(self) -> RemoteSettings:
         return RemoteSettings(self, self.project.transport.json("GET", f"{self.base}/settings"))
@@ -72,13 +73,6 @@ class RemoteKnowledgeBankHandle:
 
     def delete(self) -> None:
         self.project.transport.request("DELETE", self.base)
-
-
-def _doc_body(doc_id: str, text: str, metadata: Mapping[str, Any] | None, vector: Any = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": doc_id, "text": text, "metadata": dict(metadata or {})}
-    if vector is not None:
-        body["vector"] = [float(x) for x in np.asarray(vector, dtype=np.float32)]
-    return body
 
 
 @dataclass
@@ -102,6 +96,14 @@ class RemoteCoreKnowledgeBank:
         self.transport = handle.project.transport
         self.settings = handle.get_settings().get_raw()
 
+    def refresh(self) -> None:
+        """Re-read the settings (another client may have saved new ones: a new metadata schema)."""
+        self.settings = self.handle.get_settings().get_raw()
+
+    @property
+    def schema(self) -> dict[str, str]:
+        return dict(self.settings.get("metadata_schema") or {})
+
     @property
     def embedding_llm_id(self) -> str:
         return str(self.settings["embedding_llm_id"])
@@ -110,18 +112,17 @@ class RemoteCoreKnowledgeBank:
         return RemoteLLM(self.transport, self.project_key, self.embedding_llm_id).as_langchain_embeddings()
 
     def search(self, request: SearchRequest | None = None, reader: Any = None, **kwargs: Any) -> list[SearchResult]:
-        request = request or SearchRequest(**kwargs)
-        body = {k: v for k, v in vars(request).items() if v is not None and k != "candidates"}
-        if body.get("vector") is not None:
-            body["vector"] = [float(x) for x in body["vector"]]
+        body = search_body(request or SearchRequest(**kwargs), self.schema)
         hits = self.transport.json("POST", f"{self.handle.base}/search", json=body)["results"]
         return [SearchResult(h["id"], h["text"], h["metadata"], h["score"], h["scores"]) for h in hits]
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        params = {"filter": json.dumps(filter)} if filter else {}
+        checked = filter_json(filter, self.schema)
+        params = {"filter": json.dumps(checked)} if checked else {}
         return int(self.transport.json("GET", f"{self.handle.base}/count", params=params)["count"])
 
     def get_documents(self, ids: Sequence[str], tx: StagedCommit | None = None) -> list[Document]:
+        ids = check_ids(ids)
         found = {d["id"]: d for d in self.transport.json("POST", f"{self.handle.base}/documents/get",
                                                          json={"ids": list(ids)})}
         if tx is not None:
@@ -134,8 +135,7 @@ class RemoteCoreKnowledgeBank:
 
     def write_texts(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None], ids: Sequence[str],
                     vectors: Sequence[Sequence[float]] | None = None, tx: StagedCommit | None = None) -> None:
-        docs = [_doc_body(i, t, m, vectors[n] if vectors is not None else None)
-                for n, (i, t, m) in enumerate(zip(ids, texts, metadatas, strict=True))]
+        docs = document_bodies(texts, metadatas, ids, vectors, self.schema)
         if tx is not None:
             for doc in docs:
                 if doc["id"] in tx.deletes:
@@ -146,6 +146,7 @@ class RemoteCoreKnowledgeBank:
         self.transport.json("POST", f"{self.handle.base}/documents", json={"documents": docs})
 
     def delete_documents(self, ids: Sequence[str], tx: StagedCommit | None = None) -> int:
+        ids = check_ids(ids)
         if tx is not None:
             for doc_id in ids:
                 tx.upserts.pop(doc_id, None)
@@ -159,6 +160,7 @@ class RemoteCoreKnowledgeBank:
         """Stream a file to the server's ingestion (``POST .../ingest``) with an upload progress bar; its report."""
         from tqdm import tqdm
 
+        params = query_params(params, "ingestion option")
         with open(path, "rb") as handle, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
                                               desc=f"upload {path.name}", disable=not progress) as bar:
             def blocks() -> Any:
@@ -168,7 +170,7 @@ class RemoteCoreKnowledgeBank:
 
             # no timeout: the server answers when the whole file is ingested
             return self.transport.json("POST", f"{self.handle.base}/ingest", content=blocks(), timeout=None,
-                                       params={k: v for k, v in params.items() if v is not None})
+                                       params=params)
 
     def commit(self, staged: StagedCommit) -> dict[str, Any]:
         body = {"clear": staged.clear, "deletes": staged.deletes, "upserts": list(staged.upserts.values())}
@@ -257,3 +259,11 @@ class RemoteWriter:
 
     def as_langchain_vectorstore(self) -> VectorStore:
         return self.core.langchain_vectorstore(self.transaction)
+
+    def add_documents(self, documents: list[Document], ids: list[str] | None = None) -> list[str]:
+        """Stage documents (checked now, sent at commit), as the embedded writer's ``add_documents``."""
+        return self.as_langchain_vectorstore().add_documents(documents, ids=ids) if ids else \
+            self.as_langchain_vectorstore().add_documents(documents)
+
+    def delete(self, ids: list[str]) -> int:
+        return self.core.delete_documents(ids, tx=self.transaction)

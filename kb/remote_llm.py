@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from langchain_core.embeddings import Embeddings
 
 from kb.llm import EmbeddingResponse
+from kb.remote_checks import path_segment, texts_to_embed
 from kb.remote_transport import Transport
 from kb_base import errors
 
@@ -45,8 +45,9 @@ class RemoteLLM:
     id: str
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        path = f"/v1/projects/{quote(self.project_key)}/llms/{quote(self.id, safe='')}/embeddings"
-        return self.transport.json("POST", path, json={"texts": texts})["embeddings"]
+        path = (f"/v1/projects/{path_segment(self.project_key, 'project key')}/llms/"
+                f"{path_segment(self.id, 'embedding model id')}/embeddings")
+        return self.transport.json("POST", path, json={"texts": texts_to_embed(texts)})["embeddings"]
 
     def new_embeddings(self) -> RemoteEmbeddingQuery:
         return RemoteEmbeddingQuery(self)

@@ -34,6 +34,13 @@ class RemoteForbiddenError(errors.KBError):
 
 class Transport:
     def __init__(self, url: str, api_key: str | None, timeout: float = 60.0, retries: int = 3) -> None:
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise errors.InvalidInputError(f"url must be the kb service's http:// or https:// address, got {url!r}")
+        if api_key and (not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable()):
+            # an HTTP header holds printable ASCII only: a pasted newline, space or typographic quote would
+            # fail in the HTTP library, or look like an unreachable service
+            raise errors.InvalidInputError("api_key must be a printable ASCII string (kb's keys look like "
+                                           "kb_...); check it for a pasted line break or a typographic character")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base = url.rstrip("/")
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
@@ -42,10 +49,15 @@ class Transport:
         self.classes.update({"unauthenticated": RemoteAuthError, "forbidden": RemoteForbiddenError})
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            request = self.http.build_request(method, path, **kwargs)
+        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+            # the callers check what users give (kb.remote_checks); this keeps anything they miss a typed error
+            raise errors.InvalidInputError(f"{method} {path[:200]}: the request cannot be encoded: {exc}") from exc
         attempts = self.retries + 1 if method in _IDEMPOTENT else 1
         for attempt in range(attempts):
             try:
-                response = self.http.request(method, path, **kwargs)
+                response = self.http.send(request)
             except httpx.TransportError as exc:
                 if attempt + 1 == attempts:
                     raise errors.StoreUnavailableError(f"kb service at {self.base} unreachable: {exc}") from exc

@@ -109,6 +109,18 @@ def test_the_package_build_takes_every_layer() -> None:
     assert on_disk - packaged == set() and packaged - on_disk == set()
 
 
+def test_the_wheel_holds_every_file_of_every_layer() -> None:
+    """Every file under a layer (the console's HTML, JS and CSS as much as the modules) is in the built wheel:
+    an editable install reads them from the tree, an installed kb only from what pyproject packages."""
+    from tests.support.wheel import build_wheel, source_files, wheel_names
+
+    in_wheel = wheel_names(build_wheel())
+    shipped = {name for name in source_files() if name.split("/")[0] in LAYERS}
+    assert any(not name.endswith(".py") for name in shipped)  # the console at least: the check has teeth
+    assert sorted(shipped - in_wheel) == []
+    assert any(name.startswith("kb-") and name.endswith(".dist-info/entry_points.txt") for name in in_wheel)
+
+
 def test_no_module_imports_a_layer_above_its_own() -> None:
     offenders = {name: sorted({m for m, _ in _imports(name, path) if _layer(m) > _layer(name)})
                  for name, path in _modules()}
