@@ -148,7 +148,7 @@ class SearchIn(Strict):
     score_threshold: float | None = None
     fusion: Literal["rrf", "linear"] | None = None
     fusion_weight: float | None = Field(default=None, ge=0.0, le=1.0)
-    normalisation: Literal["minmax", "zscore", "dbsf"] | None = None
+    normalisation: Literal["bounded", "minmax", "zscore", "dbsf"] | None = None
     diversity: bool = False
 
 

@@ -1,11 +1,24 @@
 """Fusion of dense and keyword result lists for hybrid search.
 
 Two methods:
-- ``rrf``: reciprocal rank fusion, ``sum 1 / (rank_constant + rank)``; needs no score calibration.
-- ``linear``: normalise each list's scores, then ``weight * dense + (1 - weight) * keyword``;
-  a document missing from a list takes that list's lowest normalised score. Normalisations:
-  ``minmax`` (to [0, 1]), ``zscore`` (mean 0, standard deviation 1) and ``dbsf``
-  (distribution-based: mean +- 3 standard deviations mapped to [0, 1], as in Qdrant).
+- ``rrf``: reciprocal rank fusion, ``sum 1 / (rank_constant + rank)``; needs no score calibration. A document
+  missing from a list gets nothing from it, every document in it something.
+- ``linear``: normalise each list's scores, then ``weight * dense + (1 - weight) * keyword``. Normalisations:
+
+  - ``bounded`` (the default; "theoretical min-max", Bruch, Gai and Ingber, ACM TOIS 2023): each list is scaled
+    from its score's theoretical floor to the list's best, ``(score - floor) / (best - floor)``: cosine
+    similarity's floor is -1, BM25's is 0. Every normalised score is in [0, 1], so the fused score is too, and
+    a lone keyword match keeps its full credit (1) where every document without the term gets 0.
+  - ``minmax`` (the list's own lowest and highest to [0, 1]), ``zscore`` (mean 0, standard deviation 1) and
+    ``dbsf`` (distribution-based: mean +- 3 standard deviations mapped to [0, 1], as in Qdrant).
+
+  A document missing from a list gets strictly less credit from it than every document in it
+  (``missing_credit``): it is taken to rank just below the list's last, at the lowest normalised score less
+  the mean gap between neighbours in the list (one unit of the scale when the list has one score, or equal
+  ones). With ``bounded`` that credit is floored at 0, and a document missing from the keyword list gets 0
+  outright: BM25's floor, the score of a document holding none of the query's terms.
+
+The scores each list gave (cosine similarity, BM25) stay beside the fused one in ``SearchResult.scores``.
 """
 
 from __future__ import annotations
@@ -24,10 +37,18 @@ if TYPE_CHECKING:  # kb.search imports this module to run hybrid searches
     from kb.search import SearchContext
 
 FUSION_METHODS = ("rrf", "linear")
-NORMALISATIONS = ("minmax", "zscore", "dbsf")
-# Chosen on SciFact train by 5-fold cross-validation over queries (every fold picked z-score, weight 0.4;
-# held-out nDCG@10 0.7368): see benchmarks/scifact.py --sweep.
-DEFAULT_FUSION: dict[str, Any] = {"method": "linear", "weight": 0.4, "normalisation": "zscore", "rank_constant": 60,
+NORMALISATIONS = ("bounded", "minmax", "zscore", "dbsf")
+LIST_KINDS = ("dense", "keyword")
+# The lowest score each list's measure can give: cosine similarity (every store reports it for dense lists,
+# whatever the service's own score), and BM25 (a document holding none of the query's terms).
+THEORETICAL_FLOOR = {"dense": -1.0, "keyword": 0.0}
+_THEORETICAL_CEILING = {"dense": 1.0, "keyword": float("inf")}
+# A missing document's distance below a list of one score (or of equal scores), in each scale's units.
+_UNIT = {"bounded": 1.0, "minmax": 1.0, "zscore": 1.0, "dbsf": 0.5}
+# Chosen on SciFact train by 5-fold cross-validation over queries among RRF and every normalisation with dense
+# weights 0.1-0.9 (every fold picked bounded, weight 0.8; held-out nDCG@10 0.7397, where z-score at 0.4, the
+# default before, gives 0.7368): see benchmarks/scifact.py --sweep. Exact matches: benchmarks/exact_match.py.
+DEFAULT_FUSION: dict[str, Any] = {"method": "linear", "weight": 0.8, "normalisation": "bounded", "rank_constant": 60,
                                   "candidates": 100}
 
 
@@ -75,11 +96,17 @@ def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], rank_constant: int = 
     return rrf_of([_pairs(hits) for hits in lists], rank_constant)
 
 
-def normalised(scored: Scored, method: str = "minmax") -> dict[str, float]:
+def normalised(scored: Scored, method: str = "minmax", kind: str = "dense") -> dict[str, float]:
+    """Each id's normalised score; ``kind`` (``dense`` or ``keyword``) says which floor ``bounded`` uses."""
     if not scored:
         return {}
     values = np.array([score for _, score in scored], dtype=np.float64)
-    if method == "minmax":
+    if method == "bounded":
+        floor = THEORETICAL_FLOOR[kind]
+        values = np.clip(values, floor, _THEORETICAL_CEILING[kind])  # a cosine of 1.0000001 is float noise
+        span = float(values.max()) - floor
+        normalised_values = (values - floor) / span if span > 0 else np.ones_like(values)
+    elif method == "minmax":
         low, span = float(values.min()), float(values.max() - values.min())
         normalised_values = (values - low) / span if span > 0 else np.ones_like(values)
     else:
@@ -93,16 +120,32 @@ def normalised(scored: Scored, method: str = "minmax") -> dict[str, float]:
     return {doc_id: float(v) for (doc_id, _), v in zip(scored, normalised_values, strict=True)}
 
 
-def normalise_scores(hits: Sequence[Hit], method: str = "minmax") -> dict[str, float]:
-    return normalised(_pairs(hits), method)
+def missing_credit(normalised_values: Sequence[float], method: str, kind: str = "dense") -> float:
+    """What a document missing from a list gets from it: strictly less than every document in the list.
+
+    The list's lowest normalised score less the mean gap between its neighbours (a document just below its
+    last), or less one unit of the scale when the list has one score or equal ones; with ``bounded``, never
+    below the scale's 0, and exactly 0 for the keyword list (BM25's floor: none of the query's terms)."""
+    if len(normalised_values) == 0:
+        return 0.0
+    low, high = float(min(normalised_values)), float(max(normalised_values))
+    below = low - ((high - low) / len(normalised_values) if high > low else _UNIT[method])
+    if method != "bounded" or low <= 0.0:  # low <= 0 under bounded: a cosine of exactly -1, kept strict
+        return below
+    return 0.0 if kind == "keyword" else max(below, 0.0)
+
+
+def normalise_scores(hits: Sequence[Hit], method: str = "minmax", kind: str = "dense") -> dict[str, float]:
+    return normalised(_pairs(hits), method, kind)
 
 
 def linear_of(dense: Scored, keyword: Scored, weight: float, normalisation: str = "minmax") -> list[tuple[str, float]]:
-    dense_n, keyword_n = normalised(dense, normalisation), normalised(keyword, normalisation)
-    dense_floor = min(dense_n.values(), default=0.0)
-    keyword_floor = min(keyword_n.values(), default=0.0)
+    dense_n, keyword_n = normalised(dense, normalisation, "dense"), normalised(keyword, normalisation, "keyword")
+    dense_missing = missing_credit(list(dense_n.values()), normalisation, "dense")
+    keyword_missing = missing_credit(list(keyword_n.values()), normalisation, "keyword")
     ids = dense_n.keys() | keyword_n.keys()
-    fused = {i: weight * dense_n.get(i, dense_floor) + (1.0 - weight) * keyword_n.get(i, keyword_floor) for i in ids}
+    fused = {i: weight * dense_n.get(i, dense_missing) + (1.0 - weight) * keyword_n.get(i, keyword_missing)
+             for i in ids}
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -111,7 +154,8 @@ def linear_fusion(dense: Sequence[Hit], keyword: Sequence[Hit], weight: float,
     return linear_of(_pairs(dense), _pairs(keyword), weight, normalisation)
 
 
-def _fuse(dense: Scored, keyword: Scored, settings: dict[str, Any]) -> list[tuple[str, float]]:
+def fuse(dense: Scored, keyword: Scored, settings: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Both lists, (id, score) best first, fused as ``settings`` (``fusion_settings``) say; best first."""
     if settings["method"] == "rrf":
         return rrf_of([dense, keyword], int(settings["rank_constant"]))
     return linear_of(dense, keyword, float(settings["weight"]), settings["normalisation"])
@@ -146,13 +190,13 @@ def hybrid_search(
     vector = query_vector(True)  # every driver checks a query vector and its dimension itself
     ranked = reader.ranked_lists(vector, request.query or "", depth, flt)
     if ranked is not None:  # ids and scores first; records only for what the fusion keeps
-        fused = _fuse(ranked.dense, ranked.keyword, settings)[:keep]
+        fused = fuse(ranked.dense, ranked.keyword, settings)[:keep]
         records = ranked.records([doc_id for doc_id, _ in fused])
         if records is not None:
             return _results(fused, records, ranked.dense, ranked.keyword)
     dense = reader.similarity(vector, depth, flt)
     keyword = reader.keyword(request.query or "", depth, flt)
     dense_pairs, keyword_pairs = _pairs(dense), _pairs(keyword)
-    fused = _fuse(dense_pairs, keyword_pairs, settings)[:keep]
+    fused = fuse(dense_pairs, keyword_pairs, settings)[:keep]
     by_id = {h.record.id: h.record for h in [*keyword, *dense]}
     return _results(fused, by_id, dense_pairs, keyword_pairs)

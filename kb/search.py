@@ -33,7 +33,8 @@ class SearchContext:
 
     embed_query: Callable[[str], np.ndarray]
     check_filter: Callable[[Filter | None], Filter | None] = lambda f: f
-    fusion: Mapping[str, Any] = field(default_factory=dict)  # {"method": "rrf"|"linear", "weight":..., "k":...}
+    # the knowledge bank's search.fusion settings: method, weight, normalisation, rank_constant, candidates
+    fusion: Mapping[str, Any] = field(default_factory=dict)
     reranker: Any = None  # kb.rerank.Reranker or None
     keyword_available: bool = True
 

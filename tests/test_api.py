@@ -135,6 +135,7 @@ def test_documents_endpoints(server: KBServer, admin: RemoteClient) -> None:
     ({"query": "x", "search_type": "semantic_hybrid"}, 422, "unsupported_search"),
     ({}, 422, "invalid_input"),
     ({"query": "x", "unknown": 1}, 422, "invalid_request"),
+    ({"query": "x", "search_type": "hybrid", "normalisation": "tmm"}, 422, "invalid_request"),
 ])
 def test_search_errors_are_clear_4xx(server: KBServer, admin: RemoteClient, body: dict, status: int,
                                      code: str) -> None:
@@ -147,6 +148,21 @@ def test_search_errors_are_clear_4xx(server: KBServer, admin: RemoteClient, body
                           headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
+
+
+def test_hybrid_results_carry_a_fused_score_in_0_1_and_each_list_s_score(server: KBServer,
+                                                                         admin: RemoteClient) -> None:
+    handle = admin.get_default_project().create_knowledge_bank("fused", embedding_llm_id="custom:fake6")
+    store = handle.as_core_knowledge_bank().as_langchain_vectorstore()
+    store.add_texts(["error ERR_QUOTA_EXCEEDED_7 in the body", "a quiet page"], ids=["err", "quiet"])
+    url = _url(server, f"/v1/projects/DEFAULT/knowledge-banks/{handle.id}/search")
+    for normalisation in (None, "bounded"):
+        body = {"query": "ERR_QUOTA_EXCEEDED_7", "k": 2, "search_type": "hybrid",
+                **({"normalisation": normalisation} if normalisation else {})}
+        hits = httpx.post(url, json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["results"]
+        assert all(0.0 <= h["score"] <= 1.0 and h["scores"]["fused"] == h["score"] for h in hits)
+        stages = {h["id"]: set(h["scores"]) for h in hits}  # the fake embeddings are noise: no order asserted
+        assert stages == {"err": {"fused", "dense", "keyword"}, "quiet": {"fused", "dense"}}
 
 
 def test_limits_and_bad_bodies(server: KBServer, admin: RemoteClient) -> None:
