@@ -26,6 +26,7 @@ from kb.knowledge_bank import (
     keyword_index_enabled,
 )
 from kb.llm import LLMHandle, LLMListItem
+from kb.settings_checks import check_search_settings
 from kb_base.errors import InvalidInputError, UnknownModelError
 from kb_base.folders import ManagedFolder
 from stores.base import StoreContext, VectorStoreDriver
@@ -235,6 +236,7 @@ class EmbeddedClient:
 
     def _check_store_settings(self, raw: dict[str, Any]) -> None:
         driver_class(raw["vector_store_type"]).check_settings(raw.get("store") or {})
+        check_search_settings(self, raw)
         if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
             raise InvalidInputError("the keyword index can only be turned off on FAISS knowledge banks "
                                     f"(this one is {raw['vector_store_type']})")

@@ -53,6 +53,10 @@ DEFAULT_FUSION: dict[str, Any] = {"method": "linear", "weight": 0.8, "normalisat
 
 
 def fusion_settings(raw: Mapping[str, Any] | None, request: SearchRequest | None = None) -> dict[str, Any]:
+    unknown = sorted(set(raw or {}) - set(DEFAULT_FUSION))
+    if unknown:  # a misspelt key (say "k" for "rank_constant") would otherwise be ignored without a word
+        raise InvalidInputError(f"unknown fusion setting(s) {', '.join(map(repr, unknown))}; "
+                                f"the settings are {', '.join(DEFAULT_FUSION)}")
     out = {**DEFAULT_FUSION, **(raw or {})}
     if request is not None:
         if request.fusion is not None:
@@ -74,6 +78,9 @@ def fusion_settings(raw: Mapping[str, Any] | None, request: SearchRequest | None
     candidates = out["candidates"]
     if not isinstance(candidates, int) or isinstance(candidates, bool) or not 1 <= candidates <= 10_000:
         raise InvalidInputError(f"hybrid candidates must be an integer between 1 and 10000, got {candidates!r}")
+    rank_constant = out["rank_constant"]
+    if not isinstance(rank_constant, int) or isinstance(rank_constant, bool) or not 1 <= rank_constant <= 10_000:
+        raise InvalidInputError(f"rank_constant must be an integer between 1 and 10000, got {rank_constant!r}")
     return out
 
 

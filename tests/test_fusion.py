@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kb
+from kb.client import EmbeddedClient
 from kb.fusion import (
     DEFAULT_FUSION,
     NORMALISATIONS,
@@ -19,6 +20,7 @@ from kb.fusion import (
     rrf_of,
 )
 from kb_base.search import SearchRequest
+from tests.conftest import FAKE_MODEL_ID
 
 # Look-alike pages: the dense list barely tells them apart; one page holds the code the query names.
 LOOK_ALIKES = [(f"p{i:03d}", 0.42 - i * 0.0005) for i in range(100)]
@@ -116,3 +118,26 @@ def test_fusion_settings_name_what_is_wrong() -> None:
     assert fusion_settings(None, SearchRequest(query="x", normalisation="bounded"))["normalisation"] == "bounded"
     with pytest.raises(kb.InvalidInputError, match="unknown score normalisation 'tmm'; choose one of bounded"):
         fusion_settings({"normalisation": "tmm"})
+    with pytest.raises(kb.InvalidInputError, match=r"unknown fusion setting\(s\) 'k'; the settings are method"):
+        fusion_settings({"method": "rrf", "k": 7})  # rank_constant misspelt: not silently ignored
+    for bad in ("x", 0, True, 1.5):
+        with pytest.raises(kb.InvalidInputError, match="rank_constant must be an integer between 1 and 10000"):
+            fusion_settings({"method": "rrf", "rank_constant": bad})
+    assert fusion_settings({"method": "rrf", "rank_constant": 7})["rank_constant"] == 7
+
+
+def test_the_python_api_refuses_search_settings_a_search_could_not_use(client: EmbeddedClient) -> None:
+    """Saved settings are checked as over REST: a bad fusion setting never reaches a later search."""
+    project = client.get_default_project()
+    handle = project.create_knowledge_bank("checked", embedding_llm_id=FAKE_MODEL_ID)
+    settings = handle.get_settings()
+    settings.set_search_settings({"fusion": {"method": "rrf", "k": 7}})
+    with pytest.raises(kb.InvalidInputError, match=r"unknown fusion setting\(s\) 'k'"):
+        settings.save()
+    settings.set_search_settings({"default_search_type": "semantic_hybrid"})
+    with pytest.raises(kb.InvalidInputError, match="semantic_hybrid needs a search.reranker"):
+        settings.save()
+    assert project.get_knowledge_bank(handle.id).get_settings().get_raw().get("search") in (None, {})
+    with pytest.raises(kb.InvalidInputError, match="unknown search setting 'fusoin'"):
+        project.create_knowledge_bank("unchecked", embedding_llm_id=FAKE_MODEL_ID,
+                                      settings={"search": {"fusoin": {}}})

@@ -124,7 +124,7 @@ def test_kb_serve_with_two_workers_shares_everything(tmp_path: Path) -> None:
             for _ in range(4):
                 assert httpx.get(f"{path}/count", headers=ADMIN).json() == {"count": 3 * (round_ + 1)}
         settings = httpx.get(f"{path}/settings", headers=ADMIN).json()
-        settings["search"] = {"fusion": {"method": "rrf", "k": 7}}
+        settings["search"] = {"fusion": {"method": "rrf", "rank_constant": 7}}
         assert httpx.put(f"{path}/settings", headers=ADMIN, json=settings).status_code == 200
         for _ in range(6):
             assert httpx.get(f"{path}/settings", headers=ADMIN).json()["search"] == settings["search"]

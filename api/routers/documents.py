@@ -23,9 +23,9 @@ from api.schemas import (
     SearchOut,
     UpsertIn,
 )
-from api.settings_checks import DEFAULT_K
 from kb.client import EmbeddedClient
 from kb.core import CoreKnowledgeBank
+from kb.settings_checks import DEFAULT_K
 from kb_base.errors import InvalidInputError
 from kb_base.filters import parse_filter
 from kb_base.input_checks import check_ids

@@ -10,8 +10,8 @@ from api.deps import get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from api.schemas import KnowledgeBankIn, KnowledgeBankOut, SettingsBody, SettingsPatch
-from api.settings_checks import check_search_settings
 from kb.client import EmbeddedClient, mask_secrets
+from kb.settings_checks import check_search_settings
 from kb_base.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/knowledge-banks", tags=["knowledge banks"],

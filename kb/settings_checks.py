@@ -1,4 +1,4 @@
-"""Checks of a knowledge bank's ``search`` settings before they are saved over REST.
+"""Checks of a knowledge bank's ``search`` settings before they are saved (Python API and REST alike).
 
 A setting that every later search would trip over (an unknown fusion method, a reranker without a model, a
 default search type the knowledge bank cannot run) is refused when it is saved, with a 422 naming it, rather
@@ -8,21 +8,24 @@ than stored and then failing each search. The fusion settings are checked by ``k
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kb.client import EmbeddedClient
 from kb.fusion import fusion_settings
 from kb.knowledge_bank import keyword_index_enabled
 from kb_base.errors import InvalidInputError
 from kb_base.search import HYBRID_TYPES, SEARCH_TYPES
 
+if TYPE_CHECKING:  # the client calls these checks when it saves settings
+    from kb.client import EmbeddedClient
+
 DEFAULT_K = 4  # what a search that names no k gets (as SearchRequest)
+MAX_K = 10_000  # the largest default_k anywhere; a server may allow less (KB_MAX_K)
 SEARCH_SETTING_KEYS = ("default_search_type", "default_k", "fusion", "reranker")
 # a default must run with nothing more in the request: similarity_score_threshold needs a threshold
 DEFAULT_SEARCH_TYPES = tuple(t for t in SEARCH_TYPES if t != "similarity_score_threshold")
 
 
-def check_search_settings(client: EmbeddedClient, raw: dict[str, Any], max_k: int) -> None:
+def check_search_settings(client: EmbeddedClient, raw: dict[str, Any], max_k: int = MAX_K) -> None:
     """InvalidInputError naming the first ``raw["search"]`` setting a search could not use."""
     search = raw.get("search")
     if search is None:
