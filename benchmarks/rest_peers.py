@@ -191,7 +191,7 @@ async def _load(url: str, bodies: list[bytes], clients: int, seconds: float, hea
         last_used = time.monotonic()
         warm, i = 3, slot  # the first requests warm the connection and the server's caches, untimed
         try:
-            while warm or (time.monotonic() < stop and not errors):
+            while time.monotonic() < stop and (warm or not errors):
                 if connection is None:
                     connection = await asyncio.open_connection(parsed.hostname, parsed.port)
                     counts.opened += 1
@@ -259,6 +259,8 @@ def load_test(url: str, body: Callable[[np.ndarray], dict[str, Any]], queries: n
     if connections.dropped:
         raise RuntimeError(f"{url}: the server closed {connections.dropped} connection(s) with a request outstanding "
                            f"({clients} clients; first: {connections.first_drop}); {asdict(connections)}")
+    if not latencies:
+        raise RuntimeError(f"{url}: no answer in {seconds:.0f} s with {clients} clients; {asdict(connections)}")
     ms = np.asarray(latencies) * 1000
     return {"clients": clients, "qps": float(ms.size / elapsed), "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "queries": int(ms.size),
