@@ -29,6 +29,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 
 log = logging.getLogger("kb.serve")
 
+APP = "api.app:create_app"  # imported by each worker (uvicorn's factory)
 KEEP_ALIVE_SECONDS = 75
 HEALTHCHECK_SECONDS = 30
 
@@ -73,8 +74,8 @@ def _config_options(keep_alive: int, healthcheck: int) -> dict[str, Any]:
 
 def run(*, host: str, port: int, workers: int, log_level: str, keep_alive: int = KEEP_ALIVE_SECONDS,
         healthcheck: int = HEALTHCHECK_SECONDS) -> None:
-    """What ``uvicorn.run("api.app:create_app", factory=True, ...)`` does, with ``WatchedWorkers`` as supervisor."""
-    config = uvicorn.Config("api.app:create_app", factory=True, host=host, port=port, workers=workers,
+    """What ``uvicorn.run(APP, factory=True, ...)`` does, with ``WatchedWorkers`` as the supervisor."""
+    config = uvicorn.Config(APP, factory=True, host=host, port=port, workers=workers,
                             log_level=log_level, log_config=None, timeout_graceful_shutdown=30,
                             **_config_options(keep_alive, healthcheck))
     server = uvicorn.Server(config)

@@ -197,7 +197,7 @@ async def _load(url: str, bodies: list[bytes], clients: int, seconds: float, hea
                     counts.opened += 1
                     last_used = time.monotonic()
                 reader, writer = connection
-                await asyncio.sleep(pause)  # 0: yields, so a close the server sent is seen before the next request
+                await asyncio.sleep(0)  # yields, so that a close the server sent is seen before the next request
                 idle = time.monotonic() - last_used
                 if reader.at_eof():  # closed while idle, before this request: reconnect and send it
                     counts.idle += 1
@@ -233,6 +233,8 @@ async def _load(url: str, bodies: list[bytes], clients: int, seconds: float, hea
                     counts.graceful += 1
                     writer.close()
                     connection = None
+                if pause:
+                    await asyncio.sleep(pause)
         finally:
             if connection is not None:
                 connection[1].close()
