@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -140,6 +141,8 @@ class LimitsAndLogs:
 def create_app(settings: ServiceSettings | None = None,
                configure_client: Callable[[kb.EmbeddedClient], None] | None = None) -> FastAPI:
     """``configure_client`` runs once on the process's client (e.g. to register in-process models)."""
+    if not logging.getLogger().handlers and os.environ.get("KB_LOG_LEVEL"):
+        configure_logging(os.environ["KB_LOG_LEVEL"])  # a worker of kb serve --workers N: a fresh interpreter
     settings = settings or ServiceSettings.from_env()
 
     @asynccontextmanager

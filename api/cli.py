@@ -35,11 +35,21 @@ lists a command's options. Exit codes of create/list/info/search/delete: 0 ok, 1
 
 
 def serve(argv: Sequence[str]) -> int:
+    from api.serving import HEALTHCHECK_SECONDS, KEEP_ALIVE_SECONDS
+
     parser = argparse.ArgumentParser(prog="kb serve", description="Run the kb REST service.")
     parser.add_argument("--host", default=os.environ.get("KB_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("KB_PORT", "8080")))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--timeout-keep-alive", type=int, metavar="SECONDS",
+                        default=int(os.environ.get("KB_KEEP_ALIVE", KEEP_ALIVE_SECONDS)),
+                        help="close a keep-alive connection idle this long (default %(default)s, $KB_KEEP_ALIVE; "
+                             "keep it above the idle timeout of a load balancer in front)")
+    parser.add_argument("--worker-healthcheck-timeout", type=int, metavar="SECONDS",
+                        default=int(os.environ.get("KB_WORKER_HEALTHCHECK", HEALTHCHECK_SECONDS)),
+                        help="with --workers > 1: replace a worker that does not answer the supervisor's ping this "
+                             "long (default %(default)s, $KB_WORKER_HEALTHCHECK)")
     args = parser.parse_args(argv)
     from api.metrics_dir import prepare_metrics_dir
     from kb.config import default_home
@@ -49,14 +59,14 @@ def serve(argv: Sequence[str]) -> int:
         from kb.embeddings import preload_local_model
 
         preload_local_model()  # loads while the app and uvicorn are imported; /readyz still waits for the warm-up
-    import uvicorn
-
+    from api import serving
     from api.app import configure_logging
 
     configure_logging(args.log_level.upper())
+    os.environ["KB_LOG_LEVEL"] = args.log_level.upper()  # for the workers, which --workers N starts afresh
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, log_config=None, timeout_graceful_shutdown=30)
+    serving.run(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                keep_alive=args.timeout_keep_alive, healthcheck=args.worker_healthcheck_timeout)
     return 0
 
 

@@ -38,12 +38,23 @@ def run_load(url: str, api_key: str | None, kb_id: str, project: str = "DEFAULT"
     deadline = time.monotonic() + seconds
     latencies: dict[str, list[float]] = {"search": [], "write": []}
     errors: list[str] = []
+    closed: list[str] = []
     lock = threading.Lock()
 
     def client(number: int) -> None:
         rng = np.random.default_rng(number)
         writer = number % 4 == 3
         with httpx.Client(timeout=60, headers=headers) as http:
+
+            def post(url: str, body: dict[str, Any]) -> httpx.Response | None:
+                try:
+                    return http.post(url, json=body)
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                    with lock:  # closed or reset with the request outstanding (httpx drops idle-closed ones itself)
+                        closed.append(repr(exc))
+                        errors.append(f"connection closed: {exc!r}")
+                    return None
+
             sent = 0
             while time.monotonic() < deadline:
                 if writer:
@@ -51,16 +62,18 @@ def run_load(url: str, api_key: str | None, kb_id: str, project: str = "DEFAULT"
                              "vector": rng.normal(size=dim).tolist(), "metadata": {"client": number}}
                             for i in range(20)]
                     kind, started = "write", time.perf_counter()
-                    response = http.post(f"{base}/documents", json={"documents": docs})
+                    response = post(f"{base}/documents", {"documents": docs})
                     sent += 20
                 else:
                     body: dict[str, Any] = ({"vector": rng.normal(size=dim).tolist(), "k": 10} if sent % 2 else
                                             {"query": f"question {sent % 50}", "k": 10})
                     kind, started = "search", time.perf_counter()
-                    response = http.post(f"{base}/search", json=body)
+                    response = post(f"{base}/search", body)
                     sent += 1
                 elapsed = time.perf_counter() - started
                 with lock:
+                    if response is None:
+                        continue
                     latencies[kind].append(elapsed)
                     if response.status_code >= 400:
                         errors.append(f"{response.status_code} {response.text[:200]}")
@@ -71,7 +84,7 @@ def run_load(url: str, api_key: str | None, kb_id: str, project: str = "DEFAULT"
     for thread in threads:
         thread.join()
     figures: dict[str, Any] = {"clients": clients, "seconds": seconds, "errors": len(errors),
-                               "first_errors": errors[:5]}
+                               "closed_connections": len(closed), "first_errors": errors[:5]}
     for kind, samples in latencies.items():
         if samples:
             ms = np.array(samples) * 1000
@@ -91,14 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("bench-results/load.json"))
     args = parser.parse_args(argv)
-    server = None
+    server, log_path = None, None
     try:
         if args.spawn:
             port = 18500 + os.getpid() % 500
             home = tempfile.mkdtemp()
-            server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
-                                       "--log-level", "warning"], stderr=subprocess.DEVNULL,
-                                      env={**os.environ, "KB_HOME": home, "KB_AUTH": "off"})
+            log_path = args.out.with_name(args.out.stem + "-serve.log")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log:  # kb serve's output, kept beside the JSON
+                server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
+                                           "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "KB_HOME": home, "KB_AUTH": "off"})
             args.url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 180  # /readyz answers 200 once the local model is loaded
             while time.monotonic() < deadline:
@@ -117,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
+    if figures["errors"] and log_path is not None:
+        print(f"the last lines of kb serve's log {log_path}:\n"
+              + "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
     return 0 if figures["errors"] == 0 else 1
 
 

@@ -14,7 +14,9 @@ Every ``--interval`` seconds (a minute by default) it scrapes ``/metrics`` and r
 errors, p50/p99 latency (interpolated within the histogram buckets of ``kb_http_request_duration_seconds``)
 and the resident memory of all service processes (``kb_process_resident_memory_bytes``), beside the
 client's own exact p50/p99. RSS growth after the first interval (the warm-up) is checked against
-``--rss-bound-mb``. Prints a table, writes JSON, exits 1 on an error or a breached bound.
+``--rss-bound-mb``. Prints a table, writes JSON, exits 1 on an error or a breached bound. Connections the
+server closed with a request outstanding are errors, and counted apart (``closed_connections``); kb serve's
+output is kept beside the JSON (``soak-serve.log``) and its last lines printed when the run has errors.
 """
 
 from __future__ import annotations
@@ -62,14 +64,17 @@ def _free_port() -> int:
 class Service:
     """``kb serve`` in a process group of its own, on a temporary home."""
 
-    def __init__(self, workers: int, home: Path) -> None:
-        self.home, self.port = home, _free_port()
+    def __init__(self, workers: int, home: Path, log: Path) -> None:
+        self.home, self.port, self.log_path = home, _free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = f"kb_soak_{secrets.token_hex(16)}"
         env = {**os.environ, "KB_HOME": str(home), "KB_AUTH": "on", "KB_BOOTSTRAP_ADMIN_KEY": self.key,
                "HF_HUB_OFFLINE": "1"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.log = open(home / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.log.write(f"==== {time.strftime('%Y-%m-%dT%H:%M:%S')} kb serve --workers {workers}\n".encode())
+        self.log.flush()
         self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
                                          "--workers", str(workers), "--log-level", "warning"],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -78,7 +83,7 @@ class Service:
         deadline = time.monotonic() + timeout  # /readyz answers 200 once the local model is loaded
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"kb serve exited; see {self.home / 'serve.log'}")
+                raise SystemExit(f"kb serve exited; see {self.log_path}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -86,6 +91,9 @@ class Service:
                 pass
             time.sleep(0.3)
         raise SystemExit("kb serve did not become ready")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
         self.process.terminate()
@@ -143,6 +151,7 @@ class Load:
         self.stop = threading.Event()
         self.seed = seed
         self.written = 0
+        self.closed_connections = 0
 
     def _slot(self) -> None:
         with self.lock:  # a shared token bucket: the load is bounded whatever the latency
@@ -160,6 +169,13 @@ class Load:
         started = time.perf_counter()
         try:
             response = http.request(method, f"{self.base}{path}", **kwargs)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            # the server closed or reset the connection with this request outstanding (httpx itself drops a
+            # pooled connection it sees closed while idle, before sending): an error, counted apart too
+            with self.lock:
+                self.closed_connections += 1
+            self.record(operation, started, None, f"connection closed: {exc!r}")
+            return
         except httpx.HTTPError as exc:
             self.record(operation, started, None, repr(exc))
             return
@@ -255,9 +271,10 @@ def _interval_row(index: int, load: Load, since: float, until: float, before: di
 
 
 def run(seconds: float, interval: float, workers: int, clients: int, rate: float, settings_every: float,
-        ingest_every: float, rss_bound_mb: float, seed: int) -> dict[str, Any]:
+        ingest_every: float, rss_bound_mb: float, seed: int, log: Path) -> dict[str, Any]:
+    """The soak; ``kb serve``'s output goes to ``log`` (kept: the home is deleted at the end)."""
     home = Path(tempfile.mkdtemp(prefix="kb-soak-"))
-    service = Service(workers, home)
+    service = Service(workers, home, log)
     try:
         service.wait_ready()
         kb_path = _seed(service, random.Random(seed))
@@ -291,6 +308,7 @@ def run(seconds: float, interval: float, workers: int, clients: int, rate: float
             "workers": workers, "clients": clients, "rate_per_s": rate,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "operations": operations, "requests": len(load.samples), "errors": len(load.failures),
+            "closed_connections": load.closed_connections, "server_log": str(log),
             "first_errors": load.failures[:10], "intervals": rows,
             "rss_growth_after_warmup_mb": growth, "rss_bound_mb": rss_bound_mb,
             "rss_within_bound": growth <= rss_bound_mb}
@@ -315,17 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seconds = args.seconds if args.seconds is not None else (args.minutes or 10.0) * 60
     interval = min(args.interval, seconds)
+    log = args.out.with_name(args.out.stem + "-serve.log")
     figures = run(seconds, interval, args.workers, args.clients, args.rate, args.settings_every,
-                  min(args.ingest_every, seconds / 2), args.rss_bound_mb, args.seed)
+                  min(args.ingest_every, seconds / 2), args.rss_bound_mb, args.seed, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
-    print(f"\n{figures['requests']} requests, {figures['errors']} errors; operations {figures['operations']}")
+    print(f"\n{figures['requests']} requests, {figures['errors']} errors ({figures['closed_connections']} connections "
+          f"closed by the server with a request outstanding); operations {figures['operations']}")
     print("interval  requests  errors  p50 ms  p99 ms  client p50  client p99  RSS MB")
     for row in figures["intervals"]:
         print(f"{row['interval']:>8}  {row['requests']:>8}  {row['errors']:>6}  {row['p50_ms']!s:>6}  "
               f"{row['p99_ms']!s:>6}  {row['client_p50_ms']:>10}  {row['client_p99_ms']:>10}  {row['rss_mb']:>6}")
     print(f"RSS growth after warm-up: {figures['rss_growth_after_warmup_mb']} MB (bound {args.rss_bound_mb} MB); "
           f"JSON in {args.out}")
+    if figures["errors"]:
+        print(f"first errors: {figures['first_errors'][:3]}\nthe last lines of kb serve's log {log}:\n"
+              + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
     return 0 if figures["errors"] == 0 and figures["rss_within_bound"] else 1
 
 

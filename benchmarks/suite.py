@@ -122,17 +122,19 @@ def ingest_rounds(size: int, peers: list[str], work: Path, report: dict[str, Any
 
 
 def bench_rest(size: int, work: Path, clients: list[int], seconds: float, workers: int,
-               report: dict[str, Any]) -> None:
-    """kb's HNSW knowledge bank behind ``kb serve`` against a Chroma server (HNSW too), with recall of both."""
+               report: dict[str, Any], logs: Path) -> None:
+    """kb's HNSW knowledge bank behind ``kb serve`` against a Chroma server (HNSW too), with recall of both.
+
+    The servers' output is kept in ``logs`` (``kb-serve-<size>.log``, ``chroma-server-<size>.log``)."""
     corpus = load(size)
     exact = exact_neighbours(corpus)
     home = work / f"{REST_PEER}-{size}"
     out: dict[str, Any] = {}
-    with rest_peers.kb_server(home, workers) as (url, _):
+    with rest_peers.kb_server(home, workers, logs / f"kb-serve-{size}.log") as (url, _):
         out["kb"] = [rest_peers.load_test(url, rest_peers.kb_body, corpus.queries, n, seconds) for n in clients]
         out["kb_recall_at_10"] = rest_peers.recall_over_rest(url, rest_peers.kb_body, rest_peers.kb_ids,
                                                              corpus.queries, exact)
-    with rest_peers.chroma_server(corpus, work / f"chroma-server-{size}") as url:
+    with rest_peers.chroma_server(corpus, work / f"chroma-server-{size}", logs / f"chroma-server-{size}.log") as url:
         out["chroma-server"] = [rest_peers.load_test(url, rest_peers.chroma_body, corpus.queries, n, seconds)
                                 for n in clients]
         out["chroma-server_recall_at_10"] = rest_peers.recall_over_rest(url, rest_peers.chroma_body,
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_size(size, peers, work, report)
             if "rest" not in skip and size <= args.rest_max and REST_PEER in peers:
                 bench_rest(size, work, [int(c) for c in args.clients.split(",")], args.seconds, args.kb_workers,
-                           report)
+                           report, args.out)
             if "scale" not in skip and size >= 100_000 and REST_PEER in peers:
                 bench_search_scale(size, work, report)
             shutil.rmtree(work / f"{REST_PEER}-{size}", ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The short soak: ``python -m benchmarks.soak`` for 30 s against a real ``kb serve`` with the real model."""
+"""The short soak: ``python -m benchmarks.soak`` for 30 s against a real ``kb serve --workers 2``, the real model."""
 
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ from tests.support.server import ROOT
 def test_a_short_soak_has_no_errors_and_reads_its_figures_from_metrics(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     finished = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--seconds", "30", "--interval", "10",
-                               "--settings-every", "8", "--out", str(out)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=400, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+                               "--settings-every", "8", "--workers", "2", "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=400, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              check=False)
     assert out.exists(), finished.stdout[-2000:] + finished.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert figures["errors"] == 0, figures["first_errors"]
+    assert figures["closed_connections"] == 0
+    log = tmp_path / "soak-serve.log"  # kb serve's output, kept beside the JSON
+    assert figures["server_log"] == str(log) and "kb serve --workers 2" in log.read_text()
+    assert "worker process" not in log.read_text()  # no worker died or was replaced
     assert finished.returncode == 0, finished.stdout[-2000:]
     every_kind = {"similarity", "vector", "threshold", "mmr", "keyword", "hybrid", "filtered", "count", "upsert",
                   "delete", "get", "settings", "ingest"}

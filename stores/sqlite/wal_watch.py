@@ -13,34 +13,75 @@ between them then only costs one more PRAGMA next time (reading them the other w
 version with a new header and miss that commit).
 
 The mapping is made only while the caller's connection has the database open (SQLite keeps the ``-shm``
-file, and never truncates it, while any connection holds it) and must be closed with that connection.
-Anything unusual (no ``-shm`` file, a rollback-journal database, a file system without shared mappings)
-leaves ``header()`` returning None: the caller then runs the PRAGMA every time, as before.
+file, and never truncates it, while any connection holds it). Anything unusual (no ``-shm`` file, a
+rollback-journal database, a file system without shared mappings) leaves ``header()`` returning None: the
+caller then runs the PRAGMA every time, as before.
+
+One descriptor and one mapping per ``-shm`` file per process, never closed while the file exists. POSIX
+record locks belong to a process and a file, and closing *any* descriptor of the file drops all of the
+process's locks on it: SQLite's dead-man-switch lock on the ``-shm`` (its sign that a process has the
+database open) and the read locks its connections hold on WAL frames. The watch used to open the ``-shm``,
+map it and close the descriptor: the next process to open the database then saw no such lock, took itself
+for the first, truncated the ``-shm`` to 3 bytes and rebuilt it under the open connections, and the other
+``kb serve`` worker died of SIGBUS (issue 32).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import threading
 from pathlib import Path
 
 HEADER_BYTES = 48  # one copy of WalIndexHdr
 
+_MAPS: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}  # (st_dev, st_ino) of a -shm: (descriptor, mapping)
+_UNUSED: list[int] = []  # descriptors opened and not mapped: kept open too, closing them would drop the locks
+_LOCK = threading.Lock()
+
+
+def _shared_map(shm: str) -> mmap.mmap | None:
+    """This process's mapping of the first bytes of ``shm``, opened once (see the module docstring)."""
+    try:
+        seen = os.stat(shm)  # by path: no descriptor to close
+    except OSError:
+        return None
+    with _LOCK:
+        known = _MAPS.get((seen.st_dev, seen.st_ino))
+        if known is not None:
+            return known[1]
+        try:
+            fd = os.open(shm, os.O_RDONLY)
+        except OSError:
+            return None
+        opened = os.fstat(fd)
+        key = (opened.st_dev, opened.st_ino)
+        mapped = None
+        if key not in _MAPS and opened.st_size >= HEADER_BYTES:  # else replaced since the stat, or too short
+            try:
+                mapped = mmap.mmap(fd, HEADER_BYTES, access=mmap.ACCESS_READ)  # shared, read-only
+            except (OSError, ValueError):
+                mapped = None
+        if mapped is None:
+            _UNUSED.append(fd)
+            return _MAPS[key][1] if key in _MAPS else None
+        _forget_deleted()
+        _MAPS[key] = (fd, mapped)
+        return mapped
+
+
+def _forget_deleted() -> None:
+    """Close the files deleted since they were mapped (a dropped knowledge bank): no process can lock them now."""
+    for key, (fd, mapped) in list(_MAPS.items()):
+        if os.fstat(fd).st_nlink == 0:
+            del _MAPS[key]
+            mapped.close()
+            os.close(fd)
+
 
 class WalWatch:
     def __init__(self, db_path: Path | str) -> None:
-        self._map: mmap.mmap | None = None
-        try:
-            fd = os.open(f"{db_path}-shm", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if os.fstat(fd).st_size >= HEADER_BYTES:
-                self._map = mmap.mmap(fd, HEADER_BYTES, access=mmap.ACCESS_READ)  # shared, read-only
-        except (OSError, ValueError):
-            self._map = None
-        finally:
-            os.close(fd)  # the mapping keeps its own reference to the file
+        self._map = _shared_map(f"{db_path}-shm")
 
     def header(self) -> bytes | None:
         """The current wal-index header bytes, or None when this watch cannot see them."""
@@ -48,6 +89,5 @@ class WalWatch:
         return mapped[:HEADER_BYTES] if mapped is not None else None
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        """Stop using the mapping; it stays open for the process (closing it would drop SQLite's locks)."""
+        self._map = None

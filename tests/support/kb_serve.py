@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class KBServe:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # kb serve chooses and empties its own
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "kb"), "serve", "--port", str(self.port), "--workers",
+                [str(Path(sys.executable).parent / "kb"), "serve", "--port", str(self.port), "--workers",
                  str(self.workers), "--log-level", "warning"], cwd=ROOT, env=env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
