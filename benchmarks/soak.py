@@ -223,7 +223,7 @@ class Load:
                 settings = http.get(f"{self.base}/settings").json()
                 flip += 1
                 settings["search"] = {**(settings.get("search") or {}),
-                                      "fusion": {"method": "rrf", "k": 60 if flip % 2 else 20}}
+                                      "fusion": {"method": "rrf", "rank_constant": 60 if flip % 2 else 20}}
                 self.record("settings", started, http.put(f"{self.base}/settings", json=settings))
 
     def ingester(self, every: float) -> None:

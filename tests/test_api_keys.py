@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,10 @@ import pytest
 import kb
 from api.keys import ExpiredKeyError, KeyStore, parse_expiry
 from tests.support.kb_serve import KBServe
-from tests.support.server import ROOT
 
 
 def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / ".venv" / "bin" / "kb"), *args], capture_output=True, text=True,
+    return subprocess.run([str(Path(sys.executable).parent / "kb"), *args], capture_output=True, text=True,
                           env={**os.environ, "KB_HOME": str(home)}, timeout=60, check=False)
 
 
