@@ -32,7 +32,7 @@ from kb.evaluation import evaluate, format_table, load_qrels, load_queries
 from kb.fusion import DEFAULT_FUSION, NORMALISATIONS, fuse, fusion_settings
 from kb_base.search import SearchRequest
 
-DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact"
+DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
 
 
 def build(home: Path, dataset: Path) -> Any:
