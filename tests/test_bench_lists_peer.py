@@ -78,3 +78,25 @@ def test_peer_seconds_leave_out_the_harness_work(small_corpus: bench_corpus.Corp
     assert out["chunks_per_second"] == small_corpus.size / 3.0
     assert out["settle_seconds"] == 0.5 and out["disk_bytes_per_chunk"] == 1.0
     assert "first_batch_seconds" not in out
+
+
+def test_langchain_ingest_writes_real_chunks_through_each_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import langchain_ingest
+
+    if not (langchain_ingest.SCIFACT / "corpus-all-MiniLM-L6-v2.npy").exists():
+        pytest.skip("SciFact's vectors are not on this machine")
+    chunks, sources = langchain_ingest.debian_chunks(300)
+    assert len(chunks) == len(sources) == 300
+    counts = [len(chunk.split()) for chunk in chunks]
+    assert all(31 <= n <= 60 for n in counts) and counts.count(60) > 150  # a file's last chunk may be shorter
+    monkeypatch.setattr(langchain_ingest, "BATCH", 120)  # three batches, the last one short
+    for peer in langchain_ingest.PEERS:
+        out = langchain_ingest.run_one(peer, 300, tmp_path / peer)  # kb's runs check their count themselves
+        assert out["seconds"] > 0
+    from langchain_community.vectorstores import FAISS
+
+    from benchmarks.peers import PrecomputedEmbeddings
+
+    saved = FAISS.load_local(str(tmp_path / "langchain-faiss"), PrecomputedEmbeddings(),
+                             allow_dangerous_deserialization=True)  # written by this test just now
+    assert saved.index.ntotal == 300
