@@ -122,12 +122,9 @@ def ingest(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
     seconds = ended - started - peer.harness_seconds  # the vectors turned into lists: the harness's time
     peer.settle()  # background work the ingestion left (kb's WAL checkpoint): reported, not in "seconds"
     settle_seconds = time.perf_counter() - ended
-    out = {"seconds": seconds, "chunks_per_second": size / seconds, "settle_seconds": settle_seconds,
-           "harness_seconds": peer.harness_seconds, "disk_bytes_per_chunk": disk_bytes(folder) / size,
-           "peak_rss_mb": peak_rss_mb()}
-    if peer.first_batch_seconds is not None:
-        out["first_batch_seconds"] = peer.first_batch_seconds
-    return out
+    return {"seconds": seconds, "chunks_per_second": size / seconds, "settle_seconds": settle_seconds,
+            "harness_seconds": peer.harness_seconds, "disk_bytes_per_chunk": disk_bytes(folder) / size,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:

@@ -68,7 +68,6 @@ class Peer:
     name = ""
     modules: tuple[str, ...] = ()  # imported before any clock starts
     harness_seconds = 0.0  # spent inside ``ingest`` on the harness's work (vectors into lists): not the peer's
-    first_batch_seconds: float | None = None  # kb-flat-lists: its first write, which loads kb's lazy modules
 
     def vector_lists(self, corpus: Corpus, start: int, end: int) -> list[list[float]]:
         """Rows ``start:end`` as lists of floats, the form LangChain callers hold; the time is the harness's."""
@@ -169,7 +168,6 @@ class KBListsPeer(KBPeer):
         self.name = "kb-flat-lists"
 
     def ingest(self, corpus: Corpus, folder: Path) -> None:
-        started = time.perf_counter()
         client = kb.api_client(home=folder)
         core = client.get_default_project().create_knowledge_bank("bench", settings=self._settings()) \
             .as_core_knowledge_bank()
@@ -181,8 +179,6 @@ class KBListsPeer(KBPeer):
                 vectors = self.vector_lists(corpus, start, end)
                 store.add_embeddings(zip(texts[start:end], vectors, strict=True), metadatas[start:end],
                                      ids=ids[start:end])
-                if self.first_batch_seconds is None:
-                    self.first_batch_seconds = time.perf_counter() - started - self.harness_seconds
         client.close()
 
 
