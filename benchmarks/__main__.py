@@ -10,6 +10,7 @@ BENCHMARKS = [
     ("suite", []),  # kb bench: every peer side by side, JSON + PNG charts into bench-results/
     ("writer_throughput", ["--chunks", "10000"]),
     ("ingest_throughput", ["--rows", "10000"]),
+    ("langchain_ingest", ["--chunks", "100000", "--rounds", "3"]),  # real text, lists through LangChain's API
     ("store_latency", ["--chunks", "10000", "--chroma-server"]),
     ("rest_latency", ["--chunks", "10000"]),
     ("load", ["--spawn", "--clients", "8", "--seconds", "20"]),

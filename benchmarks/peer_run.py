@@ -118,11 +118,13 @@ def ingest(peer: Peer, size: int, folder: Path) -> dict[str, Any]:
     gc.freeze()
     started = time.perf_counter()
     peer.ingest(corpus, folder)
-    seconds = time.perf_counter() - started
+    ended = time.perf_counter()
+    seconds = ended - started - peer.harness_seconds  # the vectors turned into lists: the harness's time
     peer.settle()  # background work the ingestion left (kb's WAL checkpoint): reported, not in "seconds"
-    settle_seconds = time.perf_counter() - started - seconds
+    settle_seconds = time.perf_counter() - ended
     return {"seconds": seconds, "chunks_per_second": size / seconds, "settle_seconds": settle_seconds,
-            "disk_bytes_per_chunk": disk_bytes(folder) / size, "peak_rss_mb": peak_rss_mb()}
+            "harness_seconds": peer.harness_seconds, "disk_bytes_per_chunk": disk_bytes(folder) / size,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def serve(peer: Peer, size: int, folder: Path) -> dict[str, Any]:

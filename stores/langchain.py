@@ -16,7 +16,6 @@ knowledge bank satisfy: the stores layer never imports the facade above it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -26,7 +25,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
-from kb_base.documents import document_of
+from kb_base.documents import document_of, new_ids
 from kb_base.errors import InvalidInputError, UnsupportedSearchError
 from kb_base.filters import Filter
 from kb_base.search import SEARCH_TYPES, SearchRequest, SearchResult
@@ -83,7 +82,13 @@ class KBVectorStoreMixin:
         metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
         if len(metadatas) != len(texts):
             raise InvalidInputError(f"got {len(texts)} texts but {len(metadatas)} metadata dicts")
-        ids = [i if i else str(uuid.uuid4()) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in texts]
+        if ids is None:
+            ids = new_ids(len(texts))
+        else:
+            ids = list(ids)
+            missing = [n for n, i in enumerate(ids) if not i]
+            for n, new_id in zip(missing, new_ids(len(missing)), strict=True):
+                ids[n] = new_id
         if len(ids) != len(texts):
             raise InvalidInputError(f"got {len(texts)} texts but {len(ids)} ids")
         self._kb.write_texts(texts, metadatas, ids, tx=self._tx)
@@ -93,7 +98,7 @@ class KBVectorStoreMixin:
                        ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         pairs = list(text_embeddings)
         texts = [t for t, _ in pairs]
-        ids = list(ids) if ids is not None else [str(uuid.uuid4()) for _ in pairs]
+        ids = list(ids) if ids is not None else new_ids(len(pairs))
         metadatas = list(metadatas) if metadatas is not None else [{} for _ in pairs]
         self._kb.write_texts(texts, metadatas, ids, vectors=[v for _, v in pairs], tx=self._tx)
         return ids

@@ -57,3 +57,32 @@ def test_merged_runs_keep_every_peer_and_only_side_by_sides_of_two_or_more() -> 
     assert merged["compare"]["1000000"] == old["compare"]["1000000"]  # a one-peer side by side compares nothing
     assert set(merged["compare"]["100000"]) == {"kb-flat", "faiss-flat"}
     assert merged["runs"] == ["t0", "t1", "t2"]
+
+
+def test_the_langchain_users_path_is_checked_from_its_rounds_alone():
+    # kb-flat-lists runs only in the rounds (it searches as kb-flat does): no single-run entry to fall back on
+    rounds = {"langchain-faiss": [6.0, 5.0, 9.0], "kb-flat": [2.0, 2.5, 2.0], "kb-flat-vectors": [1.0, 1.0, 1.5],
+              "kb-flat-lists": [4.0, 5.0, 3.0]}
+    checks = ingest_checks(check_targets(report(rounds)))
+    # ratios 1.5, 1.0, 3.0 -> median 1.5: a miss against the same 3x target as kb-flat's, and said so
+    assert checks["kb-flat-lists"]["value"] == 1.5 and not checks["kb-flat-lists"]["ok"]
+    assert "rounds 1.00x, 1.50x, 3.00x" in checks["kb-flat-lists"]["detail"]
+    assert "single run" not in checks["kb-flat-lists"]["detail"]
+    assert checks["kb-flat"]["value"] == 3.0  # the other peers' checks are unchanged beside it
+
+
+def test_the_rounds_take_the_lists_peer_whenever_kb_flat_is_benchmarked():
+    from benchmarks.suite import round_peers
+
+    assert round_peers(["langchain-faiss", "kb-flat"]) == ["langchain-faiss", "kb-flat", "kb-flat-lists"]
+    assert round_peers(["kb-flat", "langchain-faiss", "kb-hnsw"]) == ["langchain-faiss", "kb-flat", "kb-flat-lists"]
+    assert round_peers(["langchain-faiss", "kb-hnsw"]) == ["langchain-faiss"]  # no kb-flat: no lists peer
+
+
+def test_machine_lists_the_cpus_vector_instruction_sets():
+    from benchmarks.suite import SIMD_FLAGS, machine
+
+    flags = machine()["cpu_flags"]
+    assert set(flags) <= set(SIMD_FLAGS)
+    cpuinfo = open("/proc/cpuinfo").read()
+    assert ("avx2" in flags) == (" avx2" in cpuinfo)
