@@ -8,6 +8,10 @@ Semantics (the reference API's, made precise):
   write that fails raises at once and adds nothing;
 - leaving the block normally commits everything atomically and durably;
   leaving it with an exception commits nothing;
+- however the block ends, a commit that fails included, the writer lock, the
+  store's connections and the staging files are released before ``__exit__``
+  returns or raises: the next writer gets the lock at once, even while the
+  caller keeps the exception (and with it this writer) alive;
 - readers keep seeing the previous commit until the new one lands.
 ``folder_path`` is a private staging folder for the writer's files; the
 store's own staging (the new index) happens there too and it is removed on
@@ -28,7 +32,7 @@ from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
 from kb_base.errors import WriterClosedError
-from stores.base import StoreTransaction
+from stores.base import StoreTransaction, release_after_failure
 from writers.formatter import MetadataFormatter
 from writers.target import KnowledgeBankTarget
 
@@ -60,7 +64,15 @@ class KnowledgeBankWriter:
             if tx is None:
                 return
             if exc_type is None:
-                tx.commit()
+                try:
+                    tx.commit()
+                except BaseException as failure:
+                    # the store's commit released the lock already; this is the guarantee for any driver: the
+                    # next writer must not wait for this exception (and the transaction it keeps) to be collected
+                    release_after_failure(tx, failure)
+                    log.warning("knowledge bank %s: commit failed, writer released (%s: %s)", self.core.id,
+                                type(failure).__name__, failure)
+                    raise
                 log.info("knowledge bank %s: writer committed after %.2fs", self.core.id,
                          time.monotonic() - self._started)
             else:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb_base.errors import InvalidInputError, KBError, WriterClosedError
-from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
 from stores.chroma.codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma.reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
 from stores.generations import flip_generation, split_by_generation
@@ -32,6 +32,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self._dim = snap.dim
         self.switched = self._switching = False
         self._open = True
+        self._done = False  # past the commit point: a failure from here on must undo nothing
         self._added: dict[str, list[str]] = {}  # collection → physical ids added (undone by rollback)
         self._marked: list[str] = []  # live physical ids marked __kb_del = G (unmarked by rollback)
         top = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
@@ -156,12 +157,15 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             set_meta(self.conn, "dirty", "0")
             fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
+            self._done = True
             fault_point("after_sqlite_commit")
-        except BaseException:
-            self.rollback()
+        except BaseException as exc:
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             raise
-        self.store.chroma.committed(self.committed, self.generation)
-        self._finish()
+        try:
+            self.store.chroma.committed(self.committed, self.generation)
+        finally:
+            self._finish()
 
     def _vacuum(self) -> None:
         """Delete records retired before the current generation: no reader of it or later sees them."""
@@ -178,6 +182,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         if not self._open:
             return
         try:
+            if self._done:  # a failure after the commit point undoes nothing
+                return
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             if self._switching:
@@ -194,5 +200,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
 
     def _finish(self) -> None:
         self._open = False
-        self.conn.close()
-        self.lock.close()
+        try:
+            self.conn.close()
+        finally:
+            self.lock.close()  # releases the flock

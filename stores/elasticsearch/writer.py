@@ -15,6 +15,7 @@ from stores.base import (
     Record,
     StoreTransaction,
     fault_point,
+    release_after_failure,
 )
 from stores.elasticsearch.filters import metadata_fields
 from stores.elasticsearch.view import EsView
@@ -88,8 +89,8 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         self._view()
         try:
             self.write.commit()  # the commit point (with its fault points)
-        except BaseException:
-            self.rollback()
+        except BaseException as exc:
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             raise
         self._finish()
         try:
@@ -101,8 +102,9 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         if not self._open:
             return
         try:
-            self.write.rollback()
-            self.store.clean_leftovers(self.committed)
+            if not self.write.done:  # a failure after the commit point undoes nothing
+                self.write.rollback()
+                self.store.clean_leftovers(self.committed)
         finally:
             self._finish()
 
