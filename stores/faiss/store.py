@@ -357,7 +357,11 @@ class FaissStore(VectorStoreDriver):
 
     def begin(self, timeout: float = 30.0) -> FaissTransaction:
         lock_file = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
-        conn = _connect(self.db_path)
+        try:
+            conn = _connect(self.db_path)
+        except BaseException:
+            lock_file.close()  # now, not when the lock file object is collected
+            raise
         try:
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed after the commit, on self.checkpoints
             conn.execute("BEGIN IMMEDIATE")
