@@ -17,7 +17,7 @@ import itertools
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,51 @@ def test_a_commit_failing_at_a_fault_point_releases_the_knowledge_bank(
         assert ids_of(bank.core) == expected
         assert_next_writers_get_it_at_once(bank, expected)
         assert kept[0].__traceback__ is not None  # still alive throughout
+    finally:
+        bank.close()
+
+
+def refuse_the_next_write(bank: Bank, services: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                          ) -> Callable[[], None]:
+    """Make the store refuse the next write (part of which may land); returns what lifts the refusal."""
+    if bank.kind == "elasticsearch":  # a real refusal: the index is write-blocked (403 on every bulk item)
+        blocks = f"{services['elasticsearch'].url}/{bank.core.driver.index}/_settings"
+        httpx.put(blocks, json={"index.blocks.write": True}, timeout=30).raise_for_status()
+        return lambda: httpx.put(blocks, json={"index.blocks.write": False}, timeout=30).raise_for_status()
+    if bank.kind == "azure":  # the service rejects one document of the batch (207), not retried here
+        services["azure"].fault(partial=1, times=1)
+        return lambda: None
+    monkeypatch.setenv("KB_FAULT_RAISE", "store_records_written")  # Chroma: the add landed, then the call failed
+    return lambda: monkeypatch.delenv("KB_FAULT_RAISE")
+
+
+@pytest.mark.parametrize("kind", ["chroma", "chroma-server", "elasticsearch", "azure"])
+def test_a_commit_after_a_refused_write_refuses_and_releases_the_knowledge_bank(
+        kind: str, tmp_path: Path, services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller catches the store's refusal inside the block and leaves it normally: the commit refuses (part
+    of the write may be in the store), rolls back and releases; the refusal is lifted only afterwards, so the
+    rollback may fail to clean the store too, which the next writer then does."""
+    bank = Bank(tmp_path / "home", kind, services, tmp_path_factory)
+    try:
+        write(bank.core, FIRST)
+        warm_up(bank.core)
+        files_before = open_files(bank.home)
+        kept: list[BaseException] = []
+        try:
+            with bank.core.get_writer(timeout=2) as writer:
+                writer.delete(["a0"])
+                lift = refuse_the_next_write(bank, services, monkeypatch)
+                with pytest.raises((kb.errors.KBError, OSError)):  # the injected fault is an OSError
+                    writer.as_langchain_vectorstore().add_texts(["text of n0", "text of n1"], ids=["n0", "n1"])
+        except kb.errors.KBError as exc:
+            kept.append(exc)
+        lift()
+        assert len(kept) == 1 and isinstance(kept[0], kb.errors.StoreError), kept
+        assert "a write of this transaction failed" in str(kept[0]) and "nothing was committed" in str(kept[0])
+        assert_released(bank, files_before)
+        assert_next_writers_get_it_at_once(bank, FIRST)
+        assert kept[0].__traceback__ is not None
     finally:
         bank.close()
 
