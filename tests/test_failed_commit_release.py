@@ -13,8 +13,10 @@ regression fails in seconds) and see exactly the last committed state.
 from __future__ import annotations
 
 import fcntl
+import gc
 import itertools
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 
 import kb
 from kb.custom_models import LangChainEmbeddingModel
+from stores.base import StoreTransaction
 from tests.conftest import FAKE_MODEL_ID, FAKE_MODEL_NAME
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.chroma_server import ChromaServer
@@ -129,26 +132,70 @@ def ids_of(core: Any) -> list[str]:
 
 
 def open_files(under: Path) -> list[str]:
-    """This process's file descriptors on files under ``under`` (the lock file, SQLite's db, WAL and shm, ...)."""
-    found = []
+    """The files under ``under`` this process has a descriptor on (lock files, SQLite databases, index files),
+    each once: SQLite's unix VFS keeps a closed connection's descriptor while the process has other connections
+    to the same file, for the next one to reuse, so counts per file are SQLite's business (open connections are
+    counted by ``open_connections``). Left out: SQLite's -wal and -shm files (opened lazily by readers) and
+    chromadb's own database (its connection pool grows with the threads that used it, up to a few)."""
+    found = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:  # closed meanwhile (listdir's own descriptor)
             continue
-        # chromadb's own database (its connection pool grows with the threads that used it, up to a few)
-        if target.startswith(str(under)) and "/chroma-store/chroma/" not in target:
-            found.append(target)
+        if target.startswith(str(under)) and not target.endswith(("-wal", "-shm")) \
+                and "/chroma-store/chroma/" not in target:
+            found.add(target)
     return sorted(found)
 
 
-def assert_released(bank: Bank, files_before: list[str]) -> None:
-    """Nothing of the failed writer is left: the lock is free, no file of it open, no staging folder."""
+def is_open(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.total_changes  # noqa: B018 - raises on a closed connection
+        return True
+    except sqlite3.ProgrammingError:
+        return False
+
+
+def open_connections() -> int:
+    """The SQLite connections open in this process (chromadb's pool included: the warm-up filled it)."""
+    gc.collect()  # what is unreachable does not count; what the kept exception reaches does
+    return sum(1 for o in gc.get_objects() if isinstance(o, sqlite3.Connection) and is_open(o))
+
+
+def failed_transactions(exc: BaseException) -> list[StoreTransaction]:
+    """The store transactions the kept exception's tracebacks still hold (what kept the lock before)."""
+    found: list[StoreTransaction] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        tb = seen.__traceback__
+        while tb is not None:
+            found += [v for v in tb.tb_frame.f_locals.values()
+                      if isinstance(v, StoreTransaction) and all(v is not f for f in found)]
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
+def assert_closed(exc: BaseException) -> None:
+    """Every transaction the kept exception holds is closed: its SQLite connection and its lock file."""
+    transactions = failed_transactions(exc)
+    assert transactions, "the kept exception holds no transaction: this check would check nothing"
+    for tx in transactions:
+        holder = getattr(tx, "write", tx)  # Elasticsearch and Azure AI Search: the generation ledger's write
+        lock = getattr(holder, "lock_file", None) or holder.lock
+        assert lock.closed and not is_open(holder.conn), type(tx).__name__
+
+
+def assert_released(bank: Bank, files_before: list[str], connections_before: int) -> None:
+    """Nothing of the failed writer is left: the lock is free, no file or connection of it open, no staging."""
+    assert open_connections() == connections_before
     for lock in bank.core.folder.rglob("writer.lock"):
         with open(lock, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
             fcntl.flock(handle, fcntl.LOCK_UN)
     assert open_files(bank.home) == files_before
+    assert not [f for f in open_files(bank.home) if f.endswith("writer.lock")]
     assert not any(path.is_file() for path in bank.core.folder.rglob("staging/**/*"))
 
 
@@ -174,7 +221,7 @@ def test_a_commit_failing_at_a_fault_point_releases_the_knowledge_bank(
     try:
         write(bank.core, FIRST)
         warm_up(bank.core)
-        files_before = open_files(bank.home)
+        files_before, connections_before = open_files(bank.home), open_connections()
         monkeypatch.setenv("KB_FAULT_RAISE", point)
         kept: list[BaseException] = []
         try:
@@ -184,7 +231,8 @@ def test_a_commit_failing_at_a_fault_point_releases_the_knowledge_bank(
         monkeypatch.delenv("KB_FAULT_RAISE")
         assert len(kept) == 1 and isinstance(kept[0], kb.errors.StoreError), kept
         assert "injected fault" in str(kept[0]) and kept[0].__traceback__ is not None
-        assert_released(bank, files_before)
+        assert_released(bank, files_before, connections_before)
+        assert_closed(kept[0])
         committed = point == "after_sqlite_commit"  # failed after the commit point: the new state stands
         expected = sorted([*FIRST[1:], "n0", "n1"]) if committed else FIRST
         assert ids_of(bank.core) == expected
@@ -219,7 +267,7 @@ def test_a_commit_after_a_refused_write_refuses_and_releases_the_knowledge_bank(
     try:
         write(bank.core, FIRST)
         warm_up(bank.core)
-        files_before = open_files(bank.home)
+        files_before, connections_before = open_files(bank.home), open_connections()
         kept: list[BaseException] = []
         try:
             with bank.core.get_writer(timeout=2) as writer:
@@ -232,7 +280,8 @@ def test_a_commit_after_a_refused_write_refuses_and_releases_the_knowledge_bank(
         lift()
         assert len(kept) == 1 and isinstance(kept[0], kb.errors.StoreError), kept
         assert "a write of this transaction failed" in str(kept[0]) and "nothing was committed" in str(kept[0])
-        assert_released(bank, files_before)
+        assert_released(bank, files_before, connections_before)
+        assert_closed(kept[0])
         assert_next_writers_get_it_at_once(bank, FIRST)
         assert kept[0].__traceback__ is not None
     finally:
@@ -261,7 +310,7 @@ def test_a_commit_failing_on_a_full_disk_releases_the_knowledge_bank(
     try:
         write(bank.core, FIRST)
         warm_up(bank.core)
-        files_before = open_files(bank.home)
+        files_before, connections_before = open_files(bank.home), open_connections()
         kept: list[BaseException] = []
         try:
             with bank.core.get_writer(timeout=2) as writer:
@@ -271,8 +320,17 @@ def test_a_commit_failing_on_a_full_disk_releases_the_knowledge_bank(
         except kb.errors.KBError as exc:
             kept.append(exc)
         assert len(kept) == 1 and isinstance(kept[0], kb.errors.DiskFullError), kept
-        assert_released(bank, files_before)
+        assert_released(bank, files_before, connections_before)
+        assert_closed(kept[0])
         assert ids_of(bank.core) == FIRST
+        files_before, connections_before = open_files(bank.home), open_connections()  # with the read's connection
+        try:  # while the disk is still full, a writer opens, or fails to open with a typed error and releases
+            with bank.core.get_writer(timeout=2):
+                pass
+        except kb.errors.KBError as exc:
+            assert not isinstance(exc, kb.errors.WriterBusyError)
+            kept.append(exc)
+        assert_released(bank, files_before, connections_before)
         assert filler is not None
         filler.unlink()
         assert_next_writers_get_it_at_once(bank, FIRST)

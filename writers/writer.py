@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +32,8 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from kb_base.errors import WriterClosedError
+from kb_base.disk import disk_full_error, is_disk_full
+from kb_base.errors import KBError, StoreError, WriterClosedError
 from stores.base import StoreTransaction, release_after_failure
 from writers.formatter import MetadataFormatter
 from writers.target import KnowledgeBankTarget
@@ -52,8 +54,20 @@ class KnowledgeBankWriter:
         return str(self._folder)
 
     def __enter__(self) -> KnowledgeBankWriter:
-        self._tx = self.core.driver.begin(timeout=self.timeout)
-        self._folder.mkdir(parents=True, exist_ok=True)
+        tx: StoreTransaction | None = None
+        try:
+            tx = self.core.driver.begin(timeout=self.timeout)
+            self._folder.mkdir(parents=True, exist_ok=True)
+        except BaseException as failure:
+            if tx is not None:  # no __exit__ follows a failed __enter__: release the lock here
+                release_after_failure(tx, failure)
+            what = f"opening a writer on knowledge bank {self.core.id}"
+            if isinstance(failure, Exception) and is_disk_full(failure):
+                raise disk_full_error(failure, what) from failure
+            if isinstance(failure, OSError | sqlite3.Error) and not isinstance(failure, KBError):
+                raise StoreError(f"{what} failed: {failure}") from failure
+            raise
+        self._tx = tx
         self._started = time.monotonic()
         return self
 
