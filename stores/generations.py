@@ -92,10 +92,10 @@ class GenerationLedger:
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = read_meta(conn)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock.close()
+            try:
+                conn.close()  # rolls back
+            finally:
+                lock.close()
             raise
         return LedgerWrite(conn, lock, generation, dim)
 

@@ -367,14 +367,14 @@ class FaissStore(VectorStoreDriver):
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = self._read_meta(conn)
             base = self._load_index(generation) if dim is not None else None
+            self._remove_stale_index_files(generation)
+            return FaissTransaction(self, conn, lock_file, base, generation, dim)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock_file.close()
+            try:
+                conn.close()  # rolls back
+            finally:
+                lock_file.close()
             raise
-        self._remove_stale_index_files(generation)
-        return FaissTransaction(self, conn, lock_file, base, generation, dim)
 
     def _remove_stale_index_files(self, generation: int) -> None:
         for path in self.dir.glob("index-*.faiss"):
