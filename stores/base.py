@@ -9,10 +9,13 @@ one-operation transactions. Scores are "higher is better" for every search.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
+import logging
 import os
 import signal
+import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +28,10 @@ import numpy as np
 
 from kb_base import events
 from kb_base.disk import disk_full_error, is_disk_full, reports_disk_full
-from kb_base.errors import UnsupportedSearchError, WriterBusyError
+from kb_base.errors import KBError, StoreError, UnsupportedSearchError, WriterBusyError
 from kb_base.filters import Filter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,13 +128,28 @@ class StoreReader(ABC):
 
 
 def fault_point(point: str) -> None:
-    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut)."""
+    """Test-only fault injection: ``KB_FAULT_POINT=<point>`` kills the process there (like a power cut);
+    ``KB_FAULT_RAISE=<point>`` raises an I/O error there instead (a failing disk or service), every time."""
     if os.environ.get("KB_FAULT_POINT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("KB_FAULT_RAISE") == point:
+        raise OSError(errno.EIO, f"injected fault at {point} (KB_FAULT_RAISE)")
 
 
 def _kb_of(transaction: Any) -> str:
     return getattr(getattr(getattr(transaction, "store", None), "context", None), "kb_id", "") or "?"
+
+
+def release_after_failure(transaction: StoreTransaction, failure: BaseException) -> None:
+    """Roll back and release a transaction whose commit failed: its lock, connections and staging files go now,
+    not when the failed transaction is garbage-collected (the exception's traceback keeps it alive as long as
+    the caller keeps the exception). A failure of the rollback itself is logged; ``failure`` is what the caller
+    raises. ``rollback`` is a no-op on a transaction already closed."""
+    try:
+        transaction.rollback()
+    except BaseException as undo:  # noqa: BLE001 - the commit's own failure is the one reported
+        log.warning("knowledge bank %s: rollback after a failed commit (%s) failed too: %s: %s",
+                    _kb_of(transaction), failure, type(undo).__name__, undo)
 
 
 def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -140,9 +160,13 @@ def _reporting_commit(commit: Callable[[Any], None]) -> Callable[[Any], None]:
         try:
             commit(self)
             ok = True
-        except Exception as exc:  # every store: a full disk is a DiskFullError (507), whatever layer noticed it
-            if is_disk_full(exc):
+        except BaseException as exc:
+            # every store, whatever its own commit does: a failed commit leaves no lock or connection behind
+            release_after_failure(self, exc)
+            if isinstance(exc, Exception) and is_disk_full(exc):  # a full disk is a DiskFullError (507)
                 raise disk_full_error(exc, f"commit to knowledge bank {_kb_of(self)}") from exc
+            if isinstance(exc, OSError | sqlite3.Error) and not isinstance(exc, KBError):  # typed, as documented
+                raise StoreError(f"commit to knowledge bank {_kb_of(self)} failed: {exc}") from exc
             raise
         finally:
             store = getattr(self, "store", None)
@@ -173,11 +197,13 @@ class StoreTransaction(StoreReader):
 
     @abstractmethod
     def commit(self) -> None:
-        """Make every write of this transaction visible at once, durably."""
+        """Make every write of this transaction visible at once, durably. Committed or not, the transaction is
+        closed when this returns or raises: the writer lock, connections and staging files are released."""
 
     @abstractmethod
     def rollback(self) -> None:
-        """Forget every write of this transaction."""
+        """Forget every write of this transaction not yet committed, and release it (lock, connections, staging
+        files) even when the undo fails. A no-op on a closed transaction, so it is safe after a failed commit."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every store's ``commit`` reports its duration and outcome (``kb_base.events``: metrics count them)."""

@@ -92,10 +92,10 @@ class GenerationLedger:
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = read_meta(conn)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock.close()
+            try:
+                conn.close()  # rolls back
+            finally:
+                lock.close()
             raise
         return LedgerWrite(conn, lock, generation, dim)
 
@@ -109,6 +109,7 @@ class LedgerWrite:
     def __init__(self, conn: sqlite3.Connection, lock: IO[str], committed: int, dim: int | None) -> None:
         self.conn, self.lock = conn, lock
         self.committed, self.generation, self.dim = committed, committed + 1, dim
+        self.done = False  # past the commit point: a failure from here on must undo nothing
 
     def retire(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Drop ``ids`` from the id map; returns (own physical ids, older physical ids) as split_by_generation."""
@@ -138,6 +139,7 @@ class LedgerWrite:
         flip_generation(self.conn, self.generation)
         fault_point("before_sqlite_commit")
         self.conn.execute("COMMIT")  # the commit point
+        self.done = True
         fault_point("after_sqlite_commit")
 
     def rollback(self) -> None:
@@ -145,5 +147,8 @@ class LedgerWrite:
             self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.conn.close()
-        self.lock.close()
+        """Close the connection and release the writer lock (the lock even if closing the connection fails)."""
+        try:
+            self.conn.close()
+        finally:
+            self.lock.close()

@@ -8,6 +8,10 @@ Semantics (the reference API's, made precise):
   write that fails raises at once and adds nothing;
 - leaving the block normally commits everything atomically and durably;
   leaving it with an exception commits nothing;
+- however the block ends, a commit that fails included, the writer lock, the
+  store's connections and the staging files are released before ``__exit__``
+  returns or raises: the next writer gets the lock at once, even while the
+  caller keeps the exception (and with it this writer) alive;
 - readers keep seeing the previous commit until the new one lands.
 ``folder_path`` is a private staging folder for the writer's files; the
 store's own staging (the new index) happens there too and it is removed on
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +32,9 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from kb_base.errors import WriterClosedError
-from stores.base import StoreTransaction
+from kb_base.disk import disk_full_error, is_disk_full
+from kb_base.errors import KBError, StoreError, WriterClosedError
+from stores.base import StoreTransaction, release_after_failure
 from writers.formatter import MetadataFormatter
 from writers.target import KnowledgeBankTarget
 
@@ -48,8 +54,20 @@ class KnowledgeBankWriter:
         return str(self._folder)
 
     def __enter__(self) -> KnowledgeBankWriter:
-        self._tx = self.core.driver.begin(timeout=self.timeout)
-        self._folder.mkdir(parents=True, exist_ok=True)
+        tx: StoreTransaction | None = None
+        try:
+            tx = self.core.driver.begin(timeout=self.timeout)
+            self._folder.mkdir(parents=True, exist_ok=True)
+        except BaseException as failure:
+            if tx is not None:  # no __exit__ follows a failed __enter__: release the lock here
+                release_after_failure(tx, failure)
+            what = f"opening a writer on knowledge bank {self.core.id}"
+            if isinstance(failure, Exception) and is_disk_full(failure):
+                raise disk_full_error(failure, what) from failure
+            if isinstance(failure, OSError | sqlite3.Error) and not isinstance(failure, KBError):
+                raise StoreError(f"{what} failed: {failure}") from failure
+            raise
+        self._tx = tx
         self._started = time.monotonic()
         return self
 
@@ -60,7 +78,15 @@ class KnowledgeBankWriter:
             if tx is None:
                 return
             if exc_type is None:
-                tx.commit()
+                try:
+                    tx.commit()
+                except BaseException as failure:
+                    # the store's commit released the lock already; this is the guarantee for any driver: the
+                    # next writer must not wait for this exception (and the transaction it keeps) to be collected
+                    release_after_failure(tx, failure)
+                    log.warning("knowledge bank %s: commit failed, writer released (%s: %s)", self.core.id,
+                                type(failure).__name__, failure)
+                    raise
                 log.info("knowledge bank %s: writer committed after %.2fs", self.core.id,
                          time.monotonic() - self._started)
             else:

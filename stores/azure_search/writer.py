@@ -14,7 +14,7 @@ from kb_base.errors import InvalidInputError, KBError, StoreError, WriterClosedE
 from kb_base.filters import Filter
 from stores.azure_search.filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search.view import AzureView, physical_key
-from stores.base import DelegatingReader, Record, StoreTransaction
+from stores.base import DelegatingReader, Record, StoreTransaction, release_after_failure
 from stores.generations import NEVER, LedgerWrite
 from stores.record_checks import check_records, metadata_json, normalise
 
@@ -124,14 +124,15 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
     def commit(self) -> None:
         self._view()
         if self._failed is not None:
-            self.rollback()
-            raise StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
-                             f"({self._failed}); it was rolled back, nothing was committed")
+            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
+                                 f"({self._failed}); it was rolled back, nothing was committed")
+            release_after_failure(self, refused)
+            raise refused
         try:
             self._await_searchable()
             self.write.commit()  # the commit point
-        except BaseException:
-            self.rollback()
+        except BaseException as exc:
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             raise
         self._finish(clean=True)
         try:
@@ -144,14 +145,17 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
             return
         clean = False
         try:
-            self.write.rollback()
-            self.store.clean_leftovers(self.committed)
+            if not self.write.done:  # a failure after the commit point undoes nothing
+                self.write.rollback()
+                self.store.clean_leftovers(self.committed)
             clean = True
         finally:
             self._finish(clean)
 
     def _finish(self, clean: bool) -> None:
         self._open = False
-        if clean:
-            self.write.conn.execute("UPDATE meta SET value = '0' WHERE key = 'dirty'")
-        self.write.close()
+        try:
+            if clean:  # a durable note outside the transaction; if it fails, the next writer cleans again
+                self.write.conn.execute("UPDATE meta SET value = '0' WHERE key = 'dirty'")
+        finally:
+            self.write.close()

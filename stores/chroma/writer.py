@@ -6,13 +6,14 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kb_base.errors import InvalidInputError, KBError, WriterClosedError
-from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
+from kb_base.errors import InvalidInputError, KBError, StoreError, WriterClosedError
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
 from stores.chroma.codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma.reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
 from stores.generations import flip_generation, split_by_generation
@@ -32,6 +33,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self._dim = snap.dim
         self.switched = self._switching = False
         self._open = True
+        self._done = False  # past the commit point: a failure from here on must undo nothing
+        self._failed: BaseException | None = None  # a write failed part way: the transaction can only roll back
         self._added: dict[str, list[str]] = {}  # collection → physical ids added (undone by rollback)
         self._marked: list[str] = []  # live physical ids marked __kb_del = G (unmarked by rollback)
         top = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
@@ -97,6 +100,20 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
         metadatas = [encode(r.id, dict(r.metadata)) for r in records]
+        with self._writing():
+            self._write(records, dim, copies, metadatas)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writes to Chroma and the id map; if one fails, part of it may be applied (Chroma has no
+        transactions), so this transaction can only roll back."""
+        try:
+            yield
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _write(self, records: Sequence[Record], dim: int, copies: list[str], metadatas: list[dict[str, Any]]) -> None:
         if self._dim is None and not self.switched:
             # The KB is empty: write into a fresh collection, which takes any dimension (the old one keeps the
             # dimension of its first vector) and exists wherever the KB's connection now points.
@@ -126,14 +143,21 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()
-        return self._retire(list(dict.fromkeys(ids)))
+        with self._writing():
+            return self._retire(list(dict.fromkeys(ids)))
 
     def clear(self) -> None:
         self._view()
-        self._switch()
+        with self._writing():
+            self._switch()
 
     def commit(self) -> None:
         self._view()
+        if self._failed is not None:
+            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
+                                 f"({self._failed}); it was rolled back, nothing was committed")
+            release_after_failure(self, refused)
+            raise refused
         try:
             drops = [tuple(d) for d in json.loads(meta_value(self.conn, "drops"))]
             if self.switched:
@@ -156,12 +180,15 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             set_meta(self.conn, "dirty", "0")
             fault_point("before_sqlite_commit")
             self.conn.execute("COMMIT")  # the commit point: visibility, keywords and the id map flip together
+            self._done = True
             fault_point("after_sqlite_commit")
-        except BaseException:
-            self.rollback()
+        except BaseException as exc:
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             raise
-        self.store.chroma.committed(self.committed, self.generation)
-        self._finish()
+        try:
+            self.store.chroma.committed(self.committed, self.generation)
+        finally:
+            self._finish()
 
     def _vacuum(self) -> None:
         """Delete records retired before the current generation: no reader of it or later sees them."""
@@ -178,6 +205,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         if not self._open:
             return
         try:
+            if self._done:  # a failure after the commit point undoes nothing
+                return
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             if self._switching:
@@ -194,5 +223,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
 
     def _finish(self) -> None:
         self._open = False
-        self.conn.close()
-        self.lock.close()
+        try:
+            self.conn.close()
+        finally:
+            self.lock.close()  # releases the flock

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from stores.base import (
     Record,
     StoreTransaction,
     fault_point,
+    release_after_failure,
 )
 from stores.elasticsearch.filters import metadata_fields
 from stores.elasticsearch.view import EsView
@@ -32,6 +34,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         self.store, self.write = store, write
         self.committed, self.generation = write.committed, write.generation
         self._open = True
+        self._failed: BaseException | None = None  # a write failed part way: the transaction can only roll back
 
     def _view(self) -> EsView:
         if not self._open:
@@ -65,31 +68,49 @@ class EsTransaction(DelegatingReader, StoreTransaction):
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
         self.store.ensure_index(dim)
-        self._retire([r.id for r in records])
-        vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
-        actions = [{"_op_type": "index", "_index": self.store.index, "_id": f"{self.generation}:{r.id}",
-                    "_source": {"kb_id": r.id, "kb_gen": self.generation, "kb_del": NEVER, "text": r.text,
-                                "vector": v.tolist(), "meta_json": meta, "m": metadata_fields(r.metadata)}}
-                   for r, v, meta in zip(records, vectors, sources, strict=True)]
-        self.store.bulk(actions)
-        self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
-        fault_point("store_records_written")
-        self.write.add(((r.id, f"{self.generation}:{r.id}") for r in records), dim)
+        with self._writing():
+            self._retire([r.id for r in records])
+            vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
+            actions = [{"_op_type": "index", "_index": self.store.index, "_id": f"{self.generation}:{r.id}",
+                        "_source": {"kb_id": r.id, "kb_gen": self.generation, "kb_del": NEVER, "text": r.text,
+                                    "vector": v.tolist(), "meta_json": meta, "m": metadata_fields(r.metadata)}}
+                       for r, v, meta in zip(records, vectors, sources, strict=True)]
+            self.store.bulk(actions)
+            self.store.call("indices.refresh", index=self.store.index)  # read-your-writes, and visible at commit
+            fault_point("store_records_written")
+            self.write.add(((r.id, f"{self.generation}:{r.id}") for r in records), dim)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writes to the index and the id map; if one fails, part of it may be applied (a bulk write is not
+        atomic), so this transaction can only roll back."""
+        try:
+            yield
+        except BaseException as exc:
+            self._failed = exc
+            raise
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()
-        return self._retire(list(dict.fromkeys(ids)))
+        with self._writing():
+            return self._retire(list(dict.fromkeys(ids)))
 
     def clear(self) -> None:
         self._view()
-        self._retire(self.write.all_ids())
+        with self._writing():
+            self._retire(self.write.all_ids())
 
     def commit(self) -> None:
         self._view()
+        if self._failed is not None:
+            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
+                                 f"({self._failed}); it was rolled back, nothing was committed")
+            release_after_failure(self, refused)
+            raise refused
         try:
             self.write.commit()  # the commit point (with its fault points)
-        except BaseException:
-            self.rollback()
+        except BaseException as exc:
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             raise
         self._finish()
         try:
@@ -101,8 +122,9 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         if not self._open:
             return
         try:
-            self.write.rollback()
-            self.store.clean_leftovers(self.committed)
+            if not self.write.done:  # a failure after the commit point undoes nothing
+                self.write.rollback()
+                self.store.clean_leftovers(self.committed)
         finally:
             self._finish()
 

@@ -357,20 +357,24 @@ class FaissStore(VectorStoreDriver):
 
     def begin(self, timeout: float = 30.0) -> FaissTransaction:
         lock_file = acquire_writer_lock(self.dir / "writer.lock", timeout, self.context.kb_id)
-        conn = _connect(self.db_path)
+        try:
+            conn = _connect(self.db_path)
+        except BaseException:
+            lock_file.close()  # now, not when the lock file object is collected
+            raise
         try:
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed after the commit, on self.checkpoints
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = self._read_meta(conn)
             base = self._load_index(generation) if dim is not None else None
+            self._remove_stale_index_files(generation)
+            return FaissTransaction(self, conn, lock_file, base, generation, dim)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock_file.close()
+            try:
+                conn.close()  # rolls back
+            finally:
+                lock_file.close()
             raise
-        self._remove_stale_index_files(generation)
-        return FaissTransaction(self, conn, lock_file, base, generation, dim)
 
     def _remove_stale_index_files(self, generation: int) -> None:
         for path in self.dir.glob("index-*.faiss"):

@@ -7,13 +7,14 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from kb_base.errors import StoreError, WriterClosedError
-from stores.base import DelegatingReader, Record, StoreTransaction, fault_point
+from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
 from stores.faiss.index_file import write_durably
 from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.faiss.view import FaissView, _chunks
@@ -40,6 +41,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
         self._wal_flush: Background | None = None
+        self._index_writer: Background | None = None  # the commit's index file write, on a helper thread
         # Upserted documents being analysed for the keyword index on a helper thread while the caller goes on
         # (prepares its next batch); written into this transaction, all buffered batches at once, before its
         # next read, delete, replacement or commit (or at PENDING_KEYWORD_DOCUMENTS).
@@ -221,42 +223,43 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
 
     def commit(self) -> None:
         self._check_open()
-        writer: Background | None = None
         try:
-            if self._broken:
-                raise StoreError("an earlier write of this transaction failed: roll it back")
-            new_generation = self.generation + 1
-            if self._dirty and self.index is not None:
-                # the index file is written and fsynced on a helper thread, once the vector adds it waits for are
-                # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
-                # for before the SQLite commit that makes the new generation visible (a failure before it leaves
-                # an unreferenced file, as ever; a failed add fails the join below)
-                adding, self._adding = self._adding, None
-                writer = Background(lambda: self._write_index(new_generation, after=adding), "kb-index-write")
-            else:
-                self._join_adds()
-            self._write_pending_keywords()
-            if self._dirty:
-                if writer is not None:
-                    self._join_wal_flush()
-                    self._flush_wal()
-                    writer.join()
-                self._write_meta(new_generation)
-            fault_point("before_sqlite_commit")
-            self.conn.execute("COMMIT")
-            fault_point("after_sqlite_commit")
+            self._commit()
         except BaseException as exc:
-            if writer is not None:
-                try:
-                    writer.join()  # not left writing into the staging folder that _finish removes
-                except BaseException:  # the first failure is the one reported
-                    pass
-            self._abort()
+            release_after_failure(self, exc)  # rolled back and unlocked now, however long the caller keeps exc
             if isinstance(exc, sqlite3.Error | OSError | RuntimeError):
                 raise StoreError(f"commit to knowledge bank {self.store.context.kb_id} failed: {exc}") from exc
             raise
-        self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
-        self._finish()
+        try:
+            self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
+        finally:
+            self._finish()
+
+    def _commit(self) -> None:
+        if self._broken:
+            raise StoreError("an earlier write of this transaction failed: roll it back")
+        new_generation = self.generation + 1
+        if self._dirty and self.index is not None:
+            # the index file is written and fsynced on a helper thread, once the vector adds it waits for are
+            # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
+            # for before the SQLite commit that makes the new generation visible (a failure before it leaves
+            # an unreferenced file, as ever; a failed add fails the join below)
+            adding, self._adding = self._adding, None
+            self._index_writer = Background(lambda: self._write_index(new_generation, after=adding),
+                                            "kb-index-write")
+        else:
+            self._join_adds()
+        self._write_pending_keywords()
+        if self._dirty:
+            if self._index_writer is not None:
+                self._join_wal_flush()
+                self._flush_wal()
+                writer, self._index_writer = self._index_writer, None
+                writer.join()
+            self._write_meta(new_generation)
+        fault_point("before_sqlite_commit")
+        self.conn.execute("COMMIT")
+        fault_point("after_sqlite_commit")
 
     def _write_meta(self, generation: int) -> None:
         """The new generation, the vector dimension and the rowid counter, together and last of the transaction:
@@ -290,21 +293,35 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def rollback(self) -> None:
         if not self._open:
             return
-        self._abort()
-        self._finish()
+        try:
+            self._abort()
+        finally:
+            self._finish()
 
     def _drop_pending_keywords(self) -> None:
         self._pending_keywords.discard()
 
     def _abort(self) -> None:
+        """Undo what is not committed: helper threads stopped (none left writing into the staging folder that
+        ``_finish`` removes), buffered postings dropped, the SQLite transaction rolled back."""
+        writer, self._index_writer = self._index_writer, None
+        if writer is not None:
+            try:
+                writer.join()
+            except BaseException:  # noqa: BLE001 - the commit's own failure is the one reported
+                pass
         self._drop_pending_keywords()
         self._discard_adds()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
     def _finish(self) -> None:
+        """Release everything this transaction holds, each step even if one before it failed; the flock last."""
+        if not self._open:
+            return
         self._open = False
-        self._join_wal_flush()
-        self.conn.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.lock_file.close()  # releases the flock
+        with ExitStack() as release:  # last in, first out; each runs even when one before it raised
+            release.callback(self.lock_file.close)  # releases the flock
+            release.callback(shutil.rmtree, self.staging, ignore_errors=True)
+            release.callback(self.conn.close)  # rolls back what is still open
+            self._join_wal_flush()

@@ -15,10 +15,14 @@ def connect_durable(path: Path, page_size: int | None = None) -> sqlite3.Connect
     """A connection in WAL mode with full fsyncs. ``page_size`` applies only to a database created here (SQLite
     fixes a WAL database's page size when it creates it)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
-    if page_size is not None:
-        conn.execute(f"PRAGMA page_size={int(page_size)}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    try:
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
+        conn.execute("PRAGMA journal_mode=WAL")  # fails on a full disk that has no room for the WAL index
+        conn.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        conn.close()  # now, not when the exception's traceback lets go of it
+        raise
     return conn
 
 
