@@ -9,6 +9,7 @@ never returned by ``describe`` methods or written to logs.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
@@ -23,6 +24,8 @@ from typing import Any
 from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from kb_base.input_checks import check_value
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS projects (
@@ -86,11 +89,21 @@ class Catalog:
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._roll_back(conn)
             if is_disk_full(exc):
                 raise disk_full_error(exc, "a catalog change (settings, knowledge bank, folder)") from exc
             raise
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        """Undo a failed change; if even the ROLLBACK fails (a full disk, an I/O error), close the connection
+        so that its write lock goes now, not whenever this thread next touches the catalog."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("catalog rollback failed; closing this thread's catalog connection", exc_info=True)
+            self._local.conn = None
+            conn.close()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, params).fetchall()

@@ -135,9 +135,13 @@ async def start_sync(project_key: str, kb_id: str, body: SyncJobIn, request: Req
         return core, folder, acquire_sync_lock(core)  # SyncBusyError: 409 busy, before any job exists
 
     core, folder, lock = await run_in_threadpool(prepare)
-    job = SyncJob(project_key, kb_id, folder.full_id, options)
-    jobs_of(request).add(job)
-    threading.Thread(target=_run, args=(job, core, folder, lock), name=f"sync-{job.id[:8]}", daemon=True).start()
+    try:
+        job = SyncJob(project_key, kb_id, folder.full_id, options)
+        jobs_of(request).add(job)
+        threading.Thread(target=_run, args=(job, core, folder, lock), name=f"sync-{job.id[:8]}", daemon=True).start()
+    except BaseException:
+        lock.close()  # no job will run: the next sync must not wait for this lock's garbage collection
+        raise
     return job.to_dict()
 
 
