@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import sqlite3
+import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +68,55 @@ def remembered_fingerprint(conn: sqlite3.Connection) -> str:
     return str(row[0]) if row else "[]"
 
 
+_HEADER = struct.Struct("<iQQQQQQiIQQQdQ")  # hnswlib's header.bin as Chroma 1.5 writes it (version 1)
+
+
+def segment_damage(folder: Path) -> str | None:
+    """What is torn in one HNSW segment directory, from its files' sizes and the header's counts (no pickle is
+    read); None when they agree or the format is not one this check knows. A torn ``link_lists.bin`` loads
+    without an error, and Chroma's next write grew one to 73 GB: it must never be loaded."""
+    names = ("header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle")
+    sizes = {name: (folder / name).stat().st_size if (folder / name).exists() else -1 for name in names}
+    if sizes["index_metadata.pickle"] == -1 and sizes["header.bin"] == -1:
+        return None  # never persisted: Chroma builds the segment from its log
+    if sizes["header.bin"] != _HEADER.size or sizes["index_metadata.pickle"] == 0 or min(sizes.values()) < 0 and \
+            sizes["index_metadata.pickle"] != -1:
+        return (f"HNSW files of segment {folder.name} are missing or torn: "
+                + ", ".join(f"{name} {size if size >= 0 else 'missing'}" for name, size in sizes.items()))
+    fields = _HEADER.unpack((folder / "header.bin").read_bytes())
+    if fields[0] != 1:
+        return None
+    allocated, count, per_element = fields[2], fields[3], fields[4]
+    # Chroma writes the whole allocated buffer when it creates a segment, the elements in use when it persists
+    if sizes["data_level0.bin"] not in (count * per_element, allocated * per_element) or \
+            sizes["length.bin"] not in (4 * count, 4 * allocated):
+        return (f"HNSW files of segment {folder.name} disagree with its header ({count} elements): data_level0.bin "
+                f"{sizes['data_level0.bin']} bytes, length.bin {sizes['length.bin']} bytes")
+    links = (folder / "link_lists.bin").read_bytes()
+    position = read = 0
+    while read < count and position + 4 <= len(links):  # one (uint32 size, size bytes) per element, to the end
+        position += 4 + int.from_bytes(links[position : position + 4], "little")
+        read += 1
+    if read != count or position != len(links):
+        return f"link_lists.bin of HNSW segment {folder.name} is torn ({len(links)} bytes, {count} elements)"
+    return None
+
+
+def live_segments(chroma_dir: Path, collection: str) -> list[Path]:
+    """The HNSW segment directory of ``collection`` (read from Chroma's SQLite, read-only); every segment
+    directory if that fails (another Chroma schema)."""
+    try:
+        conn = sqlite3.connect(f"file:{chroma_dir / 'chroma.sqlite3'}?mode=ro", uri=True, timeout=10)
+        try:
+            ids = [r[0] for r in conn.execute("SELECT s.id FROM segments s JOIN collections c ON s.collection = c.id "
+                                              "WHERE c.name = ? AND s.scope = 'VECTOR'", (collection,))]
+        finally:
+            conn.close()
+        return [chroma_dir / i for i in ids if (chroma_dir / i).is_dir()]
+    except sqlite3.Error:
+        return [path for path in chroma_dir.iterdir() if path.is_dir()]
+
+
 def _sample(conn: sqlite3.Connection, size: int) -> list[tuple[str, bytes]]:
     """(physical id, vector copy) of the ``size`` latest records and ``size`` random ones."""
     rows = conn.execute("SELECT physical, vector FROM records WHERE vector IS NOT NULL ORDER BY rowid DESC LIMIT ?",
@@ -85,6 +135,11 @@ def probe(store: ChromaStore, conn: sqlite3.Connection, snap: Snap, size: int = 
     """None when Chroma serves the committed records soundly (a sample); otherwise what is wrong."""
     if not snap.collection or snap.dim is None:
         return None
+    if store.chroma.embedded is not None:  # before Chroma loads anything torn
+        for folder in live_segments(store.chroma_dir, snap.collection):
+            torn = segment_damage(folder)
+            if torn is not None:
+                return torn
     sample = _sample(conn, size)
     try:
         if not sample:  # records written before kb kept a copy: only whether Chroma loads the index at all

@@ -144,6 +144,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         self._connections = ThreadConnections(self.dir / "chroma-meta.sqlite")
         self._columns: tuple[int, Columns] | None = None
         self._columns_lock = threading.Lock()
+        self.recovered: list[str] = []  # rebuilds this driver did (kb doctor reports them)
         if self._create_schema():
             self._migrate_first_format()
         self.collection_base = meta_value(self._conn(), "collection_base")
@@ -271,7 +272,9 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             if damage.probe(self, conn, snap) is None:
                 damage.remember_fingerprint(conn, damage.fingerprint(self.chroma_dir))
                 return
-            damage.rebuild_locked(self, conn, snap)
+            written = damage.rebuild_locked(self, conn, snap)
+            self.recovered.append(f"rebuilt the Chroma collection from kb's copy ({written} records) on open: "
+                                  f"{problem}")
         finally:
             conn.close()
             lock.close()
@@ -317,6 +320,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             self.context.kb_id, self.store_type, self.count(), problems=[problem])
         uncopied = int(self._conn().execute("SELECT COUNT(*) FROM records WHERE vector IS NULL").fetchone()[0])
         report.checked["without_kb_copy"] = uncopied
+        report.repaired += self.recovered
         if uncopied and report.ok:
             report.repaired.append(f"{uncopied} records were written before kb kept its own copy: `kb repair` "
                                    "copies them now, so that a damaged index can be rebuilt later")
