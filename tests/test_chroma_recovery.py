@@ -138,6 +138,6 @@ def test_doctor_on_faiss_finds_a_sound_store(tmp_path: Path) -> None:
 
 
 def test_sigkill_at_random_moments_never_leaves_the_knowledge_bank_unable_to_search(tmp_path: Path) -> None:
-    summary = kill_loop(tmp_path / "kb", kills=6, seed=35, delay=(1.0, 5.0))
+    summary = kill_loop(tmp_path / "kb", kills=6, seed=35)
     print(summary)
     assert summary["kills"] == 6
