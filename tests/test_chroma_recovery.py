@@ -141,3 +141,32 @@ def test_sigkill_at_random_moments_never_leaves_the_knowledge_bank_unable_to_sea
     summary = kill_loop(tmp_path / "kb", kills=6, seed=35)
     print(summary)
     assert summary["kills"] == 6
+
+
+def test_a_chroma_server_that_cannot_load_a_collection_is_reported_and_repaired(tmp_path: Path) -> None:
+    from stores.base import StoreContext
+    from tests.support.chroma_server import ChromaServer
+
+    server = ChromaServer(tmp_path / "chroma-data").start()
+    try:
+        connection = {"url": server.url, "timeout": 30}
+        store = ChromaStore(StoreContext("served", tmp_path / "kb", connection=connection))
+        for batch in range(BATCHES):
+            with store.begin() as tx:
+                tx.upsert(batch_records(batch))
+        store.close()
+        server.stop()
+        segments = [p for p in (tmp_path / "chroma-data").iterdir() if (p / "index_metadata.pickle").exists()]
+        assert len(segments) == 1
+        (segments[0] / "index_metadata.pickle").write_bytes(b"\x80\x04")  # as a kill of the server mid-persist
+        server.start()
+        store = ChromaStore(StoreContext("served", tmp_path / "kb", connection=connection))
+        with pytest.raises(StoreError, match="cannot load the vector index.*kb repair"):
+            store.similarity(np.ones(16, np.float32), 3)
+        assert not store.check().ok
+        report = store.repair()
+        assert report.ok, report.problems
+        assert any("rebuilt the Chroma collection" in line for line in report.repaired)
+        _assert_sound(store)
+    finally:
+        server.stop()
