@@ -37,8 +37,8 @@ import numpy as np
 from kb_base.errors import StoreError
 from stores.chroma.client import DamagedIndexError
 from stores.chroma.codec import DEL, GEN, ID, NEVER, encode
-from stores.chroma.reader import BATCH, Snap, meta_value, set_meta
-from stores.generations import flip_generation
+from stores.chroma.reader import BATCH, Snap, meta_value, read_snap, set_meta
+from stores.generations import flip_generation, open_writer
 
 if TYPE_CHECKING:
     from stores.chroma.store import ChromaStore
@@ -236,3 +236,26 @@ def rebuild_locked(store: ChromaStore, conn: sqlite3.Connection, snap: Snap) -> 
                 "%.1f s); the damaged collection %s goes with the next commit", store.context.kb_id, total,
                 generation, time.monotonic() - started, snap.collection)
     return total
+
+
+def repair(store: ChromaStore, rebuild: bool, copy: bool, why: str) -> list[str]:
+    """``kb repair`` under the writer lock: fill kb's copy for records written before it existed (``copy``), then
+    rebuild the live collection from it (``rebuild``); returns what it did."""
+    lock, conn = open_writer(store.dir, store._connections.path, 60.0, store.context.kb_id)
+    done = []
+    try:
+        snap = read_snap(conn)
+        store.chroma.reopen(snap.generation)
+        if copy:
+            conn.execute("BEGIN IMMEDIATE")
+            done.append(f"copied {fill_copy(store, conn, snap)} records written before kb kept its own copy")
+            conn.execute("COMMIT")
+        if rebuild:
+            written = rebuild_locked(store, conn, read_snap(conn))
+            done.append(f"rebuilt the Chroma collection from kb's copy: {written} records ({why})")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+        lock.close()
+    return done

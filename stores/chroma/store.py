@@ -1,6 +1,7 @@
 """Chroma driver: embedded (PersistentClient in the KB folder) or a Chroma server (HttpClient).
 
-Files: this module (driver, commit point, recovery), stores/chroma/reader.py
+Files: this module (driver, commit point, recovery), stores/chroma/repair.py (damaged
+HNSW files found and rebuilt from kb's copy of every record), stores/chroma/reader.py
 (reads at a snapshot), stores/chroma/writer.py (the transaction), stores/chroma/codec.py
 (metadata encoding, ``where`` translation), stores/chroma/client.py (clients,
 errors, embedded mode across processes), stores/chroma/langchain.py.
@@ -332,24 +333,8 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         before = self.check()
         if before.ok and not before.checked.get("without_kb_copy"):
             return before
-        lock, conn = open_writer(self.dir, self._connections.path, 60.0, self.context.kb_id)
-        try:
-            snap = read_snap(conn)
-            self.chroma.reopen(snap.generation)
-            done = []
-            if before.checked.get("without_kb_copy"):
-                conn.execute("BEGIN IMMEDIATE")
-                copied = damage.fill_copy(self, conn, snap)
-                conn.execute("COMMIT")
-                done.append(f"copied {copied} records written before kb kept its own copy")
-            if not before.ok:
-                written = damage.rebuild_locked(self, conn, read_snap(conn))
-                done.append(f"rebuilt the Chroma collection from kb's copy: {written} records ({before.problems[0]})")
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock.close()
+        done = damage.repair(self, rebuild=not before.ok, copy=bool(before.checked.get("without_kb_copy")),
+                             why=before.problems[0] if before.problems else "")
         after = self.check()
         after.repaired = done + after.repaired
         return after
