@@ -285,11 +285,11 @@ class VectorStoreDriver(StoreReader):
         """Check the store against the commit point: the count, every committed id readable, and vector search
         finding records by their own vector (a sample of ``sample`` records, every record when ``full``).
         Problems are reported, not raised; a store that cannot be reached at all raises."""
-        ids = self.ids_where(None)
+        ids = self.committed_ids()
         report = StoreCheck(self.context.kb_id, self.store_type, len(ids))
         counted = self.count()
         if counted != len(ids):
-            report.problems.append(f"count() says {counted} records, the commit point lists {len(ids)}")
+            report.problems.append(f"the store counts {counted} records, the commit point lists {len(ids)}")
         missing: list[str] = []
         try:
             for start in range(0, len(ids), 1000):
@@ -319,6 +319,10 @@ class VectorStoreDriver(StoreReader):
                                    f"own vector: {_first(lost)}")
         return report
 
+    def committed_ids(self) -> list[str]:
+        """The ids the commit point lists (a driver whose reads ask a service returns its own id map's)."""
+        return self.ids_where(None)
+
     def check_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The vectors ``check`` searches with; a driver that keeps its own copy returns that copy."""
         return {r.id: r.vector for r in self.get(ids, with_vectors=True) if r.vector is not None}
@@ -328,8 +332,8 @@ class VectorStoreDriver(StoreReader):
         nothing (the store has no index kb could rebuild from its own data) and says so."""
         report = self.check()
         if not report.ok:
-            report.repaired.append(f"nothing rebuilt: kb cannot rebuild a {self.store_type} store from its own data; "
-                                   "restore it from a snapshot (kb snapshot) or write the records again")
+            report.repaired.append(f"nothing rebuilt: kb cannot rebuild a store of type {self.store_type} from its own "
+                                   "data; restore a snapshot (kb export / kb import) or write the records again")
         return report
 
 

@@ -66,3 +66,30 @@ def test_doctor_and_repair_on_an_embedded_home(tmp_path: Path) -> None:
 
     missing = run(home, "doctor", "nosuchkb")
     assert missing.returncode == 3 and "nosuchkb" in missing.stderr
+
+
+def test_check_and_repair_on_azure_ai_search(tmp_path: Path) -> None:
+    """The generic check through the driver protocol, on the Azure AI Search emulator: sound, then a document
+    lost outside kb (deleted in the service) found missing; repair says it cannot rebuild such a store."""
+    from stores.azure_search.store import AzureSearchStore
+    from stores.azure_search.view import physical_key
+    from stores.base import StoreContext
+    from tests.support.azure_search_emulator import AzureSearchEmulator
+
+    emulator = AzureSearchEmulator(tmp_path / "emulator").start()
+    try:
+        connection = {"endpoint": emulator.url, "api_key": emulator.api_key, "index_prefix": "d-",
+                      "api_version": "2024-07-01", "retry_backoff_factor": 0.05}
+        store = AzureSearchStore(StoreContext("azdoc", tmp_path / "kb", connection=connection))
+        with store.begin() as tx:
+            tx.upsert(batch_records(0))
+        report = store.check(full=True)
+        assert report.ok and report.checked["readable"] == 300 and report.checked["found_by_own_vector"] == 300
+        store.service.documents.delete_documents([{"key": physical_key(1, "b0-7")}])  # lost outside kb
+        damaged = store.repair()
+        assert damaged.problems == ["the store counts 299 records, the commit point lists 300",
+                                    "1 committed records cannot be read from the store: 'b0-7'"]
+        assert "kb cannot rebuild a store of type AZURE_AI_SEARCH" in damaged.repaired[0]
+        store.close()
+    finally:
+        emulator.stop()
