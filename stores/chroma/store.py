@@ -249,8 +249,12 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         if seen == damage.remembered_fingerprint(conn):
             return
         snap = read_snap(conn)
-        self.chroma.reopen(snap.generation)  # load the files as they are on disk, not as this process knew them
-        problem = damage.probe(self, conn, snap)
+        try:
+            self.chroma.reopen(snap.generation)  # load the files as they are on disk, not as this process knew them
+            problem = damage.probe(self, conn, snap)
+        except KBError as exc:  # not a damaged index (a collection deleted outside kb, ...): reads will say so
+            log.warning("knowledge bank %s: could not check its Chroma index on open: %s", self.context.kb_id, exc)
+            return
         if problem is None:
             if damage.fingerprint(self.chroma_dir) == seen:  # nobody wrote them while we looked
                 damage.remember_fingerprint(conn, seen)
