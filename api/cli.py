@@ -26,6 +26,8 @@ commands:
   info      show a knowledge bank: settings, metadata schema, document count
   search    search a knowledge bank (--type, --k, --filter JSON)
   delete    delete a knowledge bank
+  doctor    check knowledge banks' stores against their commit points (embedded home)
+  repair    rebuild what doctor finds damaged, where the store allows it (Chroma: its index)
 
 create, list, info, search, delete, ingest and eval work on the embedded home (--home, $KB_HOME) or on a
 kb server (--url/--api-key, or $KB_URL/$KB_API_KEY); knowledge banks by id or name; `kb <command> --help`
@@ -134,6 +136,8 @@ SUBCOMMANDS = {
     "export": "api.cli_snapshot:main_export",
     "import": "api.cli_snapshot:main_import",
     "eval": "api.cli_eval:main",
+    "doctor": "api.cli_doctor:main_doctor",
+    "repair": "api.cli_doctor:main_repair",
     "bench": "benchmarks.suite:main",
 }
 

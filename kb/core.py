@@ -79,6 +79,16 @@ class CoreKnowledgeBank:
         self._driver_memo = (self.settings, driver)
         return driver
 
+    def check_store(self, full: bool = False) -> dict[str, Any]:
+        """``kb doctor``: the store against the commit point (count, every committed record readable, vector
+        search finding records by their own vector: a sample, or all when ``full``); problems are listed."""
+        return self.driver.check(full=full).as_dict()
+
+    def repair_store(self) -> dict[str, Any]:
+        """``kb repair``: rebuild what the check finds damaged, where the store allows (Chroma: from kb's copy
+        of every record), then check again."""
+        return self.driver.repair().as_dict()
+
     @property
     def schema(self) -> dict[str, str]:
         return dict(self.settings.get("metadata_schema") or {})

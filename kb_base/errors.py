@@ -102,6 +102,12 @@ class StoreUnavailableError(KBError):
     code = "store_unavailable"
 
 
+class StoreRecoveringError(StoreUnavailableError):
+    """The store's index is being rebuilt after a crash damaged it: retry in a moment (nothing was lost)."""
+
+    code = "store_recovering"
+
+
 class StoreError(KBError):
     """The vector store answered with an error."""
 

@@ -14,6 +14,7 @@ import fcntl
 import functools
 import logging
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -228,6 +229,30 @@ class StoreTransaction(StoreReader):
             self.rollback()
 
 
+@dataclass
+class StoreCheck:
+    """What ``check``/``repair`` found: the committed records against what the store answers."""
+
+    kb_id: str
+    store_type: str
+    records: int  # committed records (the commit point's count)
+    checked: dict[str, int] = field(default_factory=dict)  # what was looked at, and how much of it
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what a repair rebuilt
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kb_id": self.kb_id, "store_type": self.store_type, "ok": self.ok, "records": self.records,
+                "checked": self.checked, "problems": self.problems, "repaired": self.repaired}
+
+
+def _first(ids: Sequence[str], n: int = 5) -> str:
+    return ", ".join(repr(i) for i in list(ids)[:n]) + (", ..." if len(ids) > n else "")
+
+
 class VectorStoreDriver(StoreReader):
     """One knowledge bank's store. Subclasses register a ``store_type`` with the factory."""
 
@@ -279,6 +304,63 @@ class VectorStoreDriver(StoreReader):
     @abstractmethod
     def destroy(self) -> None:
         """Delete everything this store holds (the knowledge bank is being deleted)."""
+
+    # --- health: ``kb doctor`` and ``kb repair`` ---------------------------------------------------
+
+    def check(self, full: bool = False, sample: int = 32) -> StoreCheck:
+        """Check the store against the commit point: the count, every committed id readable, and vector search
+        finding records by their own vector (a sample of ``sample`` records, every record when ``full``).
+        Problems are reported, not raised; a store that cannot be reached at all raises."""
+        ids = self.committed_ids()
+        report = StoreCheck(self.context.kb_id, self.store_type, len(ids))
+        counted = self.count()
+        if counted != len(ids):
+            report.problems.append(f"the store counts {counted} records, the commit point lists {len(ids)}")
+        missing: list[str] = []
+        try:
+            for start in range(0, len(ids), 1000):
+                part = ids[start : start + 1000]
+                found = {r.id for r in self.get(part)}
+                missing += [i for i in part if i not in found]
+        except KBError as exc:
+            report.problems.append(f"reading the committed records failed: {exc}")
+            return report
+        report.checked["readable"] = len(ids) - len(missing)
+        if missing:
+            report.problems.append(f"{len(missing)} committed records cannot be read from the store: {_first(missing)}")
+        probes = ids if full else random.Random(len(ids)).sample(ids, min(sample, len(ids)))
+        lost: list[str] = []
+        try:
+            for start in range(0, len(probes), 500):
+                for record_id, vector in self.check_vectors(probes[start : start + 500]).items():
+                    if record_id not in {h.record.id for h in self.similarity(vector, 10)}:
+                        lost.append(record_id)
+        except KBError as exc:
+            report.problems.append(f"vector search failed: {exc}")
+            return report
+        report.checked["found_by_own_vector"] = len(probes) - len(lost)
+        report.checked["vector_probes"] = len(probes)
+        if lost:
+            report.problems.append(f"vector search misses {len(lost)} of {len(probes)} records searched for by their "
+                                   f"own vector: {_first(lost)}")
+        return report
+
+    def committed_ids(self) -> list[str]:
+        """The ids the commit point lists (a driver whose reads ask a service returns its own id map's)."""
+        return self.ids_where(None)
+
+    def check_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The vectors ``check`` searches with; a driver that keeps its own copy returns that copy."""
+        return {r.id: r.vector for r in self.get(ids, with_vectors=True) if r.vector is not None}
+
+    def repair(self) -> StoreCheck:
+        """Rebuild what the check finds damaged and can be rebuilt, then check again. The default rebuilds
+        nothing (the store has no index kb could rebuild from its own data) and says so."""
+        report = self.check()
+        if not report.ok:
+            report.repaired.append(f"nothing rebuilt: kb cannot rebuild a store of type {self.store_type} from its own "
+                                   "data; restore a snapshot (kb export / kb import) or write the records again")
+        return report
 
 
 class DelegatingReader(StoreReader):

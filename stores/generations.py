@@ -74,6 +74,10 @@ class GenerationLedger:
         """(committed generation, vector dimension or None) as this thread's connection sees them now."""
         return read_meta(self._connections.get())
 
+    def ids(self) -> list[str]:
+        """The committed records' ids, from the id map (not from the store: ``kb doctor`` compares the two)."""
+        return [row[0] for row in self._connections.get().execute("SELECT id FROM records")]
+
     def meta(self, key: str) -> str | None:
         row = self._connections.get().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

@@ -122,6 +122,9 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
     def langchain_vectorstore(self, core: Any, tx: StoreTransaction | None, **kwargs: Any) -> Any:
         return KBAzureSearch(core, tx, **kwargs)
 
+    def committed_ids(self) -> list[str]:
+        return self.ledger.ids()
+
     def close(self) -> None:
         self.ledger.close()
         self.service.close()

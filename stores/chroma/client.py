@@ -18,6 +18,7 @@ by every driver of the process (Chroma allows one per path and process).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ import httpx
 from kb_base.errors import FilterError, InvalidInputError, StoreError, StoreUnavailableError
 
 DEFAULT_TIMEOUT = 30.0
+# What Chroma says when it cannot load a collection's HNSW segment (files torn by a kill mid-persist, chromadb
+# 1.5: "Error constructing hnsw segment reader: ... Error deserializing pickle file", "Error loading hnsw index").
+_DAMAGED = re.compile(r"hnsw segment|hnsw index|pickle file|getting embedding", re.IGNORECASE)
+
+
+class DamagedIndexError(StoreError):
+    """Chroma cannot load a collection's vector index: its files were damaged (torn by a crash mid-write)."""
 _CONNECTION_KEYS = {"type", "url", "tenant", "database", "api_key", "timeout"}
 
 
@@ -163,6 +171,13 @@ class ChromaClient:
                 if embedded.known == previous:
                     embedded.known = generation
 
+    def reopen(self, committed: int) -> None:
+        """Embedded: a fresh client, which loads every index from disk again (and reflects ``committed``)."""
+        if self.embedded is not None:
+            with self.embedded.lock:
+                self._guard(self.embedded.open)
+                self.embedded.known = committed
+
     def forget(self) -> None:
         """Drop cached clients and collections (after a connection failure, or to reload)."""
         if self.embedded is not None:
@@ -231,9 +246,18 @@ class ChromaClient:
             raise StoreUnavailableError(f"Chroma at {self.where}: {str(exc)[:300]} (check the connection's tenant "
                                         "and database)") from exc
         except (ChromaError, ValueError) as exc:
+            self._raise_if_damaged(exc, collection)
             raise StoreError(f"Chroma at {self.where} refused a request for knowledge bank {self.kb_id}: "
                              f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         except Exception as exc:
             if type(exc) is Exception:  # chromadb's HTTP client raises bare Exception(response text)
+                self._raise_if_damaged(exc, collection)
                 raise StoreError(f"Chroma at {self.where} answered: {str(exc)[:300]}") from exc
             raise
+
+    def _raise_if_damaged(self, exc: Exception, collection: str | None) -> None:
+        if _DAMAGED.search(str(exc)):
+            raise DamagedIndexError(
+                f"Chroma at {self.where} cannot load the vector index of collection {collection!r} of knowledge bank "
+                f"{self.kb_id} (its HNSW files were damaged, as by a crash while Chroma wrote them): "
+                f"{type(exc).__name__}: {str(exc)[:300]}; `kb repair` rebuilds it from kb's copy") from exc

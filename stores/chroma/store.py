@@ -1,6 +1,7 @@
 """Chroma driver: embedded (PersistentClient in the KB folder) or a Chroma server (HttpClient).
 
-Files: this module (driver, commit point, recovery), stores/chroma/reader.py
+Files: this module (driver, commit point, recovery), stores/chroma/repair.py (damaged
+HNSW files found and rebuilt from kb's copy of every record), stores/chroma/reader.py
 (reads at a snapshot), stores/chroma/writer.py (the transaction), stores/chroma/codec.py
 (metadata encoding, ``where`` translation), stores/chroma/client.py (clients,
 errors, embedded mode across processes), stores/chroma/langchain.py.
@@ -75,19 +76,27 @@ import secrets
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kb_base.errors import InvalidInputError, KBError
+import numpy as np
+
+from kb_base.errors import InvalidInputError, KBError, StoreRecoveringError, WriterBusyError
+from kb_base.filters import Filter
 from stores.base import (
     Capabilities,
     DelegatingReader,
+    Hit,
+    Record,
+    StoreCheck,
     StoreContext,
     StoreTransaction,
     VectorStoreDriver,
     acquire_writer_lock,
 )
-from stores.chroma.client import ChromaClient
+from stores.chroma import repair as damage
+from stores.chroma.client import ChromaClient, DamagedIndexError
 from stores.chroma.codec import DEL, GEN, NEVER, decode, visibility
 from stores.chroma.langchain import KBChromaVectorStore
 from stores.chroma.reader import ChromaView, Columns, Snap, build_columns, chunks, meta_value, read_snap, set_meta
@@ -97,6 +106,7 @@ from stores.keyword import KeywordIndex
 from stores.sqlite.meta import ThreadConnections, connect_durable, create_meta
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _HNSW_KEYS = {"ef_search": (1, 10_000), "ef_construction": (1, 10_000), "max_neighbors": (2, 512)}
 
@@ -129,14 +139,18 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         self.dir = Path(context.folder) / "chroma-store"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.configuration = hnsw_configuration(context.settings or {})
-        self.chroma = ChromaClient(self.dir / "chroma", context.connection or {}, context.kb_id)
+        self.chroma_dir = self.dir / "chroma"
+        self.chroma = ChromaClient(self.chroma_dir, context.connection or {}, context.kb_id)
         self.keywords = KeywordIndex(context.keyword_analyzer)
         self._connections = ThreadConnections(self.dir / "chroma-meta.sqlite")
         self._columns: tuple[int, Columns] | None = None
         self._columns_lock = threading.Lock()
+        self.recovered: list[str] = []  # rebuilds this driver did (kb doctor reports them)
         if self._create_schema():
             self._migrate_first_format()
         self.collection_base = meta_value(self._conn(), "collection_base")
+        if self.chroma.embedded is not None:
+            self._check_on_open()
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -151,8 +165,13 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             create_meta(conn)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
             first_format = bool(columns) and "metadata" not in columns
+            # text and vector: kb's own copy of each record, from which a damaged Chroma index is rebuilt
+            # (stores/chroma/repair.py); NULL in records written before kb kept it
             conn.execute("CREATE TABLE IF NOT EXISTS records (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
-                         "physical TEXT NOT NULL, gen INTEGER NOT NULL, metadata TEXT)")
+                         "physical TEXT NOT NULL, gen INTEGER NOT NULL, metadata TEXT, text TEXT, vector BLOB)")
+            if columns and "vector" not in columns:
+                conn.execute("ALTER TABLE records ADD COLUMN text TEXT")
+                conn.execute("ALTER TABLE records ADD COLUMN vector BLOB")
             # physical records replaced or deleted at ``gen``, deleted from Chroma by a later commit
             conn.execute("CREATE TABLE IF NOT EXISTS retired (physical TEXT NOT NULL, gen INTEGER NOT NULL)")
             self.keywords.create(conn)
@@ -218,6 +237,112 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         self.chroma.refresh(snap.generation)
         return self.chroma.collection(snap.collection) if snap.collection else None
 
+    # --- damaged indexes (stores/chroma/repair.py) ---------------------------------------------------
+
+    # How long a reader waits for the writer lock to rebuild a damaged index before a StoreRecoveringError
+    recovery_wait = 30.0
+
+    def _check_on_open(self) -> None:
+        """Embedded: probe the live collection if Chroma wrote its HNSW files since kb last found them sound."""
+        conn = self._conn()
+        seen = damage.fingerprint(self.chroma_dir)
+        if seen == damage.remembered_fingerprint(conn):
+            return
+        snap = read_snap(conn)
+        try:
+            self.chroma.reopen(snap.generation)  # load the files as they are on disk, not as this process knew them
+            problem = damage.probe(self, conn, snap)
+        except KBError as exc:  # not a damaged index (a collection deleted outside kb, ...): reads will say so
+            log.warning("knowledge bank %s: could not check its Chroma index on open: %s", self.context.kb_id, exc)
+            return
+        if problem is None:
+            if damage.fingerprint(self.chroma_dir) == seen:  # nobody wrote them while we looked
+                damage.remember_fingerprint(conn, seen)
+            return
+        self.recover(problem)
+
+    def recover(self, problem: str) -> None:
+        """Rebuild a damaged live collection from kb's copy, under the writer lock (re-probed there: another
+        process may have rebuilt it meanwhile). StoreRecoveringError when the lock stays taken."""
+        log.warning("knowledge bank %s: %s; rebuilding its Chroma collection from kb's copy", self.context.kb_id,
+                    problem)
+        try:
+            lock, conn = open_writer(self.dir, self._connections.path, self.recovery_wait, self.context.kb_id)
+        except WriterBusyError as exc:
+            raise StoreRecoveringError(f"knowledge bank {self.context.kb_id}: its Chroma index was damaged by a crash "
+                                       "and is being rebuilt; retry in a moment") from exc
+        try:
+            snap = read_snap(conn)
+            self.chroma.reopen(snap.generation)
+            if damage.probe(self, conn, snap) is None:
+                damage.remember_fingerprint(conn, damage.fingerprint(self.chroma_dir))
+                return
+            written = damage.rebuild_locked(self, conn, snap)
+            self.recovered.append(f"rebuilt the Chroma collection from kb's copy ({written} records) on open: "
+                                  f"{problem}")
+        finally:
+            conn.close()
+            lock.close()
+
+    def _healing(self, read: Callable[[], T]) -> T:
+        """Embedded: a read that meets a damaged index rebuilds it and reads again (a server: the error says
+        to run ``kb repair``)."""
+        try:
+            return read()
+        except DamagedIndexError as exc:
+            if self.chroma.embedded is None:
+                raise
+            self.recover(str(exc))
+            return read()
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        return self._healing(lambda: super(ChromaStore, self).get(ids, with_vectors))
+
+    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
+                   with_vectors: bool = False) -> list[Hit]:
+        return self._healing(lambda: super(ChromaStore, self).similarity(vector, k, flt, with_vectors))
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return self._healing(lambda: super(ChromaStore, self).keyword(query, k, flt))
+
+    def check_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """kb's own copy (what Chroma must give back), or Chroma's vector for records written before it."""
+        found: dict[str, np.ndarray] = {}
+        for part in chunks(list(ids)):
+            found.update((i, np.frombuffer(v, dtype=np.float32)) for i, v in self._conn().execute(
+                f"SELECT id, vector FROM records WHERE vector IS NOT NULL AND id IN ({','.join('?' * len(part))})",
+                part))
+        rest = [i for i in ids if i not in found]
+        return found | (super().check_vectors(rest) if rest else {})
+
+    def check(self, full: bool = False, sample: int = 32) -> StoreCheck:
+        try:  # kb's copy against what Chroma returns, before any read could heal it
+            conn = self._conn()
+            problem = damage.probe(self, conn, read_snap(conn), sample)
+        except KBError as exc:
+            problem = str(exc)
+        report = super().check(full, sample) if problem is None else StoreCheck(
+            self.context.kb_id, self.store_type, self.count(), problems=[problem])
+        uncopied = int(self._conn().execute("SELECT COUNT(*) FROM records WHERE vector IS NULL").fetchone()[0])
+        report.checked["without_kb_copy"] = uncopied
+        report.repaired += self.recovered
+        if uncopied and report.ok:
+            report.repaired.append(f"{uncopied} records were written before kb kept its own copy: `kb repair` "
+                                   "copies them now, so that a damaged index can be rebuilt later")
+        return report
+
+    def repair(self) -> StoreCheck:
+        """Rebuild the live collection from kb's copy when the check finds it damaged; fill kb's copy for records
+        written before it existed."""
+        before = self.check()
+        if before.ok and not before.checked.get("without_kb_copy"):
+            return before
+        done = damage.repair(self, rebuild=not before.ok, copy=bool(before.checked.get("without_kb_copy")),
+                             why=before.problems[0] if before.problems else "")
+        after = self.check()
+        after.repaired = done + after.repaired
+        return after
+
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> ChromaTransaction:
@@ -226,7 +351,13 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             snap = read_snap(conn)
             self.chroma.refresh(snap.generation)
             if meta_value(conn, "dirty") == "1":
-                self._clean_leftovers(snap)  # a writer died mid-transaction
+                try:
+                    self._clean_leftovers(snap)  # a writer died mid-transaction
+                except DamagedIndexError:
+                    if self.chroma.embedded is None:
+                        raise
+                    damage.rebuild_locked(self, conn, snap)  # a fresh collection: the leftovers go with the old one
+                    set_meta(conn, "dirty", "1")
             else:
                 set_meta(conn, "dirty", "1")  # durable before the first Chroma write of this transaction
             conn.execute("BEGIN IMMEDIATE")

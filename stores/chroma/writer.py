@@ -132,10 +132,11 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             self._call("add", ids=physical[start:end], embeddings=vectors[start:end],
                        metadatas=metadatas[start:end], documents=[r.text for r in records[start:end]])
         fault_point("store_records_written")
-        rows = [(self._next_rowid + i, r.id, p, self.generation, m)
-                for i, (r, p, m) in enumerate(zip(records, physical, copies, strict=True))]
+        rows = [(self._next_rowid + i, r.id, p, self.generation, m, r.text, v.tobytes())
+                for i, (r, p, m, v) in enumerate(zip(records, physical, copies, vectors, strict=True))]
         self._next_rowid += len(rows)
-        self.conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO records (rowid, id, physical, gen, metadata, text, vector) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         self.store.keywords.add(self.conn, [(row[0], r.text) for row, r in zip(rows, records, strict=True)])
         if self._dim is None:
             self._dim = dim

@@ -190,6 +190,9 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
     def langchain_vectorstore(self, core: Any, tx: StoreTransaction | None, **kwargs: Any) -> Any:
         return KBElasticsearchStore(core, tx, **kwargs)
 
+    def committed_ids(self) -> list[str]:
+        return self.ledger.ids()
+
     def close(self) -> None:
         self.ledger.close()
 
