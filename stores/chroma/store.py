@@ -193,7 +193,11 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
     def _migrate_first_format(self) -> None:
         """Copy metadata from Chroma into SQLite (filters are answered there now), under the writer lock."""
         lock = acquire_writer_lock(self.dir / "writer.lock", 60.0, self.context.kb_id)
-        conn = connect_durable(self._connections.path)
+        try:
+            conn = connect_durable(self._connections.path)
+        except BaseException:
+            lock.close()  # not held until garbage collection
+            raise
         try:
             conn.execute("BEGIN IMMEDIATE")
             if "metadata" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
@@ -213,10 +217,12 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
                 set_meta(conn, "dirty", "1")  # the next writer removes what the first format left behind
             conn.execute("COMMIT")
         finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            lock.close()
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+                lock.close()
 
     def _view(self) -> ChromaView:
         return ChromaView(self, self._conn(), None)
