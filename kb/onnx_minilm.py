@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,23 @@ def cache_key(weights_sha256: str, fused: bool = True) -> str:
 
 def cached_graph(model_dir: Path, cache_dir: Path, weights_sha256: str, fused: bool = True) -> Path:
     """The path of a verified ONNX graph for the weights in ``model_dir``, building it when missing or corrupt."""
-    key = cache_key(weights_sha256, fused)
-    target = cache_dir / f"all-MiniLM-L6-v2-{key}.onnx"
+    target = cache_dir / f"all-MiniLM-L6-v2-{cache_key(weights_sha256, fused)}.onnx"
+    return cached_model(target, lambda: build_graph(model_dir, fused=fused))
+
+
+def cached_model(target: Path, build: Callable[[], Any]) -> Path:
+    """``target`` if it matches the sha256 in its sidecar, else ``build()`` (a ModelProto) written there."""
     sidecar = target.with_suffix(".sha256")
     if target.is_file() and sidecar.is_file():
         expected = sidecar.read_text(encoding="ascii").strip()
         if file_sha256(target) == expected:
             return target
         log.warning("cached ONNX graph %s does not match its recorded sha256; rebuilding it", target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    model = build_graph(model_dir, fused=fused)
-    data = model.SerializeToString()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = build().SerializeToString()
     _write_atomically(target, data)
     _write_atomically(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode("ascii"))
-    log.info("built the ONNX graph of all-MiniLM-L6-v2 into %s (%.1f MB)", target, len(data) / 1e6)
+    log.info("built the ONNX graph %s (%.1f MB)", target, len(data) / 1e6)
     return target
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.onnx_minilm import _GraphBuilder, build_graph
+from kb.onnx_minilm import GRAPH_VERSION, OPSET, _GraphBuilder, build_graph, cached_model
 
 QUANT_VERSION = 1
 SMOOTHING_ALPHA = 0.5
@@ -190,3 +190,14 @@ def build_int8_graph(model_dir: Path, alpha: float = SMOOTHING_ALPHA, bits: int 
     """The int8 ``onnx.ModelProto``: calibrate on ``CALIBRATION_TEXTS`` with the fp32 graph, then build."""
     maxima = activation_maxima(model_dir, CALIBRATION_TEXTS)
     return build_graph(model_dir, fused=True, builder=Int8Builder(model_dir, maxima, alpha, bits, outliers))
+
+
+def int8_cache_key(weights_sha256: str) -> str:
+    return hashlib.sha256(f"{weights_sha256}:graph-v{GRAPH_VERSION}:opset{OPSET}:fused:{variant_key()}"
+                          .encode()).hexdigest()[:32]
+
+
+def cached_int8_graph(model_dir: Path, cache_dir: Path, weights_sha256: str) -> Path:
+    """The verified int8 graph for the weights in ``model_dir``, built (about 10 s) when missing or corrupt."""
+    target = cache_dir / f"all-MiniLM-L6-v2-int8-{int8_cache_key(weights_sha256)}.onnx"
+    return cached_model(target, lambda: build_int8_graph(model_dir))

@@ -83,7 +83,7 @@ def test_local_model_is_real_offline_and_cached(tmp_path: Path) -> None:
     assert (embedder.hits, embedder.misses) == (0, 3)
     assert np.array_equal(embedder.embed_documents(texts[::-1]), vectors[::-1])
     assert (embedder.hits, embedder.misses) == (3, 3)  # second call: cache only, the model was not called
-    runtime = LocalMiniLMModel.runtime()  # onnxruntime on the CPU, from the packaged weights
+    runtime = LocalMiniLMModel().runtime()  # onnxruntime on the CPU, from the packaged weights
     assert runtime.session.get_providers() == ["CPUExecutionProvider"] and runtime.max_length == 256
 
 
