@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kb import embeddings as embedding_models
 from kb.catalog import Catalog
 from kb.config import default_home
 from kb.embedding_cache import CachedEmbedder, EmbeddingCache
-from kb.embeddings import LOCAL_MINILM_ID, build_model, list_model_ids
+from kb.embeddings import build_model, list_model_ids
 from kb.knowledge_bank import (
     KnowledgeBankHandle,
     KnowledgeBankListItem,
@@ -323,7 +324,9 @@ class Project:
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> KnowledgeBankHandle:
 
-        kb_id = self.client.create_knowledge_bank(self.project_key, name, embedding_llm_id or LOCAL_MINILM_ID,
+        # read at call time: the default may change between releases, never for an existing knowledge bank
+        llm_id = embedding_llm_id or embedding_models.DEFAULT_EMBEDDING_LLM_ID
+        kb_id = self.client.create_knowledge_bank(self.project_key, name, llm_id,
                                                   vector_store_type, settings)
         return KnowledgeBankHandle(self.client, self.project_key, kb_id)
 

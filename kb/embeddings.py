@@ -38,6 +38,25 @@ log = logging.getLogger(__name__)
 CONNECTION_TYPE = "openai-compatible"
 
 
+# The model of a new knowledge bank that names none. The rule (issue 30; figures in
+# docs/benchmarks/embedding-int8.json, applied by ``default_model_for`` and checked by a test): the int8 model
+# once it meets both its quality targets (cosine to fp32 >= 0.995 on every SciFact abstract, nDCG@10 within
+# 0.003 of fp32 for similarity and hybrid) and its speed targets (>= 2.0x sentence-transformers on SciFact
+# abstracts where the CPU has AVX-512 VNNI, >= 1.6x with AVX2 only; one short query <= 2 ms); else fp32.
+# A knowledge bank records its model, so changing this never changes an existing one.
+DEFAULT_EMBEDDING_LLM_ID = LOCAL_MINILM_ID
+
+
+def default_model_for(figures: Mapping[str, Any]) -> str:
+    """The default model the rule above picks for these measured figures."""
+    quality, speed = figures["quality"], figures["speed"]
+    quality_met = (bool(quality["full_corpus"]) and quality["min_cosine"] >= 0.995
+                   and all(abs(loss) <= 0.003 for loss in quality["ndcg_loss"].values()))
+    needed = 2.0 if "avx512_vnni" in speed["int8_flags"] else 1.6
+    speed_met = speed["int8_over_sentence_transformers"] >= needed and speed["int8_query_ms"] <= 2.0
+    return LOCAL_MINILM_INT8_ID if quality_met and speed_met else LOCAL_MINILM_ID
+
+
 class EmbeddingModel(ABC):
     id: str
     description: str
