@@ -45,7 +45,7 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
-from kb.embeddings import LOCAL_MINILM_ID
+from kb.embeddings import DEFAULT_EMBEDDING_LLM_ID
 from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
 
@@ -77,7 +77,7 @@ def _warm_up(app: FastAPI) -> None:
 
     started = time.perf_counter()
     try:
-        app.state.client.get_llm_handle(LOCAL_MINILM_ID).embedder.embed_query("warm-up")
+        app.state.client.get_llm_handle(DEFAULT_EMBEDDING_LLM_ID).embedder.embed_query("warm-up")
         log.info("local embedding model loaded", extra={"fields": {"seconds": round(time.perf_counter() - started, 1)}})
     except Exception:  # a missing model must not stop the service: requests will report it clearly
         log.exception("could not load the local embedding model")

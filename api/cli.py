@@ -58,9 +58,10 @@ def serve(argv: Sequence[str]) -> int:
 
     prepare_metrics_dir(default_home(), args.port)  # before prometheus_client is imported, for every worker
     if args.workers == 1 and os.environ.get("KB_WARMUP", "on").strip().lower() != "off":
-        from kb.embeddings import preload_local_model
+        from kb.embeddings import DEFAULT_EMBEDDING_LLM_ID, preload_local_model
 
-        preload_local_model()  # loads while the app and uvicorn are imported; /readyz still waits for the warm-up
+        # loads while the app and uvicorn are imported; /readyz still waits for the warm-up
+        preload_local_model(DEFAULT_EMBEDDING_LLM_ID)
     from api import serving
     from api.app import configure_logging
 

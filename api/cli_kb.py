@@ -130,7 +130,8 @@ def cmd_create() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace,
     parser.add_argument("name", help="knowledge bank name (need not be unique; ids are)")
     parser.add_argument("--store", default="FAISS", help="vector store type: FAISS (default), CHROMA, "
                                                          "ELASTICSEARCH, AZURE_AI_SEARCH")
-    parser.add_argument("--model", default=None, help="embedding model id (default: local:all-MiniLM-L6-v2)")
+    parser.add_argument("--model", default=None, help="embedding model id (default: local:all-MiniLM-L6-v2; "
+                        "local:all-MiniLM-L6-v2-int8 for the int8 model, about 1.7x as fast)")
     parser.add_argument("--schema", default="", metavar="KEY=TYPE,...",
                         help=f"metadata schema, types: {', '.join(SCHEMA_TYPES)}")
     parser.add_argument("--settings", default=None, metavar="JSON",

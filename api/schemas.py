@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kb.embeddings import DEFAULT_EMBEDDING_LLM_ID
+
 SearchType = Literal["similarity", "similarity_score_threshold", "mmr", "keyword", "hybrid", "semantic_hybrid"]
 
 
@@ -59,7 +61,7 @@ class FolderOut(BaseModel):
 
 class KnowledgeBankIn(Strict):
     name: str = Field(examples=["papers"])
-    embedding_llm_id: str = Field(default="local:all-MiniLM-L6-v2")
+    embedding_llm_id: str = Field(default=DEFAULT_EMBEDDING_LLM_ID)
     vector_store_type: str = Field(default="FAISS", examples=["FAISS"])
     settings: dict[str, Any] = Field(default_factory=dict,
                                      examples=[{"metadata_schema": {"source": "string", "start_index": "int"}}])

@@ -1,15 +1,18 @@
-"""The local model's speed: kb's ONNX path beside sentence-transformers, threads, query latency, serve start.
+"""The local model's speed: kb's ONNX path (fp32 and int8) beside sentence-transformers, threads, query
+latency, serve start.
 
     python -m benchmarks.embedding [--docs 192 --round-docs 16] [--out bench-results/embedding.json]
 
 - Documents per second on SciFact abstracts (``title + " " + text``, as in the reference vectors), kb's
-  onnxruntime path and sentence-transformers (when the torch extra is installed) taking turns on the same
-  texts in alternating rounds in one process (this machine's speed drifts within a minute, so only ratios
-  measured side by side mean anything); the cosine of every vector to the SciFact reference.
+  onnxruntime path in fp32 (``local:all-MiniLM-L6-v2``) and int8 (``local:all-MiniLM-L6-v2-int8``) and
+  sentence-transformers (when the torch extra is installed) taking turns on the same texts in alternating
+  rounds in one process (this machine's speed drifts within a minute, so only ratios measured side by side
+  mean anything); the cosine of every vector to the SciFact reference. The CPU's flags that decide the int8
+  kernels (avx512_vnni, avx_vnni, avx2) are printed and recorded.
 - Achieved GFLOP/s: the encoder's multiply-adds on the real (unpadded) tokens divided by the time, beside the
   CPU's fp32 peak (cores x clock x FLOP per cycle, printed with how it was found).
 - onnxruntime intra-op threads 1 .. cores, alternating; what tokenising costs next to inference.
-- Query latency for one short text (p50 of 50 after warm-up), both paths.
+- Query latency for one short text (p50 of 50 after warm-up), every path.
 - ``kb serve`` start until ``/readyz`` answers 200: with the ONNX graph not yet built, then cached.
 """
 
@@ -31,8 +34,8 @@ import numpy as np
 
 from kb import local_minilm
 
-SCIFACT = Path(os.environ.get("KB_SCIFACT")
-               or Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact")
+# ../shared beside the checkout, as the tests find it
+SCIFACT = Path(os.environ.get("KB_SCIFACT") or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact")
 QUERY = "Does aspirin reduce the risk of heart attacks?"
 
 
@@ -75,7 +78,12 @@ def cpu_peak() -> dict[str, Any]:
     else:
         per_cycle, why = 8, "SSE: 4 lanes x (add + multiply)"
     return {"cores": cores, "mhz": mhz, "flop_per_cycle": per_cycle, "why": why,
-            "gflops": cores * mhz / 1000 * per_cycle, "model": field("model name")}
+            "gflops": cores * mhz / 1000 * per_cycle, "model": field("model name"),
+            "int8_flags": [f for f in INT8_FLAGS if f in flags]}
+
+
+# what onnxruntime's int8 kernels use, best first: VNNI dot products (512- or 256-bit), else AVX2 / AVX-512BW
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2")
 
 
 def _clock(run: Any) -> float:
@@ -84,7 +92,7 @@ def _clock(run: Any) -> float:
     return time.perf_counter() - started
 
 
-def compare(texts: list[str], rounds: int, reference: np.ndarray, runtime: Any) -> dict[str, Any]:
+def compare(texts: list[str], rounds: int, reference: np.ndarray, runtime: Any, int8: Any) -> dict[str, Any]:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -93,43 +101,54 @@ def compare(texts: list[str], rounds: int, reference: np.ndarray, runtime: Any) 
           if SentenceTransformer else None)
     warm = texts[:8]
     runtime.embed(warm)
+    int8.embed(warm)
     if st is not None:
         st.encode(warm, batch_size=local_minilm.DEFAULT_BATCH_SIZE)
     per_round = len(texts) // rounds
-    rows, ours_all = [], []
+    rows: list[dict[str, float]] = []
+    vectors: dict[str, list[np.ndarray]] = {"kb_onnx": [], "kb_int8": []}
     for r in range(rounds):
         part = texts[r * per_round : (r + 1) * per_round]
-        out: dict[str, Any] = {}
 
-        def run_ours(p: list[str] = part, o: dict[str, Any] = out) -> None:
-            o["vectors"] = runtime.embed(p)
+        def run_kb(model: Any, name: str, p: list[str] = part) -> Any:
+            return lambda: vectors[name].append(model.embed(p))
 
         def run_st(p: list[str] = part) -> None:
             st.encode(p, batch_size=local_minilm.DEFAULT_BATCH_SIZE, normalize_embeddings=True)
 
-        order = [("kb_onnx", run_ours), ("sentence_transformers", run_st)] if st is not None else [
-            ("kb_onnx", run_ours)]
+        order = [("kb_onnx", run_kb(runtime, "kb_onnx")), ("kb_int8", run_kb(int8, "kb_int8"))]
+        if st is not None:
+            order.append(("sentence_transformers", run_st))
         if r % 2:
             order.reverse()
         row = {name: _clock(run) for name, run in order}  # seconds
         if st is not None:
             row["ratio"] = row["sentence_transformers"] / row["kb_onnx"]  # kb's speed over theirs
+            row["int8_ratio"] = row["sentence_transformers"] / row["kb_int8"]
+        row["int8_over_fp32"] = row["kb_onnx"] / row["kb_int8"]
         rows.append(row)
-        ours_all.append(out["vectors"])
-        print(f"  round {r + 1}: " + ", ".join(f"{k} {len(part) / v:.2f}" for k, v in row.items() if k != "ratio")
-              + (f", ratio {row['ratio']:.2f}" if "ratio" in row else ""), flush=True)
-    ours = np.vstack(ours_all)
-    cosines = (ours * reference[: len(ours)]).sum(axis=1)
-    result = {"documents": per_round * rounds, "rounds": rows,
-              "kb_onnx_docs_per_s": per_round * rounds / sum(r["kb_onnx"] for r in rows),
-              "min_cosine_to_reference": float(cosines.min()),
-              "torch_threads": None}
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {len(part) / row[k]:.2f}" for k, _ in order)
+              + "; " + ", ".join(f"{k} {row[k]:.2f}" for k in ("ratio", "int8_ratio", "int8_over_fp32") if k in row),
+              flush=True)
+    documents = per_round * rounds
+    result: dict[str, Any] = {"documents": documents, "rounds": rows, "torch_threads": None}
+    for name in ("kb_onnx", "kb_int8"):
+        ours = np.vstack(vectors[name])
+        cosines = (ours * reference[: len(ours)]).sum(axis=1)
+        result[f"{name}_docs_per_s"] = documents / sum(r[name] for r in rows)
+        prefix = "" if name == "kb_onnx" else "int8_"
+        result[f"{prefix}min_cosine_to_reference"] = float(cosines.min())
+        result[f"{prefix}mean_cosine_to_reference"] = float(cosines.mean())
+    result["int8_over_fp32_median"] = float(np.median([r["int8_over_fp32"] for r in rows]))
+    result["int8_over_fp32_total"] = result["kb_int8_docs_per_s"] / result["kb_onnx_docs_per_s"]
     if st is not None:
         import torch
 
-        result["sentence_transformers_docs_per_s"] = per_round * rounds / sum(r["sentence_transformers"] for r in rows)
+        result["sentence_transformers_docs_per_s"] = documents / sum(r["sentence_transformers"] for r in rows)
         result["median_ratio"] = float(np.median([r["ratio"] for r in rows]))
         result["total_ratio"] = result["kb_onnx_docs_per_s"] / result["sentence_transformers_docs_per_s"]
+        result["int8_median_ratio"] = float(np.median([r["int8_ratio"] for r in rows]))
+        result["int8_total_ratio"] = result["kb_int8_docs_per_s"] / result["sentence_transformers_docs_per_s"]
         result["torch_threads"] = torch.get_num_threads()
         result["st_query_ms"] = _p50_ms(lambda: st.encode([QUERY], normalize_embeddings=True))
     return result
@@ -186,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="abstracts per round: short rounds, because this machine's speed drifts within seconds")
     parser.add_argument("--thread-docs", type=int, default=64, help="abstracts per thread-count run")
     parser.add_argument("--out", type=Path, default=Path("bench-results/embedding.json"))
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only the side-by-side comparison and the query latency (no threads, no kb serve)")
     args = parser.parse_args(argv)
     if not (SCIFACT / "corpus.jsonl").is_file():
         print(f"SciFact is not at {SCIFACT}", file=sys.stderr)
@@ -194,20 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     path = local_minilm.model_dir()
     config = json.loads((path / "config.json").read_text())
     runtime = local_minilm.load()
+    int8 = local_minilm.load(int8=True)
     peak = cpu_peak()
     print(f"CPU: {peak['model']}, {peak['cores']} cores at {peak['mhz']:.0f} MHz; fp32 peak "
-          f"{peak['gflops']:.0f} GFLOP/s = cores x GHz x {peak['flop_per_cycle']} ({peak['why']})")
+          f"{peak['gflops']:.0f} GFLOP/s = cores x GHz x {peak['flop_per_cycle']} ({peak['why']}); int8 flags: "
+          f"{' '.join(peak['int8_flags']) or 'none'}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     tokenized = runtime.tokenizer.encode_batch(texts)
     tokens = np.array([len(e.ids) for e in tokenized])
     tokenize_s = _clock(lambda: runtime.tokenizer.encode_batch(texts))
     result: dict[str, Any] = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                                          "cpu": peak}, "onnx_threads": runtime.threads,
+                                          "cpu": peak, "load_average": os.getloadavg()},
+                              "onnx_threads": runtime.threads,
                               "batch_size": runtime.batch_size, "mean_tokens": float(tokens.mean())}
     rounds = max(1, args.docs // args.round_docs)
     print(f"comparison on {args.docs} abstracts (mean {tokens.mean():.0f} tokens), {rounds} alternating "
           "rounds, docs/s:", flush=True)
-    result["comparison"] = compare(texts, rounds, reference, runtime)
+    result["comparison"] = compare(texts, rounds, reference, runtime, int8)
     comparison = result["comparison"]
     flops_per_doc = encoder_flops(tokens, config) / len(texts)
     achieved = flops_per_doc * comparison["kb_onnx_docs_per_s"] / 1e9
@@ -217,31 +241,41 @@ def main(argv: list[str] | None = None) -> int:
         result["gflops"]["sentence_transformers"] = flops_per_doc * comparison["sentence_transformers_docs_per_s"] / 1e9
     result["tokenize_share"] = tokenize_s / (len(texts) / comparison["kb_onnx_docs_per_s"])
     result["query_ms"] = _p50_ms(lambda: runtime.embed([QUERY]))
-    counts = sorted({1, runtime.threads})
-    print(f"onnxruntime threads {counts} on {args.thread_docs} abstracts ...", flush=True)
-    result["threads_docs_per_s"] = threads(texts[: args.thread_docs], counts)
-    with tempfile.TemporaryDirectory() as cache:
-        cold = serve_ready(Path(cache))  # builds the graph into the empty cache
-        result["serve_ready_s"] = {"graph_not_built": cold, "graph_cached": serve_ready(Path(cache))}
+    result["int8_query_ms"] = _p50_ms(lambda: int8.embed([QUERY]))
+    if not args.compare_only:
+        counts = sorted({1, runtime.threads})
+        print(f"onnxruntime threads {counts} on {args.thread_docs} abstracts ...", flush=True)
+        result["threads_docs_per_s"] = threads(texts[: args.thread_docs], counts)
+        with tempfile.TemporaryDirectory() as cache:
+            cold = serve_ready(Path(cache))  # builds the graph into the empty cache
+            result["serve_ready_s"] = {"graph_not_built": cold, "graph_cached": serve_ready(Path(cache))}
 
-    print(f"kb onnx: {comparison['kb_onnx_docs_per_s']:.2f} docs/s, min cosine to the SciFact reference "
+    print(f"kb onnx fp32: {comparison['kb_onnx_docs_per_s']:.2f} docs/s, min cosine to the SciFact reference "
           f"{comparison['min_cosine_to_reference']:.6f}")
+    print(f"kb onnx int8: {comparison['kb_int8_docs_per_s']:.2f} docs/s, cosine to the SciFact reference min "
+          f"{comparison['int8_min_cosine_to_reference']:.6f} mean {comparison['int8_mean_cosine_to_reference']:.6f};"
+          f" int8 over fp32: median of rounds {comparison['int8_over_fp32_median']:.2f}x (totals "
+          f"{comparison['int8_over_fp32_total']:.2f}x)")
     if "median_ratio" in comparison:
         print(f"sentence-transformers: {comparison['sentence_transformers_docs_per_s']:.2f} docs/s (torch "
-              f"{comparison['torch_threads']} threads); median ratio of rounds {comparison['median_ratio']:.2f}x "
-              f"(ratio of the totals {comparison['total_ratio']:.2f}x)")
-        print(f"query, one short text: kb {result['query_ms']:.2f} ms, sentence-transformers "
-              f"{comparison['st_query_ms']:.2f} ms (p50)")
+              f"{comparison['torch_threads']} threads); over it, median ratio of rounds: fp32 "
+              f"{comparison['median_ratio']:.2f}x, int8 {comparison['int8_median_ratio']:.2f}x (ratio of the totals "
+              f"{comparison['total_ratio']:.2f}x, {comparison['int8_total_ratio']:.2f}x)")
+        print(f"query, one short text: kb fp32 {result['query_ms']:.2f} ms, int8 {result['int8_query_ms']:.2f} ms, "
+              f"sentence-transformers {comparison['st_query_ms']:.2f} ms (p50)")
     else:
-        print(f"query, one short text: kb {result['query_ms']:.2f} ms (p50); no torch extra: kb alone")
+        print(f"query, one short text: kb fp32 {result['query_ms']:.2f} ms, int8 {result['int8_query_ms']:.2f} ms "
+              "(p50); no torch extra: kb alone")
     g = result["gflops"]
     print(f"GFLOP/s: kb {g['kb_onnx']:.1f} ({g['fraction_of_peak']:.0%} of the {g['peak']:.0f} peak)"
           + (f", sentence-transformers {g['sentence_transformers']:.1f}" if "sentence_transformers" in g else "")
           + f"; {g['per_document']:.2f} GFLOP per abstract")
     print(f"tokenising is {result['tokenize_share']:.1%} of the inference time")
-    print("onnxruntime threads, docs/s: " + ", ".join(f"{k}: {v:.2f}" for k, v in result["threads_docs_per_s"].items()))
-    print(f"kb serve ready: {result['serve_ready_s']['graph_not_built']:.2f} s building the graph, "
-          f"{result['serve_ready_s']['graph_cached']:.2f} s with it cached")
+    if not args.compare_only:
+        print("onnxruntime threads, docs/s: " + ", ".join(f"{k}: {v:.2f}"
+                                                          for k, v in result["threads_docs_per_s"].items()))
+        print(f"kb serve ready: {result['serve_ready_s']['graph_not_built']:.2f} s building the graph, "
+              f"{result['serve_ready_s']['graph_cached']:.2f} s with it cached")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

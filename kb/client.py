@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kb.catalog import Catalog
+from kb import embeddings as embedding_models
+from kb.catalog import Catalog, settings_json
 from kb.config import default_home
 from kb.embedding_cache import CachedEmbedder, EmbeddingCache
-from kb.embeddings import LOCAL_MINILM_ID, build_model, list_model_ids
+from kb.embeddings import build_model, list_model_ids
 from kb.knowledge_bank import (
     KnowledgeBankHandle,
     KnowledgeBankListItem,
@@ -224,6 +225,7 @@ class EmbeddedClient:
         raw.update(settings or {})
         raw["metadata_schema"] = validate_schema_definition(raw.get("metadata_schema"))
         self._check_store_settings(raw)
+        self._check_search_settings(raw, f"knowledge bank {name!r}")
         kb_id = self.catalog.create_knowledge_bank(project_key, name, raw)
         try:
             self.store_for(project_key, kb_id, raw)
@@ -236,12 +238,16 @@ class EmbeddedClient:
 
     def _check_store_settings(self, raw: dict[str, Any]) -> None:
         driver_class(raw["vector_store_type"]).check_settings(raw.get("store") or {})
-        check_search_settings(self, raw)
         if not keyword_index_enabled(raw) and raw["vector_store_type"] != "FAISS":
             raise InvalidInputError("the keyword index can only be turned off on FAISS knowledge banks "
                                     f"(this one is {raw['vector_store_type']})")
         if raw.get("connection"):
             self.catalog.connection(raw["connection"])
+
+    def _check_search_settings(self, raw: dict[str, Any], owner: str) -> None:
+        # the values' own checks first (the catalog's, as the remote client runs them), then what a search needs
+        settings_json(raw, owner)
+        check_search_settings(self, raw)
 
     def save_knowledge_bank_settings(self, project_key: str, kb_id: str, raw: dict[str, Any]) -> None:
         current = self.catalog.knowledge_bank(project_key, kb_id)["settings"]
@@ -251,6 +257,7 @@ class EmbeddedClient:
         if raw.get("images_folder"):
             self.resolve_folder(raw["images_folder"], default_project=project_key)
         self._check_store_settings(raw)
+        self._check_search_settings(raw, f"knowledge bank {kb_id!r}")
         changed_engine = any(raw.get(k) != current.get(k) for k in ("embedding_llm_id", "vector_store_type",
                                                                      "connection"))
         if changed_engine and self.store_for(project_key, kb_id, current).count() > 0:
@@ -325,7 +332,9 @@ class Project:
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> KnowledgeBankHandle:
 
-        kb_id = self.client.create_knowledge_bank(self.project_key, name, embedding_llm_id or LOCAL_MINILM_ID,
+        # read at call time: the default may change between releases, never for an existing knowledge bank
+        llm_id = embedding_llm_id or embedding_models.DEFAULT_EMBEDDING_LLM_ID
+        kb_id = self.client.create_knowledge_bank(self.project_key, name, llm_id,
                                                   vector_store_type, settings)
         return KnowledgeBankHandle(self.client, self.project_key, kb_id)
 

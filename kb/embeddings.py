@@ -1,7 +1,8 @@
 """Embedding models: the local all-MiniLM-L6-v2 and OpenAI-compatible endpoints.
 
 Model ids follow the reference's ``<type>:<connection>:<model>`` shape:
-``local:all-MiniLM-L6-v2`` for the bundled model, ``openai:<connection>:<model>``
+``local:all-MiniLM-L6-v2`` for the bundled model (``local:all-MiniLM-L6-v2-int8``
+for the same weights with int8 matrix products), ``openai:<connection>:<model>``
 for a model behind an OpenAI-compatible ``/embeddings`` endpoint. Models
 return raw float32 rows; caching lives in ``kb.embedding_cache``.
 """
@@ -20,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb import local_minilm
-from kb.local_minilm import LOCAL_MINILM_DESCRIPTION, LOCAL_MINILM_DIMENSION, LOCAL_MINILM_ID
+from kb.local_minilm import (
+    LOCAL_MINILM_DESCRIPTION,
+    LOCAL_MINILM_DIMENSION,
+    LOCAL_MINILM_ID,
+    LOCAL_MINILM_INT8_DESCRIPTION,
+    LOCAL_MINILM_INT8_ID,
+)
 from kb_base.errors import EmbeddingError, InvalidInputError, UnknownModelError
 
 if TYPE_CHECKING:
@@ -29,6 +36,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECTION_TYPE = "openai-compatible"
+
+
+# The model of a new knowledge bank that names none. The rule (issue 30; figures in
+# docs/benchmarks/embedding-int8.json, applied by ``default_model_for`` and checked by a test): the int8 model
+# once it meets both its quality targets (cosine to fp32 >= 0.995 on every SciFact abstract, nDCG@10 within
+# 0.003 of fp32 for similarity and hybrid) and its speed targets (>= 2.0x sentence-transformers on SciFact
+# abstracts where the CPU has AVX-512 VNNI, >= 1.6x with AVX2 only; one short query <= 2 ms); else fp32.
+# A knowledge bank records its model, so changing this never changes an existing one.
+DEFAULT_EMBEDDING_LLM_ID = LOCAL_MINILM_ID
+
+
+def default_model_for(figures: Mapping[str, Any]) -> str:
+    """The default model the rule above picks for these measured figures."""
+    quality, speed = figures["quality"], figures["speed"]
+    quality_met = (bool(quality["full_corpus"]) and quality["min_cosine"] >= 0.995
+                   and all(abs(loss) <= 0.003 for loss in quality["ndcg_loss"].values()))
+    needed = 2.0 if "avx512_vnni" in speed["int8_flags"] else 1.6
+    speed_met = speed["int8_over_sentence_transformers"] >= needed and speed["int8_query_ms"] <= 2.0
+    return LOCAL_MINILM_INT8_ID if quality_met and speed_met else LOCAL_MINILM_ID
 
 
 class EmbeddingModel(ABC):
@@ -46,26 +72,27 @@ class EmbeddingModel(ABC):
 
 
 class LocalMiniLMModel(EmbeddingModel):
-    """all-MiniLM-L6-v2 on onnxruntime (``kb.local_minilm``); loaded once per process, never downloaded."""
+    """all-MiniLM-L6-v2 on onnxruntime (``kb.local_minilm``), fp32 or int8; loaded once per process, never
+    downloaded."""
 
-    # class-level: every instance shares the one loaded runtime
-    _runtime: Any = None
+    # class-level: every instance of a variant shares its one loaded runtime
+    _runtimes: dict[bool, Any] = {}
     _load_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self.id = LOCAL_MINILM_ID
-        self.description = LOCAL_MINILM_DESCRIPTION
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = int8
+        self.id = LOCAL_MINILM_INT8_ID if int8 else LOCAL_MINILM_ID
+        self.description = LOCAL_MINILM_INT8_DESCRIPTION if int8 else LOCAL_MINILM_DESCRIPTION
 
     @property
     def dimension(self) -> int | None:
         return LOCAL_MINILM_DIMENSION
 
-    @classmethod
-    def runtime(cls) -> Any:
-        with cls._load_lock:
-            if cls._runtime is None:
-                cls._runtime = local_minilm.load()
-            return cls._runtime
+    def runtime(self) -> Any:
+        with self._load_lock:
+            if self.int8 not in self._runtimes:
+                self._runtimes[self.int8] = local_minilm.load(int8=self.int8)
+            return self._runtimes[self.int8]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
@@ -73,14 +100,14 @@ class LocalMiniLMModel(EmbeddingModel):
         return local_minilm.embed_safely(self.runtime(), texts)
 
 
-def preload_local_model() -> threading.Thread:
-    """Start loading the local model in a daemon thread, so that it overlaps a server's imports and start-up.
+def preload_local_model(llm_id: str = LOCAL_MINILM_ID) -> threading.Thread:
+    """Start loading a local model in a daemon thread, so that it overlaps a server's imports and start-up.
 
     A failure is left for the first real use to report (the server's warm-up logs it)."""
 
     def load() -> None:
         try:
-            LocalMiniLMModel.runtime()
+            LocalMiniLMModel(int8=llm_id == LOCAL_MINILM_INT8_ID).runtime()
         except Exception:  # noqa: S110 - reported by the first caller, which retries the load
             pass
 
@@ -262,23 +289,22 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300] or "(empty body)"
 
 
-_local_model: LocalMiniLMModel | None = None
+_local_models: dict[str, LocalMiniLMModel] = {}
 _local_lock = threading.Lock()
 
 
 def build_model(llm_id: str, connections: Mapping[str, Mapping[str, Any]]) -> EmbeddingModel:
     """The model behind ``llm_id``; UnknownModelError lists the ids that do exist."""
-    global _local_model
-    if llm_id == LOCAL_MINILM_ID:
+    if llm_id in (LOCAL_MINILM_ID, LOCAL_MINILM_INT8_ID):
         with _local_lock:
-            if _local_model is None:
-                _local_model = LocalMiniLMModel()
-            return _local_model
+            if llm_id not in _local_models:
+                _local_models[llm_id] = LocalMiniLMModel(int8=llm_id == LOCAL_MINILM_INT8_ID)
+            return _local_models[llm_id]
     parts = llm_id.split(":", 2) if isinstance(llm_id, str) else []
     available = ", ".join(i for i, _ in list_model_ids(connections))
     if len(parts) != 3 or parts[0] != "openai":
-        raise UnknownModelError(f"unknown embedding model {llm_id!r}: ids are {LOCAL_MINILM_ID!r} or "
-                                f"'openai:<connection>:<model>'; available: {available}")
+        raise UnknownModelError(f"unknown embedding model {llm_id!r}: ids are {LOCAL_MINILM_ID!r}, "
+                                f"{LOCAL_MINILM_INT8_ID!r} or 'openai:<connection>:<model>'; available: {available}")
     _, connection_name, model = parts
     connection = connections.get(connection_name)
     if connection is None or connection.get("type") != CONNECTION_TYPE:
@@ -299,7 +325,7 @@ def build_model(llm_id: str, connections: Mapping[str, Mapping[str, Any]]) -> Em
 
 def list_model_ids(connections: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
     """``(id, description)`` of every model ``build_model`` accepts with these connections."""
-    out = [(LOCAL_MINILM_ID, LOCAL_MINILM_DESCRIPTION)]
+    out = [(LOCAL_MINILM_ID, LOCAL_MINILM_DESCRIPTION), (LOCAL_MINILM_INT8_ID, LOCAL_MINILM_INT8_DESCRIPTION)]
     for name, connection in sorted(connections.items()):
         if connection.get("type") == CONNECTION_TYPE:
             for model in connection.get("models") or []:

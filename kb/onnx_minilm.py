@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,23 @@ def cache_key(weights_sha256: str, fused: bool = True) -> str:
 
 def cached_graph(model_dir: Path, cache_dir: Path, weights_sha256: str, fused: bool = True) -> Path:
     """The path of a verified ONNX graph for the weights in ``model_dir``, building it when missing or corrupt."""
-    key = cache_key(weights_sha256, fused)
-    target = cache_dir / f"all-MiniLM-L6-v2-{key}.onnx"
+    target = cache_dir / f"all-MiniLM-L6-v2-{cache_key(weights_sha256, fused)}.onnx"
+    return cached_model(target, lambda: build_graph(model_dir, fused=fused))
+
+
+def cached_model(target: Path, build: Callable[[], Any]) -> Path:
+    """``target`` if it matches the sha256 in its sidecar, else ``build()`` (a ModelProto) written there."""
     sidecar = target.with_suffix(".sha256")
     if target.is_file() and sidecar.is_file():
         expected = sidecar.read_text(encoding="ascii").strip()
         if file_sha256(target) == expected:
             return target
         log.warning("cached ONNX graph %s does not match its recorded sha256; rebuilding it", target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    model = build_graph(model_dir, fused=fused)
-    data = model.SerializeToString()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = build().SerializeToString()
     _write_atomically(target, data)
     _write_atomically(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode("ascii"))
-    log.info("built the ONNX graph of all-MiniLM-L6-v2 into %s (%.1f MB)", target, len(data) / 1e6)
+    log.info("built the ONNX graph %s (%.1f MB)", target, len(data) / 1e6)
     return target
 
 
@@ -76,19 +80,19 @@ def _write_atomically(target: Path, data: bytes) -> None:
         raise
 
 
-def build_graph(model_dir: Path, fused: bool = True) -> Any:
+def build_graph(model_dir: Path, fused: bool = True, builder: _GraphBuilder | None = None) -> Any:
     """The ``onnx.ModelProto`` of the encoder + mean pooling + L2 normalisation.
 
     ``fused`` writes each layer with onnxruntime's CPU kernels for BERT (``com.microsoft`` Attention and
     SkipLayerNormalization), which onnxruntime's own optimiser does not find in this graph; without it the
-    graph uses standard ONNX ops only (runs anywhere, about a quarter slower here).
+    graph uses standard ONNX ops only (runs anywhere, about a quarter slower here). ``builder`` writes the
+    weight products (``kb.onnx_quantize`` passes one that writes them in int8); it records where they are.
     """
     import onnx
     from onnx import TensorProto, helper
 
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    _check_config(config, model_dir)
-    g = _GraphBuilder(model_dir, config)
+    g = builder or _GraphBuilder(model_dir)
+    config = g.config
     hidden = g.hidden
 
     # embeddings: word + position + token type 0 (kb never sends a second segment), then LayerNorm
@@ -140,9 +144,12 @@ def build_graph(model_dir: Path, fused: bool = True) -> Any:
 class _GraphBuilder:
     """Nodes and initializers of one graph, with the few building blocks BERT needs."""
 
-    def __init__(self, model_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, model_dir: Path) -> None:
         from safetensors.numpy import load_file
 
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        _check_config(config, model_dir)
+        self.config = config
         self.source = model_dir / "model.safetensors"
         self.weights = load_file(str(self.source))
         self.hidden = int(config["hidden_size"])
@@ -152,6 +159,8 @@ class _GraphBuilder:
         self.initializers: list[Any] = []
         self._names: set[str] = set()
         self._counter = 0
+        # (weight prefix, input tensor) of every product with a weight matrix, in graph order
+        self.matmul_inputs: list[tuple[str, str]] = []
 
     def const(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -213,23 +222,32 @@ class _GraphBuilder:
 
     def fused_layer(self, x: str, p: str, mask_i32: str) -> str:
         ms = "com.microsoft"
-        names = ("query", "key", "value")
-        qkv_w = np.concatenate([self.transposed(f"{p}.attention.self.{n}") for n in names], axis=1)
-        qkv_b = np.concatenate([self.weight(f"{p}.attention.self.{n}.bias") for n in names])
-        # a 2-D int mask is the raw attention mask: padded keys get mask_filter_value before the softmax
-        context = self.op("Attention", [x, self.const(f"{p}.qkv.weight_t", qkv_w), self.const(f"{p}.qkv.bias", qkv_b),
-                                        mask_i32], domain=ms, num_heads=self.heads,
-                          mask_filter_value=float(np.finfo(np.float32).min))
+        context = self.attention(x, p, mask_i32)
         out = f"{p}.attention.output"
-        projected = self.op("MatMul", [context, self.const(f"{out}.dense.weight_t", self.transposed(f"{out}.dense"))])
-        x = self.skip_layer_norm(projected, x, out, f"{out}.dense.bias")
-        h = self.op("MatMul", [x, self.const(f"{p}.intermediate.dense.weight_t",
-                                             self.transposed(f"{p}.intermediate.dense"))])
-        h = self.op("BiasGelu", [h, self.const(f"{p}.intermediate.dense.bias",
-                                               self.weight(f"{p}.intermediate.dense.bias"))], domain=ms)  # erf GELU
-        w_out = self.const(f"{p}.output.dense.weight_t", self.transposed(f"{p}.output.dense"))
-        projected = self.op("MatMul", [h, w_out])
-        return self.skip_layer_norm(projected, x, f"{p}.output", f"{p}.output.dense.bias")
+        x = self.skip_layer_norm(self.matmul(context, f"{out}.dense"), x, out, f"{out}.dense.bias")
+        h = self.op("BiasGelu", [self.matmul(x, f"{p}.intermediate.dense"),
+                                 self.const(f"{p}.intermediate.dense.bias",
+                                            self.weight(f"{p}.intermediate.dense.bias"))], domain=ms)  # erf GELU
+        return self.skip_layer_norm(self.matmul(h, f"{p}.output.dense"), x, f"{p}.output", f"{p}.output.dense.bias")
+
+    def qkv(self, p: str) -> tuple[np.ndarray, np.ndarray]:
+        """The query, key and value projections side by side: (hidden, 3 x hidden) and their biases."""
+        names = ("query", "key", "value")
+        return (np.concatenate([self.transposed(f"{p}.attention.self.{n}") for n in names], axis=1),
+                np.concatenate([self.weight(f"{p}.attention.self.{n}.bias") for n in names]))
+
+    def attention(self, x: str, p: str, mask_i32: str) -> str:
+        self.matmul_inputs.append((f"{p}.qkv", x))
+        qkv_w, qkv_b = self.qkv(p)
+        # a 2-D int mask is the raw attention mask: padded keys get mask_filter_value before the softmax
+        return self.op("Attention", [x, self.const(f"{p}.qkv.weight_t", qkv_w), self.const(f"{p}.qkv.bias", qkv_b),
+                                     mask_i32], domain="com.microsoft", num_heads=self.heads,
+                       mask_filter_value=float(np.finfo(np.float32).min))
+
+    def matmul(self, x: str, prefix: str) -> str:
+        """x times the Linear layer ``prefix``'s weight, without its bias (the next fused kernel adds it)."""
+        self.matmul_inputs.append((prefix, x))
+        return self.op("MatMul", [x, self.const(f"{prefix}.weight_t", self.transposed(prefix))])
 
     def skip_layer_norm(self, x: str, skip: str, prefix: str, bias: str) -> str:
         """LayerNorm(x + bias + skip) in one kernel."""

@@ -17,6 +17,7 @@ import kb
 from kb.embedding_cache import CachedEmbedder, EmbeddingCache
 from kb.embeddings import (
     LOCAL_MINILM_ID,
+    LOCAL_MINILM_INT8_ID,
     EmbeddingModel,
     LocalMiniLMModel,
     OpenAICompatibleModel,
@@ -83,7 +84,7 @@ def test_local_model_is_real_offline_and_cached(tmp_path: Path) -> None:
     assert (embedder.hits, embedder.misses) == (0, 3)
     assert np.array_equal(embedder.embed_documents(texts[::-1]), vectors[::-1])
     assert (embedder.hits, embedder.misses) == (3, 3)  # second call: cache only, the model was not called
-    runtime = LocalMiniLMModel.runtime()  # onnxruntime on the CPU, from the packaged weights
+    runtime = LocalMiniLMModel().runtime()  # onnxruntime on the CPU, from the packaged weights
     assert runtime.session.get_providers() == ["CPUExecutionProvider"] and runtime.max_length == 256
 
 
@@ -102,7 +103,8 @@ def test_local_model_through_the_llm_api(client: kb.EmbeddedClient) -> None:
 def test_unknown_ids_name_the_id_and_what_exists() -> None:
     connections = {"corp": {"type": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "models": ["e1", "e2"]},
                    "chromadb": {"type": "chroma", "host": "x"}}
-    assert [i for i, _ in list_model_ids(connections)] == [LOCAL_MINILM_ID, "openai:corp:e1", "openai:corp:e2"]
+    assert [i for i, _ in list_model_ids(connections)] == [LOCAL_MINILM_ID, LOCAL_MINILM_INT8_ID, "openai:corp:e1",
+                                                           "openai:corp:e2"]
     with pytest.raises(kb.UnknownModelError, match=r"'nope'.*local:all-MiniLM-L6-v2.*openai:corp:e1"):
         build_model("nope", connections)
     with pytest.raises(kb.UnknownModelError, match=r"no openai-compatible connection named 'other'.*\['corp'\]"):
