@@ -19,8 +19,7 @@ from kb_base.errors import StoreError, StoreRecoveringError
 from stores.base import acquire_writer_lock
 from stores.chroma.store import ChromaStore
 from stores.faiss.store import FaissStore
-from tests.support.chroma_kill_loop import kill_loop
-from tests.support.chroma_kill_worker import BATCH, batch_records, open_store
+from tests.support.kill_worker import BATCH, batch_records, open_store
 
 BATCHES = 5
 
@@ -135,12 +134,6 @@ def test_doctor_on_faiss_finds_a_sound_store(tmp_path: Path) -> None:
     report = store.check(full=True)
     assert report.ok and report.checked == {"readable": BATCH, "found_by_own_vector": BATCH, "vector_probes": BATCH}
     assert store.repair().repaired == []
-
-
-def test_sigkill_at_random_moments_never_leaves_the_knowledge_bank_unable_to_search(tmp_path: Path) -> None:
-    summary = kill_loop(tmp_path / "kb", kills=6, seed=35)
-    print(summary)
-    assert summary["kills"] == 6
 
 
 def test_a_chroma_server_that_cannot_load_a_collection_is_reported_and_repaired(tmp_path: Path) -> None:

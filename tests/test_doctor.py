@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import kb
-from tests.support.chroma_kill_worker import batch_records
+from tests.support.kill_worker import batch_records
 
 KB_BIN = Path(sys.executable).parent / "kb"
 
