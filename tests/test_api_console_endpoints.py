@@ -282,6 +282,16 @@ def test_put_checks_search_settings_too(http: httpx.Client, settings_kb: str) ->
     assert "magic" in _error(http.put(f"{settings_kb}/settings", json=settings), 422, "invalid_input")
 
 
+def test_put_answers_with_secrets_masked(http: httpx.Client, settings_kb: str) -> None:
+    """PUT answers as GET and PATCH do: a secret saved is never sent back."""
+    settings = http.get(f"{settings_kb}/settings").json()
+    settings["keyword"] = {**(settings.get("keyword") or {}), "token": "s3cret-value"}
+    answered = http.put(f"{settings_kb}/settings", json=settings)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["keyword"]["token"] == "***" and "s3cret-value" not in answered.text
+    assert http.get(f"{settings_kb}/settings").json()["keyword"]["token"] == "***"
+
+
 def test_only_admins_change_settings(server: KBServer, http: httpx.Client, settings_kb: str) -> None:
     before = http.get(f"{settings_kb}/settings").json()
     for role in ("reader", "writer"):

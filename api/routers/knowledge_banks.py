@@ -83,7 +83,7 @@ def put_settings(project_key: str, kb_id: str, body: SettingsBody, request: Requ
     settings.get_raw().update(raw)
     settings.set_metadata_schema(raw.get("metadata_schema") or {})
     settings.save()
-    return client.get_project(project_key).get_knowledge_bank(kb_id).get_settings().get_raw()
+    return _masked(client.get_project(project_key).get_knowledge_bank(kb_id).get_settings().get_raw())
 
 
 @router.patch("/{kb_id}/settings", response_model=SettingsBody,
