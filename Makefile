@@ -45,7 +45,7 @@ system-packages:
 	else echo "warning: Debian packages missing and we are not root; tests that need them will fail:" $$missing; fi
 
 test: $(DEV_STAMP) system-packages
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check kb_base stores writers kb benchmarks api tests docs/hooks
