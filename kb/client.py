@@ -265,6 +265,13 @@ class EmbeddedClient:
                 "the embedding model, store type or connection of a non-empty knowledge bank cannot change: "
                 "clear it first, or create a new knowledge bank"
             )
+        retyped = {k: (t, raw["metadata_schema"][k]) for k, t in (current.get("metadata_schema") or {}).items()
+                   if k in raw["metadata_schema"] and raw["metadata_schema"][k] != t}
+        if retyped and self.store_for(project_key, kb_id, current).count() > 0:
+            key, (was, now) = next(iter(retyped.items()))
+            raise InvalidInputError(f"metadata key {key!r} is {was} in this non-empty knowledge bank: as {now}, "
+                                    f"filters on it would never match the values already stored; clear it first, "
+                                    "or add a new key")
         if keyword_index_enabled(raw) != keyword_index_enabled(current) and \
                 self.store_for(project_key, kb_id, current).count() > 0:
             raise InvalidInputError("the keyword index of a non-empty knowledge bank cannot be turned on or off: "

@@ -260,6 +260,7 @@ def test_images_folder_setting(http: httpx.Client, settings_kb: str) -> None:
      "invalid_input", "soon"),
     ({"search": {"reranker": {"type": "cross-encoder", "path": "/nowhere"}}}, 422, "invalid_input", "/nowhere"),
     ({"metadata_schema": {"n": "integer"}}, 422, "schema_violation", "integer"),
+    ({"metadata_schema": {"n": "string"}}, 422, "invalid_input", "metadata key 'n' is int in this non-empty"),
     ({"store": {"index": {"type": "HNSW"}}}, 422, "invalid_input", "cannot change"),
     ({"embedding_llm_id": "local:all-MiniLM-L6-v2"}, 422, "invalid_input", "non-empty"),
     ({"embedding_llm_id": None}, 422, "invalid_input", "cannot be unset"),
