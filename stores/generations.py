@@ -21,11 +21,13 @@ Azure AI Search); Chroma keeps a richer map (metadata copy, keyword index) and u
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from stores.base import acquire_writer_lock, fault_point
+from kb_base.errors import StoreError
+from stores.base import StoreTransaction, acquire_writer_lock, fault_point, release_after_failure
 from stores.sqlite.meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62  # kb_del of a live record: above every generation
@@ -45,6 +47,32 @@ def open_writer(folder: Path, database: Path, timeout: float, kb_id: str) -> tup
 def flip_generation(conn: sqlite3.Connection, generation: int) -> None:
     """Record ``generation`` as committed (inside the caller's transaction: the COMMIT is the commit point)."""
     conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+
+
+class PartialWrites:
+    """A write these stores refuse part way may be partly applied (none has multi-document transactions), so
+    the transaction that saw it can only roll back: ``writing()`` notes the failure, ``refuse_commit`` turns the
+    commit into a rollback and a StoreError."""
+
+    def __init__(self) -> None:
+        self.failed: BaseException | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    def refuse_commit(self, transaction: StoreTransaction, kb_id: str) -> None:
+        """Raise (after releasing ``transaction``) if a write of it failed; else nothing."""
+        if self.failed is None:
+            return
+        refused = StoreError(f"knowledge bank {kb_id}: a write of this transaction failed ({self.failed}); "
+                             "it was rolled back, nothing was committed")
+        release_after_failure(transaction, refused)
+        raise refused
 
 
 def split_by_generation(rows: Iterable[tuple[str, int]], generation: int) -> tuple[list[str], list[str]]:

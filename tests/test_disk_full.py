@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import kb
 from kb.custom_models import LangChainEmbeddingModel
 from tests.conftest import FAKE_MODEL_ID, FAKE_MODEL_NAME
 from tests.support.server import ADMIN_KEY, KBServer
+from tests.support.tmpfs import small_disk
 from writers.ingest import IngestOptions, ingest
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -25,16 +25,9 @@ BIG_TEXT = "word " * 20_000  # 100 KB of text per document
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs, unmounted afterwards (mounting needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    """An 8 MiB tmpfs."""
+    with small_disk(tmp_path, "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path, leave: int = 150_000) -> Path:

@@ -17,7 +17,6 @@ import gc
 import itertools
 import os
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.chroma_server import ChromaServer
 from tests.support.elasticsearch_server import ElasticsearchNode
 from tests.support.server import ADMIN_KEY, KBServer
+from tests.support.tmpfs import small_disk
 from tests.test_disk_full import fill
 
 KINDS = ["faiss", "chroma", "chroma-server", "elasticsearch", "azure"]
@@ -290,16 +290,9 @@ def test_a_commit_after_a_refused_write_refuses_and_releases_the_knowledge_bank(
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs, unmounted afterwards (mounting needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    try:
+    """A 16 MiB tmpfs."""
+    with small_disk(tmp_path, "16m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("kind", KINDS)

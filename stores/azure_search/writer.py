@@ -15,7 +15,7 @@ from kb_base.filters import Filter
 from stores.azure_search.filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search.view import AzureView, physical_key
 from stores.base import DelegatingReader, Record, StoreTransaction, release_after_failure
-from stores.generations import NEVER, LedgerWrite
+from stores.generations import NEVER, LedgerWrite, PartialWrites
 from stores.record_checks import check_records, metadata_json, normalise
 
 if TYPE_CHECKING:  # the store imports this module to open transactions
@@ -32,7 +32,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         self._open = True
         self._written: set[str] = set()  # physical keys this transaction wrote and still holds
         self._marked: set[str] = set()  # older physical keys it marked retired
-        self._failed: BaseException | None = None  # a remote write failed: the transaction can only roll back
+        self._partial = PartialWrites()  # a write failed part way: the transaction can only roll back
 
     def _view(self) -> AzureView:
         if not self._open:
@@ -52,7 +52,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         try:
             self.store.service.write(action, documents)
         except BaseException as exc:
-            self._failed = exc
+            self._partial.failed = exc
             raise
 
     def _retire(self, ids: Sequence[str]) -> int:
@@ -123,11 +123,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
 
     def commit(self) -> None:
         self._view()
-        if self._failed is not None:
-            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
-                                 f"({self._failed}); it was rolled back, nothing was committed")
-            release_after_failure(self, refused)
-            raise refused
+        self._partial.refuse_commit(self, self.store.context.kb_id)
         try:
             self._await_searchable()
             self.write.commit()  # the commit point

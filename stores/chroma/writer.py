@@ -6,17 +6,16 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kb_base.errors import InvalidInputError, KBError, StoreError, WriterClosedError
+from kb_base.errors import InvalidInputError, KBError, WriterClosedError
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
 from stores.chroma.codec import DEL, GEN, ID, NEVER, encode
 from stores.chroma.reader import BATCH, ChromaView, Snap, chunks, marks, meta_value, set_meta
-from stores.generations import flip_generation, split_by_generation
+from stores.generations import PartialWrites, flip_generation, split_by_generation
 from stores.record_checks import check_records, normalise
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self.switched = self._switching = False
         self._open = True
         self._done = False  # past the commit point: a failure from here on must undo nothing
-        self._failed: BaseException | None = None  # a write failed part way: the transaction can only roll back
+        self._partial = PartialWrites()  # a write failed part way: the transaction can only roll back
         self._added: dict[str, list[str]] = {}  # collection → physical ids added (undone by rollback)
         self._marked: list[str] = []  # live physical ids marked __kb_del = G (unmarked by rollback)
         top = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
@@ -100,18 +99,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
         metadatas = [encode(r.id, dict(r.metadata)) for r in records]
-        with self._writing():
+        with self._partial.writing():
             self._write(records, dim, copies, metadatas)
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Writes to Chroma and the id map; if one fails, part of it may be applied (Chroma has no
-        transactions), so this transaction can only roll back."""
-        try:
-            yield
-        except BaseException as exc:
-            self._failed = exc
-            raise
 
     def _write(self, records: Sequence[Record], dim: int, copies: list[str], metadatas: list[dict[str, Any]]) -> None:
         if self._dim is None and not self.switched:
@@ -144,21 +133,17 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
 
     def delete(self, ids: Sequence[str]) -> int:
         self._view()
-        with self._writing():
+        with self._partial.writing():
             return self._retire(list(dict.fromkeys(ids)))
 
     def clear(self) -> None:
         self._view()
-        with self._writing():
+        with self._partial.writing():
             self._switch()
 
     def commit(self) -> None:
         self._view()
-        if self._failed is not None:
-            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
-                                 f"({self._failed}); it was rolled back, nothing was committed")
-            release_after_failure(self, refused)
-            raise refused
+        self._partial.refuse_commit(self, self.store.context.kb_id)
         try:
             drops = [tuple(d) for d in json.loads(meta_value(self.conn, "drops"))]
             if self.switched:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from stores.base import (
 )
 from stores.elasticsearch.filters import metadata_fields
 from stores.elasticsearch.view import EsView
-from stores.generations import NEVER, LedgerWrite
+from stores.generations import NEVER, LedgerWrite, PartialWrites
 from stores.record_checks import check_records, normalise
 
 if TYPE_CHECKING:  # the store imports this module to open transactions
@@ -34,7 +33,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         self.store, self.write = store, write
         self.committed, self.generation = write.committed, write.generation
         self._open = True
-        self._failed: BaseException | None = None  # a write failed part way: the transaction can only roll back
+        self._partial = PartialWrites()  # a write failed part way: the transaction can only roll back
 
     def _view(self) -> EsView:
         if not self._open:
@@ -68,7 +67,7 @@ class EsTransaction(DelegatingReader, StoreTransaction):
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"document {record.id!r}: metadata is not JSON-serialisable: {exc}") from exc
         self.store.ensure_index(dim)
-        with self._writing():
+        with self._partial.writing():
             self._retire([r.id for r in records])
             vectors = normalise(np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]))
             actions = [{"_op_type": "index", "_index": self.store.index, "_id": f"{self.generation}:{r.id}",
@@ -80,33 +79,19 @@ class EsTransaction(DelegatingReader, StoreTransaction):
             fault_point("store_records_written")
             self.write.add(((r.id, f"{self.generation}:{r.id}") for r in records), dim)
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Writes to the index and the id map; if one fails, part of it may be applied (a bulk write is not
-        atomic), so this transaction can only roll back."""
-        try:
-            yield
-        except BaseException as exc:
-            self._failed = exc
-            raise
-
     def delete(self, ids: Sequence[str]) -> int:
         self._view()
-        with self._writing():
+        with self._partial.writing():
             return self._retire(list(dict.fromkeys(ids)))
 
     def clear(self) -> None:
         self._view()
-        with self._writing():
+        with self._partial.writing():
             self._retire(self.write.all_ids())
 
     def commit(self) -> None:
         self._view()
-        if self._failed is not None:
-            refused = StoreError(f"knowledge bank {self.store.context.kb_id}: a write of this transaction failed "
-                                 f"({self._failed}); it was rolled back, nothing was committed")
-            release_after_failure(self, refused)
-            raise refused
+        self._partial.refuse_commit(self, self.store.context.kb_id)
         try:
             self.write.commit()  # the commit point (with its fault points)
         except BaseException as exc:
