@@ -112,6 +112,12 @@ class KBPeer(Peer):
             index.update(HNSW)
         return {"store": {"index": index}, "keyword": {"index": self.keyword_index}}
 
+    batch = BATCH
+
+    def vectors_of(self, corpus: Corpus, start: int, end: int) -> Any:
+        """The vectors as this peer hands them to ``add_embeddings``: numpy rows."""
+        return np.asarray(corpus.vectors[start:end])
+
     def ingest(self, corpus: Corpus, folder: Path) -> None:
         client = kb.api_client(home=folder)
         core = client.get_default_project().create_knowledge_bank("bench", settings=self._settings()) \
@@ -119,11 +125,10 @@ class KBPeer(Peer):
         texts, metadatas, ids = corpus.texts, corpus.metadatas(), corpus.ids
         with core.get_writer() as writer:
             store = writer.as_langchain_vectorstore()
-            for start in range(0, corpus.size, BATCH):
-                end = min(corpus.size, start + BATCH)
-                vectors = np.asarray(corpus.vectors[start:end])
-                store.add_embeddings(zip(texts[start:end], vectors, strict=True), metadatas[start:end],
-                                     ids=ids[start:end])
+            for start in range(0, corpus.size, self.batch):
+                end = min(corpus.size, start + self.batch)
+                store.add_embeddings(zip(texts[start:end], self.vectors_of(corpus, start, end), strict=True),
+                                     metadatas[start:end], ids=ids[start:end])
         client.close()
 
     def settle(self) -> None:
@@ -167,19 +172,10 @@ class KBListsPeer(KBPeer):
         super().__init__("FLAT")
         self.name = "kb-flat-lists"
 
-    def ingest(self, corpus: Corpus, folder: Path) -> None:
-        client = kb.api_client(home=folder)
-        core = client.get_default_project().create_knowledge_bank("bench", settings=self._settings()) \
-            .as_core_knowledge_bank()
-        texts, metadatas, ids = corpus.texts, corpus.metadatas(), corpus.ids
-        with core.get_writer() as writer:
-            store = writer.as_langchain_vectorstore()
-            for start in range(0, corpus.size, LISTS_BATCH):
-                end = min(corpus.size, start + LISTS_BATCH)
-                vectors = self.vector_lists(corpus, start, end)
-                store.add_embeddings(zip(texts[start:end], vectors, strict=True), metadatas[start:end],
-                                     ids=ids[start:end])
-        client.close()
+    batch = LISTS_BATCH
+
+    def vectors_of(self, corpus: Corpus, start: int, end: int) -> Any:
+        return self.vector_lists(corpus, start, end)  # lists of floats, as a user's script has them
 
 
 class RawFaissPeer(Peer):

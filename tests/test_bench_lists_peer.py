@@ -21,7 +21,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> bench_corpus.Corpu
 
 def test_lists_peer_writes_the_corpus_in_batches_as_langchain_faiss_does(
         small_corpus: bench_corpus.Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peers, "LISTS_BATCH", 100)  # three add_embeddings calls, the last one short
+    monkeypatch.setattr(peers.KBListsPeer, "batch", 100)  # three add_embeddings calls, the last one short
     calls: list[int] = []
     original = peers.KBListsPeer.vector_lists
 
