@@ -83,20 +83,50 @@ def test_sixteen_keep_alive_clients_against_two_workers_lose_no_connection(
     assert "worker process" not in serve.log.read_text()  # no worker died or was replaced
 
 
+def _established_connections(pid: int, port: int) -> int:
+    """How many established TCP connections on ``port`` the process ``pid`` holds (its socket descriptors
+    matched against /proc/net/tcp's rows by inode)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+        count += local_port == port and state == "01" and inode in inodes  # 01: ESTABLISHED
+    return count
+
+
 def test_a_worker_that_dies_mid_load_is_counted_as_dropped_and_named_in_the_log(
         served: tuple[KBServe, dict[str, str]]) -> None:
     """The counter's negative control, and what an operator reads: a worker SIGKILLed under load."""
     serve, ids = served
-    victim = _workers(serve)[0]
+    killed: list[int] = []
 
     def kill_soon() -> None:
-        time.sleep(1.5)
-        os.kill(victim, signal.SIGKILL)
+        # The kernel hands connections to whichever worker accepts first, so one worker may hold all 16:
+        # kill one that holds some (killing an idle worker drops nothing, and the control would not fire).
+        deadline = time.monotonic() + 3.0
+        time.sleep(1.0)
+        while time.monotonic() < deadline:
+            holding = [w for w in _workers(serve) if _established_connections(w, serve.port) > 0]
+            if holding:
+                killed.append(holding[0])
+                os.kill(holding[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
 
     threading.Thread(target=kill_soon).start()
     with pytest.raises(RuntimeError, match=r"closed \d+ connection\(s\) with a request outstanding"):
         rest_peers.load_test(_search_url(serve, ids["HNSW"]), rest_peers.kb_body, _vectors(200, 3), 16, 4.0,
                              headers=AUTH)
+    assert killed, "no worker held a client connection during the load"
+    victim = killed[0]
     deadline = time.monotonic() + 45  # the supervisor logs after its sweep, which waits on the other worker's ping
     while f"worker process {victim} was killed by SIGKILL" not in serve.log.read_text():
         assert time.monotonic() < deadline, (victim, _workers(serve), serve.log, serve.log.read_text()[-2000:])
