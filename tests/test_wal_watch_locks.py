@@ -85,3 +85,25 @@ def test_other_processes_opening_the_database_do_not_reset_the_shm_under_a_watch
     finished = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "store.sqlite")], capture_output=True,
                               text=True, timeout=120, env=env, check=False)
     assert finished.returncode == 0 and "alive" in finished.stdout, (finished.returncode, finished.stderr[-2000:])
+
+
+def _descriptors_of(path: Path) -> int:
+    return sum(1 for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == str(path))
+
+
+def test_a_shm_too_short_to_map_is_opened_once_and_mapped_when_it_grows(tmp_path: Path) -> None:
+    """Every connection that looks before SQLite has sized the ``-shm`` must not open another descriptor it
+    cannot close (it used to: one more per connection opened in that window)."""
+    database = tmp_path / "short.sqlite"
+    shm = tmp_path / "short.sqlite-shm"
+    shm.write_bytes(b"\0" * 3)  # what a process that takes itself for the first user leaves for a moment
+    watches = [WalWatch(database) for _ in range(5)]
+    assert all(watch.header() is None for watch in watches)  # too short: the caller asks SQLite instead
+    assert _descriptors_of(shm) == 1
+    shm.write_bytes(bytes(range(64)))  # sized: the same descriptor is now mapped
+    watch = WalWatch(database)
+    assert watch.header() == bytes(range(48))
+    mapped = _descriptors_of(shm)  # ours, and the duplicate Python's mmap keeps of it
+    assert mapped <= 2
+    assert all(WalWatch(database).header() == bytes(range(48)) for _ in range(5))
+    assert _descriptors_of(shm) == mapped

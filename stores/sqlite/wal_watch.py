@@ -36,8 +36,19 @@ from pathlib import Path
 HEADER_BYTES = 48  # one copy of WalIndexHdr
 
 _MAPS: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}  # (st_dev, st_ino) of a -shm: (descriptor, mapping)
-_UNUSED: list[int] = []  # descriptors opened and not mapped: kept open too, closing them would drop the locks
+# A -shm too short to map when first seen (SQLite is still sizing it): its one descriptor, mapped on a later look.
+_UNMAPPED: dict[tuple[int, int], int] = {}
+_DUPLICATES: list[int] = []  # a second descriptor of a known file (a replace raced our stat): kept, see above
 _LOCK = threading.Lock()
+
+
+def _map_header(fd: int) -> mmap.mmap | None:
+    if os.fstat(fd).st_size < HEADER_BYTES:
+        return None
+    try:
+        return mmap.mmap(fd, HEADER_BYTES, access=mmap.ACCESS_READ)  # shared, read-only
+    except (OSError, ValueError):
+        return None
 
 
 def _shared_map(shm: str) -> mmap.mmap | None:
@@ -47,35 +58,40 @@ def _shared_map(shm: str) -> mmap.mmap | None:
     except OSError:
         return None
     with _LOCK:
-        known = _MAPS.get((seen.st_dev, seen.st_ino))
-        if known is not None:
-            return known[1]
-        try:
-            fd = os.open(shm, os.O_RDONLY)
-        except OSError:
-            return None
-        opened = os.fstat(fd)
-        key = (opened.st_dev, opened.st_ino)
-        mapped = None
-        if key not in _MAPS and opened.st_size >= HEADER_BYTES:  # else replaced since the stat, or too short
+        key = (seen.st_dev, seen.st_ino)
+        if key in _MAPS:
+            return _MAPS[key][1]
+        fd = _UNMAPPED.get(key)
+        if fd is None:
             try:
-                mapped = mmap.mmap(fd, HEADER_BYTES, access=mmap.ACCESS_READ)  # shared, read-only
-            except (OSError, ValueError):
-                mapped = None
+                fd = os.open(shm, os.O_RDONLY)
+            except OSError:
+                return None
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)
+            if key in _MAPS or key in _UNMAPPED:  # the file was replaced by a known one since the stat
+                _DUPLICATES.append(fd)
+                return _MAPS[key][1] if key in _MAPS else None
+        mapped = _map_header(fd)
         if mapped is None:
-            _UNUSED.append(fd)
-            return _MAPS[key][1] if key in _MAPS else None
+            _UNMAPPED[key] = fd  # one descriptor per file, however many connections look before it is sized
+            return None
+        _UNMAPPED.pop(key, None)
         _forget_deleted()
         _MAPS[key] = (fd, mapped)
         return mapped
 
 
 def _forget_deleted() -> None:
-    """Close the files deleted since they were mapped (a dropped knowledge bank): no process can lock them now."""
+    """Close the files deleted since they were opened (a dropped knowledge bank): no process can lock them now."""
     for key, (fd, mapped) in list(_MAPS.items()):
         if os.fstat(fd).st_nlink == 0:
             del _MAPS[key]
             mapped.close()
+            os.close(fd)
+    for key, fd in list(_UNMAPPED.items()):
+        if os.fstat(fd).st_nlink == 0:
+            del _UNMAPPED[key]
             os.close(fd)
 
 
