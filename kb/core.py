@@ -127,8 +127,16 @@ class CoreKnowledgeBank:
 
     def search(self, request: SearchRequest | None = None, reader: StoreReader | None = None,
                **kwargs: Any) -> list[SearchResult]:
-        """Run a search. ``core.search(query="...", k=5, search_type="hybrid", filter={...})``."""
-        request = request or SearchRequest(**kwargs)
+        """Run a search. ``core.search(query="...", k=5, search_type="hybrid", filter={...})``.
+
+        Keyword arguments that name no ``k`` or ``search_type`` get the knowledge bank's search settings
+        (``default_k``, ``default_search_type``), as over REST; a ``SearchRequest`` is taken as it is."""
+        if request is None:
+            defaults = self.settings.get("search") or {}
+            for name, setting in (("k", "default_k"), ("search_type", "default_search_type")):
+                if name not in kwargs and defaults.get(setting):
+                    kwargs[name] = defaults[setting]
+            request = SearchRequest(**kwargs)
         started = time.perf_counter()
         reader = reader or self.driver
         results = execute_search(reader, request, self.search_context())

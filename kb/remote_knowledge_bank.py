@@ -113,6 +113,10 @@ class RemoteCoreKnowledgeBank:
 
     def search(self, request: SearchRequest | None = None, reader: Any = None, **kwargs: Any) -> list[SearchResult]:
         body = search_body(request or SearchRequest(**kwargs), self.schema)
+        if request is None:  # what the caller did not name, the server fills from the knowledge bank's settings
+            for key in ("k", "search_type"):
+                if key not in kwargs:
+                    body.pop(key)
         hits = self.transport.json("POST", f"{self.handle.base}/search", json=body)["results"]
         return [SearchResult(h["id"], h["text"], h["metadata"], h["score"], h["scores"]) for h in hits]
 
