@@ -30,6 +30,7 @@ from kb.llm import LLMHandle, LLMListItem
 from kb.settings_checks import check_search_settings
 from kb_base.errors import InvalidInputError, UnknownModelError
 from kb_base.folders import ManagedFolder
+from kb_base.input_checks import check_string
 from stores.base import StoreContext, VectorStoreDriver
 from stores.factory import driver_class, open_store
 from writers.schema import validate_schema_definition
@@ -78,6 +79,8 @@ class EmbeddedClient:
         return Project(self, project_key)
 
     def create_project(self, project_key: str, name: str | None = None) -> Project:
+        if name is not None:
+            check_string(name, "project name")  # as the remote client checks it
         self.catalog.create_project(project_key, name)
         return Project(self, project_key)
 

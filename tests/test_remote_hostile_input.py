@@ -263,7 +263,9 @@ def test_hostile_settings_and_names_are_refused_alike(embedded: EmbeddedClient, 
                    lambda c: c.get_default_project().create_knowledge_bank("fine", embedding_llm_id=FAKE_MODEL_ID,
                                                                            settings={"x": float("inf")}),
                    lambda c: c.get_default_project().create_managed_folder(f"f{SURROGATE}"),
-                   lambda c: c.create_project(f"P{SURROGATE}")):
+                   lambda c: c.create_project(f"P{SURROGATE}"),
+                   lambda c: c.create_project("P_NAMED", name=f"n{SURROGATE}"),
+                   lambda c: c.create_project("P_NAMED", name=7)):
         local = outcome(lambda a=action: a(embedded))
         with recording(remote) as sent:
             far = outcome(lambda a=action: a(remote))
