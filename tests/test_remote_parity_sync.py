@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,8 +24,9 @@ import kb
 from api import cli_sync
 from kb.client import EmbeddedClient
 from tests.conftest import FAKE_MODEL_ID
+from tests.support.openai_embeddings_server import free_port
 from tests.support.server import ADMIN_KEY, KBServer
-from writers.sync import SyncReport
+from writers.sync import SyncReport, acquire_sync_lock
 
 SPEC = Path("/usr/share/doc/dpkg/spec")
 COMPARED = ("added", "updated", "unchanged", "removed", "failed", "files_total", "files_to_process",
@@ -205,3 +208,42 @@ def test_kb_sync_url_never_empties_a_folder_it_did_not_fill(remote: Any, server:
     assert capsys.readouterr().out.startswith("1 files: 1 added")
     unauthorised = httpx.post(f"{server.url}/v1/projects/DEFAULT/knowledge-banks/x/sync-jobs", json={})
     assert unauthorised.status_code == 401 and unauthorised.json()["error"]["code"] == "unauthenticated"
+
+
+def _lock_of(home: Path, kb_id: str) -> Any:
+    """Hold a knowledge bank's sync lock from this process, as a ``kb sync`` running elsewhere would."""
+    folder = home / "projects" / "DEFAULT" / "knowledge-banks" / kb_id
+    return acquire_sync_lock(SimpleNamespace(folder=folder, id=kb_id))  # type: ignore[arg-type]
+
+
+def test_a_busy_knowledge_bank_is_the_same_error_and_lock_timeout_waits(
+        embedded: EmbeddedClient, remote: Any, server: KBServer, docs: Path) -> None:
+    seen = []
+    for client, home in ((embedded, embedded.home), (remote, server.home)):
+        core = new_core(client)
+        lock = _lock_of(home, core.id)
+        try:
+            with pytest.raises(kb.errors.SyncBusyError) as caught:
+                core.sync_folder(docs, lock_timeout=0.3)
+            seen.append(str(caught.value).replace(core.id, "<id>"))
+            threading.Timer(0.5, lock.close).start()  # the other sync ends: a wait of 10 s is enough
+            assert len(core.sync_folder(docs, lock_timeout=10).added) == 4
+        finally:
+            lock.close()
+    assert seen[0] == seen[1] == "knowledge bank <id> is busy: another folder sync is running on it"
+
+
+def test_a_failed_job_raises_its_error_class(embedded: EmbeddedClient, remote: Any, docs: Path) -> None:
+    """A sync whose embedding endpoint is down fails with EmbeddingError on both clients (the connection that
+    points at it made through each client's create_connection)."""
+    name = f"dead-{next(_names)}"
+    seen = []
+    for client in (embedded, remote):
+        client.create_connection(name, "openai-compatible", {"base_url": f"http://127.0.0.1:{free_port()}/v1",
+                                                             "api_key": "sk-dead", "models": ["m"], "timeout": 2})
+        core = client.get_default_project().create_knowledge_bank(
+            f"{name}-kb", embedding_llm_id=f"openai:{name}:m").as_core_knowledge_bank()
+        with pytest.raises(kb.KBError) as caught:
+            core.sync_folder(docs)
+        seen.append(type(caught.value))
+    assert seen == [kb.EmbeddingError, kb.EmbeddingError]
