@@ -14,6 +14,7 @@ on the server, and say so:
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,7 @@ class RemoteManagedFolder:
     def upload_file(self, path: str, local_file: str | Path) -> int:
         normalise_path(path)  # a bad path before the local file is opened, as the embedded folder checks it
         with open(local_file, "rb") as file:
-            return self.put(path, file, Path(local_file).stat().st_size)
+            return self.put(path, file, os.fstat(file.fileno()).st_size)
 
     def read(self, path: str) -> bytes:
         return self.transport.request("GET", self._path(path)).content

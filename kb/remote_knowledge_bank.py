@@ -236,7 +236,7 @@ class RemoteCoreKnowledgeBank:
             check_string(upload_to, "upload_to")
         if isinstance(folder, RemoteManagedFolder):
             target = folder
-        elif isinstance(folder, str | Path) and Path(folder).expanduser().is_dir():
+        elif isinstance(folder, str | Path) and _is_directory(folder):
             target = mirror_folder_for(self, upload_to)
             mirror_directory(Path(folder).expanduser(), target, progress=progress)
         elif isinstance(folder, str):
@@ -283,6 +283,13 @@ class RemoteCoreKnowledgeBank:
             except errors.NotFoundError as exc:
                 raise errors.ImageNotFoundError(f"image {path!r} is not in images folder {ref}") from exc
         return out
+
+
+def _is_directory(path: str | Path) -> bool:
+    try:
+        return Path(path).expanduser().is_dir()
+    except (ValueError, OSError):  # a NUL in the string, a name too long: no directory of this machine
+        return False
 
 
 class RemoteWriter:
