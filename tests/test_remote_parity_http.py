@@ -296,3 +296,43 @@ def test_images_folder_and_settings_accessors(embedded: EmbeddedClient, remote: 
 def test_remote_embedding_model_description(embedded: EmbeddedClient, remote: Any) -> None:
     described = [c.get_default_project().get_llm(FAKE_MODEL_ID).description for c in (embedded, remote)]
     assert described[0] == described[1] and described[0]
+
+
+def test_formatter_images_and_search_types(embedded: EmbeddedClient, remote: Any) -> None:
+    """tests/test_knowledge_bank.py's formatter, images and retriever cases, on both clients."""
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures"
+    page = (fixtures / "images" / "page1.png").read_bytes()
+
+    def scenario(client: Any, key: str) -> list[Any]:
+        project = client.get_project(key)
+        images = project.create_managed_folder("images")
+        images.upload_data("/page1.png", page)
+        handle = project.create_knowledge_bank("papers", embedding_llm_id=FAKE_MODEL_ID)
+        settings = handle.get_settings()
+        settings.set_images_folder(images.full_id)
+        settings.save()
+        core = handle.as_core_knowledge_bank()
+        with core.get_writer() as writer:
+            formatter = writer.get_metadata_formatter()
+            doc = (formatter.with_original_document_ref(kb.ManagedFolderDocumentRef("/solar.pdf", images.get_id()))
+                   .with_original_document_page_range(1, 1).with_retrieval_content(image_paths=["/page1.png"])
+                   .format_metadata(Document(page_content="Solar panels make electricity.")))
+            orphan = formatter.with_retrieval_content(image_paths=["/gone.png"]).format_metadata(
+                Document(page_content="an orphan page"))
+            writer.add_documents([doc, orphan], ids=["solar", "orphan"])
+            writer.add_documents([Document(page_content=f"text {i}") for i in range(6)],
+                                 ids=[f"t{i}" for i in range(6)])
+        solar = core.get_documents(["solar"])[0]
+        steps: list[Any] = [core.get_images(solar) == [page], outcome(lambda: core.get_images(
+            core.get_documents(["orphan"])[0]))[0], solar.metadata["KB_DOCUMENT_INFO"].replace(images.id, "<id>")]
+        for search_type in ("similarity", "mmr", "keyword", "hybrid"):
+            found = core.as_langchain_retriever(search_type=search_type, search_kwargs={"k": 3}).invoke("text 3")
+            steps.append((search_type, len(found), found[0].page_content if search_type == "keyword" else None))
+        vector = core.langchain_embeddings().embed_query("text 3")
+        steps.append([d.id for d, _ in core.similarity_documents(vector, k=1)])
+        return steps
+
+    steps = both(embedded, remote, scenario)
+    assert steps[:2] == [True, "ImageNotFoundError"] and '"page_range": {"end": 1, "start": 1}' in steps[2]
+    assert steps[3:7] == [("similarity", 3, None), ("mmr", 3, None), ("keyword", 3, "text 3"), ("hybrid", 3, None)]
+    assert steps[7] == ["t3"]
