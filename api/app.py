@@ -32,6 +32,7 @@ from api.jobs import JobRegistry
 from api.keys import KeyStore
 from api.memory import tune_malloc
 from api.routers import (
+    connections,
     documents,
     evaluation,
     folders,
@@ -207,6 +208,7 @@ def create_app(settings: ServiceSettings | None = None,
                    knowledge_banks.router, ingest.router, openai_compat.router, session.router, jobs.router,
                    evaluation.router, sync_jobs.router, metrics.router):
         app.include_router(router)
+    app.include_router(connections.router)
     metrics.install()
     mount_console(app)  # the web console at / (static files; every datum comes from the REST API above)
     return app

@@ -1,26 +1,32 @@
 """``kb sync``: keep a knowledge bank equal to a folder of documents (``writers.sync``).
 
-    kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR] [--extraction raw|structured]
-            [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200] [--batch-files 32]
-            [--wait SECONDS] [--report report.json] [--quiet]
+    kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR | --url URL --api-key KEY [--folder NAME]]
+            [--extraction raw|structured] [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200]
+            [--batch-files 32] [--wait SECONDS] [--report report.json] [--quiet]
 
 SOURCE is a local directory, or the id or name of a managed folder of the
-project. Exit status: 0 every file synced or unchanged, 1 some files failed
-(listed on stderr with their reason), 2 usage or fatal error (unknown
-knowledge bank or folder, another sync running, the model failing).
+project. With ``--url`` the server syncs: a local directory is first mirrored
+into a managed folder (``--folder``, default ``<kb name> sources``; only files
+whose sha256 changed are uploaded, files gone are deleted there), then the
+server's sync job runs on it and its report is printed as the embedded one.
+Exit status: 0 every file synced or unchanged, 1 some files failed (listed on
+stderr with their reason), 2 usage or fatal error (unknown knowledge bank or
+folder, another sync running, the model failing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import kb
 from kb.lookup import find_knowledge_bank
-from kb_base.errors import KBError, NotFoundError
+from kb.remote_sync import mirror_directory, mirror_folder_for, run_sync_job, server_folder
+from kb_base.errors import InvalidInputError, KBError, NotFoundError
 from writers.sync import SyncOptions, SyncReport, sync_folder
 
 
@@ -33,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kb", required=True, help="knowledge bank id or name")
     parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
     parser.add_argument("--home", type=Path, help="kb home (default: $KB_HOME)")
+    parser.add_argument("--url", default=os.environ.get("KB_URL") or None,
+                        help="sync on a kb server instead (default: $KB_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("KB_API_KEY") or None,
+                        help="API key for --url (default: $KB_API_KEY)")
+    parser.add_argument("--folder", help="with --url and a local directory: the managed folder it is mirrored "
+                                         "into, created if missing (default: '<kb name> sources')")
     parser.add_argument("--extraction", choices=["raw", "structured"], default="raw",
                         help="raw: text per page/slide/document; structured: split at headings (default: raw)")
     parser.add_argument("--screenshots", action="store_true", help="render PDF pages to PNG in the images folder")
@@ -54,6 +66,17 @@ def _find_source(project: Any, source: str) -> Any:
             return project.get_managed_folder(info["id"])
     raise NotFoundError(f"{source!r} is neither a local directory nor a managed folder of project "
                         f"{project.project_key}")
+
+
+def _sync_remote(core: Any, args: argparse.Namespace, options: SyncOptions) -> SyncReport:
+    """The server syncs: a local directory is mirrored into a managed folder first (see ``kb.remote_sync``)."""
+    if Path(args.source).is_dir():
+        folder = mirror_folder_for(core, args.folder)
+        mirrored = mirror_directory(Path(args.source), folder, progress=not args.quiet)
+        print(mirrored.summary(), file=sys.stderr)  # stdout keeps the report only, as the embedded sync prints it
+    else:
+        folder = server_folder(core, args.source)
+    return run_sync_job(core, folder, options, progress=not args.quiet)
 
 
 def _print_report(report: SyncReport, path: Path | None) -> None:
@@ -80,10 +103,17 @@ def main(argv: list[str] | None = None) -> int:
                               chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
                               batch_files=args.batch_files, lock_timeout=args.wait)
         options.validate()
-        client = kb.api_client(home=args.home)
+        if args.url and args.home:
+            raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
+        if args.folder and not args.url:
+            raise InvalidInputError("--folder names the managed folder a directory is uploaded to: it needs --url")
+        client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
         project = client.get_project(args.project)
         core = find_knowledge_bank(project, args.kb).as_core_knowledge_bank()  # ambiguous names listed
-        report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
+        if args.url:
+            report = _sync_remote(core, args, options)
+        else:
+            report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
     except KBError as exc:
         print(f"kb sync: {exc}", file=sys.stderr)
         return 2

@@ -179,3 +179,34 @@ class OpenAIEmbeddingsIn(BaseModel):
     encoding_format: Literal["float", "base64"] | None = "float"
     user: str | None = None
     dimensions: int | None = None
+
+
+class ConnectionIn(Strict):
+    name: str = Field(examples=["myopenai"], description="1-64 letters, digits, '.', '_' or '-'")
+    type: str = Field(examples=["openai-compatible"],
+                      description="openai-compatible (embeddings), chroma, elasticsearch, azure-ai-search (stores), "
+                                  "rerank")
+    params: dict[str, Any] = Field(examples=[{"base_url": "https://api.openai.com/v1", "api_key": "sk-...",
+                                              "models": ["text-embedding-3-small"]}],
+                                   description="the connection's fields; secrets (api_key, password, token, ...) "
+                                               "are stored and never returned")
+
+
+class ConnectionBody(Strict):
+    """``PUT /connections/{name}``: create or replace."""
+
+    type: str = Field(examples=["elasticsearch"])
+    params: dict[str, Any] = Field(examples=[{"url": "https://es.example:9200", "username": "kb",
+                                              "password": "..."}])
+
+
+class ConnectionOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the non-secret fields, secrets masked as "***"
+    name: str
+    type: str
+
+
+class FileEntry(BaseModel):
+    path: str
+    size: int
+    sha256: str

@@ -9,6 +9,7 @@ stores and embedding models, and is safe to share between threads.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -42,11 +43,26 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT_KEY = "DEFAULT"
 EMBEDDING_PURPOSE = "TEXT_EMBEDDING_EXTRACTION"
-SECRET_KEYS = ("api_key", "password", "token", "secret")
+SECRET_KEYS = ("api_key", "password", "token", "secret", "authorization")
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]+@")
+
+
+def _masked_value(value: Any) -> Any:
+    """A password inside a URL (``https://user:pw@host``, as an Elasticsearch ``url`` may carry) masked too."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    if isinstance(value, list):
+        return [_masked_value(v) for v in value]
+    if isinstance(value, dict):  # e.g. headers: {"Authorization": ...}
+        return mask_secrets(value)
+    return value
 
 
 def mask_secrets(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) and v else v) for k, v in params.items()}
+    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) and v else _masked_value(v))
+            for k, v in params.items()}
 
 
 class EmbeddedClient:
@@ -102,6 +118,7 @@ class EmbeddedClient:
         return [{"name": n, **mask_secrets(p)} for n, p in sorted(self.catalog.connections().items())]
 
     def delete_connection(self, name: str) -> None:
+        self.catalog.connection(name)  # NotFoundError for a name that is not there, as over REST
         self.catalog.delete_connection(name)
         with self._lock:
             self._llm_handles.clear()
@@ -220,8 +237,11 @@ class EmbeddedClient:
 
     # --- knowledge banks (used by Project and the handles) ------------------------------------
 
-    def create_knowledge_bank(self, project_key: str, name: str, embedding_llm_id: str, vector_store_type: str,
-                              settings: dict[str, Any] | None = None) -> str:
+    def create_knowledge_bank(self, project_key: str, name: str, embedding_llm_id: str | None = None,
+                              vector_store_type: str = "FAISS", settings: dict[str, Any] | None = None) -> str:
+        """The new knowledge bank's id (``project.create_knowledge_bank`` returns its handle)."""
+        # read at call time: the default may change between releases, never for an existing knowledge bank
+        embedding_llm_id = embedding_llm_id or embedding_models.DEFAULT_EMBEDDING_LLM_ID
         store_type = check_store_type(vector_store_type)
         self.get_llm_handle(embedding_llm_id)  # UnknownModelError before anything is written
         raw = default_settings(embedding_llm_id, store_type)
@@ -341,10 +361,7 @@ class Project:
 
     def create_knowledge_bank(self, name: str, embedding_llm_id: str | None = None, vector_store_type: str = "FAISS",
                               settings: dict[str, Any] | None = None) -> KnowledgeBankHandle:
-
-        # read at call time: the default may change between releases, never for an existing knowledge bank
-        llm_id = embedding_llm_id or embedding_models.DEFAULT_EMBEDDING_LLM_ID
-        kb_id = self.client.create_knowledge_bank(self.project_key, name, llm_id,
+        kb_id = self.client.create_knowledge_bank(self.project_key, name, embedding_llm_id,
                                                   vector_store_type, settings)
         return KnowledgeBankHandle(self.client, self.project_key, kb_id)
 
@@ -368,6 +385,7 @@ class Project:
     def delete(self) -> None:
         if self.project_key == DEFAULT_PROJECT_KEY:
             raise InvalidInputError("the default project cannot be deleted")
+        self.client.catalog.project(self.project_key)  # NotFoundError when already gone, as over REST
         self.client.catalog.delete_project(self.project_key)
 
 

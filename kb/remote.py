@@ -12,23 +12,21 @@ Server errors come back as the same ``kb.errors`` classes.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import quote
+from typing import Any
 
 from kb.catalog import PROJECT_KEY_RE, check_name
 from kb.llm import LLMListItem
 from kb.remote_checks import path_segment, query_params, settings_body
+from kb.remote_folders import RemoteManagedFolder
 from kb.remote_knowledge_bank import RemoteKnowledgeBankHandle
 from kb.remote_llm import RemoteLLM
 from kb.remote_transport import RemoteAuthError, RemoteForbiddenError, Transport
 from kb_base import errors
-from kb_base.folders import normalise_path
 from kb_base.input_checks import check_string
 
-__all__ = ["RemoteAuthError", "RemoteClient", "RemoteForbiddenError", "RemoteProject", "Transport"]
+__all__ = ["RemoteAuthError", "RemoteClient", "RemoteForbiddenError", "RemoteManagedFolder", "RemoteProject",
+           "Transport"]
 
 
 class RemoteClient:
@@ -62,8 +60,49 @@ class RemoteClient:
     def get_default_project(self) -> RemoteProject:
         return RemoteProject(self.transport, "DEFAULT")
 
+    # --- connections (global admin; secrets are sent, never returned) -------------------------
+
+    def create_connection(self, name: str, type: str, params: dict[str, Any], replace: bool = False) -> None:
+        """``type`` is ``openai-compatible`` (embeddings), ``chroma``, ``elasticsearch`` or ``azure-ai-search``
+        (stores), or ``rerank``; ``replace=True`` overwrites a connection of that name."""
+        if not isinstance(params, dict):
+            raise errors.InvalidInputError("connection params must be a mapping")
+        check_string(name, "connection name")
+        check_string(type, "connection type")
+        params = settings_body(params, f"connection {name!r}")
+        if replace:
+            self.transport.json("PUT", f"/v1/connections/{path_segment(name, 'connection name')}",
+                                json={"type": type, "params": params})
+        else:
+            self.transport.json("POST", "/v1/connections", json={"name": name, "type": type, "params": params})
+
+    def list_connections(self) -> list[dict[str, Any]]:
+        """Connections with their secrets masked (``***``): the server never sends them back."""
+        return self.transport.json("GET", "/v1/connections")
+
+    def delete_connection(self, name: str) -> None:
+        self.transport.request("DELETE", f"/v1/connections/{path_segment(name, 'connection name')}")
+
+    # --- knowledge banks by project key (what the project's methods do) -----------------------
+
+    def create_knowledge_bank(self, project_key: str, name: str, embedding_llm_id: str | None = None,
+                              vector_store_type: str = "FAISS", settings: dict[str, Any] | None = None) -> str:
+        """The new knowledge bank's id (``project.create_knowledge_bank`` returns its handle)."""
+        return RemoteProject(self.transport, project_key).create_knowledge_bank(
+            name, embedding_llm_id, vector_store_type, settings).id
+
+    def delete_knowledge_bank(self, project_key: str, kb_id: str) -> None:
+        RemoteProject(self.transport, project_key).get_knowledge_bank(kb_id).delete()
+
+    def resolve_folder(self, ref: str, default_project: str) -> RemoteManagedFolder:
+        """A managed folder by ``'<PROJECT>.<folder id>'`` (or an id or name in ``default_project``)."""
+        if not isinstance(ref, str) or not ref:
+            raise errors.InvalidInputError(f"folder reference must be '<PROJECT>.<folder id>', got {ref!r}")
+        project_key, _, folder_ref = ref.rpartition(".")
+        return RemoteProject(self.transport, project_key or default_project).get_managed_folder(folder_ref)
+
     def close(self) -> None:
-        self.transport.http.close()
+        self.transport.close()
 
     def __enter__(self) -> RemoteClient:
         return self
@@ -115,13 +154,25 @@ class RemoteProject:
         return RemoteManagedFolder(self, info["id"], info["name"])
 
     def get_managed_folder(self, folder_ref: str) -> RemoteManagedFolder:
-        for info in self.list_managed_folders():
+        folders = self.list_managed_folders()
+        # an id first, as the embedded catalog looks it up: a folder's name may equal another folder's id
+        for info in sorted(folders, key=lambda info: info["id"] != folder_ref):
             if folder_ref in (info["id"], info["name"]):
                 return RemoteManagedFolder(self, info["id"], info["name"])
         raise errors.NotFoundError(f"managed folder {folder_ref!r} does not exist in project {self.project_key!r}")
 
     def list_managed_folders(self) -> list[dict[str, Any]]:
         return self.transport.json("GET", f"{self.base}/folders")
+
+    def delete_managed_folder(self, folder_ref: str) -> None:
+        """Delete a managed folder (by id or name) and its files (the project's admin role)."""
+        folder = self.get_managed_folder(folder_ref)
+        self.transport.request("DELETE", f"{self.base}/folders/{path_segment(folder.id, 'managed folder id')}")
+
+    def delete(self) -> None:
+        """Delete this project (a global admin key): refused for DEFAULT and while it holds knowledge banks or
+        managed folders, as the embedded ``project.delete()``."""
+        self.transport.request("DELETE", self.base)
 
 
 @dataclass
@@ -135,40 +186,3 @@ class RemoteKnowledgeBankListItem:
 
     def to_knowledge_bank(self) -> RemoteKnowledgeBankHandle:
         return RemoteKnowledgeBankHandle(self.project, self.id, self.name)
-
-
-class RemoteManagedFolder:
-    def __init__(self, project: RemoteProject, folder_id: str, name: str) -> None:
-        self.project, self.id, self.name = project, folder_id, name
-        self.project_key = project.project_key
-        self.base = f"{project.base}/folders/{path_segment(folder_id, 'managed folder id')}/files"
-
-    def get_id(self) -> str:
-        return self.id
-
-    def _path(self, path: str) -> str:
-        return self.base + quote(normalise_path(path))
-
-    def upload_data(self, path: str, data: bytes) -> None:
-        target = self._path(path)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise errors.InvalidInputError(f"upload_data({path!r}): the data must be bytes, got {type(data).__name__}")
-        self.project.transport.request("PUT", target, content=bytes(data))
-
-    def upload_stream(self, path: str, stream: BinaryIO) -> None:
-        self.upload_data(path, stream.read())
-
-    def upload_file(self, path: str, local_file: str | Path) -> None:
-        self.upload_data(path, Path(local_file).read_bytes())
-
-    def read(self, path: str) -> bytes:
-        return self.project.transport.request("GET", self._path(path)).content
-
-    def get_download_stream(self, path: str) -> BinaryIO:
-        return io.BytesIO(self.read(path))
-
-    def list_paths(self) -> list[str]:
-        return self.project.transport.json("GET", self.base)
-
-    def delete_path(self, path: str) -> None:
-        self.project.transport.request("DELETE", self._path(path))

@@ -17,13 +17,17 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from kb.remote_checks import document_bodies, filter_json, path_segment, query_params, search_body, settings_body
+from kb.remote_folders import RemoteManagedFolder
 from kb.remote_llm import RemoteLLM
+from kb.remote_sync import mirror_directory, mirror_folder_for, run_sync_job, server_folder
 from kb_base import errors
-from kb_base.input_checks import check_ids
+from kb_base.filters import Filter
+from kb_base.input_checks import check_ids, check_string
 from kb_base.search import SearchRequest, SearchResult, image_paths_of
 from stores.langchain import KBVectorStore
 from writers.formatter import MetadataFormatter
-from writers.schema import validate_schema_definition
+from writers.schema import validate_filter, validate_schema_definition
+from writers.sync import SyncOptions, SyncReport
 
 if TYPE_CHECKING:  # the project (kb.remote) hands out these handles
     from kb.remote import RemoteProject
@@ -48,11 +52,25 @@ class RemoteSettings:
     def set_images_folder(self, folder_full_id: str | None) -> None:
         self._raw["images_folder"] = folder_full_id
 
+    def get_store_settings(self) -> dict[str, Any]:
+        return dict(self._raw.get("store") or {})
+
     def set_store_settings(self, store: dict[str, Any]) -> None:
         self._raw["store"] = dict(store)
 
     def set_search_settings(self, search: dict[str, Any]) -> None:
         self._raw["search"] = dict(search)
+
+    def set_keyword_settings(self, keyword: dict[str, Any]) -> None:
+        self._raw["keyword"] = dict(keyword)
+
+    @property
+    def embedding_llm_id(self) -> str:
+        return str(self._raw["embedding_llm_id"])
+
+    @property
+    def vector_store_type(self) -> str:
+        return str(self._raw["vector_store_type"])
 
     def save(self) -> None:
         body = settings_body(self._raw, f"knowledge bank {self._handle.id!r}")
@@ -111,6 +129,10 @@ class RemoteCoreKnowledgeBank:
     def langchain_embeddings(self) -> Embeddings:
         return RemoteLLM(self.transport, self.project_key, self.embedding_llm_id).as_langchain_embeddings()
 
+    def check_filter(self, flt: Filter | None) -> Filter | None:
+        """A parsed filter checked against the metadata schema (what the LangChain classes call)."""
+        return validate_filter(self.schema, flt)
+
     def search(self, request: SearchRequest | None = None, reader: Any = None, **kwargs: Any) -> list[SearchResult]:
         body = search_body(request or SearchRequest(**kwargs), self.schema)
         if request is None:  # what the caller did not name, the server fills from the knowledge bank's settings
@@ -119,6 +141,12 @@ class RemoteCoreKnowledgeBank:
                     body.pop(key)
         hits = self.transport.json("POST", f"{self.handle.base}/search", json=body)["results"]
         return [SearchResult(h["id"], h["text"], h["metadata"], h["score"], h["scores"]) for h in hits]
+
+    def similarity_documents(self, vector: Sequence[float], k: int, filter: Mapping[str, Any] | None = None,
+                             reader: Any = None) -> list[tuple[Document, float]]:
+        """``search(vector=..., search_type="similarity")`` as LangChain documents and scores."""
+        results = self.search(SearchRequest(vector=vector, k=k, filter=filter))
+        return [(Document(page_content=r.text, metadata=dict(r.metadata), id=r.id), r.score) for r in results]
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         checked = filter_json(filter, self.schema)
@@ -194,18 +222,64 @@ class RemoteCoreKnowledgeBank:
         return store.as_retriever(search_type=search_type, search_kwargs=dict(search_kwargs or {}), **kwargs)
 
     def get_writer(self, timeout: float = 30.0) -> RemoteWriter:
+        """A writer that stages locally and commits in one request; the server takes its writer lock only for
+        that request, so ``timeout`` (kept for the embedded signature) has nothing to wait for here."""
+        self.refresh()  # the current metadata schema, as the embedded get_writer re-reads it
         return RemoteWriter(self)
+
+    def sync_folder(self, folder: Any, extraction: str = "raw", screenshots: bool = False, progress: bool = False,
+                    upload_to: str | None = None, **options: Any) -> SyncReport:
+        """Make this knowledge bank hold exactly the documents of ``folder``, synced by the server.
+
+        ``folder`` is one of the server's managed folders (a ``RemoteManagedFolder``, or its id or name), or a
+        local directory, mirrored first into the managed folder ``upload_to`` (by default ``<knowledge bank
+        name> sources``; only changed files travel): see ``kb.remote_sync``. Same options, progress bar, report
+        and errors as the embedded ``sync_folder``; ``lock_timeout`` waits for another sync to end."""
+        settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
+        if upload_to is not None:
+            check_string(upload_to, "upload_to")
+        if isinstance(folder, RemoteManagedFolder):
+            target = folder
+        elif isinstance(folder, str | Path) and _is_directory(folder):
+            target = mirror_folder_for(self, upload_to)
+            mirror_directory(Path(folder).expanduser(), target, progress=progress)
+        elif isinstance(folder, str):
+            target = server_folder(self, folder)
+        else:
+            raise errors.InvalidInputError(f"sync_folder takes a managed folder of the server or a local directory, "
+                                           f"got {type(folder).__name__}")
+        return run_sync_job(self, target, settings, progress=progress)
+
+    def images_folder(self) -> RemoteManagedFolder:
+        ref = self.handle.get_settings().get_images_folder()
+        if not ref:
+            raise errors.NotFoundError(
+                f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder")
+        project_key, _, folder_id = ref.rpartition(".")
+        return self.handle.project.sibling(project_key or self.project_key).get_managed_folder(folder_id)
+
+    def ensure_images_folder(self) -> RemoteManagedFolder:
+        """The images folder, created (``<kb name> pages``) and saved in the settings if missing."""
+        settings = self.handle.get_settings()
+        if settings.get_images_folder():
+            return self.images_folder()
+        project = self.handle.project
+        try:
+            folder = project.create_managed_folder(f"{self.name} pages")
+        except errors.AlreadyExistsError:
+            folder = project.create_managed_folder(f"{self.name} pages {self.id}")
+        settings.set_images_folder(folder.full_id)
+        settings.save()
+        self.refresh()
+        return folder
 
     def get_images(self, item: Document | SearchResult | Mapping[str, Any]) -> list[bytes]:
         metadata = item.metadata if isinstance(item, Document | SearchResult) else item
         paths = image_paths_of(metadata)
         if not paths:
             return []
-        ref = self.handle.get_settings().get_images_folder()
-        if not ref:
-            raise errors.NotFoundError(f"knowledge bank {self.id} has no images folder")
-        project_key, _, folder_id = ref.rpartition(".")
-        folder = self.handle.project.sibling(project_key or self.project_key).get_managed_folder(folder_id)
+        folder = self.images_folder()
+        ref = folder.full_id
         out = []
         for path in paths:
             try:
@@ -213,6 +287,13 @@ class RemoteCoreKnowledgeBank:
             except errors.NotFoundError as exc:
                 raise errors.ImageNotFoundError(f"image {path!r} is not in images folder {ref}") from exc
         return out
+
+
+def _is_directory(path: str | Path) -> bool:
+    try:
+        return Path(path).expanduser().is_dir()
+    except (ValueError, OSError):  # a NUL in the string, a name too long: no directory of this machine
+        return False
 
 
 class RemoteWriter:
@@ -271,3 +352,7 @@ class RemoteWriter:
 
     def delete(self, ids: list[str]) -> int:
         return self.core.delete_documents(ids, tx=self.transaction)
+
+    def staging_path(self, name: str) -> Path:
+        """A path in the writer's private staging folder, removed when the block ends."""
+        return self.transaction.folder / name

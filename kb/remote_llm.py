@@ -26,16 +26,16 @@ class RemoteEmbeddings(Embeddings):
 
 class RemoteEmbeddingQuery:
     def __init__(self, llm: RemoteLLM) -> None:
-        self.llm, self.texts = llm, []  # type: ignore[var-annotated]
+        self.llm, self._texts = llm, []  # type: ignore[var-annotated]
 
     def add_text(self, text: str) -> RemoteEmbeddingQuery:
         if not isinstance(text, str):
             raise errors.InvalidInputError(f"add_text expects a string, got {type(text).__name__}")
-        self.texts.append(text)
+        self._texts.append(text)
         return self
 
     def execute(self) -> Any:
-        return EmbeddingResponse(self.llm.embed(self.texts) if self.texts else [])
+        return EmbeddingResponse(self.llm.embed(self._texts) if self._texts else [])
 
 
 @dataclass
@@ -43,6 +43,17 @@ class RemoteLLM:
     transport: Transport
     project_key: str
     id: str
+
+    @property
+    def llm_id(self) -> str:
+        return self.id
+
+    @property
+    def description(self) -> str:
+        for item in self.transport.json("GET", f"/v1/projects/{path_segment(self.project_key, 'project key')}/llms"):
+            if item["id"] == self.id:
+                return str(item["description"])
+        raise errors.UnknownModelError(f"unknown embedding model {self.id!r}")
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         path = (f"/v1/projects/{path_segment(self.project_key, 'project key')}/llms/"

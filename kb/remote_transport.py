@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+import weakref
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +51,21 @@ class Transport:
         self.retries = retries
         self.classes = _error_classes()
         self.classes.update({"unauthenticated": RemoteAuthError, "forbidden": RemoteForbiddenError})
+        self._scratch: Path | None = None
+
+    def scratch(self) -> Path:
+        """This client's own temporary directory (downloaded copies of folder files), removed by ``close()``
+        or, failing that, when the transport is collected or the interpreter exits."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="kb-remote-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)
+        return self._scratch
+
+    def close(self) -> None:
+        self.http.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -67,22 +86,26 @@ class Transport:
                 time.sleep(0.2 * 2**attempt)
                 continue
             if response.status_code >= 400:
-                self._raise(response)
+                self.raise_for(response)
             return response
         raise AssertionError("unreachable")
 
-    def _raise(self, response: httpx.Response) -> None:
+    def raise_for(self, response: httpx.Response) -> None:
+        """Raise the ``kb.errors`` class of an error response (its JSON ``error.code``)."""
         try:
             error = response.json()["error"]
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "internal_error", f"HTTP {response.status_code}: {response.text[:300]}"
+        raise self.error(code, message)
+
+    def error(self, code: str, message: str) -> errors.KBError:
+        """The ``kb.errors`` instance for an error code the server sent (in an error body or a failed job)."""
         cls = self.classes.get(code, errors.KBError)
         try:
-            error = cls(message)
+            return cls(message)
         except TypeError:  # a class that carries more than a message (a report): its base in kb_base.errors
-            error = next(c for c in cls.__mro__ if c.__module__ == errors.__name__)(message)
-        raise error
+            return next(c for c in cls.__mro__ if c.__module__ == errors.__name__)(message)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)

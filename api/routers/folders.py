@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -10,9 +11,9 @@ from fastapi.responses import StreamingResponse
 from api.deps import get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
-from api.schemas import FolderIn, FolderOut
+from api.schemas import FileEntry, FolderIn, FolderOut
 from kb.client import EmbeddedClient
-from kb_base.errors import PathError
+from kb_base.errors import NotFoundError, PathError
 
 router = APIRouter(prefix="/v1/projects/{project_key}/folders", tags=["managed folders"],
                    route_class=OrjsonRoute)
@@ -52,6 +53,30 @@ def delete_folder(project_key: str, folder_id: str, client: EmbeddedClient = Dep
 def list_files(project_key: str, folder_id: str, client: EmbeddedClient = Depends(get_client),
                _: Principal = Depends(require("reader"))) -> list[str]:
     return client.get_project(project_key).get_managed_folder(folder_id).list_paths()
+
+
+@router.get("/{folder_id}/manifest", response_model=list[FileEntry],
+            summary="Every file with its size and sha256 (what `kb sync --url` compares before uploading)")
+def manifest(project_key: str, folder_id: str, client: EmbeddedClient = Depends(get_client),
+             _: Principal = Depends(require("reader"))) -> list[dict]:
+    folder = client.get_project(project_key).get_managed_folder(folder_id)
+    entries = []
+    for path in folder.list_paths():
+        try:
+            with folder.get_download_stream(path) as stream:
+                digest = hashlib.file_digest(stream, "sha256").hexdigest()
+                size = stream.tell()
+        except NotFoundError:  # deleted while listing: not in the manifest
+            continue
+        entries.append({"path": path, "size": size, "sha256": digest})
+    return entries
+
+
+@router.head("/{folder_id}/files/{path:path}", summary="Whether a file exists (200 with its size, else 404)")
+def file_exists(project_key: str, folder_id: str, path: str, request: Request,
+                client: EmbeddedClient = Depends(get_client), _: Principal = Depends(require("reader"))) -> Response:
+    target = client.get_project(project_key).get_managed_folder(folder_id).local_file(_utf8_path(request, path))
+    return Response(status_code=200, headers={"content-length": str(target.stat().st_size)})
 
 
 @router.put("/{folder_id}/files/{path:path}", status_code=201, summary="Upload a file (raw request body)")

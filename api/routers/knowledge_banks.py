@@ -66,8 +66,17 @@ def _masked(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: (mask_secrets(v) if isinstance(v, dict) else v) for k, v in raw.items()}
 
 
+def _has_masked_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(v == "***" or _has_masked_secret(v) for v in value.values())
+    if isinstance(value, str):
+        return ":***@" in value  # a URL whose password was masked
+    return isinstance(value, list) and any(_has_masked_secret(v) for v in value)
+
+
 def _refuse_masked_secrets(raw: dict[str, Any]) -> None:
-    if any(v == "***" for section in raw.values() if isinstance(section, dict) for v in section.values()):
+    # masked secrets sit inside sections, at any depth (kb.client.mask_secrets); a top-level "***" is no secret
+    if any(_has_masked_secret(section) for section in raw.values() if isinstance(section, dict)):
         raise InvalidInputError("settings contain a masked secret ('***'): send the real value or leave the key out")
 
 

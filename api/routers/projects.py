@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from api.deps import ForbiddenError, get_client, get_principal, require
 from api.fastjson import OrjsonRoute
@@ -33,3 +33,15 @@ def create_project(body: ProjectIn, client: EmbeddedClient = Depends(get_client)
 def get_project(project_key: str, client: EmbeddedClient = Depends(get_client),
                 _: Principal = Depends(require("reader"))) -> dict:
     return client.catalog.project(project_key)
+
+
+@router.delete("/{project_key}", status_code=204,
+               summary="Delete an empty project (global admin; 422 while it has knowledge banks or folders)")
+def delete_project(project_key: str, client: EmbeddedClient = Depends(get_client),
+                   principal: Principal = Depends(get_principal)) -> Response:
+    """The embedded ``project.delete()``'s rules: the DEFAULT project stays, and a project is deleted only once
+    its knowledge banks and managed folders are (each delete is its own, explicit call)."""
+    if not principal.admin:
+        raise ForbiddenError("deleting projects needs a global admin key")
+    client.get_project(project_key).delete()
+    return Response(status_code=204)

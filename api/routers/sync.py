@@ -43,6 +43,9 @@ class SyncJobIn(BaseModel):
     chunk_size: int = Field(1000, ge=0)
     chunk_overlap: int = Field(200, ge=0)
     batch_files: int = Field(32, ge=1, le=10_000)
+    batch_chunks: int = Field(2000, ge=1)
+    screenshot_scale: float = Field(1.0, ge=0.1, le=8)
+    max_file_bytes: int = Field(256 * 2**20, ge=1)
 
 
 class SyncJob:
@@ -64,7 +67,9 @@ class SyncJob:
             "folder_id": self.folder_id, "started_at": self.started, "finished_at": self.finished,
             "options": {"extraction": self.options.extraction, "screenshots": self.options.screenshots,
                         "ocr": self.options.ocr, "chunk_size": self.options.chunk_size,
-                        "chunk_overlap": self.options.chunk_overlap, "batch_files": self.options.batch_files},
+                        "chunk_overlap": self.options.chunk_overlap, "batch_files": self.options.batch_files,
+                        "batch_chunks": self.options.batch_chunks, "screenshot_scale": self.options.screenshot_scale,
+                        "max_file_bytes": self.options.max_file_bytes},
             "progress": {"files_total": report.files_total, "files_to_process": report.files_to_process,
                          "files_processed": report.files_processed, "commits": report.commits,
                          "failed": len(report.failed)},
