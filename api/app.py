@@ -151,7 +151,7 @@ def create_app(settings: ServiceSettings | None = None,
         app.state.client = kb.api_client(home=settings.home)
         if configure_client is not None:
             configure_client(app.state.client)
-        app.state.keys = KeyStore(settings.home / "keys.sqlite")
+        app.state.keys = KeyStore(app.state.client.catalog.database)  # one catalog: one engine, one watch
         if settings.bootstrap_admin_key:
             app.state.keys.create("bootstrap admin", admin=True, key=settings.bootstrap_admin_key)
         app.state.jobs = JobRegistry()
@@ -164,6 +164,7 @@ def create_app(settings: ServiceSettings | None = None,
         yield
         # Shutdown runs after uvicorn has drained in-flight requests, so no commit is cut in half.
         app.state.jobs.close()
+        app.state.keys.close()
         app.state.client.close()
         log.info("kb service stopped")
 
