@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from kb.catalog_db import CatalogDatabase
 from kb.catalog_db.tables import api_keys
@@ -132,11 +133,17 @@ class KeyStore:
             key_id, secret = parts[1], parts[2]
         else:
             key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        with self.database.transaction("creating an API key") as conn:
-            conn.execute(delete(api_keys).where(api_keys.c.id == key_id))  # a supplied key replaces its id
-            conn.execute(insert(api_keys).values(id=key_id, name=name, hash=_hash(secret), admin=int(admin),
-                                                 roles=json.dumps(roles), created_at=time.time(),
-                                                 expires_at=expires_at))
+        for attempt in (1, 2):
+            try:
+                with self.database.transaction("creating an API key") as conn:
+                    conn.execute(delete(api_keys).where(api_keys.c.id == key_id))  # a supplied key replaces its id
+                    conn.execute(insert(api_keys).values(id=key_id, name=name, hash=_hash(secret), admin=int(admin),
+                                                         roles=json.dumps(roles), created_at=time.time(),
+                                                         expires_at=expires_at))
+                break
+            except IntegrityError:  # servers starting together insert the same bootstrap key: the second retries
+                if attempt == 2:
+                    raise
         return f"kb_{key_id}_{secret}"
 
     def authenticate(self, key: str) -> Principal | None:
