@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -180,6 +181,7 @@ def create_app(settings: ServiceSettings | None = None,
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.Error)
+    @app.exception_handler(DBAPIError)  # the catalog's errors, wrapped by SQLAlchemy
     async def system_error(request: Request, exc: Exception) -> JSONResponse:
         # a full disk that surfaced outside the places that name it (kb_base.disk) is still a 507, not a 500
         if is_disk_full(exc):
