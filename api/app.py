@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,6 +51,7 @@ from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
 
 log = logging.getLogger("kb.api")
+CATALOG_RETRY_AFTER = 2  # seconds, in a 503 while the catalog database is unavailable
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -186,6 +187,14 @@ def create_app(settings: ServiceSettings | None = None,
         # a full disk that surfaced outside the places that name it (kb_base.disk) is still a 507, not a 500
         if is_disk_full(exc):
             return await kb_error(request, disk_full_error(exc, f"{request.method} {request.url.path}"))
+        if isinstance(exc, OperationalError | InterfaceError):
+            # the catalog database is down, restarting or unreachable: the caller should retry, and the pool
+            # reconnects by itself once it answers (pre-ping), so no restart of kb is needed
+            log.warning("catalog database unavailable: %s", str(exc).splitlines()[0][:300])
+            response = error_response(503, "catalog_unavailable",
+                                      "the catalog database is unavailable; retry in a few seconds")
+            response.headers["Retry-After"] = str(CATALOG_RETRY_AFTER)
+            return response
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error; see the service log")
 

@@ -179,3 +179,31 @@ def test_a_managed_folder_made_on_a_is_shared_with_b_under_the_folders_root(depl
     assert httpx.get(f"{b.url}{files}/guide.txt", headers=ADMIN).content == b"shared text"
     assert (deployment.folders / "DEFAULT" / folder["id"] / "guide.txt").read_bytes() == b"shared text"
     assert not any(a.home.glob("projects/*/folders/*")) and not any(b.home.glob("projects/*/folders/*"))
+
+
+def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_gets_503(
+        deployment: Deployment) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "steady", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es"}}), 201)["id"]
+    search = f"{_kbs(b)}/{kb_id}/search"
+    _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": "s1", "text": "steady state under an outage"}]}))
+    assert _ok(httpx.post(search, headers=ADMIN, json={"query": "outage", "k": 1}))["results"][0]["id"] == "s1"
+    deployment.postgres.shut_down()
+    try:
+        for _ in range(5):  # B has this knowledge bank's settings and the key cached: no database needed
+            answer = httpx.post(search, headers=ADMIN, timeout=30, json={"query": "outage", "k": 1})
+            assert answer.status_code == 200 and answer.json()["results"][0]["id"] == "s1", answer.text
+        listed = httpx.get(_kbs(b), headers=ADMIN, timeout=30)  # needs the catalog
+        assert listed.status_code == 503, listed.text
+        assert listed.headers["Retry-After"] == "2" and listed.json()["error"]["code"] == "catalog_unavailable"
+        unknown_key = httpx.get(_kbs(a), headers={"Authorization": "Bearer kb_notcached_" + "x" * 20}, timeout=30)
+        assert unknown_key.status_code == 503, unknown_key.text
+    finally:
+        deployment.postgres.start_again()
+    recovered = _until(lambda: httpx.get(_kbs(b), headers=ADMIN, timeout=30).status_code == 200, 20.0)
+    print(f"catalog back: B answers again after {recovered * 1000:.0f} ms")
+    assert kb_id in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN, timeout=30))]
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)  # writes to the catalog work again

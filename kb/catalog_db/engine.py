@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError
 from kb_base.errors import InvalidInputError
 
 SQLITE_BUSY_SECONDS = 30.0
+PG_SOCKET_TIMEOUT = 10  # seconds: connect and each read of a catalog query (they are small)
 
 
 def normalise_url(location: str | Path) -> URL:
@@ -49,8 +50,10 @@ def describe(url: URL) -> str:
 def make_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    # pre-ping: a connection the database (or a proxy) closed while idle is replaced, not handed to a request
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    # pre-ping: a connection the database (or a proxy) closed while idle is replaced, not handed to a request;
+    # a socket timeout, so that a database behind a partition fails a request instead of hanging it for ever
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800,
+                         pool_timeout=10, connect_args={"timeout": PG_SOCKET_TIMEOUT})
 
 
 def _sqlite_engine(url: URL) -> Engine:
