@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,6 +52,7 @@ from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
 
 log = logging.getLogger("kb.api")
+CATALOG_RETRY_AFTER = 2  # seconds, in a 503 while the catalog database is unavailable
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -152,7 +154,7 @@ def create_app(settings: ServiceSettings | None = None,
         app.state.client = kb.api_client(home=settings.home)
         if configure_client is not None:
             configure_client(app.state.client)
-        app.state.keys = KeyStore(settings.home / "keys.sqlite")
+        app.state.keys = KeyStore(app.state.client.catalog.database)  # one catalog: one engine, one watch
         if settings.bootstrap_admin_key:
             app.state.keys.create("bootstrap admin", admin=True, key=settings.bootstrap_admin_key)
         app.state.jobs = JobRegistry()
@@ -165,6 +167,7 @@ def create_app(settings: ServiceSettings | None = None,
         yield
         # Shutdown runs after uvicorn has drained in-flight requests, so no commit is cut in half.
         app.state.jobs.close()
+        app.state.keys.close()
         app.state.client.close()
         log.info("kb service stopped")
 
@@ -180,10 +183,19 @@ def create_app(settings: ServiceSettings | None = None,
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.Error)
+    @app.exception_handler(DBAPIError)  # the catalog's errors, wrapped by SQLAlchemy
     async def system_error(request: Request, exc: Exception) -> JSONResponse:
         # a full disk that surfaced outside the places that name it (kb_base.disk) is still a 507, not a 500
         if is_disk_full(exc):
             return await kb_error(request, disk_full_error(exc, f"{request.method} {request.url.path}"))
+        if isinstance(exc, OperationalError | InterfaceError):
+            # the catalog database is down, restarting or unreachable: the caller should retry, and the pool
+            # reconnects by itself once it answers (pre-ping), so no restart of kb is needed
+            log.warning("catalog database unavailable: %s", str(exc).splitlines()[0][:300])
+            response = error_response(503, "catalog_unavailable",
+                                      "the catalog database is unavailable; retry in a few seconds")
+            response.headers["Retry-After"] = str(CATALOG_RETRY_AFTER)
+            return response
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error; see the service log")
 

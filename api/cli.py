@@ -14,6 +14,7 @@ USAGE = """kb <command> [options]
 commands:
   serve     run the REST service (uvicorn)
   keys      create, list or revoke API keys
+  db        the catalog database's schema: `kb db upgrade` (once per release), `kb db current`
   ingest    ingest a JSONL, CSV, Parquet or Arrow file into a knowledge bank
   sync      extract a folder of documents into a knowledge bank and keep it in sync
   eval      evaluate a knowledge bank on BEIR queries and qrels
@@ -54,7 +55,18 @@ def serve(argv: Sequence[str]) -> int:
                              "long (default %(default)s, $KB_WORKER_HEALTHCHECK)")
     args = parser.parse_args(argv)
     from api.metrics_dir import prepare_metrics_dir
-    from kb.config import default_home
+    from kb.catalog_db import CatalogDatabase, CatalogSchemaError
+    from kb.config import catalog_location, default_home
+
+    try:  # a catalog at a schema this release does not know: refuse before uvicorn starts, naming the command
+        CatalogDatabase(catalog_location(default_home())).close()
+    except CatalogSchemaError as exc:
+        print(f"kb serve: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unreachable, refused credentials: one line an operator can act on
+        print(f"kb serve: cannot open the catalog database: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return 1
 
     prepare_metrics_dir(default_home(), args.port)  # before prometheus_client is imported, for every worker
     if args.workers == 1 and os.environ.get("KB_WARMUP", "on").strip().lower() != "off":
@@ -74,7 +86,8 @@ def serve(argv: Sequence[str]) -> int:
 
 
 def keys(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kb keys", description="Manage API keys (stored hashed under $KB_HOME).")
+    parser = argparse.ArgumentParser(prog="kb keys", description="Manage API keys (stored hashed in the catalog: "
+                                     "$KB_DATABASE_URL, else $KB_HOME/catalog.sqlite).")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
@@ -90,8 +103,8 @@ def keys(argv: Sequence[str]) -> int:
     from kb.config import default_home
     from kb_base.errors import KBError
 
-    store = KeyStore(default_home() / "keys.sqlite")
     try:
+        store = KeyStore.for_home(default_home())
         if args.action == "create":
             roles = dict(item.split("=", 1) for item in args.role)
             expires_at = parse_expiry(args.expires) if args.expires else None
@@ -137,6 +150,7 @@ SUBCOMMANDS = {
     "export": "api.cli_snapshot:main_export",
     "import": "api.cli_snapshot:main_import",
     "eval": "api.cli_eval:main",
+    "db": "api.cli_db:main",
     "doctor": "api.cli_doctor:main_doctor",
     "repair": "api.cli_doctor:main_repair",
     "bench": "benchmarks.suite:main",

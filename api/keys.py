@@ -4,9 +4,12 @@ A key looks like ``kb_<key id>_<secret>``. Only sha256(secret) is stored;
 checks use ``hmac.compare_digest``, so comparison time does not depend on
 how much of a guess is right. The key itself is shown once, at creation.
 
-Every request reads the key's row (one indexed SQLite lookup, no cache), so a revocation or an expiry
-takes effect on the next request in every worker and every server on the same ``$KB_HOME``. A key may
-expire; its last use is recorded at most once a minute (a write per request would serialise the workers).
+Keys live in the catalog database (``api_keys``; until schema revision 0002 in ``$KB_HOME/keys.sqlite``), so
+servers sharing a catalog share their keys. Each process caches the rows it has read for as long as the
+catalog's version stays the same (``kb.catalog_db.watch``): on SQLite a revocation or an expiry takes effect
+on the next request in every worker; on PostgreSQL within one poll of the version (0.2 s) on every server,
+with no database round trip per request. A key's last use is recorded at most once a minute (a write per
+request would serialise the workers).
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ import secrets
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from kb.catalog_db import CatalogDatabase
+from kb.catalog_db.tables import api_keys
+from kb.config import catalog_location
 from kb_base.errors import InvalidInputError, KBError, NotFoundError
 
 LAST_USED_RESOLUTION = 60.0  # seconds: how stale a key's recorded last use may get
@@ -84,30 +95,27 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-class KeyStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        conn = self._conn()
-        conn.execute("CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
-                     "hash BLOB NOT NULL, admin INTEGER NOT NULL, roles TEXT NOT NULL, created_at REAL)")
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
-        for column in ("expires_at", "last_used_at"):  # keys.sqlite files from before these existed
-            if column not in columns:
-                try:
-                    conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} REAL")
-                except sqlite3.OperationalError as exc:  # another process added it first
-                    if "duplicate column" not in str(exc):
-                        raise
+_KEY_CACHE_SIZE = 10_000
+_Row = tuple[str, str, bytes, bool, dict[str, str], float | None, float | None]  # id .. last_used_at
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
+
+class KeyStore:
+    """``location``: an open ``CatalogDatabase`` (the service shares its client's), a SQLite file or a URL."""
+
+    def __init__(self, location: CatalogDatabase | Path | str) -> None:
+        self.database = location if isinstance(location, CatalogDatabase) else CatalogDatabase(location)
+        self._owns_database = not isinstance(location, CatalogDatabase)
+        self._rows: dict[str, _Row | None] = {}  # key id -> its row (None: no such key), at _rows_version
+        self._rows_version = -1
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # PostgreSQL: the last-use write leaves the event loop (a round trip); SQLite: a quick local write
+        self._toucher = ThreadPoolExecutor(1, thread_name_prefix="kb-key-touch") if self.database.shared else None
+
+    @classmethod
+    def for_home(cls, home: Path) -> KeyStore:
+        """The keys of the catalog ``home`` uses (``KB_DATABASE_URL`` when set)."""
+        return cls(catalog_location(home))
 
     def create(self, name: str, admin: bool = False, roles: dict[str, str] | None = None,
                key: str | None = None, expires_at: float | None = None) -> str:
@@ -125,9 +133,17 @@ class KeyStore:
             key_id, secret = parts[1], parts[2]
         else:
             key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        self._conn().execute("INSERT OR REPLACE INTO api_keys (id, name, hash, admin, roles, created_at, expires_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (key_id, name, _hash(secret), int(admin), json.dumps(roles), time.time(), expires_at))
+        for attempt in (1, 2):
+            try:
+                with self.database.transaction("creating an API key") as conn:
+                    conn.execute(delete(api_keys).where(api_keys.c.id == key_id))  # a supplied key replaces its id
+                    conn.execute(insert(api_keys).values(id=key_id, name=name, hash=_hash(secret), admin=int(admin),
+                                                         roles=json.dumps(roles), created_at=time.time(),
+                                                         expires_at=expires_at))
+                break
+            except IntegrityError:  # servers starting together insert the same bootstrap key: the second retries
+                if attempt == 2:
+                    raise
         return f"kb_{key_id}_{secret}"
 
     def authenticate(self, key: str) -> Principal | None:
@@ -135,8 +151,7 @@ class KeyStore:
         if len(parts) != 3 or parts[0] != "kb":
             _hash("constant-work")  # same work for malformed keys
             return None
-        row = self._conn().execute("SELECT id, name, hash, admin, roles, expires_at, last_used_at FROM api_keys "
-                                   "WHERE id = ?", (parts[1],)).fetchone()
+        row = self._row(parts[1])
         expected = row[2] if row else _hash("no-such-key")
         if not hmac.compare_digest(expected, _hash(parts[2])) or row is None:
             return None
@@ -144,15 +159,43 @@ class KeyStore:
         if row[5] is not None and now >= row[5]:
             raise ExpiredKeyError(f"API key {row[0]} expired at {_iso(row[5])}")
         if row[6] is None or now - row[6] >= LAST_USED_RESOLUTION:
+            with self._lock:
+                if self._rows.get(row[0]) is row:  # this process records the use once, not once per request
+                    self._rows[row[0]] = (*row[:6], now)
             self._touch(row[0], now)
-        return Principal(row[0], row[1], bool(row[3]), json.loads(row[4]))
+        return Principal(row[0], row[1], row[3], dict(row[4]))
+
+    def _row(self, key_id: str) -> _Row | None:
+        version = self.database.watch.version()
+        with self._lock:
+            if version != self._rows_version:
+                self._rows.clear()
+                self._rows_version = version
+            elif key_id in self._rows:
+                return self._rows[key_id]
+        with self.database.read() as conn:
+            found = conn.execute(select(api_keys.c.id, api_keys.c.name, api_keys.c.hash, api_keys.c.admin,
+                                        api_keys.c.roles, api_keys.c.expires_at, api_keys.c.last_used_at)
+                                 .where(api_keys.c.id == key_id)).first()
+        row: _Row | None = None if found is None else \
+            (found[0], found[1], bytes(found[2]), bool(found[3]), json.loads(found[4]), found[5], found[6])
+        with self._lock:
+            if self._rows_version == version:
+                if len(self._rows) >= _KEY_CACHE_SIZE:  # unknown ids are cached too: bounded
+                    self._rows.clear()
+                self._rows[key_id] = row
+        return row
 
     def _touch(self, key_id: str, now: float) -> None:
+        if self._toucher is not None:
+            self._toucher.submit(self._touch_database, key_id, now)
+            return
         # its own connection with a short busy timeout: this runs on the event loop, and a busy database must
         # cost a request at most a quarter of a second (the last use is then recorded by a later request)
         conn = getattr(self._local, "touch_conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0.25, check_same_thread=False)
+            conn = sqlite3.connect(self.database.url.database or "", isolation_level=None, timeout=0.25,
+                                   check_same_thread=False)
             self._local.touch_conn = conn
         try:
             conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND "
@@ -160,15 +203,39 @@ class KeyStore:
         except sqlite3.OperationalError:
             pass
 
-    def list(self) -> list[dict[str, object]]:
+    def _touch_database(self, key_id: str, now: float) -> None:
+        # not a catalog change (no version increment): caches of the key stay valid
+        try:
+            with self.database.engine.begin() as conn:
+                conn.execute(update(api_keys).where(api_keys.c.id == key_id,
+                                                    (api_keys.c.last_used_at.is_(None))
+                                                    | (api_keys.c.last_used_at < now - LAST_USED_RESOLUTION))
+                             .values(last_used_at=now))
+        except Exception:  # the database is busy or away: a later request records the use
+            pass
+
+    def list(self) -> list[dict[str, Any]]:
         """Every key (never a secret): expiry and last use as ISO-8601 UTC (None: never expires / never used)."""
-        rows = self._conn().execute("SELECT id, name, admin, roles, created_at, expires_at, last_used_at "
-                                    "FROM api_keys ORDER BY created_at")
+        with self.database.read() as conn:
+            rows = conn.execute(select(api_keys.c.id, api_keys.c.name, api_keys.c.admin, api_keys.c.roles,
+                                       api_keys.c.created_at, api_keys.c.expires_at, api_keys.c.last_used_at)
+                                .order_by(api_keys.c.created_at)).all()
         now = time.time()
         return [{"id": i, "name": n, "admin": bool(a), "roles": json.loads(r), "created_at": c,
                  "expires_at": _iso(e), "expired": e is not None and now >= e, "last_used_at": _iso(u)}
                 for i, n, a, r, c, e, u in rows]
 
     def revoke(self, key_id: str) -> None:
-        if self._conn().execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount == 0:
-            raise NotFoundError(f"API key {key_id!r} does not exist")
+        with self.database.transaction("revoking an API key") as conn:
+            if conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount == 0:
+                raise NotFoundError(f"API key {key_id!r} does not exist")
+
+    def close(self) -> None:
+        if self._toucher is not None:
+            self._toucher.shutdown(wait=True)
+        conn = getattr(self._local, "touch_conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.touch_conn = None
+        if self._owns_database:
+            self.database.close()

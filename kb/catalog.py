@@ -1,49 +1,37 @@
-"""The catalog: projects, knowledge banks, managed folders and connections, in SQLite.
+"""The catalog: projects, knowledge banks, managed folders and connections, in the catalog database.
 
-One small SQLite database under ``$KB_HOME``. Every change is one
-transaction, so a crash never leaves a knowledge bank half-registered.
-Settings are JSON documents; connection secrets live only here and are
-never returned by ``describe`` methods or written to logs.
+SQLite under ``$KB_HOME`` on one machine, PostgreSQL (``KB_DATABASE_URL``) shared by several servers; one code
+path on SQLAlchemy Core (``kb.catalog_db``). Every change is one transaction, so a crash never leaves a
+knowledge bank half-registered. Settings are JSON documents; connection secrets live only here and are never
+returned by ``describe`` methods or written to logs. The settings a search reads are cached for as long as the
+catalog's version stays the same (``kb.catalog_db.watch``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
-import sqlite3
 import string
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kb_base.disk import disk_full_error, is_disk_full
+from sqlalchemy import delete, desc, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from kb.catalog_db import CatalogDatabase
+from kb.catalog_db.tables import connections, knowledge_banks, managed_folders, projects
 from kb_base.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from kb_base.input_checks import check_value
-
-log = logging.getLogger(__name__)
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS projects (
-        key TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS knowledge_banks (
-        id TEXT PRIMARY KEY, project_key TEXT NOT NULL REFERENCES projects(key),
-        name TEXT NOT NULL, settings TEXT NOT NULL, created_at REAL NOT NULL,
-        UNIQUE (project_key, name))""",
-    """CREATE TABLE IF NOT EXISTS managed_folders (
-        id TEXT PRIMARY KEY, project_key TEXT NOT NULL REFERENCES projects(key),
-        name TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (project_key, name))""",
-    """CREATE TABLE IF NOT EXISTS connections (
-        name TEXT PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, created_at REAL NOT NULL)""",
-]
 
 PROJECT_KEY_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 CONNECTION_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ID_ALPHABET = string.ascii_letters + string.digits
+# the store types whose data is not on one machine's disk: what a multi-server deployment can serve
+SHARED_STORE_TYPES = ("ELASTICSEARCH", "AZURE_AI_SEARCH", "CHROMA with a connection to a Chroma server")
+_SETTINGS_CACHE_SIZE = 4096
 
 
 def new_id(length: int = 8) -> str:
@@ -62,172 +50,215 @@ def settings_json(settings: Any, owner: str) -> str:
     return json.dumps(check_value(settings, f"{owner}: settings"), allow_nan=False)
 
 
+def check_store_across_servers(settings: dict[str, Any]) -> None:
+    """Refuse a knowledge bank whose data would sit on one server's disk (FAISS, embedded Chroma)."""
+    store_type = str(settings.get("vector_store_type", "")).upper()
+    if store_type in ("ELASTICSEARCH", "AZURE_AI_SEARCH") or (store_type == "CHROMA" and settings.get("connection")):
+        return
+    what = "embedded Chroma (no connection)" if store_type == "CHROMA" else store_type
+    raise InvalidInputError(
+        f"a {what} knowledge bank keeps its data on one server's disk, and this kb serves several servers from "
+        f"a shared catalog (KB_DATABASE_URL): use one of {', '.join(SHARED_STORE_TYPES)}")
+
+
 class Catalog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self.transaction() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
+    """``location``: the SQLite file, a database URL, or an open ``CatalogDatabase`` to share."""
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-        return conn
+    def __init__(self, location: str | Path | CatalogDatabase) -> None:
+        self.database = location if isinstance(location, CatalogDatabase) else CatalogDatabase(location)
+        self._owns_database = not isinstance(location, CatalogDatabase)
+        self.path = Path(self.database.url.database or "") if not self.database.shared else None
+        self._settings_cache: dict[tuple[str, str], str | None] = {}
+        self._settings_version = -1
+        self._cache_lock = threading.Lock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._roll_back(conn)
-            if is_disk_full(exc):
-                raise disk_full_error(exc, "a catalog change (settings, knowledge bank, folder)") from exc
-            raise
-
-    def _roll_back(self, conn: sqlite3.Connection) -> None:
-        """Undo a failed change; if even the ROLLBACK fails (a full disk, an I/O error), close the connection
-        so that its write lock goes now, not whenever this thread next touches the catalog."""
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.warning("catalog rollback failed; closing this thread's catalog connection", exc_info=True)
-            self._local.conn = None
-            conn.close()
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return self._conn().execute(sql, params).fetchall()
+    @property
+    def shared(self) -> bool:
+        """Several servers may use this catalog at once (a database server, not a SQLite file)."""
+        return self.database.shared
 
     # --- projects -----------------------------------------------------------------------------
 
     def create_project(self, key: str, name: str | None = None) -> None:
         if not isinstance(key, str) or not PROJECT_KEY_RE.match(key):
             raise InvalidInputError(f"invalid project key {key!r}: use 1-64 letters, digits or underscores")
-        with self.transaction() as conn:
-            if conn.execute("SELECT 1 FROM projects WHERE key = ?", (key,)).fetchone():
-                raise AlreadyExistsError(f"project {key!r} already exists")
-            conn.execute("INSERT INTO projects VALUES (?, ?, ?)", (key, name or key, time.time()))
+        try:
+            with self.database.transaction("creating a project") as conn:
+                if conn.execute(select(projects.c.key).where(projects.c.key == key)).first():
+                    raise AlreadyExistsError(f"project {key!r} already exists")
+                conn.execute(insert(projects).values(key=key, name=name or key, created_at=time.time()))
+        except IntegrityError:  # created by another server between the check and the insert
+            raise AlreadyExistsError(f"project {key!r} already exists") from None
 
     def ensure_project(self, key: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO projects VALUES (?, ?, ?)", (key, key, time.time()))
+        with self.database.read() as conn:
+            if conn.execute(select(projects.c.key).where(projects.c.key == key)).first():
+                return
+        try:
+            self.create_project(key)
+        except AlreadyExistsError:
+            pass
 
     def project(self, key: str) -> dict[str, Any]:
-        rows = self.query("SELECT key, name, created_at FROM projects WHERE key = ?", (key,))
-        if not rows:
+        with self.database.read() as conn:
+            row = conn.execute(select(projects.c.key, projects.c.name, projects.c.created_at)
+                               .where(projects.c.key == key)).first()
+        if row is None:
             raise NotFoundError(f"project {key!r} does not exist")
-        return {"key": rows[0][0], "name": rows[0][1], "created_at": rows[0][2]}
+        return {"key": row[0], "name": row[1], "created_at": row[2]}
 
     def projects(self) -> list[dict[str, Any]]:
-        return [{"key": k, "name": n, "created_at": c}
-                for k, n, c in self.query("SELECT key, name, created_at FROM projects ORDER BY key")]
+        with self.database.read() as conn:
+            rows = conn.execute(select(projects.c.key, projects.c.name, projects.c.created_at)
+                                .order_by(projects.c.key)).all()
+        return [{"key": k, "name": n, "created_at": c} for k, n, c in rows]
 
     def delete_project(self, key: str) -> None:
-        with self.transaction() as conn:
-            for table in ("knowledge_banks", "managed_folders"):
-                if conn.execute(f"SELECT 1 FROM {table} WHERE project_key = ?", (key,)).fetchone():
-                    raise InvalidInputError(f"project {key!r} is not empty: delete its {table.replace('_', ' ')} first")
-            conn.execute("DELETE FROM projects WHERE key = ?", (key,))
+        with self.database.transaction("deleting a project") as conn:
+            for table in (knowledge_banks, managed_folders):
+                if conn.execute(select(table.c.id).where(table.c.project_key == key).limit(1)).first():
+                    raise InvalidInputError(f"project {key!r} is not empty: delete its "
+                                            f"{table.name.replace('_', ' ')} first")
+            conn.execute(delete(projects).where(projects.c.key == key))
 
     # --- knowledge banks ----------------------------------------------------------------------
 
     def create_knowledge_bank(self, project_key: str, name: str, settings: dict[str, Any]) -> str:
         check_name("knowledge bank", name)
+        if self.shared:
+            check_store_across_servers(settings)
         kb_id = new_id()
-        with self.transaction() as conn:
-            if not conn.execute("SELECT 1 FROM projects WHERE key = ?", (project_key,)).fetchone():
-                raise NotFoundError(f"project {project_key!r} does not exist")
-            if conn.execute("SELECT 1 FROM knowledge_banks WHERE project_key = ? AND name = ?",
-                            (project_key, name)).fetchone():
-                raise AlreadyExistsError(f"project {project_key!r} already has a knowledge bank named {name!r}")
-            conn.execute("INSERT INTO knowledge_banks VALUES (?, ?, ?, ?, ?)",
-                         (kb_id, project_key, name, settings_json(settings, f"knowledge bank {name!r}"),
-                          time.time()))
+        text = settings_json(settings, f"knowledge bank {name!r}")
+        taken = f"project {project_key!r} already has a knowledge bank named {name!r}"
+        try:
+            with self.database.transaction("creating a knowledge bank") as conn:
+                if not conn.execute(select(projects.c.key).where(projects.c.key == project_key)).first():
+                    raise NotFoundError(f"project {project_key!r} does not exist")
+                if conn.execute(select(knowledge_banks.c.id).where(knowledge_banks.c.project_key == project_key,
+                                                                   knowledge_banks.c.name == name)).first():
+                    raise AlreadyExistsError(taken)
+                conn.execute(insert(knowledge_banks).values(id=kb_id, project_key=project_key, name=name,
+                                                            settings=text, created_at=time.time()))
+        except IntegrityError:
+            raise AlreadyExistsError(taken) from None
         return kb_id
 
     def knowledge_bank(self, project_key: str, kb_id: str) -> dict[str, Any]:
-        rows = self.query("SELECT id, name, settings FROM knowledge_banks WHERE project_key = ? AND id = ?",
-                          (project_key, kb_id))
-        if not rows:
+        with self.database.read() as conn:
+            row = conn.execute(select(knowledge_banks.c.id, knowledge_banks.c.name, knowledge_banks.c.settings)
+                               .where(knowledge_banks.c.project_key == project_key,
+                                      knowledge_banks.c.id == kb_id)).first()
+        if row is None:
             raise NotFoundError(f"knowledge bank {kb_id!r} does not exist in project {project_key!r}")
-        return {"id": rows[0][0], "name": rows[0][1], "settings": json.loads(rows[0][2])}
+        return {"id": row[0], "name": row[1], "settings": json.loads(row[2])}
 
     def knowledge_bank_settings_text(self, project_key: str, kb_id: str) -> str | None:
-        """The stored settings JSON, unparsed (one indexed lookup: how handle caches check they are current)."""
-        row = self._conn().execute("SELECT settings FROM knowledge_banks WHERE project_key = ? AND id = ?",
-                                   (project_key, kb_id)).fetchone()
-        return row[0] if row else None
+        """The stored settings JSON, unparsed: how handle caches check they are current (on every search).
+
+        Answered from memory while the catalog's version stays the same: on PostgreSQL that is no round trip
+        at all, on SQLite one read of the version row."""
+        version = self.database.watch.version()
+        key = (project_key, kb_id)
+        with self._cache_lock:
+            if version != self._settings_version:
+                self._settings_cache.clear()
+                self._settings_version = version
+            elif key in self._settings_cache:
+                return self._settings_cache[key]
+        with self.database.read() as conn:
+            text = conn.execute(select(knowledge_banks.c.settings).where(
+                knowledge_banks.c.project_key == project_key, knowledge_banks.c.id == kb_id)).scalar()
+        with self._cache_lock:
+            if self._settings_version == version:  # a change seen meanwhile: the next call reads afresh
+                if len(self._settings_cache) >= _SETTINGS_CACHE_SIZE:
+                    self._settings_cache.clear()
+                self._settings_cache[key] = text
+        return text
 
     def knowledge_banks(self, project_key: str) -> list[dict[str, Any]]:
-        rows = self.query("SELECT id, name, settings FROM knowledge_banks WHERE project_key = ? ORDER BY name",
-                          (project_key,))
+        with self.database.read() as conn:
+            rows = conn.execute(select(knowledge_banks.c.id, knowledge_banks.c.name, knowledge_banks.c.settings)
+                                .where(knowledge_banks.c.project_key == project_key)
+                                .order_by(knowledge_banks.c.name)).all()
         return [{"id": i, "name": n, "settings": json.loads(s)} for i, n, s in rows]
 
     def save_knowledge_bank_settings(self, project_key: str, kb_id: str, settings: dict[str, Any]) -> None:
-        with self.transaction() as conn:
-            cursor = conn.execute("UPDATE knowledge_banks SET settings = ? WHERE project_key = ? AND id = ?",
-                                  (settings_json(settings, f"knowledge bank {kb_id!r}"), project_key, kb_id))
-            if cursor.rowcount != 1:
+        if self.shared:
+            check_store_across_servers(settings)
+        text = settings_json(settings, f"knowledge bank {kb_id!r}")
+        with self.database.transaction("saving knowledge bank settings") as conn:
+            result = conn.execute(update(knowledge_banks).where(knowledge_banks.c.project_key == project_key,
+                                                                knowledge_banks.c.id == kb_id).values(settings=text))
+            if result.rowcount != 1:
                 raise NotFoundError(f"knowledge bank {kb_id!r} does not exist in project {project_key!r}")
 
     def delete_knowledge_bank(self, project_key: str, kb_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM knowledge_banks WHERE project_key = ? AND id = ?", (project_key, kb_id))
+        with self.database.transaction("deleting a knowledge bank") as conn:
+            conn.execute(delete(knowledge_banks).where(knowledge_banks.c.project_key == project_key,
+                                                       knowledge_banks.c.id == kb_id))
 
     # --- managed folders ----------------------------------------------------------------------
 
     def create_managed_folder(self, project_key: str, name: str) -> str:
         check_name("managed folder", name)
         folder_id = new_id()
-        with self.transaction() as conn:
-            if not conn.execute("SELECT 1 FROM projects WHERE key = ?", (project_key,)).fetchone():
-                raise NotFoundError(f"project {project_key!r} does not exist")
-            if conn.execute("SELECT 1 FROM managed_folders WHERE project_key = ? AND name = ?",
-                            (project_key, name)).fetchone():
-                raise AlreadyExistsError(f"project {project_key!r} already has a managed folder named {name!r}")
-            conn.execute("INSERT INTO managed_folders VALUES (?, ?, ?, ?)", (folder_id, project_key, name, time.time()))
+        taken = f"project {project_key!r} already has a managed folder named {name!r}"
+        try:
+            with self.database.transaction("creating a managed folder") as conn:
+                if not conn.execute(select(projects.c.key).where(projects.c.key == project_key)).first():
+                    raise NotFoundError(f"project {project_key!r} does not exist")
+                if conn.execute(select(managed_folders.c.id).where(managed_folders.c.project_key == project_key,
+                                                                   managed_folders.c.name == name)).first():
+                    raise AlreadyExistsError(taken)
+                conn.execute(insert(managed_folders).values(id=folder_id, project_key=project_key, name=name,
+                                                            created_at=time.time()))
+        except IntegrityError:
+            raise AlreadyExistsError(taken) from None
         return folder_id
 
     def managed_folder(self, project_key: str, ref: str) -> dict[str, Any]:
-        """A folder by id or by name."""
-        rows = self.query("SELECT id, name FROM managed_folders WHERE project_key = ? AND (id = ? OR name = ?) "
-                          "ORDER BY id = ? DESC", (project_key, ref, ref, ref))
-        if not rows:
+        """A folder by id or by name (the id wins when one folder's name is another's id)."""
+        with self.database.read() as conn:
+            row = conn.execute(select(managed_folders.c.id, managed_folders.c.name)
+                               .where(managed_folders.c.project_key == project_key,
+                                      or_(managed_folders.c.id == ref, managed_folders.c.name == ref))
+                               .order_by(desc(managed_folders.c.id == ref))).first()
+        if row is None:
             raise NotFoundError(f"managed folder {ref!r} does not exist in project {project_key!r}")
-        return {"id": rows[0][0], "name": rows[0][1]}
+        return {"id": row[0], "name": row[1]}
 
     def managed_folders(self, project_key: str) -> list[dict[str, Any]]:
-        rows = self.query("SELECT id, name FROM managed_folders WHERE project_key = ? ORDER BY name", (project_key,))
+        with self.database.read() as conn:
+            rows = conn.execute(select(managed_folders.c.id, managed_folders.c.name)
+                                .where(managed_folders.c.project_key == project_key)
+                                .order_by(managed_folders.c.name)).all()
         return [{"id": i, "name": n} for i, n in rows]
 
     def delete_managed_folder(self, project_key: str, folder_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM managed_folders WHERE project_key = ? AND id = ?", (project_key, folder_id))
+        with self.database.transaction("deleting a managed folder") as conn:
+            conn.execute(delete(managed_folders).where(managed_folders.c.project_key == project_key,
+                                                       managed_folders.c.id == folder_id))
 
     # --- connections --------------------------------------------------------------------------
 
     def save_connection(self, name: str, kind: str, params: dict[str, Any], replace: bool = False) -> None:
         if not isinstance(name, str) or not CONNECTION_NAME_RE.match(name):
             raise InvalidInputError(f"invalid connection name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-        with self.transaction() as conn:
-            exists = conn.execute("SELECT 1 FROM connections WHERE name = ?", (name,)).fetchone()
-            if exists and not replace:
-                raise AlreadyExistsError(f"connection {name!r} already exists")
-            conn.execute("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?)",
-                         (name, kind, settings_json(params, f"connection {name!r}"), time.time()))
+        text = settings_json(params, f"connection {name!r}")
+        try:
+            with self.database.transaction("saving a connection") as conn:
+                exists = conn.execute(select(connections.c.name).where(connections.c.name == name)).first()
+                if exists and not replace:
+                    raise AlreadyExistsError(f"connection {name!r} already exists")
+                conn.execute(delete(connections).where(connections.c.name == name))
+                conn.execute(insert(connections).values(name=name, type=kind, params=text, created_at=time.time()))
+        except IntegrityError:
+            raise AlreadyExistsError(f"connection {name!r} already exists") from None
 
     def connections(self) -> dict[str, dict[str, Any]]:
-        return {n: {"type": t, **json.loads(p)} for n, t, p in self.query("SELECT name, type, params FROM connections")}
+        with self.database.read() as conn:
+            rows = conn.execute(select(connections.c.name, connections.c.type, connections.c.params)).all()
+        return {n: {"type": t, **json.loads(p)} for n, t, p in rows}
 
     def connection(self, name: str) -> dict[str, Any]:
         found = self.connections().get(name)
@@ -236,11 +267,9 @@ class Catalog:
         return found
 
     def delete_connection(self, name: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM connections WHERE name = ?", (name,))
+        with self.database.transaction("deleting a connection") as conn:
+            conn.execute(delete(connections).where(connections.c.name == name))
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if self._owns_database:
+            self.database.close()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kb import embeddings as embedding_models
 from kb.catalog import Catalog, settings_json
-from kb.config import default_home
+from kb.config import catalog_location, default_home, folders_root
 from kb.embedding_cache import CachedEmbedder, EmbeddingCache
 from kb.embeddings import build_model, list_model_ids
 from kb.knowledge_bank import (
@@ -69,7 +69,8 @@ class EmbeddedClient:
     def __init__(self, home: str | Path | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.home / "catalog.sqlite")
+        self.catalog = Catalog(catalog_location(self.home))  # KB_DATABASE_URL, else SQLite in the home
+        self.folders_root = folders_root()  # KB_FOLDERS_ROOT: managed folders on a shared file system
         self.catalog.ensure_project(DEFAULT_PROJECT_KEY)
         self._lock = threading.RLock()
         self._stores: dict[str, tuple[str, VectorStoreDriver]] = {}
@@ -232,7 +233,8 @@ class EmbeddedClient:
         project_key, _, folder_ref = ref.rpartition(".")
         project_key = project_key or default_project
         info = self.catalog.managed_folder(project_key, folder_ref)
-        root = self.project_folder(project_key) / "folders" / info["id"]
+        base = self.folders_root / project_key if self.folders_root else self.project_folder(project_key) / "folders"
+        root = base / info["id"]
         return ManagedFolder(project_key, info["id"], info["name"], root)
 
     # --- knowledge banks (used by Project and the handles) ------------------------------------

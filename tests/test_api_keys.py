@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -45,18 +46,19 @@ def test_an_expired_key_is_refused_saying_so(tmp_path: Path) -> None:
         store.create("past", expires_at=time.time() - 1)
 
 
-def test_a_keys_file_from_before_expiry_is_upgraded_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "keys.sqlite"
-    old = KeyStore(path)
-    key = old.create("old", admin=True)
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE legacy AS SELECT id, name, hash, admin, roles, created_at FROM api_keys")
-    conn.execute("DROP TABLE api_keys")
-    conn.execute("ALTER TABLE legacy RENAME TO api_keys")
+def test_a_keys_file_from_before_expiry_is_taken_over_by_the_catalog(tmp_path: Path) -> None:
+    """Release 0.1 kept keys in $KB_HOME/keys.sqlite (at first without expiry columns); the catalog takes them."""
+    secret = "s" * 24
+    conn = sqlite3.connect(tmp_path / "keys.sqlite")
+    conn.execute("CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash BLOB NOT NULL, "
+                 "admin INTEGER NOT NULL, roles TEXT NOT NULL, created_at REAL)")
+    conn.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?)",
+                 ("old1", "old", hashlib.sha256(secret.encode()).digest(), 1, "{}", time.time()))
     conn.commit()
     conn.close()
-    upgraded = KeyStore(path)
-    assert upgraded.authenticate(key) is not None
+    upgraded = KeyStore.for_home(tmp_path)  # a fresh SQLite catalog is created, and takes keys.sqlite's rows
+    assert upgraded.authenticate(f"kb_old1_{secret}") is not None
+    assert upgraded.authenticate(f"kb_old1_{'t' * 24}") is None
     [listed] = upgraded.list()
     assert listed["expires_at"] is None and listed["last_used_at"] is not None
 
@@ -83,12 +85,12 @@ def test_revocation_takes_effect_on_the_next_request_in_every_worker(serve: KBSe
     assert listed["doomed"]["last_used_at"] is not None and listed["doomed"]["expires_at"] is None
     revoked = kb_cli(serve.home, "keys", "revoke", listed["doomed"]["id"])
     assert revoked.returncode == 0, revoked.stderr
-    assert set(_statuses(serve, key)) == {401}  # at once, on both workers: no cache anywhere
+    assert set(_statuses(serve, key)) == {401}  # at once, on both workers: caches go with the version
 
 
 def test_an_expiring_key_works_until_its_time_then_gets_401(serve: KBServe) -> None:
     expires = time.time() + 4
-    key = KeyStore(serve.home / "keys.sqlite").create("brief", roles={"DEFAULT": "reader"}, expires_at=expires)
+    key = KeyStore.for_home(serve.home).create("brief", roles={"DEFAULT": "reader"}, expires_at=expires)
     assert set(_statuses(serve, key, 6)) == {200}
     listed = {k["name"]: k for k in json.loads(kb_cli(serve.home, "keys", "list").stdout)}
     assert listed["brief"]["expires_at"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(expires)))

@@ -62,7 +62,7 @@ class KBServer:
         raise RuntimeError(f"kb server did not become ready: {self.log.read_text()[-2000:]}")
 
     def keys(self) -> KeyStore:
-        return KeyStore(self.home / "keys.sqlite")
+        return KeyStore.for_home(self.home)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -1,0 +1,209 @@
+"""Several ``kb serve`` processes over one PostgreSQL catalog and one Elasticsearch node, as an operator runs them.
+
+Two servers with separate ``$KB_HOME``s on loopback ports, one shared ``KB_DATABASE_URL`` (upgraded first with
+``kb db upgrade``, as the deployment guide says) and one shared ``KB_FOLDERS_ROOT``. What one server changes
+in the catalog (knowledge banks, settings, keys, folders) the other serves; settings and key changes reach it
+within a second (the catalog's version, polled every 0.2 s). The commit point of a store-backed knowledge bank
+is still per server until the commit-point half of issue 28 lands: writes and searches of one knowledge
+bank go through one server here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kb.catalog import Catalog
+from tests.support.elasticsearch_server import ElasticsearchNode
+from tests.support.kb_serve import STUB_MODEL, KBServe
+from tests.support.openai_embeddings_server import API_KEY, EmbeddingsServer
+from tests.support.postgres_server import PostgresServer
+from tests.support.server import ADMIN_KEY, ROOT
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+INVALIDATION_BUDGET = 1.0  # seconds: the issue's bound for a change to reach every server
+
+
+class Deployment:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.postgres = PostgresServer().start()
+        self.url = self.postgres.create_database("kb")
+        self.folders = root / "shared-folders"
+        self.es = ElasticsearchNode()
+        self.embeddings = EmbeddingsServer()
+        self.servers: list[KBServe] = []
+
+    def start(self) -> Deployment:
+        self.es.start()
+        self.embeddings.start()
+        upgraded = self.kb("db", "upgrade", home=self.root / "operator")
+        assert upgraded.returncode == 0, upgraded.stderr
+        catalog = Catalog(self.url)
+        catalog.save_connection("stub", "openai-compatible", {"base_url": self.embeddings.url, "api_key": API_KEY,
+                                                              "models": ["text-embedding-3-small"]})
+        catalog.save_connection("es", "elasticsearch", {"url": self.es.url, "index_prefix": "multi-"})
+        catalog.close()
+        for name in ("a", "b"):
+            self.servers.append(KBServe(self.root / f"home-{name}", workers=1, env=self.env()).start())
+        return self
+
+    def env(self) -> dict[str, str]:
+        return {"KB_DATABASE_URL": self.url, "KB_FOLDERS_ROOT": str(self.folders)}
+
+    def kb(self, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(Path(sys.executable).parent / "kb"), *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120, env={**os.environ, "KB_HOME": str(home), **self.env()})
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.embeddings.stop()
+        self.es.cleanup()
+        self.postgres.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    running = Deployment(tmp_path_factory.mktemp("multi-server"))
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+def _kbs(server: KBServe, project: str = "DEFAULT") -> str:
+    return f"{server.url}/v1/projects/{project}/knowledge-banks"
+
+
+def _ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json() if response.content else None
+
+
+def _until(check: Any, budget: float) -> float:
+    """Seconds until ``check()`` is true, polling; fails past ``budget``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < budget, f"not seen within {budget} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_knowledge_bank_created_on_a_is_listed_written_searched_and_deleted_on_b(deployment: Deployment) -> None:
+    a, b = deployment.servers
+    created = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "manual", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es", "metadata_schema": {"n": "int"}}}), 201)
+    assert created["id"] in [k["id"] for k in _ok(httpx.get(_kbs(b), headers=ADMIN))]
+    base = f"{_kbs(b)}/{created['id']}"
+    texts = ["Solar panels turn sunlight into electricity.", "Honeybees dance to say where flowers are.",
+             "The error code E1042 means the disk is full."]
+    written = _ok(httpx.post(f"{base}/documents", headers=ADMIN, timeout=60, json={
+        "documents": [{"id": f"d{i}", "text": t, "metadata": {"n": i}} for i, t in enumerate(texts)]}))
+    assert written["ids"] == ["d0", "d1", "d2"]
+    hits = _ok(httpx.post(f"{base}/search", headers=ADMIN, timeout=60,
+                          json={"query": "E1042", "k": 1, "search_type": "keyword"}))["results"]
+    assert hits[0]["id"] == "d2"
+    similar = _ok(httpx.post(f"{base}/search", headers=ADMIN, timeout=60, json={"query": texts[1], "k": 1}))
+    assert similar["results"][0]["id"] == "d1"
+    _ok(httpx.delete(base, headers=ADMIN, timeout=60), 204)
+    assert created["id"] not in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN))]
+    assert httpx.get(f"{_kbs(a)}/{created['id']}", headers=ADMIN).status_code == 404
+    gone = httpx.get(f"{deployment.es.url}/multi-*/_search", params={"q": "E1042"}).json()
+    assert gone.get("hits", {}).get("total", {}).get("value", 0) == 0
+
+
+def test_settings_saved_on_a_are_used_by_b_within_a_second(deployment: Deployment) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "tuned", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es", "search": {"default_k": 1}}}), 201)["id"]
+    _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": f"d{i}", "text": f"note number {i}"} for i in range(5)]}))
+
+    def found_on_b() -> int:
+        return len(_ok(httpx.post(f"{_kbs(b)}/{kb_id}/search", headers=ADMIN, json={"query": "note"}))["results"])
+
+    assert found_on_b() == 1  # B has the knowledge bank's settings cached now
+    for default_k in (3, 2, 4):
+        settings = _ok(httpx.get(f"{_kbs(a)}/{kb_id}/settings", headers=ADMIN))
+        settings["search"]["default_k"] = default_k
+        _ok(httpx.put(f"{_kbs(a)}/{kb_id}/settings", headers=ADMIN, json=settings))
+        seen = _until(lambda k=default_k: found_on_b() == k, INVALIDATION_BUDGET)
+        print(f"default_k={default_k} saved on A, used by B after {seen * 1000:.0f} ms")
+
+
+def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_second(deployment: Deployment) -> None:
+    a, b = deployment.servers
+    created = deployment.kb("keys", "create", "--name", "temp", "--role", "DEFAULT=reader", home=a.home)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(_kbs(b), headers=headers).status_code == 200  # at once: an id B never saw is read
+    assert httpx.post(_kbs(b), headers=headers, json={"name": "x"}).status_code == 403  # its role holds on B
+    listed = {k["name"]: k for k in json.loads(deployment.kb("keys", "list", home=a.home).stdout)}
+    revoked = deployment.kb("keys", "revoke", listed["temp"]["id"], home=a.home)
+    assert revoked.returncode == 0, revoked.stderr
+    seen = _until(lambda: httpx.get(_kbs(b), headers=headers).status_code == 401, INVALIDATION_BUDGET)
+    print(f"key revoked on A, refused by B after {seen * 1000:.0f} ms")
+    assert httpx.get(_kbs(a), headers=headers).status_code == 401
+
+
+def test_one_disk_stores_are_refused_naming_the_store_types_that_work(deployment: Deployment) -> None:
+    a, _ = deployment.servers
+    for store, settings in (("FAISS", {}), ("CHROMA", {})):
+        refused = httpx.post(_kbs(a), headers=ADMIN, json={"name": f"local-{store}", "embedding_llm_id": STUB_MODEL,
+                                                           "vector_store_type": store, "settings": settings})
+        assert refused.status_code == 422, refused.text
+        message = refused.json()["error"]["message"]
+        assert "ELASTICSEARCH" in message and "AZURE_AI_SEARCH" in message and "Chroma server" in message
+    assert not [k for k in _ok(httpx.get(_kbs(a), headers=ADMIN)) if k["name"].startswith("local-")]
+
+
+def test_a_managed_folder_made_on_a_is_shared_with_b_under_the_folders_root(deployment: Deployment) -> None:
+    a, b = deployment.servers
+    folder = _ok(httpx.post(f"{a.url}/v1/projects/DEFAULT/folders", headers=ADMIN, json={"name": "drop"}), 201)
+    files = f"/v1/projects/DEFAULT/folders/{folder['id']}/files"
+    _ok(httpx.put(f"{a.url}{files}/guide.txt", headers=ADMIN, content=b"shared text"), 201)
+    assert _ok(httpx.get(f"{b.url}{files}", headers=ADMIN)) == ["/guide.txt"]
+    assert httpx.get(f"{b.url}{files}/guide.txt", headers=ADMIN).content == b"shared text"
+    assert (deployment.folders / "DEFAULT" / folder["id"] / "guide.txt").read_bytes() == b"shared text"
+    assert not any(a.home.glob("projects/*/folders/*")) and not any(b.home.glob("projects/*/folders/*"))
+
+
+def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_gets_503(
+        deployment: Deployment) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "steady", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es"}}), 201)["id"]
+    search = f"{_kbs(b)}/{kb_id}/search"
+    _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": "s1", "text": "steady state under an outage"}]}))
+    assert _ok(httpx.post(search, headers=ADMIN, json={"query": "outage", "k": 1}))["results"][0]["id"] == "s1"
+    deployment.postgres.shut_down()
+    try:
+        for _ in range(5):  # B has this knowledge bank's settings and the key cached: no database needed
+            answer = httpx.post(search, headers=ADMIN, timeout=30, json={"query": "outage", "k": 1})
+            assert answer.status_code == 200 and answer.json()["results"][0]["id"] == "s1", answer.text
+        listed = httpx.get(_kbs(b), headers=ADMIN, timeout=30)  # needs the catalog
+        assert listed.status_code == 503, listed.text
+        assert listed.headers["Retry-After"] == "2" and listed.json()["error"]["code"] == "catalog_unavailable"
+        unknown_key = httpx.get(_kbs(a), headers={"Authorization": "Bearer kb_notcached_" + "x" * 20}, timeout=30)
+        assert unknown_key.status_code == 503, unknown_key.text
+    finally:
+        deployment.postgres.start_again()
+    recovered = _until(lambda: httpx.get(_kbs(b), headers=ADMIN, timeout=30).status_code == 200, 20.0)
+    print(f"catalog back: B answers again after {recovered * 1000:.0f} ms")
+    assert kb_id in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN, timeout=30))]
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)  # writes to the catalog work again
