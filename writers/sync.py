@@ -12,8 +12,11 @@ written again.
 
 Work is committed per batch of whole files, one store transaction each, so a
 kill leaves whole files; the re-run finishes the job without duplicates or
-re-embedding. A file that fails to extract is reported with its reason and
-keeps its previously committed chunks. A sync holds the knowledge bank's sync
+re-embedding. A file that fails to extract (corrupt, password-protected,
+unsupported) is reported as failed with its reason and keeps its previously
+committed chunks. A readable file with nothing to index (a redirect page, an
+empty HTML shell, an image-only PDF with OCR off) is ``empty``: reported with
+its reason, synced with no chunks, and not a failure. A sync holds the knowledge bank's sync
 lock from start to end: a second sync gets ``SyncBusyError`` (REST: 409 busy).
 """
 
@@ -30,6 +33,7 @@ from typing import IO
 from tqdm import tqdm
 
 from kb_base.errors import (
+    EmptyDocumentError,
     ExtractionError,
     InvalidInputError,
     NotFoundError,
@@ -63,6 +67,7 @@ class _Done:
     record: FileRecord
     chunks: list[Record]
     new: bool
+    empty: bool = False  # readable, nothing to index: recorded with no chunks, reported as empty
 
 
 def as_folder(folder: ManagedFolder | str | Path) -> ManagedFolder:
@@ -153,7 +158,7 @@ class _Sync:
                 if len(batch) >= options.batch_files or batch_chunks >= options.batch_chunks:
                     self._commit(batch, known, removed)
                     batch, batch_chunks, removed = [], 0, []
-                bar.set_postfix(failed=len(self.report.failed), refresh=False)
+                bar.set_postfix(empty=len(self.report.empty), failed=len(self.report.failed), refresh=False)
             if batch or removed:
                 self._commit(batch, known, removed)
         finally:
@@ -163,6 +168,15 @@ class _Sync:
         if len(self.report.failed) < MAX_LISTED_FAILURES:
             self.report.failed.append({"path": path, "reason": reason})
         log.warning("sync of %s: %s failed: %s", self.core.id, path, reason)
+
+    def _empty(self, path: str, new: bool, sha: str, reason: str, awaits_ocr: bool) -> _Done:
+        """A file with nothing to index is synced with no chunks (its old ones go) and reported as empty:
+        it is not a failure, and an unchanged re-sync skips it (unless an OCR engine would now read it)."""
+        if len(self.report.empty) < MAX_LISTED_FAILURES:
+            self.report.empty.append({"path": path, "reason": reason})
+        log.info("sync of %s: %s has nothing to index: %s", self.core.id, path, reason)
+        config = self.config + AWAITS_OCR if awaits_ocr else self.config
+        return _Done(path, FileRecord(self.folder.id, path, sha, config, "empty", None, [], []), [], new, empty=True)
 
     def _extract(self, path: str, new: bool) -> _Done | None:
         """Extract, chunk and render one file; None (and a failure in the report) when it cannot be read."""
@@ -185,6 +199,8 @@ class _Sync:
                     screenshots[page] = name
                     self.report.screenshots_written += 1
             chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots)
+        except EmptyDocumentError as exc:
+            return self._empty(path, new, sha, str(exc), exc.awaits_ocr)
         except InvalidInputError as exc:  # ExtractionError, PathError: their message is the reason
             self._fail(path, str(exc))
             return None
@@ -236,7 +252,8 @@ class _Sync:
         self.report.commits += 1
         self.report.chunks_written += len(fresh)
         for done in batch:
-            (self.report.added if done.new else self.report.updated).append(done.path)
+            if not done.empty:
+                (self.report.added if done.new else self.report.updated).append(done.path)
         self.report.removed.extend(o.path for o in removed)
         old_images = [name for d in batch if d.path in known for name in known[d.path].screenshots
                       if name not in set(d.record.screenshots)] + [n for o in removed for n in o.screenshots]

@@ -68,6 +68,7 @@ class SyncReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}; old chunks are kept
+    empty: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: nothing to index, no chunks
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "message"}: e.g. pages left out
     files_total: int = 0
     files_to_process: int = 0  # added or changed: what the progress counts
@@ -85,11 +86,13 @@ class SyncReport:
 
     @property
     def exit_status(self) -> int:
+        """1 when a file could not be read; a file with nothing to index (``empty``) is not a failure."""
         return 1 if self.failed else 0
 
     def summary(self) -> str:
         return (f"{self.files_total} files: {len(self.added)} added, {len(self.updated)} updated, "
-                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.empty)} empty, "
+                f"{len(self.failed)} failed; "
                 f"{self.pages} pages, {self.chunks_written} chunks written, {self.chunks_removed} removed, "
                 f"{self.texts_embedded} texts embedded, {self.screenshots_written} screenshots; "
                 f"{self.commits} commits in {self.seconds:.1f}s")

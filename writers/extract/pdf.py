@@ -2,7 +2,7 @@
 
 Pages without a text layer (scans, pictures of text) are rendered and read by
 OCR when tesseract is installed; otherwise the page is named in the file's
-warnings, and a PDF with no text on any page fails with the reason.
+warnings, and a PDF with no text on any page is EmptyDocumentError with the reason.
 
 PDFium is not thread-safe, not even across documents (pypdfium2's docs): every
 call into it holds ``PDFIUM_LOCK``, one page at a time, and every PDFium object
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 
-from kb_base.errors import ExtractionError
+from kb_base.errors import EmptyDocumentError, ExtractionError
 from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
 from writers.extract.types import ExtractedDocument, Section, SectionBuilder
 
@@ -154,9 +154,13 @@ def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
                 no_text.append(index + 1)
             texts.append(text)
             pages_lines.append((text, lines))
-        if len(no_text) == page_count:
-            reason = "OCR found no text either" if use_ocr else f"no OCR engine: {INSTALL_HINT}"
-            raise ExtractionError(f"no page of the PDF has a text layer ({reason})")
+        if len(no_text) == page_count:  # readable, nothing to index: empty, not failed
+            if use_ocr:
+                raise EmptyDocumentError("no page of the PDF has a text layer, and OCR found no text either")
+            if not ocr:
+                raise EmptyDocumentError("no page of the PDF has a text layer (image-only) and OCR is off")
+            raise EmptyDocumentError(f"no page of the PDF has a text layer (image-only) and no OCR engine is "
+                                     f"installed: {INSTALL_HINT}", awaits_ocr=True)
         if no_text:
             why = "OCR found no text" if use_ocr else f"no OCR engine is installed ({INSTALL_HINT})"
             warnings.append(f"pages {', '.join(map(str, no_text))} have no text layer and {why}; "
