@@ -4,9 +4,10 @@
    scripts, styles, templates, SVG.
 2. The main content is the page's ``<main>`` (or ``role="main"``, or a single
    ``<article>``) when it holds at least a quarter of the body's text, else
-   the body. Inside it, navigation regions (``<nav>``, ``<aside>``,
+   the body. Inside it, navigation regions (``<nav>``,
    ``role="navigation"``/``search``/``banner``/``contentinfo``, hidden
-   elements) and a page-level ``<header>``/``<footer>`` without an ``<h1>``
+   elements; ``<aside>`` too unless the page marked its main content, where
+   an aside is the article's own) and a page-level ``<header>``/``<footer>`` without an ``<h1>``
    are dropped, but only when they hold less than half of its text: a rule
    that matches the page's main text never removes it (real sites put
    ``sidebar`` or ``nav`` on the outermost elements). No rule reads class
@@ -15,11 +16,14 @@
    share buttons, cookie banners) from that content, handed to it as an
    ``<article>`` so that it keeps headings and code blocks (without a
    container it falls back to a path that drops headings).
+   Code blocks go through it as one-word tokens and come back whole
+   (trafilatura collapses the whitespace of code inside list items).
 4. Its result is read into blocks (``writers.extract.html_blocks``): headings,
    paragraphs, code with its line breaks, lists, tables one row per line.
-   When trafilatura keeps nothing of a page that has visible text, the
-   cleaned content itself is read the same way: a page is never lost to the
-   extractor's judgement.
+   When trafilatura keeps nothing of a page that has visible text, or falls
+   back to its baseline (one run of text, the page's headings lost: index
+   pages, tables of contents), the cleaned content itself is read the same
+   way: a page is never lost to the extractor's judgement.
 
 A page with no visible text is ``EmptyDocumentError`` with the reason (a
 redirect, a shell filled by JavaScript, nothing but markup).
@@ -35,7 +39,8 @@ from trafilatura import bare_extraction
 from trafilatura.utils import load_html
 
 from kb_base.errors import EmptyDocumentError, ExtractionError
-from writers.extract.html_blocks import Block, iter_blocks
+from writers.extract.html_blocks import HTML_HEADINGS, Block, iter_blocks
+from writers.extract.html_code import hide_code, restore_code
 from writers.extract.types import ExtractedDocument, SectionBuilder
 
 NEVER_TEXT = ("script", "style", "noscript", "template", "svg", "iframe", "object", "embed", "canvas")
@@ -63,8 +68,12 @@ def parse_page(data: bytes) -> etree._Element:
     return tree
 
 
-def _is_chrome(element: etree._Element) -> bool:
+def _is_chrome(element: etree._Element, in_main: bool) -> bool:
+    """Navigation or hidden. Inside a page's marked main content an <aside> is the article's own (Sphinx
+    writes its sidebar directive and footnotes as <aside>): kept."""
     role = (element.get("role") or "").lower()
+    if in_main and (element.tag == "aside" or role == "complementary"):
+        return False
     return (element.tag in CHROME_TAGS or role in CHROME_ROLES or element.get("aria-hidden") == "true"
             or element.get("hidden") is not None)
 
@@ -85,7 +94,7 @@ def main_content(tree: etree._Element) -> etree._Element:
     for element in root.iter():
         if not isinstance(element.tag, str) or element is root:
             continue
-        chrome = _is_chrome(element) or (element.tag in PAGE_CHROME_TAGS and root is body
+        chrome = _is_chrome(element, root is not body) or (element.tag in PAGE_CHROME_TAGS and root is body
                                          and element.getparent() is body and not element.xpath(".//h1"))
         if chrome and _text_length(element) < CHROME_SHARE * root_length:
             doomed.append(element)
@@ -150,9 +159,16 @@ def extract_html(data: bytes, mode: str) -> ExtractedDocument:
     root = main_content(tree)
     if _text_length(root) == 0:
         raise EmptyDocumentError(_why_empty(data))
-    blocks = trafilatura_blocks(_as_article(root, title))
-    if not any(b.text.strip() for b in blocks if b.kind != "heading"):
-        root = main_content(parse_page(data))  # trafilatura kept nothing: the cleaned content, whole
+    has_headings = any(h.text_content().strip() for h in root.iter(*HTML_HEADINGS))
+    for figure in root.iter("figure", "figcaption"):
+        # trafilatura drops figures with the images it leaves out; documentation puts code listings in them
+        figure.tag = "div" if figure.tag == "figure" else "p"
+    originals = hide_code(root)
+    blocks = restore_code(trafilatura_blocks(_as_article(root, title)), originals)
+    if not any(b.kind != "heading" for b in blocks) or (has_headings and all(b.kind != "heading" for b in blocks)):
+        # trafilatura kept nothing, or fell back to its baseline (one run of text, headings lost: an index
+        # page, a table of contents): the cleaned content, whole, read the same way
+        root = main_content(parse_page(data))
         blocks = list(iter_blocks(root))
     builder = SectionBuilder()
     for block in blocks:

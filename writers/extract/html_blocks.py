@@ -86,7 +86,7 @@ def _normalise(text: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.split(LINE_BREAK) if line.strip())
 
 
-def _code_text(element: etree._Element) -> str:
+def code_text(element: etree._Element) -> str:
     lines = "".join(element.itertext()).replace("\r\n", "\n").replace("\t", "    ").split("\n")
     while lines and not lines[0].strip():
         lines.pop(0)
@@ -119,7 +119,7 @@ def iter_blocks(element: etree._Element) -> Iterator[Block]:
             yield Block("heading", title, level)
         return
     if tag == "pre" or (tag == "code" and _is_block(element)):
-        code = _code_text(element)
+        code = code_text(element)
         if code.strip():
             yield Block("code", code)
         return

@@ -105,6 +105,20 @@ def _font_headings(pages: list[tuple[str, list[tuple[int, str, float]]]]) -> lis
              if round(size, 1) in level and 0 < len(line.strip()) <= MAX_HEADING_CHARS] for _, lines in pages]
 
 
+def _title_position(text: str, title: str, before: list[tuple[int, int, str]]) -> int:
+    """Where an outline title stands on its page: at the start of a line, after the entries before it on the
+    page (a word like "References" also occurs in the text above its heading)."""
+    lower, wanted = text.lower(), title.lower()
+    start = max((offset for offset, _, _ in before), default=0)
+    for origin in (start, 0):
+        position = lower.find(wanted, origin)
+        while position > 0 and lower[position - 1] not in "\n\r":
+            position = lower.find(wanted, position + 1)
+        if position >= 0:
+            return position
+    return max(lower.find(wanted), 0)
+
+
 def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tuple[int, int, str]]] | None:
     """(offset, level, title) per page from the PDF's outline (bookmarks), placed where the title appears."""
     per_page: list[list[tuple[int, int, str]]] = [[] for _ in texts]
@@ -116,8 +130,7 @@ def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tu
         if index is None or not 0 <= index < len(texts) or not title:
             continue
         found = True
-        position = texts[index].lower().find(title.lower())
-        per_page[index].append((max(position, 0), item.level + 1, title))
+        per_page[index].append((_title_position(texts[index], title, per_page[index]), item.level + 1, title))
     return per_page if found else None
 
 
