@@ -43,7 +43,7 @@ from kb_base.errors import (
 from kb_base.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
 from writers.chunking import CHUNKS_KEY, HASH_KEY
-from writers.document_chunks import chunk_records, document_id
+from writers.document_chunks import chunk_records, document_id, embedding_text
 from writers.extract import extract_document
 from writers.extract.ocr import ocr_available
 from writers.sync_records import FileRecord, SyncRecords
@@ -108,7 +108,8 @@ class _Sync:
         report = self.report
         try:
             # hidden files and folders (.git, .DS_Store, editors' swap files) are not documents
-            paths = [p for p in self.folder.list_paths() if not any(part.startswith(".") for part in p.split("/"))]
+            paths = [p for p in self.folder.list_paths() if not any(part.startswith(".") for part in p.split("/"))
+                     and self.options.selects(p)]
             known = self.records.files(self.folder.id)
             report.files_total = len(paths)
             work: list[tuple[str, bool]] = []
@@ -198,7 +199,8 @@ class _Sync:
                     self.images.upload_data(name, png)
                     screenshots[page] = name
                     self.report.screenshots_written += 1
-            chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots)
+            chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots,
+                                   options.embed_context)
         except EmptyDocumentError as exc:
             return self._empty(path, new, sha, str(exc), exc.awaits_ocr)
         except InvalidInputError as exc:  # ExtractionError, PathError: their message is the reason
@@ -238,7 +240,8 @@ class _Sync:
         if fresh:
             embedder = self.core.embedder()
             hits, misses = embedder.hits, embedder.misses
-            vectors = embedder.embed_documents([c.text for c in fresh])
+            texts = [embedding_text(c.text, c.metadata) if self.options.embed_context else c.text for c in fresh]
+            vectors = embedder.embed_documents(texts)
             self.report.texts_embedded += embedder.misses - misses
             self.report.embedding_cache_hits += embedder.hits - hits
             for chunk, vector in zip(fresh, vectors, strict=True):

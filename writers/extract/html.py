@@ -175,4 +175,4 @@ def extract_html(data: bytes, mode: str) -> ExtractedDocument:
         if block.kind == "heading" and mode == "structured":
             builder.heading(block.level, block.text)
         builder.add(block.text + "\n\n")
-    return ExtractedDocument("html", builder.finish())
+    return ExtractedDocument("html", builder.finish(), title=title or None)

@@ -38,6 +38,7 @@ class ExtractedDocument:
     warnings: list[str] = field(default_factory=list)  # what a reader of the report should know (pages left out)
     render_pages: Callable[[float], Iterator[tuple[int, bytes]]] | None = None  # (page, PNG) for screenshots
     awaits_ocr: bool = False  # pages were left out for want of an OCR engine: installing one changes the result
+    title: str | None = None  # the document's own title (HTML <title>), when it has one
 
     @property
     def text_length(self) -> int:
