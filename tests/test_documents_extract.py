@@ -334,3 +334,18 @@ def test_pdfs_in_parallel_threads_match_sequential_results(files: dict[str, byte
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(work, names))
     assert results == [expected[name] for name in names]
+
+
+def test_html_page_is_read_whole_when_trafilatura_keeps_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page with visible text never fails for the main-content extractor's sake: nothing kept (or the library
+    raising on an odd page) means the cleaned content, whole, with its headings."""
+    import writers.extract.html as html
+
+    page = (b"<html><body><nav>Home</nav><div><h1>Install</h1><p>Run the installer.</p><pre>setup --all\n"
+            b"  --quiet</pre></div></body></html>")
+    for behaviour in (lambda *a, **k: None, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("odd page"))):
+        monkeypatch.setattr(html, "bare_extraction", behaviour)
+        document = extract_document("/install.html", page, "structured")
+        assert [s.path for s in document.sections] == [("Install",)]
+        text = document.sections[0].text
+        assert "Run the installer." in text and "setup --all\n  --quiet" in text and "Home" not in text

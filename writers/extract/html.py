@@ -31,6 +31,7 @@ redirect, a shell filled by JavaScript, nothing but markup).
 
 from __future__ import annotations
 
+import logging
 import re
 
 import lxml.html
@@ -42,6 +43,8 @@ from kb_base.errors import EmptyDocumentError, ExtractionError
 from writers.extract.html_blocks import HTML_HEADINGS, Block, iter_blocks
 from writers.extract.html_code import hide_code, restore_code
 from writers.extract.types import ExtractedDocument, SectionBuilder
+
+log = logging.getLogger(__name__)
 
 NEVER_TEXT = ("script", "style", "noscript", "template", "svg", "iframe", "object", "embed", "canvas")
 CHROME_TAGS = ("nav", "aside")
@@ -132,9 +135,13 @@ def _as_article(root: etree._Element, title: str | None) -> etree._Element:
 def trafilatura_blocks(page: etree._Element) -> list[Block]:
     # fast: no second-opinion extractors (readability, jusText), twice the speed; favor_recall: keep
     # borderline paragraphs (a documentation page has few "boilerplate-looking" parts that are not chrome)
-    document = bare_extraction(page, fast=True, favor_recall=True, include_comments=False, include_tables=True,
-                               include_formatting=False, include_links=False, include_images=False,
-                               deduplicate=False, with_metadata=False)
+    try:
+        document = bare_extraction(page, fast=True, favor_recall=True, include_comments=False, include_tables=True,
+                                   include_formatting=False, include_links=False, include_images=False,
+                                   deduplicate=False, with_metadata=False)
+    except Exception:  # noqa: BLE001 - a bug of the library on one odd page: the whole content instead
+        log.warning("trafilatura failed on a page; its whole content is used", exc_info=True)
+        return []
     body = getattr(document, "body", None)
     return list(iter_blocks(body)) if body is not None else []
 
