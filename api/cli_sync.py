@@ -9,8 +9,10 @@ project. With ``--url`` the server syncs: a local directory is first mirrored
 into a managed folder (``--folder``, default ``<kb name> sources``; only files
 whose sha256 changed are uploaded, files gone are deleted there), then the
 server's sync job runs on it and its report is printed as the embedded one.
-Exit status: 0 every file synced or unchanged, 1 some files failed (listed on
-stderr with their reason), 2 usage or fatal error (unknown knowledge bank or
+Exit status: 0 every file synced, unchanged or empty (readable with nothing to
+index: a redirect page, an empty HTML shell, an image-only PDF with OCR off),
+1 some files failed (could not be read; listed on stderr with their reason, as
+empty files are), 2 usage or fatal error (unknown knowledge bank or
 folder, another sync running, the model failing).
 """
 
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kb sync", description="Extract a folder of documents (PDF, DOCX, PPTX, HTML, Markdown, text, images) "
                                     "into a knowledge bank and keep it in sync: added, changed and removed files.",
-        epilog="exit status: 0 every file synced or unchanged, 1 some files failed, 2 usage or fatal error")
+        epilog="exit status: 0 every file synced, unchanged or empty (nothing to index), 1 some files failed "
+               "(could not be read), 2 usage or fatal error")
     parser.add_argument("source", help="a local directory, or a managed folder id or name")
     parser.add_argument("--kb", required=True, help="knowledge bank id or name")
     parser.add_argument("--project", default="DEFAULT", help="project key (default: DEFAULT)")
@@ -84,6 +87,10 @@ def _print_report(report: SyncReport, path: Path | None) -> None:
         print(f"failed: {item['path']}: {item['reason']}", file=sys.stderr)
     if len(report.failed) > 50:
         print(f"... and {len(report.failed) - 50} more failed files (see --report)", file=sys.stderr)
+    for item in report.empty[:20]:
+        print(f"empty: {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(report.empty) > 20:
+        print(f"... and {len(report.empty) - 20} more empty files (see --report)", file=sys.stderr)
     for item in report.warnings[:20]:
         print(f"warning: {item['path']}: {item['message']}", file=sys.stderr)
     print(report.summary())

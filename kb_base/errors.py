@@ -121,6 +121,18 @@ class ExtractionError(InvalidInputError):
     code = "extraction_failed"
 
 
+class EmptyDocumentError(ExtractionError):
+    """A readable document with nothing to index (a redirect page, an empty HTML shell, an image-only PDF
+    with OCR off). A folder sync reports it as ``empty``, not failed. ``awaits_ocr``: an OCR engine would
+    find text in it."""
+
+    code = "empty_document"
+
+    def __init__(self, message: str, awaits_ocr: bool = False) -> None:
+        super().__init__(message)
+        self.awaits_ocr = awaits_ocr
+
+
 class SyncBusyError(WriterBusyError):
     """Another folder sync is running on the same knowledge bank."""
 

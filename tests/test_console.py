@@ -267,6 +267,7 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
         "notes.html": b"<html><body><nav>Home | About</nav><h1>Care</h1><p>Wipe the screen with a dry cloth.</p>"
                       b"<footer>Copyright</footer></body></html>",
         "broken.pdf": b"%PDF-1.7 this is not really a PDF",
+        "moved.html": b'<html><head><meta http-equiv="refresh" content="0; url=guide.md"></head></html>',
     }
     for path, content in pages.items():
         assert httpx.put(f"{base}/folders/{folder['id']}/files/{path}", content=content,
@@ -283,7 +284,9 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
     report = _wait(driver, "#sync-report", seconds=WAIT * 2)
     rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
     assert rows["added"] == "2" and rows["failed"] == "1" and rows["removed"] == "0", report.text
+    assert rows["empty"] == "1", report.text  # nothing to index is not a failure, and is listed apart
     assert "broken.pdf" in _css(driver, "#sync-failed").text
+    assert "moved.html" in _css(driver, "#sync-empty").text and "redirect" in _css(driver, "#sync-empty").text
     hits = httpx.post(f"{base}/knowledge-banks/{kb_id}/search", headers=auth,
                       json={"query": "how do I reset the device", "k": 1, "search_type": "keyword"}).json()
     assert "power button" in hits["results"][0]["text"]
@@ -291,7 +294,7 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
     _css(driver, "#sync button[type=submit]").click()  # nothing changed: nothing extracted again
     report = _wait(driver, "#sync-report", seconds=WAIT)
     rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
-    assert rows["unchanged"] == "2" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
+    assert rows["unchanged"] == "3" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
 
 
 def test_reader_sees_403_messages(server: KBServer, browser) -> None:  # noqa: ANN001

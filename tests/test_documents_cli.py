@@ -27,6 +27,7 @@ def test_kb_sync_directory_then_folder(tmp_path: Path, capsys: pytest.CaptureFix
     (docs / "cookbook.md").write_text(NESTED_MARKDOWN)
     (docs / "notes.txt").write_text("Water the ferns on Tuesdays.")
     corrupt_pdf(docs / "broken.pdf")
+    (docs / "moved.html").write_text('<html><head><meta http-equiv="refresh" content="0; url=notes.txt"></head></html>')
     client = kb.api_client(home=home)
     project = client.get_default_project()
     core = project.create_knowledge_bank("manuals-kb").as_core_knowledge_bank()
@@ -38,16 +39,17 @@ def test_kb_sync_directory_then_folder(tmp_path: Path, capsys: pytest.CaptureFix
                            str(home), "--extraction", "structured", "--report", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 1, done.stderr[-2000:]  # one file failed
-    assert "3 files: 2 added, 0 updated, 0 unchanged, 0 removed, 1 failed" in done.stdout
+    assert "4 files: 2 added, 0 updated, 0 unchanged, 0 removed, 1 empty, 1 failed" in done.stdout
     assert "failed: /broken.pdf: not a readable PDF" in done.stderr
+    assert "empty: /moved.html: a redirect page (to notes.txt)" in done.stderr
     assert "sync docs" in done.stderr and "files" in done.stderr  # tqdm's bar
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(report["added"]) == ["/cookbook.md", "/notes.txt"] and report["exit_status"] == 1
 
     (docs / "broken.pdf").unlink()
     args = ["--kb", core.id, "--home", str(home), "--quiet", "--extraction", "structured"]
-    assert main([str(docs), *args]) == 0
-    assert "2 files: 0 added, 0 updated, 2 unchanged, 0 removed, 0 failed" in capsys.readouterr().out
+    assert main([str(docs), *args]) == 0  # the empty page is not a failure
+    assert "3 files: 0 added, 0 updated, 3 unchanged, 0 removed, 0 empty, 0 failed" in capsys.readouterr().out
 
     # a managed folder by name; another sync holding the knowledge bank; unknown names
     client = kb.api_client(home=home)

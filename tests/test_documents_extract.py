@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kb_base.errors import ExtractionError, InvalidInputError
+from kb_base.errors import EmptyDocumentError, ExtractionError, InvalidInputError
 from kb_base.folders import ManagedFolderDocumentRef
 from kb_base.search import image_paths_of
 from tests.support.document_files import (
@@ -123,7 +123,8 @@ def test_without_ocr_an_image_only_page_is_named_and_left_out(files: dict[str, b
     assert "tesseract-ocr" in document.warnings[0]
 
 
-def test_image_only_pdf_and_images_without_ocr_fail_with_the_reason(tmp_path: Path, no_ocr: None) -> None:
+def test_image_only_pdf_and_images_without_ocr_are_empty_with_the_reason(tmp_path: Path, no_ocr: None) -> None:
+    """Readable files with nothing to index without OCR: empty (not failed), and awaiting OCR when it is on."""
     from reportlab.lib.utils import ImageReader
     from reportlab.pdfgen import canvas
 
@@ -131,10 +132,18 @@ def test_image_only_pdf_and_images_without_ocr_fail_with_the_reason(tmp_path: Pa
     pdf.drawImage(ImageReader(text_image("HELLO")), 50, 500, width=400, height=100)
     pdf.showPage()
     pdf.save()
-    with pytest.raises(ExtractionError, match="no page of the PDF has a text layer.*tesseract-ocr"):
-        extract_document("/scan.pdf", (tmp_path / "scan.pdf").read_bytes())
-    with pytest.raises(ExtractionError, match="needs OCR.*no OCR engine is installed"):
+    scan = (tmp_path / "scan.pdf").read_bytes()
+    with pytest.raises(EmptyDocumentError, match="no page of the PDF has a text layer.*tesseract-ocr") as caught:
+        extract_document("/scan.pdf", scan)
+    assert caught.value.awaits_ocr
+    with pytest.raises(EmptyDocumentError, match="image-only\\) and OCR is off") as caught:
+        extract_document("/scan.pdf", scan, ocr=False)
+    assert not caught.value.awaits_ocr
+    with pytest.raises(EmptyDocumentError, match="needs OCR.*no OCR engine is installed") as caught:
         extract_document("/photo.png", png_bytes(text_image("HELLO")))
+    assert caught.value.awaits_ocr
+    with pytest.raises(EmptyDocumentError, match="needs OCR to become text and OCR is off"):
+        extract_document("/photo.png", png_bytes(text_image("HELLO")), ocr=False)
 
 
 def test_png_is_read_by_ocr() -> None:
@@ -179,6 +188,47 @@ def test_html_loses_its_navigation_noise() -> None:
         ("Battery care",), ("Battery care", "Cold weather"), ("Battery care", "Cold weather", "Storage"),
         ("Battery care", "Recycling")]
     assert "a third of its range" in structured.sections[1].text
+
+
+@pytest.mark.parametrize(("page", "title", "text"), [
+    # real sites put noise-like class names on their outermost elements (issue 36): none of them may cost the text
+    ('<html><body class="wy-body-for-nav"><div class="document"><h1>Install</h1><p>Run pip install foo.</p>'
+     '</div></body></html>', "Install", "Run pip install foo."),
+    ('<html><body class="has-navbar-fixed-top"><main><h1>Guide</h1><p>Real content here.</p></main></body></html>',
+     "Guide", "Real content here."),
+    ('<html><body><div class="container-with-sidebar"><article><h1>T</h1><p>Text of the article.</p></article>'
+     '</div></body></html>', "T", "Text of the article."),
+    ('<html class="light sidebar-visible"><body><nav id="sidebar">Chapters</nav><div id="content"><main>'
+     '<h2>Ownership</h2><p>Each value has an owner.</p></main></div></body></html>', "Ownership",
+     "Each value has an owner."),
+    # the only text of the page is in a <nav>: it is the page's text, kept (a rule never removes the main text)
+    ("<html><body><nav><a href='a.html'>Alpha release notes</a> <a href='b.html'>Beta notes</a></nav></body></html>",
+     None, "Alpha release notes"),
+])
+def test_html_main_text_survives_noise_like_names(page: str, title: str | None, text: str) -> None:
+    document = extract_document("/page.html", page.encode(), "structured")
+    assert text in "".join(s.text for s in document.sections)
+    assert document.sections[0].path == ((title,) if title else ())
+    if title == "Ownership":
+        assert "Chapters" not in document.sections[0].text
+
+
+def test_html_keeps_code_blocks_tables_and_link_text() -> None:
+    page = """<html><head><title>Config</title></head><body><nav><a href="/">Home</a></nav><main>
+<h1>Configuration</h1><p>Set <code>max_wal_size</code> as in the <a href="wal.html">WAL chapter</a>.</p>
+<h2>Example</h2><pre><code>def connect(dsn):
+    conn = open(dsn)
+    return conn</code></pre>
+<h2>Limits</h2><table><tr><th>Parameter</th><th>Default</th></tr><tr><td>max_connections</td><td>100</td></tr>
+</table><ul><li>first point</li><li>second <code>point</code></li></ul></main></body></html>"""
+    document = extract_document("/config.html", page.encode(), "structured")
+    sections = {s.path: s.text for s in document.sections}
+    assert list(sections) == [("Configuration",), ("Configuration", "Example"), ("Configuration", "Limits")]
+    assert "Set max_wal_size as in the WAL chapter." in sections[("Configuration",)]
+    assert "def connect(dsn):\n    conn = open(dsn)\n    return conn" in sections[("Configuration", "Example")]
+    limits = sections[("Configuration", "Limits")]
+    assert "Parameter | Default\nmax_connections | 100" in limits and "- second point" in limits
+    assert "Home" not in "".join(sections.values())
 
 
 def test_html_in_its_declared_charset() -> None:
@@ -231,19 +281,31 @@ def test_magic_bytes_win_over_the_extension(files: dict[str, bytes]) -> None:
 @pytest.mark.parametrize(("name", "make", "message"), [
     ("locked.pdf", lambda f: f["locked.pdf"], "password-protected"),
     ("broken.pdf", lambda f: f["broken.pdf"], "not a readable PDF"),
-    ("empty.pdf", lambda f: b"", "unsupported file type|not a readable PDF|no text"),
     ("archive.xyz", lambda f: b"whatever", "unsupported file type '.xyz'"),
     ("noext", lambda f: b"whatever", "unsupported file type '\\(no extension\\)'"),
-    ("blank.txt", lambda f: b"  \n\n ", "no text found in this text file"),
     ("binary.txt", lambda f: b"\x00\x01\x02binary", "binary data"),
     ("fake.docx", lambda f: b"PK\x03\x04 not really a zip", "not a readable DOCX"),
     ("fake.pptx", lambda f: b"this is not a presentation", "not a readable PPTX"),
-    ("empty.html", lambda f: b"<html><body><nav>Home</nav></body></html>", "no text found in this html file"),
     ("bad.png", lambda f: b"\x89PNG\r\n\x1a\n truncated", "not a readable image"),
 ])
 def test_every_bad_file_fails_with_its_reason(files: dict[str, bytes], name: str, make, message: str) -> None:
-    with pytest.raises(ExtractionError, match=message):
+    with pytest.raises(ExtractionError, match=message) as caught:
         extract_document("/" + name, make(files), "structured")
+    assert not isinstance(caught.value, EmptyDocumentError), "a file kb cannot read is failed, not empty"
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("empty.pdf", b"", "the file is empty \\(0 bytes\\)"),
+    ("blank.txt", b"  \n\n ", "no text found in this text file"),
+    ("redirect.html", b'<html><head><meta http-equiv="Refresh" content="0; URL=../install/index.html"></head>'
+                      b"<body></body></html>", "a redirect page \\(to ../install/index.html\\)"),
+    ("shell.html", b'<html><head><script src="app.js"></script></head><body><div id="app"></div></body></html>',
+     "empty page shell"),
+    ("markup.html", b"<html><body><div><span> </span></div></body></html>", "no visible text"),
+])
+def test_a_readable_file_with_nothing_to_index_is_empty(name: str, data: bytes, message: str) -> None:
+    with pytest.raises(EmptyDocumentError, match=message):
+        extract_document("/" + name, data, "structured")
 
 
 def test_a_docx_zip_without_a_document_part_fails_cleanly() -> None:
@@ -272,3 +334,18 @@ def test_pdfs_in_parallel_threads_match_sequential_results(files: dict[str, byte
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(work, names))
     assert results == [expected[name] for name in names]
+
+
+def test_html_page_is_read_whole_when_trafilatura_keeps_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page with visible text never fails for the main-content extractor's sake: nothing kept (or the library
+    raising on an odd page) means the cleaned content, whole, with its headings."""
+    import writers.extract.html as html
+
+    page = (b"<html><body><nav>Home</nav><div><h1>Install</h1><p>Run the installer.</p><pre>setup --all\n"
+            b"  --quiet</pre></div></body></html>")
+    for behaviour in (lambda *a, **k: None, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("odd page"))):
+        monkeypatch.setattr(html, "bare_extraction", behaviour)
+        document = extract_document("/install.html", page, "structured")
+        assert [s.path for s in document.sections] == [("Install",)]
+        text = document.sections[0].text
+        assert "Run the installer." in text and "setup --all\n  --quiet" in text and "Home" not in text

@@ -42,7 +42,9 @@ def wait_for(server: KBServer, kb_id: str, job_id: str) -> dict:
 def test_sync_job_lifecycle(server: KBServer, tmp_path: Path) -> None:
     folder = call(server, "POST", "/folders", json={"name": "manuals"}).json()["id"]
     uploads = {"/guide.pdf": manual_pdf(tmp_path / "guide.pdf").read_bytes(), "/cookbook.md": NESTED_MARKDOWN.encode(),
-               "/broken.pdf": corrupt_pdf(tmp_path / "broken.pdf").read_bytes()}
+               "/broken.pdf": corrupt_pdf(tmp_path / "broken.pdf").read_bytes(),
+               "/shell.html": b'<html><head><script src="app.js"></script></head><body><div id="app"></div>'
+                              b"</body></html>"}
     for path, data in uploads.items():
         assert call(server, "PUT", f"/folders/{folder}/files{path}", content=data).status_code == 201
     kb_id = call(server, "POST", "/knowledge-banks", json={"name": "manuals-kb", "embedding_llm_id": "custom:fake6"}
@@ -59,7 +61,10 @@ def test_sync_job_lifecycle(server: KBServer, tmp_path: Path) -> None:
     assert sorted(report["added"]) == ["/cookbook.md", "/guide.pdf"] and report["exit_status"] == 1
     assert [f["path"] for f in report["failed"]] == ["/broken.pdf"] and "not a readable PDF" in report["failed"][0][
         "reason"]
-    assert done["progress"]["files_processed"] == done["progress"]["files_to_process"] == 3
+    assert [e["path"] for e in report["empty"]] == ["/shell.html"] and "built by JavaScript" in report["empty"][0][
+        "reason"]
+    assert done["progress"]["files_processed"] == done["progress"]["files_to_process"] == 4
+    assert (done["progress"]["empty"], done["progress"]["failed"]) == (1, 1)
     assert report["screenshots_written"] == 5
 
     # the search results carry the page screenshots; the images folder was set in the settings
@@ -77,7 +82,7 @@ def test_sync_job_lifecycle(server: KBServer, tmp_path: Path) -> None:
     second = wait_for(server, kb_id, call(server, "POST", f"/knowledge-banks/{kb_id}/sync-jobs",
                                           json={"folder_id": folder, "extraction": "structured",
                                                 "screenshots": True}).json()["job_id"])
-    assert sorted(second["report"]["unchanged"]) == ["/cookbook.md", "/guide.pdf"]
+    assert sorted(second["report"]["unchanged"]) == ["/cookbook.md", "/guide.pdf", "/shell.html"]
     assert second["report"]["texts_embedded"] == 0
     listed = call(server, "GET", f"/knowledge-banks/{kb_id}/sync-jobs").json()
     assert [j["job_id"] for j in listed] == [job["job_id"], second["job_id"]]

@@ -12,8 +12,11 @@ written again.
 
 Work is committed per batch of whole files, one store transaction each, so a
 kill leaves whole files; the re-run finishes the job without duplicates or
-re-embedding. A file that fails to extract is reported with its reason and
-keeps its previously committed chunks. A sync holds the knowledge bank's sync
+re-embedding. A file that fails to extract (corrupt, password-protected,
+unsupported) is reported as failed with its reason and keeps its previously
+committed chunks. A readable file with nothing to index (a redirect page, an
+empty HTML shell, an image-only PDF with OCR off) is ``empty``: reported with
+its reason, synced with no chunks, and not a failure. A sync holds the knowledge bank's sync
 lock from start to end: a second sync gets ``SyncBusyError`` (REST: 409 busy).
 """
 
@@ -30,6 +33,7 @@ from typing import IO
 from tqdm import tqdm
 
 from kb_base.errors import (
+    EmptyDocumentError,
     ExtractionError,
     InvalidInputError,
     NotFoundError,
@@ -39,7 +43,7 @@ from kb_base.errors import (
 from kb_base.folders import ManagedFolder, ManagedFolderDocumentRef
 from stores.base import Record, acquire_writer_lock
 from writers.chunking import CHUNKS_KEY, HASH_KEY
-from writers.document_chunks import chunk_records, document_id
+from writers.document_chunks import chunk_records, document_id, embedding_text
 from writers.extract import extract_document
 from writers.extract.ocr import ocr_available
 from writers.sync_records import FileRecord, SyncRecords
@@ -63,6 +67,7 @@ class _Done:
     record: FileRecord
     chunks: list[Record]
     new: bool
+    empty: bool = False  # readable, nothing to index: recorded with no chunks, reported as empty
 
 
 def as_folder(folder: ManagedFolder | str | Path) -> ManagedFolder:
@@ -103,7 +108,8 @@ class _Sync:
         report = self.report
         try:
             # hidden files and folders (.git, .DS_Store, editors' swap files) are not documents
-            paths = [p for p in self.folder.list_paths() if not any(part.startswith(".") for part in p.split("/"))]
+            paths = [p for p in self.folder.list_paths() if not any(part.startswith(".") for part in p.split("/"))
+                     and self.options.selects(p)]
             known = self.records.files(self.folder.id)
             report.files_total = len(paths)
             work: list[tuple[str, bool]] = []
@@ -153,7 +159,7 @@ class _Sync:
                 if len(batch) >= options.batch_files or batch_chunks >= options.batch_chunks:
                     self._commit(batch, known, removed)
                     batch, batch_chunks, removed = [], 0, []
-                bar.set_postfix(failed=len(self.report.failed), refresh=False)
+                bar.set_postfix(empty=len(self.report.empty), failed=len(self.report.failed), refresh=False)
             if batch or removed:
                 self._commit(batch, known, removed)
         finally:
@@ -163,6 +169,15 @@ class _Sync:
         if len(self.report.failed) < MAX_LISTED_FAILURES:
             self.report.failed.append({"path": path, "reason": reason})
         log.warning("sync of %s: %s failed: %s", self.core.id, path, reason)
+
+    def _empty(self, path: str, new: bool, sha: str, reason: str, awaits_ocr: bool) -> _Done:
+        """A file with nothing to index is synced with no chunks (its old ones go) and reported as empty:
+        it is not a failure, and an unchanged re-sync skips it (unless an OCR engine would now read it)."""
+        if len(self.report.empty) < MAX_LISTED_FAILURES:
+            self.report.empty.append({"path": path, "reason": reason})
+        log.info("sync of %s: %s has nothing to index: %s", self.core.id, path, reason)
+        config = self.config + AWAITS_OCR if awaits_ocr else self.config
+        return _Done(path, FileRecord(self.folder.id, path, sha, config, "empty", None, [], []), [], new, empty=True)
 
     def _extract(self, path: str, new: bool) -> _Done | None:
         """Extract, chunk and render one file; None (and a failure in the report) when it cannot be read."""
@@ -184,7 +199,10 @@ class _Sync:
                     self.images.upload_data(name, png)
                     screenshots[page] = name
                     self.report.screenshots_written += 1
-            chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots)
+            chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots,
+                                   options.embed_context)
+        except EmptyDocumentError as exc:
+            return self._empty(path, new, sha, str(exc), exc.awaits_ocr)
         except InvalidInputError as exc:  # ExtractionError, PathError: their message is the reason
             self._fail(path, str(exc))
             return None
@@ -222,7 +240,8 @@ class _Sync:
         if fresh:
             embedder = self.core.embedder()
             hits, misses = embedder.hits, embedder.misses
-            vectors = embedder.embed_documents([c.text for c in fresh])
+            texts = [embedding_text(c.text, c.metadata) if self.options.embed_context else c.text for c in fresh]
+            vectors = embedder.embed_documents(texts)
             self.report.texts_embedded += embedder.misses - misses
             self.report.embedding_cache_hits += embedder.hits - hits
             for chunk, vector in zip(fresh, vectors, strict=True):
@@ -236,7 +255,8 @@ class _Sync:
         self.report.commits += 1
         self.report.chunks_written += len(fresh)
         for done in batch:
-            (self.report.added if done.new else self.report.updated).append(done.path)
+            if not done.empty:
+                (self.report.added if done.new else self.report.updated).append(done.path)
         self.report.removed.extend(o.path for o in removed)
         old_images = [name for d in batch if d.path in known for name in known[d.path].screenshots
                       if name not in set(d.record.screenshots)] + [n for o in removed for n in o.screenshots]

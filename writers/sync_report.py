@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -22,6 +23,8 @@ class SyncOptions:
     batch_chunks: int = 2000  # ... or fewer when their chunks reach this many
     lock_timeout: float = 0.0  # seconds to wait for another sync of the same knowledge bank
     max_file_bytes: int = 256 * 2**20  # a larger file fails with the reason instead of filling memory
+    embed_context: bool = False  # embed each chunk under its document title and section path (text unchanged)
+    include: tuple[str, ...] = ()  # glob patterns of the paths to sync ("/runtime-config-*.html"); () all
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> SyncOptions:
@@ -45,7 +48,10 @@ class SyncOptions:
         if self.chunk_size and self.chunk_overlap >= self.chunk_size:
             raise InvalidInputError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
                                     f"({self.chunk_size})")
-        for name in ("screenshots", "ocr"):
+        if isinstance(self.include, str) or not all(isinstance(p, str) and p for p in self.include):
+            raise InvalidInputError(f"include must be a list of glob patterns, got {self.include!r}")
+        self.include = tuple(self.include)
+        for name in ("screenshots", "ocr", "embed_context"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"sync option {name} must be true or false")
         if not isinstance(self.screenshot_scale, int | float) or not 0.1 <= self.screenshot_scale <= 8:
@@ -53,10 +59,16 @@ class SyncOptions:
         if not isinstance(self.lock_timeout, int | float) or self.lock_timeout < 0:
             raise InvalidInputError(f"lock_timeout must be a number ≥ 0, got {self.lock_timeout!r}")
 
+    def selects(self, path: str) -> bool:
+        """Whether ``path`` (``/dir/file.html``) is one of the files to sync."""
+        return not self.include or any(fnmatch.fnmatchcase(path, p) for p in self.include)
+
     def digest(self) -> str:
         """What a file's chunks depend on besides its content: a change re-extracts every file."""
         parts = (self.extraction, self.screenshots, self.chunk_size, self.chunk_overlap, self.ocr,
                  self.screenshot_scale if self.screenshots else None)
+        if self.embed_context:  # appended only when on: the digests of existing syncs stay as they were
+            parts += ("embed_context",)
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
@@ -68,6 +80,7 @@ class SyncReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}; old chunks are kept
+    empty: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: nothing to index, no chunks
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"path", "message"}: e.g. pages left out
     files_total: int = 0
     files_to_process: int = 0  # added or changed: what the progress counts
@@ -85,11 +98,13 @@ class SyncReport:
 
     @property
     def exit_status(self) -> int:
+        """1 when a file could not be read; a file with nothing to index (``empty``) is not a failure."""
         return 1 if self.failed else 0
 
     def summary(self) -> str:
         return (f"{self.files_total} files: {len(self.added)} added, {len(self.updated)} updated, "
-                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.empty)} empty, "
+                f"{len(self.failed)} failed; "
                 f"{self.pages} pages, {self.chunks_written} chunks written, {self.chunks_removed} removed, "
                 f"{self.texts_embedded} texts embedded, {self.screenshots_written} screenshots; "
                 f"{self.commits} commits in {self.seconds:.1f}s")

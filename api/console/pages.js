@@ -204,10 +204,12 @@ function followSync(url, message, status) {
     bar.textContent = "Sync " + job.state + ": " + p.files_processed + " of " + p.files_to_process + " files to extract processed (" + p.files_total + " in the folder), " + p.commits + " commits";
     if (job.state === "succeeded") {
       const r = job.report;
-      const counts = ["added", "updated", "unchanged", "removed", "failed"].map((k) => [k, String(r[k].length)]);
+      const counts = ["added", "updated", "unchanged", "removed", "empty", "failed"].map((k) => [k, String(r[k].length)]);
       const figures = ["pages", "chunks_written", "chunks_removed", "texts_embedded", "screenshots_written", "commits", "seconds"].map((k) => [k, fmt(r[k])]);
       status.append(h("h2", {}, "Sync report"), table(["", ""], [...counts, ...figures], "", { id: "sync-report" }),
-        r.failed.length ? table(["Failed file", "Reason"], r.failed.map((f) => [f.path, f.reason]), "", { id: "sync-failed" }) : "");
+        r.failed.length ? table(["Failed file", "Reason"], r.failed.map((f) => [f.path, f.reason]), "", { id: "sync-failed" }) : "",
+        // empty files are not failures: readable, with nothing to index (a redirect page, an image-only PDF with OCR off)
+        r.empty.length ? table(["Empty file (nothing to index)", "Reason"], r.empty.map((f) => [f.path, f.reason]), "", { id: "sync-empty" }) : "");
     } else if (job.state === "failed") {
       message.show("Sync failed: " + job.error.message + " (" + job.error.code + ")");
     } else {

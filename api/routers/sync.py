@@ -72,7 +72,7 @@ class SyncJob:
                         "max_file_bytes": self.options.max_file_bytes},
             "progress": {"files_total": report.files_total, "files_to_process": report.files_to_process,
                          "files_processed": report.files_processed, "commits": report.commits,
-                         "failed": len(report.failed)},
+                         "empty": len(report.empty), "failed": len(report.failed)},
             "report": report.to_dict() if self.state == "succeeded" else None,
             "error": self.error,
             "seconds": round((self.finished if done and self.finished else time.time()) - self.started, 3),

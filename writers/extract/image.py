@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from kb_base.errors import ExtractionError
+from kb_base.errors import EmptyDocumentError, ExtractionError
 from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
 from writers.extract.types import ExtractedDocument, Section
 
@@ -25,11 +25,14 @@ def _as_png(data: bytes) -> bytes:
 
 def extract_image(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
     png = _as_png(data)
-    if not ocr or not ocr_available():
-        raise ExtractionError(f"an image needs OCR to become text and no OCR engine is installed: {INSTALL_HINT}")
+    if not ocr:
+        raise EmptyDocumentError("an image needs OCR to become text and OCR is off")
+    if not ocr_available():
+        raise EmptyDocumentError(f"an image needs OCR to become text and no OCR engine is installed: {INSTALL_HINT}",
+                                 awaits_ocr=True)
     text = ocr_png(png, "the image")
     if not text.strip():
-        raise ExtractionError("OCR found no text in the image")
+        raise EmptyDocumentError("OCR found no text in the image")
 
     def render(scale: float) -> Iterator[tuple[int, bytes]]:
         yield 1, png

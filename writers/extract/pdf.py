@@ -2,7 +2,7 @@
 
 Pages without a text layer (scans, pictures of text) are rendered and read by
 OCR when tesseract is installed; otherwise the page is named in the file's
-warnings, and a PDF with no text on any page fails with the reason.
+warnings, and a PDF with no text on any page is EmptyDocumentError with the reason.
 
 PDFium is not thread-safe, not even across documents (pypdfium2's docs): every
 call into it holds ``PDFIUM_LOCK``, one page at a time, and every PDFium object
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 
-from kb_base.errors import ExtractionError
+from kb_base.errors import EmptyDocumentError, ExtractionError
 from writers.extract.ocr import INSTALL_HINT, ocr_available, ocr_png
 from writers.extract.types import ExtractedDocument, Section, SectionBuilder
 
@@ -105,6 +105,20 @@ def _font_headings(pages: list[tuple[str, list[tuple[int, str, float]]]]) -> lis
              if round(size, 1) in level and 0 < len(line.strip()) <= MAX_HEADING_CHARS] for _, lines in pages]
 
 
+def _title_position(text: str, title: str, before: list[tuple[int, int, str]]) -> int:
+    """Where an outline title stands on its page: at the start of a line, after the entries before it on the
+    page (a word like "References" also occurs in the text above its heading)."""
+    lower, wanted = text.lower(), title.lower()
+    start = max((offset for offset, _, _ in before), default=0)
+    for origin in (start, 0):
+        position = lower.find(wanted, origin)
+        while position > 0 and lower[position - 1] not in "\n\r":
+            position = lower.find(wanted, position + 1)
+        if position >= 0:
+            return position
+    return max(lower.find(wanted), 0)
+
+
 def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tuple[int, int, str]]] | None:
     """(offset, level, title) per page from the PDF's outline (bookmarks), placed where the title appears."""
     per_page: list[list[tuple[int, int, str]]] = [[] for _ in texts]
@@ -116,8 +130,7 @@ def _outline_headings(pdf: pdfium.PdfDocument, texts: list[str]) -> list[list[tu
         if index is None or not 0 <= index < len(texts) or not title:
             continue
         found = True
-        position = texts[index].lower().find(title.lower())
-        per_page[index].append((max(position, 0), item.level + 1, title))
+        per_page[index].append((_title_position(texts[index], title, per_page[index]), item.level + 1, title))
     return per_page if found else None
 
 
@@ -154,9 +167,13 @@ def extract_pdf(data: bytes, mode: str, ocr: bool = True) -> ExtractedDocument:
                 no_text.append(index + 1)
             texts.append(text)
             pages_lines.append((text, lines))
-        if len(no_text) == page_count:
-            reason = "OCR found no text either" if use_ocr else f"no OCR engine: {INSTALL_HINT}"
-            raise ExtractionError(f"no page of the PDF has a text layer ({reason})")
+        if len(no_text) == page_count:  # readable, nothing to index: empty, not failed
+            if use_ocr:
+                raise EmptyDocumentError("no page of the PDF has a text layer, and OCR found no text either")
+            if not ocr:
+                raise EmptyDocumentError("no page of the PDF has a text layer (image-only) and OCR is off")
+            raise EmptyDocumentError(f"no page of the PDF has a text layer (image-only) and no OCR engine is "
+                                     f"installed: {INSTALL_HINT}", awaits_ocr=True)
         if no_text:
             why = "OCR found no text" if use_ocr else f"no OCR engine is installed ({INSTALL_HINT})"
             warnings.append(f"pages {', '.join(map(str, no_text))} have no text layer and {why}; "

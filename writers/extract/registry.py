@@ -6,7 +6,7 @@ import io
 import zipfile
 from pathlib import PurePosixPath
 
-from kb_base.errors import ExtractionError, InvalidInputError
+from kb_base.errors import EmptyDocumentError, ExtractionError, InvalidInputError
 from writers.extract.types import EXTRACTION_MODES, ExtractedDocument
 
 EXTENSIONS = {
@@ -48,9 +48,12 @@ def check_mode(mode: str) -> str:
 
 
 def extract_document(path: str, data: bytes, mode: str = "raw", ocr: bool = True) -> ExtractedDocument:
-    """Text sections of one file; ExtractionError (with the reason) when it has none kb can read."""
+    """Text sections of one file. ExtractionError (with the reason) when kb cannot read it;
+    EmptyDocumentError, its subclass, when it is readable but holds nothing to index."""
     check_mode(mode)
     kind = detect_kind(path, data)
+    if not data:
+        raise EmptyDocumentError("the file is empty (0 bytes)")
     if kind == "pdf":
         from writers.extract.pdf import extract_pdf
 
@@ -75,7 +78,7 @@ def extract_document(path: str, data: bytes, mode: str = "raw", ocr: bool = True
         if kind == "html":
             from writers.extract.html import extract_html
 
-            warnings = []  # BeautifulSoup reads the page's own charset (<meta charset>, BOM) from the bytes
+            warnings = []  # the HTML parser reads the page's own charset (<meta charset>, BOM) from the bytes
             document = extract_html(data, mode)
         elif kind == "markdown":
             from writers.extract.markdown import extract_markdown
@@ -87,5 +90,5 @@ def extract_document(path: str, data: bytes, mode: str = "raw", ocr: bool = True
             document = ExtractedDocument("text", [Section(text)] if text.strip() else [])
         document.warnings.extend(warnings)
     if document.text_length == 0:
-        raise ExtractionError(f"no text found in this {kind} file")
+        raise EmptyDocumentError(f"no text found in this {kind} file")
     return document

@@ -38,6 +38,7 @@ class ExtractedDocument:
     warnings: list[str] = field(default_factory=list)  # what a reader of the report should know (pages left out)
     render_pages: Callable[[float], Iterator[tuple[int, bytes]]] | None = None  # (page, PNG) for screenshots
     awaits_ocr: bool = False  # pages were left out for want of an OCR engine: installing one changes the result
+    title: str | None = None  # the document's own title (HTML <title>), when it has one
 
     @property
     def text_length(self) -> int:
@@ -54,6 +55,7 @@ class SectionBuilder:
     def __init__(self) -> None:
         self.sections: list[Section] = []
         self._path: tuple[str, ...] = ()
+        self._levels: list[int] = []  # the level of each heading in _path
         self._parts: list[str] = []
         self._pages: list[tuple[int, int]] = []
         self._length = 0
@@ -63,7 +65,12 @@ class SectionBuilder:
         carried = self.flush(carry_bare_heading=True)
         title = " ".join(title.split())
         level = max(1, min(level, 6))
-        self._path = (*self._path[: level - 1], title)
+        # a heading closes the open ones of its level and deeper: a page that starts at <h2> and skips
+        # levels (h2 then h4) still nests each heading under the last shallower one
+        while self._levels and self._levels[-1] >= level:
+            self._levels.pop()
+        self._path = (*self._path[: len(self._levels)], title)
+        self._levels.append(level)
         if carried is not None:
             text, pages = carried
             self._parts, self._pages, self._length = [text], list(pages), len(text)
