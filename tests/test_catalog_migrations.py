@@ -104,22 +104,8 @@ def make_release_0_1_home(home: Path) -> dict[str, str]:
     return {"manual": faiss.id, "notes": keywordless.id, "folder": folder.id}
 
 
-def test_a_release_0_1_home_is_refused_then_upgraded_in_place_and_stays_searchable(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    ids = make_release_0_1_home(home)
-    with pytest.raises(CatalogSchemaError, match=r"from kb 0\.1.*kb db upgrade"):
-        kb.api_client(home=home)
-    refused = _run("serve", "--port", str(free_port()), home=home)
-    assert refused.returncode == 1 and "kb db upgrade" in refused.stderr, refused.stderr
-    assert json.loads(_run("db", "current", home=home).stdout)["state"] == "older"
-
-    upgraded = _run("db", "upgrade", "--home", str(home), home=tmp_path / "elsewhere")
-    assert upgraded.returncode == 0, upgraded.stderr
-    assert f"upgraded from pre-migrations to schema revision {HEAD_REVISION}" in upgraded.stdout
-    again = _run("db", "upgrade", home=home)
-    assert again.returncode == 0 and "already at" in again.stdout
+def _assert_upgraded_and_searchable(home: Path, ids: dict[str, str]) -> None:
     assert json.loads(_run("db", "current", home=home).stdout)["state"] == "current"
-
     client = _client(home)
     project = client.get_project("OLD")
     assert sorted(i.name for i in project.list_knowledge_banks()) == ["manual", "notes"]
@@ -138,6 +124,30 @@ def test_a_release_0_1_home_is_refused_then_upgraded_in_place_and_stays_searchab
     principal = keys.authenticate(f"kb_legacy1_{OLD_SECRET}")
     assert principal is not None and principal.roles == {"OLD": "reader"} and not principal.admin
     keys.close()
+
+
+def test_a_release_0_1_home_is_upgraded_in_place_on_first_use_keeping_a_copy(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ids = make_release_0_1_home(home)
+    assert json.loads(_run("db", "current", home=home).stdout)["state"] == "older"
+    kb.api_client(home=home).close()  # a SQLite home upgrades itself, as an embedded library's files should
+    copy = home / "catalog.sqlite.before-pre-migrations"
+    old = sqlite3.connect(copy)
+    assert "kb_schema_version" not in {r[0] for r in old.execute("SELECT name FROM sqlite_master")}
+    assert old.execute("SELECT count(*) FROM knowledge_banks").fetchone()[0] == 2  # the catalog as it was
+    old.close()
+    _assert_upgraded_and_searchable(home, ids)
+
+
+def test_kb_db_upgrade_upgrades_a_release_0_1_home_explicitly(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ids = make_release_0_1_home(home)
+    upgraded = _run("db", "upgrade", "--home", str(home), home=tmp_path / "elsewhere")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"upgraded from pre-migrations to schema revision {HEAD_REVISION}" in upgraded.stdout
+    again = _run("db", "upgrade", home=home)
+    assert again.returncode == 0 and "already at" in again.stdout
+    _assert_upgraded_and_searchable(home, ids)
 
 
 def test_a_catalog_from_a_newer_release_is_refused_by_client_server_and_upgrade(tmp_path: Path) -> None:

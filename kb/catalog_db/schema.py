@@ -1,11 +1,12 @@
 """Schema versions of the catalog database, with Alembic: what ``kb db upgrade`` and ``kb db current`` run, and
 the check every server and client makes before it uses a catalog.
 
-A release knows its head revision (``HEAD_REVISION``) and refuses a catalog at any other: an older one must
-be upgraded first (``kb db upgrade``), a newer one was written by a newer kb. One exception, as MLflow does it:
-an *empty* SQLite catalog (a fresh ``$KB_HOME``) is created at the head on first use, so ``make serve`` needs
-nothing else on a new machine. PostgreSQL is never created or upgraded implicitly: several servers share it,
-and an upgrade is a step an operator takes once per release, before the servers.
+A release knows its head revision (``HEAD_REVISION``) and refuses a catalog written by a newer kb. A SQLite
+catalog (one machine's ``$KB_HOME``) is created at the head on first use, so ``make serve`` needs nothing else
+on a new machine, and an older one is upgraded in place on first use, after a copy of it is written beside it
+(``catalog.sqlite.before-<revision>``): an embedded library's users should not have to learn a command to keep
+opening their own files. PostgreSQL is never created or upgraded implicitly: several servers share it, and an
+upgrade is a step an operator takes once per release (``kb db upgrade``), before the servers.
 """
 
 from __future__ import annotations
@@ -61,15 +62,39 @@ def ensure_schema(engine: Engine, url: URL) -> None:
         revision = stored_revision(conn)
     if revision == HEAD_REVISION:
         return
-    if revision is None and url.get_backend_name() == "sqlite":
+    upgradable = revision is None or revision == PRE_MIGRATIONS or revision in known_revisions()
+    if upgradable and url.get_backend_name() == "sqlite":
         with engine.connect() as conn:
-            conn.execution_options(kb_write=True)  # BEGIN IMMEDIATE: the workers of one server race to create it
+            conn.execution_options(kb_write=True)  # BEGIN IMMEDIATE: the workers of one server race to do it
             with conn.begin():
-                if stored_revision(conn) is None:
+                before = stored_revision(conn)
+                if before == HEAD_REVISION:
+                    return
+                if before is None:
                     _upgrade(conn, None)
                     log.info("created the catalog at %s (schema revision %s)", describe(url), HEAD_REVISION)
+                    return
+                copy = _copy_sqlite(url, before)
+                _upgrade(conn, before)
+                log.warning("upgraded the catalog at %s from %s to schema revision %s; the catalog as it was is "
+                            "kept at %s", describe(url), before, HEAD_REVISION, copy)
         return
     raise CatalogSchemaError(refusal(url, revision))
+
+
+def _copy_sqlite(url: URL, revision: str) -> Path:
+    """A consistent copy of the SQLite catalog beside it. Called inside the upgrade's write transaction: no
+    writer can change it meanwhile, and a reader (this copy's own connection) is not blocked by that lock."""
+    import sqlite3
+
+    copy = Path(f"{url.database}.before-{revision}")
+    source, target = sqlite3.connect(url.database), sqlite3.connect(copy)
+    try:
+        source.backup(target)  # SQLite's online backup API
+    finally:
+        source.close()
+        target.close()
+    return copy
 
 
 def refusal(url: URL, revision: str | None) -> str:
