@@ -31,7 +31,7 @@ from kb_base.errors import StoreUnavailableError, WriterFencedError
 from stores.base import fault_point
 from stores.generations import CommitPoint, GenerationLedger, LedgerNotes
 from stores.ledger_lease import LEASE_SECONDS, Lease
-from stores.ledger_schema import engine_for, kb_commit, kb_lease, kb_meta, kb_records
+from stores.ledger_schema import engine_for, kb_commit, kb_lease, kb_meta, kb_records, read_engine_for
 
 log = logging.getLogger(__name__)
 _CHUNK = 500  # ids per IN (...) query
@@ -50,7 +50,8 @@ class DatabaseLedger:
 
     def __init__(self, url: str, kb_id: str, seed: Path | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
         self.kb_id, self.lease_seconds = kb_id, lease_seconds
-        self.engine = engine_for(url)
+        self.engine = engine_for(url)  # first: it creates the tables
+        self.reads = read_engine_for(url)
         try:
             self._ensure_rows(seed)
         except SQLAlchemyError as exc:
@@ -81,7 +82,7 @@ class DatabaseLedger:
 
     def committed(self) -> tuple[int, int | None]:
         try:
-            with self.engine.connect() as conn:
+            with self.reads.connect() as conn:
                 row = conn.execute(select(kb_commit.c.generation, kb_commit.c.dimension)
                                    .where(kb_commit.c.kb == self.kb_id)).one()
         except SQLAlchemyError as exc:
@@ -89,11 +90,11 @@ class DatabaseLedger:
         return int(row[0]), (int(row[1]) if row[1] is not None else None)
 
     def ids(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return list(conn.execute(select(kb_records.c.id).where(kb_records.c.kb == self.kb_id)).scalars())
 
     def meta(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return conn.execute(select(kb_meta.c.value)
                                 .where(kb_meta.c.kb == self.kb_id, kb_meta.c.key == key)).scalar_one_or_none()
 
@@ -151,7 +152,7 @@ class DatabaseWrite:
 
     def _committed_rows(self, ids: Sequence[str]) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
-        with self.ledger.engine.connect() as conn:
+        with self.ledger.reads.connect() as conn:
             for start in range(0, len(ids), _CHUNK):
                 rows += [(r[0], r[1]) for r in conn.execute(
                     select(kb_records.c.id, kb_records.c.physical)
@@ -175,7 +176,7 @@ class DatabaseWrite:
             self.set_dimension(dim)
 
     def all_ids(self) -> list[str]:
-        with self.ledger.engine.connect() as conn:
+        with self.ledger.reads.connect() as conn:
             committed = conn.execute(select(kb_records.c.id).where(kb_records.c.kb == self.ledger.kb_id)).scalars()
             ids = [i for i in committed if i not in self._removed and i not in self._added]
         return ids + list(self._added)

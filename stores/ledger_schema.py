@@ -68,7 +68,7 @@ kb_meta = Table(
     Column("value", Text, nullable=False),
 )
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -81,23 +81,34 @@ def normalise_url(url: str) -> str:
 
 
 def engine_for(url: str) -> Engine:
-    """One engine (connection pool) per database URL per process, its tables created when missing."""
-    url = normalise_url(url)
+    """The engine (connection pool) for writes to a database URL, one per process, tables created when missing."""
+    return _engine(normalise_url(url), reads=False)
+
+
+def read_engine_for(url: str) -> Engine:
+    """A second pool for single-statement reads (the committed generation on every search): autocommit, so no
+    BEGIN and ROLLBACK round trips, and no pre-ping round trip either. After a database restart the first read
+    fails (a 503) and SQLAlchemy replaces every stale connection of the pool; writes keep the pre-ping."""
+    return _engine(normalise_url(url), reads=True)
+
+
+def _engine(url: str, reads: bool) -> Engine:
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, reads))
         if engine is None:
-            engine = _engines[url] = _create(url)
+            engine = _engines[(url, reads)] = _create(url, reads)
         return engine
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, reads: bool) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise InvalidInputError(f"not a database URL: {url!r} ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
         # one machine (and the tests): WAL and full fsyncs, as the KB folder's commit point has
-        engine = create_engine(parsed, connect_args={"timeout": 60.0})
+        engine = create_engine(parsed, connect_args={"timeout": 60.0},
+                               **({"isolation_level": "AUTOCOMMIT"} if reads else {}))
 
         @event.listens_for(engine, "connect")
         def durable(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -106,11 +117,14 @@ def _create(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
     elif parsed.get_backend_name() == "postgresql":
-        # pre-ping: a pooled connection that died with a database restart is replaced, not handed out
-        engine = create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # pre-ping (writes): a pooled connection that died with a database restart is replaced, not handed out
+        engine = create_engine(parsed, pool_pre_ping=not reads, pool_size=5, max_overflow=10,
+                               **({"isolation_level": "AUTOCOMMIT"} if reads else {}))
     else:
         raise InvalidInputError(f"database URL {parsed.render_as_string(hide_password=True)!r}: kb's commit point "
                                 "runs on PostgreSQL (postgresql://) or SQLite (sqlite:///)")
+    if reads:
+        return engine
     for attempt in range(3):  # servers starting together race to create the tables; the loser looks again
         try:
             LEDGER_METADATA.create_all(engine, checkfirst=True)

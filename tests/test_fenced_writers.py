@@ -204,3 +204,29 @@ def test_database_down_is_store_unavailable(tmp_path: Path) -> None:
         ledger.committed()  # a 503 over REST, not a 500
     with pytest.raises(StoreUnavailableError, match="no writer can start"):
         ledger.begin(0.5)
+
+
+def test_connections_lost_with_a_database_restart_are_replaced(postgres: PostgresServer) -> None:
+    """Every server connection dropped at once (what a restart does to a pool): at most one read fails, with a
+    503; writes (whose pool pre-pings) do not fail at all."""
+    from sqlalchemy import create_engine, text
+
+    url = postgres.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    _write(ledger, [("a", "1:a")])
+    for _ in range(3):
+        assert ledger.committed() == (1, 4)
+    admin = create_engine(postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        dropped = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = :db"), {"db": url.rsplit("/", 1)[1]}).scalar_one()
+    admin.dispose()
+    assert dropped >= 2  # the read pool's connection and the write pool's
+    failures = 0
+    for _ in range(3):
+        try:
+            assert ledger.committed() == (1, 4)
+        except StoreUnavailableError:
+            failures += 1
+    assert failures <= 1
+    assert _write(ledger, [("b", "2:b")]) == 2
