@@ -28,6 +28,7 @@ from kb_base.errors import (
     UnsupportedSearchError,
     WriterBusyError,
     WriterClosedError,
+    WriterFencedError,
 )
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "UnsupportedSearchError",
     "WriterBusyError",
     "WriterClosedError",
+    "WriterFencedError",
 ]

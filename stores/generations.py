@@ -16,7 +16,7 @@ Chroma, Elasticsearch and Azure AI Search share it:
 
 ``GenerationLedger`` is the SQLite side for drivers whose id map is (id, physical, gen) (Elasticsearch,
 Azure AI Search); Chroma keeps a richer map (metadata copy, keyword index) and uses the functions below.
-``CommitPoint``/``CommitPointWrite`` are the interface those drivers see; ``stores/ledger_database.py`` is its
+``CommitPoint``/``CommitPointWrite`` are the interface those drivers see; ``stores/commit_point/database.py`` is its
 other side (the commit point in a shared database, a lease instead of the flock, issue 28).
 """
 
@@ -108,6 +108,9 @@ class CommitPointWrite(Protocol):
     def add(self, pairs: Iterable[tuple[str, str]], dim: int | None = None) -> None: ...
     def all_ids(self) -> list[str]: ...
     def set_dimension(self, dim: int) -> None: ...
+    def fence(self) -> None:
+        """Raise WriterFencedError if this writer may have lost the knowledge bank (before a store write or a
+        long wait): a no-op under a flock, the lease's local deadline in a shared database."""
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def holds_lock(self) -> bool:
@@ -247,6 +250,9 @@ class LedgerWrite:
 
     def holds_lock(self) -> bool:
         return True  # a flock is held until closed: nobody can take it over
+
+    def fence(self) -> None:
+        pass  # likewise
 
     def set_meta(self, key: str, value: str) -> None:
         """A durable note after the commit or rollback (outside the write's transaction)."""

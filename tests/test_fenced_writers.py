@@ -1,4 +1,4 @@
-"""The commit point in a shared database (stores/ledger_database.py, issue 28): lease, epoch, compare-and-set.
+"""The commit point in a shared database (stores/commit_point/database.py, issue 28): lease, epoch, compare-and-set.
 
 Ledger-level tests, on SQLite (one machine) and on a real PostgreSQL cluster. The multi-process tests with a
 real Elasticsearch node are in test_fenced_writers_es.py.
@@ -17,10 +17,10 @@ import pytest
 
 from kb_base.errors import InvalidInputError, StoreUnavailableError, WriterBusyError, WriterFencedError
 from stores.base import StoreContext
+from stores.commit_point.database import DatabaseLedger, open_ledger
+from stores.commit_point.schema import normalise_url
 from stores.factory import open_store
 from stores.generations import GenerationLedger
-from stores.ledger_database import DatabaseLedger, open_ledger
-from stores.ledger_schema import normalise_url
 from tests.support.postgres_server import PostgresServer
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from stores.commit_point.schema import engine_for, kb_lease
 from stores.elasticsearch.store import ElasticsearchStore
 from stores.generations import NEVER
-from stores.ledger_schema import engine_for, kb_lease
 from tests.support.elasticsearch_server import ElasticsearchNode
 from tests.support.fenced_writer import generation_records, open_es_store
 from tests.support.generation_history import History
@@ -192,14 +192,14 @@ def test_writer_whose_lease_lapsed_is_fenced(bank: dict[str, str]) -> None:
     history = History()
     here = open_es_store(bank["es"], bank["db"], bank["kb"], 5.0)
     assert write_here(here, "w0", history) == 1
-    stale = Worker(bank, "stale", lease=1.0, mode="steps")
+    stale = Worker(bank, "stale", lease=2.0, mode="steps")
     try:
         stale.send("begin")
         assert stale.expect("begun").split()[1] == "2"
         stale.send("write")
         stale.expect("written")
         os.kill(stale.process.pid, signal.SIGSTOP)  # a long GC pause, a partition: its renewals stop too
-        time.sleep(2.5)
+        time.sleep(3.5)  # past its lease
         assert write_here(here, "successor", history, timeout=10) == 2  # took the lapsed lease, cleaned, committed
         os.kill(stale.process.pid, signal.SIGCONT)
         stale.send("commit")

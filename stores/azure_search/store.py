@@ -43,8 +43,8 @@ from stores.base import (
     StoreTransaction,
     VectorStoreDriver,
 )
+from stores.commit_point.database import open_ledger
 from stores.generations import NEVER, LedgerNotes
-from stores.ledger_database import open_ledger
 
 log = logging.getLogger(__name__)
 class AzureSearchStore(DelegatingReader, VectorStoreDriver):

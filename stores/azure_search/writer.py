@@ -110,6 +110,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         deadline = time.monotonic() + timeout
         view = AzureView(self.store, self.generation, self.write.dim)
         while True:
+            self.write.fence()  # a writer fenced off waits for counts its successor's writes may never give
             _, written, _ = view._search(search_text="*", filter=f"kb_gen eq {self.generation} and kb_del eq {NEVER}",
                                          top=0, include_total_count=True)
             _, marked, _ = view._search(search_text="*", filter=f"kb_del eq {self.generation}", top=0,

@@ -4,7 +4,7 @@ One index per knowledge bank (``<index_prefix>kb-<id>``, shards and replicas fro
 Writer atomicity uses the generation scheme of stores/generations.py (shared with Chroma and Azure
 AI Search): documents carry ``kb_gen``/``kb_del`` and id ``<gen>:<id>``; readers filter on the
 committed generation, which lives with the id map in ``GenerationLedger``'s SQLite file in the KB
-folder (the commit point), or with a database URL in the shared database (``stores/ledger_database.py``:
+folder (the commit point), or with a database URL in the shared database (``stores/commit_point/database.py``:
 a lease and a compare-and-set commit, for several kb servers). Every write is
 refreshed before the commit point flips, so a commit is visible to searches at once. Bulk
 writes go through ``streaming_bulk`` in batches of 500 with retries and backoff on 429.
@@ -29,11 +29,11 @@ from stores.base import (
     StoreTransaction,
     VectorStoreDriver,
 )
+from stores.commit_point.database import open_ledger
 from stores.elasticsearch.langchain import KBElasticsearchStore
 from stores.elasticsearch.view import EsView, NoIndex
 from stores.elasticsearch.writer import EsTransaction
 from stores.generations import NEVER
-from stores.ledger_database import open_ledger
 
 _PAGE = 1000
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from kb_base.errors import StoreUnavailableError, WriterBusyError, WriterFencedError
-from stores.ledger_schema import database_now, kb_commit, kb_lease
+from stores.commit_point.schema import database_now, kb_commit, kb_lease
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The same interface as the KB folder's ``GenerationLedger`` (``stores.generations
 Elasticsearch and Azure AI Search, so several kb servers can write one knowledge bank. The record-level
 generation scheme is unchanged; what moves is where C and the id map live, and the lock:
 
-- The writer takes the knowledge bank's lease (``stores/ledger_lease.py``) instead of the flock; taking it
+- The writer takes the knowledge bank's lease (``stores/commit_point/lease.py``) instead of the flock; taking it
   bumps the epoch. ``prepare`` then removes a dead writer's leftovers above C, as the next writer does today.
 - The write keeps its id-map changes in memory (ids retired, ids added at G = C + 1) rather than in an open
   database transaction: a transaction held for a whole ingest would hold row locks a paused writer never lets
@@ -29,9 +29,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kb_base.errors import StoreUnavailableError, WriterFencedError
 from stores.base import fault_point
+from stores.commit_point.lease import LEASE_SECONDS, Lease
+from stores.commit_point.schema import engine_for, kb_commit, kb_lease, kb_meta, kb_records, read_engine_for
 from stores.generations import CommitPoint, GenerationLedger, LedgerNotes
-from stores.ledger_lease import LEASE_SECONDS, Lease
-from stores.ledger_schema import engine_for, kb_commit, kb_lease, kb_meta, kb_records, read_engine_for
 
 log = logging.getLogger(__name__)
 _CHUNK = 500  # ids per IN (...) query
@@ -162,7 +162,7 @@ class DatabaseWrite:
     def retire(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Drop ``ids`` from the id map: (physical ids this generation wrote, older physical ids to mark).
         Every store write starts here, so this is also where a writer that lost its lease stops."""
-        self.lease.check()
+        self.fence()
         own = [self._added.pop(i) for i in ids if i in self._added]
         lookup = [i for i in ids if i not in self._removed]
         rows = self._committed_rows(lookup) if lookup else []
@@ -183,6 +183,9 @@ class DatabaseWrite:
 
     def set_dimension(self, dim: int) -> None:
         self.dim = dim
+
+    def fence(self) -> None:
+        self.lease.check()
 
     def commit(self) -> None:
         kb = self.ledger.kb_id
