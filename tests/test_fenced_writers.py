@@ -230,3 +230,30 @@ def test_connections_lost_with_a_database_restart_are_replaced(postgres: Postgre
             failures += 1
     assert failures <= 1
     assert _write(ledger, [("b", "2:b")]) == 2
+
+
+def test_the_history_checker_catches_what_it_is_for() -> None:
+    """Negative controls for tests/support/generation_history.py: each broken history fails."""
+    from tests.support.generation_history import History
+
+    def history(*reads: tuple[int, dict[str, dict[str, object]]]) -> History:
+        h = History(intents={("a", 1): {"a-1-0", "a-1-1"}, ("b", 2): {"b-2-0"}, ("a", 2): {"a-2-0"}},
+                    acked={("a", 1), ("b", 2)})
+        h.reads = list(reads)
+        return h
+
+    one = {"a-1-0": {"gen": 1, "writer": "a"}, "a-1-1": {"gen": 1, "writer": "a"}, "shared": {"gen": 1, "writer": "a"}}
+    two = {**one, "b-2-0": {"gen": 2, "writer": "b"}, "shared": {"gen": 2, "writer": "b"}}
+    assert history((1, one), (2, two)).check() == 2
+    torn = {k: v for k, v in one.items() if k != "a-1-1"}
+    both = {**two, "a-2-0": {"gen": 2, "writer": "a"}}
+    ahead = {**one, "b-2-0": {"gen": 2, "writer": "b"}}
+    stale_shared = {**two, "shared": {"gen": 1, "writer": "a"}}
+    broken = {"partly visible": [(1, torn)], "shows writers": [(2, both)], "uncommitted generation": [(1, ahead)],
+              "'shared'": [(2, stale_shared)], "backwards": [(2, two), (1, one)], "never became visible": [(1, one)]}
+    for message, reads in broken.items():
+        with pytest.raises(AssertionError, match=message):
+            history(*reads).check()
+    other = {**one, "a-2-0": {"gen": 2, "writer": "a"}, "shared": {"gen": 2, "writer": "a"}}
+    with pytest.raises(AssertionError, match="lost"):
+        history((2, other)).check()  # b's acknowledged generation 2 is a's in the store
