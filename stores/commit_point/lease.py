@@ -132,7 +132,7 @@ class Lease:
         the lease lapses by itself."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(self.seconds)  # a renewal stuck on an unreachable database does not hold us up
         if self.lost or not self.epoch:
             return
         try:

@@ -118,7 +118,9 @@ def _create(url: str, reads: bool) -> Engine:
             cursor.close()
     elif parsed.get_backend_name() == "postgresql":
         # pre-ping (writes): a pooled connection that died with a database restart is replaced, not handed out
+        # a socket timeout: a database host that drops packets must fail a request (503), not hang it forever
         engine = create_engine(parsed, pool_pre_ping=not reads, pool_size=5, max_overflow=10,
+                               connect_args={"timeout": 10.0 if reads else 30.0},
                                **({"isolation_level": "AUTOCOMMIT"} if reads else {}))
     else:
         raise InvalidInputError(f"database URL {parsed.render_as_string(hide_password=True)!r}: kb's commit point "
