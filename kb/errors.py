@@ -30,6 +30,7 @@ from kb_base.errors import (
     UnsupportedSearchError,
     WriterBusyError,
     WriterClosedError,
+    WriterFencedError,
 )
 
 __all__ = [
@@ -57,4 +58,5 @@ __all__ = [
     "UnsupportedSearchError",
     "WriterBusyError",
     "WriterClosedError",
+    "WriterFencedError",
 ]

@@ -75,6 +75,13 @@ class WriterBusyError(KBError):
     code = "writer_busy"
 
 
+class WriterFencedError(WriterBusyError):
+    """This writer's lease on the knowledge bank lapsed (a long pause, a lost database connection) and another
+    writer took it over: the write was rolled back, nothing of it was committed, the successor's work stands."""
+
+    code = "writer_fenced"
+
+
 class WriterClosedError(KBError):
     """The writer was used outside of its ``with`` block."""
 

@@ -72,6 +72,8 @@ class StoreContext:
     keyword_analyzer: dict[str, Any] = field(default_factory=dict)
     keyword_index: bool = True  # False: a vector-only knowledge bank (no BM25 index, no keyword or hybrid search)
     metadata_schema: dict[str, str] = field(default_factory=dict)  # declared key types (for fixed index schemas)
+    # the shared database holding remote stores' commit points (issue 28); None: the KB folder's SQLite
+    database_url: str | None = None
 
 
 @dataclass

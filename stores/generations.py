@@ -16,6 +16,8 @@ Chroma, Elasticsearch and Azure AI Search share it:
 
 ``GenerationLedger`` is the SQLite side for drivers whose id map is (id, physical, gen) (Elasticsearch,
 Azure AI Search); Chroma keeps a richer map (metadata copy, keyword index) and uses the functions below.
+``CommitPoint``/``CommitPointWrite`` are the interface those drivers see; ``stores/commit_point/database.py`` is its
+other side (the commit point in a shared database, a lease instead of the flock, issue 28).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from kb_base.errors import StoreError
 from stores.base import StoreTransaction, acquire_writer_lock, fault_point, release_after_failure
@@ -83,6 +85,70 @@ def split_by_generation(rows: Iterable[tuple[str, int]], generation: int) -> tup
     return own, older
 
 
+class LedgerNotes(Protocol):
+    """What ``begin``'s ``prepare`` sees: under the writer lock (or lease), before the write opens."""
+
+    committed: int
+
+    def meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Durable at once (a note such as 'dirty' must be on disk before the store is written)."""
+
+
+class CommitPointWrite(Protocol):
+    """One write at generation committed + 1; its id map changes commit with it."""
+
+    committed: int
+    generation: int
+    dim: int | None
+    done: bool
+
+    def retire(self, ids: Sequence[str]) -> tuple[list[str], list[str]]: ...
+    def add(self, pairs: Iterable[tuple[str, str]], dim: int | None = None) -> None: ...
+    def all_ids(self) -> list[str]: ...
+    def set_dimension(self, dim: int) -> None: ...
+    def fence(self) -> None:
+        """Raise WriterFencedError if this writer may have lost the knowledge bank (before a store write or a
+        long wait): a no-op under a flock, the lease's local deadline in a shared database."""
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def holds_lock(self) -> bool:
+        """Still the only writer? A writer fenced off (its lease taken over) must not clean the store up: what
+        it would remove as 'above its committed generation' may be its successor's."""
+    def set_meta(self, key: str, value: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class CommitPoint(Protocol):
+    """A knowledge bank's commit point: the KB folder's SQLite (``GenerationLedger``) or a shared database."""
+
+    kb_id: str
+
+    def committed(self) -> tuple[int, int | None]: ...
+    def ids(self) -> list[str]: ...
+    def meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def begin(self, timeout: float, prepare: Callable[[LedgerNotes], None] | None = None) -> CommitPointWrite: ...
+    def close(self) -> None: ...
+    def destroy(self) -> None: ...
+
+
+class _SqliteNotes:
+    """``LedgerNotes`` on the writer's connection (outside its transaction: each statement is durable)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.committed = read_meta(conn)[0]
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
 class GenerationLedger:
     """The commit point of one knowledge bank: committed generation, dimension, id -> (physical, gen)."""
 
@@ -114,13 +180,13 @@ class GenerationLedger:
         """A durable note outside any write (such as 'the index exists'); not part of a generation."""
         self._connections.get().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def begin(self, timeout: float, prepare: Callable[[sqlite3.Connection], None] | None = None) -> LedgerWrite:
-        """Open the single write; ``prepare(conn)`` runs under the lock before the SQLite transaction opens
+    def begin(self, timeout: float, prepare: Callable[[LedgerNotes], None] | None = None) -> LedgerWrite:
+        """Open the single write; ``prepare(notes)`` runs under the lock before the SQLite transaction opens
         (durable notes such as a dirty flag, and removing a dead writer's leftovers)."""
         lock, conn = open_writer(self.folder, self._connections.path, timeout, self.kb_id)
         try:
             if prepare is not None:
-                prepare(conn)
+                prepare(_SqliteNotes(conn))
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = read_meta(conn)
         except BaseException:
@@ -133,6 +199,10 @@ class GenerationLedger:
 
     def close(self) -> None:
         self._connections.close()
+
+    def destroy(self) -> None:
+        """Nothing beyond ``close``: the driver removes the KB folder, and this file with it."""
+        self.close()
 
 
 class LedgerWrite:
@@ -177,6 +247,16 @@ class LedgerWrite:
     def rollback(self) -> None:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+    def holds_lock(self) -> bool:
+        return True  # a flock is held until closed: nobody can take it over
+
+    def fence(self) -> None:
+        pass  # likewise
+
+    def set_meta(self, key: str, value: str) -> None:
+        """A durable note after the commit or rollback (outside the write's transaction)."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         """Close the connection and release the writer lock (the lock even if closing the connection fails)."""

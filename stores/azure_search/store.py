@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,7 +43,8 @@ from stores.base import (
     StoreTransaction,
     VectorStoreDriver,
 )
-from stores.generations import NEVER, GenerationLedger
+from stores.commit_point.database import open_ledger
+from stores.generations import NEVER, LedgerNotes
 
 log = logging.getLogger(__name__)
 class AzureSearchStore(DelegatingReader, VectorStoreDriver):
@@ -58,7 +58,7 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
         self.service = AzureSearchConnection(connection, self.index, context.kb_id)
         self.exhaustive = bool((context.settings or {}).get("exhaustive", False))
         self.dir = Path(context.folder) / "azure-store"
-        self.ledger = GenerationLedger(self.dir, "azure-meta.sqlite", context.kb_id)
+        self.ledger = open_ledger(self.dir, "azure-meta.sqlite", context.kb_id, context.database_url)
         where = f"{self.service.endpoint} {self.index}"
         if self.ledger.meta("index") != where:  # created with the knowledge bank (or on a new connection's service)
             generation, dim = self.ledger.committed()
@@ -76,12 +76,10 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
     # --- writes ----------------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> StoreTransaction:
-        def prepare(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'dirty'").fetchone()
-            if row and row[0] == "1":  # a writer died, or could not clean up: undo what it left
-                generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-                self.clean_leftovers(generation)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('dirty', '1')")  # durable before any write
+        def prepare(notes: LedgerNotes) -> None:
+            if notes.meta("dirty") == "1":  # a writer died, or could not clean up: undo what it left
+                self.clean_leftovers(notes.committed)
+            notes.set_meta("dirty", "1")  # durable before any write
 
         return AzureTransaction(self, self.ledger.begin(timeout, prepare))
 
@@ -133,5 +131,6 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
         try:
             self.service.delete_index()
         finally:
+            self.ledger.destroy()
             self.close()
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -15,7 +15,7 @@ from kb_base.filters import Filter
 from stores.azure_search.filters import EDM_TYPES, field_name, kind_of, typed_value
 from stores.azure_search.view import AzureView, physical_key
 from stores.base import DelegatingReader, Record, StoreTransaction, release_after_failure
-from stores.generations import NEVER, LedgerWrite, PartialWrites
+from stores.generations import NEVER, CommitPointWrite, PartialWrites
 from stores.record_checks import check_records, metadata_json, normalise
 
 if TYPE_CHECKING:  # the store imports this module to open transactions
@@ -26,7 +26,7 @@ MAX_FILTERABLE_BYTES = 32766  # the service's limit for a filterable string valu
 
 
 class AzureTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: AzureSearchStore, write: LedgerWrite) -> None:
+    def __init__(self, store: AzureSearchStore, write: CommitPointWrite) -> None:
         self.store, self.write = store, write
         self.committed, self.generation = write.committed, write.generation
         self._open = True
@@ -110,6 +110,7 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         deadline = time.monotonic() + timeout
         view = AzureView(self.store, self.generation, self.write.dim)
         while True:
+            self.write.fence()  # a writer fenced off waits for counts its successor's writes may never give
             _, written, _ = view._search(search_text="*", filter=f"kb_gen eq {self.generation} and kb_del eq {NEVER}",
                                          top=0, include_total_count=True)
             _, marked, _ = view._search(search_text="*", filter=f"kb_del eq {self.generation}", top=0,
@@ -143,6 +144,8 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         try:
             if not self.write.done:  # a failure after the commit point undoes nothing
                 self.write.rollback()
+                if not self.write.holds_lock():  # fenced off: what lies above C may be the successor's
+                    return  # still dirty: the successor cleans
                 self.store.clean_leftovers(self.committed)
             clean = True
         finally:
@@ -152,6 +155,6 @@ class AzureTransaction(DelegatingReader, StoreTransaction):
         self._open = False
         try:
             if clean:  # a durable note outside the transaction; if it fails, the next writer cleans again
-                self.write.conn.execute("UPDATE meta SET value = '0' WHERE key = 'dirty'")
+                self.write.set_meta("dirty", "0")
         finally:
             self.write.close()

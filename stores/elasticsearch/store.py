@@ -4,7 +4,8 @@ One index per knowledge bank (``<index_prefix>kb-<id>``, shards and replicas fro
 Writer atomicity uses the generation scheme of stores/generations.py (shared with Chroma and Azure
 AI Search): documents carry ``kb_gen``/``kb_del`` and id ``<gen>:<id>``; readers filter on the
 committed generation, which lives with the id map in ``GenerationLedger``'s SQLite file in the KB
-folder (the commit point). Every write is
+folder (the commit point), or with a database URL in the shared database (``stores/commit_point/database.py``:
+a lease and a compare-and-set commit, for several kb servers). Every write is
 refreshed before the commit point flips, so a commit is visible to searches at once. Bulk
 writes go through ``streaming_bulk`` in batches of 500 with retries and backoff on 429.
 
@@ -28,11 +29,11 @@ from stores.base import (
     StoreTransaction,
     VectorStoreDriver,
 )
+from stores.commit_point.database import open_ledger
 from stores.elasticsearch.langchain import KBElasticsearchStore
 from stores.elasticsearch.view import EsView, NoIndex
 from stores.elasticsearch.writer import EsTransaction
-from stores.generations import NEVER, GenerationLedger
-from stores.sqlite.meta import read_meta
+from stores.generations import NEVER
 
 _PAGE = 1000
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
             raise InvalidInputError("an ELASTICSEARCH knowledge bank needs a connection with a 'url'")
         self.index = f"{self.connection.get('index_prefix', '')}kb-{context.kb_id}".lower()
         self.dir = Path(context.folder) / "es-store"
-        self.ledger = GenerationLedger(self.dir, "es-meta.sqlite", context.kb_id)
+        self.ledger = open_ledger(self.dir, "es-meta.sqlite", context.kb_id, context.database_url)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -132,8 +133,8 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> EsTransaction:
-        # Under the writer lock, before the SQLite transaction: remove what a dead writer left behind.
-        write = self.ledger.begin(timeout, prepare=lambda conn: self.clean_leftovers(read_meta(conn)[0]))
+        # Under the writer lock (or lease), before the write opens: remove what a dead writer left behind.
+        write = self.ledger.begin(timeout, prepare=lambda notes: self.clean_leftovers(notes.committed))
         return EsTransaction(self, write)
 
     def matching_ids(self, query: dict[str, Any]) -> list[str]:
@@ -200,6 +201,7 @@ class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
         try:
             self.call("indices.delete", index=self.index, ignore_unavailable=True)
         finally:
+            self.ledger.destroy()
             self.close()
             import shutil
 

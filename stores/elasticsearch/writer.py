@@ -19,7 +19,7 @@ from stores.base import (
 )
 from stores.elasticsearch.filters import metadata_fields
 from stores.elasticsearch.view import EsView
-from stores.generations import NEVER, LedgerWrite, PartialWrites
+from stores.generations import NEVER, CommitPointWrite, PartialWrites
 from stores.record_checks import check_records, normalise
 
 if TYPE_CHECKING:  # the store imports this module to open transactions
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class EsTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: ElasticsearchStore, write: LedgerWrite) -> None:
+    def __init__(self, store: ElasticsearchStore, write: CommitPointWrite) -> None:
         self.store, self.write = store, write
         self.committed, self.generation = write.committed, write.generation
         self._open = True
@@ -109,7 +109,8 @@ class EsTransaction(DelegatingReader, StoreTransaction):
         try:
             if not self.write.done:  # a failure after the commit point undoes nothing
                 self.write.rollback()
-                self.store.clean_leftovers(self.committed)
+                if self.write.holds_lock():  # fenced off: what lies above C may be the successor's
+                    self.store.clean_leftovers(self.committed)
         finally:
             self._finish()
 

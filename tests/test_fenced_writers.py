@@ -1,0 +1,259 @@
+"""The commit point in a shared database (stores/commit_point/database.py, issue 28): lease, epoch, compare-and-set.
+
+Ledger-level tests, on SQLite (one machine) and on a real PostgreSQL cluster. The multi-process tests with a
+real Elasticsearch node are in test_fenced_writers_es.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kb_base.errors import InvalidInputError, StoreUnavailableError, WriterBusyError, WriterFencedError
+from stores.base import StoreContext
+from stores.commit_point.database import DatabaseLedger, open_ledger
+from stores.commit_point.schema import normalise_url
+from stores.factory import open_store
+from stores.generations import GenerationLedger
+from tests.support.postgres_server import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'commit.sqlite'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+
+
+def _write(ledger: DatabaseLedger, pairs: list[tuple[str, str]], retire: list[str] | None = None,
+           timeout: float = 5.0) -> int:
+    write = ledger.begin(timeout)
+    try:
+        if retire:
+            write.retire(retire)
+        write.add(pairs, dim=4)
+        write.commit()
+        return write.generation
+    finally:
+        write.close()
+
+
+def test_commit_moves_generation_and_id_map(database_url: str) -> None:
+    ledger = DatabaseLedger(database_url, "kb-a")
+    assert ledger.committed() == (0, None)
+    assert _write(ledger, [("a", "1:a"), ("b", "1:b")]) == 1
+    assert ledger.committed() == (1, 4) and sorted(ledger.ids()) == ["a", "b"]
+    write = ledger.begin(5.0)
+    own, older = write.retire(["a", "zzz"])
+    assert (own, older) == ([], ["1:a"])
+    write.add([("a", "2:a")])
+    assert write.retire(["a"]) == (["2:a"], [])  # written by this generation: deleted outright
+    assert sorted(write.all_ids()) == ["b"]
+    write.rollback()
+    write.close()
+    assert ledger.committed() == (1, 4) and sorted(ledger.ids()) == ["a", "b"]  # a rollback changes nothing
+    other = DatabaseLedger(database_url, "kb-b")  # knowledge banks share the tables, never rows
+    assert other.committed() == (0, None) and other.ids() == []
+    ledger.destroy()
+    assert DatabaseLedger(database_url, "kb-a").committed() == (0, None)
+
+
+def test_second_writer_waits_then_gets_busy(database_url: str) -> None:
+    first, second = DatabaseLedger(database_url, "kb"), DatabaseLedger(database_url, "kb")
+    write = first.begin(5.0)
+    started = time.monotonic()
+    with pytest.raises(WriterBusyError, match="being written by another writer") as busy:
+        second.begin(0.5)
+    assert not isinstance(busy.value, WriterFencedError)
+    assert time.monotonic() - started >= 0.5
+    epoch = write.lease.epoch
+    write.close()
+    after = second.begin(0.5)  # released: taken at once, with a new epoch
+    assert after.lease.epoch == epoch + 1
+    after.close()
+
+
+def test_waiting_writer_gets_the_lease_when_it_is_released(database_url: str) -> None:
+    ledger = DatabaseLedger(database_url, "kb")
+    write = ledger.begin(5.0)
+    threading.Timer(0.4, write.close).start()
+    started = time.monotonic()
+    waiting = ledger.begin(10.0)
+    assert 0.3 < time.monotonic() - started < 5
+    waiting.close()
+
+
+def test_renewal_keeps_a_live_writer_past_its_lease(database_url: str) -> None:
+    ledger = DatabaseLedger(database_url, "kb", lease_seconds=0.6)
+    write = ledger.begin(5.0)
+    time.sleep(1.5)  # 2.5 leases: renewed in the background meanwhile
+    with pytest.raises(WriterBusyError):
+        DatabaseLedger(database_url, "kb").begin(0.2)
+    write.retire(["x"])  # the local guard lets it write
+    write.add([("x", "1:x")])
+    write.commit()
+    write.close()
+    assert ledger.committed()[0] == 1
+
+
+def test_lapsed_writer_is_fenced_and_its_successor_stands(database_url: str) -> None:
+    ledger = DatabaseLedger(database_url, "kb", lease_seconds=0.5)
+    _write(ledger, [("a", "1:a")])
+    stale = ledger.begin(5.0)
+    stale.add([("stale", "2:stale")])
+    stale.lease._stop.set()  # its renewals stop, as when the process is paused (the ES test uses SIGSTOP)
+    stale.lease._thread.join()
+    time.sleep(0.7)
+    successor = DatabaseLedger(database_url, "kb").begin(1.0)  # the lapsed lease is taken: epoch + 1
+    assert successor.lease.epoch == stale.lease.epoch + 1 and successor.generation == 2
+    with pytest.raises(WriterFencedError):
+        stale.retire(["a"])  # its local guard refuses store writes
+    successor.add([("new", "2:new")])
+    successor.commit()
+    successor.close()
+    with pytest.raises(WriterFencedError, match="another writer took this writer's lease over") as fenced:
+        stale.commit()  # same generation number, older epoch: the compare-and-set matches nothing
+    assert isinstance(fenced.value, WriterBusyError) and fenced.value.code == "writer_fenced"
+    assert not stale.holds_lock()  # so the driver will not clean what lies above its C (the successor's)
+    stale.close()
+    assert ledger.committed() == (2, 4) and sorted(ledger.ids()) == ["a", "new"]
+
+
+def test_lapsed_writer_is_fenced_even_when_nobody_committed_since(database_url: str) -> None:
+    ledger = DatabaseLedger(database_url, "kb", lease_seconds=0.5)
+    stale = ledger.begin(5.0)
+    stale.lease._stop.set()
+    stale.lease._thread.join()
+    time.sleep(0.7)
+    successor = ledger.begin(1.0)  # takes the lease, commits nothing (generation stays 0)
+    successor.close()
+    stale.add([("stale", "1:stale")])
+    with pytest.raises(WriterFencedError):
+        stale.commit()  # generation would match: the epoch does not
+    stale.close()
+    assert ledger.committed() == (0, None) and ledger.ids() == []
+
+
+def test_existing_sqlite_ledger_moves_into_the_database(database_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "es-store"
+    old = GenerationLedger(folder, "es-meta.sqlite", "kb")
+    for generation in (1, 2):
+        write = old.begin(5.0)
+        write.retire(["a"])
+        write.add([("a", f"{generation}:a"), (f"d{generation}", f"{generation}:d{generation}")], dim=8)
+        write.commit()
+        write.close()
+    old.set_meta("index", "http://x kb-kb")
+    old.close()
+    moved = open_ledger(folder, "es-meta.sqlite", "kb", database_url)
+    assert isinstance(moved, DatabaseLedger)
+    assert moved.committed() == (2, 8) and sorted(moved.ids()) == ["a", "d1", "d2"]
+    assert moved.meta("index") == "http://x kb-kb"
+    write = moved.begin(5.0)
+    assert write.retire(["a"]) == ([], ["2:a"])
+    write.close()
+    sqlite3.connect(folder / "es-meta.sqlite").execute("UPDATE meta SET value = '9' WHERE key = 'generation'")
+    assert DatabaseLedger(database_url, "kb").committed()[0] == 2  # seeded once: the database is the truth
+
+
+def test_without_a_url_the_folder_ledger_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KB_DATABASE_URL", raising=False)
+    assert isinstance(open_ledger(tmp_path, "x.sqlite", "kb", None), GenerationLedger)
+    store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}))
+    assert isinstance(store.ledger, GenerationLedger) and store.context.database_url is None  # type: ignore[attr-defined]
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    monkeypatch.setenv("KB_DATABASE_URL", url)
+    store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}))
+    assert isinstance(store.ledger, DatabaseLedger) and store.context.database_url == url  # type: ignore[attr-defined]
+    explicit = f"sqlite:///{tmp_path / 'explicit.sqlite'}"
+    store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}),
+                       database_url=explicit)
+    assert store.context.database_url == explicit
+
+
+def test_database_urls() -> None:
+    assert normalise_url("postgresql://kb@db.internal/kb") == "postgresql+pg8000://kb@db.internal/kb"
+    assert normalise_url("postgres://kb@db/kb") == "postgresql+pg8000://kb@db/kb"
+    assert normalise_url("sqlite:////tmp/x.sqlite") == "sqlite:////tmp/x.sqlite"
+    with pytest.raises(InvalidInputError, match="PostgreSQL"):
+        DatabaseLedger("mysql+pymysql://kb@db/kb", "kb")
+
+
+def test_database_down_is_store_unavailable(tmp_path: Path) -> None:
+    server = PostgresServer().start()
+    url = server.create_database("kb")
+    ledger = DatabaseLedger(url, "kb")
+    server.stop()
+    with pytest.raises(StoreUnavailableError, match="commit-point database is unavailable"):
+        ledger.committed()  # a 503 over REST, not a 500
+    with pytest.raises(StoreUnavailableError, match="no writer can start"):
+        ledger.begin(0.5)
+
+
+def test_connections_lost_with_a_database_restart_are_replaced(postgres: PostgresServer) -> None:
+    """Every server connection dropped at once (what a restart does to a pool): at most one read fails, with a
+    503; writes (whose pool pre-pings) do not fail at all."""
+    from sqlalchemy import create_engine, text
+
+    url = postgres.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    _write(ledger, [("a", "1:a")])
+    for _ in range(3):
+        assert ledger.committed() == (1, 4)
+    admin = create_engine(postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        dropped = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = :db"), {"db": url.rsplit("/", 1)[1]}).scalar_one()
+    admin.dispose()
+    assert dropped >= 2  # the read pool's connection and the write pool's
+    failures = 0
+    for _ in range(3):
+        try:
+            assert ledger.committed() == (1, 4)
+        except StoreUnavailableError:
+            failures += 1
+    assert failures <= 1
+    assert _write(ledger, [("b", "2:b")]) == 2
+
+
+def test_the_history_checker_catches_what_it_is_for() -> None:
+    """Negative controls for tests/support/generation_history.py: each broken history fails."""
+    from tests.support.generation_history import History
+
+    def history(*reads: tuple[int, dict[str, dict[str, object]]]) -> History:
+        h = History(intents={("a", 1): {"a-1-0", "a-1-1"}, ("b", 2): {"b-2-0"}, ("a", 2): {"a-2-0"}},
+                    acked={("a", 1), ("b", 2)})
+        h.reads = list(reads)
+        return h
+
+    one = {"a-1-0": {"gen": 1, "writer": "a"}, "a-1-1": {"gen": 1, "writer": "a"}, "shared": {"gen": 1, "writer": "a"}}
+    two = {**one, "b-2-0": {"gen": 2, "writer": "b"}, "shared": {"gen": 2, "writer": "b"}}
+    assert history((1, one), (2, two)).check() == 2
+    torn = {k: v for k, v in one.items() if k != "a-1-1"}
+    both = {**two, "a-2-0": {"gen": 2, "writer": "a"}}
+    ahead = {**one, "b-2-0": {"gen": 2, "writer": "b"}}
+    stale_shared = {**two, "shared": {"gen": 1, "writer": "a"}}
+    broken = {"partly visible": [(1, torn)], "shows writers": [(2, both)], "uncommitted generation": [(1, ahead)],
+              "'shared'": [(2, stale_shared)], "backwards": [(2, two), (1, one)], "never became visible": [(1, one)]}
+    for message, reads in broken.items():
+        with pytest.raises(AssertionError, match=message):
+            history(*reads).check()
+    other = {**one, "a-2-0": {"gen": 2, "writer": "a"}, "shared": {"gen": 2, "writer": "a"}}
+    with pytest.raises(AssertionError, match="lost"):
+        history((2, other)).check()  # b's acknowledged generation 2 is a's in the store
