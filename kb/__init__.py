@@ -6,6 +6,7 @@
 """
 
 from kb.client import EmbeddedClient, Project, api_client
+from kb.engines import LocalEngine, RayEngine
 from kb.errors import (
     AlreadyExistsError,
     EmbeddingError,
@@ -34,12 +35,14 @@ __all__ = [
     "ImageNotFoundError",
     "InvalidInputError",
     "KBError",
+    "LocalEngine",
     "ManagedFolder",
     "ManagedFolderDocumentRef",
     "MissingExtraError",
     "NotFoundError",
     "PathError",
     "Project",
+    "RayEngine",
     "SchemaError",
     "SearchRequest",
     "SearchResult",

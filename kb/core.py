@@ -27,6 +27,7 @@ from stores.langchain import KBRetriever, KBVectorStore
 from stores.record_batch import RecordBatch
 from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
+from writers.engines import Engine
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 from writers.sync import SyncOptions, SyncReport, sync_folder
 from writers.writer import KnowledgeBankWriter
@@ -267,12 +268,13 @@ class CoreKnowledgeBank:
         return KnowledgeBankWriter(self, timeout=timeout)
 
     def sync_folder(self, folder: ManagedFolder | str | Path, extraction: str = "raw", screenshots: bool = False,
-                    progress: bool = False, **options: Any) -> SyncReport:
+                    progress: bool = False, engine: Engine | None = None, **options: Any) -> SyncReport:
         """Make this knowledge bank hold exactly the documents of ``folder`` (a managed folder or a local
-        directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields."""
+        directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields;
+        ``engine=kb.RayEngine(address=...)`` extracts and embeds on a Ray cluster, with the same result."""
 
         settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
-        return sync_folder(self, folder, settings, progress=progress)
+        return sync_folder(self, folder, settings, progress=progress, engine=engine)
 
     # --- LangChain ----------------------------------------------------------------------------
 

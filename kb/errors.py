@@ -8,6 +8,7 @@ the same classes from a server's answers.
 from kb_base.errors import (
     AlreadyExistsError,
     AmbiguousNameError,
+    ClusterError,
     DiskFullError,
     EmbeddingError,
     ExtractionError,
@@ -33,6 +34,7 @@ from kb_base.errors import (
 __all__ = [
     "AlreadyExistsError",
     "AmbiguousNameError",
+    "ClusterError",
     "DiskFullError",
     "EmbeddingError",
     "ExtractionError",
