@@ -2,12 +2,14 @@
 
     kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR] [--extraction raw|structured]
             [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200] [--batch-files 32]
-            [--wait SECONDS] [--report report.json] [--quiet]
+            [--wait SECONDS] [--ray auto|local|HOST:PORT|ray://HOST:10001] [--report report.json] [--quiet]
 
 SOURCE is a local directory, or the id or name of a managed folder of the
 project. Exit status: 0 every file synced or unchanged, 1 some files failed
 (listed on stderr with their reason), 2 usage or fatal error (unknown
-knowledge bank or folder, another sync running, the model failing).
+knowledge bank or folder, another sync running, the model failing, Ray missing).
+With ``--ray``, extraction and embedding run on a Ray cluster (``kb[ray]``;
+``writers.engines``); the plan, the commits and the report stay here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import kb
+from kb.engines import engine_for
 from kb.lookup import find_knowledge_bank
 from kb_base.errors import KBError, NotFoundError
 from writers.sync import SyncOptions, SyncReport, sync_folder
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-overlap", type=int, default=200)
     parser.add_argument("--batch-files", type=int, default=32, help="files per atomic commit")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another sync to finish")
+    parser.add_argument("--ray", metavar="ADDRESS", help="extract and embed on a Ray cluster: 'auto' (the cluster "
+                        "`ray start` runs on this machine), HOST:PORT, ray://HOST:10001, or 'local' (needs kb[ray])")
     parser.add_argument("--report", type=Path, help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -80,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                               chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
                               batch_files=args.batch_files, lock_timeout=args.wait)
         options.validate()
+        engine = engine_for(args.ray)  # without Ray installed: how to install it, before anything else
         client = kb.api_client(home=args.home)
         project = client.get_project(args.project)
         core = find_knowledge_bank(project, args.kb).as_core_knowledge_bank()  # ambiguous names listed
-        report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
+        report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet,
+                             engine=engine)
     except KBError as exc:
         print(f"kb sync: {exc}", file=sys.stderr)
         return 2

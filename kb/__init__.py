@@ -6,7 +6,6 @@
 """
 
 from kb.client import EmbeddedClient, Project, api_client
-from kb.engines import LocalEngine, RayEngine
 from kb.errors import (
     AlreadyExistsError,
     EmbeddingError,
@@ -53,3 +52,12 @@ __all__ = [
     "WriterBusyError",
     "api_client",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # the engines load the row readers (pyarrow) and Ray's glue: `import kb` stays light until one is used
+    if name in ("LocalEngine", "RayEngine"):
+        from kb import engines
+
+        return getattr(engines, name)
+    raise AttributeError(f"module 'kb' has no attribute {name!r}")

@@ -27,13 +27,13 @@ from stores.langchain import KBRetriever, KBVectorStore
 from stores.record_batch import RecordBatch
 from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
-from writers.engines import Engine
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 from writers.sync import SyncOptions, SyncReport, sync_folder
 from writers.writer import KnowledgeBankWriter
 
 if TYPE_CHECKING:  # the client imports this module to hand out knowledge banks
     from kb.client import EmbeddedClient
+    from writers.engines import Engine  # (the engines import pyarrow: only a sync with one loads them)
 
 log = logging.getLogger(__name__)
 

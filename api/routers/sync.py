@@ -23,6 +23,7 @@ from api.deps import core_for, get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
+from kb.engines import engine_for
 from kb_base.errors import KBError, NotFoundError
 from writers.sync import SyncOptions, SyncReport, acquire_sync_lock, sync_folder
 
@@ -108,12 +109,14 @@ def jobs_of(request: Request) -> SyncJobs:
     return state.sync_jobs
 
 
-def _run(job: SyncJob, core: Any, folder: Any, lock: Any) -> None:
+def _run(job: SyncJob, core: Any, folder: Any, lock: Any, ray_address: str | None) -> None:
     def attach(report: SyncReport) -> None:
         job.report = report  # the live report: polling reads its counters as the sync goes
 
     try:
-        job.report = sync_folder(core, folder, job.options, on_progress=attach, held_lock=lock)
+        # the engine is the administrator's (KB_RAY_ADDRESS), never a request's
+        engine = engine_for(ray_address) if ray_address else None
+        job.report = sync_folder(core, folder, job.options, on_progress=attach, held_lock=lock, engine=engine)
         job.state = "succeeded"
     except KBError as exc:
         job.state, job.error = "failed", {"code": exc.code, "message": str(exc)}
@@ -138,7 +141,9 @@ async def start_sync(project_key: str, kb_id: str, body: SyncJobIn, request: Req
     try:
         job = SyncJob(project_key, kb_id, folder.full_id, options)
         jobs_of(request).add(job)
-        threading.Thread(target=_run, args=(job, core, folder, lock), name=f"sync-{job.id[:8]}", daemon=True).start()
+        ray_address = getattr(request.app.state.settings, "ray_address", None)
+        threading.Thread(target=_run, args=(job, core, folder, lock, ray_address), name=f"sync-{job.id[:8]}",
+                         daemon=True).start()
     except BaseException:
         lock.close()  # no job will run: the next sync must not wait for this lock's garbage collection
         raise

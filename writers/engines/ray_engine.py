@@ -86,6 +86,7 @@ class RayEngine:
         if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
             raise InvalidInputError(f"RayEngine address must be 'auto', 'local', host:port or ray://host:port, "
                                     f"got {self.address!r}")
+        require_ray()  # without the extra, say how to install it now rather than when the job starts
 
     # --- the cluster --------------------------------------------------------------------------
 
