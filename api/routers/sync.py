@@ -56,13 +56,15 @@ class SyncJob:
         self.finished: float | None = None
         self.report = SyncReport(folder_id=folder_id)  # replaced by the live report once the sync starts
         self.error: dict[str, str] | None = None
+        self.engine = "local"  # "ray" when the service runs its syncs on a Ray cluster (KB_RAY_ADDRESS)
 
     def to_dict(self) -> dict[str, Any]:
         report = self.report
         done = self.state != "running"
         return {
             "job_id": self.id, "state": self.state, "project_key": self.project_key, "kb_id": self.kb_id,
-            "folder_id": self.folder_id, "started_at": self.started, "finished_at": self.finished,
+            "folder_id": self.folder_id, "engine": self.engine, "started_at": self.started,
+            "finished_at": self.finished,
             "options": {"extraction": self.options.extraction, "screenshots": self.options.screenshots,
                         "ocr": self.options.ocr, "chunk_size": self.options.chunk_size,
                         "chunk_overlap": self.options.chunk_overlap, "batch_files": self.options.batch_files},
@@ -142,6 +144,7 @@ async def start_sync(project_key: str, kb_id: str, body: SyncJobIn, request: Req
         job = SyncJob(project_key, kb_id, folder.full_id, options)
         jobs_of(request).add(job)
         ray_address = getattr(request.app.state.settings, "ray_address", None)
+        job.engine = "ray" if ray_address else "local"
         threading.Thread(target=_run, args=(job, core, folder, lock, ray_address), name=f"sync-{job.id[:8]}",
                          daemon=True).start()
     except BaseException:

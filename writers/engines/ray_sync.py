@@ -70,11 +70,11 @@ class RayFolderSync(_Sync):
             if isinstance(count, int):
                 more.extend(i for i in (f"{prefix}#{n}" for n in range(count)) if i not in stored)
         stored.update(self._get(more))
-        hashes: dict[str, dict[str, str]] = {}
-        for path, prefix in prefixes.items():
-            mine = {i: m.get(HASH_KEY) for i, m in stored.items() if i.rpartition("#")[0] == prefix}
-            hashes[path] = {i: h for i, h in mine.items() if isinstance(h, str)}
-        return hashes
+        by_prefix: dict[str, dict[str, str]] = {}
+        for chunk_id, metadata in stored.items():
+            if isinstance(metadata.get(HASH_KEY), str):
+                by_prefix.setdefault(chunk_id.rpartition("#")[0], {})[chunk_id] = metadata[HASH_KEY]
+        return {path: by_prefix.get(prefix, {}) for path, prefix in prefixes.items()}
 
     def _get(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
