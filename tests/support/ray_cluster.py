@@ -30,7 +30,7 @@ def cluster_env() -> dict[str, str]:
 
 
 class RayCluster:
-    def __init__(self, node_cpus: tuple[float, ...] = (1, 1), object_store_bytes: int = 300 * 2**20) -> None:
+    def __init__(self, node_cpus: tuple[int, ...] = (1, 1), object_store_bytes: int = 300 * 2**20) -> None:
         self.node_cpus = node_cpus
         self.object_store_bytes = object_store_bytes
         # short: Ray's unix sockets live under it, and their paths may not exceed 107 bytes
@@ -39,7 +39,7 @@ class RayCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen[bytes]] = []
 
-    def _node_args(self, cpus: float) -> list[str]:
+    def _node_args(self, cpus: int) -> list[str]:
         ports = [("--node-manager-port", free_port()), ("--object-manager-port", free_port()),
                  ("--metrics-export-port", free_port()), ("--dashboard-agent-listen-port", free_port()),
                  ("--dashboard-agent-grpc-port", free_port()), ("--runtime-env-agent-port", free_port())]
@@ -65,7 +65,7 @@ class RayCluster:
             self.stop()
             raise
 
-    def add_node(self, cpus: float, n: int) -> None:
+    def add_node(self, cpus: int, n: int) -> None:
         self._spawn(["--address", self.address, *self._node_args(cpus)], f"node{n}")
         self.wait_for_nodes(n + 1)
 

@@ -9,6 +9,7 @@ returned instead, and the driver writes it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from writers.sync import SCREENSHOT_ROOT, SyncOptions, SyncReport, _Sync
 INSTALL_HINT = "pip install 'kb[ray]'"
 
 # a file to process, as the driver plans it: its place in the listing, and the chunk hashes already stored
+# (stored: JSON {"hashes": {chunk id: content hash}, "texts": [text digests]} of the file's stored chunks)
 PLANNED = pa.schema([("index", pa.int64()), ("path", pa.string()), ("new", pa.bool_()), ("stored", pa.string())])
 EXTRACTED = pa.schema([
     *PLANNED,
@@ -42,12 +44,17 @@ EXTRACTED = pa.schema([
 ])
 EMBEDDED = pa.schema([
     *EXTRACTED,
-    ("has_vector", pa.list_(pa.bool_())),  # False: the chunk is stored unchanged, not embedded again
+    ("has_vector", pa.list_(pa.bool_())),  # False: stored unchanged, or its text is: not embedded again
     ("vectors", pa.binary()),  # float32 rows of the chunks with a vector, in order
     ("dimension", pa.int32()),
     ("embedded", pa.int32()),  # texts this file sent to the model (a text repeated in the batch counts once)
     ("embed_seconds", pa.float64()),
 ])
+
+
+def text_digest(text: str) -> str:
+    """A short digest of a chunk text: what the driver ships to say "this text is stored already"."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def require_ray() -> Any:
@@ -148,10 +155,12 @@ class EmbedFiles:
         embedded = []
         for row in rows:
             stored = json.loads(row["stored"] or "{}")
+            hashes, texts = stored.get("hashes", {}), set(stored.get("texts", ()))
             chunk_ids = json.loads(row["record"])["chunk_ids"] if row["ok"] else []
             positions, sent = [], 0
             for chunk_id, text, raw in zip(chunk_ids, row["texts"], row["metadata"], strict=True):
-                if stored.get(chunk_id) == json.loads(raw)[HASH_KEY]:
+                # stored unchanged, or its text stored in another chunk of the file: the driver has its vector
+                if hashes.get(chunk_id) == json.loads(raw)[HASH_KEY] or text_digest(text) in texts:
                     positions.append(-1)
                     continue
                 if text not in wanted:

@@ -8,9 +8,11 @@ In between, a Ray Data pipeline streams the files to process through extraction 
 (``ray_stages.extract_files``) and an actor pool holding the embedding model (``ray_stages.EmbedFiles``);
 finished files come back in whatever order they finish, each with its vectors.
 
-Before shipping, the driver reads which chunks of the changed files are already stored and with which
-content hash, so that the actors skip them (an edited file re-embeds only its edited chunks, and a
-re-run after a kill between a commit and its records embeds nothing again).
+Before shipping, the driver reads which chunks of the changed files are already stored, with their content
+hashes and texts, so that the actors skip them: a chunk stored unchanged is neither embedded nor written
+(a re-run after a kill between a commit and its records embeds nothing again), and a rewritten chunk whose
+text is stored (an edit changes every chunk's file hash) takes its stored vector on the driver, where the
+local sync takes it from the embedding cache: an edited file re-embeds only its edited texts.
 
 Failures: a file that fails to extract comes back with its reason (the report lists it, as locally). A
 dead worker or node: Ray re-runs its extraction tasks (``max_retries``) and restarts dead actors
@@ -36,7 +38,7 @@ from kb_base.folders import ManagedFolder
 from stores.base import Record
 from writers.chunking import CHUNKS_KEY, HASH_KEY
 from writers.document_chunks import document_id
-from writers.engines.ray_stages import PLANNED, EmbedFiles, FolderSpec, extract_files
+from writers.engines.ray_stages import PLANNED, EmbedFiles, FolderSpec, extract_files, text_digest
 from writers.sync import SyncOptions, SyncReport, _Done, _Sync
 from writers.sync_records import FileRecord
 from writers.target import KnowledgeBankTarget
@@ -53,33 +55,38 @@ class RayFolderSync(_Sync):
         super().__init__(core, folder, options, progress, on_progress)
         self.engine = engine
         self.order: dict[str, int] = {}
+        self.stored_ids: dict[str, list[str]] = {}  # per file's id prefix: its chunks in the store
         self.stages = {"extract": 0.0, "embed": 0.0, "write": 0.0}
 
     # --- planning -----------------------------------------------------------------------------
 
-    def _stored_hashes(self, work: list[tuple[str, bool]], known: dict[str, FileRecord]) -> dict[str, dict[str, str]]:
-        """Per file to process: its chunks already in the store (id -> content hash), as ``_commit`` will find
-        them, so that no actor embeds them again."""
+    def _stored(self, work: list[tuple[str, bool]], known: dict[str, FileRecord]) -> dict[str, dict[str, Any]]:
+        """Per file to process, what the store holds of it, as ``_commit`` will find it: its chunk ids with their
+        content hashes (unchanged chunks: not embedded, not written) and digests of their texts (a rewritten
+        chunk whose text is unchanged takes its stored vector, as the local sync takes it from the cache)."""
         prefixes = {path: document_id(self.folder.id, path) for path, _ in work}
         first = [f"{prefix}#0" for prefix in prefixes.values()]
         ids = first + [i for path, _ in work if path in known for i in known[path].chunk_ids]
         stored = self._get(list(dict.fromkeys(ids)))
         more = []
         for prefix in prefixes.values():  # chunks a killed sync committed before recording them
-            count = stored.get(f"{prefix}#0", {}).get(CHUNKS_KEY)
+            count = stored.get(f"{prefix}#0", (None, {}))[1].get(CHUNKS_KEY)
             if isinstance(count, int):
                 more.extend(i for i in (f"{prefix}#{n}" for n in range(count)) if i not in stored)
         stored.update(self._get(more))
-        by_prefix: dict[str, dict[str, str]] = {}
-        for chunk_id, metadata in stored.items():
+        by_prefix: dict[str, dict[str, Any]] = {}
+        for chunk_id, (text, metadata) in stored.items():
+            mine = by_prefix.setdefault(chunk_id.rpartition("#")[0], {"hashes": {}, "texts": []})
             if isinstance(metadata.get(HASH_KEY), str):
-                by_prefix.setdefault(chunk_id.rpartition("#")[0], {})[chunk_id] = metadata[HASH_KEY]
+                mine["hashes"][chunk_id] = metadata[HASH_KEY]
+            mine["texts"].append(text_digest(text))
+            self.stored_ids.setdefault(chunk_id.rpartition("#")[0], []).append(chunk_id)
         return {path: by_prefix.get(prefix, {}) for path, prefix in prefixes.items()}
 
-    def _get(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+    def _get(self, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
         for start in range(0, len(ids), GET_BATCH):
-            found.update({r.id: r.metadata for r in self.core.driver.get(ids[start: start + GET_BATCH])})
+            found.update({r.id: (r.text, r.metadata) for r in self.core.driver.get(ids[start: start + GET_BATCH])})
         return found
 
     # --- the pipeline -------------------------------------------------------------------------
@@ -88,11 +95,12 @@ class RayFolderSync(_Sync):
         """The finished files, as they come back from the cluster."""
         engine = self.engine
         ray = engine.connect()
-        hashes = self._stored_hashes(work, known)
+        stored = self._stored(work, known)
         planned = pa.Table.from_pylist(
-            [{"index": i, "path": path, "new": new, "stored": json.dumps(hashes.get(path) or {})}
+            [{"index": i, "path": path, "new": new, "stored": json.dumps(stored.get(path) or {})}
              for i, (path, new) in enumerate(work)], schema=PLANNED)
-        actors = engine.actor_count(ray)
+        # no more actors than batches to embed: an idle actor would only hold its CPUs and load the model
+        actors = min(engine.actor_count(ray), -(-len(work) // engine.files_per_embed_batch))
         # one block per extraction task: the tasks spread over the nodes from the start
         blocks = [planned.slice(start, engine.files_per_task) for start in range(0, len(work), engine.files_per_task)]
         with warnings.catch_warnings():
@@ -188,11 +196,23 @@ class RayFolderSync(_Sync):
         return _Done(path, record, chunks, row["new"])
 
     def _embed(self, fresh: list[Record]) -> None:
-        """The vectors came with the chunks; one the actors skipped as stored but that is not stored any more
-        (another writer deleted it meanwhile) is embedded here."""
+        """The vectors came with the chunks, but for a rewritten chunk whose text is stored already (the actors
+        skipped it): its stored vector is taken, counted as a cache hit as the local sync counts it. A chunk
+        with neither (another writer deleted it meanwhile) is embedded here."""
         missing = [c for c in fresh if c.vector is None]
-        if missing:
-            super()._embed(missing)
+        if not missing:
+            return
+        ids = [i for prefix in dict.fromkeys(c.id.rpartition("#")[0] for c in missing)
+               for i in self.stored_ids.get(prefix, [])]
+        vectors = {r.text: r.vector for start in range(0, len(ids), GET_BATCH)
+                   for r in self.core.driver.get(ids[start: start + GET_BATCH], with_vectors=True)
+                   if r.vector is not None}
+        for chunk in missing:
+            chunk.vector = vectors.get(chunk.text)
+        self.report.embedding_cache_hits += sum(1 for c in missing if c.vector is not None)
+        left = [c for c in missing if c.vector is None]
+        if left:
+            super()._embed(left)
 
     def _commit(self, batch: list[_Done], known: dict[str, FileRecord], removed: list[FileRecord]) -> None:
         started = time.perf_counter()
