@@ -106,6 +106,7 @@ class RayEngine:
         context.enable_progress_bars = False  # the job shows one bar of its own for the whole cluster
         context.print_on_execution_start = False
         context.verbose_stats_logs = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run on the terminal
         data_log = logging.getLogger("ray.data._internal.progress")  # where Ray Data says it
         if not any(isinstance(f, _OwnProgressBar) for f in data_log.filters):
             data_log.addFilter(_OwnProgressBar())
