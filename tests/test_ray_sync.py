@@ -1,5 +1,6 @@
 """Folder sync and row ingestion on a real Ray cluster (a head and a second node, separate processes and CPUs):
-the same knowledge bank as the one-machine sync, a worker killed mid-job, the driver killed and the sync re-run.
+the same knowledge bank as the one-machine sync (FAISS and a real Elasticsearch node), a worker killed mid-job,
+the driver killed and the sync re-run, row ingestion, a REST sync job on the service's configured cluster.
 
 One cluster for the module (starting one costs tens of seconds on a shared 2-core machine), torn down after.
 """
@@ -284,3 +285,26 @@ def test_a_rest_sync_job_runs_on_the_cluster_the_service_is_configured_with(clus
         assert job["progress"]["files_processed"] == job["progress"]["files_to_process"] == 4
     finally:
         server.stop()
+
+
+def test_a_sync_on_ray_into_elasticsearch_equals_the_local_sync(cluster: RayCluster, tmp_path: Path) -> None:
+    """Store-backed knowledge banks take the same path: the vectors come back to the driver's writer."""
+    from tests.support.elasticsearch_server import ElasticsearchNode
+
+    node = ElasticsearchNode(name="ray-sync").start()
+    try:
+        folder = mixed_folder(tmp_path / "docs")
+        client = kb.api_client(home=tmp_path / "home")
+        client.create_connection("es", "elasticsearch", {"url": node.url, "index_prefix": "ray-"})
+        project = client.get_default_project()
+        cores = [project.create_knowledge_bank(name, vector_store_type="ELASTICSEARCH",
+                                               settings={"connection": "es"}).as_core_knowledge_bank()
+                 for name in ("on-ray", "local")]
+        options = {"extraction": "structured", "chunk_size": 300, "chunk_overlap": 30}
+        ray_report = cores[0].sync_folder(folder, engine=engine_on(cluster), **options)
+        local_report = cores[1].sync_folder(folder, **options)
+        assert comparable(ray_report) == comparable(local_report) and ray_report.chunks_written > 20
+        assert_same_bank(cores[0], cores[1])
+        client.close()
+    finally:
+        node.cleanup()
