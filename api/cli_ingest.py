@@ -4,12 +4,14 @@
               [--format jsonl|csv|parquet|arrow]
               [--text-column text] [--id-column COL] [--metadata-columns a,b] [--source NAME]
               [--chunk-size 1000] [--chunk-overlap 200] [--batch-rows 1000] [--commit-every 5000]
-              [--max-rejected N] [--report report.json] [--quiet]
+              [--max-rejected N] [--ray auto|local|HOST:PORT|ray://HOST:10001] [--report report.json] [--quiet]
 
 Exit status: 0 every row written or unchanged, 1 some rows rejected (the
 summary says how many; the first 20 are listed on stderr, all of them up to
 1000 in ``--report``), 2 usage or fatal error (unknown KB, unreadable file,
-unknown column, more than ``--max-rejected`` rejected rows).
+unknown column, more than ``--max-rejected`` rejected rows, Ray missing). With
+``--ray``, embedding runs on an actor pool of a Ray cluster (``kb[ray]``); reading,
+checks and commits stay here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import kb
+from kb.engines import engine_for
 from kb.lookup import find_knowledge_bank
 from kb_base.errors import InvalidInputError, KBError
 from writers.ingest import IngestOptions, IngestReport, TooManyRejectedError, ingest
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-rows", type=int, default=1000, help="rows read at a time")
     parser.add_argument("--commit-every", type=int, default=5000, help="chunks per atomic commit")
     parser.add_argument("--max-rejected", type=int, help="stop with status 2 past this many rejected rows")
+    parser.add_argument("--ray", metavar="ADDRESS", help="embed on a Ray cluster: 'auto', HOST:PORT, "
+                        "ray://HOST:10001 or 'local' (needs kb[ray]; not with --url)")
     parser.add_argument("--report", type=Path, help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -99,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
         if args.url and args.home:
             raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
+        if args.url and args.ray:
+            raise InvalidInputError("--ray runs the ingestion from here; a server (--url) embeds with its own engine")
+        engine = engine_for(args.ray)  # without Ray installed: how to install it, before anything else
         client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
         core = find_knowledge_bank(client.get_project(args.project), args.kb).as_core_knowledge_bank()
         if args.url:
             report = _ingest_remote(core, args.file, options, progress=not args.quiet)
         else:
-            report = ingest(core, args.file, options, progress=not args.quiet)
+            report = ingest(core, args.file, options, progress=not args.quiet, engine=engine)
     except TooManyRejectedError as exc:
         _print_report(exc.report, args.report)
         print(f"kb ingest: {exc}", file=sys.stderr)

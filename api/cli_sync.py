@@ -2,18 +2,21 @@
 
     kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR | --url URL --api-key KEY [--folder NAME]]
             [--extraction raw|structured] [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200]
-            [--batch-files 32] [--wait SECONDS] [--report report.json] [--quiet]
+            [--batch-files 32] [--wait SECONDS] [--ray auto|local|HOST:PORT|ray://HOST:10001]
+            [--report report.json] [--quiet]
 
 SOURCE is a local directory, or the id or name of a managed folder of the
 project. With ``--url`` the server syncs: a local directory is first mirrored
 into a managed folder (``--folder``, default ``<kb name> sources``; only files
 whose sha256 changed are uploaded, files gone are deleted there), then the
 server's sync job runs on it and its report is printed as the embedded one.
+With ``--ray``, extraction and embedding run on a Ray cluster (``kb[ray]``;
+``writers.engines``); the plan, the commits and the report stay here.
 Exit status: 0 every file synced, unchanged or empty (readable with nothing to
 index: a redirect page, an empty HTML shell, an image-only PDF with OCR off),
 1 some files failed (could not be read; listed on stderr with their reason, as
 empty files are), 2 usage or fatal error (unknown knowledge bank or
-folder, another sync running, the model failing).
+folder, another sync running, the model failing, Ray missing).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import kb
+from kb.engines import engine_for
 from kb.lookup import find_knowledge_bank
 from kb.remote_sync import mirror_directory, mirror_folder_for, run_sync_job, server_folder
 from kb_base.errors import InvalidInputError, KBError, NotFoundError
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-overlap", type=int, default=200)
     parser.add_argument("--batch-files", type=int, default=32, help="files per atomic commit")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another sync to finish")
+    parser.add_argument("--ray", metavar="ADDRESS", help="extract and embed on a Ray cluster: 'auto' (the cluster "
+                        "`ray start` runs on this machine), HOST:PORT, ray://HOST:10001, or 'local' (needs kb[ray])")
     parser.add_argument("--report", type=Path, help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -114,13 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidInputError("give --url (a server) or --home (the embedded home), not both")
         if args.folder and not args.url:
             raise InvalidInputError("--folder names the managed folder a directory is uploaded to: it needs --url")
+        if args.ray and args.url:
+            raise InvalidInputError("--ray runs the sync here on a Ray cluster; with --url the server syncs "
+                                    "(its engine is its administrator's KB_RAY_ADDRESS): give one of them")
+        engine = engine_for(args.ray)  # without Ray installed: how to install it, before anything else
         client = kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
         project = client.get_project(args.project)
         core = find_knowledge_bank(project, args.kb).as_core_knowledge_bank()  # ambiguous names listed
         if args.url:
             report = _sync_remote(core, args, options)
         else:
-            report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet)
+            report = sync_folder(core, _find_source(project, args.source), options, progress=not args.quiet,
+                                 engine=engine)
     except KBError as exc:
         print(f"kb sync: {exc}", file=sys.stderr)
         return 2

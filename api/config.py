@@ -32,6 +32,7 @@ class ServiceSettings:
     max_k: int = 1000
     bootstrap_admin_key: str | None = None
     warmup: bool = True  # load the local embedding model at start-up; /readyz waits for it
+    ray_address: str | None = None  # KB_RAY_ADDRESS: sync jobs extract and embed on this Ray cluster
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -46,4 +47,5 @@ class ServiceSettings:
             max_k=_int("KB_MAX_K", 1000),
             bootstrap_admin_key=os.environ.get("KB_BOOTSTRAP_ADMIN_KEY") or None,
             warmup=os.environ.get("KB_WARMUP", "on").strip().lower() != "off",
+            ray_address=os.environ.get("KB_RAY_ADDRESS", "").strip() or None,
         )

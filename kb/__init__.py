@@ -36,6 +36,7 @@ __all__ = [
     "ImageNotFoundError",
     "InvalidInputError",
     "KBError",
+    "LocalEngine",
     "ManagedFolder",
     "ManagedFolderDocumentRef",
     "MissingExtraError",
@@ -43,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "PathError",
     "Project",
+    "RayEngine",
     "SchemaError",
     "SearchRequest",
     "SearchResult",
@@ -54,3 +56,12 @@ __all__ = [
     "WriterBusyError",
     "api_client",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # the engines load the row readers (pyarrow) and Ray's glue: `import kb` stays light until one is used
+    if name in ("LocalEngine", "RayEngine"):
+        from kb import engines
+
+        return getattr(engines, name)
+    raise AttributeError(f"module 'kb' has no attribute {name!r}")

@@ -33,6 +33,7 @@ from writers.writer import KnowledgeBankWriter
 
 if TYPE_CHECKING:  # the client imports this module to hand out knowledge banks
     from kb.client import EmbeddedClient
+    from writers.engines import Engine  # (the engines import pyarrow: only a sync with one loads them)
 
 log = logging.getLogger(__name__)
 
@@ -275,12 +276,13 @@ class CoreKnowledgeBank:
         return KnowledgeBankWriter(self, timeout=timeout)
 
     def sync_folder(self, folder: ManagedFolder | str | Path, extraction: str = "raw", screenshots: bool = False,
-                    progress: bool = False, **options: Any) -> SyncReport:
+                    progress: bool = False, engine: Engine | None = None, **options: Any) -> SyncReport:
         """Make this knowledge bank hold exactly the documents of ``folder`` (a managed folder or a local
-        directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields."""
+        directory): see ``writers.sync``. ``options`` are the other ``writers.sync.SyncOptions`` fields;
+        ``engine=kb.RayEngine(address=...)`` extracts and embeds on a Ray cluster, with the same result."""
 
         settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
-        return sync_folder(self, folder, settings, progress=progress)
+        return sync_folder(self, folder, settings, progress=progress, engine=engine)
 
     # --- LangChain ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ the same classes from a server's answers.
 from kb_base.errors import (
     AlreadyExistsError,
     AmbiguousNameError,
+    ClusterError,
     DiskFullError,
     EmbeddingError,
     EmptyDocumentError,
@@ -36,6 +37,7 @@ from kb_base.errors import (
 __all__ = [
     "AlreadyExistsError",
     "AmbiguousNameError",
+    "ClusterError",
     "DiskFullError",
     "EmbeddingError",
     "EmptyDocumentError",

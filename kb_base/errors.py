@@ -168,3 +168,10 @@ class DiskFullError(StoreError):
 
     http_status = 507
     code = "insufficient_storage"
+
+
+class ClusterError(KBError):
+    """The compute cluster an engine runs on (Ray) cannot be reached, or failed the job past its retries."""
+
+    http_status = 503
+    code = "cluster_unavailable"

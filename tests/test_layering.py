@@ -28,6 +28,7 @@ STORES_TOP = {"__init__", "base", "factory", "generations", "langchain", "record
               "columnar_filter"}
 # In-function imports of kb's own code, each for a reason: a heavy dependency loaded only when needed.
 LAZY_IMPORTS = {
+    "kb": "import kb stays free of pyarrow and Ray's glue: kb.RayEngine and kb.LocalEngine load on first use",
     "api.cli": "kb --help and kb keys start without faiss, LangChain or the model",
     "kb.client": "the remote client and rerankers import httpx (0.2 s with the rich it pulls in): only when used",
     "kb.local_minilm": "the ONNX graph builder (onnx) runs once per machine",

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -43,6 +43,9 @@ from writers.chunking import CHUNKS_KEY, HASH_KEY, ROW_KEY, make_splitter, split
 from writers.schema import RESERVED_PREFIX, validate_metadata
 from writers.sources import FORMAT_NAMES, BadRow, RowSource, detect_format, plain_value
 from writers.target import KnowledgeBankTarget
+
+if TYPE_CHECKING:  # the engines build on this module
+    from writers.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +323,7 @@ class _Ingestion:
         if not fresh and not stale:
             return
         if fresh:
-            embedder = self.core.embedder()
-            hits, misses = embedder.hits, embedder.misses
-            vectors = embedder.embed_documents([r.text for r in fresh])
-            self.report.texts_embedded += embedder.misses - misses
-            self.report.embedding_cache_hits += embedder.hits - hits
-            for record, vector in zip(fresh, vectors, strict=True):
-                record.vector = vector
+            self._embed(fresh)
         with driver.begin() as tx:
             removed = tx.delete(stale) if stale else 0
             tx.upsert(fresh)
@@ -338,16 +335,29 @@ class _Ingestion:
         if self.on_commit is not None:
             self.on_commit(self.report)
 
+    def _embed(self, fresh: list[Record]) -> None:
+        """Give the chunks to write their vectors (an engine that embeds elsewhere overrides this)."""
+        embedder = self.core.embedder()
+        hits, misses = embedder.hits, embedder.misses
+        vectors = embedder.embed_documents([r.text for r in fresh])
+        self.report.texts_embedded += embedder.misses - misses
+        self.report.embedding_cache_hits += embedder.hits - hits
+        for record, vector in zip(fresh, vectors, strict=True):
+            record.vector = vector
+
 
 def ingest(core: KnowledgeBankTarget, path: str | Path, options: IngestOptions | None = None, progress: bool = True,
-           on_commit: Callable[[IngestReport], None] | None = None) -> IngestReport:
+           on_commit: Callable[[IngestReport], None] | None = None, engine: Engine | None = None) -> IngestReport:
     """Ingest one file into the knowledge bank behind ``core``; see the module docstring.
 
     Raises ``InvalidInputError`` (bad options, unreadable file, unknown column),
     ``SchemaError`` (metadata columns outside the schema) or
     ``TooManyRejectedError`` before writing anything wrong; ``on_commit`` is
-    called with the report after each commit.
+    called with the report after each commit. ``engine`` embeds elsewhere (``writers.engines``: a Ray
+    cluster); reading, checks and commits stay here.
     """
     options = options or IngestOptions()
     options.validate()
+    if engine is not None:
+        return engine.run_ingest(core, Path(path), options, progress, on_commit)
     return _Ingestion(core, Path(path), options, progress, on_commit).run()

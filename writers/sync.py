@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -49,6 +49,9 @@ from writers.extract.ocr import ocr_available
 from writers.sync_records import FileRecord, SyncRecords
 from writers.sync_report import SyncOptions, SyncReport
 from writers.target import KnowledgeBankTarget
+
+if TYPE_CHECKING:  # the engines build on this module
+    from writers.engines import Engine
 
 __all__ = ["SyncOptions", "SyncReport", "acquire_sync_lock", "as_folder", "sync_folder"]
 
@@ -238,14 +241,7 @@ class _Sync:
         for old in removed:
             stale.extend(old.chunk_ids)
         if fresh:
-            embedder = self.core.embedder()
-            hits, misses = embedder.hits, embedder.misses
-            texts = [embedding_text(c.text, c.metadata) if self.options.embed_context else c.text for c in fresh]
-            vectors = embedder.embed_documents(texts)
-            self.report.texts_embedded += embedder.misses - misses
-            self.report.embedding_cache_hits += embedder.hits - hits
-            for chunk, vector in zip(fresh, vectors, strict=True):
-                chunk.vector = vector
+            self._embed(fresh)
         if fresh or stale:
             with driver.begin(timeout=60.0) as tx:
                 self.report.chunks_removed += tx.delete(stale) if stale else 0
@@ -264,6 +260,20 @@ class _Sync:
         log.info("sync of %s: commit %d (%d files, %d chunks written, %d removed)", self.core.id,
                  self.report.commits, len(batch), len(fresh), len(stale))
         self._notify()
+
+    def _embedding_input(self, text: str, metadata: dict) -> str:
+        """What the model reads for a chunk: its text, or under its title and section path (``embed_context``)."""
+        return embedding_text(text, metadata) if self.options.embed_context else text
+
+    def _embed(self, fresh: list[Record]) -> None:
+        """Give the chunks to write their vectors (an engine that embeds elsewhere brings them along)."""
+        embedder = self.core.embedder()
+        hits, misses = embedder.hits, embedder.misses
+        vectors = embedder.embed_documents([self._embedding_input(c.text, c.metadata) for c in fresh])
+        self.report.texts_embedded += embedder.misses - misses
+        self.report.embedding_cache_hits += embedder.hits - hits
+        for chunk, vector in zip(fresh, vectors, strict=True):
+            chunk.vector = vector
 
     def _delete_images(self, names: list[str]) -> None:
         if self.images is None:
@@ -302,7 +312,7 @@ def acquire_sync_lock(core: KnowledgeBankTarget, timeout: float = 0.0) -> IO[str
 
 def sync_folder(core: KnowledgeBankTarget, folder: ManagedFolder | str | Path, options: SyncOptions | None = None,
                 progress: bool = False, on_progress: Callable[[SyncReport], None] | None = None,
-                held_lock: IO[str] | None = None) -> SyncReport:
+                held_lock: IO[str] | None = None, engine: Engine | None = None) -> SyncReport:
     """Make the knowledge bank behind ``core`` hold exactly the documents of ``folder``; see the module doc.
 
     Raises ``SyncBusyError`` when another sync of the same knowledge bank runs,
@@ -310,6 +320,8 @@ def sync_folder(core: KnowledgeBankTarget, folder: ManagedFolder | str | Path, o
     fails (what was committed before stays); per-file problems are in the report.
     ``held_lock`` is a lock from ``acquire_sync_lock`` the caller already took
     (a REST job answers "busy" before starting); it is released at the end.
+    ``engine`` runs the extraction and embedding elsewhere (``writers.engines``: a Ray cluster); the listing,
+    the plan and every commit stay here, under the same lock, with the same records and report.
     """
     try:
         options = options or SyncOptions()
@@ -321,6 +333,8 @@ def sync_folder(core: KnowledgeBankTarget, folder: ManagedFolder | str | Path, o
             held_lock.close()
         raise
     try:
+        if engine is not None:
+            return engine.run_sync(core, source, options, progress, on_progress)
         return _Sync(core, source, options, progress, on_progress).run()
     finally:
         lock.close()

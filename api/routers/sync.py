@@ -23,6 +23,7 @@ from api.deps import core_for, get_client, require
 from api.fastjson import OrjsonRoute
 from api.keys import Principal
 from kb.client import EmbeddedClient
+from kb.engines import engine_for
 from kb_base.errors import KBError, NotFoundError
 from writers.sync import SyncOptions, SyncReport, acquire_sync_lock, sync_folder
 
@@ -58,13 +59,15 @@ class SyncJob:
         self.finished: float | None = None
         self.report = SyncReport(folder_id=folder_id)  # replaced by the live report once the sync starts
         self.error: dict[str, str] | None = None
+        self.engine = "local"  # "ray" when the service runs its syncs on a Ray cluster (KB_RAY_ADDRESS)
 
     def to_dict(self) -> dict[str, Any]:
         report = self.report
         done = self.state != "running"
         return {
             "job_id": self.id, "state": self.state, "project_key": self.project_key, "kb_id": self.kb_id,
-            "folder_id": self.folder_id, "started_at": self.started, "finished_at": self.finished,
+            "folder_id": self.folder_id, "engine": self.engine, "started_at": self.started,
+            "finished_at": self.finished,
             "options": {"extraction": self.options.extraction, "screenshots": self.options.screenshots,
                         "ocr": self.options.ocr, "chunk_size": self.options.chunk_size,
                         "chunk_overlap": self.options.chunk_overlap, "batch_files": self.options.batch_files,
@@ -113,12 +116,14 @@ def jobs_of(request: Request) -> SyncJobs:
     return state.sync_jobs
 
 
-def _run(job: SyncJob, core: Any, folder: Any, lock: Any) -> None:
+def _run(job: SyncJob, core: Any, folder: Any, lock: Any, ray_address: str | None) -> None:
     def attach(report: SyncReport) -> None:
         job.report = report  # the live report: polling reads its counters as the sync goes
 
     try:
-        job.report = sync_folder(core, folder, job.options, on_progress=attach, held_lock=lock)
+        # the engine is the administrator's (KB_RAY_ADDRESS), never a request's
+        engine = engine_for(ray_address) if ray_address else None
+        job.report = sync_folder(core, folder, job.options, on_progress=attach, held_lock=lock, engine=engine)
         job.state = "succeeded"
     except KBError as exc:
         job.state, job.error = "failed", {"code": exc.code, "message": str(exc)}
@@ -143,7 +148,10 @@ async def start_sync(project_key: str, kb_id: str, body: SyncJobIn, request: Req
     try:
         job = SyncJob(project_key, kb_id, folder.full_id, options)
         jobs_of(request).add(job)
-        threading.Thread(target=_run, args=(job, core, folder, lock), name=f"sync-{job.id[:8]}", daemon=True).start()
+        ray_address = getattr(request.app.state.settings, "ray_address", None)
+        job.engine = "ray" if ray_address else "local"
+        threading.Thread(target=_run, args=(job, core, folder, lock, ray_address), name=f"sync-{job.id[:8]}",
+                         daemon=True).start()
     except BaseException:
         lock.close()  # no job will run: the next sync must not wait for this lock's garbage collection
         raise
