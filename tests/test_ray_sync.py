@@ -70,6 +70,8 @@ def mixed_folder(root: Path) -> Path:
     (root / "web" / "help.html").write_text(NOISY_HTML)
     (root / "cookbook.md").write_text(NESTED_MARKDOWN)
     corrupt_pdf(root / "broken.pdf")
+    (root / "web" / "moved.html").write_text(  # readable, nothing to index: reported empty, not failed
+        '<html><head><meta http-equiv="refresh" content="0; url=help.html"></head><body></body></html>')
     for n in range(4):
         (root / f"notes-{n}.md").write_text(f"# Notes {n}\n\n" + "\n\n".join(
             f"Note {n}.{p}: relay {n * 100 + p} closes when the pressure passes {p} bar." for p in range(12)))
@@ -116,6 +118,7 @@ def test_a_sync_on_ray_makes_the_knowledge_bank_the_local_sync_makes(cluster: Ra
 
     assert comparable(ray_report) == comparable(local_report)
     assert [f["path"] for f in ray_report.failed] == ["/broken.pdf"] and "PDF" in ray_report.failed[0]["reason"]
+    assert [f["path"] for f in ray_report.empty] == ["/web/moved.html"] and "/web/moved.html" not in ray_report.added
     assert ray_report.screenshots_written >= 4 and ray_report.chunks_written > 20
     assert_same_bank(on_ray, local)
     for name in (tmp_path / "home").rglob("page-0001.png"):  # the driver wrote the PNGs the workers rendered
