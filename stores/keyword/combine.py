@@ -102,18 +102,21 @@ class CombinedBatches:
 
     # --- what a write needs, once the database's term ids are known -----------------------------------------
 
-    def segments(self, global_ids: np.ndarray
-                 ) -> tuple[list[int], list[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]]:
-        """``(term ids ascending, document frequencies, (docs, tfs, lengths, packing, doc_base) per term)``: the
-        rows of one new segment per term, each term's rowids gapped where they fit (``segment_packing.rows``,
-        whose gaps are computed for the whole column at once). The arrays are views of the combined postings
-        (sqlite3 binds any contiguous buffer as a blob, copying it: no bytes object per array)."""
+    def by_term(self, global_ids: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(term ids ascending, bounds, docs, tfs, lengths)``: the postings in the database's term order, term
+        i's ``[bounds[i], bounds[i + 1])``. One gather per column moves every term's group to its place (the
+        running ids are first-appearance order, the database's sorted), unless they are in place already."""
         sizes = np.diff(self.bounds)
         present = np.flatnonzero(sizes)  # every term of a batch has postings; kept safe all the same
         order = present if _offset(global_ids) is not None else present[np.argsort(global_ids[present], kind="stable")]
-        packing = self.packing if self.packing is not None else segment_packing.choose(*_NO_POSTINGS)
-        rows = segment_packing.rows(packing, *self.columns, self.bounds[order], self.bounds[order + 1])
-        return global_ids[order].tolist(), sizes[order].tolist(), rows
+        counts = sizes[order]
+        bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        columns = self.columns
+        if not np.array_equal(order, present):
+            gather = np.repeat(self.bounds[order] - bounds[:-1], counts) + np.arange(int(bounds[-1]), dtype=np.int64)
+            columns = (columns[0][gather], columns[1][gather], columns[2][gather])
+        return global_ids[order], bounds, columns[0], columns[1], columns[2]
 
 
 class _AsBatch:
