@@ -219,3 +219,24 @@ def test_a_bulk_write_of_many_terms_makes_a_row_per_bucket(tmp_path, rowid_base)
     buckets = conn.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0]
     assert buckets == -(-terms // 2**keyword_postings.BUCKET_BITS)
     assert_same(index, conn, live, [rng.choice(vocabulary) + " " + rng.choice(vocabulary) for _ in range(20)])
+
+
+def test_queried_term_ids_are_cached_per_generation(tmp_path):
+    """A committed view's queries keep their terms' ids (absent ones too) for that generation only: a term added
+    by the next commit is found under the next generation's key, and a clear's new ids replace the old ones."""
+    conn = sqlite3.connect(tmp_path / "kw.sqlite")
+    index = KeywordIndex()
+    index.create(conn)
+    index.add(conn, [(1, "alpha beta"), (2, "beta gamma")])
+    conn.commit()
+    assert [d for d, _ in index.search(conn, "alpha zeta", 5, cache_key=1)] == [1]  # zeta: cached as absent
+    index.add(conn, [(3, "zeta zeta alpha")])
+    conn.commit()
+    assert [d for d, _ in index.search(conn, "alpha zeta", 5, cache_key=2)] == [3, 1]
+    assert [d for d, _ in index.search(conn, "zeta", 5, cache_key=None)] == [3]
+    index.clear(conn)
+    index.add(conn, [(7, "zeta omega"), (8, "omega")])  # ids given anew, from where the counter was
+    conn.commit()
+    assert [d for d, _ in index.search(conn, "omega", 5, cache_key=3)] == [8, 7]
+    assert [d for d, _ in index.search(conn, "alpha zeta", 5, cache_key=3)] == [7]
+    assert_same(index, conn, {7: "zeta omega", 8: "omega"}, ["alpha zeta", "omega", "zeta"])

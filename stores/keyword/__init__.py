@@ -16,12 +16,12 @@ SciFact). The caller owns the connection and the transaction; nothing here commi
 
 On-disk format (index format 4), tables ``kw_*`` in the store's SQLite database. Nothing on the write path is a
 row per term: a write adds a row per bucket of 64 term ids and rewrites the dictionary blocks its new terms fall
-in, all encoded by numpy over the whole write (at 100k chunks of real text, 164k terms: ~2,700 rows, where format
+in, all encoded by numpy over the whole write (at 100k chunks of real text, 164k terms: ~3,200 rows, where format
 3 inserted 330k: two per term).
 
 ==================  ========================================================================================
 ``kw_lexicon``      the term dictionary: terms (the analysed tokens, see ``analysis``) sorted, in blocks of up
-                    to 1,024 keyed by their first term, with their ids (int32). Term ids are dense from 1
+                    to 256 keyed by their first term, with their ids (int32). Term ids are dense from 1
                     (``kw_stats.next_term``), new terms numbered in sorted order. See ``lexicon``.
 ``kw_buckets``      postings: per ``(bucket, seg)`` (bucket = term id >> 6, one ``seg`` per write) the
                     bucket's terms present, where each one's postings start, and three columns grouped by
@@ -48,7 +48,8 @@ tombstoned postings dropped) once it has ``MERGE_AT`` (8), and every row is rewr
 quarter of the postings. A term's document frequency is the number of its live postings (a document has one
 posting per term; a reused rowid's old postings are merged away first), counted when they are read: exact at
 every commit, so scores never depend on merge state. Scoring is numpy over the decoded postings (``search``),
-with a cache of scored postings (``search.PostingsCache``).
+with caches of scored postings and of queried terms' ids per committed generation (``search.PostingsCache``,
+``search.TermIdCache``).
 
 Compatibility: format 4 is one-way. Opening an index of formats 1-3 converts its ``kw_terms`` rows into lexicon
 blocks (a row per term: quick; the document frequencies are dropped, no longer needed) in the open's

@@ -17,7 +17,7 @@ from stores.keyword import doc_blocks, lexicon, postings
 from stores.keyword import packing as segment_packing
 from stores.keyword.analysis import Analyzer, analyzer_settings
 from stores.keyword.batch import AnalysedBatch, analyse_batch
-from stores.keyword.search import PostingsCache, ScoredPostings, idf, top_k
+from stores.keyword.search import PostingsCache, ScoredPostings, TermIdCache, idf, top_k
 from stores.keyword.writes import _BATCH, BatchWrites, _marks
 
 MERGE_AT = 8  # rows per bucket before they are merged into one
@@ -39,6 +39,7 @@ class KeywordIndex(BatchWrites):
         self.k1 = float(self.settings["k1"])
         self.b = float(self.settings["b"])
         self._cache = PostingsCache()  # scored postings of hot terms, per committed generation
+        self._term_ids = TermIdCache()  # and the ids of queried terms
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -239,7 +240,11 @@ class KeywordIndex(BatchWrites):
         if n_docs == 0:
             return []
         avg_length = stats["length"] / n_docs
-        term_ids = sorted(lexicon.lookup(conn, list(query_terms)).values())  # summed in id order, as always
+        if cache_key is None:  # a writer's uncommitted view: nothing cached
+            found = lexicon.lookup(conn, list(query_terms))
+        else:
+            found = self._term_ids.get(cache_key, list(query_terms), lambda missing: lexicon.lookup(conn, missing))
+        term_ids = sorted(found.values())  # summed in id order, as always
         if not term_ids:
             return []
         if candidates_sql:

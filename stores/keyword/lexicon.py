@@ -1,9 +1,9 @@
 """The term dictionary (index format 4): every term's id, in sorted blocks of terms (table ``kw_lexicon``).
 
-A row per block of up to ``BLOCK_TERMS`` terms, keyed by its first term: the terms sorted (UTF-8, one per line:
+A row per block of up to ``BLOCK_TERMS`` (256) terms, keyed by its first term: the terms sorted (UTF-8, one per line:
 an analysed term is ``\\w`` characters, never a newline) and their ids (int32, same order). It replaces a
 ``kw_terms`` row per term: at 100k chunks of real text (164k terms) those rows were 2.5 s of b-tree inserts in
-a bulk load (two indexes per row), where 160 blocks take a few milliseconds. A write rewrites only the blocks its
+a bulk load (two indexes per row), where its 640 blocks take a few milliseconds. A write rewrites only the blocks its
 new terms fall in (a bulk load's vocabulary touches them all, a small write a few); a query reads one block per
 term (``first_term <= term``, the last such). Document frequencies are not kept here: a term's live postings
 are its documents (``stores.keyword.index``), counted when its postings are read.
@@ -18,7 +18,7 @@ import numpy as np
 
 from kb_base.errors import StoreError
 
-BLOCK_TERMS = 1024
+BLOCK_TERMS = 256  # ~4 KB of terms: a query's block read is a page or two
 _ID = np.dtype("<i4")
 _FEW = 16  # terms looked up one block query each; more read the block list first
 _PARAMS = 500
