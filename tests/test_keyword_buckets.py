@@ -203,9 +203,11 @@ def test_an_index_written_by_format_3_code_reads_changes_and_merges_like_a_fresh
 
 
 @pytest.mark.parametrize("rowid_base", [1, 2**33])
-def test_a_bulk_write_of_many_terms_makes_a_row_per_bucket(tmp_path, rowid_base):
+@pytest.mark.parametrize("whole_row", [4096, 0])
+def test_a_bulk_write_of_many_terms_makes_a_row_per_bucket(tmp_path, monkeypatch, rowid_base, whole_row):
     """A write of thousands of new terms: one lexicon block per BLOCK_TERMS terms and one postings row per bucket,
-    none per term; every term found again, scores as a brute-force BM25."""
+    none per term; every term found again, scores as a brute-force BM25 (rows read whole, or by slices)."""
+    monkeypatch.setattr(keyword_postings, "_WHOLE_ROW", whole_row)
     conn = sqlite3.connect(tmp_path / "kw.sqlite")
     index = KeywordIndex()
     index.create(conn)

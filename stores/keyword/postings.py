@@ -36,6 +36,7 @@ _ESCAPE, _ESCAPED = np.dtype("<u4"), np.dtype("<i8")
 _MAX_GAP = int(np.iinfo(_GAP).max)
 _COUNT_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _COLUMNS = "terms, bounds, gaps, escapes, escaped, tfs, lengths, packing"
+_WHOLE_ROW = 4096  # postings: a row up to this many is read whole (~20 KB), a larger one by the term's slice
 Row = tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]  # docs (int64), frequencies, lengths
 
@@ -134,14 +135,44 @@ class _Decoded:
 
 
 def term_postings(conn: sqlite3.Connection, term_id: int) -> list[tuple[int, Postings]]:
-    """``(seg, postings)`` of each row holding the term."""
+    """``(seg, postings)`` of each row holding the term. A row's small columns come first (its terms, bounds,
+    escapes); of its three big ones only the term's slice is read (SQLite's incremental blob reads) when the row
+    is large: a rare term sharing a bucket with a common one reads its own postings, not the common term's."""
     out = []
-    for seg, *row in conn.execute(f"SELECT seg, {_COLUMNS} FROM kw_buckets WHERE bucket = ? ORDER BY seg",
-                                  (term_id >> BUCKET_BITS,)):
-        found = _Decoded(*row).term(term_id)
-        if found is not None:
-            out.append((seg, found))
+    bucket = term_id >> BUCKET_BITS
+    for rowid, seg, terms, bounds, escapes, escaped, packing in conn.execute(
+            "SELECT rowid, seg, terms, bounds, escapes, escaped, packing FROM kw_buckets WHERE bucket = ? "
+            "ORDER BY seg", (bucket,)):
+        ids = np.frombuffer(terms, dtype=_TERM)
+        at = int(np.searchsorted(ids, term_id))
+        if at == ids.size or int(ids[at]) != term_id:
+            continue
+        ends = np.frombuffer(bounds, dtype=_BOUND)
+        s, e, total = int(ends[at]), int(ends[at + 1]), int(ends[-1])
+        types = (_GAP, _COUNT_TYPES[packing // 10], _COUNT_TYPES[packing % 10])
+        if total <= _WHOLE_ROW:  # a small row: one read of its columns costs less than three blob opens
+            row = conn.execute("SELECT gaps, tfs, lengths FROM kw_buckets WHERE rowid = ?", (rowid,)).fetchone()
+            gaps, tfs, lengths = (np.frombuffer(blob, dtype=t)[s:e] for blob, t in zip(row, types, strict=True))
+        else:
+            gaps, tfs, lengths = (_slice(conn, column, rowid, s, e, t)
+                                  for column, t in zip(("gaps", "tfs", "lengths"), types, strict=True))
+        docs = gaps.astype(np.int64)
+        positions = np.frombuffer(escapes, dtype=_ESCAPE).astype(np.int64)
+        lo, hi = np.searchsorted(positions, (s, e)).tolist()
+        if hi > lo:
+            docs[positions[lo:hi] - s] = np.frombuffer(escaped, dtype=_ESCAPED)[lo:hi]
+        np.cumsum(docs, out=docs)
+        out.append((seg, (docs, tfs, lengths)))
     return out
+
+
+def _slice(conn: sqlite3.Connection, column: str, rowid: int, start: int, end: int, dtype: np.dtype) -> np.ndarray:
+    with conn.blobopen("kw_buckets", column, rowid, readonly=True) as blob:
+        blob.seek(start * dtype.itemsize)
+        data = blob.read((end - start) * dtype.itemsize)
+    if len(data) != (end - start) * dtype.itemsize:
+        raise StoreError(f"keyword index: a postings row's {column} is shorter than its bounds say")
+    return np.frombuffer(data, dtype=dtype)
 
 
 def crowded(conn: sqlite3.Connection, buckets: Sequence[int], limit: int) -> list[int]:
