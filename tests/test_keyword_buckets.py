@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kb_base.errors import StoreError
 from stores.keyword import index as keyword_index
 from stores.keyword import lexicon
 from stores.keyword import postings as keyword_postings
@@ -242,3 +243,14 @@ def test_queried_term_ids_are_cached_per_generation(tmp_path):
     assert [d for d, _ in index.search(conn, "omega", 5, cache_key=3)] == [8, 7]
     assert [d for d, _ in index.search(conn, "alpha zeta", 5, cache_key=3)] == [7]
     assert_same(index, conn, {7: "zeta omega", 8: "omega"}, ["alpha zeta", "omega", "zeta"])
+
+
+def test_an_index_of_a_later_format_is_refused_not_misread(tmp_path):
+    conn = sqlite3.connect(tmp_path / "kw.sqlite")
+    index = KeywordIndex()
+    index.create(conn)
+    index.add(conn, [(1, "alpha")])
+    conn.execute("UPDATE kw_stats SET value = ? WHERE key = 'format'", (keyword_index.FORMAT + 1,))
+    with pytest.raises(StoreError, match=f"format {keyword_index.FORMAT + 1} is newer"):
+        index.create(conn)
+    assert conn.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0] == 1  # left as it was

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from kb_base.errors import StoreError
 from stores.keyword import doc_blocks, lexicon, postings
 from stores.keyword import packing as segment_packing
 from stores.keyword.analysis import Analyzer, analyzer_settings
@@ -48,6 +49,11 @@ class KeywordIndex(BatchWrites):
         blocks (cheap: a row per term), its segment rows stay where they are, read beside the buckets and folded
         into them as their buckets merge (no pass over an old index's postings at open)."""
         existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_docs'").fetchone() is not None
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_stats'").fetchone() is not None:
+            written = conn.execute("SELECT value FROM kw_stats WHERE key = 'format'").fetchone()
+            if written is not None and written[0] > FORMAT:  # a later version's index: refuse, never half-read it
+                raise StoreError(f"keyword index format {written[0]} is newer than this code's ({FORMAT}): "
+                                 "open it with the kb version that wrote it")
         first_format = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_postings'").fetchone() is not None
         lexicon.create(conn)
         postings.create(conn)
