@@ -1,5 +1,5 @@
 """Buffered keyword batches grouped as they arrive and combined at write time (``CombinedRuns``), and a FAISS
-writer that hands them over on its analysis threads: the rows are exactly those of ``combined_segments``."""
+writer that hands them over on its analysis threads: the postings are exactly those of ``combined_columns``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from stores.base import Record, StoreContext
 from stores.faiss.store import FaissStore
 from stores.keyword import combine as keyword_combine
-from stores.keyword import packing as segment_packing
-from stores.keyword.batch import AnalysedBatch, combined_columns, combined_segments
+from stores.keyword.batch import AnalysedBatch, combined_columns
 from stores.keyword.combine import CombinedBatches, CombinedRuns, documents_in
 from stores.keyword.index import KeywordIndex
 from tests.conformance.store_suite import unit
@@ -71,17 +70,17 @@ def assert_combination(combined: CombinedBatches, batches: list[AnalysedBatch | 
     assert np.array_equal(combined.rowids(), np.concatenate([b.rowids for b in present]) if present
                           else np.zeros(0, np.int64))
     local_to_global = [np.asarray([ids[t] for t in b.vocabulary], dtype=np.int64) for b in present]
-    term_ids, dfs, rows = combined.segments(global_ids)
-    expected = combined_segments(present, local_to_global) if present else ([], [], [], None)
-    assert term_ids == expected[0] and dfs == expected[1]
-    rows = list(rows)
-    assert len(rows) == len(expected[2])
-    for (docs, tfs, lengths, packing, base), want in zip(rows, expected[2], strict=True):
-        # the same postings; rowids gapped or at the write's width, frequencies and lengths at its widths
-        assert packing in (expected[3], segment_packing.GAPS16 * 100 + expected[3] % 100)
-        got = segment_packing.unpack(packing, bytes(docs), bytes(tfs), bytes(lengths), base)
-        for a, b in zip(got, segment_packing.unpack(expected[3], *want), strict=True):
-            assert np.array_equal(a, b)
+    term_ids, bounds, *columns = combined.by_term(global_ids)
+    if any(b.postings for b in present):
+        terms, starts, ends, expected, _ = combined_columns(present, local_to_global)
+    else:
+        terms = starts = ends = np.zeros(0, np.int64)
+        expected = (terms, terms, terms)
+    # the database's term order, each term's postings batch after batch, at the write's widths
+    assert term_ids.tolist() == terms.tolist() == sorted(term_ids.tolist())
+    assert np.diff(bounds).tolist() == (ends - starts).tolist() and bounds[-1] == combined.postings
+    for got, want in zip(columns, expected, strict=True):
+        assert got.tolist() == want.tolist()
     documents = list(documents_in(combined.documents, global_ids))
     assert len(documents) == len(present)
     for batch, globals_, (docs, doc_terms) in zip(present, local_to_global, documents, strict=True):
@@ -103,7 +102,7 @@ def test_combining_as_batches_arrive_equals_combining_at_write_time(batches, how
 @given(batches=st.lists(st.lists(TEXTS, max_size=8), min_size=1, max_size=6), seed=st.integers(0, 1000))
 def test_combined_columns_put_each_terms_postings_batch_after_batch(batches, seed):
     """``combined_columns`` (a block copy per term group, compiled) against a plain loop: for each term by id,
-    its postings from each batch in turn. Independent of ``combined_segments``, which uses it too."""
+    its postings from each batch in turn."""
     present = [b for b in analysed(batches, 1) if b is not None and b.size]
     if not present:
         return
@@ -188,16 +187,26 @@ def test_new_terms_get_ids_in_sorted_order_as_before(tmp_path):
     conn = sqlite3.connect(tmp_path / "kw.sqlite")
     INDEX.create(conn)
     INDEX.add(conn, [(1, "mike alpha"), (2, "alpha")])
-    before = dict(conn.execute("SELECT term, id FROM kw_terms"))
+    before = lexicon_ids(conn)
     # first appearances: zulu, mike (known), bravo, yankee, charlie
     batches = analysed([["zulu mike", "bravo"], ["yankee alpha zulu"], ["charlie"]], 10)
     INDEX.write_combined(conn, CombinedBatches.of(batches))
-    ids = dict(conn.execute("SELECT term, id FROM kw_terms"))
+    ids = lexicon_ids(conn)
     assert {t: ids[t] for t in before} == before
     new = sorted(set(ids) - set(before))
     assert new == ["bravo", "charli", "yanke", "zulu"]  # (stemmed)
     assert [ids[t] for t in new] == sorted(ids[t] for t in new) and min(ids[t] for t in new) > max(before.values())
     assert INDEX.search(conn, "zulu yankee bravo", 3)[0][0] == 15  # "yankee alpha zulu" (rowids leave gaps)
+
+
+def lexicon_ids(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every term's id, read from the lexicon's blocks (in order: terms ascending from block to block)."""
+    out: dict[str, int] = {}
+    for terms, ids in conn.execute("SELECT terms, ids FROM kw_lexicon ORDER BY first_term"):
+        words = terms.decode().split("\n")
+        assert words == sorted(words) and (not out or max(out) < words[0])
+        out.update(zip(words, np.frombuffer(ids, "<i4").tolist(), strict=True))
+    return out
 
 
 # --- through a FAISS writer ----------------------------------------------------------------------------------

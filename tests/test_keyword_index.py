@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
+import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stores.keyword import index as keyword_index
+from stores.keyword import postings as keyword_postings
 from stores.keyword.analysis import Analyzer, analyzer_settings
 from stores.keyword.index import KeywordIndex
 
@@ -54,8 +57,13 @@ def conn(tmp_path):
     connection.close()
 
 
-def test_random_history_matches_reference(conn, monkeypatch):
-    monkeypatch.setattr(keyword_index, "MERGE_AT", 3)  # merge often so merged and unmerged terms mix
+@pytest.mark.parametrize("bucket_bits", [8, 2])
+def test_random_history_matches_reference(conn, monkeypatch, bucket_bits):
+    monkeypatch.setattr(keyword_index, "MERGE_AT", 3)  # merge often so merged and unmerged buckets mix
+    # 17 words: all in one bucket of 256 term ids, or spread over buckets of 4
+    monkeypatch.setattr(keyword_postings, "BUCKET_BITS", bucket_bits)
+    if bucket_bits == 2:  # and every postings row read by the term's slices, not whole
+        monkeypatch.setattr(keyword_postings, "_WHOLE_ROW", 0)
     rng = random.Random(11)
     index = KeywordIndex()
     index.create(conn)
@@ -83,7 +91,8 @@ def test_random_history_matches_reference(conn, monkeypatch):
         assert_same(index, conn, live, queries + ["omega"])
     stats = dict(conn.execute("SELECT key, value FROM kw_stats"))
     assert stats["docs"] == len(live)
-    assert max(r[0] for r in conn.execute("SELECT segments FROM kw_terms")) < 3 + 1
+    rows = dict(conn.execute("SELECT bucket, COUNT(*) FROM kw_buckets GROUP BY bucket"))
+    assert max(rows.values()) < 3 and (len(rows) > 1) == (bucket_bits == 2)
 
 
 def test_compaction_drops_tombstones(conn):
@@ -95,8 +104,7 @@ def test_compaction_drops_tombstones(conn):
     for doc in range(1, 25_001):
         del docs[doc]
     assert conn.execute("SELECT COUNT(*) FROM kw_deleted").fetchone()[0] == 0
-    postings = sum(len(tfs) // (packing // 10 % 10) for tfs, packing in conn.execute("SELECT tfs, packing "
-                                                                                     "FROM kw_segments"))
+    postings = sum(len(gaps) // 2 for (gaps,) in conn.execute("SELECT gaps FROM kw_buckets"))
     assert postings == sum(len(set(Analyzer(analyzer_settings(None)).terms(t))) for t in docs.values())
     got = index.search(conn, "gamma doc25009", 5)
     assert got[0][0] == 25009
@@ -135,7 +143,8 @@ def test_first_format_index_is_converted(conn):
     conn.executemany("INSERT INTO kw_stats VALUES (?, ?)", [("docs", 3), ("length", 6), ("next_term", len(ids) + 1)])
     index = KeywordIndex()
     index.create(conn)
-    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_postings'").fetchone() is None
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "kw_postings" not in tables and "kw_terms" not in tables and "kw_segments" not in tables
     assert_same(index, conn, docs, ["alpha", "beta gamma", "delta alpha"])
     index.remove(conn, [1])
     index.add(conn, [(4, "beta beta beta")])
@@ -152,3 +161,31 @@ def test_analyzer_fast_path_agrees_with_regex():
     assert analyzer.tokens("Café über") == ["cafe", "uber"]
     assert analyzer.terms("The running dogs ran") == ["run", "dog", "ran"]
     assert analyzer.term_counts("dogs dog the DOG") == {"dog": 3}
+
+
+def test_accent_folding_drops_exactly_the_combining_marks():
+    """The folding (a character class and a table, built once) drops what a test of every character would:
+    every combining mark lies below the bound the scan stops at, and real non-ASCII text folds the same."""
+    from stores.keyword import analysis
+
+    assert all(not unicodedata.combining(chr(c)) for c in range(analysis._COMBINING_BELOW, 0x110000))
+    marks = [chr(c) for c in range(analysis._COMBINING_BELOW) if unicodedata.combining(chr(c))]
+    texts = ["Café über naïve Ångström façade", "".join(marks), "x" + "".join(marks[::-1]) + "y\U0001e94a z",
+             *_debian_non_ascii(200)]
+    for text in texts:
+        normal = unicodedata.normalize("NFKD", text.lower())
+        assert analysis._fold_accents(text.lower()) == "".join(c for c in normal if not unicodedata.combining(c))
+
+
+def _debian_non_ascii(count: int) -> list[str]:
+    """Non-ASCII lines of the Debian documentation on this machine (changelogs, copyright files)."""
+    found: list[str] = []
+    for path in sorted(Path("/usr/share/doc").glob("*/copyright")):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += [line for line in lines if not line.isascii()]
+        if len(found) >= count:
+            break
+    return found[:count]

@@ -41,7 +41,8 @@ def scores(index: KeywordIndex, conn: sqlite3.Connection, queries: list[str]) ->
 
 def test_an_index_of_the_previous_format_opens_searches_and_changes(tmp_path):
     """fixtures/keyword_index_format2.sqlite was written by the code before blocks and packing (kw_docs rows,
-    int64/uint32/uint32 segments, tombstones, merged terms): it reads as it did and takes new writes."""
+    int64/uint32/uint32 segments, tombstones, merged terms): it reads as it did and takes new writes (its term
+    rows become lexicon blocks at open; its segment rows stay, read beside the new bucket rows)."""
     path = tmp_path / "old.sqlite"
     shutil.copy(FIXTURE, path)
     conn = sqlite3.connect(path)
@@ -58,10 +59,11 @@ def test_an_index_of_the_previous_format_opens_searches_and_changes(tmp_path):
         del live[doc]
     top = max(max(live), conn.execute("SELECT MAX(doc) FROM kw_deleted").fetchone()[0])
     new = dict(zip(range(top + 1, top + 41), random_texts(rng, 40), strict=True))
-    index.add(conn, sorted(new.items()))  # a block, packed segments beside the old ones
+    index.add(conn, sorted(new.items()))  # a block, a bucket row beside the old segment rows
     live.update(new)
     assert conn.execute("SELECT COUNT(*) FROM kw_doc_blocks").fetchone()[0] == 1
-    assert {r[0] for r in conn.execute("SELECT DISTINCT packing FROM kw_segments")} >= {844, 211}  # 2: gaps
+    assert conn.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0] == 1  # 17 + 3 words: one bucket
+    assert {r[0] for r in conn.execute("SELECT DISTINCT packing FROM kw_segments")} == {844}
     assert_same(index, conn, live, QUERIES)
     gone = [*rng.sample(sorted(new), 10), *rng.sample(sorted(set(live) - set(new)), 10)]
     index.remove(conn, gone)  # from the block and from kw_docs at once
@@ -114,19 +116,18 @@ def test_wide_values_are_packed_wide_and_score_the_same(conn):
     live = {1: "alpha " * 300 + "beta", 2: "beta gamma", 2**32 + 7: "gamma alpha", 5: "delta " * 70_000 + "alpha"}
     for doc, text in live.items():
         index.add(conn, [(doc, text)])
-    packings = dict(conn.execute("SELECT seg, packing FROM kw_segments WHERE term_id = "
-                                 "(SELECT id FROM kw_terms WHERE term = 'alpha')"))
-    # (docs, tfs, lengths) widths per add, see segment_packing: one rowid a row, stored as no gaps after doc_base
-    assert sorted(packings.values()) == [211, 222, 244]
-    index.add(conn, [(9, "zeta alpha"), (2**32 + 9, "zeta")])  # a step past 65535: rowids at full width
-    assert conn.execute("SELECT packing FROM kw_segments WHERE term_id = "
-                        "(SELECT id FROM kw_terms WHERE term = 'zeta')").fetchone()[0] == 811
+    # (tfs, lengths) widths per add, see stores.keyword.postings: rowids past 65535 are escaped
+    assert sorted(r[0] for r in conn.execute("SELECT packing FROM kw_buckets")) == [11, 11, 22, 44]
+    assert [r[0] for r in conn.execute("SELECT escaped FROM kw_buckets ORDER BY seg")][2] == \
+        np.array([2**32 + 7, 2**32 + 7], "<i8").tobytes()  # both terms' first (only) rowid, in full
+    index.add(conn, [(9, "zeta alpha"), (2**32 + 9, "zeta")])  # a step past 65535, out of a term's rowids
     live.update({9: "zeta alpha", 2**32 + 9: "zeta"})
     assert_same(index, conn, live, ["alpha", "beta", "gamma", "delta alpha", "zeta"])
 
 
 def test_batches_written_together_score_exactly_as_one_at_a_time(tmp_path):
-    """Buffered batches make one segment per term; the scores are the very same floats as a write per batch."""
+    """Buffered batches make one row per bucket of terms; the scores are the very same floats as a write per
+    batch."""
     rng = random.Random(21)
     texts = random_texts(rng, 300)
     together = sqlite3.connect(tmp_path / "together.sqlite")
@@ -138,9 +139,9 @@ def test_batches_written_together_score_exactly_as_one_at_a_time(tmp_path):
     index.write(together, [index.analyse(range(start + 1, start + 1 + len(part)), part) for start, part in batches])
     for start, part in batches:
         index.add(apart, list(zip(range(start + 1, start + 1 + len(part)), part, strict=True)))
-    terms = together.execute("SELECT COUNT(*) FROM kw_terms").fetchone()[0]
-    assert together.execute("SELECT COUNT(*) FROM kw_segments").fetchone()[0] == terms
-    assert apart.execute("SELECT COUNT(*) FROM kw_segments").fetchone()[0] > terms
+    buckets = together.execute("SELECT COUNT(DISTINCT bucket) FROM kw_buckets").fetchone()[0]
+    assert together.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0] == buckets
+    assert apart.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0] > buckets
     queries = [*QUERIES, "alpha beta gamma delta epsilon", "über cafe"]
     assert scores(index, together, queries) == scores(index, apart, queries)
     assert scores(index, together, queries)[0]  # the queries do match

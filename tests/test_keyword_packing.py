@@ -1,6 +1,6 @@
-"""Narrow keyword bytes (index format 3): document blocks' term ids in uint16 when they fit, and segment rowids as
-uint16 gaps after the row's first rowid. Round trips, scores against a brute-force BM25, and indexes holding rows
-of the earlier widths (format 2) read, changed and merged like a fresh index."""
+"""Narrow keyword bytes: document blocks' term ids in uint16 when they fit (format 3), and whole indexes against a
+brute-force BM25: bucket rows (format 4) beside segment rows of the earlier formats (2-3), read, changed and
+merged like a fresh index. The bucket rows' own encoding is tested in test_keyword_buckets.py."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from kb_base.errors import StoreError
 from stores.keyword import doc_blocks
 from stores.keyword import index as keyword_index
-from stores.keyword import packing as segment_packing
+from stores.keyword import postings as keyword_postings
 from stores.keyword.index import KeywordIndex
 from tests.test_keyword_index import WORDS, assert_same, reference_bm25
 from tests.test_keyword_ingest import QUERIES, random_texts
@@ -100,79 +98,25 @@ def test_a_block_whose_term_ids_match_no_width_is_a_store_error(conn):
         index.remove(conn, [1])
 
 
-# --- segment rows: rowids as uint16 gaps ---------------------------------------------------------------------------
-
-STEPS = st.one_of(st.integers(1, 300), st.sampled_from([65534, 65535, 65536, 65537]), st.integers(1, 200_000))
-
-
-@st.composite
-def columns(draw):
-    """Rows of postings as a write packs them: each row's rowids ascending (or, rarely, shuffled: rowids a store
-    gave out of order), steps around 65535, frequencies past 255 and lengths past 65535 now and then."""
-    rows = draw(st.lists(st.tuples(st.integers(0, 2**62), st.lists(STEPS, max_size=12), st.booleans()),
-                         min_size=1, max_size=8))
-    docs: list[int] = []
-    bounds = [0]
-    for first, steps, shuffled in rows:
-        row = list(np.cumsum([first, *steps]).tolist())
-        if shuffled and len(row) > 1:
-            row = draw(st.permutations(row))
-        docs += row
-        bounds.append(len(docs))
-    n = len(docs)
-    tfs = draw(st.lists(st.one_of(st.integers(1, 20), st.integers(1, 70_000)), min_size=n, max_size=n))
-    lengths = draw(st.lists(st.one_of(st.integers(1, 500), st.integers(1, 2**20)), min_size=n, max_size=n))
-    return (np.asarray(docs, np.int64), np.asarray(tfs, np.int64), np.asarray(lengths, np.int64),
-            np.asarray(bounds, np.int64))
-
-
-@settings(max_examples=300, deadline=None)
-@given(columns())
-def test_rows_round_trip_and_gap_exactly_the_rows_whose_steps_fit(column):
-    docs, tfs, lengths, bounds = column
-    packing = segment_packing.choose(docs, tfs, lengths)
-    packed = segment_packing.pack(packing, docs, tfs, lengths)
-    order = np.random.default_rng(int(docs[0] % 1000)).permutation(bounds.size - 1)  # rows in any order
-    rows = list(segment_packing.rows(packing, *packed, bounds[:-1][order], bounds[1:][order]))
-    for (row_docs, row_tfs, row_lengths, row_packing, base), r in zip(rows, order.tolist(), strict=True):
-        s, e = int(bounds[r]), int(bounds[r + 1])
-        steps = np.diff(docs[s:e])
-        fits = bool(np.all((steps >= 0) & (steps <= 65535)))
-        assert row_packing == (segment_packing.GAPS16 * 100 + packing % 100 if fits else packing)
-        assert base == (int(docs[s]) if fits else 0)
-        assert len(bytes(row_docs)) == (2 * (e - s - 1) if fits else (packing // 100) * (e - s))
-        got = segment_packing.unpack(row_packing, bytes(row_docs), bytes(row_tfs), bytes(row_lengths), base)
-        assert np.array_equal(got[0].astype(np.int64), docs[s:e])
-        assert np.array_equal(got[1].astype(np.int64), tfs[s:e])
-        assert np.array_equal(got[2].astype(np.int64), lengths[s:e])
-        # a merge's single row packs the same way
-        single = segment_packing.row(docs[s:e], tfs[s:e], lengths[s:e])
-        assert segment_packing.unpack(single[3], *single[:3], single[4])[0].tolist() == docs[s:e].tolist()
-        assert single[3] // 100 == segment_packing.GAPS16 or not fits
-
-
-def test_a_rowid_gap_of_65535_is_gapped_and_65536_is_not(conn):
-    index = KeywordIndex()
-    index.create(conn)
-    live = {1: "alpha beta", 65536: "alpha", 65537: "beta", 131073: "beta gamma"}
-    index.add(conn, sorted(live.items()))
-    packing = dict(conn.execute("SELECT t.term, s.packing FROM kw_segments s JOIN kw_terms t ON t.id = s.term_id"))
-    assert packing == {"alpha": 211, "beta": 411, "gamma": 211}  # steps 65535; 65536 then 65536
-    assert_same(index, conn, live, ["alpha", "beta", "gamma", "alpha gamma"])
-
-
 # --- whole indexes: brute-force BM25, and rows of the earlier widths beside the new ones ---------------------------
 
 
 def as_format2(conn: sqlite3.Connection) -> None:
-    """Rewrite every row as format 2 wrote it: segments int64 / uint32 / uint32 (packing 844, no base), document
-    blocks' term ids int32."""
-    rows = conn.execute("SELECT rowid, packing, docs, tfs, lengths, doc_base FROM kw_segments").fetchall()
-    for rowid, *row in rows:
-        docs, tfs, lengths = segment_packing.unpack(*row)
-        conn.execute("UPDATE kw_segments SET docs = ?, tfs = ?, lengths = ?, packing = 844, doc_base = 0 "
-                     "WHERE rowid = ?", (docs.astype("<i8").tobytes(), tfs.astype("<u4").tobytes(),
-                                         lengths.astype("<u4").tobytes(), rowid))
+    """Rewrite every postings row as format 2 wrote it: a kw_segments row per term and bucket row (int64 / uint32
+    / uint32, packing 844, no base), the bucket rows gone; document blocks' term ids int32."""
+    conn.execute("CREATE TABLE IF NOT EXISTS kw_segments (term_id INTEGER NOT NULL, seg INTEGER NOT NULL, "
+                 "docs BLOB NOT NULL, tfs BLOB NOT NULL, lengths BLOB NOT NULL, packing INTEGER NOT NULL DEFAULT 844, "
+                 "doc_base INTEGER NOT NULL DEFAULT 0)")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS kw_segments_term ON kw_segments (term_id, seg)")
+    for seg, *row in conn.execute("SELECT seg, terms, bounds, gaps, escapes, escaped, tfs, lengths, packing "
+                                  "FROM kw_buckets").fetchall():
+        terms, docs, tfs, lengths = keyword_postings._Decoded(*row).everything()
+        for term in np.unique(terms).tolist():
+            mine = terms == term
+            conn.execute("INSERT INTO kw_segments (term_id, seg, docs, tfs, lengths) VALUES (?, ?, ?, ?, ?)",
+                         (term, seg, docs[mine].astype("<i8").tobytes(), tfs[mine].astype("<u4").tobytes(),
+                          lengths[mine].astype("<u4").tobytes()))
+    conn.execute("DELETE FROM kw_buckets")
     for first, terms, counts in conn.execute("SELECT first_doc, term_ids, counts FROM kw_doc_blocks").fetchall():
         if len(terms) == 2 * int(np.frombuffer(counts, "<u4").sum()):
             conn.execute("UPDATE kw_doc_blocks SET term_ids = ? WHERE first_doc = ?",
@@ -180,16 +124,25 @@ def as_format2(conn: sqlite3.Connection) -> None:
 
 
 def packings(conn: sqlite3.Connection) -> set[int]:
+    """The packings of the segment rows of formats 2-3 left (none once the table is gone)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kw_segments'").fetchone() is None:
+        return set()
     return {r[0] for r in conn.execute("SELECT DISTINCT packing FROM kw_segments")}
+
+
+def escaping(conn: sqlite3.Connection) -> set[bool]:
+    """Whether each bucket row escapes some rowid step (a term's first rowid past 65535, a step past it)."""
+    return {len(escapes) > 0 for (escapes,) in conn.execute("SELECT escapes FROM kw_buckets")}
 
 
 @pytest.mark.parametrize("old_rows", ["none", "rewritten midway"])
 def test_history_of_batched_writes_removals_and_merges_matches_brute_force(tmp_path, monkeypatch, old_rows):
-    """Several batches per write (one combined segment each), removals, merges (MERGE_AT 3), a full compaction,
-    rowids jumping past 65535 between and within batches; with ``old_rows``, every row is rewritten in format 2's
-    widths halfway, and the history goes on over them. Each step: the same top-10 as a brute-force BM25, and the
-    very same floats as the same history kept in format 3 throughout."""
+    """Several batches per write (one combined row per bucket each), removals, merges (MERGE_AT 3), a full
+    compaction, rowids jumping past 65535 between and within batches; with ``old_rows``, every row is rewritten
+    as format 2's segment rows halfway, and the history goes on over them. Each step: the same top-10 as a
+    brute-force BM25, and the very same floats as the same history kept in format 4 throughout."""
     monkeypatch.setattr(keyword_index, "MERGE_AT", 3)
+    monkeypatch.setattr(keyword_postings, "BUCKET_BITS", 2)  # 24 words over several buckets
     monkeypatch.setattr(doc_blocks, "DOCS_PER_BLOCK", 16)
     rng = random.Random(31)
     index = KeywordIndex()
@@ -200,7 +153,7 @@ def test_history_of_batched_writes_removals_and_merges_matches_brute_force(tmp_p
     live: dict[int, str] = {}
     next_rowid = 1
     queries = [*QUERIES, "alpha beta gamma delta", "café über", "zeta"]
-    seen: set[int] = set()  # docs digits of the rows written
+    seen: set[bool] = set()  # whether bucket rows escaped rowid steps
     for step in range(24):
         if live and step % 3 == 2:
             gone = rng.sample(sorted(live), k=min(len(live), rng.randint(1, 25)))
@@ -224,21 +177,21 @@ def test_history_of_batched_writes_removals_and_merges_matches_brute_force(tmp_p
             as_format2(mixed)
             assert packings(mixed) == {844}
         if step == 13 and old_rows != "none":  # new rows beside format 2's (merges take the old ones in later)
-            assert 844 in packings(mixed) and packings(mixed) - {844}
-        seen |= {p // 100 for p in packings(fresh)}
+            assert 844 in packings(mixed) and escaping(mixed)
+        seen |= escaping(fresh)
         for query in queries:
             got = index.search(mixed, query, 10)
             assert got == index.search(fresh, query, 10), query
             expected = reference_bm25(live, query, 10)
             assert [d for d, _ in got] == [d for d, _ in expected], query
             assert np.allclose([s for _, s in got], [s for _, s in expected]), query
-    assert seen == {segment_packing.GAPS16, 4}  # rows gapped, and rows with a step past 65535
+    assert seen == {True, False}  # rows of small steps only, and rows with a step past 65535
     for conn in (mixed, fresh):  # half the documents gone, then every segment rewritten (as past 10k tombstones)
         index.remove(conn, sorted(live)[: len(live) // 2 + 1])
         index._compact_all(conn)
     for doc in sorted(live)[: len(live) // 2 + 1]:
         del live[doc]
-    assert packings(mixed) == packings(fresh) and 844 not in packings(mixed)
+    assert packings(mixed) == packings(fresh) == set()  # the old rows are in the buckets, their table gone
     for query in queries:
         assert index.search(mixed, query, 10) == index.search(fresh, query, 10)
         assert [d for d, _ in index.search(fresh, query, 10)] == [d for d, _ in reference_bm25(live, query, 10)]
@@ -259,7 +212,7 @@ def test_an_index_written_by_format_2_code_reads_changes_and_merges_like_a_fresh
     assert "doc_base" not in {r[1] for r in conn.execute("PRAGMA table_info(kw_segments)")}
     index = KeywordIndex()
     index.create(conn)
-    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["format"] == keyword_index.FORMAT == 3
+    assert dict(conn.execute("SELECT key, value FROM kw_stats"))["format"] == keyword_index.FORMAT == 4
     assert packings(conn) == {411, 412, 422}  # as format 2 wrote them
     queries = [*QUERIES, "café über", "alpha beta", "zeta eta theta"]
 
@@ -280,20 +233,21 @@ def test_an_index_written_by_format_2_code_reads_changes_and_merges_like_a_fresh
     index.write(conn, [index.analyse(sorted(new)[:30], [new[d] for d in sorted(new)[:30]]),
                        index.analyse(sorted(new)[30:], [new[d] for d in sorted(new)[30:]])])
     live.update(new)
-    assert segment_packing.GAPS16 in {p // 100 for p in packings(conn)} and packings(conn) & {411, 412, 422}
+    assert conn.execute("SELECT COUNT(*) FROM kw_buckets").fetchone()[0] and packings(conn) == {411, 412, 422}
     check()
     gone = [*rng.sample(sorted(new), 10), *rng.sample(sorted(set(live) - set(new)), 25)]
     index.remove(conn, gone)  # from new uint16 blocks, format 2's int32 blocks and kw_docs rows
     for doc in gone:
         del live[doc]
     check()
-    for _ in range(3):  # writes of every term: each passes MERGE_AT and is merged, old rows and new as one
+    for _ in range(3):  # writes of every term: its bucket passes MERGE_AT and is merged, old rows and new as one
         more = dict(zip(range(max(live) + 1, max(live) + 21), random_texts(rng, 20), strict=True))
         index.add(conn, sorted(more.items()))
         live.update(more)
     check()
-    index._compact_all(conn)  # every term's rows rewritten as one (gapped unless a step passes 65535)
-    assert {r[0] for r in conn.execute("SELECT DISTINCT seg FROM kw_segments")} == {0}
+    assert conn.execute("SELECT COUNT(*) FROM kw_segments").fetchone()[0] == 0  # folded in by the bucket's merge
+    index._compact_all(conn)  # every bucket's rows rewritten as one, the old table dropped
+    assert {r[0] for r in conn.execute("SELECT DISTINCT seg FROM kw_buckets")} == {0} and packings(conn) == set()
     check()
     conn.close()
 
@@ -301,7 +255,7 @@ def test_an_index_written_by_format_2_code_reads_changes_and_merges_like_a_fresh
 def test_a_faiss_knowledge_bank_of_many_commits_ranks_like_brute_force(tmp_path, monkeypatch):
     """Through the FAISS store: transactions of several batches (written together at commit), deletions and
     replacements, terms merged (MERGE_AT 3), reopened. Each commit: top-10 rowids and scores of a brute-force
-    BM25 over the live texts; the segments use gapped rowids and the blocks uint16 term ids."""
+    BM25 over the live texts; buckets stay under MERGE_AT rows and the blocks use uint16 term ids."""
     from stores.base import Record, StoreContext
     from stores.faiss.store import FaissStore
     from tests.conformance.store_suite import unit
@@ -337,8 +291,7 @@ def test_a_faiss_knowledge_bank_of_many_commits_ranks_like_brute_force(tmp_path,
             assert [doc for doc, _ in got] == [id_of[d] for d, _ in expected], query
             assert np.allclose([s for _, s in got], [s for _, s in expected]), query
     conn = sqlite3.connect(tmp_path / "store" / "store.sqlite")
-    assert segment_packing.GAPS16 in {r[0] // 100 for r in conn.execute("SELECT packing FROM kw_segments")}
-    assert conn.execute("SELECT MAX(segments) FROM kw_terms").fetchone()[0] < 3
+    assert conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) n FROM kw_buckets GROUP BY bucket)").fetchone()[0] < 3
     assert all(len(terms) == 2 * int(np.frombuffer(counts, "<u4").sum())
                for terms, counts in conn.execute("SELECT term_ids, counts FROM kw_doc_blocks"))
     conn.close()

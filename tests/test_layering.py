@@ -33,7 +33,6 @@ LAZY_IMPORTS = {
     "kb.client": "the remote client and rerankers import httpx (0.2 s with the rich it pulls in): only when used",
     "kb.local_minilm": "the ONNX graph builder (onnx) runs once per machine",
     "stores.keyword.batch": "numba kernels compile on first use: a reader never loads numba",
-    "stores.keyword.packing": "numba kernels, as above",
     "writers.extract.registry": "one document parser per format (pypdfium2, python-docx, ...), loaded by need",
 }
 

@@ -90,18 +90,6 @@ def _laid_out(analyzer: Analyzer, texts: Sequence[str]) -> tuple[np.ndarray, np.
     return np.frombuffer(data, dtype=np.uint8), offsets, kinds
 
 
-def combined_segments(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.ndarray]
-                      ) -> tuple[list[int], list[int], list[tuple[bytes, bytes, bytes]], int]:
-    """One segment per term for several batches (rowids ascending from batch to batch): ``(term ids ascending,
-    document frequencies, (docs, tfs, lengths) blobs, packing)``. ``global_ids[i]`` maps batch i's local term
-    ids to the index's. See ``combined_columns``."""
-    terms, term_starts, term_ends, columns, packing = combined_columns(batches, global_ids)
-    docs, tfs, lengths = columns
-    blobs = [(docs[s:e].tobytes(), tfs[s:e].tobytes(), lengths[s:e].tobytes())
-             for s, e in zip(term_starts.tolist(), term_ends.tolist(), strict=True)]
-    return terms.tolist(), (term_ends - term_starts).tolist(), blobs, packing
-
-
 def combined_columns(batches: Sequence[AnalysedBatch], global_ids: Sequence[np.ndarray]
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], int]:
     """Several batches' postings in one go, grouped by term: ``(terms ascending, where each term's postings

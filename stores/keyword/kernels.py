@@ -9,7 +9,7 @@ so a writer's helper thread analyses while the writer's own thread inserts recor
 Compiled when this module is imported (``warm_up``, for the argument types the callers pass) and cached on
 disk by numba (``cache=True``): a machine pays the compilation once (~7 s here), a process pays numba's
 import and the cache load (~0.5 s) when it first needs a kernel (callers import this module lazily, on their
-first keyword write). Combining batches (``copy_groups``) and gapping segment rows (``row_gaps``) are here too.
+first keyword write). Combining batches (``copy_groups``) is here too.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ TABLES = np.array([[c + 32 if 65 <= c <= 90 else c if c < 128 and (chr(c).isalnu
 _SPACE = 32
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection on 64-bit words
 _FNV_PRIME = np.uint64(1099511628211)
-_MAX_GAP = np.uint64(65535)
 
 
 @njit(cache=True, nogil=True)
@@ -206,21 +205,6 @@ def copy_groups(source, starts, sizes, destinations, width, out):  # pragma: no 
         out[out_at : out_at + size] = source[source_at : source_at + size]
 
 
-@njit(cache=True, nogil=True)
-def row_gaps(docs, starts, ends, gaps, fits):  # pragma: no cover - compiled
-    """For each row ``[starts[r], ends[r])`` of ``docs`` (uint32 or int64 rowids): whether every step from one
-    rowid to the next is 0..65535 (``fits[r]``), and if so the steps, ``gaps[i - 1] = docs[i] - docs[i - 1]``
-    (``segment_packing.rows``: one pass instead of a column of int64 steps and three more over it)."""
-    for row in range(starts.size):
-        fits[row] = True
-        for i in range(starts[row] + 1, ends[row]):
-            earlier, later = docs[i - 1], docs[i]
-            if later < earlier or np.uint64(later) - np.uint64(earlier) > _MAX_GAP:
-                fits[row] = False
-                break
-            gaps[i - 1] = np.uint16(np.uint64(later) - np.uint64(earlier))
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the analysis passes."""
     data = np.frombuffer(b"Warm up, warm UP", dtype=np.uint8)
@@ -230,8 +214,6 @@ def warm_up() -> None:
     postings(token_ids, ends, np.arange(distinct, dtype=np.int32), distinct)
     copy_groups(np.zeros(1, np.uint8), np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.int64), 1,
                 np.empty(1, np.uint8))
-    for rowids in (np.arange(3, dtype=np.uint32), np.arange(3, dtype=np.int64)):  # the two widths rowids take
-        row_gaps(rowids, np.zeros(1, np.int64), np.full(1, 3, np.int64), np.empty(2, np.uint16), np.empty(1, np.bool_))
 
 
 warm_up()

@@ -1,5 +1,9 @@
 """How a keyword segment's three arrays are stored: the narrowest integer widths their values fit.
 
+Since index format 4 no segment row is written (postings go in bucket rows, ``stores.keyword.postings``): rows
+that indexes of formats 2-3 hold are read with ``unpack`` until their buckets merge, and a batch's columns are
+still laid out with ``choose``/``pack`` before they are combined. What follows describes those rows.
+
 A segment row holds a term's postings as packed arrays (document rowids, term frequencies, document
 lengths). They were always int64 / uint32 / uint32, 16 bytes a posting: at 100k chunks, 112 MB written to
 the WAL and fsynced at commit for ~7M postings. Rowids below 2**32, frequencies below 256 and lengths
@@ -12,13 +16,11 @@ uint16 gaps (docs digit ``GAPS16``, 2 bytes a posting instead of 4) after its fi
 ``doc_base`` column (default 0, unused by the other packings); the blob holds the ``n - 1`` gaps after it. At
 100k chunks that halves the rowids' 28 MB. Decoding is one ``np.cumsum``. Rows that do not fit (rowids out of
 order, or a step past 65535: a rare term's) keep the widths above. A row's docs digit is chosen per row
-(``rows``), frequencies and lengths per write. Format 3 of the index: earlier code cannot read a ``GAPS16``
+(format 3's writer), frequencies and lengths per write. Format 3 of the index: earlier code cannot read a ``GAPS16``
 row (a one-way change); rows of format 2 read as they did.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -57,39 +59,6 @@ def pack(packing: int, docs: np.ndarray, tfs: np.ndarray,
          lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     doc_type, tf_type, length_type = dtypes(packing)
     return docs.astype(doc_type), tfs.astype(tf_type), lengths.astype(length_type)
-
-
-def rows(packing: int, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
-         ends: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
-    """Rows ``[starts[i], ends[i])`` (non-empty) of columns packed as ``packing``: ``(docs, tfs, lengths, row
-    packing, doc_base)`` each, docs as uint16 gaps where the row's steps fit. The gaps and the test are one
-    compiled pass over the column (``keyword_kernels.row_gaps``); what is left per row is slicing (views:
-    sqlite3 binds a buffer as a blob)."""
-    if docs.size == 0:
-        return
-    from stores.keyword import kernels as keyword_kernels
-
-    gaps = np.empty(docs.size, dtype=_GAP)
-    fits_array = np.empty(starts.size, dtype=np.bool_)
-    keyword_kernels.row_gaps(np.ascontiguousarray(docs), np.ascontiguousarray(starts, dtype=np.int64),
-                             np.ascontiguousarray(ends, dtype=np.int64), gaps, fits_array)
-    fits = fits_array.tolist()
-    bases = docs[starts].astype(np.int64)
-    gapped = GAPS16 * 100 + packing % 100
-    for s, e, fit, base in zip(starts.tolist(), ends.tolist(), fits, bases.tolist(), strict=True):
-        if fit:
-            yield gaps[s : e - 1], tfs[s:e], lengths[s:e], gapped, base
-        else:
-            yield docs[s:e], tfs[s:e], lengths[s:e], packing, 0
-
-
-def row(docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray) -> tuple[bytes, bytes, bytes, int, int]:
-    """One row's ``(docs, tfs, lengths, packing, doc_base)`` for these postings (non-empty; a merge's)."""
-    packing = choose(docs, tfs, lengths)
-    packed = pack(packing, docs, tfs, lengths)
-    ((docs_p, tfs_p, lengths_p, row_packing, base),) = rows(packing, *packed, np.zeros(1, np.int64),
-                                                             np.full(1, docs.size, np.int64))
-    return docs_p.tobytes(), tfs_p.tobytes(), lengths_p.tobytes(), row_packing, base
 
 
 def unpack(packing: int, docs: bytes, tfs: bytes, lengths: bytes,

@@ -2,7 +2,7 @@
 
 The FAISS transaction hands each upserted batch here and goes on; the analysis (``KeywordIndex.analyse``)
 runs on a helper thread, one batch at a time, and ``write`` puts every buffered batch into the writer's
-transaction at once (one segment per term for all of them). Nothing is written before ``write``: a rollback
+transaction at once (one row per bucket of terms for all of them). Nothing is written before ``write``: a rollback
 only waits for the threads and forgets their results.
 """
 
@@ -57,7 +57,7 @@ class Job:
 
 class PendingKeywords:
     """Batches analysed on helper threads (one at a time), written together in the writer's transaction by
-    ``write``: one segment per term for all of them.
+    ``write``: one row per bucket of terms for all of them.
 
     Each kept batch is added to the writer's runs (``CombinedRuns``) on a helper thread: by the thread
     that analysed it, if the writer kept it before that analysis ended (usual: an analysis takes longer than

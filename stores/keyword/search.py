@@ -127,6 +127,36 @@ class PostingsCache:
             self._key, self._terms, self._bytes = None, OrderedDict(), 0
 
 
+class TermIdCache:
+    """Term ids of recently queried terms for one generation of one store (terms absent from it as None), so a
+    query of cached postings reads nothing from SQLite for its terms: a term's id never changes within a
+    generation (ids are never reused; only ``clear``, a commit of its own, drops them). Bounded by entries."""
+
+    def __init__(self, max_terms: int = 100_000) -> None:
+        self.max_terms = max_terms
+        self._lock = threading.Lock()
+        self._key: Hashable = None
+        self._ids: dict[str, int | None] = {}
+
+    def get(self, key: Hashable, terms: Sequence[str],
+            lookup: Callable[[Sequence[str]], dict[str, int]]) -> dict[str, int]:
+        with self._lock:
+            ids = self._ids if self._key == key else {}
+            missing = [term for term in terms if term not in ids]
+            known = {term: ids[term] for term in terms if term in ids}
+        if missing:
+            found = lookup(missing)  # outside the lock: other queries go on meanwhile
+            fresh = {term: found.get(term) for term in missing}
+            known.update(fresh)
+            with self._lock:
+                if self._key != key:
+                    self._key, self._ids = key, {}
+                if len(self._ids) + len(fresh) > self.max_terms:
+                    self._ids = {}
+                self._ids.update(fresh)
+        return {term: id_ for term, id_ in known.items() if id_ is not None}
+
+
 def idf(n_docs: int, df: int) -> float:
     return math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
 
