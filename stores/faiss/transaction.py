@@ -129,7 +129,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         rowids = np.arange(self._next_rowid, self._next_rowid + len(records), dtype=np.int64)
         # analysed for the keyword index on a helper thread from now on, while the records and vectors are
         # checked and written here and the caller prepares its next batch; buffered, and written with the
-        # batches after it (one segment per term for all of them) at this transaction's next read, delete,
+        # batches after it (one row per bucket of terms for all of them) at this transaction's next read, delete,
         # replacement or commit
         analysing = self._pending_keywords.start(rowids, texts)
         try:
