@@ -194,8 +194,8 @@ def test_committed_index_is_the_object_searches_use(tmp_path: Path) -> None:
     hit = store.similarity(unit(3), 1)[0]
     assert store.get([hit.record.id])[0].id == "doc-3" and abs(float(scores[0][0]) - hit.score) < 1e-6
     assert rowids[0][0] > 0  # ids are rowids
-    store.upsert(records(1, start=20))
-    assert store.committed_index() is None  # two segments: no single index answers alone
+    store.upsert(records(1, start=20))  # a second segment: merged into one for the caller
+    assert store.committed_index() is not index and store.committed_index().ntotal == 9
 
 
 def test_dimension_lands_with_the_commit_and_clear_empties_it(tmp_path: Path) -> None:

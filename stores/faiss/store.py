@@ -74,6 +74,7 @@ from stores.faiss.generation_loader import GenerationLoader
 from stores.faiss.huge_pages import start_backing
 from stores.faiss.index import configure_search_threads, index_settings, new_index
 from stores.faiss.langchain import KBFaissVectorStore
+from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
 from stores.faiss.segment_files import SEGMENTS, adopt_single_index, remove_stale
 from stores.faiss.segments import SCHEMA as SEGMENT_SCHEMA
@@ -128,6 +129,7 @@ class FaissStore(VectorStoreDriver):
         self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load)
         self.loader.folder.mkdir(exist_ok=True)
         self._columns_cache: tuple[int, MetadataColumns] | None = None
+        self.merger = Merger(self)
         self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
         self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
@@ -386,13 +388,18 @@ class FaissStore(VectorStoreDriver):
             raise
 
     def committed_index(self) -> faiss.Index | None:
-        """The committed generation's FAISS index, the very object searches use (None while empty, or while the
-        generation is several segments or has deletions).
+        """The committed generation's FAISS index, the very object searches use (None while empty).
 
-        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only.
+        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only. A generation
+        of several segments (or with deletions) is first merged into one (a commit, as Lucene's forceMerge(1)).
         """
         with self._snapshot() as view:
-            return view.index
+            index, total = view.index, view.segments.ntotal if view.segments is not None else 0
+        if index is None and total:
+            self.merger.merge_now(force=True)
+            with self._snapshot() as view:
+                index = view.index
+        return index
 
     def answers_quickly(self, filtered: bool) -> bool:
         # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.
@@ -434,6 +441,7 @@ class FaissStore(VectorStoreDriver):
         return KBFaissVectorStore(core, tx)
 
     def close(self) -> None:
+        self.merger.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

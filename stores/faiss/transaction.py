@@ -261,6 +261,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
         finally:
             self._finish()
+        # after the lock is released: the merger takes it for its own commit
+        self.store.merger.after_commit(self.generation + 1)
 
     def _commit(self) -> None:
         if self._broken:
