@@ -18,8 +18,8 @@ rowid). If a commit in between retired an input (``clear``), the merge is abando
 
 The merger is one thread of the writing process, started after a commit when the policy finds work. It is
 kept light so searches keep their latency while it runs: one OpenMP thread, vectors added in slices, and after
-each slice a pause as long as the slice took (at most half a core). ``KB_FAISS_MERGE=0`` turns background merging
-off (``merge_now`` still merges).
+each slice a pause as long as the slice took (at most half a core), and between two merges a pause as long as the
+last one took. ``KB_FAISS_MERGE=0`` turns background merging off (``merge_now`` still merges).
 """
 
 from __future__ import annotations
@@ -115,8 +115,12 @@ class Merger:
     def _background(self) -> None:
         configure_search_threads()  # one OpenMP thread for the adds too
         try:
-            while not self._stop.is_set() and self.merge_once(choose_merge, throttle=True):
-                pass
+            while not self._stop.is_set():
+                began = time.perf_counter()
+                if not self.merge_once(choose_merge, throttle=True):
+                    break
+                # a pause as long as the merge (its file write and commit included) before the next one
+                self._stop.wait(time.perf_counter() - began)
         except Exception:  # noqa: BLE001 - a failed merge loses nothing: logged, the next commit tries again
             log.exception("knowledge bank %s: background segment merge failed", self.store.context.kb_id)
 
