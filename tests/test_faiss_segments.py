@@ -181,8 +181,8 @@ def test_a_reader_loads_only_the_new_segment_of_the_next_generation(tmp_path: Pa
 
 def test_a_reader_answers_with_the_inputs_while_a_merge_output_loads(tmp_path: Path) -> None:
     writer = _store(tmp_path)
-    for start in range(0, 1000, 100):
-        writer.upsert(_records(start, _vectors(100, start)))
+    for start in range(0, 2000, 200):  # ten segments of one tier (100-1,000 live vectors)
+        writer.upsert(_records(start, _vectors(200, start)))
     writer.delete(["d3", "d250"])
     reader = _store(tmp_path)
     query = _vectors(1, 77)[0]
@@ -200,13 +200,13 @@ def test_a_reader_answers_with_the_inputs_while_a_merge_output_loads(tmp_path: P
     assert [h.record.id for h in reader.similarity(query, 10)] == got
     current = reader.loader.current
     assert not current.waiting and len(current.segments) == 1 and current.segments[0].kind == "merge"
-    assert reader.count() == 997 and "d500" not in {h.record.id for h in reader.similarity(query, 1000)}
+    assert reader.count() == 1997 and "d500" not in {h.record.id for h in reader.similarity(query, 1000)}
 
 
 def test_a_merge_reapplies_deletions_committed_while_it_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
-    for start in range(0, 1000, 100):
-        store.upsert(_records(start, _vectors(100, start)))
+    for start in range(0, 2000, 200):  # ten segments of one tier (100-1,000 live vectors)
+        store.upsert(_records(start, _vectors(200, start)))
     build = merge.Merger._build
 
     def build_then_write(self: merge.Merger, *args: object, **kwargs: object) -> object:
@@ -220,12 +220,12 @@ def test_a_merge_reapplies_deletions_committed_while_it_built(tmp_path: Path, mo
     assert store.merger.merge_now() == 1
     fresh = _store(tmp_path)
     for reader in (store, fresh):
-        assert reader.count() == 998
+        assert reader.count() == 1998
         assert not reader.get(["d10", "d620"])
-        ids = {h.record.id for h in reader.similarity(_vectors(100, 0)[10], 50)}
+        ids = {h.record.id for h in reader.similarity(_vectors(200, 0)[10], 50)}
         assert "d10" not in ids
         assert reader.similarity(_vectors(1, 12345)[0], 1)[0].record.text == "new eleven"
-        assert reader.similarity(_vectors(100, 0)[11], 1)[0].record.id != "d11"  # its old vector is gone
+        assert reader.similarity(_vectors(200, 0)[11], 1)[0].record.id != "d11"  # its old vector is gone
 
 
 def test_the_tiered_policy(tmp_path: Path) -> None:
@@ -274,8 +274,8 @@ def test_a_knowledge_bank_of_the_single_index_layout_opens_without_a_rewrite(tmp
 def test_a_merge_that_fails_changes_nothing_and_leaves_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  point: str) -> None:
     store = _store(tmp_path)
-    for start in range(0, 1000, 100):
-        store.upsert(_records(start, _vectors(100, start)))
+    for start in range(0, 2000, 200):  # ten segments of one tier (100-1,000 live vectors)
+        store.upsert(_records(start, _vectors(200, start)))
     store.delete(["d42"])
     query = _vectors(1, 8)[0]
     before = [h.record.id for h in store.similarity(query, 10)]
@@ -291,5 +291,5 @@ def test_a_merge_that_fails_changes_nothing_and_leaves_no_files(tmp_path: Path, 
     with store.begin(timeout=1) as tx:  # the writer lock was released; this writer removes any orphan file
         tx.upsert(_records(5000, _vectors(1, 9)))
     assert len(_segment_files(tmp_path)) == 11
-    assert store.merger.merge_now() == 1 and store.count() == 1000
+    assert store.merger.merge_now() == 1 and store.count() == 2000
     assert [h.record.id for h in store.similarity(query, 10)] == before
