@@ -84,9 +84,9 @@ def test_sigkill_at_every_point_of_a_commit(tmp_path: Path) -> None:
     store = FaissStore(StoreContext("crash", folder))
     write_version(store, version + 1)  # the lock went with the dead process; orphan files are cleaned
     assert _state(folder) == version + 1
-    generations = sorted(int(p.stem.split("-")[1]) for p in (folder / "store").glob("index-*.faiss"))
-    # the live index, the one before it (for readers that raced the commit), at most one older: no orphans
-    assert len(generations) <= 3 and generations == list(range(generations[0], generations[-1] + 1)), generations
+    numbers = sorted(int(p.stem) for p in (folder / "store" / "segments").glob("*.faiss"))
+    # the live segment, the one before it (for readers that raced the commit), at most one older: no orphans
+    assert len(numbers) <= 3 and numbers == list(range(numbers[0], numbers[-1] + 1)), numbers
     print(f"kills survived: {kills}; state before the cut commit: {outcomes['before']}, "
           f"after: {outcomes['after']}; errors: 0")
     assert kills >= 50 and outcomes["before"] > 0 and outcomes["after"] > 0

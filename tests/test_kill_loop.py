@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.chroma_server import ChromaServer
 from tests.support.elasticsearch_server import ElasticsearchNode
-from tests.support.kill_loop import kill_loop
+from tests.support.kill_loop import MERGE_POINTS, kill_loop
 from tests.support.kill_worker import BATCH, batch_records, check, open_store, same_ranking
 
 KILLS = 4
@@ -52,6 +52,16 @@ def test_sigkill_at_random_moments_and_fault_points_leaves_whole_commits_and_exa
     assert summary["mismatches"] == []
     assert summary["kills"] == KILLS and summary["at_fault_points"] == KILLS // 2
     assert summary["batches_committed"] > 0  # the random kills came after commits, not only before the first
+
+
+def test_faiss_writers_killed_in_their_segment_merges_leave_whole_commits_and_exact_searches(tmp_path: Path) -> None:
+    """Issue 34: every kill at one of the background merge's fault points (its output written, just before and
+    just after its commit); the writer gets there by itself once ten commits make a tier merge."""
+    summary = kill_loop(tmp_path / "kb", len(MERGE_POINTS), seed=34, kind="faiss", kb_id=f"merge{uuid.uuid4().hex[:8]}",
+                        point_every=1, points=MERGE_POINTS, report=True)
+    print(summary)
+    assert summary["mismatches"] == []
+    assert summary["at_fault_points"] == len(MERGE_POINTS) and summary["batches_committed"] > 10
 
 
 def test_the_check_sees_a_torn_batch_and_a_wrong_ranking(tmp_path: Path) -> None:

@@ -41,23 +41,30 @@ def test_files_on_disk_are_faiss_and_sqlite_never_pickle(tmp_path: Path) -> None
         assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), path
 
 
-def test_old_generations_are_cleaned_up(tmp_path: Path) -> None:
+def test_retired_segments_are_cleaned_up(tmp_path: Path) -> None:
     store = FaissStore(StoreContext("kb", tmp_path))
-    for version in range(6):
-        store.upsert(records(5, tag=f"v{version}"))
-    names = sorted(p.name for p in (tmp_path / "store").glob("index-*.faiss"))
+    for version in range(6):  # each version replaces the last whole: its segment retires the one before
+        with store.begin() as tx:
+            tx.clear()
+            tx.upsert(records(5, tag=f"v{version}"))
+    names = sorted(p.name for p in (tmp_path / "store" / "segments").glob("*.faiss"))
+    # the live segment, the one it retired (kept a generation for readers that raced the commit) and at most
+    # one retired before that (removed by the next writer)
     assert len(names) <= 3, names
+    assert store.count() == 5 and store.get(["doc-1"])[0].text.endswith("v5")
 
 
-def test_orphan_index_of_a_crashed_commit_is_ignored_and_removed(tmp_path: Path) -> None:
+def test_orphan_segment_of_a_crashed_commit_is_ignored_and_removed(tmp_path: Path) -> None:
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(records(5))
-    generations = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "store").glob("index-*.faiss"))
-    orphan = tmp_path / "store" / f"index-{generations[-1] + 1}.faiss"
+    numbers = sorted(int(p.stem) for p in (tmp_path / "store" / "segments").glob("*.faiss"))
+    orphan = tmp_path / "store" / "segments" / f"{numbers[-1] + 1}.faiss"
     orphan.write_bytes(b"half-written garbage from a killed commit")
     reopened = FaissStore(StoreContext("kb", tmp_path))
     assert reopened.count() == 5 and reopened.similarity(unit(1), 1)[0].record.id == "doc-1"
-    reopened.upsert(records(1, start=9))
+    with reopened.begin() as tx:
+        assert not orphan.exists()  # the next writer removes it before it writes a segment of that number
+        tx.upsert(records(1, start=9))
     assert reopened.count() == 6 and reopened.similarity(unit(9), 1)[0].record.id == "doc-9"
 
 
@@ -171,9 +178,9 @@ def test_ef_search_of_a_filled_hnsw_knowledge_bank_can_change(tmp_path: Path) ->
 def faiss_ef_search(driver: FaissStore) -> int:
     import faiss
 
-    index = driver._cached[1]
-    assert index is not None
-    return int(faiss.downcast_index(index.index).hnsw.efSearch)
+    segments = driver.loader.current
+    assert segments is not None and segments.segments
+    return int(faiss.downcast_index(segments.segments[0].index.index).hnsw.efSearch)
 
 
 def test_committed_index_is_the_object_searches_use(tmp_path: Path) -> None:
@@ -187,7 +194,7 @@ def test_committed_index_is_the_object_searches_use(tmp_path: Path) -> None:
     hit = store.similarity(unit(3), 1)[0]
     assert store.get([hit.record.id])[0].id == "doc-3" and abs(float(scores[0][0]) - hit.score) < 1e-6
     assert rowids[0][0] > 0  # ids are rowids
-    store.upsert(records(1, start=20))
+    store.upsert(records(1, start=20))  # a second segment: merged into one for the caller
     assert store.committed_index() is not index and store.committed_index().ntotal == 9
 
 

@@ -62,7 +62,7 @@ class FilteredSearch:
         cached = self._columns
         if cached is None or cached[0] is not column_rowids:
             identical = column_rowids.size == self.rowids.size and bool(np.array_equal(column_rowids, self.rowids))
-            mapping = None if identical else self._mapping(column_rowids)
+            mapping = None if identical else self.mapping(column_rowids)
             cached = self._columns = (column_rowids, mapping)
         mapping = cached[1]
         if mapping is None:
@@ -70,7 +70,12 @@ class FilteredSearch:
         found = mapping[mask]
         return found[found >= 0]
 
-    def _mapping(self, column_rowids: np.ndarray) -> np.ndarray:
+    @property
+    def sorted_rowids(self) -> np.ndarray:
+        return self._sorted
+
+    def mapping(self, column_rowids: np.ndarray) -> np.ndarray:
+        """The internal position of each of ``column_rowids`` (-1 where this index does not hold it)."""
         out = np.full(column_rowids.size, -1, dtype=np.int64)
         if self._sorted.size:
             at = np.minimum(np.searchsorted(self._sorted, column_rowids), self._sorted.size - 1)

@@ -2,30 +2,38 @@
 
 Layout of ``<kb folder>/store/``::
 
-    store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta
-    index-<gen>.faiss   the FAISS index of committed generation <gen>
+    store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta,
+                        segments (which segment files make up each generation), tombstones
+    segments/<n>.faiss  one immutable FAISS index per segment (``stores.faiss.segments``)
     writer.lock         flock'ed by the single writer
 
 Commit protocol (crash-safe at any point):
-1. the new index is written to the writer's staging folder (``O_DIRECT`` where
-   the file system allows, ``stores.faiss.index_file``), fsynced, then renamed to
-   ``index-<gen+1>.faiss`` (an orphan until step 2 lands);
-2. one SQLite transaction applies the record and keyword changes and sets
+1. the vectors the commit adds are written as one new segment in the writer's
+   staging folder (``O_DIRECT`` where the file system allows,
+   ``stores.faiss.index_file``), fsynced, then renamed to ``segments/<n>.faiss``
+   (an orphan until step 2 lands);
+2. one SQLite transaction applies the record and keyword changes, the segment's
+   row, a tombstone per deleted or replaced vector of an older segment, and sets
    ``meta.generation = gen+1``; SQLite (WAL, synchronous=FULL) makes it
    atomic and durable;
 3. after the commit returns, a thread copies the WAL into the database file
-   (``stores.sqlite.wal_checkpoint``): nothing durable depends on it.
+   (``stores.sqlite.wal_checkpoint``), and a merger may combine small segments
+   (``stores.faiss.merge``): nothing durable depends on either.
 Readers take a SQLite read snapshot, read the generation in it and search the
-index of that generation, so they see either the old or the new state, never
-a mix. The previous index file is kept one generation so a reader that
-raced a commit can still open it. Similarity searches skip the snapshot:
-rowids are never reused, so the hits of the committed generation's index are
-read by rowid (from a record cache, else SQLite), and a hit that a newer
-commit removed meanwhile sends the search to the snapshot path.
+segments of that generation, so they see either the old or the new state, never
+a mix; a new generation costs them its new segments only
+(``stores.faiss.generation_loader``). Retired segment files are kept one
+generation so a reader that raced a commit can still open them. Similarity
+searches skip the snapshot: rowids are never reused, so the hits of the
+committed generation's segments are read by rowid (from a record cache, else
+SQLite), and a hit that a newer commit removed meanwhile sends the search to
+the snapshot path.
 
 Modules of ``stores/faiss/``: this one (the driver and its reads), ``view`` (reads
 over one connection and one index), ``transaction`` (the writer and its commit),
-``filtered`` (filtered similarity), ``index`` (index settings and threads),
+``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
+``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
+``index`` (index settings and threads),
 ``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
 ``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
@@ -62,11 +70,15 @@ from stores.base import (
     acquire_writer_lock,
 )
 from stores.columnar_filter import MetadataColumns
-from stores.faiss.filtered import FilteredSearch
+from stores.faiss.generation_loader import GenerationLoader
 from stores.faiss.huge_pages import start_backing
 from stores.faiss.index import configure_search_threads, index_settings, new_index
 from stores.faiss.langchain import KBFaissVectorStore
+from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
+from stores.faiss.segment_files import SEGMENTS, adopt_single_index, remove_stale
+from stores.faiss.segments import SCHEMA as SEGMENT_SCHEMA
+from stores.faiss.segments import SegmentSet
 from stores.faiss.transaction import FaissTransaction
 from stores.faiss.view import FaissView, read_row_tuples, read_rows
 from stores.keyword import KeywordIndex, NoKeywordIndex
@@ -113,10 +125,11 @@ class FaissStore(VectorStoreDriver):
             self.capabilities = Capabilities(keyword=False, approximate=True)
         self._local = threading.local()
         self._cache_lock = threading.Lock()
-        self._cached: tuple[int, faiss.Index | None] = (-1, None)
-        self.huge_pages: threading.Thread | None = None  # the loaded index's move onto huge pages, while it runs
+        self.huge_pages: threading.Thread | None = None  # a loaded segment's move onto huge pages, while it runs
+        self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load)
+        self.loader.folder.mkdir(exist_ok=True)
         self._columns_cache: tuple[int, MetadataColumns] | None = None
-        self._prepared_cache: tuple[int, FilteredSearch] | None = None
+        self.merger = Merger(self)
         self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
         self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
@@ -126,12 +139,16 @@ class FaissStore(VectorStoreDriver):
             # this (tiny) transaction's
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.strip().split(";"):
+            had_segments = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'segments'").fetchone()
+            for statement in (_SCHEMA + SEGMENT_SCHEMA).strip().split(";"):
                 if statement.strip():
                     conn.execute(statement)
             self.keywords.create(conn)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', '')")
+            generation, dim = read_meta(conn)
+            if not had_segments and generation > 0 and dim is not None:
+                adopt_single_index(conn, self.dir, generation, self.settings["type"].lower())
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -149,33 +166,23 @@ class FaissStore(VectorStoreDriver):
             conn.execute(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
         return conn
 
-    def index_path(self, generation: int) -> Path:
-        return self.dir / f"index-{generation}.faiss"
+    def _on_segment_load(self, index: faiss.Index) -> None:
+        # searches go on meanwhile; ~2x faster flat scans once it is done (stores.faiss.huge_pages)
+        started = start_backing(index)
+        if started is not None:
+            self.huge_pages = started
 
-    def _load_index(self, generation: int) -> faiss.Index | None:
-        with self._cache_lock:
-            cached_gen, cached = self._cached
-            if cached_gen == generation:
-                return cached
-            index = faiss.read_index(str(self.index_path(generation))) if generation > 0 else None
-            if index is not None and self.settings["type"] == "HNSW":
-                faiss.downcast_index(index.index).hnsw.efSearch = self.settings["ef_search"]
-            if index is not None:
-                # searches go on meanwhile; ~2x faster flat scans once it is done (stores.faiss.huge_pages)
-                self.huge_pages = start_backing(index)
-            self._cached = (generation, index)
-            return index
+    def segments_at(self, conn: sqlite3.Connection, generation: int, dim: int | None) -> SegmentSet:
+        """The segments of ``generation`` (``conn`` in a read transaction that sees it), built from the last."""
+        return self.loader.get(conn, generation, dim)
 
     _read_meta = staticmethod(read_meta)
 
-    def _prepared(self, generation: int, index: faiss.Index) -> FilteredSearch:
-        """The committed index's layout for filtered searches, made once per generation."""
-        cached = self._prepared_cache
-        if cached is not None and cached[0] == generation and cached[1].index is index:
-            return cached[1]
-        prepared = FilteredSearch(index)
-        self._prepared_cache = (generation, prepared)
-        return prepared
+    def _view(self, conn: sqlite3.Connection, segments: SegmentSet, dim: int | None,
+              columns: Any, one_thread: bool = False) -> FaissView:
+        return FaissView(conn, segments, dim, self.keywords, self.settings["type"] == "HNSW", columns=columns,
+                         cache=self._records, generation=segments.generation, one_thread=one_thread,
+                         ef_search=self.settings.get("ef_search", 0))
 
     def _metadata_columns(self, conn: sqlite3.Connection, generation: int) -> MetadataColumns:
         """Columns of the committed generation's metadata, built once per generation (read in its snapshot)."""
@@ -199,16 +206,14 @@ class FaissStore(VectorStoreDriver):
             try:
                 generation, dim = self._read_meta(conn)
                 try:
-                    index = self._load_index(generation) if dim is not None else None
+                    segments = self.segments_at(conn, generation, dim)
                 except RuntimeError:
-                    # The index file of an old snapshot went away under us: retry with a fresh one.
+                    # A segment file of an old snapshot went away under us: retry with a fresh one.
                     conn.execute("COMMIT")
                     if attempt == 4:
                         raise
                     continue
-                yield FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                            columns=lambda c=conn, g=generation: self._metadata_columns(c, g), cache=self._records,
-                            generation=generation, prepared=lambda g=generation, i=index: self._prepared(g, i))
+                yield self._view(conn, segments, dim, lambda c=conn, g=generation: self._metadata_columns(c, g))
                 return
             finally:
                 if conn.in_transaction:
@@ -283,8 +288,21 @@ class FaissStore(VectorStoreDriver):
         generation, dim = self._committed_meta(conn)
         if dim is None:
             return None
+        segments = self.loader.current
+        if not self.loader.is_current(generation):
+            conn.execute("BEGIN")  # the segments and tombstones of one generation, read in one snapshot
+            try:
+                generation, dim = self._read_meta(conn)
+                segments = self.segments_at(conn, generation, dim)
+            except RuntimeError:  # a segment file was retired by two newer commits meanwhile
+                return None
+            finally:
+                conn.execute("COMMIT")
+            if dim is None:
+                return None
+        assert segments is not None
         kept = getattr(self._local, "view", None)
-        if flt is None and kept is not None and kept.generation == generation and kept.conn is conn:
+        if flt is None and kept is not None and kept.segments is segments and kept.conn is conn:
             return kept
         columns = None
         if flt is not None:  # only columns built in a snapshot of this generation may answer a filter
@@ -292,14 +310,8 @@ class FaissStore(VectorStoreDriver):
             if built is None or built[0] != generation:
                 return None
             columns = built[1]
-        try:
-            index = self._load_index(generation)
-        except RuntimeError:  # its file was replaced by two newer commits meanwhile
-            return None
-        view = FaissView(conn, index, dim, self.keywords, self.settings["type"] == "HNSW",
-                         columns=(lambda: columns) if columns is not None else None, cache=self._records,
-                         generation=generation, prepared=lambda: self._prepared(generation, index),
-                         one_thread=flt is None)
+        view = self._view(conn, segments, dim, (lambda: columns) if columns is not None else None,
+                          one_thread=flt is None)
         if flt is None:
             self._local.view = view
         return view
@@ -366,9 +378,8 @@ class FaissStore(VectorStoreDriver):
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed after the commit, on self.checkpoints
             conn.execute("BEGIN IMMEDIATE")
             generation, dim = self._read_meta(conn)
-            base = self._load_index(generation) if dim is not None else None
-            self._remove_stale_index_files(generation)
-            return FaissTransaction(self, conn, lock_file, base, generation, dim)
+            remove_stale(conn, self.dir, generation)
+            return FaissTransaction(self, conn, lock_file, generation, dim)
         except BaseException:
             try:
                 conn.close()  # rolls back
@@ -376,36 +387,34 @@ class FaissStore(VectorStoreDriver):
                 lock_file.close()
             raise
 
-    def _remove_stale_index_files(self, generation: int) -> None:
-        for path in self.dir.glob("index-*.faiss"):
-            try:
-                gen = int(path.stem.split("-", 1)[1])
-            except ValueError:
-                continue
-            if gen > generation or gen < generation - 1:  # orphans of crashed commits, or long replaced
-                path.unlink(missing_ok=True)
-
     def committed_index(self) -> faiss.Index | None:
         """The committed generation's FAISS index, the very object searches use (None while empty).
 
-        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only.
+        For tools that measure or inspect it (kb bench times raw faiss on it): treat it as read-only. A generation
+        of several segments (or with deletions) is first merged into one (a commit, as Lucene's forceMerge(1)).
         """
         with self._snapshot() as view:
-            return view.index
+            index, total = view.index, view.segments.ntotal if view.segments is not None else 0
+        if index is None and total:
+            self.merger.merge_now(force=True)
+            with self._snapshot() as view:
+                index = view.index
+        return index
 
     def answers_quickly(self, filtered: bool) -> bool:
         # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.
         # A filter also needs the generation's metadata columns already built (building them reads every row).
-        generation, index = self._cached
-        if index is None or self._closed:
+        segments = self.loader.current
+        if segments is None or not segments.ntotal or self._closed:
             return False
+        generation = segments.generation
         if filtered and (self._columns_cache is None or self._columns_cache[0] != generation):
             return False
         if self.settings["type"] == "HNSW":
             # a filter evaluates columns over every row and may scan up to 8k matches exactly: a few ms at 1M
             # chunks, not event-loop work
             return not filtered
-        return index.ntotal * index.d <= _QUICK_FLAT_FLOATS
+        return segments.ntotal * segments.d <= _QUICK_FLAT_FLOATS
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -432,6 +441,7 @@ class FaissStore(VectorStoreDriver):
         return KBFaissVectorStore(core, tx)
 
     def close(self) -> None:
+        self.merger.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -442,8 +452,7 @@ class FaissStore(VectorStoreDriver):
             if watch is not None:
                 watch.close()
                 self._local.wal_watch = None
-        with self._cache_lock:
-            self._cached = (-1, None)
+        self.loader.clear()
 
     def destroy(self) -> None:
         self.close()

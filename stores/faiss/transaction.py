@@ -1,8 +1,12 @@
-"""The FAISS knowledge bank's single write transaction and its crash-safe commit (see ``stores.faiss.store``)."""
+"""The FAISS knowledge bank's single write transaction and its crash-safe commit (see ``stores.faiss.store``).
+
+The vectors a transaction adds go into an index of their own, written at commit as one new segment; vectors it
+deletes or replaces in committed segments become tombstones, committed in the same SQLite transaction. So a
+commit writes what it changed, whatever the size of the knowledge bank.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import uuid
@@ -15,13 +19,14 @@ import numpy as np
 
 from kb_base.errors import StoreError, WriterClosedError
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
-from stores.faiss.index_file import write_durably
+from stores.faiss.segment_files import next_segment, write_segment
+from stores.faiss.segments import Segment, SegmentSet
 from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.faiss.view import FaissView, _chunks
 from stores.keyword import PendingKeywords
 from stores.record_batch import RecordBatch
 from stores.record_checks import checked_vectors, metadata_json
-from stores.sqlite.background_io import Background, flush_to_disk, fsync_path
+from stores.sqlite.background_io import Background, flush_to_disk
 
 if TYPE_CHECKING:
     from stores.faiss.store import FaissStore
@@ -32,11 +37,14 @@ PENDING_KEYWORD_DOCUMENTS = 100_000  # documents analysed and not yet written, a
 
 class FaissTransaction(DelegatingReader, StoreTransaction):
     def __init__(self, store: FaissStore, conn: sqlite3.Connection, lock_file: Any,
-                 base: faiss.Index | None, generation: int, dim: int | None) -> None:
+                 generation: int, dim: int | None) -> None:
         self.store, self.conn, self.lock_file = store, conn, lock_file
-        self.generation, self._dim = generation, dim
-        self.index = base
-        self._owns_index = False  # copy-on-write: the committed index is shared with readers
+        self.generation, self._dim, self._committed_dim = generation, dim, dim
+        self.index: faiss.Index | None = None  # the vectors this transaction adds: its segment, at commit
+        self._tombstones: set[int] = set()  # committed rowids this transaction deletes or replaces
+        self._cleared = False  # clear() retires every committed segment
+        self._segments: SegmentSet | None = None  # what this transaction's own reads search, until it writes
+        self._segment_row: tuple[int, int, int, int] | None = None  # (segment, lowest, highest rowid, count)
         self._dirty = False
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
@@ -62,12 +70,28 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # While the store was empty when this writer began, the only ids that can exist are the ones it wrote:
         # an upsert then looks up only those (a bulk load into a new knowledge bank looks up none).
         self._written_ids: set[str] | None = set() if row[0] is None else None
+        self._first_rowid = self._next_rowid  # rowids from here on are this transaction's own
 
     def _view(self) -> FaissView:
         self._check_open()
         self._write_pending_keywords()
         self._join_adds()
-        return FaissView(self.conn, self.index, self._dim, self.store.keywords, self.store.settings["type"] == "HNSW")
+        return FaissView(self.conn, self._own_segments(), self._dim, self.store.keywords,
+                         self.store.settings["type"] == "HNSW", ef_search=self.store.settings.get("ef_search", 0))
+
+    def _own_segments(self) -> SegmentSet:
+        """The committed segments with this transaction's tombstones, and its own vectors as one more."""
+        if self._segments is not None:
+            return self._segments
+        parts: list[Segment] = []
+        if not self._cleared and self._committed_dim is not None:
+            base = self.store.segments_at(self.conn, self.generation, self._committed_dim)
+            dead = np.fromiter(sorted(self._tombstones), dtype=np.int64)
+            parts = [s.with_tombstones(dead) if dead.size else s for s in base.segments]
+        if self.index is not None and self.index.ntotal:
+            parts.append(Segment(-1, self.index))
+        self._segments = SegmentSet(self.generation, self._dim, parts)
+        return self._segments
 
     def _check_open(self) -> None:
         if not self._open:
@@ -80,11 +104,8 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _writable_index(self, dim: int) -> faiss.Index:
         if self.index is None:
             self.index = self.store.new_index(dim)
-            self._owns_index = True
-        elif not self._owns_index:
-            self.index = faiss.clone_index(self.index)
-            self._owns_index = True
         self._dirty = True
+        self._segments = None
         return self.index
 
     def _rowids_of(self, ids: Sequence[str]) -> list[int]:
@@ -101,16 +122,20 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if not rowids:
             return
         self._join_adds()
-        index = self._writable_index(self._dim or 0)
-        if self.store.settings["type"] == "HNSW":
-            self._rebuild_without(index, np.asarray(rowids, dtype=np.int64))
-        else:
-            index.remove_ids(np.asarray(rowids, dtype=np.int64))
+        own = np.asarray([r for r in rowids if r >= self._first_rowid], dtype=np.int64)
+        self._tombstones.update(r for r in rowids if r < self._first_rowid)
+        self._dirty = True
+        self._segments = None
+        if own.size and self.index is not None:  # this transaction's own vectors: out of its segment now
+            if self.store.settings["type"] == "HNSW":
+                self._rebuild_without(self.index, own)
+            else:
+                self.index.remove_ids(own)
         self.store.keywords.remove(self.conn, rowids)
         self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
 
     def _rebuild_without(self, index: faiss.Index, removed: np.ndarray) -> None:
-        """HNSW graphs cannot drop nodes: rebuild from the remaining vectors (cost: O(n) per commit with deletes)."""
+        """HNSW graphs cannot drop nodes: rebuild this transaction's own segment from its remaining vectors."""
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         keep = ~np.isin(ids, removed)
         vectors = index.index.reconstruct_n(0, index.ntotal)[keep] if index.ntotal else np.zeros((0, self._dim))
@@ -218,7 +243,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.store.keywords.clear(self.conn)
         self._dim = None
         self.index = None
-        self._owns_index = True
+        self._cleared = True
+        self._tombstones.clear()
+        self._segments = None
         self._dirty = True
 
     def commit(self) -> None:
@@ -234,19 +261,21 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
         finally:
             self._finish()
+        # after the lock is released: the merger takes it for its own commit
+        self.store.merger.after_commit(self.generation + 1)
 
     def _commit(self) -> None:
         if self._broken:
             raise StoreError("an earlier write of this transaction failed: roll it back")
         new_generation = self.generation + 1
         if self._dirty and self.index is not None:
-            # the index file is written and fsynced on a helper thread, once the vector adds it waits for are
+            # the segment file is written and fsynced on a helper thread, once the vector adds it waits for are
             # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
             # for before the SQLite commit that makes the new generation visible (a failure before it leaves
             # an unreferenced file, as ever; a failed add fails the join below)
             adding, self._adding = self._adding, None
-            self._index_writer = Background(lambda: self._write_index(new_generation, after=adding),
-                                            "kb-index-write")
+            number = next_segment(self.conn)
+            self._index_writer = Background(lambda: self._write_segment(number, after=adding), "kb-index-write")
         else:
             self._join_adds()
         self._write_pending_keywords()
@@ -256,10 +285,25 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                 self._flush_wal()
                 writer, self._index_writer = self._index_writer, None
                 writer.join()
+            self._write_segments(new_generation)
             self._write_meta(new_generation)
         fault_point("before_sqlite_commit")
         self.conn.execute("COMMIT")
         fault_point("after_sqlite_commit")
+
+    def _write_segments(self, generation: int) -> None:
+        """The generation's segment rows and tombstones; with clear(), every committed segment retires."""
+        if self._cleared:
+            self.conn.execute("UPDATE segments SET retired = ? WHERE retired IS NULL", (generation,))
+            self.conn.execute("DELETE FROM tombstones")  # their segments retire: no newer reader needs them
+        if self._segment_row is not None:
+            number, lo, hi, count = self._segment_row
+            self.conn.execute("INSERT INTO segments(segment, added, retired, rowid_lo, rowid_hi, count, kind) "
+                              "VALUES (?, ?, NULL, ?, ?, ?, 'commit')", (number, generation, lo, hi, count))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_segment', ?)", (str(number + 1),))
+        if self._tombstones:
+            self.conn.executemany("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)",
+                                  [(r, generation) for r in sorted(self._tombstones)])
 
     def _write_meta(self, generation: int) -> None:
         """The new generation, the vector dimension and the rowid counter, together and last of the transaction:
@@ -271,19 +315,17 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
             ("generation", str(generation)), ("dimension", dimension), ("next_rowid", str(self._next_rowid))])
 
-    def _write_index(self, generation: int, after: Background | None = None) -> None:
-        """Stage the index file, fsync it, rename it to its generation's name, fsync the folder; first wait for
-        ``after`` (the vector adds)."""
+    def _write_segment(self, number: int, after: Background | None = None) -> None:
+        """Stage this transaction's segment, fsync it, rename it to its number's name, fsync the folder; first wait
+        for ``after`` (the vector adds). An empty one (every vector added was removed again) is not written."""
         if after is not None:
             after.join()
-        assert self.index is not None
-        self.staging.mkdir(parents=True, exist_ok=True)
-        staged = self.staging / "index.faiss"
-        write_durably(self.index, staged)
-        fault_point("index_written")
-        os.replace(staged, self.store.index_path(generation))
-        fault_point("index_renamed")
-        fsync_path(self.store.dir)
+        index = self.index
+        if index is None or index.ntotal == 0:
+            return
+        rowids = faiss.vector_to_array(index.id_map)
+        write_segment(index, self.staging, self.store.loader.folder, number, "index_written")
+        self._segment_row = (number, int(rowids.min()), int(rowids.max()), int(index.ntotal))
 
     def _join_wal_flush(self) -> None:
         if self._wal_flush is not None:

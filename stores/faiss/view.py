@@ -1,4 +1,4 @@
-"""Reads of a FAISS knowledge bank: one view over a SQLite connection and a FAISS index.
+"""Reads of a FAISS knowledge bank: one view over a SQLite connection and a generation's FAISS segments.
 
 A committed snapshot's view reads records through the store's record cache and evaluates filters on
 in-memory metadata columns; a writer's view reads its own uncommitted state straight from SQLite.
@@ -17,8 +17,8 @@ from kb_base.filters import Filter
 from kb_base.jsonfast import loads_checked, orjson_reads_exactly
 from stores.base import Hit, Record, StoreReader
 from stores.columnar_filter import MetadataColumns
-from stores.faiss.filtered import FilteredSearch
 from stores.faiss.record_cache import CachedRow, RecordCache, cached_metadata, flat_or_none
+from stores.faiss.segments import SegmentSet
 from stores.keyword import KeywordIndex
 from stores.record_checks import unit_query
 from stores.sqlite.filters import filter_to_sql
@@ -102,20 +102,25 @@ class _SearchBuffers:
 
 
 class FaissView(StoreReader):
-    """Reads over one SQLite connection (in a transaction) and one FAISS index."""
+    """Reads over one SQLite connection (in a transaction) and the FAISS segments of the same state."""
 
-    def __init__(self, conn: sqlite3.Connection, index: faiss.Index | None, dim: int | None,
+    def __init__(self, conn: sqlite3.Connection, segments: SegmentSet | None, dim: int | None,
                  keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
-                 cache: RecordCache | None = None, generation: int | None = None,
-                 prepared: Callable[[], FilteredSearch] | None = None, one_thread: bool = False) -> None:
-        self.conn, self.index, self._dim, self.keywords, self.hnsw = conn, index, dim, keyword_index, hnsw
+                 cache: RecordCache | None = None, generation: int | None = None, one_thread: bool = False,
+                 ef_search: int = 0) -> None:
+        self.conn, self.segments, self._dim, self.keywords, self.hnsw = conn, segments, dim, keyword_index, hnsw
         # a view only its own thread ever uses (the store keeps one per thread) reuses its search buffers
         self._one_thread = one_thread
         self._buffers: _SearchBuffers | None = None
         self.generation = generation  # committed snapshots only: names the state keyword caches may keep
-        self._prepared = prepared  # committed snapshots only: the index's layout for filtered searches
         self._columns = columns  # committed snapshots only: filters evaluated on in-memory columns
         self._cache = cache  # committed snapshots only: a transaction's rowids are not committed yet
+        self._ef_search = ef_search  # a filtered HNSW search's depth before selectivity raises it
+
+    @property
+    def index(self) -> faiss.Index | None:
+        """The one FAISS index that answers for this view, when its generation is one segment without deletions."""
+        return self.segments.single_index if self.segments is not None else None
 
     def _matching_rowids(self, flt: Filter) -> np.ndarray:
         if self._columns is not None:
@@ -130,10 +135,8 @@ class FaissView(StoreReader):
 
     def _records_by_rowid(self, rowids: Sequence[int], with_vectors: bool) -> dict[int, Record]:
         out = read_rows(self.conn, rowids, self._cache)
-        if with_vectors and out and self.index is not None:
-            keys = np.fromiter(out.keys(), dtype=np.int64)
-            vectors = self.index.reconstruct_batch(keys)
-            for key, vector in zip(keys.tolist(), vectors, strict=True):
+        if with_vectors and out and self.segments is not None:
+            for key, vector in self.segments.reconstruct(np.fromiter(out.keys(), dtype=np.int64)).items():
                 out[key].vector = vector
         return out
 
@@ -181,39 +184,32 @@ class FaissView(StoreReader):
 
     def nearest(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> tuple[list[int], list[float]]:
         """``ranked`` as two lists, rowids and cosine similarities (no pair objects on the hot path)."""
-        ntotal = self.index.ntotal if self.index is not None else 0  # a SWIG property: read it once
-        if flt is None and self._one_thread and ntotal and k > 0:
-            return self._nearest_reusing_buffers(vector, min(k, ntotal))
-        query = unit_query(vector, self._dim)
+        segments = self.segments
+        ntotal = segments.ntotal if segments is not None else 0
         if ntotal == 0 or k <= 0:
             return [], []
+        assert segments is not None
+        single = segments.single_index if flt is None and self._one_thread else None
+        if single is not None:
+            return self._nearest_reusing_buffers(single, vector, min(k, ntotal))
+        query = unit_query(vector, self._dim)
         if flt is None:
-            scores, rowids = self.index.search(query, min(k, ntotal))
-        else:
-            prepared = self._prepared() if self._prepared is not None else FilteredSearch(self.index)
-            ef_search = prepared.inner.hnsw.efSearch if prepared.hnsw else 0
-            if self._columns is not None:  # committed: the filter's mask maps straight to index positions
-                columns = self._columns()
-                positions = prepared.positions_of_mask(columns.rowids, columns.mask(flt))
-                found_scores, found_rowids = prepared.search_positions(query, k, positions, ef_search)
-            else:
-                found_scores, found_rowids = prepared.search(query, k, self._matching_rowids(flt), ef_search)
-            scores, rowids = found_scores.reshape(1, -1), found_rowids.reshape(1, -1)
-        ids, values = rowids[0].tolist(), scores[0].tolist()
-        if ids and ids[-1] < 0:  # fewer than k found: faiss pads with -1 at the end
-            kept = [i for i, r in enumerate(ids) if r >= 0]
-            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
-        return ids, values
+            return segments.search(query, min(k, ntotal))
+        if self._columns is not None:  # committed: the filter's mask over the generation's columns
+            columns = self._columns()
+            return segments.search_mask(query, k, columns.rowids, columns.mask(flt), self._ef_search)
+        return segments.search_allowed(query, k, self._matching_rowids(flt), self._ef_search)
 
-    def _nearest_reusing_buffers(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    def _nearest_reusing_buffers(self, index: faiss.Index, vector: np.ndarray,
+                                 k: int) -> tuple[list[int], list[float]]:
         """``nearest`` without a filter, in buffers kept from the last search: the query normalised in place,
         faiss writing straight into result rows. A search of a 10k HNSW index takes ~0.15 ms here, and the
         per-search arrays and faiss's argument checks were a tenth of that on top."""
         buffers = self._buffers
         if buffers is None or buffers.k != k:
-            buffers = self._buffers = _SearchBuffers(self.index.d, k)
+            buffers = self._buffers = _SearchBuffers(index.d, k)
         buffers.set_query(vector, self._dim)
-        self.index.search_c(1, buffers.query_at, k, buffers.scores_at, buffers.rowids_at)
+        index.search_c(1, buffers.query_at, k, buffers.scores_at, buffers.rowids_at)
         ids, values = buffers.rowids[0].tolist(), buffers.scores[0].tolist()
         if ids[-1] < 0:  # fewer than k found: faiss pads with -1 at the end
             kept = [i for i, r in enumerate(ids) if r >= 0]

@@ -33,8 +33,11 @@ from tests.support.kill_worker import BATCH, window
 ROOT = Path(__file__).resolve().parents[2]
 STORES = ("faiss", "chroma", "chroma-server", "elasticsearch")
 POINTS = ("store_records_written", "before_sqlite_commit", "after_sqlite_commit")
-# the named points each store's commit passes on every commit (FAISS writes its index file only at times)
-STORE_POINTS = {"faiss": POINTS[1:], "chroma": POINTS, "chroma-server": POINTS, "elasticsearch": POINTS}
+# a FAISS writer's background merge of its segments (stores.faiss.merge), which starts after ten small commits
+MERGE_POINTS = ("merge_segment_written", "merge_before_commit", "merge_after_commit")
+# the named points each store's commit passes (FAISS: every commit, then its merges, which come every few commits)
+STORE_POINTS = {"faiss": POINTS[1:] + MERGE_POINTS, "chroma": POINTS, "chroma-server": POINTS,
+                "elasticsearch": POINTS}
 
 
 def _run(command: str, folder: Path, store: tuple[str, str, str], *extra: str) -> list[str]:
@@ -77,16 +80,17 @@ def _problems(state: dict, printed: list[int], last: int, point: str | None) -> 
 
 def kill_loop(folder: Path, kills: int, seed: int, kind: str = "chroma", url: str | None = None,
               kb_id: str = "killed", delay: tuple[float, float] = (0.0, 3.0), point_every: int = 4,
-              report: bool = False) -> dict:
-    """Kill ``kills`` writers; every ``point_every``-th at a named fault point. Mismatches are listed, not raised."""
+              report: bool = False, points: tuple[str, ...] | None = None) -> dict:
+    """Kill ``kills`` writers; every ``point_every``-th at a named fault point (of ``points``, by default all the
+    store's). Mismatches are listed, not raised."""
     rng = random.Random(seed)
     store = (kind, url or "", kb_id)
     started = time.monotonic()
     batches: list[int] = []
     rebuilds, at_points, mismatches = 0, 0, []
     for cycle in range(kills):
-        points = STORE_POINTS[kind]
-        point = points[(cycle // point_every) % len(points)] if cycle % point_every == point_every - 1 else None
+        chosen = points or STORE_POINTS[kind]
+        point = chosen[(cycle // point_every) % len(chosen)] if cycle % point_every == point_every - 1 else None
         first = batches[-1] + 1 if batches else 0
         writer = subprocess.Popen(_run("write", folder, store, str(first)), cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True, env=_env(point))

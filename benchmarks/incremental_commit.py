@@ -1,0 +1,361 @@
+"""Issue 34: what a FAISS commit costs, today's whole-index rewrite beside segments, in one run.
+
+    python -m benchmarks.incremental_commit --size 200000 --old-tree /tmp/kb-old [--kinds FLAT HNSW] [--out FILE]
+
+``--old-tree``: a checkout of the code to compare with (``git archive <commit> | tar -x -C /tmp/kb-old``). One
+knowledge bank of ``--size`` synthetic chunks (384-dimension unit vectors, 40-120 words each, keyword index on:
+default settings) is written once per index type by the old code, then copied: the old code measures its copy,
+the new code opens the other (adopting the old single index as its first segment, no rewrite) and measures it.
+Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree measured. Figures:
+
+- commit seconds and bytes written (``/proc/self/io`` write_bytes of the process: index file, WAL, database)
+  for 1, 100 and 10,000 added documents; the floor of a commit (a 4 KB write, fsync of file and folder);
+- first-query latency after a commit in another reader (its own store object, warm before the commit) beside
+  its warm p50;
+- search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
+  while the background merger merges 10 segments of 1,000;
+- 1,000 one-document commits (new code; merging on): seconds, bytes written and write amplification (bytes
+  written over the bytes of the vectors and texts added); the old code's figure is 1,000 times its 1-document
+  commit (rewriting everything each time), measured on 20 commits.
+
+Prints a table with ratios and the CPU's vector flags; writes JSON (default bench-results/incremental_commit.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.suite import cpu_flags
+from benchmarks.writer_throughput import WORDS
+from stores.base import Record, StoreContext
+from stores.faiss.store import FaissStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH_SECONDS = 12.0
+
+
+def _written() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _records(start: int, n: int, seed: int) -> list[Record]:
+    """``n`` chunks of 40-120 words with unit vectors (``writer_throughput.synthetic_chunks``'s shape, made ~20x
+    faster: one draw of words for all of them)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(40, 120, n)
+    words = np.asarray(WORDS)[rng.integers(0, len(WORDS), int(lengths.sum()))].tolist()
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    texts = [f"chunk {start + i}: " + " ".join(words[bounds[i] : bounds[i + 1]]) for i in range(n)]
+    vectors = rng.normal(size=(n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [Record(f"c{start + i}", t, {"group": (start + i) % 10}, v)
+            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+
+
+def _open(folder: Path, kind: str) -> FaissStore:
+    return FaissStore(StoreContext("bench", folder, settings={"index": {"type": kind}}))
+
+
+def _queries(n: int) -> np.ndarray:
+    queries = np.random.default_rng(99).normal(size=(n, 384)).astype(np.float32)
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
+    values = np.array(ms)
+    return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p99_ms": round(float(np.percentile(values, 99)), 3),
+            "max_ms": round(float(values.max()), 1), "n": len(ms)}
+
+
+# --- worker commands (run with PYTHONPATH set to the tree measured) -----------------------------------------------
+
+
+def build(folder: Path, kind: str, size: int) -> dict[str, Any]:
+    store = _open(folder, kind)
+    started = time.perf_counter()
+    with store.begin(timeout=600) as tx:
+        for start in range(0, size, 20_000):
+            tx.upsert(_records(start, min(20_000, size - start), seed=start + 1))
+    return {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def _fsync_floor(folder: Path) -> float:
+    samples = []
+    for i in range(10):
+        path = folder / f"floor-{i}"
+        started = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+        os.close(fd)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+        samples.append(time.perf_counter() - started)
+        path.unlink()
+    return round(float(np.median(samples)) * 1000, 2)
+
+
+def measure(folder: Path, kind: str, size: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    writer = _open(folder, kind)
+    out: dict[str, Any] = {"open_seconds": round(time.perf_counter() - started, 2)}
+    reader = _open(folder, kind)
+    queries = _queries(300)
+    warm = []
+    for query in queries[:200]:
+        began = time.perf_counter()
+        reader.similarity(query, 10)
+        warm.append((time.perf_counter() - began) * 1000)
+    out["reader_warm"] = _stats(warm[20:])
+    out["fsync_floor_ms"] = _fsync_floor(folder)
+    next_id = size
+    commits: dict[str, Any] = {}
+    for n, repeats in ((1, 5), (100, 3), (10_000, 1)):
+        seconds, written, first = [], [], []
+        for repeat in range(repeats):
+            batch = _records(next_id, n, seed=next_id)
+            next_id += n
+            before = _written()
+            began = time.perf_counter()
+            with writer.begin(timeout=600) as tx:
+                tx.upsert(batch)
+            seconds.append(time.perf_counter() - began)
+            written.append(_written() - before)
+            began = time.perf_counter()
+            reader.similarity(queries[200 + repeat], 10)
+            first.append((time.perf_counter() - began) * 1000)
+        commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1),
+                           "bytes_written": int(np.median(written)),
+                           "first_query_ms": round(float(np.median(first)), 2)}
+    out["commits"] = commits
+    out["next_id"] = next_id
+    return out
+
+
+def search(folder: Path, kind: str, seconds: float) -> dict[str, Any]:
+    reader = _open(folder, kind)
+    queries = _queries(500)
+    for query in queries[:50]:
+        reader.similarity(query, 10)
+    print("ready", flush=True)
+    samples: list[tuple[float, float]] = []
+    end = time.time() + seconds
+    i = 0
+    while time.time() < end:
+        began = time.perf_counter()
+        reader.similarity(queries[i % len(queries)], 10)
+        samples.append((time.time(), (time.perf_counter() - began) * 1000))
+        i += 1
+        time.sleep(0.002)  # a steady stream of requests, not a spinning loop
+    return {"samples": samples}
+
+
+def _start_searcher(tree: Path, folder: Path, kind: str, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(_worker(tree, "search", folder, kind, str(seconds)), stdout=subprocess.PIPE, text=True,
+                            env=_env(tree))
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the search process did not start")
+    return proc
+
+
+def _samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
+    out, _ = proc.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1])["samples"]
+
+
+def load(folder: Path, kind: str, next_id: int, tree: str) -> dict[str, Any]:
+    """Search latency idle and while 10-document commits stream in (and, new code, while a merge runs)."""
+    out: dict[str, Any] = {}
+    tree_path = Path(tree)
+    proc = _start_searcher(tree_path, folder, kind, SEARCH_SECONDS / 2)
+    out["idle"] = _stats([ms for _, ms in _samples(proc)])
+    writer = _open(folder, kind)
+    proc = _start_searcher(tree_path, folder, kind, SEARCH_SECONDS)
+    end = time.time() + SEARCH_SECONDS
+    commits = 0
+    while time.time() < end:
+        with writer.begin(timeout=600) as tx:
+            tx.upsert(_records(next_id, 10, seed=next_id))
+        next_id += 10
+        commits += 1
+        time.sleep(0.05)
+    out["during_small_commits"] = {**_stats([ms for _, ms in _samples(proc)]), "commits": commits}
+    merger = getattr(writer, "merger", None)
+    if merger is not None:
+        for _ in range(10):  # ten segments of 1,000: one tier-1 merge for the background merger
+            with writer.begin(timeout=600) as tx:
+                tx.upsert(_records(next_id, 1000, seed=next_id))
+            next_id += 1000
+        proc = _start_searcher(tree_path, folder, kind, SEARCH_SECONDS * 4)
+        time.sleep(1.0)
+        began = time.time()
+        thread = threading.Thread(target=merger._background)
+        thread.start()
+        thread.join()
+        ended = time.time()
+        samples = _samples(proc)
+        out["during_merge"] = {**_stats([ms for t, ms in samples if began <= t <= ended]),
+                               "merge_seconds": round(ended - began, 1), "merges": merger.merges}
+        out["idle_same_run"] = _stats([ms for t, ms in samples if t > ended + 0.5])
+    out["next_id"] = next_id
+    return out
+
+
+def small_commits(folder: Path, kind: str, next_id: int, count: int) -> dict[str, Any]:
+    writer = _open(folder, kind)
+    merger = getattr(writer, "merger", None)
+    texts_bytes = 0
+    before = _written()
+    started = time.perf_counter()
+    for i in range(count):
+        batch = _records(next_id + i, 1, seed=next_id + i)
+        texts_bytes += sum(len(r.text.encode()) + 4 * r.vector.size for r in batch)
+        with writer.begin(timeout=600) as tx:
+            tx.upsert(batch)
+    if merger is not None:
+        merger.wait()
+    seconds = time.perf_counter() - started
+    written = _written() - before
+    return {"commits": count, "seconds": round(seconds, 1), "bytes_written": written,
+            "bytes_added": texts_bytes, "write_amplification": round(written / texts_bytes, 1),
+            "merges": getattr(merger, "merges", 0)}
+
+
+# --- the driver ----------------------------------------------------------------------------------------------------
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+
+
+def _worker(tree: Path, command: str, *args: Any) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "incremental_commit.py"), command, *map(str, args), str(tree)]
+
+
+def _run(tree: Path, command: str, *args: Any, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(_worker(tree, command, *args), capture_output=True, text=True,
+                          env={**_env(tree), **(extra_env or {})}, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command} in {tree} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(old: float, new: float) -> str:
+    return f"{old / new:.1f}x" if new else "-"
+
+
+def run(size: int, kinds: list[str], old_tree: Path, work: Path, small: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"size": size, "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+                               "load_average_at_start": os.getloadavg(), "kinds": {}}
+    trees = {"old": old_tree, "new": ROOT}
+    for kind in kinds:
+        base = work / f"{kind}-base"
+        print(f"[{kind}] writing {size} chunks with the old code ...", flush=True)
+        built = _run(old_tree, "build", base, kind, size)
+        print(f"[{kind}] written in {built['seconds']} s", flush=True)
+        per_kind: dict[str, Any] = {"build_seconds": built["seconds"]}
+        for name, tree in trees.items():
+            folder = work / f"{kind}-{name}"
+            shutil.copytree(base, folder)
+            no_merge = {"KB_FAISS_MERGE": "0"}  # commit figures without a merge running beside them
+            measured = _run(tree, "measure", folder, kind, size, extra_env=no_merge)
+            print(f"[{kind}] {name}: commits {measured['commits']}", flush=True)
+            loaded = _run(tree, "load", folder, kind, measured["next_id"], str(tree), extra_env=no_merge)
+            print(f"[{kind}] {name}: search {loaded}", flush=True)
+            count = small if name == "new" else 20
+            stream = _run(tree, "small", folder, kind, loaded["next_id"], count)
+            if name == "old":
+                stream["extrapolated_1000"] = {k: stream[k] * 1000 // count for k in ("bytes_written",)}
+            print(f"[{kind}] {name}: {count} one-document commits {stream}", flush=True)
+            per_kind[name] = {**measured, "search": loaded, "small_commits": stream}
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+        results["kinds"][kind] = per_kind
+    results["load_average_at_end"] = os.getloadavg()
+    return results
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\n{results['size']} chunks, {results['cpus']} CPUs, flags {' '.join(results['cpu_flags'])}; load average "
+          f"{results['load_average_at_start'][0]:.1f} at start, {results['load_average_at_end'][0]:.1f} at end")
+    for kind, per in results["kinds"].items():
+        old, new = per["old"], per["new"]
+        print(f"\n{kind}                          old (whole index)    new (segments)    old/new")
+        for n in ("1", "100", "10000"):
+            o, w = old["commits"][n], new["commits"][n]
+            print(f"commit {n:>5} docs        {o['commit_ms']:>12.1f} ms {w['commit_ms']:>12.1f} ms "
+                  f"{_ratio(o['commit_ms'], w['commit_ms']):>8}")
+            print(f"  bytes written         {o['bytes_written']:>15,} {w['bytes_written']:>15,} "
+                  f"{_ratio(o['bytes_written'], w['bytes_written']):>8}")
+            print(f"  first query after     {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
+                  f"{_ratio(o['first_query_ms'], w['first_query_ms']):>8}")
+        print(f"warm p50 (reader)       {old['reader_warm']['p50_ms']:>12.2f} ms "
+              f"{new['reader_warm']['p50_ms']:>12.2f} ms")
+        print(f"fsync floor (4 KB)      {old['fsync_floor_ms']:>12.2f} ms {new['fsync_floor_ms']:>12.2f} ms")
+        for phase in ("idle", "during_small_commits", "during_merge", "idle_same_run"):
+            o, w = old["search"].get(phase), new["search"].get(phase)
+            if w is None:
+                continue
+            left = f"{o['p50_ms']:.2f}/{o['p99_ms']:.2f} ms" if o else "-"
+            print(f"search p50/p99 {phase:<22} {left:>18} {w['p50_ms']:.2f}/{w['p99_ms']:.2f} ms (max {w['max_ms']})")
+        s_old, s_new = old["small_commits"], new["small_commits"]
+        print(f"1,000 one-doc commits: new {s_new['seconds']} s, {s_new['bytes_written']:,} bytes, write amplification "
+              f"{s_new['write_amplification']} ({s_new['merges']} merges); old (20 measured, x50) "
+              f"{s_old['seconds'] * 50:.0f} s, {s_old['extrapolated_1000']['bytes_written']:,} bytes, "
+              f"write amplification {s_old['write_amplification']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("build", "measure", "search", "load", "small"):
+        command, folder, kind = args[0], Path(args[1]), args[2]
+        if command == "build":
+            out = build(folder, kind, int(args[3]))
+        elif command == "measure":
+            out = measure(folder, kind, int(args[3]))
+        elif command == "search":
+            out = search(folder, kind, float(args[3]))
+        elif command == "load":
+            out = load(folder, kind, int(args[3]), args[4])
+        else:
+            out = small_commits(folder, kind, int(args[3]), int(args[4]))
+        print(json.dumps(out), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=200_000)
+    parser.add_argument("--kinds", nargs="+", default=["FLAT", "HNSW"], choices=["FLAT", "HNSW"])
+    parser.add_argument("--old-tree", type=Path, required=True, help="a checkout of the code to compare with")
+    parser.add_argument("--small-commits", type=int, default=1000)
+    parser.add_argument("--work", type=Path, help="a folder for the knowledge banks (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/incremental_commit.json"))
+    parsed = parser.parse_args(args)
+    with tempfile.TemporaryDirectory(dir=parsed.work) as tmp:
+        results = run(parsed.size, parsed.kinds, parsed.old_tree.resolve(), Path(tmp), parsed.small_commits)
+    report(results)
+    parsed.out.parent.mkdir(parents=True, exist_ok=True)
+    parsed.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {parsed.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""A FAISS store's generations in memory: each one built from the last by loading only its new segments.
+
+A reader keeps the ``SegmentSet`` of the generation it last answered from. When the committed generation moves
+from L to C, the next search reads which segments C holds and the tombstones of (L, C] (two indexed queries in
+its SQLite snapshot), loads the segment files it lacks (a commit's own segment: small by construction) and
+swaps one reference. Everything loaded before is reused as it is, so a commit costs a reader what it changed,
+not the knowledge bank's size.
+
+A merge output is the one big new file a generation can bring, and it changes no content: its inputs hold the
+same live rows. So a reader that still has the inputs answers with them (deletions of the new generation
+applied) while the output loads on a helper thread, and takes the output at the first search after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from stores.faiss.segments import Segment, SegmentSet
+
+log = logging.getLogger(__name__)
+
+# Segments below this many floats (4 MB: two huge pages) are not worth a huge-pages thread (stores.faiss.huge_pages).
+_HUGE_PAGES_FLOATS = 1_000_000
+
+
+def live_segments(conn: sqlite3.Connection, generation: int) -> list[tuple[int, str, int]]:
+    """(segment, kind, count) of every segment live at ``generation``, oldest first."""
+    return conn.execute("SELECT segment, kind, count FROM segments WHERE added <= ? AND (retired IS NULL OR "
+                        "retired > ?) ORDER BY segment", (generation, generation)).fetchall()
+
+
+def tombstones_between(conn: sqlite3.Connection, after: int, upto: int, lo: int | None = None,
+                       hi: int | None = None) -> np.ndarray:
+    """Rowids deleted in generations (after, upto], sorted; only those in [lo, hi] when given."""
+    if lo is None:
+        rows = conn.execute("SELECT rowid FROM tombstones WHERE gen > ? AND gen <= ? ORDER BY rowid", (after, upto))
+    else:
+        rows = conn.execute("SELECT rowid FROM tombstones WHERE rowid BETWEEN ? AND ? AND gen > ? AND gen <= ? "
+                            "ORDER BY rowid", (lo, hi, after, upto))
+    return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+
+class GenerationLoader:
+    """The committed generations a store's readers search, built incrementally (thread-safe)."""
+
+    def __init__(self, folder: Path, ef_search: int | None, on_load: Callable[[faiss.Index], None]) -> None:
+        self.folder = folder
+        self.ef_search = ef_search
+        self._on_load = on_load
+        self._lock = threading.Lock()  # one builder at a time; searches of a loaded generation never take it
+        self.current: SegmentSet | None = None
+        self._previous: SegmentSet | None = None
+        # merge outputs in memory before any generation uses them: built by this process's merger, or read by
+        # a helper thread while the inputs answered
+        self._ready: dict[int, faiss.Index] = {}
+        self._loading: dict[int, threading.Thread] = {}
+
+    def path(self, segment: int) -> Path:
+        return self.folder / f"{segment}.faiss"
+
+    def offer(self, segment: int, index: faiss.Index) -> None:
+        """A merge output this process built: readers take it from memory instead of reading its file."""
+        self._prepare(index)
+        with self._lock:
+            self._ready[segment] = index
+
+    def is_current(self, generation: int) -> bool:
+        current = self.current
+        return (current is not None and current.generation == generation
+                and not (current.waiting and any(s in self._ready for s in current.waiting)))
+
+    def get(self, conn: sqlite3.Connection, generation: int, dim: int | None) -> SegmentSet:
+        """The segments of ``generation``; ``conn`` must be in a read transaction that sees it."""
+        if self.is_current(generation):
+            return self.current  # type: ignore[return-value]
+        with self._lock:
+            current = self.current
+            if self.is_current(generation):
+                return current  # type: ignore[return-value]
+            built = self._build(conn, generation, dim, current)
+            if current is None or generation >= current.generation:
+                if current is not None and current.generation != generation:
+                    self._previous = current
+                self.current = built
+                self._forget_ready(built)
+            return built
+
+    def clear(self) -> None:
+        with self._lock:
+            self.current = self._previous = None
+            self._ready.clear()
+
+    def _pool(self) -> dict[int, Segment]:
+        pool: dict[int, Segment] = {}
+        for known in (self._previous, self.current):
+            if known is not None:
+                pool.update((s.number, s) for s in known.segments)
+        return pool
+
+    def _build(self, conn: sqlite3.Connection, generation: int, dim: int | None,
+               current: SegmentSet | None) -> SegmentSet:
+        if dim is None:
+            return SegmentSet(generation, None, [])
+        rows = live_segments(conn, generation)
+        base = current if current is not None and current.generation <= generation else None
+        kept = {s.number: s for s in base.segments} if base is not None else {}
+        fresh = tombstones_between(conn, base.generation, generation) if base is not None else None
+        pool = self._pool()
+        segments: list[Segment] = []
+        waiting: set[int] = set()
+        live = {number for number, _, _ in rows}
+        for number, kind, count in rows:
+            segment = kept.get(number)
+            if segment is not None:
+                segments.append(segment.with_tombstones(fresh) if fresh is not None and fresh.size else segment)
+                continue
+            stand_ins = self._stand_ins(conn, number, kept, live, base) if kind == "merge" else None
+            if stand_ins is not None and number not in self._ready:
+                self._load_later(number)
+                waiting.add(number)
+                segments.extend(s.with_tombstones(fresh) if fresh is not None and fresh.size else s
+                                for s in stand_ins)
+                continue
+            known = pool.get(number)
+            if known is not None:
+                segment = Segment(number, known.index, kind, None, known.layout)
+            else:
+                index = self._ready.get(number)
+                if index is None:
+                    index = faiss.read_index(str(self.path(number)))  # RuntimeError when gone: the caller retries
+                    self._prepare(index)
+                segment = Segment(number, index, kind)
+            deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi) if count else None
+            segments.append(segment.with_tombstones(deleted) if deleted is not None and deleted.size else segment)
+        return SegmentSet(generation, dim, segments, frozenset(waiting))
+
+    def _stand_ins(self, conn: sqlite3.Connection, number: int, kept: dict[int, Segment], live: set[int],
+                   base: SegmentSet | None) -> list[Segment] | None:
+        """The loaded inputs of merge output ``number`` when this reader has all of them, else None. Only from a
+        generation at or after the one the merge read: the merge commit drops the tombstones it applied, so a
+        reader older than that could not learn of them."""
+        source = conn.execute("SELECT source_gen FROM segments WHERE segment = ?", (number,)).fetchone()
+        if base is None or source is None or source[0] is None or base.generation < source[0]:
+            return None
+        inputs = [r[0] for r in conn.execute("SELECT segment FROM segments WHERE merged_into = ?", (number,))]
+        if not inputs or any(i not in kept or i in live for i in inputs):
+            return None
+        return [kept[i] for i in inputs]
+
+    def _prepare(self, index: faiss.Index) -> None:
+        if self.ef_search is not None:
+            faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
+        if index.ntotal * index.d >= _HUGE_PAGES_FLOATS:
+            self._on_load(index)
+
+    def _load_later(self, number: int) -> None:
+        if number in self._loading:
+            return
+
+        def load() -> None:
+            try:
+                index = faiss.read_index(str(self.path(number)))
+                self._prepare(index)
+                with self._lock:
+                    self._ready[number] = index
+            except Exception as exc:  # noqa: BLE001 - retired meanwhile, or unreadable: loaded inline if needed
+                log.info("segment %s of %s not preloaded: %s", number, self.folder, exc)
+            finally:
+                self._loading.pop(number, None)
+
+        thread = threading.Thread(target=load, name="kb-segment-load", daemon=True)
+        self._loading[number] = thread
+        thread.start()
+
+    def _forget_ready(self, built: SegmentSet) -> None:
+        """Preloaded outputs now held by the current generation leave the waiting room."""
+        for segment in built.segments:
+            self._ready.pop(segment.number, None)
+
+    def withdraw(self, segment: int) -> None:
+        """A merge output offered but not committed (the merge failed): not kept in memory."""
+        with self._lock:
+            self._ready.pop(segment, None)

@@ -1,0 +1,88 @@
+"""A FAISS store's segment files: written durably, the old single-index layout adopted, stale files removed.
+
+``segments/<n>.faiss`` is segment n, in FAISS's own format (``faiss.write_index``; never pickle). Numbers come
+from ``meta.next_segment`` and are never reused, so a number names one file's contents forever and a reader
+can keep a loaded segment across generations by its number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import faiss
+
+from stores.base import fault_point
+from stores.faiss.index_file import write_durably
+from stores.sqlite.background_io import fsync_path
+
+log = logging.getLogger(__name__)
+
+SEGMENTS = "segments"
+
+
+def next_segment(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'next_segment'").fetchone()
+    return int(row[0]) if row else 1
+
+
+def write_segment(index: faiss.Index, staging: Path, folder: Path, number: int, written_point: str) -> Path:
+    """Stage ``index``, fsync it, rename it to ``folder/<number>.faiss``, fsync the folder. A crash before the
+    commit that names it leaves an orphan file, which the next writer removes."""
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = staging / f"{number}.faiss"
+    write_durably(index, staged)
+    fault_point(written_point)
+    final = folder / f"{number}.faiss"
+    os.replace(staged, final)
+    fault_point("index_renamed")
+    fsync_path(folder)
+    return final
+
+
+def adopt_single_index(conn: sqlite3.Connection, store_dir: Path, generation: int, kind: str) -> None:
+    """A knowledge bank written before segments (one ``index-<C>.faiss``) gets that file as segment 1, without
+    rewriting it: a hard link under its new name, then the segment row in the caller's transaction (a crash in
+    between leaves the link, which the next open replaces). The old name is removed by the next writer."""
+    old = store_dir / f"index-{generation}.faiss"
+    if not old.exists():
+        log.error("FAISS store %s: generation %s has no index file %s; searches will find nothing until the next "
+                  "commit (run kb doctor)", store_dir, generation, old.name)
+        return
+    folder = store_dir / SEGMENTS
+    folder.mkdir(exist_ok=True)
+    linked = folder / "1.faiss.adopting"
+    linked.unlink(missing_ok=True)
+    os.link(old, linked)
+    os.replace(linked, folder / "1.faiss")
+    fsync_path(folder)
+    lo, hi, count = conn.execute("SELECT MIN(rowid), MAX(rowid), COUNT(*) FROM records").fetchone()
+    conn.execute("INSERT INTO segments(segment, added, retired, rowid_lo, rowid_hi, count, kind) "
+                 "VALUES (1, ?, NULL, ?, ?, ?, ?)", (generation, lo or 0, hi or 0, count, kind))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_segment', '2')")
+    log.info("FAISS store %s: index-%s.faiss adopted as segment 1 (no rewrite)", store_dir, generation)
+
+
+def remove_stale(conn: sqlite3.Connection, store_dir: Path, generation: int) -> None:
+    """Under the writer lock: remove files no reader can need. Segments retired before the committed generation
+    (kept one generation, for a reader that raced the commit), orphans of crashed commits (numbers not yet
+    committed), and the single-index files of the layout before segments. Their rows go with the next commit."""
+    folder = store_dir / SEGMENTS
+    for path in store_dir.glob("index-*.faiss"):
+        path.unlink(missing_ok=True)
+    if not folder.is_dir():
+        return
+    committed = next_segment(conn)
+    stale = {r[0] for r in conn.execute("SELECT segment FROM segments WHERE retired IS NOT NULL AND retired < ?",
+                                        (generation,))}
+    for path in folder.iterdir():
+        number = path.name.split(".", 1)[0]
+        if not number.isdigit():
+            path.unlink(missing_ok=True)
+            continue
+        if int(number) >= committed or int(number) in stale:
+            path.unlink(missing_ok=True)
+    if stale:
+        conn.executemany("DELETE FROM segments WHERE segment = ?", [(s,) for s in stale])
