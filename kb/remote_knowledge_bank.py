@@ -228,13 +228,16 @@ class RemoteCoreKnowledgeBank:
         return RemoteWriter(self)
 
     def sync_folder(self, folder: Any, extraction: str = "raw", screenshots: bool = False, progress: bool = False,
-                    upload_to: str | None = None, **options: Any) -> SyncReport:
+                    engine: Any = None, upload_to: str | None = None, **options: Any) -> SyncReport:
         """Make this knowledge bank hold exactly the documents of ``folder``, synced by the server.
 
         ``folder`` is one of the server's managed folders (a ``RemoteManagedFolder``, or its id or name), or a
         local directory, mirrored first into the managed folder ``upload_to`` (by default ``<knowledge bank
         name> sources``; only changed files travel): see ``kb.remote_sync``. Same options, progress bar, report
         and errors as the embedded ``sync_folder``; ``lock_timeout`` waits for another sync to end."""
+        if engine is not None:
+            raise errors.InvalidInputError("a remote sync runs on the server, on the engine its administrator "
+                                           "configured (KB_RAY_ADDRESS): engine= is for an embedded client")
         settings = SyncOptions.from_mapping({"extraction": extraction, "screenshots": screenshots, **options})
         if upload_to is not None:
             check_string(upload_to, "upload_to")

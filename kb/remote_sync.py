@@ -36,7 +36,7 @@ MARKER = "/.kb-sync-source.json"
 POLL_SECONDS = 0.25
 # what SyncJobIn takes: lock_timeout is the client's (it retries a busy start), the rest go to the server
 SERVER_OPTIONS = ("extraction", "screenshots", "ocr", "chunk_size", "chunk_overlap", "batch_files", "batch_chunks",
-                  "screenshot_scale", "max_file_bytes")
+                  "screenshot_scale", "max_file_bytes", "embed_context", "include")
 
 
 def _hidden(path: str) -> bool:
@@ -132,6 +132,7 @@ def run_sync_job(core: RemoteCoreKnowledgeBank, folder: RemoteManagedFolder, opt
     """Start a sync job of ``folder`` on the server, follow it, and return its report (or raise its error)."""
     transport = core.transport
     body = {"folder_id": folder.full_id, **{name: getattr(options, name) for name in SERVER_OPTIONS}}
+    body["include"] = list(options.include)
     deadline = time.monotonic() + options.lock_timeout
     while True:
         try:

@@ -33,6 +33,7 @@ OURS = ("kb", "kb_base", "writers", "stores")
 EMBEDDED_ONLY: dict[type, dict[str, str]] = {
     EmbeddedClient: {
         "home": "the embedded home directory",
+        "folders_root": "this process's KB_FOLDERS_ROOT (the server has its own)",
         "catalog": "the embedded home's catalog database (the server reads its own)",
         "embedding_cache": "the embedding cache of this process (the server has its own)",
         "register_embedding_model": "an in-process model object cannot travel; register it in the server's "

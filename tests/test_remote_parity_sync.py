@@ -247,3 +247,17 @@ def test_a_failed_job_raises_its_error_class(embedded: EmbeddedClient, remote: A
             core.sync_folder(docs)
         seen.append(type(caught.value))
     assert seen == [kb.EmbeddingError, kb.EmbeddingError]
+
+
+def test_include_and_embed_context_reach_the_server(embedded: EmbeddedClient, remote: Any, docs: Path) -> None:
+    """Every sync option the embedded sync takes travels to the server's job (two were dropped on the way)."""
+    results = []
+    for client in (embedded, remote):
+        core = new_core(client)
+        report = core.sync_folder(docs, include=["/frontend-*"], embed_context=True, chunk_size=800,
+                                  chunk_overlap=100)
+        results.append((counts(report), core.count()))
+    assert results[0] == results[1]
+    assert results[0][0]["added"] == ["/frontend-api.txt"], results[0]
+    with pytest.raises(kb.InvalidInputError, match="engine"):
+        new_core(remote).sync_folder(docs, engine=object())

@@ -47,6 +47,10 @@ class SyncJobIn(BaseModel):
     batch_chunks: int = Field(2000, ge=1)
     screenshot_scale: float = Field(1.0, ge=0.1, le=8)
     max_file_bytes: int = Field(256 * 2**20, ge=1)
+    embed_context: bool = Field(False, description="embed each chunk under its document title and section path")
+    include: list[str] = Field(default_factory=list, max_length=1000,
+                               description="glob patterns of the paths to sync ('/runtime-config-*.html'); "
+                                           "empty: every file")
 
 
 class SyncJob:

@@ -50,6 +50,7 @@ class DatabaseLedger:
 
     def __init__(self, url: str, kb_id: str, seed: Path | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
         self.kb_id, self.lease_seconds = kb_id, lease_seconds
+        self._last_committed: tuple[int, int | None] | None = None
         self.engine = engine_for(url)  # first: it creates the tables
         self.reads = read_engine_for(url)
         try:
@@ -81,13 +82,21 @@ class DatabaseLedger:
                      self.kb_id, seed, generation, len(records))
 
     def committed(self) -> tuple[int, int | None]:
+        """The committed generation and dimension. While the database cannot be reached, the last ones read
+        (readers keep answering from a whole generation): no writer can commit meanwhile, since a commit needs
+        the database, so they are stale only by the commits made between that read and the outage."""
         try:
             with self.reads.connect() as conn:
                 row = conn.execute(select(kb_commit.c.generation, kb_commit.c.dimension)
                                    .where(kb_commit.c.kb == self.kb_id)).one()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # OSError: a socket error the driver let through unwrapped
+            if self._last_committed is not None:
+                log.warning("knowledge bank %s: the commit-point database is unavailable (%s); answering from "
+                            "generation %d, the last read", self.kb_id, type(exc).__name__, self._last_committed[0])
+                return self._last_committed
             raise self._unavailable(exc) from exc
-        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+        self._last_committed = int(row[0]), (int(row[1]) if row[1] is not None else None)
+        return self._last_committed
 
     def ids(self) -> list[str]:
         with self.reads.connect() as conn:
