@@ -20,6 +20,14 @@ import kb  # noqa: E402
 from kb.client import EmbeddedClient  # noqa: E402
 from tests.support.shared_elasticsearch import SharedElasticsearch, SharedNode, reap  # noqa: E402
 
+# The files that take minutes (make test's --durations list), longest first. Under xdist a file is the unit of
+# work and files go out in collection order (pyproject: --no-loadscope-reorder), so these go out first and the short
+# files fill in around them; left to the end, one of them would keep a worker busy alone while the other sat idle.
+# Order only: a file missing here still runs, after them.
+LONG_FILES = ("test_crash_safety_stores.py", "test_kill_loop.py", "test_crash_safety.py", "test_cli_kb.py",
+              "test_store_elasticsearch.py", "test_failed_commit_release.py", "test_console.py",
+              "test_wheel_install.py", "test_soak.py", "test_end_to_end.py")
+
 FAKE_MODEL_NAME = "fake6"
 FAKE_MODEL_ID = f"custom:{FAKE_MODEL_NAME}"
 
@@ -69,3 +77,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's own; xdist reads it the same way
     if not hasattr(session.config, "workerinput") and factory is not None:
         reap(factory.getbasetemp())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long files first (stable: every file's tests stay together and in their order)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
