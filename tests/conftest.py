@@ -20,13 +20,13 @@ import kb  # noqa: E402
 from kb.client import EmbeddedClient  # noqa: E402
 from tests.support.shared_elasticsearch import SharedElasticsearch, SharedNode, reap  # noqa: E402
 
-# The files that take minutes (make test's --durations list), longest first. Under xdist a file is the unit of
+# The files that take minutes (per-file test time of a full xdist run), longest first. Under xdist a file is the unit of
 # work and files go out in collection order (pyproject: --no-loadscope-reorder), so these go out first and the short
 # files fill in around them; left to the end, one of them would keep a worker busy alone while the other sat idle.
 # Order only: a file missing here still runs, after them.
-LONG_FILES = ("test_crash_safety_stores.py", "test_kill_loop.py", "test_crash_safety.py", "test_cli_kb.py",
-              "test_store_elasticsearch.py", "test_failed_commit_release.py", "test_console.py",
-              "test_wheel_install.py", "test_soak.py", "test_end_to_end.py")
+LONG_FILES = ("test_crash_safety_stores.py", "test_kill_loop.py", "test_onnx_model.py", "test_failed_commit_release.py",
+              "test_store_elasticsearch.py", "test_cli_kb.py", "test_onnx_int8.py", "test_chroma_recovery.py",
+              "test_store_chroma.py", "test_exact_match.py", "test_layering.py", "test_crash_safety.py")
 
 FAKE_MODEL_NAME = "fake6"
 FAKE_MODEL_ID = f"custom:{FAKE_MODEL_NAME}"
