@@ -44,8 +44,12 @@ system-packages:
 	  (apt-get update -qq || true) >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "warning: Debian packages missing and we are not root; tests that need them will fail:" $$missing; fi
 
+# The suite runs on KB_TEST_WORKERS pytest-xdist worker processes (a file's tests on one worker: pyproject's
+# --dist loadfile); KB_TEST_WORKERS=0 runs it in this one process. How many, measured: docs/tests.md.
+KB_TEST_WORKERS ?= 2
+
 test: $(DEV_STAMP) system-packages
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n $(KB_TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check kb_base stores writers kb benchmarks api tests docs/hooks

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,13 +37,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
     server = ChromaServer(tmp_path_factory.mktemp("crash-chroma") / "data").start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def es_node() -> Iterator[ElasticsearchNode]:
-    node = ElasticsearchNode(name="crash").start()
-    yield node
-    node.cleanup()
 
 
 def state(folder: Path, kind: str, url: str | None, kb_id: str) -> int | None:
@@ -79,7 +73,7 @@ def _worker(folder: Path, kind: str, url: str | None, kb_id: str, first: int,
 
 def kill_loop(folder: Path, kind: str, url: str | None, cycles: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
-    kb_id = f"crash{next(_kb_ids)}"
+    kb_id = f"crash{next(_kb_ids)}-{uuid.uuid4().hex[:8]}"  # the Elasticsearch node is the run's shared one
     store = open_store(folder, kind, url, kb_id)
     write_version(store, 0)
     store.close()

@@ -32,8 +32,8 @@ from stores.base import StoreTransaction
 from tests.conftest import FAKE_MODEL_ID, FAKE_MODEL_NAME
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.chroma_server import ChromaServer
-from tests.support.elasticsearch_server import ElasticsearchNode
 from tests.support.server import ADMIN_KEY, KBServer
+from tests.support.shared_elasticsearch import SharedElasticsearch
 from tests.support.tmpfs import small_disk
 from tests.test_disk_full import fill
 
@@ -47,12 +47,15 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The store services, started the first time a test needs each, stopped at the end of the module."""
-    started: dict[str, Any] = {}
+def services(tmp_path_factory: pytest.TempPathFactory, shared_elasticsearch: SharedElasticsearch,
+             ) -> Iterator[dict[str, Any]]:
+    """The store services, started the first time a test needs each, stopped at the end of the module
+    (Elasticsearch is the run's shared node: tests/conftest.py)."""
+    started: dict[str, Any] = {"shared-elasticsearch": shared_elasticsearch}
     yield started
-    for service in started.values():
-        (service.cleanup if isinstance(service, ElasticsearchNode) else service.stop)()
+    for kind in ("chroma-server", "azure"):
+        if kind in started:
+            started[kind].stop()
 
 
 def _connection(kind: str, services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
@@ -63,8 +66,8 @@ def _connection(kind: str, services: dict[str, Any], tmp_path_factory: pytest.Te
         return "chroma", {"url": services[kind].url}
     if kind == "elasticsearch":
         if kind not in services:
-            services[kind] = ElasticsearchNode(name="release").start()
-        return "elasticsearch", {"url": services[kind].url, "index_prefix": "rel-"}
+            services[kind] = services["shared-elasticsearch"].node("rel-")
+        return "elasticsearch", {"url": services[kind].url, "index_prefix": services[kind].index_prefix}
     if kind == "azure":
         if kind not in services:
             services[kind] = AzureSearchEmulator(tmp_path_factory.mktemp("azure")).start()

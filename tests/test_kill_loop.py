@@ -3,7 +3,8 @@
 The short version of ``python -m tests.support.kill_loop`` (the long one, 50 kills a store, is run by hand: see
 docs/reliability.md): a few kills a store, each followed by a fresh process that finds whole batches only (the
 committed ones), a similarity and a hybrid search identical to an exact search over the committed records, and
-a next writer that opens and commits. One Chroma server and one Elasticsearch node serve the module.
+a next writer that opens and commits. One Chroma server serves the module; Elasticsearch is the run's shared
+node (``es_node``, tests/conftest.py).
 Azure AI Search is left out: its stand-in is an emulator holding records in its own process memory, so killing
 kb's writer tests nothing of the service's durability.
 """
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.chroma_server import ChromaServer
-from tests.support.elasticsearch_server import ElasticsearchNode
 from tests.support.kill_loop import MERGE_POINTS, kill_loop
 from tests.support.kill_worker import BATCH, batch_records, check, open_store, same_ranking
 
@@ -29,13 +29,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
     server = ChromaServer(tmp_path_factory.mktemp("kill-chroma") / "data").start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def es_node() -> Iterator[ElasticsearchNode]:
-    node = ElasticsearchNode(name="kill-loop").start()
-    yield node
-    node.cleanup()
 
 
 @pytest.mark.parametrize("kind", ["faiss", "chroma", "chroma-server", "elasticsearch"])

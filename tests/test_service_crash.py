@@ -36,7 +36,10 @@ def test_service_killed_during_ingestion_keeps_whole_commits(tmp_path: Path) -> 
                f"&chunk_size=0&commit_every={COMMIT}")
         thread = threading.Thread(target=_post_ignoring_errors, args=(url, _body(version)))
         thread.start()
-        time.sleep(rng.uniform(0.8, 2.0))
+        # kill after the first commit of this version has landed, at a random moment of the ones that follow: a
+        # fixed delay killed before any commit on a busy machine, and the test saw no cut ingestion ([0, 0, 0])
+        _wait_for_a_commit(home, kb_id, version)
+        time.sleep(rng.uniform(0.0, 0.5))
         assert server.process is not None
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(30)
@@ -62,6 +65,18 @@ def test_service_killed_during_ingestion_keeps_whole_commits(tmp_path: Path) -> 
         print(f"service kills during ingestion: {kills}; rows of the cut version committed: {partial}")
     finally:
         server.stop()
+
+
+def _wait_for_a_commit(home: Path, kb_id: str, version: int, timeout: float = 180.0) -> None:
+    client = kb.api_client(home=home)
+    try:
+        core = client.get_default_project().get_knowledge_bank(kb_id).as_core_knowledge_bank()
+        deadline = time.monotonic() + timeout
+        while core.count({"version": version}) == 0:
+            assert time.monotonic() < deadline, f"no commit of version {version} within {timeout:.0f} s"
+            time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def _post_ignoring_errors(url: str, body: bytes) -> None:

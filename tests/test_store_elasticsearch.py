@@ -20,28 +20,24 @@ from stores.base import StoreContext
 from stores.elasticsearch.store import ElasticsearchStore
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory, records, unit
 from tests.conftest import FAKE_MODEL_ID
-from tests.support.elasticsearch_server import ElasticsearchCluster, ElasticsearchNode
+from tests.support.elasticsearch_server import ElasticsearchCluster
+from tests.support.shared_elasticsearch import SharedNode
 
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def es_node() -> Iterator[ElasticsearchNode]:
-    node = ElasticsearchNode().start()
-    yield node
-    node.cleanup()
-
-
 class TestElasticsearchConformance(StoreConformanceSuite):
     @pytest.fixture
-    def store_factory(self, tmp_path: Path, es_node: ElasticsearchNode) -> StoreFactory:
+    def store_factory(self, tmp_path: Path, es_node: SharedNode) -> StoreFactory:
         kb_id = f"conf{next(_ids)}"
-        return lambda: ElasticsearchStore(StoreContext(kb_id, tmp_path, connection={"url": es_node.url}))
+        connection = {"url": es_node.url, "index_prefix": es_node.index_prefix}
+        return lambda: ElasticsearchStore(StoreContext(kb_id, tmp_path, connection=connection))
 
 
 @pytest.fixture
-def es_client(client: kb.EmbeddedClient, es_node: ElasticsearchNode) -> kb.EmbeddedClient:
-    client.create_connection("es", "elasticsearch", {"url": es_node.url, "index_prefix": "t-"}, replace=True)
+def es_client(client: kb.EmbeddedClient, es_node: SharedNode) -> kb.EmbeddedClient:
+    client.create_connection("es", "elasticsearch", {"url": es_node.url, "index_prefix": es_node.index_prefix},
+                             replace=True)
     return client
 
 
