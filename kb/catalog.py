@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kb.catalog_db import CatalogDatabase
 from kb.catalog_db.tables import connections, knowledge_banks, managed_folders, projects
-from kb_base.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from kb_base.errors import AlreadyExistsError, InUseError, InvalidInputError, NotFoundError
 from kb_base.input_checks import check_value
 
 PROJECT_KEY_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -48,6 +48,20 @@ def settings_json(settings: Any, owner: str) -> str:
     """Settings as JSON text, after the checks every stored value passes (no lone surrogates, NUL, NaN,
     integers beyond 64 bits, deep nesting), so what is read back is what was meant."""
     return json.dumps(check_value(settings, f"{owner}: settings"), allow_nan=False)
+
+
+def connection_uses(settings: dict[str, Any], name: str) -> list[str]:
+    """Where a knowledge bank's settings name connection ``name``: its store, its embedding model, its reranker."""
+    uses = []
+    if settings.get("connection") == name:
+        uses.append("store")
+    model = settings.get("embedding_llm_id")
+    if isinstance(model, str) and model.count(":") >= 2 and model.split(":", 2)[1] == name:
+        uses.append("embedding model")
+    reranker = (settings.get("search") or {}).get("reranker") or {}
+    if isinstance(reranker, dict) and reranker.get("connection") == name:
+        uses.append("reranker")
+    return uses
 
 
 def check_store_across_servers(settings: dict[str, Any]) -> None:
@@ -267,7 +281,17 @@ class Catalog:
         return found
 
     def delete_connection(self, name: str) -> None:
+        """Delete a connection no knowledge bank uses; InUseError names the ones that still do."""
         with self.database.transaction("deleting a connection") as conn:
+            # read in the deleting transaction, so a knowledge bank created meanwhile is seen or waits for us
+            rows = conn.execute(select(knowledge_banks.c.project_key, knowledge_banks.c.name,
+                                       knowledge_banks.c.settings)).all()
+            users = [f"{project}/{kb_name} ({how})" for project, kb_name, text in rows
+                     for how in connection_uses(json.loads(text), name)]
+            if users:
+                shown = ", ".join(sorted(users)[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+                raise InUseError(f"connection {name!r} is used by {shown}: change or delete those knowledge "
+                                 f"banks first")
             conn.execute(delete(connections).where(connections.c.name == name))
 
     def close(self) -> None:

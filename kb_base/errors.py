@@ -36,6 +36,13 @@ class AlreadyExistsError(KBError):
     code = "already_exists"
 
 
+class InUseError(KBError):
+    """Deleting something that others still use (a connection named by knowledge banks' settings)."""
+
+    http_status = 409
+    code = "in_use"
+
+
 class UnknownStoreTypeError(InvalidInputError):
     code = "unknown_store_type"
 

@@ -116,6 +116,35 @@ def test_connections_with_secrets_masked(embedded: EmbeddedClient, remote: Any, 
     remote.delete_connection(name)
 
 
+def test_a_connection_in_use_is_not_deleted(embedded: EmbeddedClient, remote: Any, server: KBServer) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    model_conn, rerank_conn = f"oa-{suffix}", f"rr-{suffix}"
+
+    def scenario(client: Any, key: str) -> list[Any]:
+        client.create_connection(model_conn, "openai-compatible",
+                                 {"base_url": "http://127.0.0.1:9/v1", "api_key": SECRET, "models": ["m"]},
+                                 replace=True)
+        client.create_connection(rerank_conn, "rerank", {"api_key": SECRET}, replace=True)
+        reranker = {"type": "http", "url": "http://127.0.0.1:9/rerank", "model": "x", "connection": rerank_conn}
+        knowledge_bank = client.get_project(key).create_knowledge_bank(
+            "uses-both", embedding_llm_id=f"openai:{model_conn}:m", settings={"search": {"reranker": reranker}})
+        steps = [outcome(lambda: client.delete_connection(model_conn)),
+                 outcome(lambda: client.delete_connection(rerank_conn)),
+                 sorted(c["name"] for c in client.list_connections() if c["name"].endswith(suffix))]
+        client.delete_knowledge_bank(key, knowledge_bank.id)
+        steps += [outcome(lambda: client.delete_connection(model_conn)),
+                  outcome(lambda: client.delete_connection(rerank_conn))]
+        return [(step[0], step[1].replace(key, "<project>")) if isinstance(step, tuple) and step[1] else step
+                for step in steps]
+
+    steps = both(embedded, remote, scenario)
+    assert steps[0] == ("InUseError", f"connection {model_conn!r} is used by <project>/uses-both (embedding "
+                                      f"model): change or delete those knowledge banks first")
+    assert steps[1][0] == "InUseError" and "<project>/uses-both (reranker)" in steps[1][1]
+    assert steps[2] == sorted([model_conn, rerank_conn])  # nothing deleted while in use
+    assert steps[3] == ("ok", None) and steps[4] == ("ok", None)
+
+
 def test_connections_are_for_global_admins_and_errors_are_json(remote: Any, server: KBServer) -> None:
     project_admin = server.keys().create("project admin", roles={"DEFAULT": "admin"})
     limited = kb.api_client(url=server.url, api_key=project_admin)
