@@ -27,37 +27,13 @@ import kb
 from kb.client import EmbeddedClient
 from kb_base.input_checks import MAX_DEPTH
 from tests.conftest import FAKE_MODEL_ID
-from tests.support.server import ADMIN_KEY, KBServer
 from tests.test_hostile_input import HOSTILE_TEXT, JSON
 from tests.test_input_hardening import HOSTILE_METADATA, SURROGATE, _deep
 
+# the server, remote and embedded module fixtures these tests compare the two clients with
+pytest_plugins = ["tests.support.remote_pair"]
+
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
-    process = KBServer(tmp_path_factory.mktemp("remote-hostile-home")).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def remote(server: KBServer) -> Iterator[Any]:
-    client = kb.api_client(url=server.url, api_key=ADMIN_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClient]:
-    from langchain_core.embeddings import DeterministicFakeEmbedding
-
-    from kb.custom_models import LangChainEmbeddingModel
-
-    client = kb.api_client(home=tmp_path_factory.mktemp("embedded-hostile-home"))
-    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
-    yield client
-    client.close()
 
 
 class Sent:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +23,13 @@ from kb.remote_transport import RemoteForbiddenError
 from tests.conftest import FAKE_MODEL_ID
 from tests.support.server import ADMIN_KEY, KBServer
 
+# the server, remote and embedded module fixtures these tests compare the two clients with
+pytest_plugins = ["tests.support.remote_pair"]
+
 SPEC = Path("/usr/share/doc/dpkg/spec")  # real text files (dpkg is on every Debian system), read in place
 SECRET = "sk-" + "s3cr3t" * 6
 ES_PASSWORD = "hunter2-" + "x" * 12
 _keys = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
-    # KB_LOG_LEVEL: the JSON request log is written, so the test can look for secrets in it
-    process = KBServer(tmp_path_factory.mktemp("parity-home"), env={"KB_LOG_LEVEL": "INFO"}).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def remote(server: KBServer) -> Iterator[Any]:
-    client = kb.api_client(url=server.url, api_key=ADMIN_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClient]:
-    from langchain_core.embeddings import DeterministicFakeEmbedding
-
-    from kb.custom_models import LangChainEmbeddingModel
-
-    client = kb.api_client(home=tmp_path_factory.mktemp("parity-embedded"))
-    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
-    yield client
-    client.close()
 
 
 def outcome(action: Callable[[], Any]) -> tuple[str, Any]:

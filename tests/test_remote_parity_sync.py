@@ -12,7 +12,6 @@ import itertools
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,36 +27,13 @@ from tests.support.openai_embeddings_server import free_port
 from tests.support.server import ADMIN_KEY, KBServer
 from writers.sync import SyncReport, acquire_sync_lock
 
+# the server, remote and embedded module fixtures these tests compare the two clients with
+pytest_plugins = ["tests.support.remote_pair"]
+
 SPEC = Path("/usr/share/doc/dpkg/spec")
 COMPARED = ("added", "updated", "unchanged", "removed", "failed", "files_total", "files_to_process",
             "files_processed", "chunks_written", "chunks_removed")
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
-    process = KBServer(tmp_path_factory.mktemp("sync-parity-home")).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def remote(server: KBServer) -> Iterator[Any]:
-    client = kb.api_client(url=server.url, api_key=ADMIN_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClient]:
-    from langchain_core.embeddings import DeterministicFakeEmbedding
-
-    from kb.custom_models import LangChainEmbeddingModel
-
-    client = kb.api_client(home=tmp_path_factory.mktemp("sync-parity-embedded"))
-    client.register_embedding_model(LangChainEmbeddingModel("fake6", DeterministicFakeEmbedding(size=6)))
-    yield client
-    client.close()
 
 
 @pytest.fixture
