@@ -16,7 +16,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import httpx  # noqa: E402
+
 import kb  # noqa: E402
+
+# httpx's one-shot calls (httpx.get, httpx.post, ...) time out after 5 s by default: on a loaded 2-core machine a
+# real server's first answer can take longer, and the suite's flakes were such timeouts. Tests that mean to test a
+# timeout pass their own; the remote client sets its own on its httpx.Client and is not affected by this.
+TEST_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+for _call in (httpx.get, httpx.post, httpx.put, httpx.patch, httpx.delete, httpx.head, httpx.options,
+              httpx.request, httpx.stream):
+    getattr(_call, "__wrapped__", _call).__kwdefaults__["timeout"] = TEST_HTTP_TIMEOUT  # stream: a contextmanager
 from kb.client import EmbeddedClient  # noqa: E402
 from tests.support.shared_elasticsearch import SharedElasticsearch, SharedNode, reap  # noqa: E402
 
