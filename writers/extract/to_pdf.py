@@ -170,8 +170,10 @@ def print_html_to_pdf(chromium: str, page: Path, timeout: float) -> bytes | str:
         command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={workdir}/profile",
                    "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
                    "--disable-background-networking", "--disable-component-update", "--mute-audio",
-                   # nothing leaves the machine: no name resolves, and any other request meets a dead proxy
+                   # nothing leaves the page: no name resolves, and any other request (even to this machine)
+                   # meets a proxy that is not there
                    "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=socks5://127.0.0.1:9",
+                   "--proxy-bypass-list=<-loopback>",  # loopback too: Chromium would bypass the proxy for it
                    "--no-pdf-header-footer", f"--print-to-pdf={output}", page.resolve().as_uri()]
         with log.open("wb") as out:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
