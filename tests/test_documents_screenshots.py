@@ -226,6 +226,32 @@ def test_without_the_tools_the_text_is_indexed_with_a_note(monkeypatch: pytest.M
         client.close()
 
 
+def test_a_tool_that_fails_leaves_a_note_and_the_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """LibreOffice or Chromium there but failing (here: programs that exit 1 at once): the reason per file."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    paged_docx(docs / "manual.docx")
+    (docs / "page.html").write_text("<html><body><h1>Kettle</h1><p>Descale it once a month.</p></body></html>")
+    monkeypatch.setenv("KB_SOFFICE", "false")
+    monkeypatch.setenv("KB_CHROMIUM", "false")
+    client = new_client(tmp_path / "home")
+    try:
+        core = client.get_default_project().create_knowledge_bank("failing", embedding_llm_id=FAKE_MODEL_ID) \
+            .as_core_knowledge_bank()
+        report = sync_folder(core, docs, OPTIONS)
+        assert sorted(report.added) == ["/manual.docx", "/page.html"] and not report.failed
+        notes = {w["path"]: w["message"] for w in report.warnings}
+        assert notes["/manual.docx"].startswith("screenshots skipped: LibreOffice could not convert it")
+        assert notes["/page.html"].startswith("screenshots skipped: Chromium could not print the page (exit "
+                                              "status 1)")
+        assert all(n.endswith("the text is indexed") for n in notes.values())
+        assert report.screenshots_written == 0 and any("Descale" in r.text for r in records_of(core, "/page.html"))
+        # the tool is there: a failure is the file's, not retried on every sync
+        assert len(sync_folder(core, docs, OPTIONS).unchanged) == 2
+    finally:
+        client.close()
+
+
 def _soffice_processes(marker: str) -> list[int]:
     """Processes whose command line holds ``marker`` (the converter's private directory)."""
     found = []
