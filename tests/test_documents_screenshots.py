@@ -28,9 +28,11 @@ from kb.core import CoreKnowledgeBank
 from kb_base.search import image_paths_of
 from stores.base import Record
 from tests.conftest import FAKE_MODEL_ID, FAKE_MODEL_NAME
-from tests.support.document_files import deck_pptx, manual_pdf
+from tests.support.document_files import deck_pptx, guide_docx, manual_pdf
 from writers.document_chunks import PAGE_END_KEY, PAGE_START_KEY, SOURCE_KEY, document_id
+from writers.extract import extract_document
 from writers.extract.to_pdf import OfficeConverter, find_chromium, find_soffice, print_html_to_pdf
+from writers.screenshots import PageRenderer
 from writers.sync import SyncOptions, SyncReport, sync_folder
 
 REAL_PAGE = Path("/usr/share/doc/python3.11/html/library/bisect.html")  # Debian's python3.11-doc
@@ -250,6 +252,29 @@ def test_a_tool_that_fails_leaves_a_note_and_the_text(monkeypatch: pytest.Monkey
         assert len(sync_folder(core, docs, OPTIONS).unchanged) == 2
     finally:
         client.close()
+
+
+def test_a_sync_s_office_files_share_one_libreoffice_process(tmp_path: Path) -> None:
+    """The first Office file's turn converts the next ones too; their turns take the PDFs already made (and a
+    file changed since it was read ahead is converted again)."""
+    files = {"/a.docx": paged_docx(tmp_path / "a.docx").read_bytes(), "/b.pptx": deck_pptx(tmp_path / "b.pptx")
+             .read_bytes(), "/notes.md": b"# Notes", "/c.docx": paged_docx(tmp_path / "c.docx").read_bytes()}
+    renderer = PageRenderer(1.0, 60, files.get, lambda path: None)
+    try:
+        renderer.plan(list(files))
+        pages = {}
+        for path in ("/a.docx", "/b.pptx", "/c.docx"):
+            data = files[path] if path != "/c.docx" else guide_docx(tmp_path / "c2.docx").read_bytes()
+            shots = renderer.render(path, data, extract_document(path, data))
+            pages[path] = [png_size(png) for _, png in shots.pages]
+            assert shots.note is None
+        assert renderer._office is not None
+        runs = renderer._office._runs
+    finally:
+        renderer.close()
+    assert [len(p) for p in pages.values()] == [3, 4, 1]  # /c.docx as it is now: one page
+    # /a.docx, /b.pptx (and /c.docx as read ahead) in one process; /c.docx, rewritten since, in a second
+    assert runs == 2
 
 
 def _soffice_processes(marker: str) -> list[int]:

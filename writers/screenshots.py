@@ -4,7 +4,8 @@ PDFs and images render themselves (``ExtractedDocument.render_pages``). DOCX and
 by headless LibreOffice, HTML pages by headless Chromium (``writers.extract.to_pdf``), and that PDF's pages
 are rendered as a PDF's are. A sync's Office files go to LibreOffice a few at a time: when the sync reaches
 one that is not converted yet, it and the next ``OFFICE_BATCH - 1`` Office files of the sync are converted by
-one process (its start costs seconds; each further file a fraction of that).
+one process (its start costs seconds; each further file a fraction of that: ``benchmarks/page_screenshots.py``
+measured 4.8x less time per file for batches of eight), fewer when they hold more than ``OFFICE_BATCH_BYTES``.
 
 Which page a chunk is on: a slide is a page, so a PPTX chunk keeps its slide number. A DOCX or HTML file
 has no pages of its own; its chunks are placed on the pages of the printed PDF by ``PageLocator``, which
@@ -39,6 +40,7 @@ from writers.extract.to_pdf import (
 
 OFFICE_KINDS = {"docx": ".docx", "pptx": ".pptx"}
 OFFICE_BATCH = 8
+OFFICE_BATCH_BYTES = 64 * 2**20  # files read ahead stay in memory until their turn: large decks go fewer at a time
 AWAITS_SCREENSHOTS = "+awaits-screenshots"  # appended to a file's settings digest when the tool was missing
 LEAD_WORDS = (8, 4, 2)  # how many of a chunk's first words are looked for, longest first
 _WORD = re.compile(r"\w+")
@@ -166,15 +168,17 @@ class PageRenderer:
         if ahead is not None and ahead[0] == sha:  # converted with an earlier file's batch, same content
             return ahead[1]
         batch = [(path, OFFICE_KINDS[kind], data)]
+        size = len(data)
         index = self._position.get(path)
         for other in self._planned[index + 1:] if index is not None else []:
-            if len(batch) >= OFFICE_BATCH:
+            if len(batch) >= OFFICE_BATCH or size >= OFFICE_BATCH_BYTES:
                 break
             if other in self._converted:
                 continue
             content = self._read(other)
             if content is not None:
                 batch.append((other, PurePosixPath(other).suffix.lower(), content))
+                size += len(content)
         if self._office is None:
             assert self._soffice is not None  # checked by render
             self._office = OfficeConverter(self._soffice, self.timeout)
