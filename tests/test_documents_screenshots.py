@@ -25,6 +25,7 @@ from PIL import Image
 import kb
 from api.cli_sync import _print_report
 from kb.core import CoreKnowledgeBank
+from kb_base.errors import InvalidInputError
 from kb_base.search import image_paths_of
 from stores.base import Record
 from tests.conftest import FAKE_MODEL_ID, FAKE_MODEL_NAME
@@ -360,3 +361,9 @@ def test_a_printed_page_reaches_no_server(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("value", [0, -1, 3601, True, "60"])
+def test_a_bad_screenshot_timeout_is_refused(value: object) -> None:
+    with pytest.raises(InvalidInputError, match="screenshot_timeout must be a number of seconds"):
+        SyncOptions.from_mapping({"screenshots": True, "screenshot_timeout": value})
