@@ -1,7 +1,8 @@
 """``kb sync``: keep a knowledge bank equal to a folder of documents (``writers.sync``).
 
     kb sync SOURCE --kb ID_OR_NAME [--project KEY] [--home DIR | --url URL --api-key KEY [--folder NAME]]
-            [--extraction raw|structured] [--screenshots] [--no-ocr] [--chunk-size 1000] [--chunk-overlap 200]
+            [--extraction raw|structured] [--screenshots [--screenshot-timeout 60]] [--no-ocr]
+            [--chunk-size 1000] [--chunk-overlap 200]
             [--batch-files 32] [--wait SECONDS] [--ray auto|local|HOST:PORT|ray://HOST:10001]
             [--report report.json] [--quiet]
 
@@ -54,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "into, created if missing (default: '<kb name> sources')")
     parser.add_argument("--extraction", choices=["raw", "structured"], default="raw",
                         help="raw: text per page/slide/document; structured: split at headings (default: raw)")
-    parser.add_argument("--screenshots", action="store_true", help="render PDF pages to PNG in the images folder")
+    parser.add_argument("--screenshots", action="store_true",
+                        help="page screenshots (PNG) in the images folder: PDF pages and images; DOCX and PPTX "
+                             "through headless LibreOffice ($KB_SOFFICE), HTML through headless Chromium "
+                             "($KB_CHROMIUM); without the tool a file gets a warning and its text is indexed")
+    parser.add_argument("--screenshot-timeout", type=float, default=60.0,
+                        help="seconds LibreOffice or Chromium may take to print one file (default: 60)")
     parser.add_argument("--no-ocr", action="store_true", help="never run tesseract on image-only pages or images")
     parser.add_argument("--chunk-size", type=int, default=1000, help="characters; 0 keeps sections whole")
     parser.add_argument("--chunk-overlap", type=int, default=200)
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     client = None
     try:
         options = SyncOptions(extraction=args.extraction, screenshots=args.screenshots, ocr=not args.no_ocr,
+                              screenshot_timeout=args.screenshot_timeout,
                               chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
                               batch_files=args.batch_files, lock_timeout=args.wait)
         options.validate()

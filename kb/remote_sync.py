@@ -36,7 +36,7 @@ MARKER = "/.kb-sync-source.json"
 POLL_SECONDS = 0.25
 # what SyncJobIn takes: lock_timeout is the client's (it retries a busy start), the rest go to the server
 SERVER_OPTIONS = ("extraction", "screenshots", "ocr", "chunk_size", "chunk_overlap", "batch_files", "batch_chunks",
-                  "screenshot_scale", "max_file_bytes", "embed_context", "include")
+                  "screenshot_scale", "screenshot_timeout", "max_file_bytes", "embed_context", "include")
 
 
 def _hidden(path: str) -> bool:

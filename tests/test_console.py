@@ -255,9 +255,22 @@ def _kb_id(driver) -> str:  # noqa: ANN001
     return driver.execute_script("return decodeURIComponent(location.hash.split('/')[4])")
 
 
-def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noqa: ANN001
+def _pdf_with_a_blank_page(path: Path) -> bytes:
+    """A page of text and a page with nothing on it: indexed, with a warning that page 2 is left out."""
+    from reportlab.pdfgen import canvas
+
+    pdf = canvas.Canvas(str(path))
+    pdf.drawString(72, 720, "Descale the kettle once a month with white vinegar.")
+    pdf.showPage()
+    pdf.showPage()
+    pdf.save()
+    return path.read_bytes()
+
+
+def test_folder_sync_from_the_console(server: KBServer, browser, tmp_path: Path) -> None:  # noqa: ANN001
     """Documents uploaded into a folder are synced into a knowledge bank from the folder's page: the job's
-    progress, then its report; a second sync finds everything unchanged."""
+    progress, then its report (failed, empty and warned files listed apart); a second sync finds everything
+    unchanged."""
     driver = browser
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     base = f"{server.url}/v1/projects/DEFAULT"
@@ -268,6 +281,7 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
                       b"<footer>Copyright</footer></body></html>",
         "broken.pdf": b"%PDF-1.7 this is not really a PDF",
         "moved.html": b'<html><head><meta http-equiv="refresh" content="0; url=guide.md"></head></html>',
+        "kettle.pdf": _pdf_with_a_blank_page(tmp_path / "kettle.pdf"),
     }
     for path, content in pages.items():
         assert httpx.put(f"{base}/folders/{folder['id']}/files/{path}", content=content,
@@ -283,10 +297,12 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
     _css(driver, "#sync button[type=submit]").click()
     report = _wait(driver, "#sync-report", seconds=WAIT * 2)
     rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
-    assert rows["added"] == "2" and rows["failed"] == "1" and rows["removed"] == "0", report.text
+    assert rows["added"] == "3" and rows["failed"] == "1" and rows["removed"] == "0", report.text
     assert rows["empty"] == "1", report.text  # nothing to index is not a failure, and is listed apart
     assert "broken.pdf" in _css(driver, "#sync-failed").text
     assert "moved.html" in _css(driver, "#sync-empty").text and "redirect" in _css(driver, "#sync-empty").text
+    warned = _css(driver, "#sync-warnings").text  # indexed, with what the reader should know
+    assert "kettle.pdf" in warned and "pages 2 have no text layer" in warned, warned
     hits = httpx.post(f"{base}/knowledge-banks/{kb_id}/search", headers=auth,
                       json={"query": "how do I reset the device", "k": 1, "search_type": "keyword"}).json()
     assert "power button" in hits["results"][0]["text"]
@@ -294,7 +310,7 @@ def test_folder_sync_from_the_console(server: KBServer, browser) -> None:  # noq
     _css(driver, "#sync button[type=submit]").click()  # nothing changed: nothing extracted again
     report = _wait(driver, "#sync-report", seconds=WAIT)
     rows = dict(line.split(" ", 1) for line in report.text.splitlines() if " " in line)
-    assert rows["unchanged"] == "3" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
+    assert rows["unchanged"] == "4" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
 
 
 def test_reader_sees_403_messages(server: KBServer, browser) -> None:  # noqa: ANN001

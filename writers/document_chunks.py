@@ -7,7 +7,8 @@ Every chunk's metadata holds, besides the metadata formatter's document info
 
 - ``KB_SOURCE``: the file's path in its folder; ``KB_SOURCE_FOLDER``: the folder id
 - ``KB_SECTION_PATH``: the heading path, a JSON list of strings (``[]`` when none)
-- ``KB_PAGE_START`` / ``KB_PAGE_END``: the page range again as integers, for filters (paged formats only)
+- ``KB_PAGE_START`` / ``KB_PAGE_END``: the page range again as integers, for filters (paged formats only,
+  and DOCX and HTML files synced with screenshots: the pages of their printed PDF, see ``writers.screenshots``)
 - ``KB_DOCUMENT_KIND``: pdf, docx, pptx, html, markdown, text or image
 - ``KB_FILE_SHA256``: the content hash of the whole file
 - ``KB_DOCUMENT_TITLE``: the document's own title (an HTML page's <title>), when it has one
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 from kb_base.folders import ManagedFolderDocumentRef
 from stores.base import Record
@@ -59,10 +61,12 @@ def embedding_text(text: str, metadata: dict) -> str:
 
 def chunk_records(document: ExtractedDocument, ref: ManagedFolderDocumentRef, file_sha256: str, chunk_size: int,
                   chunk_overlap: int, screenshots: dict[int, str] | None = None,
-                  embed_context: bool = False) -> list[Record]:
+                  embed_context: bool = False,
+                  locate: Callable[[str], tuple[int, int] | None] | None = None) -> list[Record]:
     """The records (without vectors) of one document; ``screenshots`` maps page number to image path.
     ``embed_context``: the vectors will be of ``embedding_text`` (part of each chunk's content hash, so that
-    turning it on or off re-embeds)."""
+    turning it on or off re-embeds). ``locate`` gives a chunk's pages when its section has none (a DOCX or
+    HTML file printed to PDF for screenshots: ``writers.screenshots.PageLocator``)."""
     splitter = make_splitter(chunk_size, chunk_overlap)
     base = MetadataFormatter().with_original_document_ref(ref)
     pieces: list[tuple[str, dict]] = []
@@ -76,6 +80,8 @@ def chunk_records(document: ExtractedDocument, ref: ManagedFolderDocumentRef, fi
                 meta[TITLE_KEY] = document.title
             formatter = base
             pages = section.page_range(start, start + len(text))
+            if pages is None and locate is not None:
+                pages = locate(text)
             if pages is not None:
                 meta[PAGE_START_KEY], meta[PAGE_END_KEY] = pages
                 formatter = formatter.with_original_document_page_range(*pages)

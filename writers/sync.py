@@ -46,6 +46,7 @@ from writers.chunking import CHUNKS_KEY, HASH_KEY
 from writers.document_chunks import chunk_records, document_id, embedding_text
 from writers.extract import extract_document
 from writers.extract.ocr import ocr_available
+from writers.screenshots import AWAITS_SCREENSHOTS, PageRenderer
 from writers.sync_records import FileRecord, SyncRecords
 from writers.sync_report import SyncOptions, SyncReport
 from writers.target import KnowledgeBankTarget
@@ -99,6 +100,24 @@ class _Sync:
         self.config = options.digest()
         self.report = SyncReport(folder_id=folder.id)
         self.progress = progress
+        self.renderer = self._page_renderer()
+
+    def _page_renderer(self) -> PageRenderer | None:
+        """Screenshots of DOCX, PPTX and HTML files go through LibreOffice and Chromium (``writers.screenshots``)."""
+        if not self.options.screenshots:
+            return None
+        return PageRenderer(self.options.screenshot_scale, self.options.screenshot_timeout, self._read_ahead,
+                            self.folder._resolve)
+
+    def _read_ahead(self, path: str) -> bytes | None:
+        """A file's content for a batch converted ahead of its turn; None when its turn would fail (too large,
+        unreadable): it is reported then."""
+        try:
+            if self.folder._resolve(path).stat().st_size > self.options.max_file_bytes:
+                return None
+            return self.folder.read(path)
+        except Exception:  # noqa: BLE001  (its own turn reports the reason)
+            return None
 
     def _existing_images_folder(self) -> ManagedFolder | None:
         try:
@@ -128,16 +147,24 @@ class _Sync:
             self._process(work, known, removed)
             self._sweep_screenshots()
         finally:
+            if self.renderer is not None:
+                self.renderer.close()
             self.records.close()
             report.seconds = time.perf_counter() - started
         return report
 
     def _up_to_date(self, old: FileRecord) -> bool:
         """Synced with these settings; a file that had pages left out for want of OCR is done again once an
-        OCR engine is installed."""
+        OCR engine is installed, one synced without screenshots for want of LibreOffice or Chromium once that is."""
         if old.config == self.config:
             return True
-        return old.config == self.config + AWAITS_OCR and not (self.options.ocr and ocr_available())
+        awaits = old.config[len(self.config):] if old.config.startswith(self.config) else ""
+        if awaits not in (AWAITS_OCR, AWAITS_SCREENSHOTS, AWAITS_OCR + AWAITS_SCREENSHOTS):
+            return False
+        if AWAITS_OCR in awaits and self.options.ocr and ocr_available():
+            return False
+        return not (AWAITS_SCREENSHOTS in awaits and self.renderer is not None
+                    and self.renderer.tool_available(old.kind))
 
     def _notify(self) -> None:
         if self.on_progress is not None:
@@ -150,6 +177,8 @@ class _Sync:
         batch_chunks = 0
         bar = tqdm(total=len(work), desc=f"sync {self.folder.name}", unit=" files", disable=not self.progress,
                    dynamic_ncols=True)
+        if self.renderer is not None:
+            self.renderer.plan([path for path, _ in work])
         try:
             for path, new in work:
                 done = self._extract(path, new)
@@ -195,15 +224,19 @@ class _Sync:
             document = extract_document(path, data, options.extraction, options.ocr)
             ref = ManagedFolderDocumentRef(path, self.folder.id)
             screenshots: dict[int, str] = {}
-            if options.screenshots and document.render_pages is not None and self.images is not None:
+            shots = None
+            if self.renderer is not None and self.images is not None:
+                shots = self.renderer.render(path, data, document)
                 base = f"{self.prefix}/{document_id(self.folder.id, path)[4:]}/{sha[:16]}"
-                for page, png in document.render_pages(options.screenshot_scale):
+                for page, png in shots.pages:
                     name = f"{base}/page-{page:04d}.png"
                     self.images.upload_data(name, png)
                     screenshots[page] = name
                     self.report.screenshots_written += 1
+                if shots.note:
+                    document.warnings.append(shots.note)
             chunks = chunk_records(document, ref, sha, options.chunk_size, options.chunk_overlap, screenshots,
-                                   options.embed_context)
+                                   options.embed_context, shots.locate if shots is not None else None)
         except EmptyDocumentError as exc:
             return self._empty(path, new, sha, str(exc), exc.awaits_ocr)
         except InvalidInputError as exc:  # ExtractionError, PathError: their message is the reason
@@ -215,7 +248,8 @@ class _Sync:
         for message in document.warnings:
             self.report.warnings.append({"path": path, "message": message})
         self.report.pages += document.page_count or 0
-        config = self.config + AWAITS_OCR if document.awaits_ocr else self.config
+        config = self.config + (AWAITS_OCR if document.awaits_ocr else "") + \
+            (AWAITS_SCREENSHOTS if shots is not None and shots.tool_missing else "")
         record = FileRecord(self.folder.id, path, sha, config, document.kind, document.page_count,
                             [c.id for c in chunks], list(screenshots.values()))
         return _Done(path, record, chunks, new)

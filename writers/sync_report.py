@@ -14,11 +14,12 @@ from writers.extract import EXTRACTION_MODES
 @dataclass
 class SyncOptions:
     extraction: str = "raw"  # raw or structured
-    screenshots: bool = False  # render each page of PDFs (and images) to PNG in the images folder
+    screenshots: bool = False  # each page of PDFs, images, DOCX, PPTX and HTML as PNG in the images folder
     chunk_size: int = 1000
     chunk_overlap: int = 200
     ocr: bool = True  # read image-only pages and images with tesseract when it is installed
     screenshot_scale: float = 1.0  # 1.0 = 72 dpi
+    screenshot_timeout: float = 60.0  # seconds LibreOffice or Chromium may take to print one file to PDF
     batch_files: int = 32  # files per atomic commit ...
     batch_chunks: int = 2000  # ... or fewer when their chunks reach this many
     lock_timeout: float = 0.0  # seconds to wait for another sync of the same knowledge bank
@@ -56,6 +57,10 @@ class SyncOptions:
                 raise InvalidInputError(f"sync option {name} must be true or false")
         if not isinstance(self.screenshot_scale, int | float) or not 0.1 <= self.screenshot_scale <= 8:
             raise InvalidInputError(f"screenshot_scale must be between 0.1 and 8, got {self.screenshot_scale!r}")
+        if isinstance(self.screenshot_timeout, bool) or not isinstance(self.screenshot_timeout, int | float) \
+                or not 0 < self.screenshot_timeout <= 3600:
+            raise InvalidInputError(f"screenshot_timeout must be a number of seconds in (0, 3600], got "
+                                    f"{self.screenshot_timeout!r}")
         if not isinstance(self.lock_timeout, int | float) or self.lock_timeout < 0:
             raise InvalidInputError(f"lock_timeout must be a number ≥ 0, got {self.lock_timeout!r}")
 

@@ -209,7 +209,9 @@ function followSync(url, message, status) {
       status.append(h("h2", {}, "Sync report"), table(["", ""], [...counts, ...figures], "", { id: "sync-report" }),
         r.failed.length ? table(["Failed file", "Reason"], r.failed.map((f) => [f.path, f.reason]), "", { id: "sync-failed" }) : "",
         // empty files are not failures: readable, with nothing to index (a redirect page, an image-only PDF with OCR off)
-        r.empty.length ? table(["Empty file (nothing to index)", "Reason"], r.empty.map((f) => [f.path, f.reason]), "", { id: "sync-empty" }) : "");
+        r.empty.length ? table(["Empty file (nothing to index)", "Reason"], r.empty.map((f) => [f.path, f.reason]), "", { id: "sync-empty" }) : "",
+        // indexed, with something to know: pages left out for want of OCR, screenshots skipped for want of LibreOffice
+        r.warnings.length ? table(["File with a warning", "Warning"], r.warnings.map((w) => [w.path, w.message]), "", { id: "sync-warnings" }) : "");
     } else if (job.state === "failed") {
       message.show("Sync failed: " + job.error.message + " (" + job.error.code + ")");
     } else {

@@ -46,6 +46,8 @@ class SyncJobIn(BaseModel):
     batch_files: int = Field(32, ge=1, le=10_000)
     batch_chunks: int = Field(2000, ge=1)
     screenshot_scale: float = Field(1.0, ge=0.1, le=8)
+    screenshot_timeout: float = Field(60.0, gt=0, le=3600, description="seconds LibreOffice or Chromium may take to "
+                                      "print one DOCX, PPTX or HTML file to PDF for its screenshots")
     max_file_bytes: int = Field(256 * 2**20, ge=1)
     embed_context: bool = Field(False, description="embed each chunk under its document title and section path")
     include: list[str] = Field(default_factory=list, max_length=1000,
@@ -76,6 +78,7 @@ class SyncJob:
                         "ocr": self.options.ocr, "chunk_size": self.options.chunk_size,
                         "chunk_overlap": self.options.chunk_overlap, "batch_files": self.options.batch_files,
                         "batch_chunks": self.options.batch_chunks, "screenshot_scale": self.options.screenshot_scale,
+                        "screenshot_timeout": self.options.screenshot_timeout,
                         "max_file_bytes": self.options.max_file_bytes},
             "progress": {"files_total": report.files_total, "files_to_process": report.files_to_process,
                          "files_processed": report.files_processed, "commits": report.commits,

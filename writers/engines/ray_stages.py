@@ -114,6 +114,7 @@ class WorkerExtraction(_Sync):
         self.config = options.digest()
         self.report = SyncReport(folder_id=folder.id)
         self.images = None
+        self.renderer = self._page_renderer()  # LibreOffice and Chromium run on the worker, as the file is read
 
     def file(self, path: str, new: bool) -> dict[str, Any]:
         self.report = SyncReport(folder_id=self.folder.id)
@@ -136,7 +137,13 @@ def extract_files(batch: pa.Table, kb_id: str, folder: FolderSpec, options: dict
     """Ray Data task: extract and chunk each planned file of ``batch`` (a failure is a row with its reason)."""
     extraction = WorkerExtraction(kb_id, folder.open(), SyncOptions(**options))
     planned = batch.to_pylist()
-    rows = [{**row, **extraction.file(row["path"], row["new"])} for row in planned]
+    try:
+        if extraction.renderer is not None:  # this task's Office files go to LibreOffice together
+            extraction.renderer.plan([row["path"] for row in planned])
+        rows = [{**row, **extraction.file(row["path"], row["new"])} for row in planned]
+    finally:
+        if extraction.renderer is not None:
+            extraction.renderer.close()
     return pa.Table.from_pylist(rows, schema=EXTRACTED)
 
 

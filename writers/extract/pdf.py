@@ -75,6 +75,25 @@ def render_pdf_pages(data: bytes, scale: float) -> Iterator[tuple[int, bytes]]:
             pdf.close()
 
 
+def pdf_page_texts(data: bytes) -> list[str]:
+    """The text of each page, in order (what a page locator searches to place chunks of a converted file)."""
+    texts = []
+    with PDFIUM_LOCK:
+        pdf = open_pdf(data)
+        try:
+            for index in range(len(pdf)):
+                page = pdf[index]
+                textpage = page.get_textpage()
+                try:
+                    texts.append(textpage.get_text_range())
+                finally:
+                    textpage.close()
+                    page.close()
+        finally:
+            pdf.close()
+    return texts
+
+
 def _page_lines(textpage: pdfium.PdfTextPage, text: str) -> list[tuple[int, str, float]]:
     """(offset, line, largest font size) per line; pdfium's text indexes are its character indexes."""
     lines, offset = [], 0
