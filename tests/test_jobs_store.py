@@ -1,4 +1,4 @@
-"""Jobs in the catalog database (SQLite here; PostgreSQL in tests/test_jobs_across_servers.py): claims are
+"""Jobs in the catalog database (SQLite, and PostgreSQL for the claims and the takeover): claims are
 exclusive, a lapsed heartbeat lets another server take the job over and fences the first one off, reports and
 progress persist, at most one sync job of a knowledge bank is active; a home of the previous schema revision
 upgrades itself and keeps its knowledge banks."""
@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,18 @@ from api.jobs import JobRunner, RunningJob
 from kb.catalog_db import CatalogDatabase
 from kb.catalog_db.engine import make_engine, normalise_url
 from kb.catalog_db.jobs import MAX_ATTEMPTS, JobStore
-from kb.catalog_db.schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE
+from kb.catalog_db.schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE, upgrade
 from kb_base.errors import SyncBusyError
+from tests.support.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -35,18 +45,32 @@ def catalog_file(tmp_path: Path) -> Path:
     return path
 
 
-def _store(path: Path, lapse: float = 10.0) -> JobStore:
-    return JobStore(CatalogDatabase(path), lapse=lapse)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """The catalog a test's servers share: a SQLite file, or a PostgreSQL database upgraded as an operator does."""
+    if request.param == "sqlite":
+        path = tmp_path / "catalog.sqlite"
+        CatalogDatabase(path).close()
+        return path
+    url = request.getfixturevalue("postgres").create_database(f"jobs_{uuid.uuid4().hex[:10]}")
+    engine = make_engine(normalise_url(url))
+    upgrade(engine)
+    engine.dispose()
+    return url
 
 
-def test_two_claimers_never_take_the_same_job(catalog_file: Path) -> None:
-    submitter = _store(catalog_file)
+def _store(location: str | Path, lapse: float = 10.0) -> JobStore:
+    return JobStore(CatalogDatabase(location), lapse=lapse)
+
+
+def test_two_claimers_never_take_the_same_job(catalog: str | Path) -> None:
+    submitter = _store(catalog)
     ids = [submitter.submit("ingest", "P", "kb1", {"n": n}).id for n in range(40)]
     claims: list[tuple[str, str]] = []
     lock = threading.Lock()
 
     def claimer(name: str) -> None:
-        store = _store(catalog_file)  # its own engine and connections, as another process would have
+        store = _store(catalog)  # its own engine and connections, as another process would have
         while (row := store.claim(name)) is not None:
             with lock:
                 claims.append((row.id, name))
@@ -67,8 +91,8 @@ def test_two_claimers_never_take_the_same_job(catalog_file: Path) -> None:
     print("claims per server:", per_server)
 
 
-def test_a_lapsed_job_is_taken_over_and_its_first_owner_is_fenced_off(catalog_file: Path) -> None:
-    a, b = _store(catalog_file, lapse=0.5), _store(catalog_file, lapse=0.5)
+def test_a_lapsed_job_is_taken_over_and_its_first_owner_is_fenced_off(catalog: str | Path) -> None:
+    a, b = _store(catalog, lapse=0.5), _store(catalog, lapse=0.5)
     job_id = a.submit("ingest", "P", "kb1", {"file": "/rows.jsonl"}).id
     assert a.claim("A") is not None
     assert b.claim("B") is None and not b.any_claimable()  # A's heartbeat is fresh
@@ -83,15 +107,15 @@ def test_a_lapsed_job_is_taken_over_and_its_first_owner_is_fenced_off(catalog_fi
     assert not a.heartbeat(job_id, "A", {"rows_read": 99})
     assert not a.finish(job_id, "A", "succeeded", report={"by": "A"})
     assert b.finish(job_id, "B", "succeeded", report={"rows_written": 30}, progress={"rows_read": 30})
-    again = _store(catalog_file).get(job_id)  # read back through another connection: persisted
+    again = _store(catalog).get(job_id)  # read back through another connection: persisted
     assert again is not None and (again.state, again.report, again.progress) == (
         "succeeded", {"rows_written": 30}, {"rows_read": 30})
     assert again.finished_at is not None and again.error is None
     assert b.claim("B") is None  # a finished job is never claimed
 
 
-def test_only_one_sync_job_of_a_knowledge_bank_is_active(catalog_file: Path) -> None:
-    a, b = _store(catalog_file), _store(catalog_file)
+def test_only_one_sync_job_of_a_knowledge_bank_is_active(catalog: str | Path) -> None:
+    a, b = _store(catalog), _store(catalog)
     first = a.submit("sync", "P", "kb1", {"folder_id": "P.f"}, owner="A")
     with pytest.raises(SyncBusyError, match="another folder sync"):
         b.submit("sync", "P", "kb1", {"folder_id": "P.f"}, owner="B")
