@@ -171,6 +171,10 @@ class JobRunner:
                 failing = False
                 if row is None:
                     break
+                with self._lock:
+                    ours = row.id in self._running
+                if ours:  # its heartbeats lapsed while the database was away: the claim renewed them, nothing to run
+                    continue
                 self._launch(row, {}, claimed=True)
 
     def _heartbeat_loop(self) -> None:

@@ -221,3 +221,33 @@ def test_a_home_at_revision_0002_upgrades_itself_and_kb_db_upgrade_works(tmp_pat
         finally:
             client.close()
         assert (home / "catalog.sqlite.before-0002").exists() == (how == "first use")  # the copy kept
+
+
+def test_a_runner_that_reclaims_its_own_job_after_an_outage_does_not_run_it_twice(catalog_file: Path) -> None:
+    store = _store(catalog_file, lapse=0.3)
+    release = threading.Event()
+    calls: list[str] = []
+
+    def handler(job: RunningJob) -> dict[str, Any]:
+        calls.append(job.id)
+        assert release.wait(20)
+        job.committed({"done": True})
+        return {"ok": True}
+
+    # heartbeats rarer than the lapse, as when the database was unreachable for a while
+    runner = JobRunner(_store(catalog_file, lapse=0.3), {"ingest": handler}, poll_seconds=0.1,
+                       heartbeat_seconds=5, workers=2, server_id="A").start()
+    try:
+        job = runner.submit("ingest", "P", "kb1", {})
+        deadline = time.monotonic() + 20
+        while (row := store.get(job.id)) is None or row.attempts < 3:  # claimed, lapsed, claimed again by A
+            assert time.monotonic() < deadline, row
+            time.sleep(0.05)
+        release.set()
+        while (row := store.get(job.id)) is not None and row.state != "succeeded":
+            assert time.monotonic() < deadline, row
+            time.sleep(0.05)
+    finally:
+        release.set()
+        runner.close()
+    assert calls == [job.id] and row is not None and row.owner == "A" and row.report == {"ok": True}
