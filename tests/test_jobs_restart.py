@@ -1,5 +1,6 @@
 """One machine, the SQLite catalog: a folder sync whose ``kb serve`` is SIGKILLed mid-job is finished by the
-server started again on the same ``$KB_HOME``, once the dead one's heartbeat lapses; every chunk is stored
+server started again on the same ``$KB_HOME``, once the dead one's heartbeat lapses; one stopped with SIGTERM
+gives the job back at its next commit, and the next server goes on with it at once. Every chunk is stored
 once and the model embeds nothing that was committed."""
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+import kb
+from kb.catalog_db.jobs import JobStore
 from tests.support.kb_serve import KBServe, connect_stub_model
 from tests.support.openai_embeddings_server import EmbeddingsServer
 from tests.support.server import ADMIN_KEY
@@ -36,7 +40,8 @@ def _poll(url: str, done: Any, budget: float) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def test_a_sync_cut_off_by_a_kill_is_finished_by_the_restarted_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_sync_cut_off_by_a_stop_is_finished_by_the_restarted_server(how: str, tmp_path: Path) -> None:
     embeddings = EmbeddingsServer().start()
     home = tmp_path / "home"
     server: KBServe | None = None
@@ -58,9 +63,18 @@ def test_a_sync_cut_off_by_a_kill_is_finished_by_the_restarted_server(tmp_path: 
         running = _poll(job_url, lambda j: j["progress"]["commits"] >= 5 or j["state"] != "running", 120)
         assert running["state"] == "running", running
         assert server.process is not None
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-        server.process = None
+        if how == "SIGKILL":
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+            server.process = None
+        else:
+            server.stop()  # SIGTERM: uvicorn drains, the job stops at its next commit and is given back
+            client = kb.api_client(home=home)
+            try:
+                given_back = JobStore(client.catalog.database).get(started["job_id"])
+            finally:
+                client.close()
+            assert given_back is not None and (given_back.state, given_back.owner) == ("running", None)
 
         server = KBServe(home, workers=1, env=JOB_ENV).start()  # the same home, a new process
         project = f"{server.url}/v1/projects/DEFAULT"
@@ -78,7 +92,7 @@ def test_a_sync_cut_off_by_a_kill_is_finished_by_the_restarted_server(tmp_path: 
         assert page["total"] == len(ids) == len(set(ids)) == FILES
         embedded = embeddings.stats()["inputs"]
         assert FILES <= embedded <= FILES + 1, embedded  # at most the kill's uncommitted file twice
-        print(f"killed after {committed} of {FILES} files; the restarted server finished the job "
+        print(f"{how} after {committed} of {FILES} files committed; the restarted server finished the job "
               f"(model inputs: {embedded})")
     finally:
         if server is not None:
