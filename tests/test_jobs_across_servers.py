@@ -114,9 +114,12 @@ def test_a_sync_job_survives_the_death_of_its_server(deployment: Deployment) -> 
                                    timeout=60))["count"]
     assert 5 <= committed_by_a < FILES, committed_by_a
 
+    taken = _poll(job_on_b, lambda j: j["attempts"] == 2 or j["state"] != "running", 60)
+    taken_after = time.monotonic() - killed_at
     done = _poll(job_on_b, lambda j: j["state"] != "running", 240)
-    print(f"A killed after {committed_by_a} of {FILES} files committed; B finished the job "
-          f"{time.monotonic() - killed_at:.1f} s later")
+    print(f"A killed after {committed_by_a} of {FILES} files committed; B took the job over {taken_after:.1f} s "
+          f"later (lapse 3 s) and finished it {time.monotonic() - killed_at:.1f} s after the kill")
+    assert taken["attempts"] == 2, taken
     assert done["state"] == "succeeded" and done["attempts"] == 2, done
     report = done["report"]
     # B re-embedded and wrote exactly what A had not committed; A's files were skipped, unchanged or stored
