@@ -29,7 +29,7 @@ import kb
 from api import metrics
 from api.config import ServiceSettings
 from api.console_app import mount_console
-from api.jobs import JobRegistry
+from api.jobs import JobRunner
 from api.keys import KeyStore
 from api.memory import tune_malloc
 from api.routers import (
@@ -47,6 +47,7 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
+from kb.catalog_db.jobs import JobStore
 from kb.embeddings import DEFAULT_EMBEDDING_LLM_ID
 from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
@@ -157,7 +158,10 @@ def create_app(settings: ServiceSettings | None = None,
         app.state.keys = KeyStore(app.state.client.catalog.database)  # one catalog: one engine, one watch
         if settings.bootstrap_admin_key:
             app.state.keys.create("bootstrap admin", admin=True, key=settings.bootstrap_admin_key)
-        app.state.jobs = JobRegistry()
+        client = app.state.client
+        app.state.jobs = JobRunner(JobStore(client.catalog.database), {
+            "ingest": lambda job: jobs.run_ingest_job(client, job),
+            "sync": lambda job: sync_jobs.run_sync_job(client, job, getattr(settings, "ray_address", None))}).start()
         app.state.warm = threading.Event()
         if settings.warmup:
             threading.Thread(target=_warm_up, args=(app,), name="kb-warmup", daemon=True).start()

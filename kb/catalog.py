@@ -22,7 +22,7 @@ from sqlalchemy import delete, desc, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kb.catalog_db import CatalogDatabase
-from kb.catalog_db.tables import connections, knowledge_banks, managed_folders, projects
+from kb.catalog_db.tables import connections, knowledge_banks, managed_folders, projects, sync_files
 from kb_base.errors import AlreadyExistsError, InUseError, InvalidInputError, NotFoundError
 from kb_base.input_checks import check_value
 
@@ -210,6 +210,7 @@ class Catalog:
         with self.database.transaction("deleting a knowledge bank") as conn:
             conn.execute(delete(knowledge_banks).where(knowledge_banks.c.project_key == project_key,
                                                        knowledge_banks.c.id == kb_id))
+            conn.execute(delete(sync_files).where(sync_files.c.kb_id == kb_id))  # a shared catalog's sync records
 
     # --- managed folders ----------------------------------------------------------------------
 

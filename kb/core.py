@@ -14,6 +14,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from kb.catalog_db.sync_records import DatabaseSyncRecords
 from kb.search import SearchContext, execute_search
 from kb_base import events
 from kb_base.documents import document_of
@@ -29,6 +30,7 @@ from stores.record_checks import plain_metadata_json
 from writers.batch_checks import plain_metadata_batch, suspect_texts
 from writers.schema import plain_metadata, validate_filter, validate_metadata
 from writers.sync import SyncOptions, SyncReport, sync_folder
+from writers.sync_records import SyncRecords, SyncRecordStore
 from writers.writer import KnowledgeBankWriter
 
 if TYPE_CHECKING:  # the client imports this module to hand out knowledge banks
@@ -313,6 +315,13 @@ class CoreKnowledgeBank:
                 f"knowledge bank {self.id} has no images folder; set one with settings.set_images_folder"
             )
         return self._client.resolve_folder(ref, default_project=self.project_key)
+
+    def sync_records(self) -> SyncRecordStore:
+        """Folder sync's records: in the catalog database when several servers share it (a sync on any of
+        them must see what the others indexed), else ``sync.sqlite`` in this knowledge bank's folder."""
+        if self._client.catalog.shared:
+            return DatabaseSyncRecords(self._client.catalog.database, self.id)
+        return SyncRecords(self.folder / "sync.sqlite")
 
     def ensure_images_folder(self) -> ManagedFolder:
         """The images folder, created (``<kb name> pages``) and saved in the settings if missing."""

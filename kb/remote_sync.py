@@ -146,7 +146,7 @@ def run_sync_job(core: RemoteCoreKnowledgeBank, folder: RemoteManagedFolder, opt
     bar = tqdm(total=0, desc=f"sync {folder.name}", unit=" files", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     try:
-        while job["state"] == "running":
+        while job["state"] in ("queued", "running"):
             _show(bar, job["progress"])
             time.sleep(POLL_SECONDS)
             job = transport.json("GET", path)

@@ -11,65 +11,19 @@ bank go through one server here.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from kb.catalog import Catalog
-from tests.support.elasticsearch_server import ElasticsearchNode
+from tests.support.deployment import Deployment
 from tests.support.kb_serve import STUB_MODEL, KBServe
-from tests.support.openai_embeddings_server import API_KEY, EmbeddingsServer
-from tests.support.postgres_server import PostgresServer
-from tests.support.server import ADMIN_KEY, ROOT
+from tests.support.server import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 INVALIDATION_BUDGET = 1.0  # seconds: the bound for a change to reach every server
-
-
-class Deployment:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.postgres = PostgresServer().start()
-        self.url = self.postgres.create_database("kb")
-        self.folders = root / "shared-folders"
-        self.es = ElasticsearchNode()
-        self.embeddings = EmbeddingsServer()
-        self.servers: list[KBServe] = []
-
-    def start(self) -> Deployment:
-        self.es.start()
-        self.embeddings.start()
-        upgraded = self.kb("db", "upgrade", home=self.root / "operator")
-        assert upgraded.returncode == 0, upgraded.stderr
-        catalog = Catalog(self.url)
-        catalog.save_connection("stub", "openai-compatible", {"base_url": self.embeddings.url, "api_key": API_KEY,
-                                                              "models": ["text-embedding-3-small"]})
-        catalog.save_connection("es", "elasticsearch", {"url": self.es.url, "index_prefix": "multi-"})
-        catalog.close()
-        for name in ("a", "b"):
-            self.servers.append(KBServe(self.root / f"home-{name}", workers=1, env=self.env()).start())
-        return self
-
-    def env(self) -> dict[str, str]:
-        return {"KB_DATABASE_URL": self.url, "KB_FOLDERS_ROOT": str(self.folders)}
-
-    def kb(self, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(Path(sys.executable).parent / "kb"), *args], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120, env={**os.environ, "KB_HOME": str(home), **self.env()})
-
-    def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
-        self.embeddings.stop()
-        self.es.cleanup()
-        self.postgres.stop()
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ EMBEDDED_ONLY: dict[type, dict[str, str]] = {
         "search_context": "the search pipeline's per-settings state in this process",
         "searches_quickly": "whether a search can run on this process's event loop (a service's concern)",
         "prepare_records": "the embedded writer's record building (remote writes are sent as documents)",
+        "sync_records": "folder sync's record manager, opened by the process that syncs (remote: the server's job)",
     },
     ManagedFolder: {
         "root": "the folder's directory on this machine (remote: local_file() downloads a copy)",

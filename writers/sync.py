@@ -47,7 +47,7 @@ from writers.document_chunks import chunk_records, document_id, embedding_text
 from writers.extract import extract_document
 from writers.extract.ocr import ocr_available
 from writers.screenshots import AWAITS_SCREENSHOTS, PageRenderer
-from writers.sync_records import FileRecord, SyncRecords
+from writers.sync_records import FileRecord
 from writers.sync_report import SyncOptions, SyncReport
 from writers.target import KnowledgeBankTarget
 
@@ -94,7 +94,7 @@ class _Sync:
                  on_progress: Callable[[SyncReport], None] | None) -> None:
         self.core, self.folder, self.options = core, folder, options
         self.on_progress = on_progress
-        self.records = SyncRecords(core.folder / "sync.sqlite")
+        self.records = core.sync_records()
         self.images = core.ensure_images_folder() if options.screenshots else self._existing_images_folder()
         self.prefix = f"{SCREENSHOT_ROOT}/{core.id}"
         self.config = options.digest()

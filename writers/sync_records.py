@@ -7,6 +7,10 @@ after the store commit that wrote those chunks; if a process dies between the
 two, the next sync sees the old row, extracts the file again, finds its chunks
 already stored with the same content hashes (nothing is embedded or written
 again) and then records the row, so the two always converge.
+
+Knowledge banks on a shared catalog (several servers) keep the same rows in the catalog database instead
+(``kb.catalog_db.sync_records``); the target picks one (``KnowledgeBankTarget.sync_records``), and both
+satisfy ``SyncRecordStore``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS synced_files (
@@ -44,6 +49,16 @@ class FileRecord:
     pages: int | None
     chunk_ids: list[str] = field(default_factory=list)
     screenshots: list[str] = field(default_factory=list)
+
+
+class SyncRecordStore(Protocol):
+    def files(self, folder_id: str) -> dict[str, FileRecord]: ...
+
+    def all_screenshots(self) -> set[str]: ...
+
+    def apply(self, upserts: Iterable[FileRecord], removals: Iterable[tuple[str, str]]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SyncRecords:

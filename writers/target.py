@@ -16,6 +16,7 @@ from langchain_core.vectorstores import VectorStore
 
 from kb_base.folders import ManagedFolder
 from stores.base import Record, StoreTransaction, VectorStoreDriver
+from writers.sync_records import SyncRecordStore
 
 
 class KnowledgeBankTarget(Protocol):
@@ -54,6 +55,9 @@ class KnowledgeBankTarget(Protocol):
     def get_writer(self, timeout: float = 30.0) -> AbstractContextManager[Any]: ...
 
     def images_folder(self) -> ManagedFolder: ...
+
+    def sync_records(self) -> SyncRecordStore:
+        """Where folder sync records what it indexed (the KB folder's ``sync.sqlite``, or a shared catalog)."""
 
     def ensure_images_folder(self) -> ManagedFolder:
         """The images folder, created and saved in the settings if missing."""

@@ -61,3 +61,41 @@ catalog_state = Table(
     Column("id", Integer, primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
+
+# Ingestion and folder sync jobs, claimed by any server (kb.catalog_db.jobs). Payload, progress, report and error
+# are JSON text; heartbeat_at is on the database's clock (servers' clocks may disagree), the other times are the
+# servers' own, shown to users.
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),  # "ingest" or "sync"
+    Column("project_key", Text, nullable=False),
+    Column("kb_id", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # what the job works on and its options: enough to run it again
+    Column("state", Text, nullable=False),  # queued -> running -> succeeded | failed | cancelled
+    Column("progress", Text, nullable=False),
+    Column("report", Text),
+    Column("error", Text),
+    Column("owner", Text),  # the server running it; None while queued or released
+    Column("heartbeat_at", Float),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+
+# What a folder sync indexed, for knowledge banks on a shared catalog (on one machine: sync.sqlite in the KB
+# folder; see writers.sync_records). One row per (knowledge bank, source folder, path).
+sync_files = Table(
+    "sync_files", metadata,
+    Column("kb_id", Text, primary_key=True),
+    Column("folder_id", Text, primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("sha256", Text, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("pages", Integer),
+    Column("chunk_ids", Text, nullable=False),  # JSON list
+    Column("screenshots", Text, nullable=False),  # JSON list
+    Column("synced_at", Float, nullable=False),
+)
