@@ -9,10 +9,13 @@ and ``kb serve`` processes with the launchers of ``tests/support`` (one uvicorn 
 ``--documents`` documents with 16-dimensional vectors, then searches by vector (no embedding on the search
 path: what is measured is kb, its catalog and its commit point, and Elasticsearch).
 
-Three set-ups over one knowledge bank each: ``sqlite-1`` (the catalog and the commit point in the server's
-``$KB_HOME``, one server), ``postgres-1`` (``KB_DATABASE_URL``: both in PostgreSQL, one server) and
-``postgres-2`` (two servers, clients split between them). Per set-up: latency from one client in sequence
-(p50/p99), then requests per second from ``--clients`` concurrent clients for ``--seconds``.
+Two set-ups run side by side, each over its own knowledge bank with the same documents: ``sqlite`` (one
+server; the catalog and the commit point in its ``$KB_HOME``) and ``postgres`` (two servers A and B with
+``KB_DATABASE_URL``: both in PostgreSQL). Latency: one client in sequence, its searches alternating between
+the SQLite server and A, so that both meet the same moment's load (a busy machine's noise is larger than
+what is measured); p50/p99 of each and the p50 of the paired differences. Throughput: searches per second
+from ``--clients`` concurrent clients for ``--seconds`` against the SQLite server, against A alone, and
+against A and B (clients split), in ``--rounds`` rounds; the median of the rounds.
 
 Also, in this process, what the commit point costs a reader (``DatabaseLedger.committed``): the cache hit
 every search takes, against one database read (what every search paid before the per-server cache).
@@ -113,7 +116,8 @@ class Setup:
                 samples.append(time.perf_counter() - started)
         return _percentiles(samples)
 
-    def throughput(self, queries: list[list[float]], clients: int, seconds: float) -> dict[str, float]:
+    def throughput(self, queries: list[list[float]], clients: int, seconds: float, servers: int
+                   ) -> dict[str, float]:
         done = [0] * clients
         failures: list[BaseException] = []
         stop = time.monotonic() + seconds
@@ -122,8 +126,8 @@ class Setup:
             try:
                 with httpx.Client(timeout=30) as client:
                     while time.monotonic() < stop:
-                        self.search(client, number % self.count, queries[(done[number] * clients + number)
-                                                                         % len(queries)])
+                        self.search(client, number % servers, queries[(done[number] * clients + number)
+                                                                      % len(queries)])
                         done[number] += 1
             except BaseException as exc:  # noqa: BLE001 - reported below
                 failures.append(exc)
@@ -141,6 +145,35 @@ class Setup:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def side_by_side(sqlite: Setup, postgres: Setup, queries: list[list[float]], args: argparse.Namespace
+                 ) -> dict[str, Any]:
+    for setup in (sqlite, postgres):
+        setup.latency(queries[:50])  # warm: connections, caches, Elasticsearch's own
+    samples: dict[str, list[float]] = {"sqlite-1": [], "postgres-1": []}
+    with httpx.Client(timeout=30) as client:
+        for vector in queries:
+            for name, setup in (("sqlite-1", sqlite), ("postgres-1", postgres)):
+                started = time.perf_counter()
+                setup.search(client, 0, vector)
+                samples[name].append(time.perf_counter() - started)
+    paired = [(p - s) * 1000 for p, s in zip(samples["postgres-1"], samples["sqlite-1"], strict=True)]
+    latency = {name: _percentiles(values) for name, values in samples.items()}
+    latency["paired_difference_p50_ms"] = round(statistics.median(paired), 3)
+    print(f"latency, one client, alternating: SQLite p50 {latency['sqlite-1']['p50_ms']} ms p99 "
+          f"{latency['sqlite-1']['p99_ms']} ms; PostgreSQL p50 {latency['postgres-1']['p50_ms']} ms p99 "
+          f"{latency['postgres-1']['p99_ms']} ms; paired difference p50 {latency['paired_difference_p50_ms']} ms")
+    rounds: dict[str, list[float]] = {"sqlite-1": [], "postgres-1": [], "postgres-2": []}
+    for number in range(args.rounds):
+        for name, setup, servers in (("sqlite-1", sqlite, 1), ("postgres-1", postgres, 1),
+                                     ("postgres-2", postgres, 2)):
+            rps = setup.throughput(queries, args.clients, args.seconds, servers)["rps"]
+            rounds[name].append(rps)
+            print(f"round {number + 1}: {name} {rps} searches/s ({args.clients} clients, load average "
+                  f"{os.getloadavg()[0]:.2f})")
+    throughput = {name: statistics.median(values) for name, values in rounds.items()}
+    return {"latency": latency, "throughput": throughput, "throughput_rounds": rounds}
 
 
 def ledger_read_cost(database_url: str, calls: int) -> dict[str, Any]:
@@ -170,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=400, help="sequential searches per set-up (latency)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the throughput runs")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (each runs every target)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/scale_out.json"))
     args = parser.parse_args(argv)
 
@@ -179,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = [v.tolist() for v in _vectors(args.queries, 2)]
     results: dict[str, Any] = {"machine": machine(), "documents": args.documents, "clients": args.clients,
-                               "seconds": args.seconds, "setups": {}}
+                               "seconds": args.seconds, "rounds": args.rounds, "setups": {}}
     print(f"machine: {results['machine']['cpus']} cores, {results['machine']['cpu']}, "
           f"flags {' '.join(results['machine']['cpu_flags'])}; load average before: {os.getloadavg()}")
     parts: dict[str, Any] = {"es": ElasticsearchNode(name="scale-out"), "embeddings": EmbeddingsServer(),
@@ -193,31 +227,24 @@ def main(argv: list[str] | None = None) -> int:
             results["ledger_read"] = ledger_read_cost(url, 5000)
             print(f"commit point read, in process: cache hit p50 {results['ledger_read']['cache_hit']['p50_us']} "
                   f"us, database read p50 {results['ledger_read']['database_read']['p50_us']} us")
-            for name, servers, database in (("sqlite-1", 1, None), ("postgres-1", 1, url), ("postgres-2", 2, url)):
-                setup = Setup(name, Path(work), servers, database, parts).start(args.documents)
-                try:
-                    setup.latency(queries[:50])  # warm: connections, caches, Elasticsearch's own
-                    figures = {"latency": setup.latency(queries),
-                               "throughput": setup.throughput(queries, args.clients, args.seconds),
-                               "load_average": os.getloadavg()}
-                finally:
-                    setup.stop()
-                results["setups"][name] = figures
-                print(f"{name}: p50 {figures['latency']['p50_ms']} ms, p99 {figures['latency']['p99_ms']} ms, "
-                      f"{figures['throughput']['rps']} searches/s with {args.clients} clients "
-                      f"(load average {figures['load_average'][0]:.2f})")
+            sqlite = Setup("sqlite", Path(work), 1, None, parts).start(args.documents)
+            postgres = Setup("postgres", Path(work), 2, url, parts).start(args.documents)
+            try:
+                results["setups"] = side_by_side(sqlite, postgres, queries, args)
+            finally:
+                sqlite.stop()
+                postgres.stop()
         finally:
             for part in ("embeddings", "postgres"):
                 parts[part].stop()
             parts["es"].cleanup()
     setups = results["setups"]
-    results["postgres_adds_p50_ms"] = round(setups["postgres-1"]["latency"]["p50_ms"]
-                                            - setups["sqlite-1"]["latency"]["p50_ms"], 3)
-    results["two_servers_rps_ratio"] = round(setups["postgres-2"]["throughput"]["rps"]
-                                             / setups["postgres-1"]["throughput"]["rps"], 2)
-    print(f"PostgreSQL catalog adds {results['postgres_adds_p50_ms']} ms p50 over SQLite (target < 0.2); "
-          f"two servers serve {results['two_servers_rps_ratio']}x the searches/s of one (target >= 1.6 when the "
-          f"store is not the bottleneck; here {results['machine']['cpus']} cores run everything)")
+    results["postgres_adds_p50_ms"] = setups["latency"]["paired_difference_p50_ms"]
+    results["two_servers_rps_ratio"] = round(setups["throughput"]["postgres-2"] / setups["throughput"]["postgres-1"], 2)
+    print(f"PostgreSQL adds {results['postgres_adds_p50_ms']} ms p50 over SQLite, paired (target < 0.2); two servers "
+          f"serve {results['two_servers_rps_ratio']}x the searches/s of one (target >= 1.6 when the store is not "
+          f"the bottleneck; here {results['machine']['cpus']} cores run Elasticsearch, PostgreSQL, the servers and "
+          f"the clients; load average after: {os.getloadavg()})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"written to {args.out}")

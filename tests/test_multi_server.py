@@ -165,6 +165,47 @@ def test_a_write_acknowledged_through_a_is_searched_through_b_within_a_second(de
     _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
 
 
+def test_a_search_makes_no_database_round_trip(deployment: Deployment) -> None:
+    """Settings, key and committed generation all come from B's caches: PostgreSQL's own statement log shows
+    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches."""
+    import re
+
+    from sqlalchemy import create_engine, text
+
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "quiet", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es"}}), 201)["id"]
+    search = f"{_kbs(b)}/{kb_id}/search"
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": f"q{i}", "text": f"quiet note {i}"} for i in range(5)]}))
+    for _ in range(3):  # B opens the knowledge bank, caches its settings, the key and the generation
+        _ok(httpx.post(search, headers=ADMIN, json={"query": "quiet", "k": 5, "search_type": "keyword"}))
+    admin = create_engine(deployment.postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+
+    def log_statements(value: str) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER SYSTEM SET log_statement = '{value}'"))
+            conn.execute(text("SELECT pg_reload_conf()"))
+        time.sleep(0.5)  # every backend takes the new setting at its next command
+
+    log_statements("all")
+    try:
+        start = deployment.postgres.log.stat().st_size
+        for _ in range(50):
+            found = _ok(httpx.post(search, headers=ADMIN, json={"query": "quiet", "k": 5, "search_type": "keyword"}))
+            assert len(found["results"]) == 5
+        logged = deployment.postgres.log.read_bytes()[start:].decode(errors="replace")
+    finally:
+        log_statements("none")
+        admin.dispose()
+    statements = re.findall(r"(?:statement|execute [^:]*): (.*)", logged)
+    background = ("SELECT catalog_state.version", "SELECT 1", "begin", "rollback", ";", "SHOW", "select pg_catalog")
+    per_search = [s for s in statements if not s.strip().startswith(background)]
+    assert statements and not per_search, per_search[:10]  # the polls ran (the log works), nothing else did
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+
+
 def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_second(deployment: Deployment) -> None:
     a, b = deployment.servers
     created = deployment.kb("keys", "create", "--name", "temp", "--role", "DEFAULT=reader", home=a.home)
