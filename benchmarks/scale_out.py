@@ -194,6 +194,7 @@ def ledger_read_cost(database_url: str, calls: int) -> dict[str, Any]:
             samples.append(time.perf_counter() - started)
         figures[name] = {k.replace("_ms", "_us"): round(v * 1000, 2) for k, v in _percentiles(samples).items()}
     ledger.destroy()
+    ledger.watch.close()  # before PostgreSQL stops: its listener would log the lost connection
     return figures
 
 
