@@ -47,13 +47,13 @@ from api.routers import (
     session,
 )
 from api.routers import sync as sync_jobs
+from api.routers.health import CATALOG_RETRY_AFTER
 from kb.catalog_db.jobs import JobStore
 from kb.embeddings import DEFAULT_EMBEDDING_LLM_ID
 from kb_base.disk import disk_full_error, is_disk_full
 from kb_base.errors import KBError
 
 log = logging.getLogger("kb.api")
-CATALOG_RETRY_AFTER = 2  # seconds, in a 503 while the catalog database is unavailable
 
 
 class JsonLogFormatter(logging.Formatter):

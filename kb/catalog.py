@@ -29,8 +29,8 @@ from kb_base.input_checks import check_value
 PROJECT_KEY_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 CONNECTION_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ID_ALPHABET = string.ascii_letters + string.digits
-# the store types whose data is not on one machine's disk: what a multi-server deployment can serve
-SHARED_STORE_TYPES = ("ELASTICSEARCH", "AZURE_AI_SEARCH", "CHROMA with a connection to a Chroma server")
+# the store types whose commit point can live in the shared database: what a multi-server deployment can serve
+SHARED_STORE_TYPES = ("ELASTICSEARCH", "AZURE_AI_SEARCH")
 _SETTINGS_CACHE_SIZE = 4096
 
 
@@ -65,14 +65,21 @@ def connection_uses(settings: dict[str, Any], name: str) -> list[str]:
 
 
 def check_store_across_servers(settings: dict[str, Any]) -> None:
-    """Refuse a knowledge bank whose data would sit on one server's disk (FAISS, embedded Chroma)."""
+    """Refuse a knowledge bank that one server's disk would hold: FAISS and embedded Chroma (the data), and a
+    Chroma server too: its commit point (the generation, a metadata copy that answers filters, kb's BM25 index,
+    kb's copy of every record) is SQLite in the KB folder under a flock, neither of which is safe on a shared
+    file system, and it does not fit the database's id map."""
     store_type = str(settings.get("vector_store_type", "")).upper()
-    if store_type in ("ELASTICSEARCH", "AZURE_AI_SEARCH") or (store_type == "CHROMA" and settings.get("connection")):
+    if store_type in SHARED_STORE_TYPES:
         return
-    what = "embedded Chroma (no connection)" if store_type == "CHROMA" else store_type
-    raise InvalidInputError(
-        f"a {what} knowledge bank keeps its data on one server's disk, and this kb serves several servers from "
-        f"a shared catalog (KB_DATABASE_URL): use one of {', '.join(SHARED_STORE_TYPES)}")
+    if store_type == "CHROMA" and settings.get("connection"):
+        why = ("a CHROMA knowledge bank on a Chroma server keeps its commit point (generation, metadata copy, kb's "
+               "keyword index) in one server's knowledge bank folder")
+    else:
+        what = "embedded Chroma (no connection)" if store_type == "CHROMA" else store_type
+        why = f"a {what} knowledge bank keeps its data on one server's disk"
+    raise InvalidInputError(f"{why}, and this kb serves several servers from a shared catalog (KB_DATABASE_URL): "
+                            f"use one of {', '.join(SHARED_STORE_TYPES)}")
 
 
 class Catalog:

@@ -45,7 +45,10 @@ def _url(server: KBServer, path: str) -> str:
 
 def test_health_and_readiness(server: KBServer) -> None:
     assert httpx.get(_url(server, "/healthz")).json() == {"status": "ok"}
-    assert httpx.get(_url(server, "/readyz")).json() == {"status": "ready"}
+    ready = httpx.get(_url(server, "/readyz")).json()
+    assert ready["status"] == "ready" and ready["dependencies"]["embedding_model"] == {"state": "loaded"}
+    catalog = ready["dependencies"]["catalog"]
+    assert catalog["state"] == "up" and not catalog["shared"] and catalog["database"].endswith("catalog.sqlite")
     spec = httpx.get(_url(server, "/openapi.json")).json()
     assert "/v1/projects/{project_key}/knowledge-banks/{kb_id}/search" in spec["paths"]
 

@@ -116,14 +116,18 @@ def test_settings_a_search_reads_follow_a_change_made_elsewhere(pair: tuple[Cata
 def test_one_disk_stores_are_refused_only_on_a_shared_catalog(pair: tuple[Catalog, Catalog]) -> None:
     catalog, _ = pair
     catalog.ensure_project("P")
-    for settings in ({"vector_store_type": "FAISS"}, {"vector_store_type": "CHROMA"}):
+    for name, settings in (("faiss", {"vector_store_type": "FAISS"}), ("chroma", {"vector_store_type": "CHROMA"}),
+                           ("chroma-server", {"vector_store_type": "CHROMA", "connection": "chroma"})):
         if catalog.shared:
-            with pytest.raises(kb.InvalidInputError, match="ELASTICSEARCH, AZURE_AI_SEARCH, CHROMA with a conn"):
-                catalog.create_knowledge_bank("P", settings["vector_store_type"], settings)
+            with pytest.raises(kb.InvalidInputError, match="use one of ELASTICSEARCH, AZURE_AI_SEARCH$"):
+                catalog.create_knowledge_bank("P", name, settings)
         else:
-            catalog.create_knowledge_bank("P", settings["vector_store_type"], settings)
-    catalog.create_knowledge_bank("P", "chroma-server", {"vector_store_type": "CHROMA", "connection": "chroma"})
-    assert len(catalog.knowledge_banks("P")) == (1 if catalog.shared else 3)
+            catalog.create_knowledge_bank("P", name, settings)
+    kb_id = catalog.create_knowledge_bank("P", "es", {"vector_store_type": "ELASTICSEARCH", "connection": "es"})
+    if catalog.shared:  # nor can an existing knowledge bank be moved onto one
+        with pytest.raises(kb.InvalidInputError, match="Chroma server keeps its commit point"):
+            catalog.save_knowledge_bank_settings("P", kb_id, {"vector_store_type": "CHROMA", "connection": "chroma"})
+    assert len(catalog.knowledge_banks("P")) == (1 if catalog.shared else 4)
 
 
 def test_keys_are_hashed_expire_record_their_use_and_revocation_reaches_other_servers(location: str | Path) -> None:

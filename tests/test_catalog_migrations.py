@@ -168,7 +168,7 @@ def test_a_catalog_from_a_newer_release_is_refused_by_client_server_and_upgrade(
 
 def test_the_release_knows_its_head_and_the_migrations_are_one_line() -> None:
     assert known_revisions()[-1] == HEAD_REVISION
-    assert known_revisions() == ["0001", "0002", "0004"]
+    assert known_revisions() == ["0001", "0002", "0003", "0004"]
 
 
 def test_a_bad_database_url_is_refused_naming_what_works(tmp_path: Path) -> None:
@@ -198,3 +198,37 @@ def test_postgresql_needs_the_explicit_upgrade_then_serves_the_catalog(postgres:
     catalog = Catalog(plain)
     assert catalog.shared and catalog.projects() == []
     catalog.close()
+
+
+def test_revision_0003_creates_the_commit_point_tables_the_code_expects(postgres: PostgresServer) -> None:
+    """The code no longer creates the commit point's tables: before the upgrade a knowledge bank on the database
+    is refused naming the command; after it, the tables are LEDGER_METADATA's, column for column, on PostgreSQL
+    and on SQLite, and an interim database that already had them upgrades too."""
+    from sqlalchemy import create_engine, inspect
+
+    from kb.catalog_db.engine import make_engine, normalise_url
+    from kb.catalog_db.schema import upgrade
+    from kb_base.errors import StoreUnavailableError
+    from stores.commit_point.database import DatabaseLedger
+    from stores.commit_point.schema import LEDGER_METADATA
+
+    bare = postgres.create_database("kb_ledger_bare")
+    with pytest.raises(StoreUnavailableError, match=r"no commit-point tables \(kb_commit, .*kb db upgrade"):
+        DatabaseLedger(bare, "kb")
+    interim = postgres.create_database("kb_ledger_interim")
+    engine = create_engine(interim)
+    LEDGER_METADATA.create_all(engine)  # what a server of the interim build did on first use
+    engine.dispose()
+    for url in (bare, interim, f"sqlite:///{postgres.work / 'ledger.sqlite'}"):
+        engine = make_engine(normalise_url(url))
+        assert upgrade(engine)[1] == "0003"
+        found = inspect(engine)
+        columns = {name: ([(c["name"], c["type"].compile(engine.dialect), c["nullable"])
+                           for c in found.get_columns(name)], found.get_pk_constraint(name)["constrained_columns"])
+                   for name in LEDGER_METADATA.tables}
+        expected = {name: ([(c.name, c.type.compile(engine.dialect), c.nullable) for c in table.c],
+                           [c.name for c in table.primary_key])
+                    for name, table in LEDGER_METADATA.tables.items()}
+        engine.dispose()
+        assert columns == expected, url
+        assert DatabaseLedger(url, "kb").committed() == (0, None)

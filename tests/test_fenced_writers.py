@@ -6,7 +6,10 @@ real Elasticsearch node are in test_fenced_writers_es.py.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from kb_base.errors import InvalidInputError, StoreUnavailableError, WriterBusyError, WriterFencedError
 from stores.base import StoreContext
@@ -21,7 +25,7 @@ from stores.commit_point.database import DatabaseLedger, open_ledger
 from stores.commit_point.schema import normalise_url
 from stores.factory import open_store
 from stores.generations import GenerationLedger
-from tests.support.postgres_server import PostgresServer
+from tests.support.postgres_server import PostgresServer, kb_schema
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +40,9 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'commit.sqlite'}"
+        return kb_schema(f"sqlite:///{tmp_path / 'commit.sqlite'}")
     server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+    return server.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
 
 
 def _write(ledger: DatabaseLedger, pairs: list[tuple[str, str]], retire: list[str] | None = None,
@@ -177,11 +181,11 @@ def test_without_a_url_the_folder_ledger_is_used(tmp_path: Path, monkeypatch: py
     assert isinstance(open_ledger(tmp_path, "x.sqlite", "kb", None), GenerationLedger)
     store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}))
     assert isinstance(store.ledger, GenerationLedger) and store.context.database_url is None  # type: ignore[attr-defined]
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url = kb_schema(f"sqlite:///{tmp_path / 'shared.sqlite'}")
     monkeypatch.setenv("KB_DATABASE_URL", url)
     store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}))
     assert isinstance(store.ledger, DatabaseLedger) and store.context.database_url == url  # type: ignore[attr-defined]
-    explicit = f"sqlite:///{tmp_path / 'explicit.sqlite'}"
+    explicit = kb_schema(f"sqlite:///{tmp_path / 'explicit.sqlite'}")
     store = open_store("ELASTICSEARCH", StoreContext("kb", tmp_path / "kb", connection={"url": "http://127.0.0.1:9"}),
                        database_url=explicit)
     assert store.context.database_url == explicit
@@ -197,7 +201,7 @@ def test_database_urls() -> None:
 
 def test_database_down_is_store_unavailable(tmp_path: Path) -> None:
     server = PostgresServer().start()
-    url = server.create_database("kb")
+    url = server.create_kb_database("kb")
     ledger = DatabaseLedger(url, "kb")
     server.stop()
     with pytest.raises(StoreUnavailableError, match="commit-point database is unavailable"):
@@ -211,7 +215,7 @@ def test_connections_lost_with_a_database_restart_are_replaced(postgres: Postgre
     503; writes (whose pool pre-pings) do not fail at all."""
     from sqlalchemy import create_engine, text
 
-    url = postgres.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
     ledger = DatabaseLedger(url, "kb")
     _write(ledger, [("a", "1:a")])
     for _ in range(3):
@@ -257,3 +261,122 @@ def test_the_history_checker_catches_what_it_is_for() -> None:
     other = {**one, "a-2-0": {"gen": 2, "writer": "a"}, "shared": {"gen": 2, "writer": "a"}}
     with pytest.raises(AssertionError, match="lost"):
         history((2, other)).check()  # b's acknowledged generation 2 is a's in the store
+
+
+# --- the per-server cache of committed generations (stores/commit_point/watch.py), on PostgreSQL ------------
+
+_COMMITTER = """
+import sys
+from stores.commit_point.database import DatabaseLedger
+ledger = DatabaseLedger(sys.argv[1], sys.argv[2])
+for line in sys.stdin:  # one commit per line: another server's writer, with its own process and cache
+    write = ledger.begin(10.0)
+    write.add([(f"x{write.generation}", f"{write.generation}:x")], dim=4)
+    write.commit()
+    write.close()
+    print(write.generation, flush=True)
+"""
+
+
+class OtherServer:
+    """A writer in another process, started ahead (imports done) so that its commits land when asked."""
+
+    def __init__(self, url: str, kb_id: str) -> None:
+        root = Path(__file__).resolve().parents[1]
+        self.process = subprocess.Popen([sys.executable, "-c", _COMMITTER, url, kb_id], cwd=root, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env={**os.environ, "PYTHONPATH": str(root)})
+
+    def commit(self) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("commit\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the other server's writer died ({self.process.wait(10)})"
+        return int(line)
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
+
+
+def _cache_warm(ledger: DatabaseLedger, budget: float = 10.0) -> None:
+    """Until the listener is connected and holds this knowledge bank's generation."""
+    deadline = time.monotonic() + budget
+    while ledger.watch.cached(ledger.kb_id) is None:
+        assert time.monotonic() < deadline, "the commit listener never became ready"
+        ledger.committed()
+        time.sleep(0.02)
+
+
+def _seen_within(ledger: DatabaseLedger, generation: int, budget: float) -> float:
+    started = time.monotonic()
+    while ledger.committed()[0] < generation:
+        assert time.monotonic() - started < budget, f"generation {generation} not seen within {budget} s"
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
+def test_reads_come_from_the_cache_and_commits_elsewhere_reach_it_within_a_second(postgres: PostgresServer) -> None:
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    other = OtherServer(url, "kb")
+    try:
+        _cache_warm(ledger)
+        statements: list[str] = []
+        event.listen(ledger.reads, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        for _ in range(200):
+            assert ledger.committed() == (0, None)
+        assert statements == []  # no database round trip per read
+        for _ in range(3):
+            generation = other.commit()
+            seen = _seen_within(ledger, generation, 1.0)
+            print(f"generation {generation} committed by another process, seen here after {seen * 1000:.1f} ms")
+        assert ledger.committed() == (generation, 4)
+        assert _write(ledger, [("mine", "x:mine")]) == generation + 1
+        assert ledger.committed()[0] == generation + 1  # this server's own commit: at once, not after a notification
+    finally:
+        other.stop()
+
+
+def test_commits_made_while_the_listener_was_disconnected_are_not_missed(postgres: PostgresServer) -> None:
+    """A new listener session empties the cache: the notification of a commit made while no connection listened
+    is lost, and a cached generation from before it would otherwise stay for ever."""
+    from sqlalchemy import create_engine, text
+
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    other = OtherServer(url, "kb")
+    admin = create_engine(postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        assert other.commit() == 1
+        _cache_warm(ledger)
+        assert ledger.committed() == (1, 4)
+        with admin.connect() as conn:  # what a database restart or a network cut does to every connection
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND "
+                              "pid <> pg_backend_pid()"), {"db": url.rsplit("/", 1)[1]})
+        assert other.commit() == 2  # lands before the listener is back (it retries after a second)
+        seen = _seen_within(ledger, 2, 5.0)
+        print(f"commit made while the listener was down, seen after {seen * 1000:.0f} ms")
+        _cache_warm(ledger)
+        assert ledger.watch.cached("kb") == (2, 4)
+    finally:
+        admin.dispose()
+        other.stop()
+
+
+def test_a_writer_starts_from_the_database_never_from_the_cache(postgres: PostgresServer) -> None:
+    """A writer cleans the store above its C: a stale cached C would remove a committed generation."""
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    assert _write(ledger, [("a", "1:a")]) == 1
+    _cache_warm(ledger)
+    with ledger.watch._lock:  # as if the notification of another server's generation 2 had not arrived yet
+        ledger.watch._values["kb"] = (0, None)
+    seen: list[int] = []
+    write = ledger.begin(5.0, prepare=lambda notes: seen.append(notes.committed))
+    try:
+        assert seen == [1] and write.committed == 1 and write.generation == 2
+    finally:
+        write.close()

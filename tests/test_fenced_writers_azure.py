@@ -18,6 +18,7 @@ from stores.azure_search.store import AzureSearchStore
 from stores.base import Record, StoreContext
 from stores.commit_point.database import DatabaseLedger
 from tests.support.azure_search_emulator import AzureSearchEmulator
+from tests.support.postgres_server import kb_schema
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def visible(store: AzureSearchStore) -> set[str]:
 
 
 def test_azure_on_the_database_ledger(emulator: AzureSearchEmulator, tmp_path: Path) -> None:
-    url, kb = f"sqlite:///{tmp_path / 'shared.sqlite'}", f"az-{uuid.uuid4().hex[:8]}"
+    url, kb = kb_schema(f"sqlite:///{tmp_path / 'shared.sqlite'}"), f"az-{uuid.uuid4().hex[:8]}"
     one = open_store(emulator, url, kb, tmp_path / "server-1", 0.6)
     two = open_store(emulator, url, kb, tmp_path / "server-2", 5.0)  # another server: its own folder
     with one.begin() as tx:

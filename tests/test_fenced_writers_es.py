@@ -58,7 +58,7 @@ def postgres() -> Iterator[PostgresServer]:
 def bank(es_node: ElasticsearchNode, postgres: PostgresServer) -> Iterator[dict[str, str]]:
     """A fresh knowledge bank id and database per test (tests share the node and the cluster)."""
     kb_id = f"fenced-{uuid.uuid4().hex[:10]}"
-    yield {"es": es_node.url, "db": postgres.create_database(f"kb_{uuid.uuid4().hex[:12]}"), "kb": kb_id}
+    yield {"es": es_node.url, "db": postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}"), "kb": kb_id}
 
 
 class Worker:

@@ -3,9 +3,9 @@
 Two servers with separate ``$KB_HOME``s on loopback ports, one shared ``KB_DATABASE_URL`` (upgraded first with
 ``kb db upgrade``, as the deployment guide says) and one shared ``KB_FOLDERS_ROOT``. What one server changes
 in the catalog (knowledge banks, settings, keys, folders) the other serves; settings and key changes reach it
-within a second (the catalog's version, polled every 0.2 s). The commit point of a store-backed knowledge bank
-is still per server until the commit-point half of issue 28 lands: writes and searches of one knowledge
-bank go through one server here.
+within a second (the catalog's version, polled every 0.2 s). Elasticsearch knowledge banks keep their commit
+point in the same database, each server caching committed generations (LISTEN/NOTIFY): a write acknowledged
+through A is searched through B within a second. ``/readyz`` names the catalog when it is down.
 """
 
 from __future__ import annotations
@@ -97,6 +97,70 @@ def test_settings_saved_on_a_are_used_by_b_within_a_second(deployment: Deploymen
         print(f"default_k={default_k} saved on A, used by B after {seen * 1000:.0f} ms")
 
 
+def test_a_write_acknowledged_through_a_is_searched_through_b_within_a_second(deployment: Deployment) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "fresh", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es"}}), 201)["id"]
+
+    def ids_on_b() -> set[str]:
+        found = _ok(httpx.post(f"{_kbs(b)}/{kb_id}/search", headers=ADMIN, timeout=30,
+                               json={"query": "report", "k": 50, "search_type": "keyword"}))["results"]
+        return {hit["id"] for hit in found}
+
+    assert ids_on_b() == set()  # B has the knowledge bank open and its generation cached
+    for round_number in range(3):
+        _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60, json={"documents": [
+            {"id": f"r{round_number}", "text": f"report number {round_number}"}]}))
+        expected = {f"r{n}" for n in range(round_number + 1)}
+        seen = _until(lambda e=expected: ids_on_b() == e, INVALIDATION_BUDGET)
+        print(f"write {round_number} acknowledged by A, searched through B after {seen * 1000:.0f} ms")
+    _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+
+
+def test_a_search_makes_no_database_round_trip(deployment: Deployment) -> None:
+    """Settings, key and committed generation all come from B's caches: PostgreSQL's own statement log shows
+    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches."""
+    import re
+
+    from sqlalchemy import create_engine, text
+
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "quiet", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
+        "settings": {"connection": "es"}}), 201)["id"]
+    search = f"{_kbs(b)}/{kb_id}/search"
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": f"q{i}", "text": f"quiet note {i}"} for i in range(5)]}))
+    for _ in range(3):  # B opens the knowledge bank, caches its settings, the key and the generation
+        _ok(httpx.post(search, headers=ADMIN, json={"query": "quiet", "k": 5, "search_type": "keyword"}))
+    admin = create_engine(deployment.postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+
+    def log_statements(value: str) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER SYSTEM SET log_statement = '{value}'"))
+            conn.execute(text("SELECT pg_reload_conf()"))
+        time.sleep(0.5)  # every backend takes the new setting at its next command
+
+    log_statements("all")
+    try:
+        start = deployment.postgres.log.stat().st_size
+        for _ in range(50):
+            found = _ok(httpx.post(search, headers=ADMIN, json={"query": "quiet", "k": 5, "search_type": "keyword"}))
+            assert len(found["results"]) == 5
+        logged = deployment.postgres.log.read_bytes()[start:].decode(errors="replace")
+    finally:
+        log_statements("none")
+        admin.dispose()
+    statements = re.findall(r"(?:statement|execute [^:]*): (.*)", logged)
+    # the polls, their transactions, and what SQLAlchemy asks a new connection (a pool may replace one meanwhile)
+    background = ("select catalog_state.version", "select 1", "begin", "rollback", ";", "show ", "select pg_catalog",
+                  "select current_schema", "listen kb_commit")
+    per_search = [s for s in statements if not s.strip().lower().startswith(background)]
+    assert statements and not per_search, per_search[:10]  # the polls ran (the log works), nothing else did
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+
+
 def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_second(deployment: Deployment) -> None:
     a, b = deployment.servers
     created = deployment.kb("keys", "create", "--name", "temp", "--role", "DEFAULT=reader", home=a.home)
@@ -115,12 +179,12 @@ def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_seco
 
 def test_one_disk_stores_are_refused_naming_the_store_types_that_work(deployment: Deployment) -> None:
     a, _ = deployment.servers
-    for store, settings in (("FAISS", {}), ("CHROMA", {})):
+    for store, settings in (("FAISS", {}), ("CHROMA", {}), ("CHROMA", {"connection": "chroma"})):
         refused = httpx.post(_kbs(a), headers=ADMIN, json={"name": f"local-{store}", "embedding_llm_id": STUB_MODEL,
                                                            "vector_store_type": store, "settings": settings})
         assert refused.status_code == 422, refused.text
         message = refused.json()["error"]["message"]
-        assert "ELASTICSEARCH" in message and "AZURE_AI_SEARCH" in message and "Chroma server" in message
+        assert message.endswith("use one of ELASTICSEARCH, AZURE_AI_SEARCH"), message
     assert not [k for k in _ok(httpx.get(_kbs(a), headers=ADMIN)) if k["name"].startswith("local-")]
 
 
@@ -138,6 +202,9 @@ def test_a_managed_folder_made_on_a_is_shared_with_b_under_the_folders_root(depl
 def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_gets_503(
         deployment: Deployment) -> None:
     a, b = deployment.servers
+    ready = _ok(httpx.get(f"{b.url}/readyz"))
+    assert ready["status"] == "ready" and ready["dependencies"]["catalog"]["state"] == "up"
+    assert ready["dependencies"]["catalog"]["shared"] and "postgres" in ready["dependencies"]["catalog"]["database"]
     kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
         "name": "steady", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
         "settings": {"connection": "es"}}), 201)["id"]
@@ -155,8 +222,17 @@ def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_
         assert listed.headers["Retry-After"] == "2" and listed.json()["error"]["code"] == "catalog_unavailable"
         unknown_key = httpx.get(_kbs(a), headers={"Authorization": "Bearer kb_notcached_" + "x" * 20}, timeout=30)
         assert unknown_key.status_code == 503, unknown_key.text
+        for server in (a, b):  # out of rotation, saying why
+            not_ready = httpx.get(f"{server.url}/readyz", timeout=30)
+            assert not_ready.status_code == 503 and not_ready.headers["Retry-After"] == "2", not_ready.text
+            body = not_ready.json()
+            assert body["status"] == "unavailable" and body["down"] == ["catalog"], body
+            assert body["dependencies"]["catalog"]["state"] == "down" and body["dependencies"]["catalog"]["error"]
+            assert body["dependencies"]["embedding_model"] == {"state": "loaded"}
     finally:
         deployment.postgres.start_again()
+    back = _until(lambda: httpx.get(f"{a.url}/readyz", timeout=30).status_code == 200, 20.0)
+    print(f"catalog back: A ready again after {back * 1000:.0f} ms")
     recovered = _until(lambda: httpx.get(_kbs(b), headers=ADMIN, timeout=30).status_code == 200, 20.0)
     print(f"catalog back: B answers again after {recovered * 1000:.0f} ms")
     assert kb_id in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN, timeout=30))]

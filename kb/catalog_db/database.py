@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import DBAPIError
 
 from kb.catalog_db.engine import describe, make_engine, normalise_url
@@ -33,6 +33,15 @@ class CatalogDatabase:
 
     def __repr__(self) -> str:
         return f"CatalogDatabase({describe(self.url)!r})"
+
+    def describe(self) -> str:
+        """The database as said in messages and logs: never its password."""
+        return describe(self.url)
+
+    def ping(self) -> None:
+        """One round trip (readiness): raises the driver's error when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(select(catalog_state.c.version).where(catalog_state.c.id == 1)).scalar_one()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -24,13 +24,22 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kb_base.errors import StoreUnavailableError, WriterFencedError
 from stores.base import fault_point
 from stores.commit_point.lease import LEASE_SECONDS, Lease
-from stores.commit_point.schema import engine_for, kb_commit, kb_lease, kb_meta, kb_records, read_engine_for
+from stores.commit_point.schema import (
+    engine_for,
+    kb_commit,
+    kb_lease,
+    kb_meta,
+    kb_records,
+    missing_tables,
+    read_engine_for,
+)
+from stores.commit_point.watch import notify_commit, watch_for
 from stores.generations import CommitPoint, GenerationLedger, LedgerNotes
 
 log = logging.getLogger(__name__)
@@ -51,11 +60,18 @@ class DatabaseLedger:
     def __init__(self, url: str, kb_id: str, seed: Path | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
         self.kb_id, self.lease_seconds = kb_id, lease_seconds
         self._last_committed: tuple[int, int | None] | None = None
-        self.engine = engine_for(url)  # first: it creates the tables
+        self.engine = engine_for(url)
         self.reads = read_engine_for(url)
+        self.watch = watch_for(self.reads)  # committed generations cached in this process (PostgreSQL)
         try:
             self._ensure_rows(seed)
         except SQLAlchemyError as exc:
+            missing = _missing_tables(self.engine)
+            if missing:
+                raise StoreUnavailableError(
+                    f"knowledge bank {kb_id}: the database {self.engine.url.render_as_string(hide_password=True)} "
+                    f"has no commit-point tables ({', '.join(missing)}): run `kb db upgrade --database-url ...` "
+                    "on it once, before the servers") from exc
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
@@ -82,21 +98,34 @@ class DatabaseLedger:
                      self.kb_id, seed, generation, len(records))
 
     def committed(self) -> tuple[int, int | None]:
-        """The committed generation and dimension. While the database cannot be reached, the last ones read
-        (readers keep answering from a whole generation): no writer can commit meanwhile, since a commit needs
-        the database, so they are stale only by the commits made between that read and the outage."""
+        """The committed generation and dimension, for a reader: from this process's cache while its listener
+        is fresh (no round trip; ``stores/commit_point/watch.py``), else from the database. While the database
+        cannot be reached, the last ones seen (readers keep answering from a whole generation): no writer can
+        commit meanwhile, since a commit needs the database, so they are stale only by the commits made between
+        that read and the outage."""
+        cached = self.watch.cached(self.kb_id)
+        if cached is not None:
+            self._last_committed = cached
+            return cached
+        session = self.watch.session()
         try:
-            with self.reads.connect() as conn:
-                row = conn.execute(select(kb_commit.c.generation, kb_commit.c.dimension)
-                                   .where(kb_commit.c.kb == self.kb_id)).one()
+            value = self._read_committed()
         except (SQLAlchemyError, OSError) as exc:  # OSError: a socket error the driver let through unwrapped
             if self._last_committed is not None:
                 log.warning("knowledge bank %s: the commit-point database is unavailable (%s); answering from "
                             "generation %d, the last read", self.kb_id, type(exc).__name__, self._last_committed[0])
                 return self._last_committed
             raise self._unavailable(exc) from exc
-        self._last_committed = int(row[0]), (int(row[1]) if row[1] is not None else None)
-        return self._last_committed
+        self.watch.store(self.kb_id, value, session)
+        self._last_committed = value
+        return value
+
+    def _read_committed(self, engine: Engine | None = None) -> tuple[int, int | None]:
+        """From the database, always (what a writer under its lease must use, on the pre-pinged write pool)."""
+        with (engine or self.reads).connect() as conn:
+            row = conn.execute(select(kb_commit.c.generation, kb_commit.c.dimension)
+                               .where(kb_commit.c.kb == self.kb_id)).one()
+        return int(row[0]), (int(row[1]) if row[1] is not None else None)
 
     def ids(self) -> list[str]:
         with self.reads.connect() as conn:
@@ -119,9 +148,13 @@ class DatabaseLedger:
         lease = Lease(self.engine, self.kb_id, self.lease_seconds)
         lease.acquire(timeout)
         try:
+            # never the cache: cleaning up above a stale C would remove a committed generation
             if prepare is not None:
-                prepare(_DatabaseNotes(self, self.committed()[0]))
-            generation, dim = self.committed()
+                prepare(_DatabaseNotes(self, self._read_committed(self.engine)[0]))
+            generation, dim = self._read_committed(self.engine)
+        except SQLAlchemyError as exc:
+            lease.release()
+            raise self._unavailable(exc) from exc
         except BaseException:
             lease.release()
             raise
@@ -135,6 +168,8 @@ class DatabaseLedger:
         with self.engine.begin() as conn:
             for table in (kb_records, kb_meta, kb_lease, kb_commit):
                 conn.execute(delete(table).where(table.c.kb == self.kb_id))
+            notify_commit(conn, self.kb_id, None, None)  # every server's cache forgets it
+        self.watch.forget(self.kb_id)
 
 
 class _DatabaseNotes:
@@ -218,6 +253,7 @@ class DatabaseWrite:
                     added = [{"kb": kb, "id": i, "physical": p, "gen": self.generation} for i, p in self._added.items()]
                     for start in range(0, len(added), _CHUNK):
                         conn.execute(insert(kb_records), added[start : start + _CHUNK])
+                    notify_commit(conn, kb, self.generation, self.dim)  # sent by the COMMIT, if it happens
                     fault_point("before_sqlite_commit")
                     self._outcome_unknown = True  # until COMMIT answers
                 # the COMMIT above is the commit point
@@ -228,6 +264,7 @@ class DatabaseWrite:
                 raise self.ledger._unavailable(exc) from exc
         self._outcome_unknown = False
         self.done = True
+        self.ledger.watch.saw(kb, (self.generation, self.dim))  # this server reads its own write at once
         fault_point("after_sqlite_commit")
 
     def _committed_after_all(self) -> bool:
@@ -256,6 +293,13 @@ class DatabaseWrite:
 
     def close(self) -> None:
         self.lease.release()
+
+
+def _missing_tables(engine: Engine) -> list[str]:
+    try:
+        return missing_tables(engine)
+    except SQLAlchemyError:
+        return []  # the database cannot be asked: it is unavailable, which the caller says
 
 
 def _read_sqlite_ledger(path: Path) -> tuple[int, int | None, list[tuple[str, str, int]], dict[str, str]]:

@@ -1,7 +1,9 @@
 """The commit point's tables in a shared database (issue 28), their engine and the database's clock.
 
-``LEDGER_METADATA`` holds the four tables; the catalog's Alembic migration includes it, and until then
-``engine_for`` creates them when missing. One row per knowledge bank in ``kb_commit`` (committed
+``LEDGER_METADATA`` holds the four tables as the code sees them; the catalog's Alembic revision 0003
+(``kb/catalog_db/migrations/versions/r0003_commit_point.py``) creates them, with ``kb db upgrade`` (a SQLite
+catalog upgrades itself on first use). The code never creates them: one owner of the schema, so that a later
+revision that changes them meets the shape it expects. One row per knowledge bank in ``kb_commit`` (committed
 generation, vector dimension, the epoch of the lease allowed to commit), ``kb_lease`` (the writer's lease)
 and its id map in ``kb_records`` (id -> physical id, generation), as the KB folder's SQLite ledger keeps them;
 ``kb_meta`` holds a driver's durable notes (Azure AI Search: 'index', 'dirty').
@@ -28,10 +30,10 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     literal_column,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
 from kb_base.errors import InvalidInputError
@@ -81,7 +83,7 @@ def normalise_url(url: str) -> str:
 
 
 def engine_for(url: str) -> Engine:
-    """The engine (connection pool) for writes to a database URL, one per process, tables created when missing."""
+    """The engine (connection pool) for writes to a database URL, one per process."""
     return _engine(normalise_url(url), reads=False)
 
 
@@ -125,16 +127,13 @@ def _create(url: str, reads: bool) -> Engine:
     else:
         raise InvalidInputError(f"database URL {parsed.render_as_string(hide_password=True)!r}: kb's commit point "
                                 "runs on PostgreSQL (postgresql://) or SQLite (sqlite:///)")
-    if reads:
-        return engine
-    for attempt in range(3):  # servers starting together race to create the tables; the loser looks again
-        try:
-            LEDGER_METADATA.create_all(engine, checkfirst=True)
-            break
-        except DBAPIError:
-            if attempt == 2:
-                raise
     return engine
+
+
+def missing_tables(engine: Engine) -> list[str]:
+    """The commit-point tables the database lacks (its schema predates revision 0003, or was never upgraded)."""
+    present = set(inspect(engine).get_table_names())
+    return [name for name in LEDGER_METADATA.tables if name not in present]
 
 
 def database_now(engine: Engine) -> ColumnElement[float]:

@@ -39,6 +39,7 @@ class Deployment:
         catalog.save_connection("stub", "openai-compatible", {"base_url": self.embeddings.url, "api_key": API_KEY,
                                                               "models": ["text-embedding-3-small"]})
         catalog.save_connection("es", "elasticsearch", {"url": self.es.url, "index_prefix": "multi-"})
+        catalog.save_connection("chroma", "chroma", {"url": "http://127.0.0.1:9"})  # refused before it is used
         catalog.close()
         for name in ("a", "b"):
             self.servers.append(KBServe(self.root / f"home-{name}", workers=1,

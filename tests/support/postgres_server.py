@@ -94,6 +94,10 @@ class PostgresServer:
                        check=True, capture_output=True)
         return self.url(name)
 
+    def create_kb_database(self, name: str) -> str:
+        """Create database ``name`` at kb's schema head (what ``kb db upgrade`` does) and return its URL."""
+        return kb_schema(self.create_database(name))
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+pg8000://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -109,3 +113,17 @@ class PostgresServer:
         if getattr(self, "_log_file", None):
             self._log_file.close()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def kb_schema(url: str) -> str:
+    """Bring the database at ``url`` (PostgreSQL or ``sqlite:///``) to kb's schema head, as ``kb db upgrade`` does:
+    the catalog's tables and the commit point's (the code no longer creates them). Returns ``url``."""
+    from kb.catalog_db.engine import make_engine, normalise_url
+    from kb.catalog_db.schema import upgrade
+
+    engine = make_engine(normalise_url(url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
