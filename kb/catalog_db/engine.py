@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from kb_base.errors import InvalidInputError
+from stores.commit_point.schema import ping_on_checkout
 
 SQLITE_BUSY_SECONDS = 30.0
 PG_SOCKET_TIMEOUT = 10  # seconds: connect and each read of a catalog query (they are small)
@@ -50,10 +51,12 @@ def describe(url: URL) -> str:
 def make_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    # pre-ping: a connection the database (or a proxy) closed while idle is replaced, not handed to a request;
-    # a socket timeout, so that a database behind a partition fails a request instead of hanging it for ever
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800,
-                         pool_timeout=10, connect_args={"timeout": PG_SOCKET_TIMEOUT})
+    # a ping at checkout: a connection the database (or a proxy) closed while idle is replaced, not handed to a
+    # request; a socket timeout, so that a database behind a partition fails a request instead of hanging it
+    engine = create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=10,
+                           connect_args={"timeout": PG_SOCKET_TIMEOUT})
+    ping_on_checkout(engine)
+    return engine
 
 
 def _sqlite_engine(url: URL) -> Engine:

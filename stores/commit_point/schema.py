@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     literal_column,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.elements import ColumnElement
 
 from kb_base.errors import InvalidInputError
@@ -121,13 +123,32 @@ def _create(url: str, reads: bool) -> Engine:
     elif parsed.get_backend_name() == "postgresql":
         # pre-ping (writes): a pooled connection that died with a database restart is replaced, not handed out
         # a socket timeout: a database host that drops packets must fail a request (503), not hang it forever
-        engine = create_engine(parsed, pool_pre_ping=not reads, pool_size=5, max_overflow=10,
+        engine = create_engine(parsed, pool_size=5, max_overflow=10,
                                connect_args={"timeout": 10.0 if reads else 30.0},
                                **({"isolation_level": "AUTOCOMMIT"} if reads else {}))
+        if not reads:
+            ping_on_checkout(engine)
     else:
         raise InvalidInputError(f"database URL {parsed.render_as_string(hide_password=True)!r}: kb's commit point "
                                 "runs on PostgreSQL (postgresql://) or SQLite (sqlite:///)")
     return engine
+
+
+def ping_on_checkout(engine: Engine) -> None:
+    """Ping each pooled connection as it is handed out; a dead one is replaced (SQLAlchemy's pessimistic
+    disconnect handling). Not ``pool_pre_ping``: that replaces a connection only on a driver error, and pg8000
+    lets a reset socket through as a bare ``ConnectionResetError`` (seen after a database restart)."""
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except (engine.dialect.loaded_dbapi.Error, OSError) as exc:
+            raise DisconnectionError(f"a pooled connection is dead ({type(exc).__name__}: {exc})") from exc
 
 
 def missing_tables(engine: Engine) -> list[str]:
