@@ -18,7 +18,9 @@ Figures, per code: keyword commit time p50/p99 (analysis, write and commit), byt
 (``/proc/self/io`` write_bytes: WAL, checkpoints), write amplification (bytes written over the bytes of text
 added), the bucket rows a query term reads, and keyword query latency p50/p99 before and after the commits over
 SciFact's real queries: uncached (no postings cache: what the first query after any commit pays; the OS page
-cache is warm, as it is on a serving machine) and cached (the same queries again within one generation).
+cache is warm, as it is on a serving machine) and cached (the same queries again within one generation), each
+measured in the commits' process and again in ``--query-rounds`` rounds where the two codes take turns (the
+median of the rounds: other work on a shared machine comes and goes).
 Prints a table with ratios, the CPU's vector flags and the load average; writes JSON (default
 docs/benchmarks/keyword_commits.json).
 """
@@ -162,6 +164,14 @@ def _query_latency(conn: sqlite3.Connection, index: KeywordIndex, queries: list[
             "answers": [[[doc, round(score, 9)] for doc, score in a] for a in answers[:50]]}
 
 
+def queries(path: Path) -> dict[str, Any]:
+    """Query latency alone on an index as it is (no open, nothing written): one round of the interleaved
+    comparison."""
+    out = _query_latency(_connect(path), KeywordIndex(), _queries())
+    del out["answers"]
+    return out
+
+
 def measure(path: Path, n: int, commits: int) -> dict[str, Any]:
     sentences = _sentences()
     queries = _queries()
@@ -212,7 +222,7 @@ def _ratio(old: float, new: float) -> str:
     return f"{old / new:.2f}x" if new else "-"
 
 
-def run(n: int, commits: int, old_tree: Path, work: Path) -> dict[str, Any]:
+def run(n: int, commits: int, old_tree: Path, work: Path, query_rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {"chunks": n, "commits": commits, "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
                                "load_average_at_start": os.getloadavg()}
     base, built = work / f"base-{n}.sqlite", work / f"base-{n}.json"
@@ -224,13 +234,25 @@ def run(n: int, commits: int, old_tree: Path, work: Path) -> dict[str, Any]:
         built.write_text(json.dumps(results["build"]))
     print(f"built: {results['build']}", flush=True)
     results["rows_read_before"] = _run(ROOT, "rows", base)
-    for name, tree in (("old", old_tree), ("new", ROOT)):
+    trees = {"old": old_tree, "new": ROOT}
+    for name, tree in trees.items():
         copy = work / f"{name}.sqlite"
         shutil.copy(base, copy)
         results[name] = _run(tree, "measure", copy, n, commits)
         results[name]["rows_read_after"] = _run(ROOT, "rows", copy)
         print(f"{name}: {results[name]['commit']}, {results[name]['bytes_written']:,} bytes", flush=True)
-        copy.unlink()
+    # query latency again, the two codes taking turns (other work on the machine comes and goes): the base index
+    # for both (before), then each code on its own index after the commits; the median of the rounds' figures
+    rounds: dict[str, list[dict[str, Any]]] = {f"{name}_{phase}": [] for name in trees for phase in ("before", "after")}
+    for _ in range(query_rounds):
+        for name, tree in trees.items():
+            rounds[f"{name}_before"].append(_run(tree, "queries", base))
+            rounds[f"{name}_after"].append(_run(tree, "queries", work / f"{name}.sqlite"))
+    results["query_rounds"] = {key: {kind: {stat: float(np.median([r[kind][stat] for r in runs]))
+                                            for stat in ("p50_ms", "p99_ms")} for kind in ("uncached", "cached")}
+                               for key, runs in rounds.items() if runs}
+    for name in trees:
+        (work / f"{name}.sqlite").unlink()
     results["same_answers_before"] = results["old"]["queries_before"]["answers"] == \
         results["new"]["queries_before"]["answers"]
     results["same_answers_after"] = results["old"]["queries_after"]["answers"] == \
@@ -269,6 +291,12 @@ def report(r: dict[str, Any]) -> None:
         after = r[name]["rows_read_after"]
         print(f"rows a query term reads after, {name}: mean {after['mean']}, p99 {after['p99']}, max {after['max']} "
               f"(most in a bucket {after['max_any_bucket']}, {after['rows']:,} rows in all)")
+    for phase in ("before", "after"):
+        for kind in ("uncached", "cached"):
+            o, w = r["query_rounds"].get(f"old_{phase}"), r["query_rounds"].get(f"new_{phase}")
+            if o and w:
+                line(f"query {kind} p50 ({phase}, rounds)", o[kind]["p50_ms"], w[kind]["p50_ms"], "ms")
+                line(f"query {kind} p99 ({phase}, rounds)", o[kind]["p99_ms"], w[kind]["p99_ms"], "ms")
     print(f"same top-10 answers (50 queries) before: {r['same_answers_before']}, after: {r['same_answers_after']}")
 
 
@@ -276,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "build":
         print(json.dumps(build(Path(args[1]), int(args[2]))), flush=True)
+        return 0
+    if args and args[0] == "queries":
+        print(json.dumps(queries(Path(args[1]))), flush=True)
         return 0
     if args and args[0] == "rows":
         print(json.dumps(rows_read(Path(args[1]))), flush=True)
@@ -286,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=1_000_000)
     parser.add_argument("--commits", type=int, default=1000)
+    parser.add_argument("--query-rounds", type=int, default=3, help="interleaved query rounds per code and state")
     parser.add_argument("--old-tree", type=Path, required=True, help="a checkout of the code to compare with")
     parser.add_argument("--work", type=Path,
                         help="a folder kept for the next run, which reuses its base index (default: temporary)")
@@ -293,10 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     parsed = parser.parse_args(args)
     if parsed.work:  # kept: its base index is reused by the next run
         parsed.work.mkdir(parents=True, exist_ok=True)
-        results = run(parsed.chunks, parsed.commits, parsed.old_tree.resolve(), parsed.work)
+        results = run(parsed.chunks, parsed.commits, parsed.old_tree.resolve(), parsed.work, parsed.query_rounds)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            results = run(parsed.chunks, parsed.commits, parsed.old_tree.resolve(), Path(tmp))
+            results = run(parsed.chunks, parsed.commits, parsed.old_tree.resolve(), Path(tmp), parsed.query_rounds)
     report(results)
     parsed.out.parent.mkdir(parents=True, exist_ok=True)
     parsed.out.write_text(json.dumps(results, indent=2))

@@ -14,10 +14,12 @@ over the whole write at once.
 - frequencies and lengths at the narrowest width of the write's values, ``packing`` = 10 * frequency width +
   length width (bytes: 1, 2 or 4).
 
-A query reads its term's bucket rows (one per write that touched the bucket, ``seg`` order) and decodes only
-its term's slice of each. Once a bucket has ``MERGE_AT`` rows its rows are merged into one (``seg`` 0),
-tombstoned postings dropped, together with any rows an index of format 3 left in ``kw_segments`` for its terms
-(those are read as they are until then: no conversion pass over an old index's postings).
+A query reads its term's bucket rows (``seg`` order: one statement, small rows' columns with it) and decodes only
+its term's slice of each. Rows are merged by a tiered policy (``merge_plans``, ``tiered_suffix``): the newest
+rows of one tier or below, once ``MERGE_AT`` of them, become one row taking the oldest one's ``seg``, tombstoned
+postings dropped. A bucket with rows an index of format 3 left in ``kw_segments`` for its terms is merged whole
+with them (``seg`` 0), as before (those are read as they are until then: no conversion pass over an old index's
+postings).
 """
 
 from __future__ import annotations
