@@ -43,9 +43,16 @@ in, all encoded by numpy over the whole write (at 100k chunks of real text, 164k
                     compaction).
 ==================  ========================================================================================
 
-Life of the data: each write adds one row per bucket it touches; a bucket's rows are merged into one (its
-tombstoned postings dropped) once it has ``MERGE_AT`` (8), and every row is rewritten once tombstones pass a
-quarter of the postings. A term's document frequency is the number of its live postings (a document has one
+Life of the data: each write adds one row per bucket it touches; a bucket's rows are merged by a tiered policy
+(``postings.merge_plans``, issue 34): a row's tier is its size class (below ``TIER_BASE``, 512 postings, then one
+per factor of ``MERGE_AT``, 8), and once the newest rows of the newest row's tier or below number ``MERGE_AT``
+they become one row (tombstoned postings dropped), taking the seg of the oldest of them, so rows keep their
+order. A small commit thus rewrites small rows only: a common term's large rows are rewritten about once per
+tier, not at every eighth commit that touches their bucket (at 1M chunks that was most of what a one-document
+commit wrote), and a bucket keeps fewer than ``MERGE_AT`` rows per tier (what a query reads). Every row is
+rewritten once tombstones pass a quarter of the postings. Indexes written before tiers (a bucket's rows merged
+whole into seg 0) are read as they are: same rows, same encoding (``fixtures/keyword_index_format4_whole_merges``).
+A term's document frequency is the number of its live postings (a document has one
 posting per term; a reused rowid's old postings are merged away first), counted when they are read: exact at
 every commit, so scores never depend on merge state. Scoring is numpy over the decoded postings (``search``),
 with caches of scored postings and of queried terms' ids per committed generation (``search.PostingsCache``,

@@ -21,7 +21,7 @@ from stores.keyword.batch import AnalysedBatch, analyse_batch
 from stores.keyword.search import PostingsCache, ScoredPostings, TermIdCache, idf, top_k
 from stores.keyword.writes import _BATCH, BatchWrites, _marks
 
-MERGE_AT = 8  # rows per bucket before they are merged into one
+MERGE_AT = 8  # the tiered merge's fan-out: rows of a bucket's newest tier merged into one (``postings.merge_plans``)
 FORMAT = 4  # 4: lexicon blocks and bucket rows (see ``lexicon``, ``postings``), unreadable by format 3's code
 _TERM = np.dtype("<i8")  # term ids in kw_docs and kw_deleted, indexes made before 'doc_term_bytes' existed
 _TERM32 = np.dtype("<i4")  # ... and since: half the bytes (a tenth of a store's SQLite file, written twice)
@@ -156,20 +156,20 @@ class KeywordIndex(BatchWrites):
             dtype = self._term_dtype(conn)
             terms = np.concatenate([np.frombuffer(blob, dtype=dtype) for _, blob in reused])
             # merging drops every tombstoned posting of these terms' buckets
-            self._merge_buckets(conn, np.unique(postings.bucket_of(terms)).tolist())
+            self._merge_buckets(conn, [(bucket, 0) for bucket in np.unique(postings.bucket_of(terms)).tolist()])
             # a document's postings are only under its own terms, so after that merge none are left
             conn.executemany("DELETE FROM kw_deleted WHERE doc = ?", [(doc,) for doc, _ in reused])
 
     def _merge_crowded(self, conn: sqlite3.Connection, buckets: list[int]) -> None:
-        crowded = postings.crowded(conn, buckets, MERGE_AT)
-        if crowded:
-            self._merge_buckets(conn, crowded)
+        plans = postings.merge_plans(conn, buckets, MERGE_AT, self._legacy(conn))
+        if plans:
+            self._merge_buckets(conn, plans)
 
-    def _merge_buckets(self, conn: sqlite3.Connection, buckets: Sequence[int]) -> None:
-        """Rewrite each bucket's rows as one, without tombstoned postings."""
+    def _merge_buckets(self, conn: sqlite3.Connection, plans: Sequence[tuple[int, int]]) -> None:
+        """Rewrite each ``(bucket, first seg)``'s rows from that seg on as one, without tombstoned postings."""
         deleted = self._deleted(conn)
         legacy = self._legacy(conn)
-        dropped = sum(postings.merge(conn, bucket, deleted, legacy) for bucket in buckets)
+        dropped = sum(postings.merge(conn, bucket, deleted, legacy, first) for bucket, first in plans)
         if dropped:
             self._bump(conn, "deleted", -dropped)
             self._bump(conn, "postings", -dropped)
@@ -178,7 +178,7 @@ class KeywordIndex(BatchWrites):
                 conn.execute("UPDATE kw_stats SET value = 0 WHERE key = 'deleted'")
 
     def _compact_all(self, conn: sqlite3.Connection) -> None:
-        self._merge_buckets(conn, postings.buckets(conn, self._legacy(conn)))
+        self._merge_buckets(conn, [(bucket, 0) for bucket in postings.buckets(conn, self._legacy(conn))])
         if self._legacy(conn):
             conn.execute("DROP TABLE kw_segments")  # every row of it is in the buckets now
         conn.execute("DELETE FROM kw_deleted")
@@ -220,6 +220,12 @@ class KeywordIndex(BatchWrites):
             keep = ~_member(docs, deleted)
             docs, tfs, lengths = docs[keep], tfs[keep], lengths[keep]
         return docs, tfs, lengths
+
+    def rows_read(self, conn: sqlite3.Connection, query: str) -> list[int]:
+        """How many postings rows each of the query's known terms reads (those of its bucket): what the merge
+        policy bounds, for benchmarks and diagnosis."""
+        ids = lexicon.lookup(conn, list(self.analyzer.term_counts(query))).values()
+        return [postings.row_count(conn, term_id) for term_id in sorted(ids)]
 
     def search(
         self,

@@ -14,10 +14,12 @@ over the whole write at once.
 - frequencies and lengths at the narrowest width of the write's values, ``packing`` = 10 * frequency width +
   length width (bytes: 1, 2 or 4).
 
-A query reads its term's bucket rows (one per write that touched the bucket, ``seg`` order) and decodes only
-its term's slice of each. Once a bucket has ``MERGE_AT`` rows its rows are merged into one (``seg`` 0),
-tombstoned postings dropped, together with any rows an index of format 3 left in ``kw_segments`` for its terms
-(those are read as they are until then: no conversion pass over an old index's postings).
+A query reads its term's bucket rows (``seg`` order: one statement, small rows' columns with it) and decodes only
+its term's slice of each. Rows are merged by a tiered policy (``merge_plans``, ``tiered_suffix``): the newest
+rows of one tier or below, once ``MERGE_AT`` of them, become one row taking the oldest one's ``seg``, tombstoned
+postings dropped. A bucket with rows an index of format 3 left in ``kw_segments`` for its terms is merged whole
+with them (``seg`` 0), as before (those are read as they are until then: no conversion pass over an old index's
+postings).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from kb_base.errors import StoreError
 from stores.keyword import packing as segment_packing
 
+TIER_BASE = 512  # postings: rows below this are one tier, merged together cheaply (a few KB)
 BUCKET_BITS = 6  # 64 term ids: a cold query reads ~4x less of a row than with 256, a bulk write makes 4x more rows
 _TERM, _BOUND, _GAP = np.dtype("<i4"), np.dtype("<u4"), np.dtype("<u2")
 _ESCAPE, _ESCAPED = np.dtype("<u4"), np.dtype("<i8")
@@ -140,20 +143,24 @@ def term_postings(conn: sqlite3.Connection, term_id: int) -> list[tuple[int, Pos
     is large: a rare term sharing a bucket with a common one reads its own postings, not the common term's."""
     out = []
     bucket = term_id >> BUCKET_BITS
-    for rowid, seg, terms, bounds, escapes, escaped, packing in conn.execute(
-            "SELECT rowid, seg, terms, bounds, escapes, escaped, packing FROM kw_buckets WHERE bucket = ? "
-            "ORDER BY seg", (bucket,)):
+    small = _WHOLE_ROW * _GAP.itemsize
+    # a small row's big columns come with its small ones (one statement for the bucket, however many rows the
+    # tiered merges leave it); a large row's stay unread here (CASE: SQLite does not load a column it skips)
+    for rowid, seg, terms, bounds, escapes, escaped, packing, *columns in conn.execute(
+            "SELECT rowid, seg, terms, bounds, escapes, escaped, packing, "
+            f"CASE WHEN length(gaps) <= {small} THEN gaps END, CASE WHEN length(gaps) <= {small} THEN tfs END, "
+            f"CASE WHEN length(gaps) <= {small} THEN lengths END FROM kw_buckets WHERE bucket = ? ORDER BY seg",
+            (bucket,)):
         ids = np.frombuffer(terms, dtype=_TERM)
         at = int(np.searchsorted(ids, term_id))
         if at == ids.size or int(ids[at]) != term_id:
             continue
         ends = np.frombuffer(bounds, dtype=_BOUND)
-        s, e, total = int(ends[at]), int(ends[at + 1]), int(ends[-1])
+        s, e = int(ends[at]), int(ends[at + 1])
         types = (_GAP, _COUNT_TYPES[packing // 10], _COUNT_TYPES[packing % 10])
-        if total <= _WHOLE_ROW:  # a small row: one read of its columns costs less than three blob opens
-            row = conn.execute("SELECT gaps, tfs, lengths FROM kw_buckets WHERE rowid = ?", (rowid,)).fetchone()
-            gaps, tfs, lengths = (np.frombuffer(blob, dtype=t)[s:e] for blob, t in zip(row, types, strict=True))
-        else:
+        if columns[0] is not None:
+            gaps, tfs, lengths = (np.frombuffer(blob, dtype=t)[s:e] for blob, t in zip(columns, types, strict=True))
+        else:  # a large row: only the term's slice of each column (a rare term beside a common one reads little)
             gaps, tfs, lengths = (_slice(conn, column, rowid, s, e, t)
                                   for column, t in zip(("gaps", "tfs", "lengths"), types, strict=True))
         docs = gaps.astype(np.int64)
@@ -186,20 +193,74 @@ def crowded(conn: sqlite3.Connection, buckets: Sequence[int], limit: int) -> lis
     return out
 
 
-def merge(conn: sqlite3.Connection, bucket: int, deleted: np.ndarray, legacy: bool) -> int:
-    """Rewrite a bucket's rows (and ``kw_segments`` rows of its terms, ``legacy``) as one row, tombstoned
-    postings (``deleted``, sorted) dropped: how many were."""
+def row_count(conn: sqlite3.Connection, term_id: int) -> int:
+    """The rows a query of the term reads: its bucket's."""
+    return conn.execute("SELECT COUNT(*) FROM kw_buckets WHERE bucket = ?", (term_id >> BUCKET_BITS,)).fetchone()[0]
+
+
+def tier(size: int, fan_out: int) -> int:
+    """A row's size class: 0 below ``TIER_BASE`` postings, then one more per ``fan_out`` times as many."""
+    tier = 0
+    while size >= TIER_BASE * fan_out**tier:
+        tier += 1
+    return tier
+
+
+def tiered_suffix(sizes: Sequence[int], fan_out: int) -> int | None:
+    """Where the merge of a bucket's rows (``sizes`` in postings, oldest first) starts, or None: a tiered policy.
+
+    The newest row's tier ``t``; the run of newest rows whose tiers are all at most ``t``; once that run holds
+    ``fan_out`` rows it is merged into one, which may complete a run of the tier above (merged in the same pass:
+    the merge starts where the last run of the cascade does). A posting is rewritten about once per tier (log of
+    the bucket's size, base ``fan_out``), never with the bucket's big old rows at every few commits; a bucket
+    keeps fewer than ``fan_out`` rows per tier."""
+    sizes = list(sizes)
+    start = None
+    while len(sizes) >= fan_out:
+        top = tier(sizes[-1], fan_out)
+        run = 0
+        while run < len(sizes) and tier(sizes[-1 - run], fan_out) <= top:
+            run += 1
+        if run < fan_out:
+            break
+        sizes[-run:] = [sum(sizes[-run:])]
+        start = len(sizes) - 1
+    return start
+
+
+def merge_plans(conn: sqlite3.Connection, buckets: Sequence[int], fan_out: int, legacy: bool) -> list[tuple[int, int]]:
+    """``(bucket, first seg)`` of each merge the tiered policy asks of ``buckets``: rows from that seg on become
+    one. With rows of format 3 left (``legacy``) a bucket is merged whole, as before, once it has ``fan_out``."""
+    plans: list[tuple[int, int]] = []
+    full = crowded(conn, buckets, fan_out)  # fewer rows than the fan-out: nothing to merge, sizes not read
+    if legacy:
+        return [(bucket, 0) for bucket in full]
+    for bucket in full:
+        # length() of a blob is read from the row's header: the postings themselves are not read
+        rows = conn.execute("SELECT seg, length(gaps) FROM kw_buckets WHERE bucket = ? ORDER BY seg",
+                            (bucket,)).fetchall()
+        at = tiered_suffix([size // _GAP.itemsize for _, size in rows], fan_out)
+        if at is not None:
+            plans.append((bucket, int(rows[at][0])))
+    return plans
+
+
+def merge(conn: sqlite3.Connection, bucket: int, deleted: np.ndarray, legacy: bool, first_seg: int = 0) -> int:
+    """Rewrite a bucket's rows from ``first_seg`` on (and ``kw_segments`` rows of its terms, ``legacy``, when the
+    merge is whole) as one row, tombstoned postings (``deleted``, sorted) dropped: how many were. The new row
+    takes ``first_seg``: rows keep their order, so a term's documents stay ascending across rows."""
     parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for seg, *row in conn.execute(f"SELECT seg, {_COLUMNS} FROM kw_buckets WHERE bucket = ?", (bucket,)):
+    for seg, *row in conn.execute(f"SELECT seg, {_COLUMNS} FROM kw_buckets WHERE bucket = ? AND seg >= ?",
+                                  (bucket, first_seg)):
         parts.append((seg, *_Decoded(*row).everything()))
     low, high = bucket << BUCKET_BITS, ((bucket + 1) << BUCKET_BITS) - 1
-    if legacy:
+    if legacy and first_seg == 0:
         for seg, term, *row in conn.execute("SELECT seg, term_id, packing, docs, tfs, lengths, doc_base "
                                             "FROM kw_segments WHERE term_id BETWEEN ? AND ?", (low, high)):
             docs, tfs, lengths = segment_packing.unpack(*row)
             parts.append((seg, np.full(docs.size, term, np.int64), docs.astype(np.int64), tfs, lengths))
         conn.execute("DELETE FROM kw_segments WHERE term_id BETWEEN ? AND ?", (low, high))
-    conn.execute("DELETE FROM kw_buckets WHERE bucket = ?", (bucket,))
+    conn.execute("DELETE FROM kw_buckets WHERE bucket = ? AND seg >= ?", (bucket, first_seg))
     if not parts:
         return 0
     parts.sort(key=lambda part: part[0])  # older rows first: a term's documents keep their order
@@ -214,7 +275,7 @@ def merge(conn: sqlite3.Connection, bucket: int, deleted: np.ndarray, legacy: bo
         order = np.argsort(terms, kind="stable")
         terms, docs, tfs, lengths = terms[order], docs[order], tfs[order], lengths[order]
         present, starts = np.unique(terms, return_index=True)
-        insert(conn, encode(0, present, np.append(starts, terms.size), docs, tfs, lengths))
+        insert(conn, encode(first_seg, present, np.append(starts, terms.size), docs, tfs, lengths))
     return dropped
 
 
