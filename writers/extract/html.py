@@ -37,7 +37,7 @@ from trafilatura import bare_extraction
 from kb_base.errors import EmptyDocumentError
 from writers.extract.html_blocks import HTML_HEADINGS, Block, iter_blocks
 from writers.extract.html_code import hide_code, restore_code
-from writers.extract.html_page import main_content, parse_page, text_length
+from writers.extract.html_page import main_content, parse_page, text_length, text_of
 from writers.extract.types import ExtractedDocument, SectionBuilder
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _why_empty(data: bytes) -> str:
 def extract_html(data: bytes, mode: str) -> ExtractedDocument:
     tree = parse_page(data)
     titles = tree.xpath("//title")
-    title = " ".join(titles[0].text_content().split()) if titles else None
+    title = " ".join(text_of(titles[0]).split()) if titles else None
     content = main_content(tree)
     root = content.root
     if text_length(root) == 0:
@@ -112,7 +112,7 @@ def extract_html(data: bytes, mode: str) -> ExtractedDocument:
 def _through_trafilatura(root: etree._Element, title: str | None) -> list[Block] | None:
     """The blocks trafilatura keeps of ``root`` (moved into its input: ``root`` is left empty); None when it
     kept nothing or lost the page's headings."""
-    has_headings = any(h.text_content().strip() for h in root.iter(*HTML_HEADINGS))
+    has_headings = any(text_length(h) for h in root.iter(*HTML_HEADINGS))
     for figure in root.iter("figure", "figcaption"):
         # trafilatura drops figures with the images it leaves out; documentation puts code listings in them
         figure.tag = "div" if figure.tag == "figure" else "p"

@@ -43,13 +43,18 @@ CHROME_SHARE = 0.5  # a "chrome" element holding at least this much of the conte
 # documentation generators that mark no main content but always lay their pages out the same way: the
 # generator <meta> they write -> the page chrome of that layout, relative to <body>
 GENERATOR_CHROME = {
-    # DocBook XSL (PostgreSQL, GNOME, FreeBSD manuals...): Prev/Up/Next/Home tables above and below the text
+    # DocBook XSL, chunked (PostgreSQL, FreeBSD, many GNU manuals): Prev/Up/Next/Home tables around the text
     "docbook xsl": "./div[@class='navheader' or @class='navfooter']",
+    # GTK-Doc (GLib, GTK, libxslt, libtasn1 API references): its own navigation table and footer line
+    "gtk-doc": "./table[@class='navigation'] | ./div[@class='footer']",
 }
 PRESCAN_BYTES = 4096  # where a page declares its charset (the HTML standard's prescan reads 1024)
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 _TEXT_LENGTH = etree.XPath("string-length(normalize-space(.))")  # in libxml2: a page's text is not copied
+_TEXT = etree.XPath("string(.)")
+_ROLES = etree.XPath(".//@role")
+_HIDDEN = etree.XPath(".//@hidden | .//@aria-hidden")
 
 
 @dataclass
@@ -61,6 +66,11 @@ class MainContent:
 def text_length(element: etree._Element) -> int:
     """Characters of visible text under ``element``, runs of whitespace counted as one."""
     return int(_TEXT_LENGTH(element))
+
+
+def text_of(element: etree._Element) -> str:
+    """All the text under ``element``, as one string."""
+    return str(_TEXT(element))
 
 
 def _charset(data: bytes) -> str | None:
@@ -85,8 +95,10 @@ def _charset(data: bytes) -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _parser(charset: str) -> lxml.html.HTMLParser:
-    return lxml.html.HTMLParser(encoding=charset, remove_comments=True, remove_pis=True)
+def _parser(charset: str) -> etree.HTMLParser:
+    # lxml's own elements, not lxml.html's: those are looked up by a Python function for every element
+    # touched, which made walking a tree four times slower (trafilatura gets lxml.html elements: html.py)
+    return etree.HTMLParser(encoding=charset, remove_comments=True, remove_pis=True)
 
 
 def parse_page(data: bytes) -> etree._Element:
@@ -95,8 +107,8 @@ def parse_page(data: bytes) -> etree._Element:
     tree = None
     if charset is not None:
         try:
-            tree = lxml.html.document_fromstring(data, parser=_parser(charset))
-        except (etree.ParserError, ValueError, LookupError):
+            tree = etree.fromstring(data, parser=_parser(charset))
+        except (etree.ParserError, etree.XMLSyntaxError, ValueError, LookupError):
             tree = None  # libxml2 does not know that charset, or found nothing: the slower road below
     if tree is None:
         tree = load_html(data)  # trafilatura's charset detection, for pages that do not say theirs
@@ -119,14 +131,16 @@ def _is_chrome(element: etree._Element, in_main: bool) -> bool:
             or element.get("hidden") is not None)
 
 
-def _known_layout_chrome(tree: etree._Element, body: etree._Element) -> list[etree._Element] | None:
-    """The page chrome of a known generator's layout (None: not such a page)."""
+def _known_layout_chrome(tree: etree._Element, body: etree._Element) -> list[etree._Element]:
+    """The page chrome of a known generator's layout, when the page says it is one and has that chrome (a
+    generator's other layouts, such as DocBook's single-page books, are not known: empty)."""
     for meta in tree.iterfind("head/meta[@name='generator']"):
         generator = (meta.get("content") or "").lower()
         for name, chrome in GENERATOR_CHROME.items():
-            if generator.startswith(name):
-                return body.xpath(chrome)
-    return None
+            found = body.xpath(chrome) if generator.startswith(name) else []
+            if found:
+                return found
+    return []
 
 
 def main_content(tree: etree._Element) -> MainContent:
@@ -134,7 +148,9 @@ def main_content(tree: etree._Element) -> MainContent:
     body = tree.find("body") if tree.tag == "html" else None
     body = body if body is not None else tree
     body_length = text_length(body) or 1
-    candidates = tree.xpath("//main | //*[@role='main']")
+    # attribute nodes, then their elements: a predicate on every element ([@role='main']) costs libxml2 ten
+    # times more
+    candidates = [*tree.iter("main"), *(role.getparent() for role in _ROLES(tree) if role.lower() == "main")]
     articles = tree.xpath("//article")
     if not candidates and len(articles) == 1:
         candidates = articles
@@ -145,18 +161,19 @@ def main_content(tree: etree._Element) -> MainContent:
     doomed = []
     if not marked:
         layout = _known_layout_chrome(tree, body)
-        if layout is not None:
+        if layout:
             marked = True
             doomed += [element for element in layout if text_length(element) < CHROME_SHARE * root_length]
     # the candidates by tag and by attribute, found by libxml2: a Python test of every element costs more
     # than the rest of the page's reading
-    chrome = [element for element in (*root.iter(*CHROME_TAGS), *root.xpath(".//*[@role or @hidden or @aria-hidden]"))
-              if _is_chrome(element, root is not body)]
+    flagged = [attribute.getparent() for attribute in (*_ROLES(root), *_HIDDEN(root))]
+    chrome = [element for element in (*root.iter(*CHROME_TAGS), *flagged)
+              if element is not root and _is_chrome(element, root is not body)]
     if root is body:  # a page-level header or footer, unless it holds the page's title
         chrome += [element for element in body if element.tag in PAGE_CHROME_TAGS and not element.xpath(".//h1")]
     doomed += [element for element in chrome if text_length(element) < CHROME_SHARE * root_length]
     for element in doomed:
-        if element.getparent() is not None and element is not root:  # not already gone with an ancestor
+        if element.getparent() is not None:  # not already gone with an ancestor
             drop(element)
     return MainContent(root, marked)
 
