@@ -147,17 +147,21 @@ def main_content(tree: etree._Element) -> MainContent:
     """The element holding the page's main text, with navigation regions that do not hold it removed."""
     body = tree.find("body") if tree.tag == "html" else None
     body = body if body is not None else tree
-    body_length = text_length(body) or 1
+    body_length = text_length(body)
     # attribute nodes, then their elements: a predicate on every element ([@role='main']) costs libxml2 ten
     # times more
     candidates = [*tree.iter("main"), *(role.getparent() for role in _ROLES(tree) if role.lower() == "main")]
-    articles = tree.xpath("//article")
+    articles = list(tree.iter("article"))
     if not candidates and len(articles) == 1:
         candidates = articles
-    best = max(candidates, key=text_length, default=None)
-    marked = best is not None and text_length(best) >= MAIN_SHARE * body_length
+    best, best_length = None, -1
+    for candidate in candidates:
+        length = text_length(candidate)
+        if length > best_length:
+            best, best_length = candidate, length
+    marked = best is not None and best_length >= MAIN_SHARE * body_length
     root = best if marked else body
-    root_length = text_length(root) or 1
+    root_length = (best_length if marked else body_length) or 1
     doomed = []
     if not marked:
         layout = _known_layout_chrome(tree, body)
