@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import lxml.html
 from lxml import etree
-from trafilatura import bare_extraction
 
 from kb_base.errors import EmptyDocumentError
 from writers.extract.html_blocks import HTML_HEADINGS, Block, iter_blocks
@@ -43,6 +43,14 @@ from writers.extract.types import ExtractedDocument, SectionBuilder
 log = logging.getLogger(__name__)
 
 _REFRESH = re.compile(r"url\s*=\s*['\"]?([^'\";]+)", re.IGNORECASE)
+
+
+def bare_extraction(*args: Any, **kwargs: Any) -> Any:
+    """trafilatura's, imported on first use: half a second of imports that pages marking their content, and
+    every other kind of document, never need."""
+    from trafilatura import bare_extraction as extraction
+
+    return extraction(*args, **kwargs)
 
 
 def _as_article(root: etree._Element, title: str | None) -> etree._Element:

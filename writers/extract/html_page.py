@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import lxml.html
 from lxml import etree
-from trafilatura.utils import load_html
 
 from kb_base.errors import ExtractionError
 
@@ -110,8 +109,10 @@ def parse_page(data: bytes) -> etree._Element:
             tree = etree.fromstring(data, parser=_parser(charset))
         except (etree.ParserError, etree.XMLSyntaxError, ValueError, LookupError):
             tree = None  # libxml2 does not know that charset, or found nothing: the slower road below
-    if tree is None:
-        tree = load_html(data)  # trafilatura's charset detection, for pages that do not say theirs
+    if tree is None:  # trafilatura's charset detection, for pages that do not say theirs
+        from trafilatura.utils import load_html
+
+        tree = load_html(data)
     if tree is None:  # trafilatura refuses fragments it finds dubious; lxml reads anything
         try:
             tree = lxml.html.document_fromstring(data)
