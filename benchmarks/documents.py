@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/documents.json"))
     parser.add_argument("--real", action="store_true", help="the machine's real documentation sets instead")
     parser.add_argument("--per-corpus", type=int, default=120, help="--real: HTML files sampled per corpus")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--real: end-to-end rounds, the sync and the bare model in alternating order")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.real:
@@ -229,10 +231,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_real(args: argparse.Namespace) -> int:
     from benchmarks.documents_real import print_real, time_real_extraction, time_real_sync
+    from benchmarks.suite import cpu_flags
 
+    load_before = os.getloadavg()
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, flags "
+          f"{' '.join(cpu_flags())}; load average {load_before[0]:.1f}", flush=True)
     extraction = time_real_extraction(args.per_corpus)
     with tempfile.TemporaryDirectory(prefix="kb-bench-real-") as tmp:
-        end_to_end = None if args.skip_model else time_real_sync(Path(tmp) / "home")
+        end_to_end = None if args.skip_model else time_real_sync(Path(tmp) / "home", args.rounds)
     failed = sum(entry[mode]["failed"] for entry in extraction.values() for mode in ("raw", "structured"))
     slowest = min(entry["raw"]["pages_per_cpu_second"] or 0 for entry in extraction.values())
     checks = {"no_failures": failed == 0,
@@ -241,8 +247,8 @@ def main_real(args: argparse.Namespace) -> int:
         checks["sync_over_bare_model"] = end_to_end["sync_over_bare_model"] <= TARGETS["sync_over_bare_model"]
     report = {"benchmark": "documents-real", "corpora": extraction, "end_to_end": end_to_end, "targets": TARGETS,
               "pass": {k: "PASS" if ok else "MISS" for k, ok in checks.items()},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "load_average": os.getloadavg()}}
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_flags": cpu_flags(),
+                          "load_average_before": load_before, "load_average_after": os.getloadavg()}}
     out = args.out.with_name(args.out.stem + "-real.json") if args.out.name == "documents.json" else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

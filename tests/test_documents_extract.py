@@ -231,10 +231,27 @@ def test_html_keeps_code_blocks_tables_and_link_text() -> None:
     assert "Home" not in "".join(sections.values())
 
 
-def test_html_in_its_declared_charset() -> None:
-    page = '<html><head><meta charset="windows-1252"></head><body><p>Caf\xe9 cr\xe8me \u20ac 5</p></body></html>'
-    document = extract_document("/menu.html", page.encode("cp1252"), "raw")
-    assert document.sections[0].text.strip() == "Café crème € 5" and document.warnings == []
+@pytest.mark.parametrize(("head", "encoding"), [
+    ('<meta charset="windows-1252">', "cp1252"),
+    ('<meta http-equiv="Content-Type" content="text/html; charset=ISO-8859-15">', "iso-8859-15"),
+    ("", "utf-8"),  # nothing declared: UTF-8 bytes are UTF-8
+    ("", "utf-8-sig"),  # a byte order mark
+])
+def test_html_in_its_declared_charset(head: str, encoding: str) -> None:
+    text = "Café crème € 5" if encoding != "iso-8859-15" else "Café crème € 5 (Latin-9)"
+    page = f"<html><head>{head}</head><body><main><p>{text}</p></main></body></html>"
+    document = extract_document("/menu.html", page.encode(encoding), "raw")
+    assert document.sections[0].text.strip() == text and document.warnings == []
+
+
+def test_html_form_controls_are_not_text() -> None:
+    """Buttons and inputs are page furniture (Node.js docs put a "copy" button after every code block)."""
+    page = (b"<html><body><main><h1>Install</h1><p>Run the installer.</p><pre>npm install kb</pre>"
+            b"<button>copy</button><select><option>v20</option></select><textarea>notes</textarea></main></body></html>")
+    text = extract_document("/install.html", page, "raw").sections[0].text
+    assert "npm install kb" in text and "Run the installer." in text
+    for furniture in ("copy", "v20", "notes"):
+        assert furniture not in text
 
 
 def test_markdown_nested_headings_but_not_hashes_in_code() -> None:

@@ -41,7 +41,8 @@ class Block:
 
 
 def _tag(element: etree._Element) -> str:
-    return element.tag.lower() if isinstance(element.tag, str) else ""
+    tag = element.tag  # libxml2's HTML parser and trafilatura write tags in lower case
+    return tag if isinstance(tag, str) else ""
 
 
 def _is_block(element: etree._Element) -> bool:
