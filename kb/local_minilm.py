@@ -126,7 +126,7 @@ class OnnxMiniLM:
 
     def __init__(self, path: Path, cache_dir: Path, threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, weights_sha256: str | None = WEIGHTS_SHA256,
-                 int8: bool = False) -> None:
+                 int8: bool = False, spin_us: int | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -144,7 +144,7 @@ class OnnxMiniLM:
         self.max_length = _max_seq_length(path)
         self.batch_size = batch_size
         self.threads = threads or default_threads()
-        self.spin_us = spin_microseconds()
+        self.spin_us = spin_microseconds() if spin_us is None else spin_us
         # the tokenizer's batch encoding runs on rayon's pool, sized once per process at its first use: as
         # many threads as onnxruntime's (an explicit RAYON_NUM_THREADS wins)
         os.environ.setdefault("RAYON_NUM_THREADS", str(self.threads))
