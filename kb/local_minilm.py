@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,9 +146,6 @@ class OnnxMiniLM:
         self.batch_size = batch_size
         self.threads = threads or default_threads()
         self.spin_us = spin_microseconds() if spin_us is None else spin_us
-        # the tokenizer's batch encoding runs on rayon's pool, sized once per process at its first use: as
-        # many threads as onnxruntime's (an explicit RAYON_NUM_THREADS wins)
-        os.environ.setdefault("RAYON_NUM_THREADS", str(self.threads))
         options = ort.SessionOptions()
         # the graph already holds the fused BERT kernels; this adds constant folding and memory planning
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -166,6 +164,7 @@ class OnnxMiniLM:
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()  # kb pads each length-sorted batch itself
         self.tokenizer = tokenizer
+        _size_tokenizer_pool(tokenizer, self.threads)
         self.pad_id = _pad_id(path)
         self._run_lock = threading.Lock()
         # tokenising the next window overlaps a run only when there is a core to spare for it
@@ -276,6 +275,22 @@ def _groups(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int]
         ranges.append((cut[i], i))
         i = cut[i]
     return ranges[::-1]
+
+
+def _size_tokenizer_pool(tokenizer: Any, threads: int) -> None:
+    """Start the tokenizer's batch-encoding pool (Rust's rayon, one per process, sized from
+    ``RAYON_NUM_THREADS`` when it first runs) with as many threads as onnxruntime's.
+
+    The variable is set only for that first run and removed again, so that processes started from this one
+    (uvicorn workers, Ray actors with their own ``KB_ONNX_THREADS``) size their own. An explicit
+    ``RAYON_NUM_THREADS`` wins; a pool something else started first keeps its size."""
+    if "RAYON_NUM_THREADS" in os.environ:
+        return
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    try:
+        tokenizer.encode_batch(["kb", "kb"])
+    finally:
+        os.environ.pop("RAYON_NUM_THREADS", None)
 
 
 def _invalid_text(texts: Sequence[str], offset: int) -> InvalidInputError:

@@ -214,13 +214,14 @@ before = tasks()
 runtime = local_minilm.load()
 runtime.embed(["t %d" % i for i in range(1100)])
 print(json.dumps({"threads": runtime.threads, "session": runtime.session.get_session_options().intra_op_num_threads,
-                  "rayon": os.environ.get("RAYON_NUM_THREADS"), "new_tasks": tasks() - before,
+                  "rayon_left_set": "RAYON_NUM_THREADS" in os.environ, "new_tasks": tasks() - before,
                   "prefetch": runtime._tokenize_pool is not None}))
 """
 
 
 def _probe(env: dict[str, str], *args: str) -> dict:
-    full = {k: v for k, v in os.environ.items() if k not in ("KB_ONNX_THREADS", "RAYON_NUM_THREADS")}
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("KB_ONNX_THREADS", "RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
     out = subprocess.run([sys.executable, "-c", THREAD_PROBE, *args], cwd=ROOT, env={**full, **env},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -231,11 +232,13 @@ def _probe(env: dict[str, str], *args: str) -> dict:
 def test_thread_settings_are_applied_to_onnxruntime_and_the_tokenizer() -> None:
     one = _probe({"KB_ONNX_THREADS": "1"})
     # one core's worth: no onnxruntime worker (the caller runs the ops), one rayon thread, no prefetch thread
-    assert one == {"threads": 1, "session": 1, "rayon": "1", "new_tasks": 1, "prefetch": False}
+    assert one == {"threads": 1, "session": 1, "rayon_left_set": False, "new_tasks": 1, "prefetch": False}
     two = _probe({"KB_ONNX_THREADS": "2"})
     # one onnxruntime worker beside the caller, two rayon threads, the tokenising thread
-    assert two == {"threads": 2, "session": 2, "rayon": "2", "new_tasks": 4, "prefetch": True}
+    assert two == {"threads": 2, "session": 2, "rayon_left_set": False, "new_tasks": 4, "prefetch": True}
     pinned = _probe({}, "pin-to-one-core")  # no setting: the cores the process may run on
     assert pinned == one
     capped = _probe({"KB_ONNX_THREADS": "64"}, "pin-to-one-core")  # never more threads than cores
     assert capped == one
+    explicit = _probe({"KB_ONNX_THREADS": "1", "RAYON_NUM_THREADS": "2"})  # the user's setting wins
+    assert explicit["new_tasks"] == 2 and explicit["rayon_left_set"]
