@@ -160,6 +160,41 @@ def _p50_ms(run: Any, times: int = 50) -> float:
     return float(np.percentile([_clock(run) for _ in range(times)], 50) * 1000)
 
 
+def query_path(rounds: int, spins: list[int], per_round: int = 40) -> dict[str, Any]:
+    """One short query, fp32 and int8, each with pool threads never spinning and spinning ``spins`` us,
+    alternating. Wall p50 and minimum, and CPU ms per query from the process's CPU time over queries paced
+    5 ms apart (so a pool spinning after a run is charged for it): on a shared machine the CPU figure moves
+    less than the wall one. Also the parts: tokenising alone, and the onnxruntime run alone."""
+    runtimes = {f"{'int8' if int8 else 'fp32'} spin {spin} us": local_minilm.OnnxMiniLM(
+        local_minilm.model_dir(), local_minilm.model_cache_dir(), int8=int8, spin_us=spin)
+        for int8 in (True, False) for spin in [0, *spins]}
+    walls: dict[str, list[float]] = {name: [] for name in runtimes}
+    cpus: dict[str, list[float]] = {name: [] for name in runtimes}
+    for runtime in runtimes.values():
+        for _ in range(10):
+            runtime.embed([QUERY])
+    for r in range(rounds):
+        for name in list(runtimes) if r % 2 == 0 else list(runtimes)[::-1]:
+            runtime, cpu = runtimes[name], 0.0
+            for _ in range(per_round):
+                started_cpu = time.process_time()
+                walls[name].append(_clock(lambda rt=runtime: rt.embed([QUERY])) * 1000)
+                time.sleep(0.005)
+                cpu += time.process_time() - started_cpu
+            cpus[name].append(cpu / per_round * 1000)
+    first = next(iter(runtimes.values()))
+    feed = first._single(QUERY)
+    result: dict[str, Any] = {
+        name: {"wall_p50_ms": float(np.percentile(walls[name], 50)), "wall_min_ms": float(min(walls[name])),
+               "cpu_ms_per_query": float(np.median(cpus[name]))} for name in runtimes}
+    result["parts_int8_spin_0"] = {
+        "tokenize_ms": _p50_ms(lambda: first.tokenizer.encode(QUERY)),
+        "session_run_ms": _p50_ms(lambda: first.session.run(None, {"input_ids": feed.input_ids,
+                                                                    "attention_mask": feed.attention_mask})),
+        "embed_ms": _p50_ms(lambda: first.embed([QUERY]))}
+    return result
+
+
 def threads(texts: list[str], counts: list[int]) -> dict[str, float]:
     runtimes = {n: local_minilm.OnnxMiniLM(local_minilm.model_dir(), local_minilm.model_cache_dir(), threads=n)
                 for n in counts}
@@ -205,12 +240,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="abstracts per round: short rounds, because this machine's speed drifts within seconds")
     parser.add_argument("--thread-docs", type=int, default=64, help="abstracts per thread-count run")
     parser.add_argument("--out", type=Path, default=Path("bench-results/embedding.json"))
+    parser.add_argument("--query-only", action="store_true",
+                        help="only the query path: fp32 and int8, pool threads spinning or not, alternating")
+    parser.add_argument("--query-rounds", type=int, default=10)
+    parser.add_argument("--spin-us", default="50", help="spin durations (us) to try beside 0, comma-separated")
     parser.add_argument("--compare-only", action="store_true",
                         help="only the side-by-side comparison and the query latency (no threads, no kb serve)")
     args = parser.parse_args(argv)
     if not (SCIFACT / "corpus.jsonl").is_file():
         print(f"SciFact is not at {SCIFACT}", file=sys.stderr)
         return 2
+    if args.query_only:
+        return query_main(args)
     texts, reference = scifact(args.docs)
     path = local_minilm.model_dir()
     config = json.loads((path / "config.json").read_text())
@@ -276,6 +317,28 @@ def main(argv: list[str] | None = None) -> int:
                                                           for k, v in result["threads_docs_per_s"].items()))
         print(f"kb serve ready: {result['serve_ready_s']['graph_not_built']:.2f} s building the graph, "
               f"{result['serve_ready_s']['graph_cached']:.2f} s with it cached")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def query_main(args: argparse.Namespace) -> int:
+    peak = cpu_peak()
+    spins = [int(x) for x in args.spin_us.split(",") if x.strip()]
+    print(f"CPU: {peak['model']}, {peak['cores']} cores; int8 flags: {' '.join(peak['int8_flags']) or 'none'}; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"query {QUERY!r}, {args.query_rounds} alternating rounds of 40", flush=True)
+    result: dict[str, Any] = {"machine": {"cpu": peak, "load_average_start": os.getloadavg()},
+                              "query": query_path(args.query_rounds, spins)}
+    result["machine"]["load_average_end"] = os.getloadavg()
+    for name, figures in result["query"].items():
+        if name.startswith("parts"):
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+        else:
+            print(f"{name}: wall p50 {figures['wall_p50_ms']:.2f} ms, min {figures['wall_min_ms']:.2f} ms; CPU "
+                  f"{figures['cpu_ms_per_query']:.2f} ms per query")
+    print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

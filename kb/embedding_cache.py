@@ -72,6 +72,9 @@ class EmbeddingCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self.inflight = InFlight()
+        # this process's writers queue here rather than in SQLite's busy handler, which sleeps 1-100 ms when the
+        # lock is taken: calls answered by one batched model run all write at the same moment
+        self._write_lock = threading.Lock()
         self._conn().execute(
             "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, key BLOB NOT NULL, dim INTEGER NOT NULL, "
             "vector BLOB NOT NULL, PRIMARY KEY (model, key)) WITHOUT ROWID"
@@ -124,9 +127,10 @@ class EmbeddingCache:
                 for key, v in zip(keys, vectors, strict=True)]
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-            conn.execute("COMMIT")
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
