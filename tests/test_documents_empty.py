@@ -41,20 +41,23 @@ def test_empty_files_are_reported_apart_from_failures(core, client: kb.EmbeddedC
     folder.upload_data("/app.html", SHELL)
     folder.upload_data("/scan.pdf", image_only_pdf(tmp_path / "scan.pdf"))
     folder.upload_data("/blank.txt", b"")
+    folder.upload_data("/spaces.html", b"\xef\xbb\xbf  \n<!-- generated: nothing to show -->\n")
 
     first = core.sync_folder(folder, ocr=False)
     reasons = {e["path"]: e["reason"] for e in first.empty}
-    assert set(reasons) == {"/old.html", "/app.html", "/scan.pdf", "/blank.txt"}
+    assert set(reasons) == {"/old.html", "/app.html", "/scan.pdf", "/blank.txt", "/spaces.html"}
+    assert "nothing but whitespace and comments" in reasons["/spaces.html"]
     assert "redirect page (to guide/index.html)" in reasons["/old.html"]
     assert "built by JavaScript" in reasons["/app.html"]
     assert "image-only) and OCR is off" in reasons["/scan.pdf"] and "0 bytes" in reasons["/blank.txt"]
     assert first.added == ["/index.html"] and first.failed == [] and first.exit_status == 0
-    assert "1 added, 0 updated, 0 unchanged, 0 removed, 4 empty, 0 failed" in first.summary()
+    assert "1 added, 0 updated, 0 unchanged, 0 removed, 5 empty, 0 failed" in first.summary()
     assert first.to_dict()["empty"] == first.empty and core.count() == first.chunks_written > 0
 
     # an unchanged re-sync skips them like any synced file
     again = core.sync_folder(folder, ocr=False)
-    assert sorted(again.unchanged) == ["/app.html", "/blank.txt", "/index.html", "/old.html", "/scan.pdf"]
+    assert sorted(again.unchanged) == ["/app.html", "/blank.txt", "/index.html", "/old.html", "/scan.pdf",
+                                       "/spaces.html"]
     assert again.empty == [] and again.commits == 0
 
     # a page that becomes a redirect loses its chunks and is empty; a corrupt file is still a failure

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import lxml.html
 from lxml import etree
 
-from kb_base.errors import ExtractionError
+from kb_base.errors import EmptyDocumentError, ExtractionError
 
 NEVER_TEXT = ("script", "style", "noscript", "template", "svg", "iframe", "object", "embed", "canvas",
               "button", "select", "textarea", "datalist", "input")
@@ -100,6 +100,9 @@ def _parser(charset: str) -> etree.HTMLParser:
     return etree.HTMLParser(encoding=charset, remove_comments=True, remove_pis=True)
 
 
+_COMMENTS = re.compile(rb"<!--.*?(?:-->|$)", re.S)
+
+
 def parse_page(data: bytes) -> etree._Element:
     """The page as an lxml tree, decoded in its own charset, without what never holds text."""
     charset = _charset(data)
@@ -117,6 +120,9 @@ def parse_page(data: bytes) -> etree._Element:
         try:
             tree = lxml.html.document_fromstring(data)
         except (etree.ParserError, ValueError) as exc:
+            if not _COMMENTS.sub(b"", data).strip(b" \t\r\n\x0c\xef\xbb\xbf"):
+                # nothing to index is not a failure: `kb sync` reports it as empty and goes on
+                raise EmptyDocumentError("an empty HTML file (nothing but whitespace and comments)") from None
             raise ExtractionError(f"not a readable HTML page: {exc}") from exc
     etree.strip_elements(tree, *NEVER_TEXT, etree.Comment, etree.ProcessingInstruction, with_tail=False)
     return tree
