@@ -5,6 +5,8 @@ Layout of ``<kb folder>/store/``::
     store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta,
                         segments (which segment files make up each generation), tombstones
     segments/<n>.faiss  one immutable FAISS index per segment (``stores.faiss.segments``)
+    segments/<n>.vectors.npy  a compressed segment's exact float32 vectors, memory-mapped for
+                        re-ranking (``stores.faiss.compressed``)
     writer.lock         flock'ed by the single writer
 
 Commit protocol (crash-safe at any point):
@@ -33,13 +35,15 @@ Modules of ``stores/faiss/``: this one (the driver and its reads), ``view`` (rea
 over one connection and one index), ``transaction`` (the writer and its commit),
 ``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
-``index`` (index settings and threads),
+``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
+compressed index types and how their segments are written and merged),
 ``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
 ``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
 Vectors are L2-normalised on the way in, so inner product is cosine
-similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
-``HNSW`` (approximate) is chosen in the KB's store settings.
+similarity; scores are cosine similarities. ``FLAT`` (exact, the default),
+``HNSW`` (approximate) or a compressed type, ``HNSW_SQ8`` or ``IVF_PQ`` (approximate
+candidates, exact scores), is chosen in the KB's store settings.
 """
 
 from __future__ import annotations
