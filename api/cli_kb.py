@@ -99,6 +99,16 @@ def open_client(args: argparse.Namespace) -> Any:
     return kb.api_client(url=args.url, api_key=args.api_key, home=args.home)
 
 
+def _size(count: int | None) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
 def describe(handle: Any, with_count: bool = True, tolerant: bool = False) -> dict[str, Any]:
     """What ``kb info`` and ``kb list --json`` show: the catalog entry, its settings and its size.
 
@@ -113,7 +123,9 @@ def describe(handle: Any, with_count: bool = True, tolerant: bool = False) -> di
                            "images_folder": settings.get("images_folder")}
     if with_count:
         try:
-            out["documents"] = handle.as_core_knowledge_bank().count()
+            core = handle.as_core_knowledge_bank()
+            out["documents"] = core.count()
+            out["index"] = core.index_info()
         except errors.KBError as exc:
             if not tolerant:
                 raise
@@ -190,6 +202,12 @@ def cmd_info() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace, A
                            ("store", "vector_store_type"), ("model", "embedding_llm_id"), ("documents", "documents"),
                            ("images folder", "images_folder")):
             print(f"{label + ':':<15}{info[key] if info[key] is not None else '-'}")
+        index = info.get("index") or {}
+        if index.get("index_type"):
+            print(f"{'index:':<15}{index['index_type']}, {_size(index.get('memory_bytes'))} in memory, "
+                  f"{_size(index.get('disk_bytes'))} on disk"
+                  + (f" ({_size(index['vector_file_bytes'])} of them exact vectors, memory-mapped)"
+                     if index.get("vector_file_bytes") else ""))
         schema = info["metadata_schema"]
         print(f"{'schema:':<15}" + (", ".join(f"{k}={v}" for k, v in schema.items()) if schema else "(none)"))
         print("settings:")

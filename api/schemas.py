@@ -138,6 +138,15 @@ class CountOut(BaseModel):
     count: int
 
 
+class IndexInfoOut(BaseModel):
+    """The vector index of a knowledge bank (FAISS gives every field; server stores give what they can)."""
+
+    model_config = ConfigDict(extra="allow")
+    index_type: str | None
+    memory_bytes: int | None = Field(description="bytes of the index held in the serving process's memory")
+    disk_bytes: int | None = Field(description="bytes on disk: index, vector files and database")
+
+
 class SearchIn(Strict):
     query: str | None = Field(default=None, examples=["How do solar panels work?"])
     vector: list[float] | None = None

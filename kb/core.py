@@ -173,6 +173,10 @@ class CoreKnowledgeBank:
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         return self.driver.count(self.check_filter(parse_filter(filter)))
 
+    def index_info(self) -> dict[str, Any]:
+        """The vector index's type and its memory and disk use (``kb info``; GET .../index over REST)."""
+        return self.driver.index_info()
+
     def get_documents(self, ids: Sequence[str], tx: StoreTransaction | None = None) -> list[Document]:
         reader = tx or self.driver
         ids = check_ids(ids)

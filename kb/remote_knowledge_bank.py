@@ -153,6 +153,10 @@ class RemoteCoreKnowledgeBank:
         params = {"filter": json.dumps(checked)} if checked else {}
         return int(self.transport.json("GET", f"{self.handle.base}/count", params=params)["count"])
 
+    def index_info(self) -> dict[str, Any]:
+        """The vector index's type and its memory and disk use, as the server's process holds it."""
+        return dict(self.transport.json("GET", f"{self.handle.base}/index"))
+
     def get_documents(self, ids: Sequence[str], tx: StagedCommit | None = None) -> list[Document]:
         ids = check_ids(ids)
         found = {d["id"]: d for d in self.transport.json("POST", f"{self.handle.base}/documents/get",

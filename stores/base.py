@@ -296,6 +296,11 @@ class VectorStoreDriver(StoreReader):
     def close(self) -> None:
         """Release files, connections and memory. The driver may not be used afterwards."""
 
+    def index_info(self) -> dict[str, Any]:
+        """The vector index as ``kb info`` shows it: its type, and the bytes it holds in this process's memory
+        and on disk (None where the store cannot tell, as for a server's index)."""
+        return {"index_type": None, "memory_bytes": None, "disk_bytes": None}
+
     def answers_quickly(self, filtered: bool) -> bool:
         """Whether a similarity search is short in-memory work now (a service may run it on its event loop).
 

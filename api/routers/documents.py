@@ -19,6 +19,7 @@ from api.schemas import (
     DocumentIn,
     DocumentOut,
     IdsIn,
+    IndexInfoOut,
     SearchIn,
     SearchOut,
     UpsertIn,
@@ -131,6 +132,12 @@ def delete(project_key: str, kb_id: str, body: DeleteIn, request: Request,
 def count(project_key: str, kb_id: str, filter: str | None = None, client: EmbeddedClient = Depends(get_client),
           _: Principal = Depends(require("reader"))) -> dict:
     return {"count": core_for(client, project_key, kb_id).count(_json_filter(filter))}
+
+
+@router.get("/index", response_model=IndexInfoOut, summary="The vector index: type, memory and disk use")
+def index_info(project_key: str, kb_id: str, client: EmbeddedClient = Depends(get_client),
+               _: Principal = Depends(require("reader"))) -> dict:
+    return core_for(client, project_key, kb_id).index_info()
 
 
 @router.post("/clear", summary="Remove every document (one atomic commit)")

@@ -32,13 +32,20 @@ MAX_EF = 1024
 
 
 class FilteredSearch:
-    """The internal layout of one index (immutable once committed), prepared for filtered searches."""
+    """The internal layout of one index (immutable once committed), prepared for filtered searches.
 
-    def __init__(self, index: faiss.Index) -> None:
+    ``vectors``: for a compressed index (codes only: ``stores.faiss.compressed``), its exact float32 vectors in
+    position order (a memory map); every score it returns is computed from them, over ``rerank`` times as many
+    candidates as asked for."""
+
+    def __init__(self, index: faiss.Index, vectors: np.ndarray | None = None, rerank: int = 1) -> None:
         self.index = index
         self.inner = faiss.downcast_index(index.index)
         self.hnsw = isinstance(self.inner, faiss.IndexHNSW)
-        self.flat = faiss.downcast_index(self.inner.storage) if self.hnsw else self.inner
+        self.ivf = isinstance(self.inner, faiss.IndexIVF)
+        self.vectors, self.rerank = vectors, max(1, rerank)
+        self.flat = None if vectors is not None else (
+            faiss.downcast_index(self.inner.storage) if self.hnsw else self.inner)
         self.rowids = faiss.vector_to_array(index.id_map)  # internal position -> rowid
         self.ntotal = int(index.ntotal)
         ascending = self.rowids.size < 2 or bool(np.all(self.rowids[1:] > self.rowids[:-1]))
@@ -99,27 +106,49 @@ class FilteredSearch:
         if positions.size == 0 or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         k = min(k, int(positions.size))
-        if not self.hnsw or positions.size <= EXACT_MATCHES_MAX:
+        if not (self.hnsw or self.ivf) or positions.size <= EXACT_MATCHES_MAX:
             return self._exact(query, k, positions)
         selectivity = positions.size / max(1, self.ntotal)
         bitmap = self._bitmap(positions)
-        selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
-        ef = min(MAX_EF, max(ef_search, k, math.ceil(ef_search * FULL_EF_SELECTIVITY / selectivity)))
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-        scores, labels = self.inner.search(query, k, params=params)
+        found = self.search_selected(query, k, bitmap, ef_search, selectivity, int(positions.size))
         del bitmap  # kept alive until here: the selector points into it
+        return found
+
+    def search_selected(self, query: np.ndarray, k: int, bitmap: np.ndarray | None, ef_search: int,
+                        selectivity: float, live: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rowids) of the best ``k`` of the rows ``bitmap`` selects (None: all), by the index's own
+        traversal (HNSW or IVF), deepened by the inverse ``selectivity``; a compressed index's ``k * rerank``
+        candidates are then scored exactly."""
+        selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap)) if bitmap is not None else None
+        want = min(live, k * self.rerank) if self.vectors is not None else k
+        if self.hnsw:
+            base = ef_search or int(self.inner.hnsw.efSearch)
+            ef = min(MAX_EF, max(base, want, math.ceil(base * FULL_EF_SELECTIVITY / selectivity)))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, want))
+        else:
+            base = int(self.inner.nprobe)
+            nprobe = min(int(self.inner.nlist), max(base, math.ceil(base * FULL_EF_SELECTIVITY / selectivity)))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        scores, labels = self.inner.search(query, want, params=params)
         keep = labels[0] >= 0
-        return scores[0][keep], self.rowids[labels[0][keep]]
+        if self.vectors is None:
+            return scores[0][keep], self.rowids[labels[0][keep]]
+        return self._exact(query, k, labels[0][keep])
 
     def _exact(self, query: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inner products with exactly the rows at ``positions`` (faiss reads them in place), best k, ties by
-        rowid."""
-        labels = np.ascontiguousarray(positions, dtype=np.int64).reshape(1, -1)
-        scores = np.empty(labels.shape, dtype=np.float32)
-        query = np.ascontiguousarray(query, dtype=np.float32)
-        self.flat.compute_distance_subset(1, faiss.swig_ptr(query), labels.shape[1], faiss.swig_ptr(scores),
-                                          faiss.swig_ptr(labels))
-        scores, rowids = scores[0], self.rowids[labels[0]]
+        """Inner products with exactly the rows at ``positions`` (faiss reads them in place; a compressed index's
+        from its vector file, in file order), best k, ties by rowid."""
+        if self.vectors is not None:
+            ordered = np.sort(positions)
+            scores = self.vectors[ordered] @ np.asarray(query, dtype=np.float32).reshape(-1)
+            rowids = self.rowids[ordered]
+        else:
+            labels = np.ascontiguousarray(positions, dtype=np.int64).reshape(1, -1)
+            scores = np.empty(labels.shape, dtype=np.float32)
+            query = np.ascontiguousarray(query, dtype=np.float32)
+            self.flat.compute_distance_subset(1, faiss.swig_ptr(query), labels.shape[1], faiss.swig_ptr(scores),
+                                              faiss.swig_ptr(labels))
+            scores, rowids = scores[0], self.rowids[labels[0]]
         if scores.size > k:
             kth = np.partition(scores, scores.size - k)[scores.size - k]
             chosen = np.flatnonzero(scores >= kth)  # everything tied with the k-th: the rowid tie-break is exact

@@ -22,6 +22,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from stores.faiss.compressed import needs_vectors, open_vectors, tune, vectors_path
+from stores.faiss.filtered import FilteredSearch
 from stores.faiss.segments import Segment, SegmentSet
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,12 @@ def tombstones_between(conn: sqlite3.Connection, after: int, upto: int, lo: int 
 class GenerationLoader:
     """The committed generations a store's readers search, built incrementally (thread-safe)."""
 
-    def __init__(self, folder: Path, ef_search: int | None, on_load: Callable[[faiss.Index], None]) -> None:
+    def __init__(self, folder: Path, ef_search: int | None, on_load: Callable[[faiss.Index], None],
+                 search_settings: dict | None = None) -> None:
         self.folder = folder
         self.ef_search = ef_search
+        # a compressed type's settings (stores.faiss.compressed): its search parameters and re-ranking depth
+        self.search_settings = search_settings
         self._on_load = on_load
         self._lock = threading.Lock()  # one builder at a time; searches of a loaded generation never take it
         self.current: SegmentSet | None = None
@@ -136,7 +141,7 @@ class GenerationLoader:
                 if index is None:
                     index = faiss.read_index(str(self.path(number)))  # RuntimeError when gone: the caller retries
                     self._prepare(index)
-                segment = Segment(number, index, kind)
+                segment = Segment(number, index, kind, layout=self._layout(number, index))
             deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi) if count else None
             segments.append(segment.with_tombstones(deleted) if deleted is not None and deleted.size else segment)
         return SegmentSet(generation, dim, segments, frozenset(waiting))
@@ -154,8 +159,22 @@ class GenerationLoader:
             return None
         return [kept[i] for i in inputs]
 
+    def _layout(self, number: int, index: faiss.Index) -> FilteredSearch:
+        """A segment's layout; a compressed one's with its vector file mapped (named by the segment number, it
+        belongs to the same commit as the index file)."""
+        if not needs_vectors(index):
+            return FilteredSearch(index)
+        try:
+            vectors = open_vectors(vectors_path(self.folder, number))
+        except OSError as exc:  # retired and removed meanwhile: the caller retries, like a missing index file
+            raise RuntimeError(f"segment {number}'s vector file is gone: {exc}") from exc
+        rerank = int((self.search_settings or {}).get("rerank", 1))
+        return FilteredSearch(index, vectors, rerank)
+
     def _prepare(self, index: faiss.Index) -> None:
-        if self.ef_search is not None:
+        if self.search_settings is not None:
+            tune(index, self.search_settings)
+        elif self.ef_search is not None:
             faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
         if index.ntotal * index.d >= _HUGE_PAGES_FLOATS:
             self._on_load(index)

@@ -9,6 +9,7 @@ from typing import Any
 import faiss
 
 from kb_base.errors import InvalidInputError
+from stores.faiss.compressed import COMPRESSED_TYPES, check_dimension, compressed_settings
 
 # One query at a time is kb's common case, and OpenMP's thread hand-off costs more than it saves
 # there (10k x 384 flat search: 8.1 ms with 2 threads, 0.85 ms with 1, on the 2-core CI machine).
@@ -27,9 +28,11 @@ def configure_search_threads() -> None:
 configure_search_threads()
 
 
-INDEX_TYPES = ("FLAT", "HNSW")
-
-
+# FLAT: exact; HNSW: approximate, float32 in memory; the compressed types (stores.faiss.compressed): codes in
+# memory, candidates re-ranked exactly from a memory-mapped float32 file per segment
+INDEX_TYPES = ("FLAT", "HNSW", *COMPRESSED_TYPES)
+# read when a segment is loaded or searched, so they may change at any time (the others shape what is built)
+SEARCH_TIME_SETTINGS = ("ef_search", "nprobe", "rerank")
 
 
 def index_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +41,8 @@ def index_settings(settings: dict[str, Any]) -> dict[str, Any]:
     kind = str(raw.get("type", "FLAT")).upper()
     if kind not in INDEX_TYPES:
         raise InvalidInputError(f"unknown FAISS index type {raw.get('type')!r}; choose one of {INDEX_TYPES}")
+    if kind in COMPRESSED_TYPES:
+        return compressed_settings(kind, raw)
     out = {"type": kind}
     if kind == "HNSW":
         for key, default in (("m", 32), ("ef_construction", 200), ("ef_search", 192)):
@@ -50,7 +55,10 @@ def index_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def new_index(settings: dict[str, Any], dim: int) -> faiss.Index:
     """An empty index for ``index_settings`` output: exact inner product, or HNSW over inner product; ids are
-    the records' SQLite rowids (IndexIDMap2)."""
+    the records' SQLite rowids (IndexIDMap2). A compressed type's writer gathers its vectors in a flat index: its
+    segment is trained and encoded from them at commit (``stores.faiss.compressed``)."""
+    if settings["type"] in COMPRESSED_TYPES:
+        check_dimension(settings, dim)
     if settings["type"] == "HNSW":
         inner = faiss.IndexHNSWFlat(dim, settings["m"], faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = settings["ef_construction"]

@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import faiss
@@ -41,6 +41,8 @@ import numpy as np
 
 from kb_base.errors import WriterBusyError
 from stores.base import acquire_writer_lock, fault_point
+from stores.faiss.compressed import is_compressed, vectors_path
+from stores.faiss.compressed_segments import build_merged
 from stores.faiss.index import configure_search_threads
 from stores.faiss.index_file import write_durably
 from stores.faiss.segment_files import next_segment, remove_stale
@@ -165,7 +167,11 @@ class Merger:
             return False
         staging = store.dir / "staging" / f"merge-{uuid.uuid4().hex}"
         try:
-            output = self._build(inputs, dim, throttle)
+            staged_vectors = None
+            if is_compressed(store.settings):  # retrained per output (stores.faiss.compressed_segments)
+                output, staged_vectors = build_merged(store.settings, inputs, dim, staging, self._pacer(throttle))
+            else:
+                output = self._build(inputs, dim, throttle)
             staged = None
             if output is not None:
                 staging.mkdir(parents=True, exist_ok=True)
@@ -174,9 +180,18 @@ class Merger:
                 fault_point("merge_segment_written")
             if self._stop.is_set():
                 return False
-            return self._commit(inputs, output, staged, source_gen)
+            return self._commit(inputs, output, staged, source_gen, staged_vectors)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _pacer(self, throttle: bool) -> Callable[[float], bool]:
+        """Between two slices of a compressed merge: the throttle's pause; False once the merger is stopped."""
+        def between(seconds: float) -> bool:
+            if throttle:
+                time.sleep(seconds * (1 - DUTY) / DUTY)
+            return not self._stop.is_set()
+
+        return between
 
     def _build(self, inputs: Sequence[Segment], dim: int, throttle: bool) -> faiss.Index | None:
         """One index of the inputs' live vectors. The largest input is the base when it has no deletions (a copy,
@@ -206,7 +221,7 @@ class Merger:
         return merged
 
     def _commit(self, inputs: Sequence[Segment], output: faiss.Index | None, staged: os.PathLike | None,
-                source_gen: int) -> bool:
+                source_gen: int, staged_vectors: os.PathLike | None = None) -> bool:
         store = self.store
         numbers = [s.number for s in inputs]
         deadline = time.monotonic() + 600
@@ -235,6 +250,8 @@ class Merger:
                 number = next_segment(conn)
                 store.loader.offer(number, output)
                 final = store.loader.path(number)
+                if staged_vectors is not None:  # a compressed output's vectors, in place before its index
+                    os.replace(staged_vectors, vectors_path(final.parent, number))
                 os.replace(staged, final)
                 fsync_path(final.parent)
                 rowids = faiss.vector_to_array(output.id_map)

@@ -87,6 +87,8 @@ class Segment:
         k = min(k, self.live)
         if k <= 0:
             return _EMPTY_SCORES, _EMPTY_ROWIDS
+        if self.layout.vectors is not None:  # codes only: candidates from them, scores from the vector file
+            return self.layout.search_selected(query, k, self._bitmap, 0, self.live / max(1, self.size), self.live)
         if self._bitmap is None:
             scores, labels = self.index.search(query, k)
             keep = labels[0] >= 0
@@ -148,8 +150,8 @@ class SegmentSet:
 
     @property
     def single_index(self) -> faiss.Index | None:
-        """The one index that answers alone (one segment, nothing deleted in it), else None."""
-        if len(self.segments) == 1 and self.segments[0].dead is None:
+        """The one index that answers alone (one segment, nothing deleted in it, scores its own), else None."""
+        if len(self.segments) == 1 and self.segments[0].dead is None and self.segments[0].layout.vectors is None:
             return self.segments[0].index
         return None
 
@@ -174,7 +176,11 @@ class SegmentSet:
             if segment.dead is not None:
                 positions = positions[~segment.dead[positions]]
             if positions.size:
+                exact = segment.layout.vectors  # a compressed index's own vectors are lossy: the file's are not
+                if exact is not None:
+                    positions = np.sort(positions)
                 keys = segment.layout.rowids[positions]
-                for key, vector in zip(keys.tolist(), segment.index.reconstruct_batch(keys), strict=True):
+                found = np.array(exact[positions]) if exact is not None else segment.index.reconstruct_batch(keys)
+                for key, vector in zip(keys.tolist(), found, strict=True):
                     out[key] = vector
         return out

@@ -5,6 +5,8 @@ Layout of ``<kb folder>/store/``::
     store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta,
                         segments (which segment files make up each generation), tombstones
     segments/<n>.faiss  one immutable FAISS index per segment (``stores.faiss.segments``)
+    segments/<n>.vectors.npy  a compressed segment's exact float32 vectors, memory-mapped for
+                        re-ranking (``stores.faiss.compressed``)
     writer.lock         flock'ed by the single writer
 
 Commit protocol (crash-safe at any point):
@@ -33,13 +35,15 @@ Modules of ``stores/faiss/``: this one (the driver and its reads), ``view`` (rea
 over one connection and one index), ``transaction`` (the writer and its commit),
 ``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
-``index`` (index settings and threads),
+``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
+compressed index types and how their segments are written and merged),
 ``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
 ``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
 Vectors are L2-normalised on the way in, so inner product is cosine
-similarity; scores are cosine similarities. ``FLAT`` (exact, the default) or
-``HNSW`` (approximate) is chosen in the KB's store settings.
+similarity; scores are cosine similarities. ``FLAT`` (exact, the default),
+``HNSW`` (approximate) or a compressed type, ``HNSW_SQ8`` or ``IVF_PQ`` (approximate
+candidates, exact scores), is chosen in the KB's store settings.
 """
 
 from __future__ import annotations
@@ -70,9 +74,10 @@ from stores.base import (
     acquire_writer_lock,
 )
 from stores.columnar_filter import MetadataColumns
+from stores.faiss.compressed import is_compressed, vectors_path
 from stores.faiss.generation_loader import GenerationLoader
 from stores.faiss.huge_pages import start_backing
-from stores.faiss.index import configure_search_threads, index_settings, new_index
+from stores.faiss.index import SEARCH_TIME_SETTINGS, configure_search_threads, index_settings, new_index
 from stores.faiss.langchain import KBFaissVectorStore
 from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
@@ -126,7 +131,8 @@ class FaissStore(VectorStoreDriver):
         self._local = threading.local()
         self._cache_lock = threading.Lock()
         self.huge_pages: threading.Thread | None = None  # a loaded segment's move onto huge pages, while it runs
-        self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load)
+        self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load,
+                                       self.settings if is_compressed(self.settings) else None)
         self.loader.folder.mkdir(exist_ok=True)
         self._columns_cache: tuple[int, MetadataColumns] | None = None
         self.merger = Merger(self)
@@ -401,6 +407,27 @@ class FaissStore(VectorStoreDriver):
                 index = view.index
         return index
 
+    def index_info(self) -> dict[str, Any]:
+        """Index type; memory: each live segment's index (its file's size: faiss writes its in-memory layout)
+        and id map; disk: segment files, vector files (memory-mapped: in the page cache when used, not counted
+        as memory) and the SQLite database."""
+        with self._snapshot() as view:
+            segments = view.segments.segments if view.segments is not None else ()
+        folder = self.loader.folder
+        memory = disk = vector_files = trained = 0
+        for segment in segments:
+            size = self.loader.path(segment.number).stat().st_size if segment.number > 0 else 0
+            memory += size + segment.layout.rowids.nbytes
+            disk += size
+            if segment.layout.vectors is not None:
+                trained += 1
+                vector_files += vectors_path(folder, segment.number).stat().st_size
+        database = sum(p.stat().st_size for p in self.dir.glob("store.sqlite*") if p.is_file())
+        return {"index_type": self.settings["type"], "memory_bytes": memory,
+                "disk_bytes": disk + vector_files + database, "vector_file_bytes": vector_files,
+                "segments": len(segments), "compressed_segments": trained,
+                "vectors": sum(s.live for s in segments)}
+
     def answers_quickly(self, filtered: bool) -> bool:
         # In memory and cheap: an HNSW graph, or a flat index small enough to scan in a few milliseconds.
         # A filter also needs the generation's metadata columns already built (building them reads every row).
@@ -410,6 +437,8 @@ class FaissStore(VectorStoreDriver):
         generation = segments.generation
         if filtered and (self._columns_cache is None or self._columns_cache[0] != generation):
             return False
+        if is_compressed(self.settings):
+            return False  # re-ranking reads the vector files, which may have to come from disk
         if self.settings["type"] == "HNSW":
             # a filter evaluates columns over every row and may scan up to 8k matches exactly: a few ms at 1M
             # chunks, not event-loop work
@@ -424,12 +453,13 @@ class FaissStore(VectorStoreDriver):
     def check_settings_change(cls, old: dict[str, Any], new: dict[str, Any]) -> None:
         def built(settings: dict[str, Any]) -> dict[str, Any]:
             shape = index_settings(settings)
-            shape.pop("ef_search", None)  # read when an index is loaded, so it may change at any time
+            for key in SEARCH_TIME_SETTINGS:  # read when an index is loaded or searched: may change at any time
+                shape.pop(key, None)
             return shape
 
         if built(old) != built(new):
             raise InvalidInputError("the FAISS index type of a non-empty knowledge bank cannot change yet "
-                                    "(only ef_search can)")
+                                    f"(only {', '.join(SEARCH_TIME_SETTINGS)} can)")
 
     def new_index(self, dim: int) -> faiss.Index:
         return new_index(self.settings, dim)

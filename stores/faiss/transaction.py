@@ -19,7 +19,8 @@ import numpy as np
 
 from kb_base.errors import StoreError, WriterClosedError
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
-from stores.faiss.segment_files import next_segment, write_segment
+from stores.faiss.compressed_segments import write_commit_segment
+from stores.faiss.segment_files import next_segment
 from stores.faiss.segments import Segment, SegmentSet
 from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.faiss.view import FaissView, _chunks
@@ -324,7 +325,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if index is None or index.ntotal == 0:
             return
         rowids = faiss.vector_to_array(index.id_map)
-        write_segment(index, self.staging, self.store.loader.folder, number, "index_written")
+        # a compressed type's segment is trained and encoded here (stores.faiss.compressed_segments)
+        write_commit_segment(self.store.settings, index, self.staging, self.store.loader.folder, number,
+                             "index_written")
         self._segment_row = (number, int(rowids.min()), int(rowids.max()), int(index.ntotal))
 
     def _join_wal_flush(self) -> None:

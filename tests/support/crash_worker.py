@@ -25,6 +25,11 @@ def open_store(folder: Path, kind: str = "faiss", url: str | None = None, kb_id:
         from stores.faiss.store import FaissStore
 
         return FaissStore(StoreContext(kb_id, folder))
+    if kind == "faiss-hnsw_sq8":  # issue 31: a compressed type, every batch's segment trained, deep re-ranking
+        from stores.faiss.store import FaissStore
+
+        index = {"type": "HNSW_SQ8", "exact_below": 100, "rerank": 50}
+        return FaissStore(StoreContext(kb_id, folder, settings={"index": index}))
     if kind in ("chroma", "chroma-server"):
         from stores.chroma.store import ChromaStore
 

@@ -37,7 +37,7 @@ POINTS = ("store_records_written", "before_sqlite_commit", "after_sqlite_commit"
 MERGE_POINTS = ("merge_segment_written", "merge_before_commit", "merge_after_commit")
 # the named points each store's commit passes (FAISS: every commit, then its merges, which come every few commits)
 STORE_POINTS = {"faiss": POINTS[1:] + MERGE_POINTS, "chroma": POINTS, "chroma-server": POINTS,
-                "elasticsearch": POINTS}
+                "elasticsearch": POINTS, "faiss-hnsw_sq8": POINTS[1:] + MERGE_POINTS}
 
 
 def _run(command: str, folder: Path, store: tuple[str, str, str], *extra: str) -> list[str]:
