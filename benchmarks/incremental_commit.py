@@ -12,7 +12,7 @@ Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree me
   for 1, 100, 1,000 and 10,000 added documents (``--old-repeats`` caps the old code's rounds); the floor of a
   commit (a 4 KB write, fsync of file and folder);
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
-  its warm p50;
+  its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
 - search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
   before, during and after a background merge of 10 segments of 1,000, with the merger's thread at its nice value
   and at 0, alternating (``--merge-rounds`` each);
@@ -42,6 +42,7 @@ import numpy as np
 
 from benchmarks.suite import cpu_flags
 from benchmarks.writer_throughput import WORDS
+from kb_base.filters import parse_filter
 from stores.base import Record, StoreContext
 from stores.faiss.store import FaissStore
 
@@ -129,11 +130,18 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
         reader.similarity(query, 10)
         warm.append((time.perf_counter() - began) * 1000)
     out["reader_warm"] = _stats(warm[20:])
+    flt = parse_filter({"group": 3})  # a tenth of the records
+    filtered = []
+    for query in queries[:20]:  # the first one reads the metadata columns
+        began = time.perf_counter()
+        reader.similarity(query, 10, flt)
+        filtered.append((time.perf_counter() - began) * 1000)
+    out["reader_warm_filtered"] = {**_stats(filtered[5:]), "first_ms": round(filtered[0], 1)}
     out["fsync_floor_ms"] = _fsync_floor(folder)
     next_id = size
     commits: dict[str, Any] = {}
     for n, repeats in COMMIT_SIZES:
-        seconds, written, first = [], [], []
+        seconds, written, first, first_filtered = [], [], [], []
         for repeat in range(min(repeats, max_repeats)):
             batch = _records(next_id, n, seed=next_id)
             next_id += n
@@ -146,9 +154,13 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
             began = time.perf_counter()
             reader.similarity(queries[200 + repeat], 10)
             first.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            reader.similarity(queries[250 + repeat], 10, flt)
+            first_filtered.append((time.perf_counter() - began) * 1000)
         commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1), "rounds": len(seconds),
                            "bytes_written": int(np.median(written)),
-                           "first_query_ms": round(float(np.median(first)), 2)}
+                           "first_query_ms": round(float(np.median(first)), 2),
+                           "first_filtered_query_ms": round(float(np.median(first_filtered)), 2)}
     out["commits"] = commits
     out["next_id"] = next_id
     out["load_average"] = os.getloadavg()
@@ -346,8 +358,14 @@ def report(results: dict[str, Any]) -> None:
                   f"{_ratio(o['bytes_written'], w['bytes_written']):>8}")
             print(f"  first query after     {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
                   f"{_ratio(o['first_query_ms'], w['first_query_ms']):>8}")
+            if "first_filtered_query_ms" in w:
+                of, nf = o["first_filtered_query_ms"], w["first_filtered_query_ms"]
+                print(f"  first filtered after  {of:>12.2f} ms {nf:>12.2f} ms {_ratio(of, nf):>8}")
         print(f"warm p50 (reader)       {old['reader_warm']['p50_ms']:>12.2f} ms "
               f"{new['reader_warm']['p50_ms']:>12.2f} ms")
+        if "reader_warm_filtered" in new:
+            print(f"warm p50 filtered       {old['reader_warm_filtered']['p50_ms']:>12.2f} ms "
+                  f"{new['reader_warm_filtered']['p50_ms']:>12.2f} ms")
         print(f"fsync floor (4 KB)      {old['fsync_floor_ms']:>12.2f} ms {new['fsync_floor_ms']:>12.2f} ms")
         for phase in ("idle", "during_small_commits"):
             o, w = old["search"][phase], new["search"][phase]
