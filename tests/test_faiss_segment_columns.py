@@ -163,6 +163,13 @@ def test_a_small_commit_reads_only_its_own_rows_into_columns(tmp_path: Path) -> 
             before = store.metadata_rows_read
             _check(store, model, rng)
             assert store.metadata_rows_read - before <= 6
+
+        # a merge of segments whose columns were all read: the output's are gathered from them, no record is read
+        assert store.merger.merge_now(force=True) == 1
+        before = store.metadata_rows_read
+        _check(store, model, rng)
+        assert store.metadata_rows_read == before
+        assert store.loader.current is not None and len(store.loader.current.segments) == 1
     finally:
         store.close()
 

@@ -49,6 +49,8 @@ class FilteredSearch:
         self._sorted = self.rowids if ascending else self.rowids[self._order]
         # (generation read at, columns) of this segment's metadata, rows in rowid order (stores.faiss.segment_columns)
         self.metadata: tuple[int, MetadataColumns] | None = None
+        # a merge output's inputs' (generation, columns), when a reader had them all: its columns come from those
+        self.merged_from: list[tuple[int, MetadataColumns]] | None = None
 
     def positions(self, rowids: np.ndarray) -> np.ndarray:
         """Internal positions of those of ``rowids`` that are in the index."""

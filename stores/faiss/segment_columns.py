@@ -1,7 +1,7 @@
 """A FAISS generation's metadata columns, built per segment: a commit's first filtered search reads its own rows.
 
 Filters on committed snapshots are evaluated on in-memory columns (``stores.columnar_filter``). Built from every
-record, they cost a read and a JSON parse of the whole knowledge bank once per generation (~4 s at 1M chunks), so
+record, they cost a read and a JSON parse of the whole knowledge bank once per generation, so
 with segments the first filtered search after a one-document commit paid the knowledge bank's size. Here each
 segment has its own columns, rows in rowid order, kept on its ``FilteredSearch`` layout, which every generation
 holding the segment shares; a generation's columns are its segments' columns with its deletion masks.
@@ -10,7 +10,10 @@ Why a segment's columns stay right: a committed rowid's record never changes (ro
 replacement gets a new rowid), and a deleted row stays deleted. Columns read in a snapshot at generation B hold
 every row live at B, so they answer for any generation G >= B holding the segment: rows deleted after B are in G's
 deletion mask, and rows deleted before B (absent when read, so "missing" in every column) are too. A reader still
-at G < B (rows deleted in (G, B] would be missing) reads its own, uncached.
+at G < B (rows deleted in (G, B] would be missing) reads its own, uncached. A merge output's columns are gathered
+from its inputs' when the reader had them all (``FilteredSearch.merged_from``, set by
+``stores.faiss.generation_loader``): no JSON is read, and they hold from the latest input's generation on, by the
+same argument.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kb_base.filters import Filter
-from stores.columnar_filter import MetadataColumns
+from stores.columnar_filter import MetadataColumns, gather_columns
 from stores.faiss.segments import Segment, best_of
 
 
@@ -88,6 +91,12 @@ def generation_columns(conn: sqlite3.Connection | None, segments: Sequence[Segme
         kept = segment.layout.metadata
         if kept is not None and kept[0] <= generation:
             parts.append((segment, kept[1]))
+            continue
+        inherited = segment.layout.merged_from
+        if inherited is not None and max(b for b, _ in inherited) <= generation:
+            columns = gather_columns([c for _, c in inherited], segment.layout.sorted_rowids)
+            segment.layout.metadata, segment.layout.merged_from = (max(b for b, _ in inherited), columns), None
+            parts.append((segment, columns))
             continue
         if conn is None:
             return None
