@@ -14,8 +14,7 @@ Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree me
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
   its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
 - search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
-  before, during and after a background merge of 10 segments of 1,000, with the merger's thread at its nice value
-  and at 0, alternating (``--merge-rounds`` each);
+  before, during and after a background merge of 10 segments of 1,000 (``--merge-rounds`` times);
 - 1,000 one-document commits (new code; merging on): seconds, bytes written and write amplification (bytes
   written over the bytes of the vectors and texts added); the old code's figure is 1,000 times its 1-document
   commit (rewriting everything each time), measured on ``--old-small`` commits (20).
@@ -242,14 +241,9 @@ def load(folder: Path, kind: str, next_id: int, tree: str, merge_rounds: int) ->
     out["during_small_commits"] = {**_stats([ms for _, ms in _samples(proc)]), "commits": commits}
     merger = getattr(writer, "merger", None)
     if merger is not None:
-        from stores.faiss import merge  # the tree measured is on PYTHONPATH: old trees have no merger
-
-        # the merger's thread priority as built (nice 10) and at nice 0, alternating, so load from other work on
-        # the machine falls on both alike
-        for round_number, niceness in enumerate((merge.NICENESS, 0, merge.NICENESS, 0)[: 2 * merge_rounds]):
-            merge.NICENESS = niceness
+        for round_number in range(merge_rounds):
             phase, next_id = _merge_phase(tree_path, folder, kind, writer, merger, next_id)
-            out[f"merge_round_{round_number}_nice_{niceness}"] = phase
+            out[f"merge_round_{round_number}"] = phase
         out["load_average"] = os.getloadavg()
     out["next_id"] = next_id
     return out
@@ -410,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="at most this many rounds per commit size, old code (1 at 1M: each rewrites it all)")
     parser.add_argument("--old-small", type=int, default=20, help="one-document commits measured on the old code")
     parser.add_argument("--merge-rounds", type=int, default=2,
-                        help="merge phases per niceness (the merger at its nice value and at 0, alternating)")
+                        help="merge phases (each: ten segments of 1,000 written, then merged while a reader searches)")
     parser.add_argument("--work", type=Path, help="a folder for the knowledge banks (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/incremental_commit.json"))
     parsed = parser.parse_args(args)

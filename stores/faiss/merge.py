@@ -19,10 +19,12 @@ commits after G0 keep their tombstones, which apply to the output as they did to
 rowid). If a commit in between retired an input (``clear``), the merge is abandoned.
 
 The merger is one thread of the writing process, started after a commit when the policy finds work. It is
-kept light so searches keep their latency while it runs: one OpenMP thread at a lower OS priority (nice
-``NICENESS``), vectors added in slices, and after each slice a pause as long as the slice took (at most half
-a core), and between two merges a pause as long as the last one took. ``KB_FAISS_MERGE=0`` turns background
-merging off (``merge_now`` still merges).
+kept light so searches keep their latency while it runs: one OpenMP thread, vectors added in slices, and after
+each slice a pause as long as the slice took (at most half a core), and between two merges a pause as long as
+the last one took. Not a lower OS priority: at nice 10 on a machine busy with other work the merger starved (the
+same 10 x 1,000 flat merge took 280 s at nice 10 and 4.5 s at nice 0, at 1M chunks under a load average of 20;
+an HNSW one had used 10 s of CPU in 16 minutes), small segments piled up, and no search gain was measurable.
+``KB_FAISS_MERGE=0`` turns background merging off (``merge_now`` still merges).
 """
 
 from __future__ import annotations
@@ -62,9 +64,6 @@ DELETED_SHARE = 0.3
 SLICE = 5_000  # vectors added between pauses
 DUTY = 0.5  # of one core, at most, while adding
 ENABLED = os.environ.get("KB_FAISS_MERGE", "1") not in ("0", "off", "false")
-# The background merger's thread runs at this nice value (Linux: per thread), so the searchers of its process and of
-# others on the machine take the CPU first when both want it; benchmarks/incremental_commit.py measures it beside 0.
-NICENESS = 10
 
 
 def choose_merge(segments: Sequence[Segment]) -> list[Segment] | None:
@@ -91,18 +90,6 @@ def force_merge_choice(segments: Sequence[Segment]) -> list[Segment] | None:
     if len(segments) > 1 or (segments and segments[0].dead is not None):
         return list(segments)
     return None
-
-
-def lower_priority(niceness: int) -> None:
-    """This thread at ``niceness`` (not the process: on Linux a thread id names one thread); only ever raised, so
-    the merger's own thread is the one to call it."""
-    if niceness <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-    except OSError as exc:  # a sandbox may refuse it: the merge still runs, with the duty cycle as its only bound
-        log.info("segment merger priority not lowered: %s", exc)
 
 
 class Merger:
@@ -132,7 +119,6 @@ class Merger:
 
     def _background(self) -> None:
         configure_search_threads()  # one OpenMP thread for the adds too
-        lower_priority(NICENESS)
         try:
             while not self._stop.is_set():
                 began = time.perf_counter()
