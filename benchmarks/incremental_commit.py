@@ -9,14 +9,16 @@ the new code opens the other (adopting the old single index as its first segment
 Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree measured. Figures:
 
 - commit seconds and bytes written (``/proc/self/io`` write_bytes of the process: index file, WAL, database)
-  for 1, 100 and 10,000 added documents; the floor of a commit (a 4 KB write, fsync of file and folder);
+  for 1, 100, 1,000 and 10,000 added documents (``--old-repeats`` caps the old code's rounds); the floor of a
+  commit (a 4 KB write, fsync of file and folder);
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
-  its warm p50;
+  its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
 - search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
-  while the background merger merges 10 segments of 1,000;
+  before, during and after a background merge of 10 segments of 1,000 (``--merge-rounds`` times);
 - 1,000 one-document commits (new code; merging on): seconds, bytes written and write amplification (bytes
   written over the bytes of the vectors and texts added); the old code's figure is 1,000 times its 1-document
-  commit (rewriting everything each time), measured on 20 commits.
+  commit (rewriting everything each time), measured on ``--old-small`` commits (20).
+- old and new alternate phase by phase (commits, searches, the stream), and each worker records the load average.
 
 Prints a table with ratios and the CPU's vector flags; writes JSON (default bench-results/incremental_commit.json).
 """
@@ -39,11 +41,13 @@ import numpy as np
 
 from benchmarks.suite import cpu_flags
 from benchmarks.writer_throughput import WORDS
+from kb_base.filters import parse_filter
 from stores.base import Record, StoreContext
 from stores.faiss.store import FaissStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SECONDS = 12.0
+COMMIT_SIZES = ((1, 5), (100, 3), (1_000, 3), (10_000, 1))  # (documents a commit adds, rounds)
 
 
 def _written() -> int:
@@ -113,7 +117,7 @@ def _fsync_floor(folder: Path) -> float:
     return round(float(np.median(samples)) * 1000, 2)
 
 
-def measure(folder: Path, kind: str, size: int) -> dict[str, Any]:
+def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, Any]:
     started = time.perf_counter()
     writer = _open(folder, kind)
     out: dict[str, Any] = {"open_seconds": round(time.perf_counter() - started, 2)}
@@ -125,12 +129,19 @@ def measure(folder: Path, kind: str, size: int) -> dict[str, Any]:
         reader.similarity(query, 10)
         warm.append((time.perf_counter() - began) * 1000)
     out["reader_warm"] = _stats(warm[20:])
+    flt = parse_filter({"group": 3})  # a tenth of the records
+    filtered = []
+    for query in queries[:20]:  # the first one reads the metadata columns
+        began = time.perf_counter()
+        reader.similarity(query, 10, flt)
+        filtered.append((time.perf_counter() - began) * 1000)
+    out["reader_warm_filtered"] = {**_stats(filtered[5:]), "first_ms": round(filtered[0], 1)}
     out["fsync_floor_ms"] = _fsync_floor(folder)
     next_id = size
     commits: dict[str, Any] = {}
-    for n, repeats in ((1, 5), (100, 3), (10_000, 1)):
-        seconds, written, first = [], [], []
-        for repeat in range(repeats):
+    for n, repeats in COMMIT_SIZES:
+        seconds, written, first, first_filtered = [], [], [], []
+        for repeat in range(min(repeats, max_repeats)):
             batch = _records(next_id, n, seed=next_id)
             next_id += n
             before = _written()
@@ -142,11 +153,16 @@ def measure(folder: Path, kind: str, size: int) -> dict[str, Any]:
             began = time.perf_counter()
             reader.similarity(queries[200 + repeat], 10)
             first.append((time.perf_counter() - began) * 1000)
-        commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1),
+            began = time.perf_counter()
+            reader.similarity(queries[250 + repeat], 10, flt)
+            first_filtered.append((time.perf_counter() - began) * 1000)
+        commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1), "rounds": len(seconds),
                            "bytes_written": int(np.median(written)),
-                           "first_query_ms": round(float(np.median(first)), 2)}
+                           "first_query_ms": round(float(np.median(first)), 2),
+                           "first_filtered_query_ms": round(float(np.median(first_filtered)), 2)}
     out["commits"] = commits
     out["next_id"] = next_id
+    out["load_average"] = os.getloadavg()
     return out
 
 
@@ -182,7 +198,31 @@ def _samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
     return json.loads(out.strip().splitlines()[-1])["samples"]
 
 
-def load(folder: Path, kind: str, next_id: int, tree: str) -> dict[str, Any]:
+def _merge_phase(tree: Path, folder: Path, kind: str, writer: FaissStore, merger: Any,
+                 next_id: int) -> tuple[dict[str, Any], int]:
+    """Search latency in a reader process before, during and after one background merge of ten segments of 1,000
+    (a tier-1 merge)."""
+    for _ in range(10):
+        with writer.begin(timeout=600) as tx:
+            tx.upsert(_records(next_id, 1000, seed=next_id))
+        next_id += 1000
+    proc = _start_searcher(tree, folder, kind, SEARCH_SECONDS * 4)
+    time.sleep(SEARCH_SECONDS / 4)
+    began = time.time()
+    merges = merger.merges
+    thread = threading.Thread(target=merger._background)
+    thread.start()
+    thread.join()
+    ended = time.time()
+    samples = _samples(proc)
+    return {"idle_before": _stats([ms for t, ms in samples if t < began]),
+            "during_merge": {**_stats([ms for t, ms in samples if began <= t <= ended]),
+                             "merge_seconds": round(ended - began, 1), "merges": merger.merges - merges},
+            "idle_after": _stats([ms for t, ms in samples if t > ended + 0.5]),
+            "load_average": os.getloadavg()}, next_id
+
+
+def load(folder: Path, kind: str, next_id: int, tree: str, merge_rounds: int) -> dict[str, Any]:
     """Search latency idle and while 10-document commits stream in (and, new code, while a merge runs)."""
     out: dict[str, Any] = {}
     tree_path = Path(tree)
@@ -201,21 +241,10 @@ def load(folder: Path, kind: str, next_id: int, tree: str) -> dict[str, Any]:
     out["during_small_commits"] = {**_stats([ms for _, ms in _samples(proc)]), "commits": commits}
     merger = getattr(writer, "merger", None)
     if merger is not None:
-        for _ in range(10):  # ten segments of 1,000: one tier-1 merge for the background merger
-            with writer.begin(timeout=600) as tx:
-                tx.upsert(_records(next_id, 1000, seed=next_id))
-            next_id += 1000
-        proc = _start_searcher(tree_path, folder, kind, SEARCH_SECONDS * 4)
-        time.sleep(1.0)
-        began = time.time()
-        thread = threading.Thread(target=merger._background)
-        thread.start()
-        thread.join()
-        ended = time.time()
-        samples = _samples(proc)
-        out["during_merge"] = {**_stats([ms for t, ms in samples if began <= t <= ended]),
-                               "merge_seconds": round(ended - began, 1), "merges": merger.merges}
-        out["idle_same_run"] = _stats([ms for t, ms in samples if t > ended + 0.5])
+        for round_number in range(merge_rounds):
+            phase, next_id = _merge_phase(tree_path, folder, kind, writer, merger, next_id)
+            out[f"merge_round_{round_number}"] = phase
+        out["load_average"] = os.getloadavg()
     out["next_id"] = next_id
     return out
 
@@ -263,35 +292,48 @@ def _ratio(old: float, new: float) -> str:
     return f"{old / new:.1f}x" if new else "-"
 
 
-def run(size: int, kinds: list[str], old_tree: Path, work: Path, small: int) -> dict[str, Any]:
+def run(size: int, kinds: list[str], old_tree: Path, work: Path, small: int, old_repeats: int, old_small: int,
+        merge_rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {"size": size, "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
-                               "load_average_at_start": os.getloadavg(), "kinds": {}}
+                               "load_average_at_start": os.getloadavg(), "old_repeats": old_repeats, "kinds": {}}
     trees = {"old": old_tree, "new": ROOT}
+    no_merge = {"KB_FAISS_MERGE": "0"}  # commit and stream figures without a merge running beside them
     for kind in kinds:
         base = work / f"{kind}-base"
         print(f"[{kind}] writing {size} chunks with the old code ...", flush=True)
         built = _run(old_tree, "build", base, kind, size)
-        print(f"[{kind}] written in {built['seconds']} s", flush=True)
+        print(f"[{kind}] written in {built['seconds']} s (load average {os.getloadavg()[0]:.1f})", flush=True)
         per_kind: dict[str, Any] = {"build_seconds": built["seconds"]}
-        for name, tree in trees.items():
-            folder = work / f"{kind}-{name}"
+        folders = {name: work / f"{kind}-{name}" for name in trees}
+        for folder in folders.values():
             shutil.copytree(base, folder)
-            no_merge = {"KB_FAISS_MERGE": "0"}  # commit figures without a merge running beside them
-            measured = _run(tree, "measure", folder, kind, size, extra_env=no_merge)
-            print(f"[{kind}] {name}: commits {measured['commits']}", flush=True)
-            loaded = _run(tree, "load", folder, kind, measured["next_id"], str(tree), extra_env=no_merge)
-            print(f"[{kind}] {name}: search {loaded}", flush=True)
-            count = small if name == "new" else 20
-            stream = _run(tree, "small", folder, kind, loaded["next_id"], count)
-            if name == "old":
-                stream["extrapolated_1000"] = {k: stream[k] * 1000 // count for k in ("bytes_written",)}
-            print(f"[{kind}] {name}: {count} one-document commits {stream}", flush=True)
-            per_kind[name] = {**measured, "search": loaded, "small_commits": stream}
-            shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
+        # old and new alternate phase by phase, so the machine's other work falls on both alike
+        for name, tree in trees.items():
+            repeats = old_repeats if name == "old" else 99
+            per_kind[name] = _run(tree, "measure", folders[name], kind, size, repeats, extra_env=no_merge)
+            print(f"[{kind}] {name}: commits {per_kind[name]['commits']}", flush=True)
+        for name, tree in trees.items():
+            loaded = _run(tree, "load", folders[name], kind, per_kind[name]["next_id"], str(tree), merge_rounds,
+                          extra_env=no_merge)
+            per_kind[name]["search"] = loaded
+            print(f"[{kind}] {name}: search {loaded}", flush=True)
+        for name, tree in trees.items():
+            count = small if name == "new" else old_small
+            stream = _run(tree, "small", folders[name], kind, per_kind[name]["search"]["next_id"], count)
+            if name == "old":
+                stream["extrapolated_1000"] = {"bytes_written": stream["bytes_written"] * 1000 // count,
+                                               "seconds": round(stream["seconds"] * 1000 / count)}
+            per_kind[name]["small_commits"] = stream
+            print(f"[{kind}] {name}: {count} one-document commits {stream}", flush=True)
+            shutil.rmtree(folders[name], ignore_errors=True)
         results["kinds"][kind] = per_kind
     results["load_average_at_end"] = os.getloadavg()
     return results
+
+
+def _merge_rounds(search: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(key, value) for key, value in search.items() if key.startswith("merge_round_")]
 
 
 def report(results: dict[str, Any]) -> None:
@@ -300,28 +342,41 @@ def report(results: dict[str, Any]) -> None:
     for kind, per in results["kinds"].items():
         old, new = per["old"], per["new"]
         print(f"\n{kind}                          old (whole index)    new (segments)    old/new")
-        for n in ("1", "100", "10000"):
-            o, w = old["commits"][n], new["commits"][n]
+        for n in new["commits"]:
+            o, w = old["commits"].get(n), new["commits"][n]
+            if o is None:
+                continue
             print(f"commit {n:>5} docs        {o['commit_ms']:>12.1f} ms {w['commit_ms']:>12.1f} ms "
-                  f"{_ratio(o['commit_ms'], w['commit_ms']):>8}")
+                  f"{_ratio(o['commit_ms'], w['commit_ms']):>8}   (rounds {o['rounds']}/{w['rounds']})")
             print(f"  bytes written         {o['bytes_written']:>15,} {w['bytes_written']:>15,} "
                   f"{_ratio(o['bytes_written'], w['bytes_written']):>8}")
             print(f"  first query after     {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
                   f"{_ratio(o['first_query_ms'], w['first_query_ms']):>8}")
+            if "first_filtered_query_ms" in w:
+                of, nf = o["first_filtered_query_ms"], w["first_filtered_query_ms"]
+                print(f"  first filtered after  {of:>12.2f} ms {nf:>12.2f} ms {_ratio(of, nf):>8}")
         print(f"warm p50 (reader)       {old['reader_warm']['p50_ms']:>12.2f} ms "
               f"{new['reader_warm']['p50_ms']:>12.2f} ms")
+        if "reader_warm_filtered" in new:
+            print(f"warm p50 filtered       {old['reader_warm_filtered']['p50_ms']:>12.2f} ms "
+                  f"{new['reader_warm_filtered']['p50_ms']:>12.2f} ms")
         print(f"fsync floor (4 KB)      {old['fsync_floor_ms']:>12.2f} ms {new['fsync_floor_ms']:>12.2f} ms")
-        for phase in ("idle", "during_small_commits", "during_merge", "idle_same_run"):
-            o, w = old["search"].get(phase), new["search"].get(phase)
-            if w is None:
-                continue
-            left = f"{o['p50_ms']:.2f}/{o['p99_ms']:.2f} ms" if o else "-"
-            print(f"search p50/p99 {phase:<22} {left:>18} {w['p50_ms']:.2f}/{w['p99_ms']:.2f} ms (max {w['max_ms']})")
+        for phase in ("idle", "during_small_commits"):
+            o, w = old["search"][phase], new["search"][phase]
+            print(f"search p50/p99 {phase:<22} {o['p50_ms']:.2f}/{o['p99_ms']:.2f} ms "
+                  f"{w['p50_ms']:.2f}/{w['p99_ms']:.2f} ms (max {o['max_ms']}/{w['max_ms']})")
+        for key, phase in _merge_rounds(new["search"]):
+            before, during, after = phase["idle_before"], phase["during_merge"], phase["idle_after"]
+            print(f"{key}: search p50/p99 idle before {before['p50_ms']:.2f}/{before['p99_ms']:.2f} ms, during "
+                  f"{during['p50_ms']:.2f}/{during['p99_ms']:.2f} ms ({during['merge_seconds']} s), after "
+                  f"{after['p50_ms']:.2f}/{after['p99_ms']:.2f} ms; p99 during/before "
+                  f"{during['p99_ms'] / before['p99_ms']:.2f}x")
         s_old, s_new = old["small_commits"], new["small_commits"]
-        print(f"1,000 one-doc commits: new {s_new['seconds']} s, {s_new['bytes_written']:,} bytes, write amplification "
-              f"{s_new['write_amplification']} ({s_new['merges']} merges); old (20 measured, x50) "
-              f"{s_old['seconds'] * 50:.0f} s, {s_old['extrapolated_1000']['bytes_written']:,} bytes, "
-              f"write amplification {s_old['write_amplification']}")
+        print(f"{s_new['commits']} one-doc commits: new {s_new['seconds']} s, {s_new['bytes_written']:,} bytes, write "
+              f"amplification {s_new['write_amplification']} ({s_new['merges']} merges); old ({s_old['commits']} "
+              f"measured, scaled to 1,000) {s_old['extrapolated_1000']['seconds']} s, "
+              f"{s_old['extrapolated_1000']['bytes_written']:,} bytes, write amplification "
+              f"{s_old['write_amplification']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         if command == "build":
             out = build(folder, kind, int(args[3]))
         elif command == "measure":
-            out = measure(folder, kind, int(args[3]))
+            out = measure(folder, kind, int(args[3]), int(args[4]))
         elif command == "search":
             out = search(folder, kind, float(args[3]))
         elif command == "load":
-            out = load(folder, kind, int(args[3]), args[4])
+            out = load(folder, kind, int(args[3]), args[4], int(args[5]))
         else:
             out = small_commits(folder, kind, int(args[3]), int(args[4]))
         print(json.dumps(out), flush=True)
@@ -345,11 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["FLAT", "HNSW"], choices=["FLAT", "HNSW"])
     parser.add_argument("--old-tree", type=Path, required=True, help="a checkout of the code to compare with")
     parser.add_argument("--small-commits", type=int, default=1000)
+    parser.add_argument("--old-repeats", type=int, default=99,
+                        help="at most this many rounds per commit size, old code (1 at 1M: each rewrites it all)")
+    parser.add_argument("--old-small", type=int, default=20, help="one-document commits measured on the old code")
+    parser.add_argument("--merge-rounds", type=int, default=2,
+                        help="merge phases (each: ten segments of 1,000 written, then merged while a reader searches)")
     parser.add_argument("--work", type=Path, help="a folder for the knowledge banks (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/incremental_commit.json"))
     parsed = parser.parse_args(args)
     with tempfile.TemporaryDirectory(dir=parsed.work) as tmp:
-        results = run(parsed.size, parsed.kinds, parsed.old_tree.resolve(), Path(tmp), parsed.small_commits)
+        results = run(parsed.size, parsed.kinds, parsed.old_tree.resolve(), Path(tmp), parsed.small_commits,
+                      parsed.old_repeats, parsed.old_small, parsed.merge_rounds)
     report(results)
     parsed.out.parent.mkdir(parents=True, exist_ok=True)
     parsed.out.write_text(json.dumps(results, indent=2))

@@ -50,10 +50,9 @@ def test_rowids_out_of_position_order_map_to_the_right_rows():
     query = rng.normal(size=(1, DIM)).astype(np.float32)
     _, found = prepared.search(query, 10, np.sort(np.concatenate([allowed, missing])), 0)
     assert found.tolist() == _exact(vectors, rowids, allowed, query, 10)
-    # a filter mask over metadata columns in another order gives the same rows
-    columns = np.sort(rowids)
-    mask = np.isin(columns, allowed)
-    _, by_mask = prepared.search_positions(query, 10, prepared.positions_of_mask(columns, mask), 0)
+    # a filter mask over metadata columns in rowid order (a segment's) gives the same rows
+    mask = np.isin(prepared.sorted_rowids, allowed)
+    _, by_mask = prepared.search_positions(query, 10, prepared.positions_in_rowid_order(mask), 0)
     assert by_mask.tolist() == found.tolist()
 
 

@@ -26,6 +26,8 @@ import math
 import faiss
 import numpy as np
 
+from stores.columnar_filter import MetadataColumns
+
 EXACT_MATCHES_MAX = 8_000
 FULL_EF_SELECTIVITY = 0.1  # below it efSearch grows as 1 / selectivity
 MAX_EF = 1024
@@ -52,7 +54,10 @@ class FilteredSearch:
         # rowids ascend with position unless rows were removed and re-added: keep a sorted lookup then
         self._order = None if ascending else np.argsort(self.rowids, kind="stable")
         self._sorted = self.rowids if ascending else self.rowids[self._order]
-        self._columns: tuple[np.ndarray, np.ndarray | None] | None = None
+        # (generation read at, columns) of this segment's metadata, rows in rowid order (stores.faiss.segment_columns)
+        self.metadata: tuple[int, MetadataColumns] | None = None
+        # a merge output's inputs' (generation, columns), when a reader had them all: its columns come from those
+        self.merged_from: list[tuple[int, MetadataColumns]] | None = None
 
     def positions(self, rowids: np.ndarray) -> np.ndarray:
         """Internal positions of those of ``rowids`` that are in the index."""
@@ -62,33 +67,19 @@ class FilteredSearch:
         found = at[self._sorted[at] == rowids]
         return found if self._order is None else self._order[found]
 
-    def positions_of_mask(self, column_rowids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Internal positions of the rows a filter ``mask`` over ``column_rowids`` (a generation's metadata
-        columns) selects. The mapping is made once per columns; when the columns are the index's rows in
-        its own order (the usual case) it is the mask itself."""
-        cached = self._columns
-        if cached is None or cached[0] is not column_rowids:
-            identical = column_rowids.size == self.rowids.size and bool(np.array_equal(column_rowids, self.rowids))
-            mapping = None if identical else self.mapping(column_rowids)
-            cached = self._columns = (column_rowids, mapping)
-        mapping = cached[1]
-        if mapping is None:
-            return np.flatnonzero(mask)
-        found = mapping[mask]
-        return found[found >= 0]
-
     @property
     def sorted_rowids(self) -> np.ndarray:
         return self._sorted
 
-    def mapping(self, column_rowids: np.ndarray) -> np.ndarray:
-        """The internal position of each of ``column_rowids`` (-1 where this index does not hold it)."""
-        out = np.full(column_rowids.size, -1, dtype=np.int64)
-        if self._sorted.size:
-            at = np.minimum(np.searchsorted(self._sorted, column_rowids), self._sorted.size - 1)
-            hit = self._sorted[at] == column_rowids
-            out[hit] = at[hit] if self._order is None else self._order[at[hit]]
-        return out
+    def in_rowid_order(self, by_position: np.ndarray) -> np.ndarray:
+        """``by_position`` (one value per internal position) reordered to follow ``sorted_rowids``."""
+        return by_position if self._order is None else by_position[self._order]
+
+    def positions_in_rowid_order(self, mask: np.ndarray) -> np.ndarray:
+        """Internal positions of the rows a ``mask`` over ``sorted_rowids`` selects (a segment's metadata columns
+        are in that order)."""
+        chosen = np.flatnonzero(mask)
+        return chosen if self._order is None else self._order[chosen]
 
     def _bitmap(self, positions: np.ndarray) -> np.ndarray:
         bits = np.zeros(self.ntotal, dtype=bool)

@@ -142,6 +142,8 @@ class GenerationLoader:
                     index = faiss.read_index(str(self.path(number)))  # RuntimeError when gone: the caller retries
                     self._prepare(index)
                 segment = Segment(number, index, kind, layout=self._layout(number, index))
+                if kind == "merge":
+                    self._inherit_columns(conn, segment, pool)
             deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi) if count else None
             segments.append(segment.with_tombstones(deleted) if deleted is not None and deleted.size else segment)
         return SegmentSet(generation, dim, segments, frozenset(waiting))
@@ -170,6 +172,16 @@ class GenerationLoader:
             raise RuntimeError(f"segment {number}'s vector file is gone: {exc}") from exc
         rerank = int((self.search_settings or {}).get("rerank", 1))
         return FilteredSearch(index, vectors, rerank)
+
+    @staticmethod
+    def _inherit_columns(conn: sqlite3.Connection, output: Segment, pool: dict[int, Segment]) -> None:
+        """A new merge output's metadata columns will be gathered from its inputs' when this reader read them all
+        (``stores.faiss.segment_columns``): only their columns are kept, not their indexes."""
+        inputs = [pool.get(r[0]) for r in conn.execute("SELECT segment FROM segments WHERE merged_into = ?",
+                                                       (output.number,))]
+        kept = [s.layout.metadata for s in inputs if s is not None]
+        if inputs and len(kept) == len(inputs) and all(m is not None for m in kept):
+            output.layout.merged_from = kept  # type: ignore[assignment]
 
     def _prepare(self, index: faiss.Index) -> None:
         if self.search_settings is not None:

@@ -10,7 +10,8 @@ only its new segments and new tombstones (``stores.faiss.generation_loader``).
 Searches ask every segment for its best ``k`` (deleted rows excluded by an ``IDSelectorBitmap`` over the
 segment's positions) and keep the best ``k`` of those, ties by rowid: exact for flat indexes, and for HNSW
 each graph is searched as deeply as one whole graph would be. Filtered searches go through each segment's
-``FilteredSearch``; the rows a filter selects are the live records, so tombstones need no extra step there.
+``FilteredSearch``, with masks from the segment's own metadata columns and its deletion mask
+(``stores.faiss.segment_columns``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ _EMPTY_ROWIDS = np.zeros(0, dtype=np.int64)
 class Segment:
     """One segment's index (shared, read-only once committed) and which of its rows are deleted at a generation."""
 
-    __slots__ = ("number", "index", "kind", "layout", "dead", "live", "lo", "hi", "_bitmap", "_mask_cache")
+    __slots__ = ("number", "index", "kind", "layout", "dead", "live", "lo", "hi", "_bitmap")
 
     def __init__(self, number: int, index: faiss.Index, kind: str = "commit", dead: np.ndarray | None = None,
                  layout: FilteredSearch | None = None) -> None:
@@ -58,7 +59,6 @@ class Segment:
         self.live = int(ids.size - (int(self.dead.sum()) if self.dead is not None else 0))
         # the live rows as faiss's bitmap selector wants them (bit i of byte i // 8, little-endian)
         self._bitmap = np.packbits(~self.dead, bitorder="little") if self.dead is not None else None
-        self._mask_cache: tuple[np.ndarray, int, int, np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -100,20 +100,6 @@ class Segment:
         scores, labels = inner.search(query, k, params=params)
         keep = labels[0] >= 0
         return scores[0][keep], self.layout.rowids[labels[0][keep]]
-
-    def search_mask(self, query: np.ndarray, k: int, column_rowids: np.ndarray, mask: np.ndarray,
-                    ef_search: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``k`` of the rows a filter ``mask`` over a generation's metadata columns selects. The columns'
-        slice inside this segment's rowid range is mapped to positions once per columns object."""
-        cached = self._mask_cache
-        if cached is None or cached[0] is not column_rowids:
-            start = int(np.searchsorted(column_rowids, self.lo))
-            end = int(np.searchsorted(column_rowids, self.hi, side="right"))
-            cached = (column_rowids, start, end, self.layout.mapping(column_rowids[start:end]))
-            self._mask_cache = cached
-        _, start, end, mapping = cached
-        found = mapping[mask[start:end]]
-        return self.layout.search_positions(query, k, found[found >= 0], ef_search)
 
     def search_allowed(self, query: np.ndarray, k: int, allowed: np.ndarray,
                        ef_search: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,10 +143,6 @@ class SegmentSet:
 
     def search(self, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         return best_of([s.search(query, k) for s in self.segments], k)
-
-    def search_mask(self, query: np.ndarray, k: int, column_rowids: np.ndarray, mask: np.ndarray,
-                    ef_search: int) -> tuple[list[int], list[float]]:
-        return best_of([s.search_mask(query, k, column_rowids, mask, ef_search) for s in self.segments], k)
 
     def search_allowed(self, query: np.ndarray, k: int, allowed: np.ndarray,
                        ef_search: int) -> tuple[list[int], list[float]]:

@@ -34,6 +34,7 @@ the snapshot path.
 Modules of ``stores/faiss/``: this one (the driver and its reads), ``view`` (reads
 over one connection and one index), ``transaction`` (the writer and its commit),
 ``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
+``segment_columns`` (their metadata columns for filters),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
 ``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
 compressed index types and how their segments are written and merged),
@@ -73,7 +74,6 @@ from stores.base import (
     VectorStoreDriver,
     acquire_writer_lock,
 )
-from stores.columnar_filter import MetadataColumns
 from stores.faiss.compressed import is_compressed, vectors_path
 from stores.faiss.generation_loader import GenerationLoader
 from stores.faiss.huge_pages import start_backing
@@ -81,6 +81,7 @@ from stores.faiss.index import SEARCH_TIME_SETTINGS, configure_search_threads, i
 from stores.faiss.langchain import KBFaissVectorStore
 from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
+from stores.faiss.segment_columns import GenerationColumns, generation_columns
 from stores.faiss.segment_files import SEGMENTS, adopt_single_index, remove_stale
 from stores.faiss.segments import SCHEMA as SEGMENT_SCHEMA
 from stores.faiss.segments import SegmentSet
@@ -134,7 +135,8 @@ class FaissStore(VectorStoreDriver):
         self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load,
                                        self.settings if is_compressed(self.settings) else None)
         self.loader.folder.mkdir(exist_ok=True)
-        self._columns_cache: tuple[int, MetadataColumns] | None = None
+        self._columns_cache: tuple[int, GenerationColumns] | None = None
+        self.metadata_rows_read = 0  # records parsed into metadata columns by this store's readers (tests read it)
         self.merger = Merger(self)
         self._records = RecordCache(_RECORD_CACHE_ENTRIES)
         self._closed = False
@@ -190,17 +192,21 @@ class FaissStore(VectorStoreDriver):
                          cache=self._records, generation=segments.generation, one_thread=one_thread,
                          ef_search=self.settings.get("ef_search", 0))
 
-    def _metadata_columns(self, conn: sqlite3.Connection, generation: int) -> MetadataColumns:
-        """Columns of the committed generation's metadata, built once per generation (read in its snapshot)."""
+    def _metadata_columns(self, conn: sqlite3.Connection | None, segments: SegmentSet) -> GenerationColumns | None:
+        """Columns of the committed generation's metadata: its segments' columns, of which only those not read yet
+        are read (``conn`` in a snapshot of the generation; None: only from columns already read)."""
+        generation = segments.generation
         with self._cache_lock:
             cached = self._columns_cache
             if cached is not None and cached[0] == generation:
                 return cached[1]
-        rows = conn.execute("SELECT rowid, metadata FROM records ORDER BY rowid").fetchall()
-        columns = MetadataColumns(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                                  (r[1] for r in rows))
+        columns = generation_columns(conn, segments.segments, generation)
+        if columns is None:
+            return None
         with self._cache_lock:
-            self._columns_cache = (generation, columns)
+            self.metadata_rows_read += columns.rows_read
+            if self._columns_cache is None or self._columns_cache[0] <= generation:
+                self._columns_cache = (generation, columns)
         return columns
 
     @contextmanager
@@ -219,7 +225,7 @@ class FaissStore(VectorStoreDriver):
                     if attempt == 4:
                         raise
                     continue
-                yield self._view(conn, segments, dim, lambda c=conn, g=generation: self._metadata_columns(c, g))
+                yield self._view(conn, segments, dim, lambda c=conn, s=segments: self._metadata_columns(c, s))
                 return
             finally:
                 if conn.in_transaction:
@@ -311,11 +317,10 @@ class FaissStore(VectorStoreDriver):
         if flt is None and kept is not None and kept.segments is segments and kept.conn is conn:
             return kept
         columns = None
-        if flt is not None:  # only columns built in a snapshot of this generation may answer a filter
-            built = self._columns_cache
-            if built is None or built[0] != generation:
+        if flt is not None:  # only columns read in a snapshot at or before this generation may answer a filter
+            columns = self._metadata_columns(None, segments)
+            if columns is None:
                 return None
-            columns = built[1]
         view = self._view(conn, segments, dim, (lambda: columns) if columns is not None else None,
                           one_thread=flt is None)
         if flt is None:

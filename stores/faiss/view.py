@@ -1,7 +1,8 @@
 """Reads of a FAISS knowledge bank: one view over a SQLite connection and a generation's FAISS segments.
 
 A committed snapshot's view reads records through the store's record cache and evaluates filters on
-in-memory metadata columns; a writer's view reads its own uncommitted state straight from SQLite.
+in-memory metadata columns, one set per segment (``stores.faiss.segment_columns``); a writer's view reads its
+own uncommitted state straight from SQLite.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 from kb_base.filters import Filter
 from kb_base.jsonfast import loads_checked, orjson_reads_exactly
 from stores.base import Hit, Record, StoreReader
-from stores.columnar_filter import MetadataColumns
 from stores.faiss.record_cache import CachedRow, RecordCache, cached_metadata, flat_or_none
+from stores.faiss.segment_columns import GenerationColumns
 from stores.faiss.segments import SegmentSet
 from stores.keyword import KeywordIndex
 from stores.record_checks import unit_query
@@ -105,7 +106,7 @@ class FaissView(StoreReader):
     """Reads over one SQLite connection (in a transaction) and the FAISS segments of the same state."""
 
     def __init__(self, conn: sqlite3.Connection, segments: SegmentSet | None, dim: int | None,
-                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], MetadataColumns] | None = None,
+                 keyword_index: KeywordIndex, hnsw: bool, columns: Callable[[], GenerationColumns] | None = None,
                  cache: RecordCache | None = None, generation: int | None = None, one_thread: bool = False,
                  ef_search: int = 0) -> None:
         self.conn, self.segments, self._dim, self.keywords, self.hnsw = conn, segments, dim, keyword_index, hnsw
@@ -151,7 +152,7 @@ class FaissView(StoreReader):
 
     def count(self, flt: Filter | None = None) -> int:
         if flt is not None and self._columns is not None:
-            return int(self._columns().select(flt).size)
+            return self._columns().count(flt)
         where, params = filter_to_sql(flt)
         return int(self.conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0])
 
@@ -195,9 +196,8 @@ class FaissView(StoreReader):
         query = unit_query(vector, self._dim)
         if flt is None:
             return segments.search(query, min(k, ntotal))
-        if self._columns is not None:  # committed: the filter's mask over the generation's columns
-            columns = self._columns()
-            return segments.search_mask(query, k, columns.rowids, columns.mask(flt), self._ef_search)
+        if self._columns is not None:  # committed: the filter's masks over the generation's segments' columns
+            return self._columns().search(query, k, flt, self._ef_search)
         return segments.search_allowed(query, k, self._matching_rowids(flt), self._ef_search)
 
     def _nearest_reusing_buffers(self, index: faiss.Index, vector: np.ndarray,
