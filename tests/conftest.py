@@ -35,7 +35,9 @@ from tests.support.shared_elasticsearch import SharedElasticsearch, SharedNode, 
 # files fill in around them; left to the end, one of them would keep a worker busy alone while the other sat idle.
 # Order only: a file missing here still runs, after them.
 LONG_FILES = ("test_ray_sync.py", "test_retrieval_real_docs.py", "test_crash_safety_stores.py", "test_kill_loop.py",
-              "test_multi_server.py", "test_fenced_writers_es.py", "test_onnx_model.py",
+              "test_multi_server.py", "test_jobs_across_servers.py", "test_faiss_compressed.py",
+              "test_embed_batching.py", "test_documents_screenshots.py", "test_jobs_restart.py",
+              "test_fenced_writers_es.py", "test_onnx_model.py",
               "test_failed_commit_release.py", "test_store_elasticsearch.py", "test_cli_kb.py", "test_onnx_int8.py",
               "test_chroma_recovery.py", "test_store_chroma.py", "test_exact_match.py", "test_layering.py",
               "test_crash_safety.py")
