@@ -109,7 +109,7 @@ def kill_loop(folder: Path, kills: int, seed: int, kind: str = "chroma", url: st
         else:
             early = []  # it kills itself at the point
         try:
-            writer.wait(120)
+            writer.wait(240 if point in MERGE_POINTS else 120)  # a merge comes after ten commits, and is throttled
         except subprocess.TimeoutExpired:  # a fault point never reached, or a writer stuck: kill it, count it
             writer.kill()
             writer.wait(60)
