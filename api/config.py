@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kb.config import default_home
 from kb_base.errors import InvalidInputError
+from stores.commit_point.lease import lease_seconds
 
 
 def _int(name: str, default: int) -> int:
@@ -39,6 +40,10 @@ class ServiceSettings:
         auth = os.environ.get("KB_AUTH", "on").strip().lower()
         if auth not in ("on", "off"):
             raise InvalidInputError(f"KB_AUTH must be 'on' or 'off', got {auth!r}")
+        try:
+            lease_seconds()  # checked at start, not at the first write across servers
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
         return cls(
             home=default_home(),
             auth=auth == "on",

@@ -380,3 +380,33 @@ def test_a_writer_starts_from_the_database_never_from_the_cache(postgres: Postgr
         assert seen == [1] and write.committed == 1 and write.generation == 2
     finally:
         write.close()
+
+
+def test_lease_length_comes_from_the_environment(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KB_WRITER_LEASE_SECONDS sets how long a crashed writer blocks its knowledge bank; a crashed writer's
+    lease (one that stopped renewing) then lapses after that long and not the default 30 s."""
+    monkeypatch.setenv("KB_WRITER_LEASE_SECONDS", "3")
+    crashed = DatabaseLedger(database_url, "kb").begin(5.0)
+    assert crashed.lease.seconds == 3.0
+    crashed.lease._stop.set()  # it stops renewing, as a SIGKILLed server does
+    crashed.lease._thread.join()
+    started = time.monotonic()
+    successor = DatabaseLedger(database_url, "kb").begin(10.0)
+    assert 1.0 < time.monotonic() - started < 6.0  # waited for the 3 s lease to lapse, not 30 s
+    successor.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "0.5", "7200"])
+def test_a_bad_lease_length_is_refused_by_name(value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KB_WRITER_LEASE_SECONDS", value)
+    url = kb_schema(f"sqlite:///{tmp_path / 'commit.sqlite'}")
+    with pytest.raises(ValueError, match="KB_WRITER_LEASE_SECONDS"):
+        DatabaseLedger(url, "kb").begin(1.0)
+
+
+def test_the_server_refuses_to_start_on_a_bad_lease_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.config import ServiceSettings
+
+    monkeypatch.setenv("KB_WRITER_LEASE_SECONDS", "thirty")
+    with pytest.raises(InvalidInputError, match="KB_WRITER_LEASE_SECONDS='thirty' is not a number"):
+        ServiceSettings.from_env()

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kb_base.errors import StoreUnavailableError, WriterFencedError
 from stores.base import fault_point
-from stores.commit_point.lease import LEASE_SECONDS, Lease
+from stores.commit_point.lease import Lease
 from stores.commit_point.schema import (
     engine_for,
     kb_commit,
@@ -57,7 +57,7 @@ def open_ledger(folder: Path, database: str, kb_id: str, database_url: str | Non
 class DatabaseLedger:
     """One knowledge bank's commit point in the shared database."""
 
-    def __init__(self, url: str, kb_id: str, seed: Path | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, url: str, kb_id: str, seed: Path | None = None, lease_seconds: float | None = None) -> None:
         self.kb_id, self.lease_seconds = kb_id, lease_seconds
         self._last_committed: tuple[int, int | None] | None = None
         self.engine = engine_for(url)

@@ -33,11 +33,27 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0  # a crashed writer blocks the knowledge bank at most this long
 
 
+def lease_seconds() -> float:
+    """``KB_WRITER_LEASE_SECONDS`` (default 30): how long a crashed writer can block its knowledge bank, and so
+    how long a live writer may go without reaching the database (a long GC, a partition) before it is fenced."""
+    raw = os.environ.get("KB_WRITER_LEASE_SECONDS")
+    if not raw:
+        return LEASE_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"KB_WRITER_LEASE_SECONDS={raw!r} is not a number of seconds") from None
+    if not 3.0 <= seconds <= 3600.0:
+        raise ValueError(f"KB_WRITER_LEASE_SECONDS={raw!r} is out of range: use 3 to 3600 seconds")
+    return seconds
+
+
 class Lease:
     """One writer's hold on one knowledge bank: ``acquire``, renewed in the background, ``release``."""
 
-    def __init__(self, engine: Engine, kb_id: str, seconds: float = LEASE_SECONDS) -> None:
-        self.engine, self.kb_id, self.seconds = engine, kb_id, float(seconds)
+    def __init__(self, engine: Engine, kb_id: str, seconds: float | None = None) -> None:
+        self.engine, self.kb_id = engine, kb_id
+        self.seconds = lease_seconds() if seconds is None else float(seconds)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.epoch = 0
         self.lost = False
