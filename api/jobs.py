@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kb.catalog_db.jobs import MAX_ATTEMPTS, JobRow, JobStore
+from kb.catalog_db.jobs import MAX_ATTEMPTS, JobRow, JobStore, is_cancelled
 from kb_base.errors import KBError
 
 log = logging.getLogger("kb.api.jobs")
@@ -52,6 +52,7 @@ class RunningJob:
         self.progress_reader: Callable[[], dict[str, Any]] | None = None  # live progress (sync: its report)
         self.stop = threading.Event()
         self.lost = False
+        self.cancelled = False
 
     def current_progress(self) -> dict[str, Any]:
         return self.progress_reader() if self.progress_reader is not None else self.progress
@@ -63,8 +64,9 @@ class RunningJob:
         if not self.stop.is_set():
             self.runner.save_progress(self)
         if self.stop.is_set():
-            raise JobStopped(f"job {self.id} stops: " + ("another server took it over" if self.lost
-                                                         else "this server is stopping"))
+            why = ("it was cancelled" if self.cancelled else "another server took it over" if self.lost
+                   else "this server is stopping")
+            raise JobStopped(f"job {self.id} stops: {why}")
 
 
 Handler = Callable[[RunningJob], dict[str, Any]]
@@ -118,6 +120,9 @@ class JobRunner:
     def _run(self, job: RunningJob) -> None:
         store, owner = self.store, self.server_id
         try:
+            if is_cancelled(job.row.error):  # cancelled while its first server ran it, and that server died
+                store.finish(job.id, owner, "cancelled", error=job.row.error, progress=job.progress)
+                return
             if job.row.attempts > MAX_ATTEMPTS:
                 store.finish(job.id, owner, "failed", error={
                     "code": "abandoned", "message": f"the job was started {MAX_ATTEMPTS} times and its server "
@@ -131,7 +136,10 @@ class JobRunner:
             store.release(job.id, owner, attempted=False)
         except JobStopped as exc:
             log.warning("%s", exc)
-            if not job.lost:
+            if job.cancelled:
+                store.finish(job.id, owner, "cancelled", progress=job.current_progress(),
+                             error=(store.get(job.id) or job.row).error)
+            elif not job.lost:
                 store.release(job.id, owner, attempted=True)  # the next claim, here or elsewhere, goes on
         except KBError as exc:
             store.finish(job.id, owner, "failed", error={"code": exc.code, "message": str(exc)},
@@ -187,14 +195,27 @@ class JobRunner:
     def save_progress(self, job: RunningJob) -> None:
         """Heartbeat one job with its progress; a job found taken over is told to stop."""
         try:
-            ours = self.store.heartbeat(job.id, self.server_id, job.current_progress())
+            state = self.store.heartbeat(job.id, self.server_id, job.current_progress())
         except Exception as exc:  # the database is down: the job goes on, and the next heartbeat tries again
             log.warning("cannot heartbeat job %s (%s)", job.id, type(exc).__name__)
             return
-        if not ours and not job.lost:
+        if state == "cancel" and not job.cancelled:
+            log.info("job %s was cancelled; it stops at its next commit", job.id)
+            job.cancelled = True
+            job.stop.set()
+        elif state == "lost" and not job.lost:
             log.warning("job %s was taken over by another server; it stops here at its next commit", job.id)
             job.lost = True
             job.stop.set()
+
+    def cancel(self, job_id: str, by: str = "a request") -> JobRow | None:
+        """Cancel a job in the database; one running here is told at once rather than at its next heartbeat."""
+        row = self.store.cancel(job_id, by)
+        with self._lock:
+            entry = self._running.get(job_id)
+        if entry is not None and row is not None and row.state == "running":
+            self.save_progress(entry[0])
+        return row
 
     def running_ids(self) -> list[str]:
         with self._lock:

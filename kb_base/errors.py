@@ -43,6 +43,13 @@ class InUseError(KBError):
     code = "in_use"
 
 
+class JobFinishedError(KBError):
+    """Cancelling a background job that already ended (succeeded or failed): nothing left to stop."""
+
+    http_status = 409
+    code = "job_finished"
+
+
 class UnknownStoreTypeError(InvalidInputError):
     code = "unknown_store_type"
 

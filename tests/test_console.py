@@ -313,6 +313,34 @@ def test_folder_sync_from_the_console(server: KBServer, browser, tmp_path: Path)
     assert rows["unchanged"] == "4" and rows["added"] == "0" and rows["texts_embedded"] == "0", report.text
 
 
+def test_a_folder_sync_is_cancelled_from_the_console(server: KBServer, browser) -> None:  # noqa: ANN001
+    """The sync's Cancel button stops it at its next commit; the page says what stays."""
+    driver = browser
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    base = f"{server.url}/v1/projects/DEFAULT"
+    folder = httpx.post(f"{base}/folders", json={"name": "many-notes"}, headers=auth).json()
+    for n in range(120):
+        text = f"# Note {n}\n\n" + " ".join(f"line {s} of note {n} on subject {n % 9}." for s in range(80))
+        assert httpx.put(f"{base}/folders/{folder['id']}/files/n{n:03d}.md", content=text.encode(),
+                         headers=auth).status_code == 201
+    kb_id = httpx.post(f"{base}/knowledge-banks", json={"name": "cancelled-kb"}, headers=auth).json()["id"]
+    driver.get(server.url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    _sign_in(driver, server, ADMIN_KEY)
+    driver.get(f"{server.url}/#/p/DEFAULT/folder/{folder['id']}")
+    _wait(driver, "#sync")
+    _select(_css(driver, "#sync-kb"), kb_id)
+    _css(driver, "#sync button[type=submit]").click()
+    _wait(driver, "#sync-cancel").click()
+    message = _wait(driver, "#sync-message", "cancelled", seconds=WAIT * 2)
+    assert "next sync does the rest" in message.text
+    gone = driver.execute_script(
+        "return [!!document.querySelector('#sync-cancel'), !!document.querySelector('#sync-report')]")
+    assert gone == [False, False]
+    jobs = httpx.get(f"{base}/knowledge-banks/{kb_id}/sync-jobs", headers=auth).json()
+    assert [job["state"] for job in jobs] == ["cancelled"] and jobs[0]["progress"]["files_processed"] < 120
+
+
 def test_reader_sees_403_messages(server: KBServer, browser) -> None:  # noqa: ANN001
     driver = browser
     reader = server.keys().create("reader", roles={"DEFAULT": "reader"})

@@ -98,13 +98,13 @@ def test_a_lapsed_job_is_taken_over_and_its_first_owner_is_fenced_off(catalog: s
     assert b.claim("B") is None and not b.any_claimable()  # A's heartbeat is fresh
     for _ in range(3):
         time.sleep(0.2)
-        assert a.heartbeat(job_id, "A", {"rows_read": 10}) and b.claim("B") is None  # heartbeats keep it A's
+        assert a.heartbeat(job_id, "A", {"rows_read": 10}) == "ours" and b.claim("B") is None  # heartbeats keep it A's
     time.sleep(0.8)  # A stops heartbeating (it died)
     taken = b.claim("B")
     assert taken is not None and taken.id == job_id and taken.owner == "B" and taken.attempts == 2
     assert taken.progress == {"rows_read": 10} and taken.payload == {"file": "/rows.jsonl"}
     # A comes back from its pause: every write of its is refused
-    assert not a.heartbeat(job_id, "A", {"rows_read": 99})
+    assert a.heartbeat(job_id, "A", {"rows_read": 99}) == "lost"
     assert not a.finish(job_id, "A", "succeeded", report={"by": "A"})
     assert b.finish(job_id, "B", "succeeded", report={"rows_written": 30}, progress={"rows_read": 30})
     again = _store(catalog).get(job_id)  # read back through another connection: persisted
@@ -251,3 +251,77 @@ def test_a_runner_that_reclaims_its_own_job_after_an_outage_does_not_run_it_twic
         release.set()
         runner.close()
     assert calls == [job.id] and row is not None and row.owner == "A" and row.report == {"ok": True}
+
+
+def test_cancelling_jobs_queued_running_and_ended(catalog: str | Path) -> None:
+    from kb_base.errors import JobFinishedError
+
+    store = _store(catalog)
+    queued = store.submit("ingest", "P", "kb1", {"n": 1})
+    cancelled = store.cancel(queued.id, "key 'ops'")
+    assert cancelled is not None and cancelled.state == "cancelled" and cancelled.finished_at is not None
+    assert cancelled.error is not None and "key 'ops'" in cancelled.error["message"]
+    assert store.claim("A") is None  # a cancelled job never starts
+
+    sync = store.submit("sync", "P", "kb1", {"folder_id": "P.f"}, owner="A")
+    running = store.cancel(sync.id)
+    # still running (and still the knowledge bank's one active sync) until its server stops it
+    assert running is not None and running.state == "running" and running.error["code"] == "cancelled"
+    with pytest.raises(SyncBusyError):
+        store.submit("sync", "P", "kb1", {"folder_id": "P.f"}, owner="B")
+    assert store.heartbeat(sync.id, "A", {"files": 3}) == "cancel"
+    assert store.cancel(sync.id) is not None  # asking again changes nothing
+    assert store.finish(sync.id, "A", "cancelled", error=running.error)
+    assert store.submit("sync", "P", "kb1", {"folder_id": "P.f"}, owner="B").state == "running"
+
+    done = store.submit("ingest", "P", "kb1", {"n": 2}, owner="A")
+    store.finish(done.id, "A", "succeeded", report={})
+    with pytest.raises(JobFinishedError, match="already succeeded"):
+        store.cancel(done.id)
+    assert store.cancel("no-such-job") is None
+
+
+def test_a_runner_stops_a_cancelled_job_at_its_next_commit_and_ends_it_cancelled(catalog_file: Path) -> None:
+    store = _store(catalog_file)
+    commits: list[int] = []
+    started = threading.Event()
+
+    def handler(job: RunningJob) -> dict[str, Any]:
+        for n in range(1, 1000):
+            started.set()
+            time.sleep(0.05)  # a batch's work
+            commits.append(n)
+            job.committed({"commits": n})
+        return {"commits": 999}
+
+    runner = JobRunner(_store(catalog_file), {"ingest": handler}, poll_seconds=0.1, heartbeat_seconds=5,
+                       server_id="A").start()
+    try:
+        job = runner.submit("ingest", "P", "kb1", {})
+        assert started.wait(20)
+        runner.cancel(job.id, "a test")  # this server runs it: told at once, not at its next heartbeat (5 s)
+        deadline = time.monotonic() + 10
+        while (row := store.get(job.id)) is not None and row.state == "running":
+            assert time.monotonic() < deadline, row
+            time.sleep(0.02)
+        assert row is not None and row.state == "cancelled" and row.error["code"] == "cancelled"
+        assert row.progress == {"commits": len(commits)} and len(commits) < 20  # stopped at the next commit
+    finally:
+        runner.close()
+
+
+def test_a_job_cancelled_while_its_dead_server_ran_it_is_ended_by_the_next_server_not_run(catalog_file: Path) -> None:
+    store = _store(catalog_file, lapse=0.3)
+    orphan = store.submit("ingest", "P", "kb1", {}, progress={"rows_read": 5}, owner="dead-server")
+    store.cancel(orphan.id)
+    ran: list[str] = []
+    runner = JobRunner(_store(catalog_file, lapse=0.3), {"ingest": lambda job: ran.append(job.id) or {}},
+                       poll_seconds=0.1, heartbeat_seconds=0.1, server_id="B").start()
+    try:
+        deadline = time.monotonic() + 20
+        while (row := store.get(orphan.id)) is not None and row.state == "running":
+            assert time.monotonic() < deadline, row
+            time.sleep(0.05)
+        assert row is not None and row.state == "cancelled" and row.progress == {"rows_read": 5} and ran == []
+    finally:
+        runner.close()

@@ -196,12 +196,18 @@ async function syncPanel(projectKey, folderId) {
 
 function followSync(url, message, status) {
   const bar = h("p", { id: "sync-progress", class: "muted" }, "Sync started…");
-  status.replaceChildren(bar);
+  // a cancelled sync stops at its next commit; what it committed stays, and the next sync does the rest
+  const cancel = h("button", { type: "button", id: "sync-cancel", onclick: async () => {
+    cancel.disabled = true;
+    try { await api.post(url + "/cancel", {}); } catch (err) { cancel.disabled = false; report(message, err); }
+  } }, "Cancel sync");
+  status.replaceChildren(bar, cancel);
   const tick = async () => {
     let job;
     try { job = await api.get(url); } catch (err) { return report(message, err); }
     const p = job.progress || {};
     bar.textContent = "Sync " + job.state + ": " + p.files_processed + " of " + p.files_to_process + " files to extract processed (" + p.files_total + " in the folder), " + p.commits + " commits";
+    if (job.state !== "running" && job.state !== "queued") cancel.remove();
     if (job.state === "succeeded") {
       const r = job.report;
       const counts = ["added", "updated", "unchanged", "removed", "empty", "failed"].map((k) => [k, String(r[k].length)]);
@@ -214,6 +220,8 @@ function followSync(url, message, status) {
         r.warnings.length ? table(["File with a warning", "Warning"], r.warnings.map((w) => [w.path, w.message]), "", { id: "sync-warnings" }) : "");
     } else if (job.state === "failed") {
       message.show("Sync failed: " + job.error.message + " (" + job.error.code + ")");
+    } else if (job.state === "cancelled") {
+      message.show("Sync cancelled: the files it committed stay in the knowledge bank; the next sync does the rest.");
     } else {
       setTimeout(tick, 400);
     }

@@ -97,11 +97,22 @@ def list_jobs(project_key: str, request: Request, _: Principal = Depends(require
     return [ingest_job_dict(row) for row in runner(request).store.list(project_key, "ingest")]
 
 
-@router.get("/jobs/{job_id}", summary="A job: state, progress, report or error")
-def get_job(project_key: str, job_id: str, request: Request,
-            _: Principal = Depends(require("reader"))) -> dict[str, Any]:
-    row = runner(request).store.get(job_id)
+def _ingest_job(row: JobRow | None, job_id: str, project_key: str) -> JobRow:
     if row is None or row.project_key != project_key or row.kind != "ingest":
         raise NotFoundError(f"job {job_id!r} does not exist in project {project_key!r} (finished jobs are kept "
                             f"until {MAX_KEPT_JOBS} newer ones of the project have finished)")
-    return ingest_job_dict(row)
+    return row
+
+
+@router.get("/jobs/{job_id}", summary="A job: state, progress, report or error")
+def get_job(project_key: str, job_id: str, request: Request,
+            _: Principal = Depends(require("reader"))) -> dict[str, Any]:
+    return ingest_job_dict(_ingest_job(runner(request).store.get(job_id), job_id, project_key))
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel an ingestion job: it stops at its next commit (409 if it ended)")
+def cancel_job(project_key: str, job_id: str, request: Request,
+               who: Principal = Depends(require("writer"))) -> dict[str, Any]:
+    _ingest_job(runner(request).store.get(job_id), job_id, project_key)
+    row = runner(request).cancel(job_id, f"key {who.name!r}")
+    return ingest_job_dict(_ingest_job(row, job_id, project_key))

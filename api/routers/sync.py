@@ -145,11 +145,23 @@ async def list_sync_jobs(project_key: str, kb_id: str, request: Request,
     return [sync_job_dict(row) for row in rows]
 
 
+def _sync_job(row: JobRow | None, job_id: str, project_key: str, kb_id: str) -> JobRow:
+    if row is None or (row.kind, row.project_key, row.kb_id) != ("sync", project_key, kb_id):
+        raise NotFoundError(f"sync job {job_id!r} of knowledge bank {kb_id} does not exist (finished jobs are "
+                            f"kept until {MAX_KEPT_JOBS} newer ones of the project have finished)")
+    return row
+
+
 @router.get("/{job_id}", summary="A sync job: state, progress, and its report once it succeeded")
 async def get_sync_job(project_key: str, kb_id: str, job_id: str, request: Request,
                        _: Principal = Depends(require("reader"))) -> dict[str, Any]:
     row = await run_in_threadpool(runner(request).store.get, job_id)
-    if row is None or (row.kind, row.project_key, row.kb_id) != ("sync", project_key, kb_id):
-        raise NotFoundError(f"sync job {job_id!r} of knowledge bank {kb_id} does not exist (finished jobs are "
-                            f"kept until {MAX_KEPT_JOBS} newer ones of the project have finished)")
-    return sync_job_dict(row)
+    return sync_job_dict(_sync_job(row, job_id, project_key, kb_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a sync job: it stops at its next commit (409 if it already ended)")
+async def cancel_sync_job(project_key: str, kb_id: str, job_id: str, request: Request,
+                          who: Principal = Depends(require("writer"))) -> dict[str, Any]:
+    _sync_job(await run_in_threadpool(runner(request).store.get, job_id), job_id, project_key, kb_id)
+    row = await run_in_threadpool(runner(request).cancel, job_id, f"key {who.name!r}")
+    return sync_job_dict(_sync_job(row, job_id, project_key, kb_id))

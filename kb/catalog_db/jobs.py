@@ -32,12 +32,19 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from kb.catalog_db.database import CatalogDatabase
 from kb.catalog_db.tables import jobs
-from kb_base.errors import SyncBusyError
+from kb_base.errors import JobFinishedError, SyncBusyError
 from stores.commit_point.schema import database_now
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAX_KEPT_JOBS = 200  # finished jobs kept per project and kind; older ones are deleted as new ones arrive
 MAX_ATTEMPTS = 5  # a job that took its server down this many times is failed, not claimed again
+
+
+def is_cancelled(error: str | dict[str, Any] | None) -> bool:
+    """A job's ``error`` is a cancellation (asked for while it ran, or done)."""
+    if isinstance(error, str):
+        error = json.loads(error)
+    return isinstance(error, dict) and error.get("code") == "cancelled"
 
 
 def lapse_seconds() -> float:
@@ -139,6 +146,25 @@ class JobStore:
             rows = conn.execute(query.order_by(order).limit(limit)).all()
         return [_row(r) for r in rows]
 
+    def cancel(self, job_id: str, by: str = "a request") -> JobRow | None:
+        """Cancel a job (None: no such job). A queued job is ``cancelled`` at once and never starts. A running
+        one keeps ``running`` with the cancellation in its ``error`` until its server stops it at its next
+        commit (what it committed before stays) and ends it ``cancelled``; until then it still counts as the
+        knowledge bank's active sync. Its server learns of it at its next heartbeat; if that server died, the
+        server that takes the job over ends it without running it. Cancelling again changes nothing; a job that
+        succeeded or failed raises ``JobFinishedError``."""
+        error = json.dumps({"code": "cancelled", "message": f"cancelled by {by}; what the job committed before "
+                                                            "it stopped stays committed"})
+        with self._write() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "queued")
+                         .values(state="cancelled", finished_at=time.time(), error=error))
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "running",
+                                            jobs.c.error.is_(None)).values(error=error))
+        row = self.get(job_id)
+        if row is not None and row.state in ("succeeded", "failed"):
+            raise JobFinishedError(f"job {job_id} already {row.state}: there is nothing left to cancel")
+        return row
+
     # --- claiming and running -------------------------------------------------------------------
 
     def any_claimable(self) -> bool:
@@ -160,15 +186,19 @@ class JobStore:
                 .returning(*_COLUMNS)).first()
         return _row(claimed) if claimed is not None else None
 
-    def heartbeat(self, job_id: str, owner: str, progress: dict[str, Any] | None = None) -> bool:
-        """The owner is alive (and its progress so far); False: the job is no longer this owner's."""
+    def heartbeat(self, job_id: str, owner: str, progress: dict[str, Any] | None = None) -> str:
+        """The owner is alive (and its progress so far). Returns ``"ours"``, ``"cancel"`` (still ours, but a
+        cancellation was asked for: stop) or ``"lost"`` (another server took the job over)."""
         values: dict[str, Any] = {"heartbeat_at": self._now}
         if progress is not None:
             values["progress"] = json.dumps(progress)
         with self._write() as conn:
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == owner,
-                                                   jobs.c.state == "running").values(**values))
-        return done.rowcount == 1
+            row = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == owner,
+                                                  jobs.c.state == "running").values(**values)
+                               .returning(jobs.c.error)).first()
+        if row is None:
+            return "lost"
+        return "cancel" if is_cancelled(row[0]) else "ours"
 
     def finish(self, job_id: str, owner: str, state: str, report: dict[str, Any] | None = None,
                error: dict[str, str] | None = None, progress: dict[str, Any] | None = None) -> bool:
