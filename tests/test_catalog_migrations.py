@@ -168,7 +168,7 @@ def test_a_catalog_from_a_newer_release_is_refused_by_client_server_and_upgrade(
 
 def test_the_release_knows_its_head_and_the_migrations_are_one_line() -> None:
     assert known_revisions()[-1] == HEAD_REVISION
-    assert known_revisions() == ["0001", "0002", "0003", "0004"]
+    assert known_revisions() == ["0001", "0002", "0003", "0004", "0005"]
 
 
 def test_a_bad_database_url_is_refused_naming_what_works(tmp_path: Path) -> None:
