@@ -65,6 +65,13 @@ KEEP_GENERATIONS = 1000  # of change log: a cache further behind rebuilds from t
 _ATTEMPTS = 20  # catch-up restarts when commits keep coming while it reads
 
 
+def _order(row: tuple[str, str, int]) -> tuple[int, str]:
+    """The order a cache gives its records' rowids: by the generation that wrote them, then id, however it got
+    there (caught up one generation at a time, several at once, or rebuilt), so that every server breaks ties
+    between equal keyword scores (by rowid) the same way."""
+    return row[2], row[0]
+
+
 @dataclass
 class Plan:
     """What a cache at ``since`` needs to reach ``generation``: ``rows`` (id, physical, gen) to (re)write,
@@ -198,9 +205,9 @@ class SharedChroma:
                 rebuild = (since < int(notes.get("log_floor", "0")) or since < int(notes.get("reset", "0")))
                 plan = Plan(generation, dimension, notes.get("collection", ""), rebuild)
                 if rebuild:
-                    plan.rows = [(r[0], r[1], int(r[2])) for r in conn.execute(
+                    plan.rows = sorted(((r[0], r[1], int(r[2])) for r in conn.execute(
                         select(kb_records.c.id, kb_records.c.physical, kb_records.c.gen)
-                        .where(kb_records.c.kb == self.kb_id))]
+                        .where(kb_records.c.kb == self.kb_id))), key=_order)
                 else:
                     latest: dict[str, tuple[str | None, int]] = {}
                     for record_id, added, gen in conn.execute(
@@ -208,7 +215,7 @@ class SharedChroma:
                             .where(kb_changes.c.kb == self.kb_id, kb_changes.c.gen > since,
                                    kb_changes.c.gen <= generation).order_by(kb_changes.c.gen)):
                         latest[record_id] = (added, int(gen))
-                    plan.rows = [(i, p, g) for i, (p, g) in latest.items() if p is not None]
+                    plan.rows = sorted(((i, p, g) for i, (p, g) in latest.items() if p is not None), key=_order)
                     plan.gone = [i for i, (p, _) in latest.items() if p is None]
                 if self._read_generation(conn)[0] != generation:
                     return None  # a commit came between the reads
@@ -280,6 +287,17 @@ class SharedChroma:
             raise
         log.info("knowledge bank %s: this server's cache moved from generation %d to %d (%s, %d records)",
                  self.kb_id, since, plan.generation, "rebuilt" if plan.rebuild else "caught up", len(plan.rows))
+
+    def adopt(self, conn: sqlite3.Connection, shared: SharedWrite, generation: int, dimension: int | None,
+              collection: str) -> None:
+        """After the commit point: this server's cache takes the writer's generation from its own open SQLite
+        transaction (no Chroma fetch), in the order every other server's catch-up gives it (``_order``)."""
+        written = {r[1]: (r[3] or "", r[2] or "{}") for r in conn.execute(
+            "SELECT id, physical, metadata, text FROM records WHERE gen = ?", (generation,))}
+        rows = sorted(((i, a, generation) for i, (_, a) in shared.changes.items() if a is not None), key=_order)
+        gone = [i for i, (_, a) in shared.changes.items() if a is None]
+        conn.execute("ROLLBACK")
+        self._apply(conn, Plan(generation, dimension, collection, shared.reset, rows, gone), written)
 
     # --- the writer ------------------------------------------------------------------------------
 

@@ -243,9 +243,7 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             release_after_failure(self, exc)
             raise
         try:  # this server's cache: if it fails, the cache is behind and catches up like any other server's
-            set_meta(self.conn, "collection", self.collection)
-            flip_generation(self.conn, self.generation)
-            self.conn.execute("COMMIT")
+            sides.adopt(self.conn, shared, self.generation, self._dim, self.collection)
         except sqlite3.Error as exc:
             log.warning("knowledge bank %s: generation %d committed, but this server's cache of it was not "
                         "(%s); it catches up on the next read", self.store.context.kb_id, self.generation, exc)
