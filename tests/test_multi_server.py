@@ -180,12 +180,13 @@ def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_seco
 
 def test_one_disk_stores_are_refused_naming_the_store_types_that_work(deployment: Deployment) -> None:
     a, _ = deployment.servers
-    for store, settings in (("FAISS", {}), ("CHROMA", {}), ("CHROMA", {"connection": "chroma"})):
+    for store, settings in (("FAISS", {}), ("CHROMA", {})):
         refused = httpx.post(_kbs(a), headers=ADMIN, json={"name": f"local-{store}", "embedding_llm_id": STUB_MODEL,
                                                            "vector_store_type": store, "settings": settings})
         assert refused.status_code == 422, refused.text
         message = refused.json()["error"]["message"]
-        assert message.endswith("use one of ELASTICSEARCH, AZURE_AI_SEARCH"), message
+        assert message.endswith("use one of ELASTICSEARCH, AZURE_AI_SEARCH, or CHROMA with a connection to a "
+                                "Chroma server"), message
     assert not [k for k in _ok(httpx.get(_kbs(a), headers=ADMIN)) if k["name"].startswith("local-")]
 
 
@@ -238,3 +239,83 @@ def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_
     print(f"catalog back: B answers again after {recovered * 1000:.0f} ms")
     assert kb_id in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN, timeout=30))]
     _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)  # writes to the catalog work again
+
+
+# --- a knowledge bank on a Chroma server (stores/chroma/shared.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chroma_connection(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``chroma run`` server, saved in the shared catalog as the connection ``chroma-live``."""
+    from kb.catalog import Catalog
+    from tests.support.chroma_server import ChromaServer
+
+    server = ChromaServer(tmp_path_factory.mktemp("multi-chroma") / "data").start()
+    catalog = Catalog(deployment.url)
+    catalog.save_connection("chroma-live", "chroma", {"url": server.url})
+    catalog.close()
+    try:
+        yield "chroma-live"
+    finally:
+        server.stop()
+
+
+def _scifact(count: int) -> list[dict[str, Any]]:
+    """The first ``count`` abstracts of SciFact (read in place), as documents with metadata to filter on."""
+    documents = []
+    with open("/work/shared/datasets/scifact/corpus.jsonl", encoding="utf-8") as corpus:
+        for n, line in zip(range(count), corpus, strict=False):
+            row = json.loads(line)
+            documents.append({"id": f"sf{row['_id']}", "text": f"{row['title']} {row['text']}"[:2000],
+                              "metadata": {"n": n, "title": row["title"], "long": len(row["text"]) > 1200}})
+    return documents
+
+
+def test_a_chroma_server_knowledge_bank_is_served_alike_by_both_servers(deployment: Deployment,
+                                                                        chroma_connection: str) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "chroma-shared", "embedding_llm_id": STUB_MODEL, "vector_store_type": "CHROMA",
+        "settings": {"connection": chroma_connection}}), 201)["id"]
+    documents = _scifact(60)
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=120, json={"documents": documents}))
+    searches = [
+        {"query": documents[7]["text"], "k": 5},  # the stub model is not semantic: a document's own text
+        {"query": "anisotropy", "k": 5, "search_type": "keyword"},
+        {"query": "T cell response to vaccine", "k": 5, "search_type": "hybrid"},
+        {"query": "cancer mortality", "k": 5, "filter": {"long": True}},
+        {"query": "protein", "k": 5, "search_type": "keyword", "filter": {"n": {"$lt": 30}}},
+        {"query": "gene expression", "k": 4, "search_type": "hybrid", "filter": {"n": {"$gte": 10}}},
+    ]
+
+    def answers(server: KBServe) -> list[list[tuple[str, float]]]:
+        found = []
+        for body in searches:
+            hits = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60, json=body))["results"]
+            found.append([(hit["id"], round(hit["score"], 4)) for hit in hits])
+        return found
+
+    on_a = answers(a)
+    assert all(on_a) and answers(b) == on_a
+    assert on_a[0][0][0] == documents[7]["id"]
+    assert "sf4983" in {hit for hit, _ in on_a[1]}  # the abstract that says "anisotropy"
+    assert {hit for hit, _ in on_a[3]} <= {d["id"] for d in documents if d["metadata"]["long"]}
+    count = _ok(httpx.get(f"{_kbs(b)}/{kb_id}/count", headers=ADMIN,
+                          params={"filter": json.dumps({"long": True})}))["count"]
+    assert count == sum(d["metadata"]["long"] for d in documents)
+
+    def keyword_ids(server: KBServe, query: str) -> set[str]:
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=30,
+                               json={"query": query, "k": 10, "search_type": "keyword"}))["results"]
+        return {hit["id"] for hit in found}
+
+    for round_number in range(3):  # writes through B, seen through A within a second
+        _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=60, json={"documents": [
+            {"id": f"code{round_number}", "text": f"fault code ZX{round_number}Q7 in the assay log"}]}))
+        seen = _until(lambda r=round_number: keyword_ids(a, f"ZX{r}Q7") == {f"code{r}"}, INVALIDATION_BUDGET)
+        print(f"Chroma write {round_number} acknowledged by B, searched through A after {seen * 1000:.0f} ms")
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents/delete", headers=ADMIN, timeout=60, json={"ids": ["code0"]}))
+    _until(lambda: keyword_ids(b, "ZX0Q7") == set(), INVALIDATION_BUDGET)
+    assert answers(a) == answers(b)
+    _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+    assert httpx.get(f"{_kbs(a)}/{kb_id}", headers=ADMIN).status_code == 404
