@@ -118,17 +118,21 @@ def test_a_write_acknowledged_through_a_is_searched_through_b_within_a_second(de
     _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
 
 
-def test_a_search_makes_no_database_round_trip(deployment: Deployment) -> None:
+@pytest.mark.parametrize("store", ["ELASTICSEARCH", "CHROMA"])
+def test_a_search_makes_no_database_round_trip(deployment: Deployment, store: str,
+                                               request: pytest.FixtureRequest) -> None:
     """Settings, key and committed generation all come from B's caches: PostgreSQL's own statement log shows
-    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches."""
+    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches.
+    A Chroma-server knowledge bank's keyword search reads B's own cache of it (stores/chroma/shared.py)."""
     import re
 
     from sqlalchemy import create_engine, text
 
     a, b = deployment.servers
+    connection = "es" if store == "ELASTICSEARCH" else request.getfixturevalue("chroma_connection")
     kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
-        "name": "quiet", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
-        "settings": {"connection": "es"}}), 201)["id"]
+        "name": f"quiet-{store}", "embedding_llm_id": STUB_MODEL, "vector_store_type": store,
+        "settings": {"connection": connection}}), 201)["id"]
     search = f"{_kbs(b)}/{kb_id}/search"
     _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
                    json={"documents": [{"id": f"q{i}", "text": f"quiet note {i}"} for i in range(5)]}))
