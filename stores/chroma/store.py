@@ -19,7 +19,10 @@ Azure AI Search), here with a richer commit point:
   a copy of each record's metadata, and the BM25 keyword index. SQLite makes
   it atomic and durable, so vectors, keywords and visibility flip together.
   This holds in server mode too: the kb service is the only writer of its
-  collections, and the writer lock is a flock in the KB folder.
+  collections, and the writer lock is a flock in the KB folder. With a
+  database URL (several kb servers) a Chroma server's commit point is in the
+  database instead, and this SQLite file each server's cache of it
+  (stores/chroma/shared.py).
 - A writer at G = C + 1 adds physical records ``G.<random>:<id>`` and marks
   the records it replaces or deletes ``__kb_del = G``: readers at C still
   see them. Nothing it does is visible before the commit point; a rollback
