@@ -291,7 +291,16 @@ class SharedChroma:
     def adopt(self, conn: sqlite3.Connection, shared: SharedWrite, generation: int, dimension: int | None,
               collection: str) -> None:
         """After the commit point: this server's cache takes the writer's generation from its own open SQLite
-        transaction (no Chroma fetch), in the order every other server's catch-up gives it (``_order``)."""
+        transaction, in the order every other server's catch-up gives it (``_order``): as written when it wrote
+        its records in id order (one upsert, which sorts them), else applied again in that order (no Chroma
+        fetch either way)."""
+        ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE gen = ? ORDER BY rowid", (generation,))]
+        if ids == sorted(ids):
+            set_meta(conn, "generation", str(generation))
+            set_meta(conn, "dimension", "" if dimension is None else str(dimension))
+            set_meta(conn, "collection", collection)
+            conn.execute("COMMIT")
+            return
         written = {r[1]: (r[3] or "", r[2] or "{}") for r in conn.execute(
             "SELECT id, physical, metadata, text FROM records WHERE gen = ?", (generation,))}
         rows = sorted(((i, a, generation) for i, (_, a) in shared.changes.items() if a is not None), key=_order)

@@ -112,6 +112,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         if not records:
             return
         dim = check_records(records, self._dim)
+        if self.shared is not None:  # rowids in id order, as other servers' caches give them (shared.py: adopt)
+            records = sorted(records, key=lambda r: r.id)
         copies = []
         for record in records:
             try:
