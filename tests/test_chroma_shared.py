@@ -91,6 +91,7 @@ def answers(store: ChromaStore, query: np.ndarray) -> dict[str, object]:
         "similarity": [(h.record.id, round(h.score, 5)) for h in store.similarity(query, 5)],
         "filtered similarity": [h.record.id for h in store.similarity(query, 3, flt)],
         "keyword": [(h.record.id, round(h.score, 5)) for h in store.keyword("honeybee E1042", 5)],
+        "tied keyword": [h.record.id for h in store.keyword("honeybee", 20)],  # equal scores: ranked by rowid
         "filtered keyword": [h.record.id for h in store.keyword("note", 10, parse_filter({"kind": "glacier"}))],
         "get": [(r.id, r.text, r.metadata) for r in store.get(["d1", "d3", "d7", "d40"])],
         "dimension": store.dimension,
@@ -126,6 +127,12 @@ def test_what_a_writes_b_reads_identically_and_the_other_way_round(servers: Serv
     assert [r[0] for r in seen["get"]] == ["d1", "d3", "d40"]  # type: ignore[index]
     assert a.get(["d3"])[0].text.endswith("v2") and a.get(["d7"]) == []
     assert [h.record.id for h in a.keyword("v2", 3)] == ["d3"]
+    with a.begin() as tx:  # two upserts out of id order: A's cache takes them in the order B's catch-up does
+        tx.upsert([doc(55), doc(49)])
+        tx.upsert([doc(43)])
+    tied = [h for h in a.keyword("honeybee", 20) if h.score == a.keyword("honeybee", 1)[0].score]
+    assert len(tied) > 3  # equal scores, ranked alike on both servers
+    assert answers(a, query) == answers(b, query)
 
 
 def test_a_clear_a_lost_cache_and_a_pruned_log_rebuild_the_cache(servers: Servers,
