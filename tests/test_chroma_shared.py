@@ -257,3 +257,30 @@ def test_a_sigkilled_writer_is_rolled_back_or_committed_whole(servers: Servers, 
     a = servers.open("a")  # the killed server's cache (mid-transaction, or behind) catches up
     assert sorted(a.ids_where(None)) == sorted(expected)
     assert answers(a, doc(2).vector) == answers(b, doc(2).vector)
+
+
+def test_deleting_the_knowledge_bank_through_one_server_removes_it_everywhere(servers: Servers) -> None:
+    import chromadb
+
+    from stores.commit_point.schema import kb_commit, kb_meta, kb_records
+
+    a, b = servers.open("a"), servers.open("b")
+    with a.begin() as tx:
+        tx.upsert([doc(i) for i in range(4)])
+    with b.begin() as tx:  # a clear leaves the old collection to be dropped by a later commit
+        tx.clear()
+        tx.upsert([doc(9)])
+    assert a.count() == 1
+    base = a.shared.collection_base if a.shared else ""
+    client = chromadb.HttpClient(host="127.0.0.1", port=servers.chroma.port)
+    assert [c.name for c in client.list_collections() if c.name.startswith(base)]
+    check = a.check()
+    assert check.ok, check.problems
+    b.destroy()
+    assert not [c.name for c in client.list_collections() if c.name.startswith(base)]
+    engine = engine_for(servers.url)
+    with engine.connect() as conn:
+        for table in (kb_commit, kb_records, kb_meta, kb_changes):
+            assert conn.execute(select(func.count()).where(table.c.kb == servers.kb_id)).scalar() == 0, table.name
+    again = servers.open("a")  # a knowledge bank of the same id made again: A's old cache is not reused
+    assert again.count() == 0 and again.similarity(doc(9).vector, 3) == []
