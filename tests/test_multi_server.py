@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.chroma_server import ChromaServer
 from tests.support.deployment import Deployment
 from tests.support.kb_serve import STUB_MODEL, KBServe
 from tests.support.server import ADMIN_KEY
@@ -249,19 +251,23 @@ def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_
 
 
 @pytest.fixture(scope="module")
-def chroma_connection(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chroma_live(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
     """A real ``chroma run`` server, saved in the shared catalog as the connection ``chroma-live``."""
     from kb.catalog import Catalog
-    from tests.support.chroma_server import ChromaServer
 
     server = ChromaServer(tmp_path_factory.mktemp("multi-chroma") / "data").start()
     catalog = Catalog(deployment.url)
     catalog.save_connection("chroma-live", "chroma", {"url": server.url})
     catalog.close()
     try:
-        yield "chroma-live"
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def chroma_connection(chroma_live: ChromaServer) -> str:
+    return "chroma-live"
 
 
 def _scifact(count: int) -> list[dict[str, Any]]:
@@ -323,3 +329,88 @@ def test_a_chroma_server_knowledge_bank_is_served_alike_by_both_servers(deployme
     assert answers(a) == answers(b)
     _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
     assert httpx.get(f"{_kbs(a)}/{kb_id}", headers=ADMIN).status_code == 404
+
+
+def _chroma_kb(deployment: Deployment, connection: str, name: str) -> str:
+    a, _ = deployment.servers
+    return _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": name, "embedding_llm_id": STUB_MODEL, "vector_store_type": "CHROMA",
+        "settings": {"connection": connection}}), 201)["id"]
+
+
+def _committed_generation(deployment: Deployment, kb_id: str) -> int:
+    from sqlalchemy import create_engine, select
+
+    from stores.commit_point.schema import kb_commit
+
+    engine = create_engine(deployment.url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(kb_commit.c.generation).where(kb_commit.c.kb == kb_id)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_chroma_writers_through_both_servers_at_once_never_both_commit(deployment: Deployment,
+                                                                        chroma_connection: str) -> None:
+    import threading
+
+    a, b = deployment.servers
+    kb_id = _chroma_kb(deployment, chroma_connection, "chroma-writers")
+    acked: list[str] = []
+    failures: list[str] = []
+
+    def write(server: KBServe, name: str) -> None:
+        for n in range(5):
+            doc_id = f"{name}{n}"
+            response = httpx.post(f"{_kbs(server)}/{kb_id}/documents", headers=ADMIN, timeout=120, json={
+                "documents": [{"id": doc_id, "text": f"entry {doc_id} written through server {name}"}]})
+            (acked if response.status_code == 200 else failures).append(doc_id if response.status_code == 200
+                                                                        else response.text)
+
+    threads = [threading.Thread(target=write, args=(server, name)) for server, name in ((a, "a"), (b, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures and len(acked) == 10, failures  # the second writer waited for the lease, not refused
+    assert _committed_generation(deployment, kb_id) == 10  # ten commits, each its own generation
+    for server in (a, b):
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60,
+                               json={"query": "entry written through server", "k": 20, "search_type": "keyword"}))
+        assert sorted(hit["id"] for hit in found["results"]) == sorted(acked)
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+
+
+def test_a_chroma_writer_killed_mid_write_is_rolled_back_by_the_next_writer(deployment: Deployment,
+                                                                            chroma_live: ChromaServer,
+                                                                            tmp_path: Path) -> None:
+    """A third server dies by SIGKILL once its documents are in Chroma, before its commit; B's next write waits
+    for the dead writer's lease to lapse (30 s), removes what it left in Chroma, and commits."""
+    import chromadb
+
+    a, b = deployment.servers
+    kb_id = _chroma_kb(deployment, "chroma-live", "chroma-killed")
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": f"kept{i}", "text": f"kept record {i}"} for i in range(3)]}))
+    doomed = KBServe(tmp_path / "home-c", workers=1,
+                     env={**deployment.env(), "KB_FAULT_POINT": "store_records_written"}).start()
+    try:
+        with pytest.raises(httpx.TransportError):  # the server died answering
+            httpx.post(f"{_kbs(doomed)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                       json={"documents": [{"id": f"lost{i}", "text": f"lost record {i}"} for i in range(4)]})
+    finally:
+        doomed.stop()
+    started = time.monotonic()
+    _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=120,
+                   json={"documents": [{"id": "after", "text": "record after the crash"}]}))
+    print(f"B's write after the SIGKILLed writer took {time.monotonic() - started:.1f} s (the lease lapses in 30 s)")
+    expected = ["after", "kept0", "kept1", "kept2"]
+    for server in (a, b):
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60,
+                               json={"query": "record", "k": 20, "search_type": "keyword"}))
+        assert sorted(hit["id"] for hit in found["results"]) == expected
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_live.port)
+    physical = sum(c.count() for c in client.list_collections() if kb_id.lower() in c.name.lower())
+    assert physical == len(expected)  # the dead writer's four records were removed from Chroma
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)
