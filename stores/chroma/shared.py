@@ -129,8 +129,10 @@ class SharedChroma:
     # --- notes --------------------------------------------------------------------------------------
 
     def _collection_base(self) -> str:
-        """The knowledge bank's collection names' stem, made once by whichever server opens it first."""
-        found = self.ledger.meta("collection_base")
+        """The knowledge bank's collection names' stem, made once by whichever server opens it first. Read on the
+        pre-pinged write pool, as every read here: opening a knowledge bank must not fail on a connection a
+        database restart left dead in the read pool."""
+        found = self._note("collection_base")
         if found is not None:
             return found
         safe = re.sub(r"[^A-Za-z0-9._-]", "-", self.kb_id)[:48].strip("-._") or "kb"
@@ -140,7 +142,11 @@ class SharedChroma:
                                                     value=f"kb-{safe}-{secrets.token_hex(4)}"))
         except IntegrityError:
             pass  # another server made it first: theirs stands
-        return str(self.ledger.meta("collection_base"))
+        return str(self._note("collection_base"))
+
+    def _note(self, key: str) -> str | None:
+        with self.ledger.engine.connect() as conn:
+            return self._notes(conn).get(key)
 
     def _notes(self, conn: Connection) -> dict[str, str]:
         return dict(conn.execute(select(kb_meta.c.key, kb_meta.c.value).where(kb_meta.c.kb == self.kb_id)).all())
@@ -312,8 +318,8 @@ class SharedChroma:
 
     def prepare(self, notes: LedgerNotes) -> None:
         """Under the new lease: undo a dead writer's leftovers, and mark the knowledge bank dirty before any write."""
-        if notes.meta("dirty") == "1":
-            snap = Snap(notes.committed, notes.meta("collection") or "", None)
+        if self._note("dirty") == "1":  # on the pre-pinged pool (``notes.meta`` reads on the read pool)
+            snap = Snap(notes.committed, self._note("collection") or "", None)
             self.store._clean_leftovers(snap)
         else:
             notes.set_meta("dirty", "1")

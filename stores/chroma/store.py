@@ -340,6 +340,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
 
     def check(self, full: bool = False, sample: int = 32) -> StoreCheck:
         try:  # kb's copy against what Chroma returns, before any read could heal it
+            self._follow()  # with a shared database: probe the committed generation's collection
             conn = self._conn()
             problem = damage.probe(self, conn, read_snap(conn), sample)
         except KBError as exc:
