@@ -284,3 +284,48 @@ def test_deleting_the_knowledge_bank_through_one_server_removes_it_everywhere(se
             assert conn.execute(select(func.count()).where(table.c.kb == servers.kb_id)).scalar() == 0, table.name
     again = servers.open("a")  # a knowledge bank of the same id made again: A's old cache is not reused
     assert again.count() == 0 and again.similarity(doc(9).vector, 3) == []
+
+
+def test_readers_on_another_server_see_one_whole_generation_at_a_time(servers: Servers) -> None:
+    """A writes eight generations, each replacing all ten documents (metadata g = the round); B reads all the
+    while by id, by keyword and by vector: every read returns all ten from one round, never going back."""
+    a, b = servers.open("a"), servers.open("b")
+    ids = [f"w{i}" for i in range(10)]
+
+    def round_records(g: int) -> list[Record]:
+        return [Record(i, f"entry {i} of round {g}", {"g": g}, doc(n).vector) for n, i in enumerate(ids)]
+
+    with a.begin() as tx:
+        tx.upsert(round_records(0))
+    stop = threading.Event()
+    seen: dict[str, list[int]] = {"get": [], "keyword": [], "similarity": []}
+    problems: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                for kind, found in (("get", [r.metadata["g"] for r in b.get(ids)]),
+                                    ("keyword", [h.record.metadata["g"] for h in b.keyword("entry round", 20)]),
+                                    ("similarity", [h.record.metadata["g"] for h in b.similarity(doc(3).vector, 10)])):
+                    if len(found) != 10 or len(set(found)) != 1:
+                        problems.append(f"{kind} saw {sorted(found)}")
+                    elif seen[kind] and found[0] < seen[kind][-1]:
+                        problems.append(f"{kind} went back from {seen[kind][-1]} to {found[0]}")
+                    else:
+                        seen[kind].append(found[0])
+            except Exception as exc:  # noqa: BLE001 - a failed read is a finding too
+                problems.append(f"{type(exc).__name__}: {exc}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for g in range(1, 9):
+            with a.begin() as tx:
+                tx.upsert(round_records(g))
+            time.sleep(0.1)
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        reader.join(60)
+    assert not problems, problems[:5]
+    assert all(len(set(values)) >= 3 and values[-1] == 8 for values in seen.values()), seen
