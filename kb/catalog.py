@@ -65,21 +65,16 @@ def connection_uses(settings: dict[str, Any], name: str) -> list[str]:
 
 
 def check_store_across_servers(settings: dict[str, Any]) -> None:
-    """Refuse a knowledge bank that one server's disk would hold: FAISS and embedded Chroma (the data), and a
-    Chroma server too: its commit point (the generation, a metadata copy that answers filters, kb's BM25 index,
-    kb's copy of every record) is SQLite in the KB folder under a flock, neither of which is safe on a shared
-    file system, and it does not fit the database's id map."""
+    """Refuse a knowledge bank that one server's disk would hold: FAISS and embedded Chroma. A CHROMA knowledge
+    bank on a Chroma server (with a connection) works: its commit point is in the shared database, and what kb
+    keeps beside Chroma is a cache in each server's folder (stores/chroma/shared.py)."""
     store_type = str(settings.get("vector_store_type", "")).upper()
-    if store_type in SHARED_STORE_TYPES:
+    if store_type in SHARED_STORE_TYPES or (store_type == "CHROMA" and settings.get("connection")):
         return
-    if store_type == "CHROMA" and settings.get("connection"):
-        why = ("a CHROMA knowledge bank on a Chroma server keeps its commit point (generation, metadata copy, kb's "
-               "keyword index) in one server's knowledge bank folder")
-    else:
-        what = "embedded Chroma (no connection)" if store_type == "CHROMA" else store_type
-        why = f"a {what} knowledge bank keeps its data on one server's disk"
-    raise InvalidInputError(f"{why}, and this kb serves several servers from a shared catalog (KB_DATABASE_URL): "
-                            f"use one of {', '.join(SHARED_STORE_TYPES)}")
+    what = "embedded Chroma (no connection)" if store_type == "CHROMA" else store_type
+    raise InvalidInputError(f"a {what} knowledge bank keeps its data on one server's disk, and this kb serves "
+                            "several servers from a shared catalog (KB_DATABASE_URL): use one of "
+                            f"{', '.join(SHARED_STORE_TYPES)}, or CHROMA with a connection to a Chroma server")
 
 
 class Catalog:

@@ -39,7 +39,8 @@ LONG_FILES = ("test_ray_sync.py", "test_retrieval_real_docs.py", "test_crash_saf
               "test_embed_batching.py", "test_documents_screenshots.py", "test_jobs_restart.py",
               "test_fenced_writers_es.py", "test_onnx_model.py",
               "test_failed_commit_release.py", "test_store_elasticsearch.py", "test_cli_kb.py", "test_onnx_int8.py",
-              "test_chroma_recovery.py", "test_store_chroma.py", "test_exact_match.py", "test_layering.py",
+              "test_chroma_recovery.py", "test_store_chroma.py", "test_chroma_shared.py", "test_exact_match.py",
+              "test_layering.py",
               "test_crash_safety.py")
 
 FAKE_MODEL_NAME = "fake6"

@@ -116,18 +116,20 @@ def test_settings_a_search_reads_follow_a_change_made_elsewhere(pair: tuple[Cata
 def test_one_disk_stores_are_refused_only_on_a_shared_catalog(pair: tuple[Catalog, Catalog]) -> None:
     catalog, _ = pair
     catalog.ensure_project("P")
-    for name, settings in (("faiss", {"vector_store_type": "FAISS"}), ("chroma", {"vector_store_type": "CHROMA"}),
-                           ("chroma-server", {"vector_store_type": "CHROMA", "connection": "chroma"})):
+    for name, settings in (("faiss", {"vector_store_type": "FAISS"}), ("chroma", {"vector_store_type": "CHROMA"})):
         if catalog.shared:
-            with pytest.raises(kb.InvalidInputError, match="use one of ELASTICSEARCH, AZURE_AI_SEARCH$"):
+            with pytest.raises(kb.InvalidInputError, match="use one of ELASTICSEARCH, AZURE_AI_SEARCH, or CHROMA "
+                                                           "with a connection to a Chroma server$"):
                 catalog.create_knowledge_bank("P", name, settings)
         else:
             catalog.create_knowledge_bank("P", name, settings)
+    # a Chroma server works across servers (its commit point in the database, stores/chroma/shared.py)
+    catalog.create_knowledge_bank("P", "chroma-server", {"vector_store_type": "CHROMA", "connection": "chroma"})
     kb_id = catalog.create_knowledge_bank("P", "es", {"vector_store_type": "ELASTICSEARCH", "connection": "es"})
     if catalog.shared:  # nor can an existing knowledge bank be moved onto one
-        with pytest.raises(kb.InvalidInputError, match="Chroma server keeps its commit point"):
-            catalog.save_knowledge_bank_settings("P", kb_id, {"vector_store_type": "CHROMA", "connection": "chroma"})
-    assert len(catalog.knowledge_banks("P")) == (1 if catalog.shared else 4)
+        with pytest.raises(kb.InvalidInputError, match="embedded Chroma"):
+            catalog.save_knowledge_bank_settings("P", kb_id, {"vector_store_type": "CHROMA"})
+    assert len(catalog.knowledge_banks("P")) == (2 if catalog.shared else 4)
 
 
 def test_keys_are_hashed_expire_record_their_use_and_revocation_reaches_other_servers(location: str | Path) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.chroma_server import ChromaServer
 from tests.support.deployment import Deployment
 from tests.support.kb_serve import STUB_MODEL, KBServe
 from tests.support.server import ADMIN_KEY
@@ -118,17 +120,21 @@ def test_a_write_acknowledged_through_a_is_searched_through_b_within_a_second(de
     _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
 
 
-def test_a_search_makes_no_database_round_trip(deployment: Deployment) -> None:
+@pytest.mark.parametrize("store", ["ELASTICSEARCH", "CHROMA"])
+def test_a_search_makes_no_database_round_trip(deployment: Deployment, store: str,
+                                               request: pytest.FixtureRequest) -> None:
     """Settings, key and committed generation all come from B's caches: PostgreSQL's own statement log shows
-    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches."""
+    only the background polls (the catalog's version, the commit listener's keep-alive) while B searches.
+    A Chroma-server knowledge bank's keyword search reads B's own cache of it (stores/chroma/shared.py)."""
     import re
 
     from sqlalchemy import create_engine, text
 
     a, b = deployment.servers
+    connection = "es" if store == "ELASTICSEARCH" else request.getfixturevalue("chroma_connection")
     kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
-        "name": "quiet", "embedding_llm_id": STUB_MODEL, "vector_store_type": "ELASTICSEARCH",
-        "settings": {"connection": "es"}}), 201)["id"]
+        "name": f"quiet-{store}", "embedding_llm_id": STUB_MODEL, "vector_store_type": store,
+        "settings": {"connection": connection}}), 201)["id"]
     search = f"{_kbs(b)}/{kb_id}/search"
     _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
                    json={"documents": [{"id": f"q{i}", "text": f"quiet note {i}"} for i in range(5)]}))
@@ -180,12 +186,13 @@ def test_a_key_created_on_a_works_on_b_and_once_revoked_is_refused_within_a_seco
 
 def test_one_disk_stores_are_refused_naming_the_store_types_that_work(deployment: Deployment) -> None:
     a, _ = deployment.servers
-    for store, settings in (("FAISS", {}), ("CHROMA", {}), ("CHROMA", {"connection": "chroma"})):
+    for store, settings in (("FAISS", {}), ("CHROMA", {})):
         refused = httpx.post(_kbs(a), headers=ADMIN, json={"name": f"local-{store}", "embedding_llm_id": STUB_MODEL,
                                                            "vector_store_type": store, "settings": settings})
         assert refused.status_code == 422, refused.text
         message = refused.json()["error"]["message"]
-        assert message.endswith("use one of ELASTICSEARCH, AZURE_AI_SEARCH"), message
+        assert message.endswith("use one of ELASTICSEARCH, AZURE_AI_SEARCH, or CHROMA with a connection to a "
+                                "Chroma server"), message
     assert not [k for k in _ok(httpx.get(_kbs(a), headers=ADMIN)) if k["name"].startswith("local-")]
 
 
@@ -238,3 +245,172 @@ def test_while_the_catalog_database_is_down_cached_searches_answer_and_the_rest_
     print(f"catalog back: B answers again after {recovered * 1000:.0f} ms")
     assert kb_id in [k["id"] for k in _ok(httpx.get(_kbs(a), headers=ADMIN, timeout=30))]
     _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)  # writes to the catalog work again
+
+
+# --- a knowledge bank on a Chroma server (stores/chroma/shared.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chroma_live(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real ``chroma run`` server, saved in the shared catalog as the connection ``chroma-live``."""
+    from kb.catalog import Catalog
+
+    server = ChromaServer(tmp_path_factory.mktemp("multi-chroma") / "data").start()
+    catalog = Catalog(deployment.url)
+    catalog.save_connection("chroma-live", "chroma", {"url": server.url})
+    catalog.close()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def chroma_connection(chroma_live: ChromaServer) -> str:
+    return "chroma-live"
+
+
+def _scifact(count: int) -> list[dict[str, Any]]:
+    """The first ``count`` abstracts of SciFact (read in place), as documents with metadata to filter on."""
+    documents = []
+    with open("/work/shared/datasets/scifact/corpus.jsonl", encoding="utf-8") as corpus:
+        for n, line in zip(range(count), corpus, strict=False):
+            row = json.loads(line)
+            documents.append({"id": f"sf{row['_id']}", "text": f"{row['title']} {row['text']}"[:2000],
+                              "metadata": {"n": n, "title": row["title"], "long": len(row["text"]) > 1200}})
+    return documents
+
+
+def test_a_chroma_server_knowledge_bank_is_served_alike_by_both_servers(deployment: Deployment,
+                                                                        chroma_connection: str) -> None:
+    a, b = deployment.servers
+    kb_id = _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": "chroma-shared", "embedding_llm_id": STUB_MODEL, "vector_store_type": "CHROMA",
+        "settings": {"connection": chroma_connection}}), 201)["id"]
+    documents = _scifact(60)
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=120, json={"documents": documents}))
+    searches = [
+        {"query": documents[7]["text"], "k": 5},  # the stub model is not semantic: a document's own text
+        {"query": "anisotropy", "k": 5, "search_type": "keyword"},
+        {"query": "T cell response to vaccine", "k": 5, "search_type": "hybrid"},
+        {"query": "cancer mortality", "k": 5, "filter": {"long": True}},
+        {"query": "protein", "k": 5, "search_type": "keyword", "filter": {"n": {"$lt": 30}}},
+        {"query": "gene expression", "k": 4, "search_type": "hybrid", "filter": {"n": {"$gte": 10}}},
+    ]
+
+    def answers(server: KBServe) -> list[list[tuple[str, float]]]:
+        found = []
+        for body in searches:
+            hits = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60, json=body))["results"]
+            found.append([(hit["id"], round(hit["score"], 4)) for hit in hits])
+        return found
+
+    on_a = answers(a)
+    assert all(on_a) and answers(b) == on_a
+    assert on_a[0][0][0] == documents[7]["id"]
+    assert "sf4983" in {hit for hit, _ in on_a[1]}  # the abstract that says "anisotropy"
+    assert {hit for hit, _ in on_a[3]} <= {d["id"] for d in documents if d["metadata"]["long"]}
+    count = _ok(httpx.get(f"{_kbs(b)}/{kb_id}/count", headers=ADMIN,
+                          params={"filter": json.dumps({"long": True})}))["count"]
+    assert count == sum(d["metadata"]["long"] for d in documents)
+
+    def keyword_ids(server: KBServe, query: str) -> set[str]:
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=30,
+                               json={"query": query, "k": 10, "search_type": "keyword"}))["results"]
+        return {hit["id"] for hit in found}
+
+    for round_number in range(3):  # writes through B, seen through A within a second
+        _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=60, json={"documents": [
+            {"id": f"code{round_number}", "text": f"fault code ZX{round_number}Q7 in the assay log"}]}))
+        seen = _until(lambda r=round_number: keyword_ids(a, f"ZX{r}Q7") == {f"code{r}"}, INVALIDATION_BUDGET)
+        print(f"Chroma write {round_number} acknowledged by B, searched through A after {seen * 1000:.0f} ms")
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents/delete", headers=ADMIN, timeout=60, json={"ids": ["code0"]}))
+    _until(lambda: keyword_ids(b, "ZX0Q7") == set(), INVALIDATION_BUDGET)
+    assert answers(a) == answers(b)
+    _ok(httpx.delete(f"{_kbs(b)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+    assert httpx.get(f"{_kbs(a)}/{kb_id}", headers=ADMIN).status_code == 404
+
+
+def _chroma_kb(deployment: Deployment, connection: str, name: str) -> str:
+    a, _ = deployment.servers
+    return _ok(httpx.post(_kbs(a), headers=ADMIN, json={
+        "name": name, "embedding_llm_id": STUB_MODEL, "vector_store_type": "CHROMA",
+        "settings": {"connection": connection}}), 201)["id"]
+
+
+def _committed_generation(deployment: Deployment, kb_id: str) -> int:
+    from sqlalchemy import create_engine, select
+
+    from stores.commit_point.schema import kb_commit
+
+    engine = create_engine(deployment.url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(kb_commit.c.generation).where(kb_commit.c.kb == kb_id)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_chroma_writers_through_both_servers_at_once_never_both_commit(deployment: Deployment,
+                                                                        chroma_connection: str) -> None:
+    import threading
+
+    a, b = deployment.servers
+    kb_id = _chroma_kb(deployment, chroma_connection, "chroma-writers")
+    acked: list[str] = []
+    failures: list[str] = []
+
+    def write(server: KBServe, name: str) -> None:
+        for n in range(5):
+            doc_id = f"{name}{n}"
+            response = httpx.post(f"{_kbs(server)}/{kb_id}/documents", headers=ADMIN, timeout=120, json={
+                "documents": [{"id": doc_id, "text": f"entry {doc_id} written through server {name}"}]})
+            (acked if response.status_code == 200 else failures).append(doc_id if response.status_code == 200
+                                                                        else response.text)
+
+    threads = [threading.Thread(target=write, args=(server, name)) for server, name in ((a, "a"), (b, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures and len(acked) == 10, failures  # the second writer waited for the lease, not refused
+    assert _committed_generation(deployment, kb_id) == 10  # ten commits, each its own generation
+    for server in (a, b):
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60,
+                               json={"query": "entry written through server", "k": 20, "search_type": "keyword"}))
+        assert sorted(hit["id"] for hit in found["results"]) == sorted(acked)
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)
+
+
+def test_a_chroma_writer_killed_mid_write_is_rolled_back_by_the_next_writer(deployment: Deployment,
+                                                                            chroma_live: ChromaServer,
+                                                                            tmp_path: Path) -> None:
+    """A third server dies by SIGKILL once its documents are in Chroma, before its commit; B's next write waits
+    for the dead writer's lease to lapse (30 s), removes what it left in Chroma, and commits."""
+    import chromadb
+
+    a, b = deployment.servers
+    kb_id = _chroma_kb(deployment, "chroma-live", "chroma-killed")
+    _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                   json={"documents": [{"id": f"kept{i}", "text": f"kept record {i}"} for i in range(3)]}))
+    doomed = KBServe(tmp_path / "home-c", workers=1,
+                     env={**deployment.env(), "KB_FAULT_POINT": "store_records_written"}).start()
+    try:
+        with pytest.raises(httpx.TransportError):  # the server died answering
+            httpx.post(f"{_kbs(doomed)}/{kb_id}/documents", headers=ADMIN, timeout=60,
+                       json={"documents": [{"id": f"lost{i}", "text": f"lost record {i}"} for i in range(4)]})
+    finally:
+        doomed.stop()
+    started = time.monotonic()
+    _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=120,
+                   json={"documents": [{"id": "after", "text": "record after the crash"}]}))
+    print(f"B's write after the SIGKILLed writer took {time.monotonic() - started:.1f} s (the lease lapses in 30 s)")
+    expected = ["after", "kept0", "kept1", "kept2"]
+    for server in (a, b):
+        found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60,
+                               json={"query": "record", "k": 20, "search_type": "keyword"}))
+        assert sorted(hit["id"] for hit in found["results"]) == expected
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_live.port)
+    physical = sum(c.count() for c in client.list_collections() if kb_id.lower() in c.name.lower())
+    assert physical == len(expected)  # the dead writer's four records were removed from Chroma
+    _ok(httpx.delete(f"{_kbs(a)}/{kb_id}", headers=ADMIN, timeout=60), 204)

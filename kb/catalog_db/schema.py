@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "kb_schema_version"  # not alembic_version: the database may be shared with other applications
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 BASELINE_REVISION = "0001"  # the tables release 0.1 created, before the catalog had migrations
 PRE_MIGRATIONS = "pre-migrations"  # a catalog from release 0.1: its tables, no version table
 _UPGRADE_LOCK = 7_281_028  # PostgreSQL advisory lock key: two `kb db upgrade` at once run one after the other

@@ -19,7 +19,10 @@ Azure AI Search), here with a richer commit point:
   a copy of each record's metadata, and the BM25 keyword index. SQLite makes
   it atomic and durable, so vectors, keywords and visibility flip together.
   This holds in server mode too: the kb service is the only writer of its
-  collections, and the writer lock is a flock in the KB folder.
+  collections, and the writer lock is a flock in the KB folder. With a
+  database URL (several kb servers) a Chroma server's commit point is in the
+  database instead, and this SQLite file each server's cache of it
+  (stores/chroma/shared.py).
 - A writer at G = C + 1 adds physical records ``G.<random>:<id>`` and marks
   the records it replaces or deletes ``__kb_del = G``: readers at C still
   see them. Nothing it does is visible before the commit point; a rollback
@@ -100,6 +103,7 @@ from stores.chroma.client import ChromaClient, DamagedIndexError
 from stores.chroma.codec import DEL, GEN, NEVER, decode, visibility
 from stores.chroma.langchain import KBChromaVectorStore
 from stores.chroma.reader import ChromaView, Columns, Snap, build_columns, chunks, meta_value, read_snap, set_meta
+from stores.chroma.shared import SharedChroma
 from stores.chroma.writer import ChromaTransaction
 from stores.generations import open_writer
 from stores.keyword import KeywordIndex
@@ -149,6 +153,12 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         if self._create_schema():
             self._migrate_first_format()
         self.collection_base = meta_value(self._conn(), "collection_base")
+        # a Chroma server with a shared database: the commit point there, the SQLite file a cache (shared.py)
+        self.shared = SharedChroma(self, context.database_url) if context.database_url and context.connection \
+            else None
+        if self.shared is not None:
+            self.collection_base = self.shared.collection_base
+            self.shared.own_cache(self._conn())
         if self.chroma.embedded is not None:
             self._check_on_open()
 
@@ -225,7 +235,13 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
                 lock.close()
 
     def _view(self) -> ChromaView:
+        self._follow()
         return ChromaView(self, self._conn(), None)
+
+    def _follow(self) -> None:
+        """With a shared database: this server's cache at the committed generation (no round trip if it is)."""
+        if self.shared is not None:
+            self.shared.catch_up(self.shared.ledger.committed()[0])
 
     def metadata_columns(self, conn: sqlite3.Connection, generation: int) -> Columns:
         """The committed generation's metadata columns, built once per generation (``conn`` in its snapshot)."""
@@ -239,6 +255,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
 
     def live_collection(self) -> Any:
         """The Chroma collection holding the committed state (None before the first write)."""
+        self._follow()
         snap = read_snap(self._conn())
         self.chroma.refresh(snap.generation)
         return self.chroma.collection(snap.collection) if snap.collection else None
@@ -323,13 +340,16 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
 
     def check(self, full: bool = False, sample: int = 32) -> StoreCheck:
         try:  # kb's copy against what Chroma returns, before any read could heal it
+            self._follow()  # with a shared database: probe the committed generation's collection
             conn = self._conn()
             problem = damage.probe(self, conn, read_snap(conn), sample)
         except KBError as exc:
             problem = str(exc)
         report = super().check(full, sample) if problem is None else StoreCheck(
             self.context.kb_id, self.store_type, self.count(), problems=[problem])
-        uncopied = int(self._conn().execute("SELECT COUNT(*) FROM records WHERE vector IS NULL").fetchone()[0])
+        # with a shared database kb's copy is a cache filled from Chroma: it cannot rebuild Chroma, nor need to
+        uncopied = 0 if self.shared is not None else int(
+            self._conn().execute("SELECT COUNT(*) FROM records WHERE vector IS NULL").fetchone()[0])
         report.checked["without_kb_copy"] = uncopied
         report.repaired += self.recovered
         if uncopied and report.ok:
@@ -341,7 +361,7 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         """Rebuild the live collection from kb's copy when the check finds it damaged; fill kb's copy for records
         written before it existed."""
         before = self.check()
-        if before.ok and not before.checked.get("without_kb_copy"):
+        if self.shared is not None or (before.ok and not before.checked.get("without_kb_copy")):
             return before
         done = damage.repair(self, rebuild=not before.ok, copy=bool(before.checked.get("without_kb_copy")),
                              why=before.problems[0] if before.problems else "")
@@ -352,6 +372,9 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
     # --- writes -----------------------------------------------------------------------------------
 
     def begin(self, timeout: float = 30.0) -> ChromaTransaction:
+        if self.shared is not None:
+            shared, cache, snap = self.shared.begin(timeout)
+            return ChromaTransaction(self, cache, shared.write, snap, shared)
         lock, conn = open_writer(self.dir, self._connections.path, timeout, self.context.kb_id)
         try:
             snap = read_snap(conn)
@@ -406,11 +429,15 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
         snap = read_snap(conn)
         names = {snap.collection, f"{self.collection_base}-g{snap.generation + 1}",
                  *(name for name, _ in json.loads(meta_value(conn, "drops")))} - {""}
+        if self.shared is not None:
+            names = self.shared.collections()
         try:
             for name in sorted(names):
                 self.chroma.delete_collection(name)
         except KBError as exc:  # the KB goes anyway; say what is left on the server
             log.warning("knowledge bank %s deleted, but Chroma collections %s at %s remain: %s",
                         self.context.kb_id, sorted(names), self.chroma.where, exc)
+        if self.shared is not None:
+            self.shared.destroy()
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)

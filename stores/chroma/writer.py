@@ -19,14 +19,17 @@ from stores.generations import PartialWrites, flip_generation, split_by_generati
 from stores.record_checks import check_records, normalise
 
 if TYPE_CHECKING:
+    from stores.chroma.shared import SharedWrite
     from stores.chroma.store import ChromaStore
 
 log = logging.getLogger(__name__)
 
 
 class ChromaTransaction(DelegatingReader, StoreTransaction):
-    def __init__(self, store: ChromaStore, conn: sqlite3.Connection, lock: Any, snap: Snap) -> None:
-        self.store, self.conn, self.lock = store, conn, lock
+    def __init__(self, store: ChromaStore, conn: sqlite3.Connection, lock: Any, snap: Snap,
+                 shared: SharedWrite | None = None) -> None:
+        # ``lock``: the flock, or with a shared database the write under the lease (closing either releases it)
+        self.store, self.conn, self.lock, self.shared = store, conn, lock, shared
         self.committed, self.generation = snap.generation, snap.generation + 1
         self.live = self.collection = snap.collection
         self._dim = snap.dim
@@ -53,11 +56,18 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         return self._dim
 
     def _call(self, method: str, **kwargs: Any) -> Any:
+        self._fence()
         return self.store.chroma.call(self.collection, method, **kwargs)
+
+    def _fence(self) -> None:
+        """Before a Chroma write: a writer whose lease may have lapsed stops (a no-op under the flock)."""
+        if self.shared is not None:
+            self.shared.write.fence()
 
     def _switch(self) -> None:
         """Write into a fresh, empty collection from now on (see the module docstring)."""
         name = f"{self.store.collection_base}-g{self.generation}"
+        self._fence()
         self._switching = True  # from here on, a rollback deletes that collection
         self.store.chroma.delete_collection(name)  # this transaction's earlier one, or a dead writer's
         self.store.chroma.collection(name, create=True, configuration=self.store.configuration)
@@ -65,6 +75,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self.collection, self.switched, self._dim = name, True, None
         self.conn.execute("DELETE FROM records")
         self.conn.execute("DELETE FROM retired")  # they are in the old collection, which goes as a whole
+        if self.shared is not None:
+            self.shared.switched()
         self.store.keywords.clear(self.conn)
         set_meta(self.conn, "dimension", "")
 
@@ -82,7 +94,15 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         for part in chunks(older):
             self._marked += part  # before the call: a call that times out may still have been applied
             self._call("update", ids=part, metadatas=[{DEL: self.generation}] * len(part))  # Chroma merges keys
-        self.conn.executemany("INSERT INTO retired VALUES (?, ?)", [(p, self.generation) for p in older])
+        if self.shared is None:
+            self.conn.executemany("INSERT INTO retired VALUES (?, ?)", [(p, self.generation) for p in older])
+        else:  # the change log says what to vacuum, whichever server commits next
+            for _, physical, gen in rows:
+                record_id = physical.split(":", 1)[1]
+                if gen == self.generation:
+                    self.shared.unadded(record_id)
+                else:
+                    self.shared.retired(record_id, physical)
         self.store.keywords.remove(self.conn, [r[0] for r in rows])
         self.conn.executemany("DELETE FROM records WHERE rowid = ?", [(r[0],) for r in rows])
         return len(rows)
@@ -92,6 +112,8 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         if not records:
             return
         dim = check_records(records, self._dim)
+        if self.shared is not None:  # rowids in id order, as other servers' caches give them (shared.py: adopt)
+            records = sorted(records, key=lambda r: r.id)
         copies = []
         for record in records:
             try:
@@ -126,6 +148,9 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
         self._next_rowid += len(rows)
         self.conn.executemany("INSERT INTO records (rowid, id, physical, gen, metadata, text, vector) "
                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.shared is not None:
+            for row in rows:
+                self.shared.added(row[1], row[2])
         self.store.keywords.add(self.conn, [(row[0], r.text) for row, r in zip(rows, records, strict=True)])
         if self._dim is None:
             self._dim = dim
@@ -144,6 +169,9 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
     def commit(self) -> None:
         self._view()
         self._partial.refuse_commit(self, self.store.context.kb_id)
+        if self.shared is not None:
+            self._commit_shared(self.shared)
+            return
         try:
             drops = [tuple(d) for d in json.loads(meta_value(self.conn, "drops"))]
             if self.switched:
@@ -187,6 +215,43 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             return
         self.conn.execute("DELETE FROM retired WHERE gen <= ?", (self.committed,))
 
+    def _commit_shared(self, shared: SharedWrite) -> None:
+        """The commit point in the shared database (stores/chroma/shared.py), then this server's cache."""
+        sides = self.store.shared
+        assert sides is not None
+        try:
+            drops = list(shared.drops)
+            if self.switched:
+                if self.live:
+                    drops.append((self.live, self.generation))
+                vacuumed = self.committed  # what older generations retired goes with the old collection
+            else:
+                vacuumed = sides.vacuum(shared, self.collection, self.committed)
+            kept = []
+            for name, gen in drops:
+                if gen <= self.committed:  # switched away from before the current generation: unused now
+                    try:
+                        self._fence()
+                        self.store.chroma.delete_collection(name)
+                        continue
+                    except KBError as exc:  # garbage never fails a commit; the next one tries again
+                        log.warning("could not delete old Chroma collection %s: %s", name, exc)
+                kept.append([name, gen])
+            sides.commit_statements(shared, self.generation, self.collection, kept, vacuumed)
+            shared.write.dim = self._dim
+            shared.write.commit()  # the commit point (with its fault points); fenced off: WriterFencedError
+            self._done = True
+        except BaseException as exc:
+            release_after_failure(self, exc)
+            raise
+        try:  # this server's cache: if it fails, the cache is behind and catches up like any other server's
+            sides.adopt(self.conn, shared, self.generation, self._dim, self.collection)
+        except sqlite3.Error as exc:
+            log.warning("knowledge bank %s: generation %d committed, but this server's cache of it was not "
+                        "(%s); it catches up on the next read", self.store.context.kb_id, self.generation, exc)
+        finally:
+            self._finish()
+
     def rollback(self) -> None:
         if not self._open:
             return
@@ -195,17 +260,32 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
                 return
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            if self._switching:
-                self.store.chroma.delete_collection(f"{self.store.collection_base}-g{self.generation}")
-            for name, physical in self._added.items():
-                if name != self.collection or not self.switched:
-                    for part in chunks(physical):
-                        self.store.chroma.call(name, "delete", ids=part)
-            for part in chunks(self._marked):
-                self.store.chroma.call(self.live, "update", ids=part, metadatas=[{DEL: NEVER}] * len(part))
+            if self.shared is not None:
+                self._undo_shared(self.shared)
+                return
+            self._undo_chroma()
             set_meta(self.conn, "dirty", "0")  # only once Chroma is clean; otherwise the next writer cleans
         finally:
             self._finish()
+
+    def _undo_shared(self, shared: SharedWrite) -> None:
+        """Undo this writer's Chroma writes, only while it provably holds the lease: a fenced writer's
+        'above C' may be its successor's work, which the successor's own cleanup handles."""
+        if not shared.write.holds_lock():
+            return
+        self._undo_chroma()
+        assert self.store.shared is not None
+        self.store.shared.set_clean()
+
+    def _undo_chroma(self) -> None:
+        if self._switching:
+            self.store.chroma.delete_collection(f"{self.store.collection_base}-g{self.generation}")
+        for name, physical in self._added.items():
+            if name != self.collection or not self.switched:
+                for part in chunks(physical):
+                    self.store.chroma.call(name, "delete", ids=part)
+        for part in chunks(self._marked):
+            self.store.chroma.call(self.live, "update", ids=part, metadatas=[{DEL: NEVER}] * len(part))
 
     def _finish(self) -> None:
         self._open = False

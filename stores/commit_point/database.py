@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kb_base.errors import StoreUnavailableError, WriterFencedError
@@ -193,6 +193,9 @@ class DatabaseWrite:
         self._added: dict[str, str] = {}  # id -> physical id written by this generation
         self._removed: set[str] = set()  # committed ids this write retired
         self._outcome_unknown = False  # the COMMIT failed in flight: it may or may not have happened
+        # more statements for the commit's own transaction, after the compare-and-set (a driver's notes and change
+        # log: Chroma's, stores/chroma/shared.py), so that they commit exactly when the generation does
+        self.in_commit: list[Callable[[Connection], None]] = []
 
     def _committed_rows(self, ids: Sequence[str]) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
@@ -253,6 +256,8 @@ class DatabaseWrite:
                     added = [{"kb": kb, "id": i, "physical": p, "gen": self.generation} for i, p in self._added.items()]
                     for start in range(0, len(added), _CHUNK):
                         conn.execute(insert(kb_records), added[start : start + _CHUNK])
+                    for statements in self.in_commit:
+                        statements(conn)
                     notify_commit(conn, kb, self.generation, self.dim)  # sent by the COMMIT, if it happens
                     fault_point("before_sqlite_commit")
                     self._outcome_unknown = True  # until COMMIT answers

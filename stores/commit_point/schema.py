@@ -6,7 +6,8 @@ catalog upgrades itself on first use). The code never creates them: one owner of
 revision that changes them meets the shape it expects. One row per knowledge bank in ``kb_commit`` (committed
 generation, vector dimension, the epoch of the lease allowed to commit), ``kb_lease`` (the writer's lease)
 and its id map in ``kb_records`` (id -> physical id, generation), as the KB folder's SQLite ledger keeps them;
-``kb_meta`` holds a driver's durable notes (Azure AI Search: 'index', 'dirty').
+``kb_meta`` holds a driver's durable notes (Azure AI Search: 'index', 'dirty'); ``kb_changes`` (revision 0005)
+the change log of Chroma-server knowledge banks.
 
 Lease times come from the database's clock, never a server's: servers' clocks may disagree, and a lease
 must mean the same moment to every one of them.
@@ -70,6 +71,16 @@ kb_meta = Table(
     Column("kb", String(200), primary_key=True),
     Column("key", String(200), primary_key=True),
     Column("value", Text, nullable=False),
+)
+# Chroma-server knowledge banks (revision 0005): the ids each generation changed, written with its commit, so
+# each server's cache (metadata copy, keyword index) catches up by fetching only those records from Chroma.
+kb_changes = Table(
+    "kb_changes", LEDGER_METADATA,
+    Column("kb", String(200), primary_key=True),
+    Column("gen", BigInteger, primary_key=True),
+    Column("id", String(600), primary_key=True),
+    Column("added", Text, nullable=True),  # the physical record live from ``gen`` on; None: deleted
+    Column("retired", Text, nullable=True),  # the older physical record ``gen`` retired (vacuumed later)
 )
 
 _engines: dict[tuple[str, bool], Engine] = {}
