@@ -31,7 +31,7 @@ import collections
 import json
 import logging
 import os
-import select
+import selectors
 import threading
 import time
 from typing import Any
@@ -175,10 +175,21 @@ class GenerationWatch:
     def _pump(self, raw: Any) -> None:
         """Read what the server sends: a round trip when the socket is readable, or every PUMP_SECONDS."""
         sock = getattr(raw, "_usock", None)  # pg8000's socket: wake as soon as a notification arrives
+        # a selector (epoll), not select.select: a busy server has file descriptors above 1023, which select()
+        # refuses, and a listener that never became ready would send every search to the database
+        waiter = selectors.DefaultSelector()
+        if sock is not None:
+            waiter.register(sock, selectors.EVENT_READ)
         cursor = raw.cursor()
+        try:
+            self._pump_loop(raw, cursor, waiter if sock is not None else None)
+        finally:
+            waiter.close()
+
+    def _pump_loop(self, raw: Any, cursor: Any, waiter: selectors.BaseSelector | None) -> None:
         while not self._stop.is_set():
-            if sock is not None:
-                select.select([sock], [], [], PUMP_SECONDS)
+            if waiter is not None:
+                waiter.select(PUMP_SECONDS)
             else:
                 self._stop.wait(PUMP_SECONDS / 5)
             sent = time.monotonic()
