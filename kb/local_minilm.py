@@ -142,6 +142,7 @@ class OnnxMiniLM:
                                  f"{actual}, expected {weights_sha256} ({MODEL_PACKAGE}); reinstall it: "
                                  f"{INSTALL_HINT}")
         graph = (cached_int8_graph if int8 else cached_graph)(path, cache_dir, actual)
+        self.graph_path = graph
         self.max_length = _max_seq_length(path)
         self.batch_size = batch_size
         self.threads = threads or default_threads()

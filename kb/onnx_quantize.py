@@ -27,7 +27,7 @@ import numpy as np
 
 from kb.onnx_minilm import GRAPH_VERSION, OPSET, _GraphBuilder, build_graph, cached_model
 
-QUANT_VERSION = 1
+QUANT_VERSION = 2
 SMOOTHING_ALPHA = 0.5
 WEIGHT_BITS = 8
 OUTLIER_CHANNELS = 8
@@ -141,12 +141,12 @@ class Int8Builder(_GraphBuilder):
         self.bits = bits
         self.outliers = outliers
 
-    def matmul(self, x: str, prefix: str) -> str:
+    def matmul(self, x: str, prefix: str) -> list[str]:
         """Attention output: plain int8. Feed-forward: the largest input channels in fp32, the rest int8."""
         self.matmul_inputs.append((prefix, x))
         weight = self.transposed(prefix)
         if prefix.endswith(".attention.output.dense") or not self.outliers:
-            return self._int8_matmul(x, prefix, weight)
+            return [self._int8_matmul(x, prefix, weight)]
         channels = np.sort(np.argsort(-self.maxima[prefix], kind="stable")[: self.outliers])
         keep = np.ones(weight.shape[0], dtype=np.float32)
         keep[channels] = 0.0
@@ -156,7 +156,7 @@ class Int8Builder(_GraphBuilder):
                                  weight * keep[:, None])
         picked = self.op("Gather", [x, self.const(f"{prefix}.fp32_channels", channels.astype(np.int64))], axis=-1)
         outlier = self.op("MatMul", [picked, self.const(f"{prefix}.fp32_weight", weight[channels])])
-        return self.op("Add", [rest, outlier])
+        return [rest, outlier]  # added by the next node's Sum
 
     def _int8_matmul(self, x: str, prefix: str, weight: np.ndarray) -> str:
         q, scale = quantize_columns(weight, self.bits)
