@@ -29,7 +29,7 @@ import numpy as np
 
 from kb.onnx_minilm import GRAPH_VERSION, OPSET, _GraphBuilder, build_graph, cached_model
 
-QUANT_VERSION = 2
+QUANT_VERSION = 3
 SMOOTHING_ALPHA = 0.5
 WEIGHT_BITS = 8
 OUTLIER_CHANNELS = 8
