@@ -160,14 +160,17 @@ def _p50_ms(run: Any, times: int = 50) -> float:
     return float(np.percentile([_clock(run) for _ in range(times)], 50) * 1000)
 
 
-def query_path(rounds: int, spins: list[int], per_round: int = 40) -> dict[str, Any]:
-    """One short query, fp32 and int8, each with pool threads never spinning and spinning ``spins`` us,
-    alternating. Wall p50 and minimum, and CPU ms per query from the process's CPU time over queries paced
-    5 ms apart (so a pool spinning after a run is charged for it): on a shared machine the CPU figure moves
-    less than the wall one. Also the parts: tokenising alone, and the onnxruntime run alone."""
+def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One short query, fp32 and int8, each with pool threads never spinning and spinning ``spins`` us, and
+    (not spinning) with each intra-op thread count in ``threads`` beside the default, alternating. Wall p50
+    and minimum, and CPU ms per query from the process's CPU time over queries paced 5 ms apart (so a pool
+    spinning after a run is charged for it): on a shared machine the CPU figure moves less than the wall one.
+    Also the parts: tokenising alone, and the onnxruntime run alone."""
+    path, cache = local_minilm.model_dir(), local_minilm.model_cache_dir()
     runtimes = {f"{'int8' if int8 else 'fp32'} spin {spin} us": local_minilm.OnnxMiniLM(
-        local_minilm.model_dir(), local_minilm.model_cache_dir(), int8=int8, spin_us=spin)
-        for int8 in (True, False) for spin in [0, *spins]}
+        path, cache, int8=int8, spin_us=spin) for int8 in (True, False) for spin in [0, *spins]}
+    runtimes.update({f"{'int8' if int8 else 'fp32'} {count} thread{'s' * (count > 1)}": local_minilm.OnnxMiniLM(
+        path, cache, int8=int8, spin_us=0, threads=count) for int8 in (True, False) for count in threads})
     walls: dict[str, list[float]] = {name: [] for name in runtimes}
     cpus: dict[str, list[float]] = {name: [] for name in runtimes}
     for runtime in runtimes.values():
@@ -186,7 +189,8 @@ def query_path(rounds: int, spins: list[int], per_round: int = 40) -> dict[str, 
     feed = first._single(QUERY)
     result: dict[str, Any] = {
         name: {"wall_p50_ms": float(np.percentile(walls[name], 50)), "wall_min_ms": float(min(walls[name])),
-               "cpu_ms_per_query": float(np.median(cpus[name]))} for name in runtimes}
+               "wall_p10_ms": float(np.percentile(walls[name], 10)), "cpu_ms_per_query": float(np.median(cpus[name])),
+               "threads": runtimes[name].threads, "graph": runtimes[name].graph_path.name} for name in runtimes}
     result["parts_int8_spin_0"] = {
         "tokenize_ms": _p50_ms(lambda: first.tokenizer.encode(QUERY)),
         "session_run_ms": _p50_ms(lambda: first.session.run(None, {"input_ids": feed.input_ids,
@@ -244,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the query path: fp32 and int8, pool threads spinning or not, alternating")
     parser.add_argument("--query-rounds", type=int, default=10)
     parser.add_argument("--spin-us", default="50", help="spin durations (us) to try beside 0, comma-separated")
+    parser.add_argument("--query-threads", default="",
+                        help="with --query-only: intra-op thread counts to try beside the default, comma-separated")
     parser.add_argument("--compare-only", action="store_true",
                         help="only the side-by-side comparison and the query latency (no threads, no kb serve)")
     args = parser.parse_args(argv)
@@ -330,13 +336,15 @@ def query_main(args: argparse.Namespace) -> int:
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     print(f"query {QUERY!r}, {args.query_rounds} alternating rounds of 40", flush=True)
     result: dict[str, Any] = {"machine": {"cpu": peak, "load_average_start": os.getloadavg()},
-                              "query": query_path(args.query_rounds, spins)}
+                              "query": query_path(args.query_rounds, spins, threads=tuple(
+                                  int(x) for x in args.query_threads.split(",") if x.strip()))}
     result["machine"]["load_average_end"] = os.getloadavg()
     for name, figures in result["query"].items():
         if name.startswith("parts"):
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
         else:
-            print(f"{name}: wall p50 {figures['wall_p50_ms']:.2f} ms, min {figures['wall_min_ms']:.2f} ms; CPU "
+            print(f"{name}: wall p50 {figures['wall_p50_ms']:.2f} ms, p10 {figures['wall_p10_ms']:.2f} ms, min "
+                  f"{figures['wall_min_ms']:.2f} ms; CPU "
                   f"{figures['cpu_ms_per_query']:.2f} ms per query")
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

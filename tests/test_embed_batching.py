@@ -153,7 +153,8 @@ def test_batched_calls_of_the_real_model_equal_unbatched_ones(fp32: OnnxMiniLM) 
 
 def test_int8_calls_are_not_batched_across_callers() -> None:
     int8 = local_minilm.load(int8=True)
-    assert int8.batcher is None  # its activations share one scale per run: vectors would depend on batch mates
+    # its activations share one scale per run, so each text runs alone: there is no run to share
+    assert int8.batcher is None and int8.batch_size == 1
 
 
 # --- through kb serve ------------------------------------------------------------------------------------

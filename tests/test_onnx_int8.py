@@ -80,7 +80,10 @@ def test_every_weight_product_is_int8(int8: OnnxMiniLM, model_dir: Path, cache: 
     quantized = [n.input[1] for n in model.graph.node if n.op_type in ("QAttention", "DynamicQuantizeMatMul")]
     assert all(weights[name].data_type == onnx.TensorProto.INT8 for name in quantized)
     # what stays fp32: embeddings, LayerNorms, softmax (inside the attention kernel), GELU, pooling
-    assert kinds["SkipLayerNormalization"] == 2 * layers and kinds["BiasGelu"] == layers
+    assert kinds["LayerNormalization"] == 2 * layers + 1 and kinds["BiasGelu"] == layers
+    # the residual additions are Sums: onnxruntime fuses Add + LayerNormalization into its SkipLayerNormalization
+    # kernel, which is eight times slower on CPU (kb.onnx_minilm._GraphBuilder.skip_layer_norm)
+    assert kinds["SkipLayerNormalization"] == 0 and kinds["Sum"] >= 2 * layers
 
 
 def test_a_corrupt_int8_cache_file_is_rebuilt_identically(int8: OnnxMiniLM, model_dir: Path, cache: Path) -> None:
@@ -121,13 +124,15 @@ def test_int8_vectors_are_unit_length_in_order_and_close_to_fp32(int8: OnnxMiniL
     assert np.all(np.isfinite(batch)) and np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
     assert np.all(_cosines(batch, fp32.embed(texts)) >= 0.995), _cosines(batch, fp32.embed(texts))
     assert not np.allclose(batch, fp32.embed(texts), atol=1e-4)  # really another model
-    # activations are quantized with one scale per batch (padding included), so a text's vector depends a
-    # little on its batch mates: alone and in a batch they agree within the bound they keep to fp32 (measured
-    # here: 0.996 at worst, for whitespace beside long texts), not bit for bit as in fp32
+    # activations are quantized with one scale per run, so every text runs alone: its vector does not depend
+    # on the texts beside it (in a batch of 32 it did, by up to 0.004 in cosine), nor on their order, and it
+    # is the query path's vector
     one_by_one = np.vstack([int8.embed([t]) for t in texts])
-    assert np.all(_cosines(batch, one_by_one) >= 0.995), _cosines(batch, one_by_one)
-    assert np.all(_cosines(one_by_one, fp32.embed(texts)) >= 0.995)
-    assert np.all(_cosines(int8.embed(texts[::-1])[::-1], batch) >= 0.995)
+    np.testing.assert_allclose(batch, one_by_one, atol=1e-6)
+    np.testing.assert_allclose(int8.embed(texts[::-1])[::-1], batch, atol=1e-6)
+    mates = ["Stock markets fell sharply.", *(f"padding text number {i} " * (i % 40) for i in range(40))]
+    np.testing.assert_allclose(int8.embed(mates)[0], batch[1], atol=1e-6)  # embedded in one call with 40 others
+    assert int8.batch_size == 1 and fp32.batch_size == local_minilm.DEFAULT_BATCH_SIZE
     assert int8.embed([]).shape == (0, LOCAL_MINILM_DIMENSION)
 
 
@@ -210,3 +215,21 @@ def test_new_knowledge_banks_take_the_default_and_existing_ones_keep_their_model
         assert reopened.to_knowledge_bank().as_core_knowledge_bank().embedding_llm_id != other
     finally:
         client.close()
+
+
+def test_onnxruntime_does_not_fuse_the_residual_into_its_slow_kernel(int8: OnnxMiniLM, fp32: OnnxMiniLM,
+                                                                     tmp_path: Path) -> None:
+    """What onnxruntime runs, after its own optimiser (ORT_ENABLE_ALL), keeps Sum + LayerNormalization.
+
+    Its CPU SkipLayerNormalization took 25 us per residual at 13 tokens against 6 us for the pair (1.32), and its
+    optimiser fuses Add + LayerNormalization into it; an onnxruntime that fused Sum too would show here."""
+    import onnx
+    import onnxruntime as ort
+
+    for name, runtime in (("fp32", fp32), ("int8", int8)):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(str(runtime.graph_path), options, providers=["CPUExecutionProvider"])
+        kinds = Counter(node.op_type for node in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node)
+        assert kinds["SkipLayerNormalization"] == 0 and kinds["LayerNormalization"] == 13, (name, kinds)
