@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -338,6 +339,30 @@ def test_reads_come_from_the_cache_and_commits_elsewhere_reach_it_within_a_secon
         assert ledger.committed()[0] == generation + 1  # this server's own commit: at once, not after a notification
     finally:
         other.stop()
+
+
+def test_the_listener_works_in_a_process_with_more_than_1024_open_files(postgres: PostgresServer) -> None:
+    """A busy server has file descriptors above 1023, which select() refuses: the listener must still become
+    ready (else every search reads the database)."""
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
+    script = textwrap.dedent(f"""
+        import os, resource, time
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        from stores.commit_point.database import DatabaseLedger
+        ledger = DatabaseLedger({url!r}, "kb")
+        deadline = time.monotonic() + 15
+        while ledger.watch.cached("kb") is None:
+            assert time.monotonic() < deadline, "the commit listener never became ready"
+            ledger.committed()
+            time.sleep(0.02)
+        print("ready", held[-1])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[1]) > 1024
 
 
 def test_commits_made_while_the_listener_was_disconnected_are_not_missed(postgres: PostgresServer) -> None:
