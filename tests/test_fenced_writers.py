@@ -435,3 +435,21 @@ def test_the_server_refuses_to_start_on_a_bad_lease_length(monkeypatch: pytest.M
     monkeypatch.setenv("KB_WRITER_LEASE_SECONDS", "thirty")
     with pytest.raises(InvalidInputError, match="KB_WRITER_LEASE_SECONDS='thirty' is not a number"):
         ServiceSettings.from_env()
+
+
+def test_the_first_writer_after_a_database_restart_reads_its_notes(postgres: PostgresServer) -> None:
+    """Reads for searches use a pool without pre-ping (its first read after a restart fails, by design); a
+    writer's cleanup notes must not: the first write after the database came back goes through."""
+    url = postgres.create_kb_database(f"kb_{uuid.uuid4().hex[:12]}")
+    ledger = DatabaseLedger(url, "kb")
+    _write(ledger, [("a", "1:a")])
+    ledger.set_meta("live", "one")
+    assert ledger.meta("live") == "one"  # the read pool holds a connection now
+    postgres.shut_down()
+    postgres.start_again()
+    seen: list[str | None] = []
+    write = ledger.begin(10.0, prepare=lambda notes: seen.append(notes.meta("live")))
+    write.add([("b", "2:b")], dim=4)
+    write.commit()
+    write.close()
+    assert seen == ["one"] and ledger._read_committed(ledger.engine) == (2, 4)

@@ -131,8 +131,8 @@ class DatabaseLedger:
         with self.reads.connect() as conn:
             return list(conn.execute(select(kb_records.c.id).where(kb_records.c.kb == self.kb_id)).scalars())
 
-    def meta(self, key: str) -> str | None:
-        with self.reads.connect() as conn:
+    def meta(self, key: str, engine: Engine | None = None) -> str | None:
+        with (engine or self.reads).connect() as conn:
             return conn.execute(select(kb_meta.c.value)
                                 .where(kb_meta.c.kb == self.kb_id, kb_meta.c.key == key)).scalar_one_or_none()
 
@@ -177,7 +177,9 @@ class _DatabaseNotes:
         self.ledger, self.committed = ledger, committed
 
     def meta(self, key: str) -> str | None:
-        return self.ledger.meta(key)
+        # the writer's pre-pinged pool: the read pool's first read after a database restart fails by design,
+        # and a writer's cleanup must not turn that into a 503
+        return self.ledger.meta(key, self.ledger.engine)
 
     def set_meta(self, key: str, value: str) -> None:
         self.ledger.set_meta(key, value)
