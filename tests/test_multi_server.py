@@ -386,7 +386,8 @@ def test_a_chroma_writer_killed_mid_write_is_rolled_back_by_the_next_writer(depl
                                                                             chroma_live: ChromaServer,
                                                                             tmp_path: Path) -> None:
     """A third server dies by SIGKILL once its documents are in Chroma, before its commit; B's next write waits
-    for the dead writer's lease to lapse (30 s), removes what it left in Chroma, and commits."""
+    for the dead writer's lease to lapse (5 s here, KB_WRITER_LEASE_SECONDS), removes what it left in Chroma, and
+    commits."""
     import chromadb
 
     a, b = deployment.servers
@@ -394,7 +395,8 @@ def test_a_chroma_writer_killed_mid_write_is_rolled_back_by_the_next_writer(depl
     _ok(httpx.post(f"{_kbs(a)}/{kb_id}/documents", headers=ADMIN, timeout=60,
                    json={"documents": [{"id": f"kept{i}", "text": f"kept record {i}"} for i in range(3)]}))
     doomed = KBServe(tmp_path / "home-c", workers=1,
-                     env={**deployment.env(), "KB_FAULT_POINT": "store_records_written"}).start()
+                     env={**deployment.env(), "KB_FAULT_POINT": "store_records_written",
+                          "KB_WRITER_LEASE_SECONDS": "5"}).start()
     try:
         with pytest.raises(httpx.TransportError):  # the server died answering
             httpx.post(f"{_kbs(doomed)}/{kb_id}/documents", headers=ADMIN, timeout=60,
@@ -404,7 +406,9 @@ def test_a_chroma_writer_killed_mid_write_is_rolled_back_by_the_next_writer(depl
     started = time.monotonic()
     _ok(httpx.post(f"{_kbs(b)}/{kb_id}/documents", headers=ADMIN, timeout=120,
                    json={"documents": [{"id": "after", "text": "record after the crash"}]}))
-    print(f"B's write after the SIGKILLed writer took {time.monotonic() - started:.1f} s (the lease lapses in 30 s)")
+    waited = time.monotonic() - started
+    print(f"B's write after the SIGKILLed writer took {waited:.1f} s (the dead writer's lease lapses in 5 s)")
+    assert waited < 30  # the dead server's own lease length, not the default
     expected = ["after", "kept0", "kept1", "kept2"]
     for server in (a, b):
         found = _ok(httpx.post(f"{_kbs(server)}/{kb_id}/search", headers=ADMIN, timeout=60,
