@@ -110,6 +110,7 @@ _READ_MMAP_BYTES = 1 << 30
 # the page size they were created with.
 _PAGE_BYTES = 16384
 _RECORD_CACHE_ENTRIES = int(os.environ.get("KB_RECORD_CACHE", "50000"))
+_RECORD_CACHE_BYTES = int(os.environ.get("KB_RECORD_CACHE_MB", "64")) * 2**20
 # A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
 _QUICK_FLAT_FLOATS = 40_000_000
 
@@ -138,7 +139,7 @@ class FaissStore(VectorStoreDriver):
         self._columns_cache: tuple[int, GenerationColumns] | None = None
         self.metadata_rows_read = 0  # records parsed into metadata columns by this store's readers (tests read it)
         self.merger = Merger(self)
-        self._records = RecordCache(_RECORD_CACHE_ENTRIES)
+        self._records = RecordCache(_RECORD_CACHE_ENTRIES, _RECORD_CACHE_BYTES)
         self._closed = False
         self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
         conn = _connect(self.db_path, page_size=_PAGE_BYTES)
