@@ -223,7 +223,9 @@ def _measure(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], mac
             print(f"{kind}: measured already (resumed): {json.dumps(done[key])}", flush=True)
             results.append(done[key])
             continue
-        folder = root / f"{kind}-{args.count}"
+        # named by the settings too: a run with other settings (nlist, say) keeps its own knowledge bank
+        tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if k != "type")
+        folder = root / f"{kind}-{args.count}{'-' + tag if tag else ''}"
         timing = _ingested(folder, settings, args.count, keyword=False)
         print(f"{kind}: measuring in a fresh process", flush=True)
         measured = _run_child("--child", str(folder), json.dumps(settings), str(queries_path), str(truth_path))
