@@ -37,8 +37,9 @@ over one connection and one index), ``transaction`` (the writer and its commit),
 ``segment_columns`` (their metadata columns for filters),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
 ``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
-compressed index types and how their segments are written and merged),
-``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
+compressed index types and how their segments are written and merged), ``spill`` (a compressed
+type's writer's vectors, in a file as they arrive), ``index_file`` (the index file's direct writes),
+``vector_buffers``, ``huge_pages``,
 ``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
 Vectors are L2-normalised on the way in, so inner product is cosine
