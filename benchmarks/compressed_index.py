@@ -1,15 +1,22 @@
 """Compressed FAISS index types against today's HNSW and FLAT (issue 31): recall, latency, memory, disk, ingestion.
 
-    python -m benchmarks.compressed_index --count 1000000 --types HNSW,HNSW_SQ8,IVF_PQ
+    python -m benchmarks.compressed_index --count 1000000 --types HNSW_SQ8,IVF_PQ,HNSW,FLAT --kb-memory FLAT
 
-Vectors have the structure of real embeddings: each is one of SciFact's 5,183 MiniLM document vectors (read in
-place from ../shared/datasets/scifact) plus Gaussian noise of norm ~0.6, normalised (cosine ~0.85 to its
-centre; never uniform random). Queries are held out: drawn afresh the same way. Ground truth is exact search
-(a flat inner-product scan). Each type's knowledge bank is written in one commit by kb's FAISS driver, then
-measured in a fresh process (``--child``): resident memory after opening and a warm-up (anonymous memory and
-file-backed pages of the memory-mapped vector files reported apart), recall@10 and single-query latency through
-kb (re-ranking included) beside raw faiss on the very index kb searches (codes only for the compressed types).
-Figures are printed and written to ``docs/benchmarks/compressed_index.json`` with the CPU flags and load average.
+Vectors have the structure of real embeddings (``benchmarks.compressed_data``: SciFact's MiniLM vectors plus
+noise, generated a batch at a time); queries are held out (drawn afresh the same way); ground truth is exact
+search, streamed. Each type's knowledge bank is written in one commit by kb's FAISS driver in a child process
+(``--ingest-child``: time, and peak memory, anonymous apart from the memory-mapped files), then measured in
+another fresh one (``--child``): resident memory after opening and a warm-up (anonymous memory and file-backed
+pages of the memory-mapped vector files reported apart), recall@10 and single-query latency through kb
+(re-ranking included) beside raw faiss on the very index kb searches (codes only for the compressed types).
+Nothing holds all the vectors, so a 10M run needs memory for the index under test only.
+
+``--workdir DIR`` keeps the knowledge banks, queries, ground truth and each finished type's figures there, so a
+run stopped part-way is resumed by the same command: finished types are not measured again, a knowledge bank
+whose ingestion finished is not written again (one whose ingestion was cut off is removed and written anew: a
+commit is all or nothing). Without it everything lives in a temporary folder. Progress lines every 30 s.
+Figures are printed and written to ``--out`` (``docs/benchmarks/compressed_index.json``) with the CPU flags and
+load average.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,70 +32,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from benchmarks.compressed_data import done_marker, generate, ground_truth, ingest, read_marker, status_kb, store_for
 from benchmarks.suite import machine as machine_info
-from stores.base import Record, StoreContext
-from stores.faiss.store import FaissStore
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus-all-MiniLM-L6-v2.npy"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "compressed_index.json"
-BATCH = 20_000
-NOISE = 0.6
 
 
-def centres() -> np.ndarray:
-    path = SCIFACT if SCIFACT.exists() else Path("/work/shared/datasets/scifact/corpus-all-MiniLM-L6-v2.npy")
-    return np.load(path, mmap_mode="r")
-
-
-def generate(count: int, seed: int) -> np.ndarray:
-    """``count`` structured unit vectors (see the module docstring), generated a batch at a time."""
-    real = np.asarray(centres())
-    out = np.empty((count, real.shape[1]), dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    for start in range(0, count, BATCH):
-        n = min(BATCH, count - start)
-        noisy = real[rng.integers(0, real.shape[0], size=n)] + rng.normal(
-            scale=NOISE / np.sqrt(real.shape[1]), size=(n, real.shape[1])).astype(np.float32)
-        out[start : start + n] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
-    return out
-
-
-def ground_truth(data: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    exact = faiss.IndexFlatIP(data.shape[1])
-    exact.add(data)
-    return exact.search(queries, k)[1]
-
-
-def index_settings(kind: str) -> dict[str, Any]:
-    return {"type": kind} if kind != "FLAT" else {}
-
-
-def ingest(folder: Path, kind: str, data: np.ndarray, keyword: bool) -> dict[str, float]:
-    """Write ``data`` into a new knowledge bank of ``kind`` in one commit; seconds taken."""
-    store = FaissStore(StoreContext("bench", folder, settings={"index": index_settings(kind)},
-                                    keyword_index=keyword))
-    began = time.perf_counter()
-    with store.begin(timeout=60) as tx:
-        for start in range(0, data.shape[0], BATCH):
-            part = data[start : start + BATCH]
-            tx.upsert([Record(f"c{start + i}", f"chunk {start + i}", {"part": (start + i) % 10}, v)
-                       for i, v in enumerate(part)])
-    seconds = time.perf_counter() - began
-    store.merger.close()
-    store.close()
-    return {"ingest_s": round(seconds, 1)}
-
-
-def _status_kb() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0])
-    return fields
+def index_settings(kind: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {**({"type": kind} if kind != "FLAT" else {}), **overrides.get(kind, {})}
 
 
 def _quantiles(samples: list[float]) -> dict[str, float]:
@@ -96,17 +50,17 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
             "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)}
 
 
-def child(folder: Path, kind: str, queries_path: Path, truth_path: Path) -> dict[str, Any]:
+def child(folder: Path, settings: dict[str, Any], queries_path: Path, truth_path: Path) -> dict[str, Any]:
     """In a fresh process: memory after open and warm-up, recall and latency through kb and raw faiss."""
     queries, truth = np.load(queries_path), np.load(truth_path)
-    before = _status_kb()
-    store = FaissStore(StoreContext("bench", folder, settings={"index": index_settings(kind)}))
+    before = status_kb()
+    store = store_for(folder, settings)
     for query in queries:  # warm-up: segments loaded, vector pages touched by the queries' candidates
         store.similarity(query, 10)
     with store._snapshot() as view:
         segment = view.segments.segments[0]
         assert len(view.segments.segments) == 1, "one commit: one segment"
-    after = _status_kb()
+    after = status_kb()
     kb_times, raw_times, kb_hits, raw_hits = [], [], 0, 0
     for query, wanted in zip(queries, truth, strict=True):
         began = time.perf_counter()
@@ -119,7 +73,8 @@ def child(folder: Path, kind: str, queries_path: Path, truth_path: Path) -> dict
         raw_hits += len({int(r) - 1 for r in labels} & set(wanted.tolist()))  # rowids count from 1
     n = queries.shape[0] * 10
     disk = sum(p.stat().st_size for p in (folder / "store" / "segments").iterdir())
-    return {"type": kind, "vectors": int(segment.size), "recall_kb": round(kb_hits / n, 4),
+    return {"type": settings.get("type", "FLAT"), "settings": settings, "vectors": int(segment.size),
+            "recall_kb": round(kb_hits / n, 4),
             "recall_raw_faiss": round(raw_hits / n, 4), "kb": _quantiles(kb_times), "raw_faiss": _quantiles(raw_times),
             "rss_delta_mb": round((after["VmRSS"] - before["VmRSS"]) / 1024, 1),
             "anon_delta_mb": round((after["RssAnon"] - before["RssAnon"]) / 1024, 1),
@@ -128,20 +83,20 @@ def child(folder: Path, kind: str, queries_path: Path, truth_path: Path) -> dict
             "sqlite_disk_bytes_per_chunk": round((folder / "store" / "store.sqlite").stat().st_size / segment.size, 1)}
 
 
-def kb_memory(folder: Path, kind: str, queries: np.ndarray, keyword: bool) -> dict[str, Any]:
+def kb_memory(folder: Path, settings: dict[str, Any], queries: np.ndarray, keyword: bool) -> dict[str, Any]:
     """kb's own per-chunk structures, measured as resident-memory growth of each step in this fresh process:
     the segments' id maps (rowids: positions and their sorted lookup), the record cache (full after this many
     distinct hits), the metadata columns (built by the first filtered search), the keyword index's in-memory
     state (after keyword searches)."""
     from kb_base.filters import parse_filter  # noqa: PLC0415 - only this measurement filters
 
-    store = FaissStore(StoreContext("bench", folder, settings={"index": index_settings(kind)}, keyword_index=keyword))
+    store = store_for(folder, settings, keyword)
     steps: dict[str, float] = {}
-    last = _status_kb()["RssAnon"]
+    last = status_kb()["RssAnon"]
 
     def step(name: str) -> None:
         nonlocal last
-        now = _status_kb()["RssAnon"]
+        now = status_kb()["RssAnon"]
         steps[name] = (now - last) * 1024
         last = now
 
@@ -157,6 +112,9 @@ def kb_memory(folder: Path, kind: str, queries: np.ndarray, keyword: bool) -> di
     step("record_cache")
     store.similarity(queries[0], 10, parse_filter({"part": 3}))
     step("metadata_columns")
+    with store._snapshot() as view:
+        kept = [s.layout.metadata for s in view.segments.segments]
+        steps["metadata_columns_exact"] = float(sum(m[1].nbytes() for m in kept if m is not None))
     if keyword:
         for word in ("chunk", "1", "2"):
             store.keyword(word, 10)
@@ -165,57 +123,126 @@ def kb_memory(folder: Path, kind: str, queries: np.ndarray, keyword: bool) -> di
             "bytes_per_chunk": {name: round(value / count, 2) for name, value in steps.items()}}
 
 
+def _run_child(*args: str) -> dict[str, Any]:
+    """A ``--*-child`` of this module: its progress lines passed through, its last line (JSON) returned."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "benchmarks.compressed_index", *args],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    last = ""
+    for line in proc.stdout:
+        if line.startswith("{"):
+            last = line
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"child {args[0]} failed with exit code {proc.returncode}")
+    return json.loads(last)
+
+
+def _ingested(folder: Path, settings: dict[str, Any], count: int, keyword: bool) -> dict[str, Any]:
+    """The knowledge bank at ``folder``, written unless a finished one is there already (resuming)."""
+    finished = read_marker(folder)
+    if finished is not None and finished.get("count") == count and finished.get("settings") == settings:
+        print(f"{folder.name}: ingested already ({finished['ingest_s']} s): reused", flush=True)
+        return finished
+    if folder.exists():
+        print(f"{folder.name}: an unfinished or different ingestion is there: removed, written anew", flush=True)
+        shutil.rmtree(folder)
+    print(f"{folder.name}: ingesting {count:,} vectors ({json.dumps(settings)})", flush=True)
+    timing = _run_child("--ingest-child", str(folder), json.dumps(settings), str(count), str(int(keyword)))
+    done = {"count": count, "settings": settings, **timing}
+    done_marker(folder).write_text(json.dumps(done))
+    return done
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    print(f"{'type':<10}{'recall kb':>10}{'raw':>7}{'p50 ms':>8}{'raw p50':>8}{'anon MB':>9}{'file MB':>9}"
+          f"{'disk B/chunk':>13}{'ingest s':>9}{'ingest MB':>10}")
+    for r in results:
+        print(f"{r['type']:<10}{r['recall_kb']:>10}{r['recall_raw_faiss']:>7}{r['kb']['p50_ms']:>8}"
+              f"{r['raw_faiss']['p50_ms']:>8}{r['anon_delta_mb']:>9}{r['file_delta_mb']:>9}"
+              f"{r['segment_disk_bytes_per_chunk']:>13}{r['ingest_s']:>9}{r.get('ingest_peak_anon_mb', ''):>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--types", default="HNSW,HNSW_SQ8,IVF_PQ")
-    parser.add_argument("--kb-memory", action="store_true", help="also measure kb's own per-chunk memory")
+    parser.add_argument("--types", default="HNSW_SQ8,IVF_PQ,HNSW")
+    parser.add_argument("--settings", default="{}", help='index settings by type (JSON), e.g. '
+                        '\'{"IVF_PQ": {"nlist": 16384, "train_sample": 500000}}\'')
+    parser.add_argument("--kb-memory", nargs="?", const="FLAT", metavar="TYPE",
+                        help="also measure kb's own per-chunk memory, on knowledge banks of TYPE (default FLAT)")
+    parser.add_argument("--workdir", type=Path, help="keep everything here and resume from it (see above)")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--child", nargs=4, metavar=("FOLDER", "TYPE", "QUERIES", "TRUTH"), help=argparse.SUPPRESS)
-    parser.add_argument("--memory-child", nargs=4, metavar=("FOLDER", "TYPE", "QUERIES", "KEYWORD"),
+    parser.add_argument("--child", nargs=4, metavar=("FOLDER", "SETTINGS", "QUERIES", "TRUTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--ingest-child", nargs=4, metavar=("FOLDER", "SETTINGS", "COUNT", "KEYWORD"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, metavar=("FOLDER", "SETTINGS", "QUERIES", "KEYWORD"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        folder, kind, queries, truth = args.child
-        print(json.dumps(child(Path(folder), kind, Path(queries), Path(truth))))
+        folder, settings, queries, truth = args.child
+        print(json.dumps(child(Path(folder), json.loads(settings), Path(queries), Path(truth))))
+        return
+    if args.ingest_child:
+        folder, settings, count, keyword = args.ingest_child
+        print(json.dumps(ingest(Path(folder), json.loads(settings), int(count), seed=1, keyword=keyword == "1")))
         return
     if args.memory_child:
-        folder, kind, queries, keyword = args.memory_child
-        print(json.dumps(kb_memory(Path(folder), kind, np.load(queries), keyword == "1")))
+        folder, settings, queries, keyword = args.memory_child
+        print(json.dumps(kb_memory(Path(folder), json.loads(settings), np.load(queries), keyword == "1")))
         return
+    overrides: dict[str, dict[str, Any]] = json.loads(args.settings)
     machine = {**machine_info(), "load_average": os.getloadavg()}
-    print(f"machine: {machine}")
-    began = time.perf_counter()
-    data = generate(args.count, seed=1)
-    queries = generate(args.queries, seed=2)  # held out: other noise around the same real vectors
-    truth = ground_truth(data, queries)
-    print(f"{args.count:,} structured vectors and {args.queries} held-out queries with exact ground truth in "
-          f"{time.perf_counter() - began:.0f} s")
-    results: list[dict[str, Any]] = []
-    memory: list[dict[str, Any]] = []
+    print(f"machine: {machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="kb-compressed-") as scratch:
-        root = Path(scratch)
-        np.save(root / "queries.npy", queries)
-        np.save(root / "truth.npy", truth)
-        for kind in args.types.split(","):
-            folder = root / kind
-            timing = ingest(folder, kind, data, keyword=False)
-            measured = subprocess.run([sys.executable, "-m", "benchmarks.compressed_index", "--child", str(folder),
-                                       kind, str(root / "queries.npy"), str(root / "truth.npy")],
-                                      check=True, capture_output=True, text=True)
-            result = {**json.loads(measured.stdout.strip().splitlines()[-1]), **timing}
-            results.append(result)
-            print(json.dumps(result))
-            if args.kb_memory and kind == args.types.split(",")[0]:
-                for keyword in (False, True):
-                    kw_folder = root / f"{kind}-kw{int(keyword)}"
-                    ingest(kw_folder, kind, data, keyword=keyword)
-                    out = subprocess.run([sys.executable, "-m", "benchmarks.compressed_index", "--memory-child",
-                                          str(kw_folder), kind, str(root / "queries.npy"), str(int(keyword))],
-                                         check=True, capture_output=True, text=True)
-                    memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(memory[-1]))
+        root = args.workdir or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"working in {root}", flush=True)
+        _measure(args, overrides, machine, root)
+
+
+def _measure(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], machine: dict[str, Any],
+             root: Path) -> None:
+    queries_path, truth_path, done_path = root / "queries.npy", root / f"truth-{args.count}.npy", root / "results.json"
+    began = time.perf_counter()
+    if not queries_path.exists() or np.load(queries_path).shape[0] != args.queries:
+        np.save(queries_path, generate(args.queries, seed=2))  # held out: other noise around the same centres
+        truth_path.unlink(missing_ok=True)
+    if not truth_path.exists():
+        np.save(truth_path, ground_truth(args.count, 1, np.load(queries_path)))
+    print(f"{args.count:,} structured vectors: {args.queries} held-out queries with exact ground truth "
+          f"({time.perf_counter() - began:.0f} s)", flush=True)
+    done: dict[str, Any] = json.loads(done_path.read_text()) if done_path.exists() else {}
+    results: list[dict[str, Any]] = []
+    for kind in args.types.split(","):
+        settings = index_settings(kind, overrides)
+        key = f"{args.count}:{json.dumps(settings, sort_keys=True)}"
+        if key in done:
+            print(f"{kind}: measured already (resumed): {json.dumps(done[key])}", flush=True)
+            results.append(done[key])
+            continue
+        # named by the settings too: a run with other settings (nlist, say) keeps its own knowledge bank
+        tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if k != "type")
+        folder = root / f"{kind}-{args.count}{'-' + tag if tag else ''}"
+        timing = _ingested(folder, settings, args.count, keyword=False)
+        print(f"{kind}: measuring in a fresh process", flush=True)
+        measured = _run_child("--child", str(folder), json.dumps(settings), str(queries_path), str(truth_path))
+        result = {**measured, **{k: v for k, v in timing.items() if k not in ("count", "settings")}}
+        results.append(result)
+        done[key] = result
+        done_path.write_text(json.dumps(done, indent=1))
+        print(json.dumps(result), flush=True)
+    memory: list[dict[str, Any]] = []
+    if args.kb_memory:
+        settings = index_settings(args.kb_memory, overrides)
+        for keyword in (False, True):
+            folder = root / f"{args.kb_memory}-{args.count}-kw{int(keyword)}"
+            _ingested(folder, settings, args.count, keyword=keyword)
+            memory.append(_run_child("--memory-child", str(folder), json.dumps(settings), str(queries_path),
+                                     str(int(keyword))))
+            print(json.dumps(memory[-1]), flush=True)
     base = next((r for r in results if r["type"] == "HNSW"), None)
     if base is not None:
         for result in results:
@@ -225,12 +252,7 @@ def main() -> None:
               "results": results, "kb_memory": memory}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'type':<10}{'recall kb':>10}{'raw':>7}{'p50 ms':>8}{'raw p50':>8}{'anon MB':>9}{'file MB':>9}"
-          f"{'disk B/chunk':>13}{'ingest s':>9}")
-    for r in results:
-        print(f"{r['type']:<10}{r['recall_kb']:>10}{r['recall_raw_faiss']:>7}{r['kb']['p50_ms']:>8}"
-              f"{r['raw_faiss']['p50_ms']:>8}{r['anon_delta_mb']:>9}{r['file_delta_mb']:>9}"
-              f"{r['segment_disk_bytes_per_chunk']:>13}{r['ingest_s']:>9}")
+    _table(results)
     print(f"written to {args.out}; load average now {os.getloadavg()}")
 
 

@@ -44,7 +44,9 @@ _SEED = 31
 
 _DEFAULTS: dict[str, dict[str, int]] = {
     "HNSW_SQ8": {"m": 32, "ef_construction": 200, "ef_search": 128, "rerank": 4},
-    "IVF_PQ": {"nlist": 0, "pq_m": 0, "nprobe": 48, "rerank": 12},
+    # rerank 24: at 1M vectors (one segment, 1,264 lists) PQ48 puts only 26% of the true top 10 in its own top
+    # 10; 120 candidates (rerank 12) re-ranked found 94% of it, 160 99%, 240 all, at +0 to 0.3 ms p50
+    "IVF_PQ": {"nlist": 0, "pq_m": 0, "nprobe": 48, "rerank": 24},
 }
 _COMMON = {"exact_below": 10_000, "train_sample": 100_000}
 _RANGES = {"m": (2, 4096), "ef_construction": (2, 4096), "ef_search": (2, 4096), "rerank": (1, 100),

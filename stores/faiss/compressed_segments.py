@@ -1,7 +1,8 @@
 """How a segment of a compressed index type is written: by a commit, and by a merge (``stores.faiss.compressed``).
 
 A compressed segment is two files named by its number: ``<n>.vectors.npy`` (the exact float32 vectors, in the
-index's position order) and ``<n>.faiss`` (the trained index of codes). Both are staged, fsynced and renamed into
+index's position order; a commit's is the file its transaction spilled its vectors to, ``stores.faiss.spill``)
+and ``<n>.faiss`` (the trained index of codes). Both are staged, fsynced and renamed into
 ``segments/`` before the SQLite commit that names segment ``n``, the vector file first, so that a committed
 index always finds its vectors; a crash before that commit leaves orphans numbered at or above
 ``meta.next_segment``, which the next writer removes with the other orphans (``segment_files.remove_stale``
@@ -22,6 +23,7 @@ import numpy as np
 from stores.faiss.compressed import (
     VECTORS_SUFFIX,
     build_index,
+    open_vectors,
     stored_rows,
     trains,
     vectors_path,
@@ -29,29 +31,29 @@ from stores.faiss.compressed import (
 )
 from stores.faiss.segment_files import write_segment
 from stores.faiss.segments import Segment
+from stores.faiss.spill import SpilledVectors
 
 SLICE = 20_000  # vectors copied into a merge's staged vector file at a time
 
 
-def write_commit_segment(settings: dict[str, Any], index: faiss.Index, staging: Path, folder: Path, number: int,
-                         written_point: str) -> None:
-    """Write a transaction's segment (a flat ``IndexIDMap2`` of its vectors, for a compressed type) as the
-    store's index type wants it: unchanged for FLAT and HNSW, and for a compressed type below ``exact_below``
-    vectors; otherwise its vector file plus an index trained on (a sample of) them."""
-    if not trains(settings, int(index.ntotal)):
-        write_segment(index, staging, folder, number, written_point)
-        return
-    flat = faiss.downcast_index(index.index)
-    count, dim = int(index.ntotal), int(index.d)
-    rows = faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)  # the writer's own copy, no copy
-    rowids = faiss.vector_to_array(index.id_map)
-    staging.mkdir(parents=True, exist_ok=True)
-    staged = staging / f"{number}{VECTORS_SUFFIX}"
-    write_vectors(staged, [rows], count, dim)
-    built = build_index(settings, rows, rowids)
-    assert built is not None  # nothing asks a commit's build to stop
-    os.replace(staged, vectors_path(folder, number))
-    write_segment(built, staging, folder, number, written_point)  # fsyncs the folder: both renames are durable
+def write_spilled_segment(settings: dict[str, Any], spill: SpilledVectors, staging: Path, folder: Path, number: int,
+                          written_point: str) -> tuple[int, int, int] | None:
+    """Write a compressed type's transaction segment from the vectors it spilled (``stores.faiss.spill``): below
+    ``exact_below`` live vectors a flat index of them; otherwise the spill file itself, completed and fsynced,
+    becomes the vector file (a rename, no copy) and the index is trained on a sample of it and filled a slice at a
+    time. (lowest rowid, highest rowid, count), or None when every vector was removed again (nothing written)."""
+    rowids = spill.live_rowids()
+    if rowids.size == 0:
+        return None
+    if not trains(settings, int(rowids.size)):
+        write_segment(spill.searchable(), staging, folder, number, written_point)
+    else:
+        path, rowids = spill.finish()
+        built = build_index(settings, open_vectors(path), rowids)
+        assert built is not None  # nothing asks a commit's build to stop
+        os.replace(path, vectors_path(folder, number))
+        write_segment(built, staging, folder, number, written_point)  # fsyncs the folder: both renames durable
+    return int(rowids.min()), int(rowids.max()), int(rowids.size)
 
 
 def build_merged(settings: dict[str, Any], inputs: Sequence[Segment], dim: int, staging: Path,

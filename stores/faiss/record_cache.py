@@ -13,6 +13,7 @@ is decided once, when the record enters the cache.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -35,12 +36,26 @@ def cached_metadata(row: CachedRow) -> dict[str, Any]:
     return dict(flat) if flat is not None else loads_checked(row[2], row[3])
 
 
-class RecordCache:
-    """A bounded map rowid -> CachedRow; the oldest entries go first when it is full."""
+_ROW_OVERHEAD = 360  # bytes of a cached row beyond its strings: its tuple, dict entry, int key, flat metadata dict
 
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self.max_entries = max_entries
+
+def row_bytes(row: CachedRow) -> int:
+    """About what one cached row holds in memory (its strings measured, the containers estimated)."""
+    flat = row[4]
+    metadata = 0 if flat is None else sys.getsizeof(flat) + sum(sys.getsizeof(v) for v in flat.values())
+    return sys.getsizeof(row[0]) + sys.getsizeof(row[1]) + sys.getsizeof(row[2]) + metadata + _ROW_OVERHEAD
+
+
+class RecordCache:
+    """A bounded map rowid -> CachedRow; the oldest entries go first when it is full: more than ``max_entries``
+    rows, or more than ``max_bytes`` (``row_bytes``). Bounded in bytes too because chunk texts vary tenfold: 50k
+    entries were 28 MB of 20-character texts and would be ~150 MB of 2,000-character ones."""
+
+    def __init__(self, max_entries: int = 50_000, max_bytes: int = 64 * 2**20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._rows: dict[int, CachedRow] = {}
+        self._sizes: dict[int, int] = {}
+        self.bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -64,17 +79,29 @@ class RecordCache:
         return out
 
     def put_many(self, entries: Iterable[tuple[int, CachedRow]]) -> None:
-        if self.max_entries <= 0:
+        if self.max_entries <= 0 or self.max_bytes <= 0:
             return
         with self._lock:
-            rows = self._rows
+            rows, sizes = self._rows, self._sizes
             for rowid, row in entries:
-                rows[rowid] = row
-            overflow = len(rows) - self.max_entries
-            if overflow > 0:  # dicts keep insertion order: drop the oldest
-                for rowid in list(rows)[:overflow]:
-                    del rows[rowid]
+                size = row_bytes(row)
+                self.bytes += size - sizes.get(rowid, 0)
+                rows[rowid], sizes[rowid] = row, size
+            overflow, excess = len(rows) - self.max_entries, self.bytes - self.max_bytes
+            if overflow <= 0 and excess <= 0:
+                return
+            doomed = []
+            for rowid in rows:  # dicts keep insertion order: the oldest first
+                if len(doomed) >= overflow and excess <= 0:
+                    break
+                doomed.append(rowid)
+                excess -= sizes[rowid]
+            for rowid in doomed:
+                del rows[rowid]
+                self.bytes -= sizes.pop(rowid)
 
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
+            self._sizes.clear()
+            self.bytes = 0

@@ -18,6 +18,8 @@ same argument.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sqlite3
 from collections.abc import Sequence
 
@@ -26,6 +28,21 @@ import numpy as np
 from kb_base.filters import Filter
 from stores.columnar_filter import MetadataColumns, gather_columns
 from stores.faiss.segments import Segment, best_of
+
+TRIM_AFTER_ROWS = 100_000  # columns built from this many rows give their parse's freed memory back to the OS
+
+try:
+    _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc: nothing to trim with
+    _malloc_trim = None
+
+
+def _give_back_freed_memory() -> None:
+    """Return the parse's freed heap to the OS (glibc ``malloc_trim``). Building columns parses every row's JSON and
+    frees it again, but glibc keeps the freed heap: at 1M rows of 4 keys the process stayed 55 bytes a row larger
+    for columns of 7 (``malloc_trim`` brings it to 8; it takes well under a millisecond)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def read_segment_columns(conn: sqlite3.Connection, segment: Segment) -> MetadataColumns:
@@ -42,7 +59,11 @@ def read_segment_columns(conn: sqlite3.Connection, segment: Segment) -> Metadata
         hit = rowids[at] == found
         for row, position in zip(np.flatnonzero(hit).tolist(), at[hit].tolist(), strict=True):
             texts[position] = rows[row][1]
-    return MetadataColumns(rowids, texts)
+    columns = MetadataColumns(rowids, texts)
+    if rowids.size >= TRIM_AFTER_ROWS:
+        del texts, rows
+        _give_back_freed_memory()
+    return columns
 
 
 class GenerationColumns:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -68,10 +69,18 @@ def adopt_single_index(conn: sqlite3.Connection, store_dir: Path, generation: in
 def remove_stale(conn: sqlite3.Connection, store_dir: Path, generation: int) -> None:
     """Under the writer lock: remove files no reader can need. Segments retired before the committed generation
     (kept one generation, for a reader that raced the commit), orphans of crashed commits (numbers not yet
-    committed), and the single-index files of the layout before segments. Their rows go with the next commit."""
+    committed), dead writers' staging folders, and the single-index files of the layout before segments. Their
+    rows go with the next commit."""
     folder = store_dir / SEGMENTS
     for path in store_dir.glob("index-*.faiss"):
         path.unlink(missing_ok=True)
+    staging = store_dir / "staging"
+    if staging.is_dir():
+        # a writer's staging folder (a compressed type's spilled vectors: up to 1.5 GB a million) whose writer
+        # died; the caller holds the writer lock, so no live writer owns one. Mergers' ("merge-...") are theirs.
+        for path in staging.iterdir():
+            if not path.name.startswith("merge-"):
+                shutil.rmtree(path, ignore_errors=True)
     if not folder.is_dir():
         return
     committed = next_segment(conn)

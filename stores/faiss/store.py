@@ -37,8 +37,9 @@ over one connection and one index), ``transaction`` (the writer and its commit),
 ``segment_columns`` (their metadata columns for filters),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
 ``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
-compressed index types and how their segments are written and merged),
-``index_file`` (the index file's direct writes), ``vector_buffers``, ``huge_pages``,
+compressed index types and how their segments are written and merged), ``spill`` (a compressed
+type's writer's vectors, in a file as they arrive), ``index_file`` (the index file's direct writes),
+``vector_buffers``, ``huge_pages``,
 ``record_cache`` and ``langchain`` (the knowledge bank as LangChain's ``FAISS``).
 
 Vectors are L2-normalised on the way in, so inner product is cosine
@@ -110,6 +111,7 @@ _READ_MMAP_BYTES = 1 << 30
 # the page size they were created with.
 _PAGE_BYTES = 16384
 _RECORD_CACHE_ENTRIES = int(os.environ.get("KB_RECORD_CACHE", "50000"))
+_RECORD_CACHE_BYTES = int(os.environ.get("KB_RECORD_CACHE_MB", "64")) * 2**20
 # A flat scan of up to this many floats (100k x 384) takes a few milliseconds on one core.
 _QUICK_FLAT_FLOATS = 40_000_000
 
@@ -138,7 +140,7 @@ class FaissStore(VectorStoreDriver):
         self._columns_cache: tuple[int, GenerationColumns] | None = None
         self.metadata_rows_read = 0  # records parsed into metadata columns by this store's readers (tests read it)
         self.merger = Merger(self)
-        self._records = RecordCache(_RECORD_CACHE_ENTRIES)
+        self._records = RecordCache(_RECORD_CACHE_ENTRIES, _RECORD_CACHE_BYTES)
         self._closed = False
         self.checkpoints = BackgroundCheckpoints(self.db_path)  # writers' commits leave checkpoints to it
         conn = _connect(self.db_path, page_size=_PAGE_BYTES)

@@ -1,8 +1,9 @@
 """The FAISS knowledge bank's single write transaction and its crash-safe commit (see ``stores.faiss.store``).
 
-The vectors a transaction adds go into an index of their own, written at commit as one new segment; vectors it
-deletes or replaces in committed segments become tombstones, committed in the same SQLite transaction. So a
-commit writes what it changed, whatever the size of the knowledge bank.
+The vectors a transaction adds go into an index of their own (a compressed type's into a file in its staging
+folder instead, ``stores.faiss.spill``), written at commit as one new segment; vectors it deletes or replaces in
+committed segments become tombstones, committed in the same SQLite transaction. So a commit writes what it
+changed, whatever the size of the knowledge bank.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import numpy as np
 
 from kb_base.errors import StoreError, WriterClosedError
 from stores.base import DelegatingReader, Record, StoreTransaction, fault_point, release_after_failure
-from stores.faiss.compressed_segments import write_commit_segment
-from stores.faiss.segment_files import next_segment
+from stores.faiss.compressed import is_compressed
+from stores.faiss.compressed_segments import write_spilled_segment
+from stores.faiss.segment_files import next_segment, write_segment
 from stores.faiss.segments import Segment, SegmentSet
+from stores.faiss.spill import SpilledVectors
 from stores.faiss.vector_buffers import NormalisedBuffers
 from stores.faiss.view import FaissView, _chunks
 from stores.keyword import PendingKeywords
@@ -42,6 +45,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.store, self.conn, self.lock_file = store, conn, lock_file
         self.generation, self._dim, self._committed_dim = generation, dim, dim
         self.index: faiss.Index | None = None  # the vectors this transaction adds: its segment, at commit
+        # a compressed type's vectors go to a file instead (its segment's vector file at commit): bounded memory
+        self._spills = is_compressed(store.settings)
+        self._spill: SpilledVectors | None = None
         self._tombstones: set[int] = set()  # committed rowids this transaction deletes or replaces
         self._cleared = False  # clear() retires every committed segment
         self._segments: SegmentSet | None = None  # what this transaction's own reads search, until it writes
@@ -89,8 +95,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             base = self.store.segments_at(self.conn, self.generation, self._committed_dim)
             dead = np.fromiter(sorted(self._tombstones), dtype=np.int64)
             parts = [s.with_tombstones(dead) if dead.size else s for s in base.segments]
-        if self.index is not None and self.index.ntotal:
-            parts.append(Segment(-1, self.index))
+        own = self._spill.searchable() if self._spill is not None and self._spill.count else self.index
+        if own is not None and own.ntotal:
+            parts.append(Segment(-1, own))
         self._segments = SegmentSet(self.generation, self._dim, parts)
         return self._segments
 
@@ -102,12 +109,16 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def dimension(self) -> int | None:
         return self._dim
 
-    def _writable_index(self, dim: int) -> faiss.Index:
-        if self.index is None:
+    def _writable_index(self, dim: int) -> faiss.Index | SpilledVectors:
+        if self._spills:
+            if self._spill is None:
+                self.store.new_index(dim)  # checks the settings that depend on the dimension
+                self._spill = SpilledVectors(self.staging, dim)
+        elif self.index is None:
             self.index = self.store.new_index(dim)
         self._dirty = True
         self._segments = None
-        return self.index
+        return self._spill if self._spills else self.index
 
     def _rowids_of(self, ids: Sequence[str]) -> list[int]:
         if self._written_ids is not None:
@@ -127,7 +138,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._tombstones.update(r for r in rowids if r < self._first_rowid)
         self._dirty = True
         self._segments = None
-        if own.size and self.index is not None:  # this transaction's own vectors: out of its segment now
+        if own.size and self._spill is not None:
+            self._spill.remove(own)
+        elif own.size and self.index is not None:  # this transaction's own vectors: out of its segment now
             if self.store.settings["type"] == "HNSW":
                 self._rebuild_without(self.index, own)
             else:
@@ -189,7 +202,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if self._wal_flush is None or not self._wal_flush.running:
             self._wal_flush = Background(self._flush_wal, "kb-wal-flush")
 
-    def _add_vectors(self, index: faiss.Index, vectors: np.ndarray, rowids: np.ndarray) -> None:
+    def _add_vectors(self, index: faiss.Index | SpilledVectors, vectors: np.ndarray, rowids: np.ndarray) -> None:
         previous = self._adding
 
         def add() -> None:
@@ -244,6 +257,9 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self.store.keywords.clear(self.conn)
         self._dim = None
         self.index = None
+        if self._spill is not None:
+            self._spill.discard()
+            self._spill = None
         self._cleared = True
         self._tombstones.clear()
         self._segments = None
@@ -269,7 +285,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if self._broken:
             raise StoreError("an earlier write of this transaction failed: roll it back")
         new_generation = self.generation + 1
-        if self._dirty and self.index is not None:
+        if self._dirty and (self.index is not None or self._spill is not None):
             # the segment file is written and fsynced on a helper thread, once the vector adds it waits for are
             # done, while this one writes the buffered keyword postings and flushes the WAL; both are waited
             # for before the SQLite commit that makes the new generation visible (a failure before it leaves
@@ -321,13 +337,18 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         for ``after`` (the vector adds). An empty one (every vector added was removed again) is not written."""
         if after is not None:
             after.join()
+        folder = self.store.loader.folder
+        if self._spill is not None:
+            # a compressed type's segment is trained and encoded here (stores.faiss.compressed_segments)
+            span = write_spilled_segment(self.store.settings, self._spill, self.staging, folder, number,
+                                         "index_written")
+            self._segment_row = (number, *span) if span is not None else None
+            return
         index = self.index
         if index is None or index.ntotal == 0:
             return
         rowids = faiss.vector_to_array(index.id_map)
-        # a compressed type's segment is trained and encoded here (stores.faiss.compressed_segments)
-        write_commit_segment(self.store.settings, index, self.staging, self.store.loader.folder, number,
-                             "index_written")
+        write_segment(index, self.staging, folder, number, "index_written")
         self._segment_row = (number, int(rowids.min()), int(rowids.max()), int(index.ntotal))
 
     def _join_wal_flush(self) -> None:
@@ -368,5 +389,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         with ExitStack() as release:  # last in, first out; each runs even when one before it raised
             release.callback(self.lock_file.close)  # releases the flock
             release.callback(shutil.rmtree, self.staging, ignore_errors=True)
+            if self._spill is not None:
+                release.callback(self._spill.discard)  # its descriptor closed before the folder goes
             release.callback(self.conn.close)  # rolls back what is still open
             self._join_wal_flush()
