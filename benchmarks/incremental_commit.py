@@ -261,7 +261,8 @@ def _merge_phase(tree: Path, folder: Path, kind: str, writer: FaissStore, merger
     until the merge is committed and six seconds more: twelve seconds before it, so that the idle p99 is one of
     hundreds of samples (a first version had three seconds, about a hundred samples at 30 ms: a p99 that was the
     run's second slowest search), and no pause after the merge counted as merging."""
-    for _ in range(10):
+    merger.merge_now()  # first what the stream of small commits left (tier 0), unmeasured: the merge measured
+    for _ in range(10):  # is then these ten segments' (a first version measured ten 10-document segments' merge)
         with writer.begin(timeout=600) as tx:
             tx.upsert(_records(next_id, 1000, seed=next_id))
         next_id += 1000
@@ -270,9 +271,19 @@ def _merge_phase(tree: Path, folder: Path, kind: str, writer: FaissStore, merger
     began = time.time()
     merges = merger.merges
 
+    merged_vectors = 0
+
     def merge_once() -> None:
+        nonlocal merged_vectors
         configure_search_threads()  # one OpenMP thread, as the merger's own thread sets
-        merger.merge_once(choose_merge, throttle=True)
+
+        def choose(segments: Any) -> Any:
+            nonlocal merged_vectors
+            chosen = choose_merge(segments)
+            merged_vectors = sum(s.live for s in chosen or ())
+            return chosen
+
+        merger.merge_once(choose, throttle=True)
 
     thread = threading.Thread(target=merge_once)
     thread.start()
@@ -282,7 +293,8 @@ def _merge_phase(tree: Path, folder: Path, kind: str, writer: FaissStore, merger
     samples = _samples(proc)
     return {"idle_before": _stats([ms for t, ms in samples if t < began]),
             "during_merge": {**_stats([ms for t, ms in samples if began <= t <= ended]),
-                             "merge_seconds": round(ended - began, 1), "merges": merger.merges - merges},
+                             "merge_seconds": round(ended - began, 1), "merges": merger.merges - merges,
+                             "merged_vectors": merged_vectors},
             # the reader takes the merge output here (loaded on its helper thread while the inputs answer)
             "right_after": _stats([ms for t, ms in samples if ended < t <= ended + 0.5]),
             "idle_after": _stats([ms for t, ms in samples if t > ended + 0.5]),
@@ -439,10 +451,12 @@ def report(results: dict[str, Any]) -> None:
             o, w = old["search"][phase], new["search"][phase]
             print(f"search p50/p99 {phase:<22} {o['p50_ms']:.2f}/{o['p99_ms']:.2f} ms "
                   f"{w['p50_ms']:.2f}/{w['p99_ms']:.2f} ms (max {o['max_ms']}/{w['max_ms']})")
-        for key, phase in _merge_rounds(new["search"]):
+        for key, phase in [(f"{name} {key}", phase) for name in ("old", "new")
+                           for key, phase in _merge_rounds(per[name]["search"])]:
             before, during, after = phase["idle_before"], phase["during_merge"], phase["idle_after"]
             print(f"{key}: search p50/p99 idle before {before['p50_ms']:.2f}/{before['p99_ms']:.2f} ms, during "
-                  f"{during['p50_ms']:.2f}/{during['p99_ms']:.2f} ms ({during['merge_seconds']} s), right after "
+                  f"{during['p50_ms']:.2f}/{during['p99_ms']:.2f} ms ({during['merge_seconds']} s, "
+                  f"{during.get('merged_vectors', '?')} vectors), right after "
                   f"{phase['right_after']['p50_ms']:.2f}/{phase['right_after']['p99_ms']:.2f} ms, after "
                   f"{after['p50_ms']:.2f}/{after['p99_ms']:.2f} ms; p99 during/before "
                   f"{during['p99_ms'] / before['p99_ms']:.2f}x")
