@@ -425,7 +425,7 @@ def report(results: dict[str, Any]) -> None:
           f"{results['load_average_at_start'][0]:.1f} at start, {results['load_average_at_end'][0]:.1f} at end")
     for kind, per in results["kinds"].items():
         old, new = per["old"], per["new"]
-        print(f"\n{kind}                          old (whole index)    new (segments)    old/new")
+        print(f"\n{kind}                          old (--old-tree)     new (this tree)   old/new")
         for n in new["commits"]:
             o, w = old["commits"].get(n), new["commits"][n]
             if o is None:
