@@ -22,6 +22,10 @@ Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree me
   commit (rewriting everything each time), measured on ``--old-small`` commits (20).
 - old and new alternate phase by phase (commits, searches, the stream), and each worker records the load average.
 
+``python -m benchmarks.incremental_commit alternate FOLDER KIND OLD_TREE DOCUMENTS ROUNDS``: commit times of the
+old tree and this one on a copy of a knowledge bank written by the benchmark (``--bases``), five commits at a time
+in turn (``ROUNDS`` turns each).
+
 ``--bases DIR`` keeps the knowledge banks the old code writes (an HNSW one of 200k chunks takes most of an hour
 on a busy 2-core machine) and reuses them in later runs.
 
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -132,8 +137,6 @@ def _commit_floor(folder: Path) -> float:
     """The syncs a one-document commit cannot avoid with segment files, without kb: a 4 KB segment file written
     with O_DIRECT and fsynced, renamed into place, its folder fsynced, then a one-row SQLite commit (WAL,
     synchronous=FULL, as the store's connections are). Median of 10, ms."""
-    import sqlite3
-
     staging, final = folder / "floor-staging", folder / "floor-final"
     staging.mkdir(exist_ok=True)
     final.mkdir(exist_ok=True)
@@ -348,6 +351,39 @@ def small_commits(folder: Path, kind: str, next_id: int, count: int) -> dict[str
             "merges": getattr(merger, "merges", 0)}
 
 
+def commits(folder: Path, kind: str, next_id: int, count: int, documents: int) -> dict[str, Any]:
+    """``count`` commits of ``documents`` each (after one unmeasured: first-call costs), with another connection
+    open on the database as a serving process has (else each commit's close, the last, checkpoints the WAL)."""
+    other = sqlite3.connect(folder / "store" / "store.sqlite")
+    other.execute("SELECT 1 FROM meta").fetchall()
+    writer = _open(folder, kind)
+    ms = []
+    for i in range(count + 1):
+        batch = _records(next_id + i * documents, documents, seed=next_id + i)
+        began = time.perf_counter()
+        with writer.begin(timeout=600) as tx:
+            tx.upsert(batch)
+        ms.append((time.perf_counter() - began) * 1000)
+    other.close()
+    return {"commit_ms": ms[1:]}
+
+
+def alternate(folder: Path, kind: str, old_tree: Path, documents: int, rounds: int, next_id: int) -> dict[str, Any]:
+    """Commit times of the old tree and this one on the same knowledge bank, five commits at a time in turn, so
+    that the machine's other work falls on both alike (phase by phase was not enough on a machine whose fsyncs
+    took 0.5 ms in one phase and 5 ms in the next)."""
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for name, tree in (("old", old_tree), ("new", ROOT)):
+            out = _run(tree, "commits", folder, kind, next_id, 5, documents, extra_env={"KB_FAISS_MERGE": "0"})
+            times[name] += out["commit_ms"]
+            next_id += 6 * documents
+    summary = {name: {"median_ms": round(float(np.median(v)), 1), "p25_ms": round(float(np.percentile(v, 25)), 1),
+                      "p75_ms": round(float(np.percentile(v, 75)), 1), "n": len(v)} for name, v in times.items()}
+    return {"documents": documents, "kind": kind, "summary": summary, "load_average": os.getloadavg(),
+            "cpu_flags": cpu_flags()}
+
+
 # --- the driver ----------------------------------------------------------------------------------------------------
 
 
@@ -470,6 +506,14 @@ def report(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "commits":
+        print(json.dumps(commits(Path(args[1]), args[2], int(args[3]), int(args[4]), int(args[5]))), flush=True)
+        return 0
+    if args and args[0] == "alternate":  # alternate FOLDER KIND OLD_TREE DOCUMENTS ROUNDS [NEXT_ID]
+        out = alternate(Path(args[1]), args[2], Path(args[3]).resolve(), int(args[4]), int(args[5]),
+                        int(args[6]) if len(args) > 6 else 50_000_000)
+        print(json.dumps(out, indent=2), flush=True)
+        return 0
     if args and args[0] in ("build", "measure", "search", "load", "small"):
         command, folder, kind = args[0], Path(args[1]), args[2]
         if command == "build":
