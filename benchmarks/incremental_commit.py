@@ -9,16 +9,25 @@ the new code opens the other (adopting the old single index as its first segment
 Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree measured. Figures:
 
 - commit seconds and bytes written (``/proc/self/io`` write_bytes of the process: index file, WAL, database)
-  for 1, 100, 1,000 and 10,000 added documents (``--old-repeats`` caps the old code's rounds); the floor of a
-  commit (a 4 KB write, fsync of file and folder);
+  for 1, 100, 1,000 and 10,000 added documents (``--old-repeats`` caps the old code's rounds); the fsync floor
+  (a 4 KB write, fsync of file and folder) and the commit floor (the syncs of a one-document commit without kb:
+  a 4 KB segment file written and fsynced, renamed, its folder fsynced, a one-row SQLite WAL commit);
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
   its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
 - search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
-  before, during and after a background merge of 10 segments of 1,000 (``--merge-rounds`` times);
+  before, during, in the half second right after (the reader takes the output) and after a background merge of
+  10 segments of 1,000 (``--merge-rounds`` times);
 - 1,000 one-document commits (new code; merging on): seconds, bytes written and write amplification (bytes
   written over the bytes of the vectors and texts added); the old code's figure is 1,000 times its 1-document
   commit (rewriting everything each time), measured on ``--old-small`` commits (20).
 - old and new alternate phase by phase (commits, searches, the stream), and each worker records the load average.
+
+``python -m benchmarks.incremental_commit alternate FOLDER KIND OLD_TREE DOCUMENTS ROUNDS``: commit times of the
+old tree and this one on a copy of a knowledge bank written by the benchmark (``--bases``), five commits at a time
+in turn (``ROUNDS`` turns each).
+
+``--bases DIR`` keeps the knowledge banks the old code writes (an HNSW one of 200k chunks takes most of an hour
+on a busy 2-core machine) and reuses them in later runs.
 
 Prints a table with ratios and the CPU's vector flags; writes JSON (default bench-results/incremental_commit.json).
 """
@@ -29,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +54,12 @@ from benchmarks.writer_throughput import WORDS
 from kb_base.filters import parse_filter
 from stores.base import Record, StoreContext
 from stores.faiss.store import FaissStore
+
+try:
+    from stores.faiss.index import configure_search_threads
+    from stores.faiss.merge import choose_merge
+except ImportError:  # a tree from before segments (--old-tree): no merger, no merge phase
+    choose_merge = configure_search_threads = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SECONDS = 12.0
@@ -117,6 +133,45 @@ def _fsync_floor(folder: Path) -> float:
     return round(float(np.median(samples)) * 1000, 2)
 
 
+def _commit_floor(folder: Path) -> float:
+    """The syncs a one-document commit cannot avoid with segment files, without kb: a 4 KB segment file written
+    with O_DIRECT and fsynced, renamed into place, its folder fsynced, then a one-row SQLite commit (WAL,
+    synchronous=FULL, as the store's connections are). Median of 10, ms."""
+    staging, final = folder / "floor-staging", folder / "floor-final"
+    staging.mkdir(exist_ok=True)
+    final.mkdir(exist_ok=True)
+    conn = sqlite3.connect(folder / "floor.sqlite", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
+    block = np.zeros(4096 * 2, dtype=np.uint8)
+    aligned = block[-block.ctypes.data % 4096 :][:4096]  # O_DIRECT wants aligned memory
+    samples = []
+    for i in range(10):
+        began = time.perf_counter()
+        path = staging / f"{i}.faiss"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o644)
+        try:
+            os.write(fd, memoryview(aligned))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(path, final / path.name)
+        dir_fd = os.open(final, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 1000))
+        conn.execute("COMMIT")
+        samples.append(time.perf_counter() - began)
+    conn.close()
+    for name in ("floor.sqlite", "floor.sqlite-wal", "floor.sqlite-shm"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    return round(float(np.median(samples)) * 1000, 2)
+
+
 def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, Any]:
     started = time.perf_counter()
     writer = _open(folder, kind)
@@ -137,6 +192,7 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
         filtered.append((time.perf_counter() - began) * 1000)
     out["reader_warm_filtered"] = {**_stats(filtered[5:]), "first_ms": round(filtered[0], 1)}
     out["fsync_floor_ms"] = _fsync_floor(folder)
+    out["commit_floor_ms"] = _commit_floor(folder)
     next_id = size
     commits: dict[str, Any] = {}
     for n, repeats in COMMIT_SIZES:
@@ -173,9 +229,12 @@ def search(folder: Path, kind: str, seconds: float) -> dict[str, Any]:
         reader.similarity(query, 10)
     print("ready", flush=True)
     samples: list[tuple[float, float]] = []
-    end = time.time() + seconds
+    stop = threading.Event()
+    if seconds <= 0:  # until told: a line on stdin (the driver does not know how long a merge will take)
+        threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    end = time.time() + seconds if seconds > 0 else float("inf")
     i = 0
-    while time.time() < end:
+    while time.time() < end and not stop.is_set():
         began = time.perf_counter()
         reader.similarity(queries[i % len(queries)], 10)
         samples.append((time.time(), (time.perf_counter() - began) * 1000))
@@ -186,7 +245,7 @@ def search(folder: Path, kind: str, seconds: float) -> dict[str, Any]:
 
 def _start_searcher(tree: Path, folder: Path, kind: str, seconds: float) -> subprocess.Popen:
     proc = subprocess.Popen(_worker(tree, "search", folder, kind, str(seconds)), stdout=subprocess.PIPE, text=True,
-                            env=_env(tree))
+                            stdin=subprocess.PIPE, env=_env(tree))
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("the search process did not start")
@@ -194,30 +253,53 @@ def _start_searcher(tree: Path, folder: Path, kind: str, seconds: float) -> subp
 
 
 def _samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate("stop\n", timeout=600)
     return json.loads(out.strip().splitlines()[-1])["samples"]
 
 
 def _merge_phase(tree: Path, folder: Path, kind: str, writer: FaissStore, merger: Any,
                  next_id: int) -> tuple[dict[str, Any], int]:
     """Search latency in a reader process before, during and after one background merge of ten segments of 1,000
-    (a tier-1 merge)."""
-    for _ in range(10):
+    (a tier-1 merge), run as the background merger runs it (its thread settings and throttle). The reader searches
+    until the merge is committed and six seconds more: twelve seconds before it, so that the idle p99 is one of
+    hundreds of samples (a first version had three seconds, about a hundred samples at 30 ms: a p99 that was the
+    run's second slowest search), and no pause after the merge counted as merging."""
+    merger.merge_now()  # first what the stream of small commits left (tier 0), unmeasured: the merge measured
+    for _ in range(10):  # is then these ten segments' (a first version measured ten 10-document segments' merge)
         with writer.begin(timeout=600) as tx:
             tx.upsert(_records(next_id, 1000, seed=next_id))
         next_id += 1000
-    proc = _start_searcher(tree, folder, kind, SEARCH_SECONDS * 4)
-    time.sleep(SEARCH_SECONDS / 4)
+    proc = _start_searcher(tree, folder, kind, 0)
+    time.sleep(SEARCH_SECONDS)
     began = time.time()
     merges = merger.merges
-    thread = threading.Thread(target=merger._background)
+
+    merged_vectors = 0
+
+    def merge_once() -> None:
+        nonlocal merged_vectors
+        configure_search_threads()  # one OpenMP thread, as the merger's own thread sets
+
+        def choose(segments: Any) -> Any:
+            nonlocal merged_vectors
+            chosen = choose_merge(segments)
+            merged_vectors = sum(s.live for s in chosen or ())
+            return chosen
+
+        merger.merge_once(choose, throttle=True)
+
+    thread = threading.Thread(target=merge_once)
     thread.start()
     thread.join()
     ended = time.time()
+    time.sleep(SEARCH_SECONDS / 2)
     samples = _samples(proc)
     return {"idle_before": _stats([ms for t, ms in samples if t < began]),
             "during_merge": {**_stats([ms for t, ms in samples if began <= t <= ended]),
-                             "merge_seconds": round(ended - began, 1), "merges": merger.merges - merges},
+                             "merge_seconds": round(ended - began, 1), "merges": merger.merges - merges,
+                             "merged_vectors": merged_vectors},
+            # the reader takes the merge output here (loaded on its helper thread while the inputs answer)
+            "right_after": _stats([ms for t, ms in samples if ended < t <= ended + 0.5]),
             "idle_after": _stats([ms for t, ms in samples if t > ended + 0.5]),
             "load_average": os.getloadavg()}, next_id
 
@@ -269,6 +351,39 @@ def small_commits(folder: Path, kind: str, next_id: int, count: int) -> dict[str
             "merges": getattr(merger, "merges", 0)}
 
 
+def commits(folder: Path, kind: str, next_id: int, count: int, documents: int) -> dict[str, Any]:
+    """``count`` commits of ``documents`` each (after one unmeasured: first-call costs), with another connection
+    open on the database as a serving process has (else each commit's close, the last, checkpoints the WAL)."""
+    other = sqlite3.connect(folder / "store" / "store.sqlite")
+    other.execute("SELECT 1 FROM meta").fetchall()
+    writer = _open(folder, kind)
+    ms = []
+    for i in range(count + 1):
+        batch = _records(next_id + i * documents, documents, seed=next_id + i)
+        began = time.perf_counter()
+        with writer.begin(timeout=600) as tx:
+            tx.upsert(batch)
+        ms.append((time.perf_counter() - began) * 1000)
+    other.close()
+    return {"commit_ms": ms[1:]}
+
+
+def alternate(folder: Path, kind: str, old_tree: Path, documents: int, rounds: int, next_id: int) -> dict[str, Any]:
+    """Commit times of the old tree and this one on the same knowledge bank, five commits at a time in turn, so
+    that the machine's other work falls on both alike (phase by phase was not enough on a machine whose fsyncs
+    took 0.5 ms in one phase and 5 ms in the next)."""
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for name, tree in (("old", old_tree), ("new", ROOT)):
+            out = _run(tree, "commits", folder, kind, next_id, 5, documents, extra_env={"KB_FAISS_MERGE": "0"})
+            times[name] += out["commit_ms"]
+            next_id += 6 * documents
+    summary = {name: {"median_ms": round(float(np.median(v)), 1), "p25_ms": round(float(np.percentile(v, 25)), 1),
+                      "p75_ms": round(float(np.percentile(v, 75)), 1), "n": len(v)} for name, v in times.items()}
+    return {"documents": documents, "kind": kind, "summary": summary, "load_average": os.getloadavg(),
+            "cpu_flags": cpu_flags()}
+
+
 # --- the driver ----------------------------------------------------------------------------------------------------
 
 
@@ -293,21 +408,26 @@ def _ratio(old: float, new: float) -> str:
 
 
 def run(size: int, kinds: list[str], old_tree: Path, work: Path, small: int, old_repeats: int, old_small: int,
-        merge_rounds: int) -> dict[str, Any]:
+        merge_rounds: int, bases: Path | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"size": size, "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
                                "load_average_at_start": os.getloadavg(), "old_repeats": old_repeats, "kinds": {}}
     trees = {"old": old_tree, "new": ROOT}
     no_merge = {"KB_FAISS_MERGE": "0"}  # commit and stream figures without a merge running beside them
     for kind in kinds:
-        base = work / f"{kind}-base"
-        print(f"[{kind}] writing {size} chunks with the old code ...", flush=True)
-        built = _run(old_tree, "build", base, kind, size)
-        print(f"[{kind}] written in {built['seconds']} s (load average {os.getloadavg()[0]:.1f})", flush=True)
+        base = (bases or work) / f"{kind}-{size}-base"
+        if bases is not None and (base / "store").is_dir():
+            print(f"[{kind}] reusing {base}", flush=True)
+            built = {"seconds": None, "reused": str(base)}
+        else:
+            print(f"[{kind}] writing {size} chunks with the old code ...", flush=True)
+            built = _run(old_tree, "build", base, kind, size)
+            print(f"[{kind}] written in {built['seconds']} s (load average {os.getloadavg()[0]:.1f})", flush=True)
         per_kind: dict[str, Any] = {"build_seconds": built["seconds"]}
         folders = {name: work / f"{kind}-{name}" for name in trees}
         for folder in folders.values():
             shutil.copytree(base, folder)
-        shutil.rmtree(base, ignore_errors=True)
+        if bases is None:
+            shutil.rmtree(base, ignore_errors=True)
         # old and new alternate phase by phase, so the machine's other work falls on both alike
         for name, tree in trees.items():
             repeats = old_repeats if name == "old" else 99
@@ -341,7 +461,7 @@ def report(results: dict[str, Any]) -> None:
           f"{results['load_average_at_start'][0]:.1f} at start, {results['load_average_at_end'][0]:.1f} at end")
     for kind, per in results["kinds"].items():
         old, new = per["old"], per["new"]
-        print(f"\n{kind}                          old (whole index)    new (segments)    old/new")
+        print(f"\n{kind}                          old (--old-tree)     new (this tree)   old/new")
         for n in new["commits"]:
             o, w = old["commits"].get(n), new["commits"][n]
             if o is None:
@@ -361,14 +481,19 @@ def report(results: dict[str, Any]) -> None:
             print(f"warm p50 filtered       {old['reader_warm_filtered']['p50_ms']:>12.2f} ms "
                   f"{new['reader_warm_filtered']['p50_ms']:>12.2f} ms")
         print(f"fsync floor (4 KB)      {old['fsync_floor_ms']:>12.2f} ms {new['fsync_floor_ms']:>12.2f} ms")
+        if "commit_floor_ms" in new:
+            print(f"commit floor (file, folder, WAL syncs) {new['commit_floor_ms']:.2f} ms (new code's run)")
         for phase in ("idle", "during_small_commits"):
             o, w = old["search"][phase], new["search"][phase]
             print(f"search p50/p99 {phase:<22} {o['p50_ms']:.2f}/{o['p99_ms']:.2f} ms "
                   f"{w['p50_ms']:.2f}/{w['p99_ms']:.2f} ms (max {o['max_ms']}/{w['max_ms']})")
-        for key, phase in _merge_rounds(new["search"]):
+        for key, phase in [(f"{name} {key}", phase) for name in ("old", "new")
+                           for key, phase in _merge_rounds(per[name]["search"])]:
             before, during, after = phase["idle_before"], phase["during_merge"], phase["idle_after"]
             print(f"{key}: search p50/p99 idle before {before['p50_ms']:.2f}/{before['p99_ms']:.2f} ms, during "
-                  f"{during['p50_ms']:.2f}/{during['p99_ms']:.2f} ms ({during['merge_seconds']} s), after "
+                  f"{during['p50_ms']:.2f}/{during['p99_ms']:.2f} ms ({during['merge_seconds']} s, "
+                  f"{during.get('merged_vectors', '?')} vectors), right after "
+                  f"{phase['right_after']['p50_ms']:.2f}/{phase['right_after']['p99_ms']:.2f} ms, after "
                   f"{after['p50_ms']:.2f}/{after['p99_ms']:.2f} ms; p99 during/before "
                   f"{during['p99_ms'] / before['p99_ms']:.2f}x")
         s_old, s_new = old["small_commits"], new["small_commits"]
@@ -381,6 +506,14 @@ def report(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "commits":
+        print(json.dumps(commits(Path(args[1]), args[2], int(args[3]), int(args[4]), int(args[5]))), flush=True)
+        return 0
+    if args and args[0] == "alternate":  # alternate FOLDER KIND OLD_TREE DOCUMENTS ROUNDS [NEXT_ID]
+        out = alternate(Path(args[1]), args[2], Path(args[3]).resolve(), int(args[4]), int(args[5]),
+                        int(args[6]) if len(args) > 6 else 50_000_000)
+        print(json.dumps(out, indent=2), flush=True)
+        return 0
     if args and args[0] in ("build", "measure", "search", "load", "small"):
         command, folder, kind = args[0], Path(args[1]), args[2]
         if command == "build":
@@ -406,11 +539,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge-rounds", type=int, default=2,
                         help="merge phases (each: ten segments of 1,000 written, then merged while a reader searches)")
     parser.add_argument("--work", type=Path, help="a folder for the knowledge banks (default: a temporary one)")
+    parser.add_argument("--bases", type=Path, help="keep the knowledge banks the old code writes here "
+                        "(<kind>-<size>-base) and reuse them in later runs instead of writing them again")
     parser.add_argument("--out", type=Path, default=Path("bench-results/incremental_commit.json"))
     parsed = parser.parse_args(args)
     with tempfile.TemporaryDirectory(dir=parsed.work) as tmp:
         results = run(parsed.size, parsed.kinds, parsed.old_tree.resolve(), Path(tmp), parsed.small_commits,
-                      parsed.old_repeats, parsed.old_small, parsed.merge_rounds)
+                      parsed.old_repeats, parsed.old_small, parsed.merge_rounds, parsed.bases)
     report(results)
     parsed.out.parent.mkdir(parents=True, exist_ok=True)
     parsed.out.write_text(json.dumps(results, indent=2))

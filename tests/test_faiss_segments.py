@@ -14,7 +14,7 @@ import pytest
 
 from kb_base.filters import parse_filter
 from stores.base import Record, StoreContext
-from stores.faiss import merge
+from stores.faiss import merge, transaction
 from stores.faiss.store import FaissStore
 
 DIM = 24
@@ -293,3 +293,30 @@ def test_a_merge_that_fails_changes_nothing_and_leaves_no_files(tmp_path: Path, 
     assert len(_segment_files(tmp_path)) == 11
     assert store.merger.merge_now() == 1 and store.count() == 2000
     assert [h.record.id for h in store.similarity(query, 10)] == before
+
+
+@pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
+def test_a_small_commit_runs_on_the_writers_thread_and_a_big_one_on_helpers(tmp_path, monkeypatch, kind):
+    started: list[str] = []
+    real = transaction.Background
+
+    def counted(work, name):  # type: ignore[no-untyped-def]
+        started.append(name)
+        return real(work, name)
+
+    monkeypatch.setattr(transaction, "Background", counted)
+    store = _store(tmp_path, kind)
+    big = transaction.SMALL_WRITE + 44
+    with store.begin() as tx:
+        tx.upsert(_records(0, _vectors(big, 1)))
+    assert {"kb-vector-add", "kb-index-write", "kb-wal-flush"} <= set(started)
+    started.clear()
+    for i in range(3):  # one document; a replacement (a tombstone); two
+        with store.begin() as tx:
+            tx.upsert(_records(big + i if i != 1 else 5, _vectors(1 if i < 2 else 2, 10 + i), tag=f"s{i}"))
+    assert started == []
+    query = _vectors(1, 10)[0]
+    assert store.similarity(query, 1)[0].record.id == f"d{big}"
+    assert store.get(["d5"])[0].text == "text 5 s1"
+    assert store.count() == big + 3
+    assert len(_segment_files(tmp_path)) == 4  # one segment per commit

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kb_base.errors import StoreError
+from stores.keyword import doc_blocks, lexicon
 from stores.keyword import index as keyword_index
-from stores.keyword import lexicon
 from stores.keyword import postings as keyword_postings
 from stores.keyword.index import KeywordIndex
 from tests.test_keyword_index import assert_same, reference_bm25
@@ -118,8 +118,10 @@ def dictionary(conn: sqlite3.Connection) -> dict[str, int]:
     return out
 
 
-def test_lexicon_blocks_take_new_terms_anywhere_and_find_every_term(tmp_path, monkeypatch):
+@pytest.mark.parametrize("few_to_assign", [0, 50, 10**6])  # the block list read first; either; a query a term
+def test_lexicon_blocks_take_new_terms_anywhere_and_find_every_term(tmp_path, monkeypatch, few_to_assign):
     monkeypatch.setattr(lexicon, "BLOCK_TERMS", 4)
+    monkeypatch.setattr(lexicon, "_FEW_TO_ASSIGN", few_to_assign)
     conn = sqlite3.connect(tmp_path / "kw.sqlite")
     lexicon.create(conn)
     rng = random.Random(4)
@@ -140,6 +142,23 @@ def test_lexicon_blocks_take_new_terms_anywhere_and_find_every_term(tmp_path, mo
         asked = rng.sample(pool, 40) + ["nothere", "zzz", ""]
         for few in (asked[:3], asked):  # a block query per term, and the block list read first
             assert lexicon.lookup(conn, few) == {t: reference[t] for t in few if t in reference}
+
+
+def test_document_blocks_fit_only_clear_of_every_block(tmp_path):
+    conn = sqlite3.connect(tmp_path / "kw.sqlite")
+    doc_blocks.create(conn)
+    for first, last in ((10, 19), (30, 39), (50, 50)):
+        rowids = np.arange(first, last + 1, dtype=np.int64)
+        assert doc_blocks.fits(conn, rowids)
+        doc_blocks.write(conn, rowids, np.ones(rowids.size), np.zeros(rowids.size, dtype=np.int64),
+                         np.zeros(0, dtype=np.int64))
+    clear = [[1, 9], [20, 29], [40, 49], [51, 60], [25]]
+    overlapping = [[5, 10], [19, 20], [15], [9, 30], [1, 100], [39, 40], [50], [45, 55], [20, 35]]
+    for rowids in clear:
+        assert doc_blocks.fits(conn, np.asarray(rowids, dtype=np.int64)), rowids
+    for rowids in overlapping:
+        assert not doc_blocks.fits(conn, np.asarray(rowids, dtype=np.int64)), rowids
+    assert not doc_blocks.fits(conn, np.asarray([22, 21], dtype=np.int64))  # not ascending
 
 
 # --- an index written by format 3's code ---------------------------------------------------------------------

@@ -38,8 +38,12 @@ def fits(conn: sqlite3.Connection, rowids: np.ndarray) -> bool:
     if rowids.size == 0 or (rowids.size > 1 and np.any(rowids[1:] <= rowids[:-1])):
         return False
     low, high = int(rowids[0]), int(rowids[-1])
-    return conn.execute("SELECT 1 FROM kw_doc_blocks WHERE first_doc <= ? AND last_doc >= ? LIMIT 1",
-                        (high, low)).fetchone() is None
+    # Blocks never overlap (each went in through this check), so their last documents ascend with their first:
+    # the last block starting at or before ``high`` is the only one that can reach ``low``. One index probe, where
+    # ``first_doc <= high AND last_doc >= low`` walked every block below ``high`` (250 at 1M chunks).
+    row = conn.execute("SELECT last_doc FROM kw_doc_blocks WHERE first_doc <= ? ORDER BY first_doc DESC LIMIT 1",
+                       (high,)).fetchone()
+    return row is None or row[0] < low
 
 
 def write(conn: sqlite3.Connection, rowids: np.ndarray, lengths: np.ndarray, counts: np.ndarray,
