@@ -1,6 +1,7 @@
 """A multi-server deployment for tests, as an operator runs one: a PostgreSQL catalog (upgraded first with
-``kb db upgrade``), one Elasticsearch node, the OpenAI-compatible stub model, and two ``kb serve`` processes
-with separate ``$KB_HOME``s on loopback ports, one shared ``KB_FOLDERS_ROOT``."""
+``kb db upgrade``), a two-node Elasticsearch cluster (indexes of two shards with a replica each, so both nodes
+hold data), the OpenAI-compatible stub model, and two ``kb serve`` processes with separate ``$KB_HOME``s on
+loopback ports, one shared ``KB_FOLDERS_ROOT``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 from kb.catalog import Catalog
-from tests.support.elasticsearch_server import ElasticsearchNode
+from tests.support.elasticsearch_server import ElasticsearchCluster
 from tests.support.kb_serve import KBServe
 from tests.support.openai_embeddings_server import API_KEY, EmbeddingsServer
 from tests.support.postgres_server import PostgresServer
@@ -26,7 +27,7 @@ class Deployment:
         self.postgres = PostgresServer().start()
         self.url = self.postgres.create_database("kb")
         self.folders = root / "shared-folders"
-        self.es = ElasticsearchNode()
+        self.es = ElasticsearchCluster()
         self.embeddings = EmbeddingsServer()
         self.servers: list[KBServe] = []
 
@@ -38,7 +39,8 @@ class Deployment:
         catalog = Catalog(self.url)
         catalog.save_connection("stub", "openai-compatible", {"base_url": self.embeddings.url, "api_key": API_KEY,
                                                               "models": ["text-embedding-3-small"]})
-        catalog.save_connection("es", "elasticsearch", {"url": self.es.url, "index_prefix": "multi-"})
+        catalog.save_connection("es", "elasticsearch", {"url": self.es.urls, "index_prefix": "multi-", "shards": 2,
+                                                        "replicas": 1})
         catalog.save_connection("chroma", "chroma", {"url": "http://127.0.0.1:9"})  # refused before it is used
         catalog.close()
         for name in ("a", "b"):

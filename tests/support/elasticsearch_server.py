@@ -191,6 +191,11 @@ class ElasticsearchCluster:
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
 
+    @property
+    def url(self) -> str:
+        """The first node's address, for a test's own requests (any node answers for the whole cluster)."""
+        return self.nodes[0].url
+
     def start(self) -> ElasticsearchCluster:
         for node in self.nodes:
             node.start(wait=False)
