@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.server import ADMIN_KEY, KBServer
+from tests.support.server import KBServer
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
-    server = KBServer(tmp_path_factory.mktemp("console-api")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def http(server: KBServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=120) as client:
-        yield client
+pytest_plugins = ["tests.support.remote_pair"]  # server, http
 
 
 @pytest.fixture(scope="module")

@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.support.server import ADMIN_KEY, KBServer
+from tests.support.server import KBServer
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+pytest_plugins = ["tests.support.remote_pair"]  # server, http
+
 PROJECT = "/v1/projects/DEFAULT"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KBServer]:
-    process = KBServer(tmp_path_factory.mktemp("cancel-jobs")).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def http(server: KBServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=120) as client:
-        yield client
 
 
 def _error(response: httpx.Response, status: int, code: str) -> str:
