@@ -12,6 +12,7 @@ import pytest
 from kb_base.errors import StoreError
 from stores.base import Record, StoreContext
 from stores.faiss.store import FaissStore
+from stores.faiss.transaction import SMALL_WRITE
 from tests.conformance.store_suite import unit
 
 
@@ -45,10 +46,17 @@ def test_a_failed_add_refuses_the_commit_and_writes_nothing(tmp_path, monkeypatc
     def broken(self, vectors, ids):
         raise MemoryError("no memory for the vectors")
 
+    big = [f"new{i}" for i in range(SMALL_WRITE)]  # a batch this big adds its vectors on a helper thread
     monkeypatch.setattr(faiss.IndexIDMap2, "add_with_ids", broken)
     tx = store.begin()
-    tx.upsert(recs(["new"], offset=1))  # returns: the add fails on its thread
+    tx.upsert(recs(big, offset=1))  # returns: the add fails on its thread
     with pytest.raises(MemoryError):
+        tx.commit()
+    tx.rollback()
+    tx = store.begin()
+    with pytest.raises(MemoryError):  # a few vectors are added on the writer's thread: the upsert raises
+        tx.upsert(recs(["few"], offset=1))
+    with pytest.raises(StoreError, match="earlier write"):  # and the transaction cannot commit
         tx.commit()
     tx.rollback()
     monkeypatch.undo()
@@ -57,7 +65,7 @@ def test_a_failed_add_refuses_the_commit_and_writes_nothing(tmp_path, monkeypatc
     monkeypatch.setattr(faiss.IndexIDMap2, "add_with_ids", broken)
     with pytest.raises(StoreError):  # a writer that saw the failure on a read cannot commit later either
         with store.begin() as tx:
-            tx.upsert(recs(["other"], offset=2))
+            tx.upsert(recs([f"other{i}" for i in range(SMALL_WRITE)], offset=2))
             with pytest.raises(MemoryError):
                 tx.similarity(unit(2), 1)
             tx.commit()

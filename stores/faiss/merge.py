@@ -160,7 +160,9 @@ class Merger:
             conn.execute("BEGIN")
             source_gen, dim = read_meta(conn)
             current = store.segments_at(conn, source_gen, dim)
-            conn.execute("COMMIT")
+            # a read-only snapshot: ROLLBACK ends it even with a statement still open (COMMIT refused one after a
+            # failed load in CI: "cannot commit transaction - SQL statements in progress")
+            conn.execute("ROLLBACK")
         finally:
             conn.close()
         if current.waiting or dim is None:

@@ -210,7 +210,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
     def _add_vectors(self, index: faiss.Index | SpilledVectors, vectors: np.ndarray, rowids: np.ndarray) -> None:
         previous = self._adding
         if previous is None and len(rowids) < SMALL_WRITE:
-            index.add_with_ids(vectors, rowids)  # a few vectors: quicker here than a thread's start
+            try:
+                index.add_with_ids(vectors, rowids)  # a few vectors: quicker here than a thread's start
+            except BaseException:
+                self._broken = True  # records are in without their vectors: this transaction must not commit
+                raise
             return
 
         def add() -> None:
@@ -286,8 +290,10 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
             self.store.checkpoints.after_commit()  # committed: a long WAL is copied into the database from here
         finally:
             self._finish()
-        # after the lock is released: the merger takes it for its own commit
-        self.store.merger.after_commit(self.generation + 1)
+        # after the lock is released: the merger takes it for its own commit (a commit that changed nothing made
+        # no generation, so no merge either)
+        if self._dirty:
+            self.store.merger.after_commit(self.generation + 1)
 
     def _commit(self) -> None:
         if self._broken:
