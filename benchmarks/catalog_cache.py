@@ -22,18 +22,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from benchmarks.suite import cpu_flags
 from kb.catalog import Catalog
 from kb.catalog_db.engine import make_engine, normalise_url
 from kb.catalog_db.schema import upgrade
 from kb.catalog_db.tables import knowledge_banks
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted({"avx2", "avx512f", "sse4_2", "fma"} & set(flags.split(":", 1)[1].split()))
 
 
 def _timed(call: Any, calls: int) -> dict[str, float]:
@@ -95,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure(args.database_url, args.calls))
     report = {"machine": {"cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 1),
                           "platform": platform.platform(), "python": platform.python_version(),
-                          "cpu_flags": _cpu_flags()}, "results": results}
+                          "cpu_flags": cpu_flags()}, "results": results}
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

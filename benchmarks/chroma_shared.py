@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import write_results
 from benchmarks.suite import machine
 from kb_base.filters import parse_filter
 from stores.base import Record, StoreContext
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             chroma.stop()
             postgres.stop()
     results["load_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print(f"load average after: {results['load_after']}; written to {args.out}")
     return 0
 

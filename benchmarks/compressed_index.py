@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.compressed_data import done_marker, generate, ground_truth, ingest, read_marker, status_kb, store_for
+from benchmarks.results import write_results
 from benchmarks.suite import machine as machine_info
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "compressed_index.json"
@@ -250,8 +251,7 @@ def _measure(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], mac
             result["p50_vs_hnsw"] = round(result["kb"]["p50_ms"] / max(base["kb"]["p50_ms"], 1e-9), 2)
     report = {"count": args.count, "queries": args.queries, "machine": {**machine, "load_after": os.getloadavg()},
               "results": results, "kb_memory": memory}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report)
     _table(results)
     print(f"written to {args.out}; load average now {os.getloadavg()}")
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 import kb
+from benchmarks.results import write_results
 from benchmarks.writer_throughput import WORDS
 from kb.custom_models import LangChainEmbeddingModel
 from kb.embeddings import LOCAL_MINILM_ID
@@ -211,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               "extraction": extraction, "end_to_end": end_to_end, "unchanged_resync": resync,
               "targets": TARGETS, "pass": {k: "PASS" if ok else "MISS" for k, ok in checks.items()},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     for mode in ("raw", "structured", "screenshots"):
         f = extraction[mode]
         print(f"{mode:>11}: {f['pages_per_second']:8.1f} pages/s ({f['pages']} pages in {f['seconds']:.2f}s)")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import write_results
 from kb import local_minilm
 
 # ../shared beside the checkout, as the tests find it
@@ -323,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           for k, v in result["threads_docs_per_s"].items()))
         print(f"kb serve ready: {result['serve_ready_s']['graph_not_built']:.2f} s building the graph, "
               f"{result['serve_ready_s']['graph_cached']:.2f} s with it cached")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
@@ -347,8 +347,7 @@ def query_main(args: argparse.Namespace) -> int:
                   f"{figures['wall_min_ms']:.2f} ms; CPU "
                   f"{figures['cpu_ms_per_query']:.2f} ms per query")
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -32,6 +32,7 @@ import numpy as np
 
 import kb
 from benchmarks.embedding import INT8_FLAGS, SCIFACT
+from benchmarks.results import write_results
 from kb import local_minilm
 from kb.evaluation import evaluate, format_table, load_qrels, load_queries
 from kb.local_minilm import LOCAL_MINILM_ID, LOCAL_MINILM_INT8_ID
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(fp32 - int8 = {loss:+.4f}; target within {MAX_NDCG_LOSS})")
     print("quality targets " + ("met" if all(v["met"] for v in result["targets"].values() if isinstance(v, dict))
                                 else "NOT met") + (" (a subset: not the full corpus)" if args.docs else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

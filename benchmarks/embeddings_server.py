@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.embedding import SCIFACT, cpu_peak
+from benchmarks.results import write_results
 from kb import local_minilm
 
 VARIANTS = {"unbatched": {"KB_EMBED_BATCH_MAX": "0"}, "batched": {},
@@ -194,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['p50_ms']:.1f} ms, server CPU {figures['server_cpu_ms_per_request']:.2f} ms/request"
               + (f"; {ratio:.2f}x unbatched (median of per-round ratios)" if ratio else ""))
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -18,7 +18,6 @@ every store. ``tests/test_exact_match.py`` asserts the targets at the defaults o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import kb
+from benchmarks.results import write_results
 from kb.fusion import NORMALISATIONS
 from kb_base.search import SearchRequest
 
@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {store:<14} {name:<22} first {figure['first']:>3}/{figure['queries']}"
                       f"  top-5 {figure['top5']:>3}/{figure['queries']}")
         client.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"report: {args.out}")
     return 0
 

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import write_results
 from benchmarks.suite import cpu_flags
 from benchmarks.writer_throughput import WORDS
 from kb_base.filters import parse_filter
@@ -547,8 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(parsed.size, parsed.kinds, parsed.old_tree.resolve(), Path(tmp), parsed.small_commits,
                       parsed.old_repeats, parsed.old_small, parsed.merge_rounds, parsed.bases)
     report(results)
-    parsed.out.parent.mkdir(parents=True, exist_ok=True)
-    parsed.out.write_text(json.dumps(results, indent=2))
+    write_results(parsed.out, results)
     print(f"\nwritten to {parsed.out}")
     return 0
 

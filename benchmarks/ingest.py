@@ -21,7 +21,6 @@ batch, not the file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 import kb
+from benchmarks.results import write_results
 from benchmarks.writer_throughput import WORDS
 from kb.embeddings import LOCAL_MINILM_ID
 from writers.ingest import IngestOptions, ingest
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
               "chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap, "commit_every": args.commit_every,
               **figures, "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     first, rerun = report["first_ingestion"], report["unchanged_rerun"]
     print(f"ingestion, cached embeddings: {first['rows_per_second']:,.0f} rows/s, {first['chunks_per_second']:,.0f} "
           f"chunks/s ({report['rows']} rows -> {report['chunks']} chunks in {first['seconds']:.2f}s, "

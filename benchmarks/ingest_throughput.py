@@ -9,7 +9,6 @@ figure measures kb's own path (read, chunk, validate, cache lookup, commit).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import kb
+from benchmarks.results import write_results
 from benchmarks.writer_throughput import synthetic_chunks
 from kb.embeddings import LOCAL_MINILM_ID
 from writers.ingest import IngestOptions, ingest
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {"rows": args.rows, "rows_per_second": round(args.rows / elapsed, 1), "seconds": round(elapsed, 2),
                "unchanged_rerun_rows_per_second": round(args.rows / rerun, 1), "cpus": os.cpu_count(),
                "vector_dim": int(np.asarray(vectors).shape[1])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2))
+    write_results(args.out, figures)
     print(f"ingestion, cached embeddings: {figures['rows_per_second']:,.0f} rows/s ({args.rows} rows, one chunk each); "
           f"unchanged re-run: {figures['unchanged_rerun_rows_per_second']:,.0f} rows/s")
     return 0

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import write_results
 from benchmarks.suite import cpu_flags
 from stores.keyword import KeywordIndex
 
@@ -330,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             results = run(parsed.chunks, parsed.commits, parsed.old_tree.resolve(), Path(tmp), parsed.query_rounds)
     report(results)
-    parsed.out.parent.mkdir(parents=True, exist_ok=True)
-    parsed.out.write_text(json.dumps(results, indent=2))
+    write_results(parsed.out, results)
     print(f"\nwritten to {parsed.out}")
     return 0
 

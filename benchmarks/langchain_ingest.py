@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import write_results
+
 DOCS = Path("/usr/share/doc")
 # beside the repository (``../shared``), as the dataset's README asks; KB_SCIFACT moves it
 SCIFACT = Path(os.environ.get("KB_SCIFACT") or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -207,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for peer in [p for p in ("kb", "kb-vectors", BASELINE) if p in peers]:
         ratios = sorted(lc / mine for lc, mine in zip(seconds["langchain-faiss"], seconds[peer], strict=True))
         report["ratios"][f"{peer} over langchain-faiss"] = {"median": ratios[len(ratios) // 2], "rounds": ratios}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"machine: {report['machine']}")
     for name, figures in report["ratios"].items():
         print(f"{name}: chunks/s ratio median {figures['median']:.2f}x (rounds "

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from benchmarks.results import write_results
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -130,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.terminate()
             server.wait(30)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2))
+    write_results(args.out, figures)
     print(json.dumps(figures, indent=2))
     if figures["errors"] and log_path is not None:
         print(f"the last lines of kb serve's log {log_path}:\n"

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.suite import cpu_flags
 from writers.extract.pdf import pdf_page_texts, render_pdf_pages
 from writers.extract.to_pdf import OfficeConverter, find_chromium, find_soffice, print_html_to_pdf
 
@@ -39,13 +40,6 @@ def _docx(path: Path, number: int) -> bytes:
     document.save(str(path))
     return path.read_bytes()
 
-
-def _cpu_flags() -> list[str]:
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted({"avx2", "avx512f", "sse4_2", "fma"} & set(line.split(":", 1)[1].split()))
 
 
 def office(files: int, soffice: str, scratch: Path) -> tuple[dict[str, Any], list[bytes]]:
@@ -97,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs LibreOffice (soffice) and Chromium: install Debian's libreoffice-core-nogui, "
               "libreoffice-writer-nogui and chromium, or set KB_SOFFICE / KB_CHROMIUM")
         return 2
-    machine = {"cpu_flags": _cpu_flags(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+    machine = {"cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
                "python": platform.python_version()}
     print(f"machine: {machine}")
     with tempfile.TemporaryDirectory(prefix="kb-bench-shots-") as scratch:

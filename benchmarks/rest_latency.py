@@ -10,7 +10,6 @@ searches from one client with httpx (keep-alive).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.results import write_results
 from benchmarks.writer_throughput import synthetic_chunks
 
 
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "rest_search_latency", "chunks": args.chunks, "queries": args.queries,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": {name: _percentiles(samples) for name, samples in timings.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     for name, figures in report["results"].items():
         print(f"{name:<18} p50 {figures['p50_ms']:>7.2f} ms   p99 {figures['p99_ms']:>7.2f} ms   "
               f"{figures['qps']:>7.1f} q/s")

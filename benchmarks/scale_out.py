@@ -29,7 +29,6 @@ figures, and the ratio says what this machine can show, not what N machines woul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.results import write_results
 from benchmarks.suite import machine
 
 DIM = 16  # the stub model's dimension (tests/support/openai_embeddings_server.py)
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
           f"serve {results['two_servers_rps_ratio']}x the searches/s of one (target >= 1.6 when the store is not "
           f"the bottleneck; here {results['machine']['cpus']} cores run Elasticsearch, PostgreSQL, the servers and "
           f"the clients; load average after: {os.getloadavg()})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print(f"written to {args.out}")
     return 0
 

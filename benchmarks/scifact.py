@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import kb
+from benchmarks.results import write_results
 from kb.evaluation import evaluate, format_table, load_qrels, load_queries
 from kb.fusion import DEFAULT_FUSION, NORMALISATIONS, fuse, fusion_settings
 from kb_base.search import SearchRequest
@@ -135,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
         if args.sweep:
             report["sweep"] = sweep(core, queries, qrels, args.folds)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_results(args.out, report)
         print(f"report: {args.out}")
         client.close()
     return 0

@@ -41,6 +41,8 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.results import write_results
+
 WORDS = ("alpha beta gamma delta river mountain forest ocean quantum protein enzyme galaxy market energy "
          "solar wind battery neuron memory language graph vector search index query answer cloud rain "
          "storm desert island harbour engine signal").split()
@@ -336,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out.with_name(args.out.stem + "-serve.log")
     figures = run(seconds, interval, args.workers, args.clients, args.rate, args.settings_every,
                   min(args.ingest_every, seconds / 2), args.rss_bound_mb, args.seed, log)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2))
+    write_results(args.out, figures)
     print(f"\n{figures['requests']} requests, {figures['errors']} errors ({figures['closed_connections']} connections "
           f"closed by the server with a request outstanding); operations {figures['operations']}")
     print("interval  requests  errors  p50 ms  p99 ms  client p50  client p99  RSS MB")

@@ -12,7 +12,6 @@ the same vectors, as the peer a user would otherwise pick.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from langchain_core.documents import Document
 
 import kb
+from benchmarks.results import write_results
 from kb.embeddings import LOCAL_MINILM_ID
 
 WORDS = ("cell protein gene study patients effect risk model data analysis clinical treatment response "
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "langchain_faiss_from_embeddings_save_local": peer,
         "ratio_kb_over_langchain": kb_figures["chunks_per_second"] / peer["chunks_per_second"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"kb writer, cached embeddings: {kb_figures['chunks_per_second']:,.0f} chunks/s "
           f"({args.chunks} chunks in {kb_figures['seconds']:.2f}s, durable commit)")
     print(f"LangChain FAISS from_embeddings + save_local: {peer['chunks_per_second']:,.0f} chunks/s")
