@@ -33,6 +33,7 @@ class TestFaissHnswConformance(StoreConformanceSuite):
 def test_files_on_disk_are_faiss_and_sqlite_never_pickle(tmp_path: Path) -> None:
     store = FaissStore(StoreContext("kb", tmp_path))
     store.upsert(records(10))
+    store.merger.wait()  # the merger's thread opens and closes a connection of its own (and with it the -shm file)
     store.checkpoints.wait()  # its connection's close removes the WAL
     files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".faiss", ".sqlite"}
