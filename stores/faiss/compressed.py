@@ -7,8 +7,9 @@ links). The compressed types keep only codes in memory and the float32 vectors o
 - ``IVF_PQ``: an inverted file with an HNSW coarse quantizer and product-quantized residuals (FAISS's own
   recommendation from 1M to 100M vectors: ``IVF<nlist>_HNSW32,PQ<m>``); ``pq_m`` bytes a vector.
 
-A search asks the codes for ``k * rerank`` candidates and scores those exactly against the segment's float32
-vectors, read from ``segments/<n>.vectors.npy`` (numpy's own format, memory-mapped, never pickle): the scores
+A search asks the codes for ``k * rerank`` candidates (IVF: at least 1% of the vectors it scans,
+``stores.faiss.filtered``) and scores those exactly against the segment's float32 vectors, read from
+``segments/<n>.vectors.npy`` (numpy's own format, never pickle; ``stores.faiss.vector_file``): the scores
 returned are exact cosine similarities, and only the candidate list is approximate. Filters with few matches
 are scored exactly from the same file.
 
@@ -109,10 +110,8 @@ def vectors_path(folder: Path, number: int) -> Path:
 
 
 def open_vectors(path: Path) -> np.ndarray:
-    """A segment's float32 vectors, memory-mapped read-only (pages come from the page cache, or disk). These
-    pages are the kernel's to keep or drop: resident-memory figures count them apart (RssFile, not RssAnon).
-    No access advice: MADV_RANDOM left as many pages mapped as none did (the kernel's fault-around maps the
-    cached neighbours of each row read), so it is not applied."""
+    """A vector file memory-mapped read-only, for a writer's one pass over it (training, adding in batches); the
+    mapping goes with the array. Searches read rows with ``stores.faiss.vector_file.VectorFile`` instead."""
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -203,12 +202,13 @@ def write_vectors(path: Path, parts: Sequence[np.ndarray] | Callable[[np.ndarray
     return open_vectors(path)
 
 
-def stored_rows(layout: Any) -> np.ndarray:
-    """A segment's exact vectors in position order, without a copy: its vector file, or its flat storage."""
+def stored_rows(layout: Any, positions: np.ndarray) -> np.ndarray:
+    """A segment's exact vectors at ``positions`` (ascending): read from its vector file, or copied from its flat
+    storage."""
     if layout.vectors is not None:
-        return layout.vectors
+        return layout.vectors.take(positions)
     flat = layout.flat
-    return faiss.rev_swig_ptr(flat.get_xb(), layout.ntotal * flat.d).reshape(layout.ntotal, flat.d)
+    return faiss.rev_swig_ptr(flat.get_xb(), layout.ntotal * flat.d).reshape(layout.ntotal, flat.d)[positions]
 
 
 def remove_file(path: Path) -> None:

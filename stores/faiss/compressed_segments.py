@@ -71,7 +71,7 @@ def build_merged(settings: dict[str, Any], inputs: Sequence[Segment], dim: int, 
     chosen = [(s, np.flatnonzero(~s.dead) if s.dead is not None else np.arange(s.size)) for s in ordered]
     rowids = np.concatenate([s.layout.rowids[positions] for s, positions in chosen])
     if not trains(settings, live):
-        vectors = np.concatenate([stored_rows(s.layout)[positions] for s, positions in chosen])
+        vectors = np.concatenate([stored_rows(s.layout, positions) for s, positions in chosen])
         return build_index(settings, vectors, rowids, between_slices), None
     staging.mkdir(parents=True, exist_ok=True)
     path = staging / f"merged{VECTORS_SUFFIX}"
@@ -81,11 +81,10 @@ def build_merged(settings: dict[str, Any], inputs: Sequence[Segment], dim: int, 
         nonlocal stopped
         at = 0
         for segment, positions in chosen:
-            rows = stored_rows(segment.layout)
             for start in range(0, positions.size, SLICE):
                 began = time.perf_counter()
                 part = positions[start : start + SLICE]
-                out[at : at + part.size] = rows[part]
+                out[at : at + part.size] = stored_rows(segment.layout, part)
                 at += part.size
                 if not between_slices(time.perf_counter() - began):
                     stopped = True

@@ -22,9 +22,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from stores.faiss.compressed import needs_vectors, open_vectors, tune, vectors_path
+from stores.faiss.compressed import needs_vectors, tune, vectors_path
 from stores.faiss.filtered import FilteredSearch
 from stores.faiss.segments import Segment, SegmentSet
+from stores.faiss.vector_file import VectorFile
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,12 @@ class GenerationLoader:
         return [kept[i] for i in inputs]
 
     def _layout(self, number: int, index: faiss.Index) -> FilteredSearch:
-        """A segment's layout; a compressed one's with its vector file mapped (named by the segment number, it
+        """A segment's layout; a compressed one's with its vector file open (named by the segment number, it
         belongs to the same commit as the index file)."""
         if not needs_vectors(index):
             return FilteredSearch(index)
         try:
-            vectors = open_vectors(vectors_path(self.folder, number))
+            vectors = VectorFile(vectors_path(self.folder, number))
         except OSError as exc:  # retired and removed meanwhile: the caller retries, like a missing index file
             raise RuntimeError(f"segment {number}'s vector file is gone: {exc}") from exc
         rerank = int((self.search_settings or {}).get("rerank", 1))

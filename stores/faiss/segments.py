@@ -162,7 +162,7 @@ class SegmentSet:
                 if exact is not None:
                     positions = np.sort(positions)
                 keys = segment.layout.rowids[positions]
-                found = np.array(exact[positions]) if exact is not None else segment.index.reconstruct_batch(keys)
+                found = exact.take(positions) if exact is not None else segment.index.reconstruct_batch(keys)
                 for key, vector in zip(keys.tolist(), found, strict=True):
                     out[key] = vector
         return out

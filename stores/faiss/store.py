@@ -5,8 +5,8 @@ Layout of ``<kb folder>/store/``::
     store.sqlite        records (rowid, id, text, metadata JSON), keyword index, meta,
                         segments (which segment files make up each generation), tombstones
     segments/<n>.faiss  one immutable FAISS index per segment (``stores.faiss.segments``)
-    segments/<n>.vectors.npy  a compressed segment's exact float32 vectors, memory-mapped for
-                        re-ranking (``stores.faiss.compressed``)
+    segments/<n>.vectors.npy  a compressed segment's exact float32 vectors, read row by row for
+                        re-ranking (``stores.faiss.vector_file``)
     writer.lock         flock'ed by the single writer
 
 Commit protocol (crash-safe at any point):
