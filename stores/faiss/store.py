@@ -84,6 +84,7 @@ from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
 from stores.faiss.segment_columns import GenerationColumns, generation_columns
 from stores.faiss.segment_files import SEGMENTS, adopt_single_index, remove_stale
+from stores.faiss.segment_spans import SCHEMA as SPAN_SCHEMA
 from stores.faiss.segments import SCHEMA as SEGMENT_SCHEMA
 from stores.faiss.segments import SegmentSet
 from stores.faiss.transaction import FaissTransaction
@@ -150,7 +151,7 @@ class FaissStore(VectorStoreDriver):
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("BEGIN IMMEDIATE")
             had_segments = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'segments'").fetchone()
-            for statement in (_SCHEMA + SEGMENT_SCHEMA).strip().split(";"):
+            for statement in (_SCHEMA + SEGMENT_SCHEMA + SPAN_SCHEMA).strip().split(";"):
                 if statement.strip():
                     conn.execute(statement)
             self.keywords.create(conn)
