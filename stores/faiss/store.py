@@ -19,8 +19,8 @@ Commit protocol (crash-safe at any point):
    ``meta.generation = gen+1``; SQLite (WAL, synchronous=FULL) makes it
    atomic and durable;
 3. after the commit returns, a thread copies the WAL into the database file
-   (``stores.sqlite.wal_checkpoint``), and a merger may combine small segments
-   (``stores.faiss.merge``): nothing durable depends on either.
+   (``stores.sqlite.wal_checkpoint``), and the store's merger thread is woken and may
+   combine small segments (``stores.faiss.merge``): nothing durable depends on either.
 Readers take a SQLite read snapshot, read the generation in it and search the
 segments of that generation, so they see either the old or the new state, never
 a mix; a new generation costs them its new segments only
@@ -36,6 +36,7 @@ over one connection and one index), ``transaction`` (the writer and its commit),
 ``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
 ``segment_columns`` (their metadata columns for filters),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
+``merge_thread`` (the merger's one thread), ``segment_spans`` (each segment's rowids, for the policy),
 ``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
 compressed index types and how their segments are written and merged), ``spill`` (a compressed
 type's writer's vectors, in a file as they arrive), ``index_file`` (the index file's direct writes),
