@@ -7,7 +7,8 @@ knowledge bank of ``--vectors`` 384-dimension vectors is written by this tree wi
 as a steady state of the tiered policy holds with nothing to merge (nine per tier, tiers 1-3: 90% of the vectors
 in the top tier), 1% of each segment's rows deleted (tombstones). It is copied once per tree; each tree then runs,
 in a fresh process with ``PYTHONPATH`` set to it and background merging on, ``--commits`` one-document commits
-back to back (an ingestion or a folder sync: no search), waits for its merger, and reports:
+back to back (no search), waits for its merger, and reports, for commits alone and for commits each preceded by a
+look-up of records by id (what ``kb ingest`` and a folder sync do before each commit):
 
 - peak ``RssAnon`` (sampled every 20 ms) and ``VmHWM`` above the process's figures after opening the store,
   and ``RssAnon`` at the end (what the process keeps);
@@ -82,8 +83,10 @@ def build(folder: Path, vectors: int) -> dict[str, Any]:
             "segment_sizes": sorted(set(sizes), reverse=True)}
 
 
-def write_only(folder: Path, commits: int) -> dict[str, Any]:
-    """``commits`` one-document commits, back to back, then the merger's work waited for (in the tree measured)."""
+def write_only(folder: Path, commits: int, lookups: bool) -> dict[str, Any]:
+    """``commits`` one-document commits, back to back, then the merger's work waited for (in the tree measured);
+    ``lookups``: each preceded by a read of the stored record by id, as ``kb ingest`` and a folder sync do before
+    each commit (``writers/ingest.py``, ``writers/sync.py``: ``driver.get``)."""
     import faiss
 
     read: list[int] = []
@@ -114,6 +117,8 @@ def write_only(folder: Path, commits: int) -> dict[str, Any]:
     sampler = threading.Thread(target=sample, name="anon-sampler", daemon=True)
     sampler.start()
     for i in range(commits):
+        if lookups:
+            store.get([f"d{10_000_000 + i}", "d5"])
         with store.begin(timeout=600) as tx:
             tx.upsert(_records(10_000_000 + i, 1))
     store.merger.wait()
@@ -163,20 +168,24 @@ def main() -> None:
         print(f"writing {args.vectors:,} vectors as many segments (merging off)", flush=True)
         layout = _child(ROOT, False, "build", str(base), str(args.vectors))
         results: dict[str, Any] = {"layout": layout, "cpu_flags": cpu_flags(), "load_average": os.getloadavg()}
-        for name, tree in (("old", args.old_tree.resolve()), ("new", ROOT)):  # one at a time: their memory apart
-            copy = work / name
-            _link_copy(base, copy)
-            print(f"{name}: {args.commits} one-document commits in a write-only process", flush=True)
-            results[name] = _child(tree, True, "write", str(copy), str(args.commits))
-            shutil.rmtree(copy)
-        old, new = results["old"], results["new"]
+        for phase, lookups in (("commits", "0"), ("lookup_and_commit", "1")):
+            results[phase] = {}
+            for name, tree in (("old", args.old_tree.resolve()), ("new", ROOT)):  # one at a time: memory apart
+                copy = work / name
+                _link_copy(base, copy)
+                print(f"{phase}, {name}: {args.commits} one-document commits in a write-only process", flush=True)
+                results[phase][name] = _child(tree, True, "write", str(copy), str(args.commits), lookups)
+                shutil.rmtree(copy)
         print(f"\n{layout['vectors']:,} vectors in {layout['segments']} segments (flat, {DIM} dimensions), "
               f"{args.commits} one-document commits; CPU flags: {' '.join(results['cpu_flags'])}")
-        print(f"{'':28}{'old':>14}{'new':>14}{'old/new':>10}")
-        for key in ("peak_anon_mb", "peak_rss_mb", "anon_at_end_mb", "segment_files_read", "segment_bytes_read",
-                    "merges", "merger_threads_started", "cpu_seconds"):
-            ratio = f"{old[key] / new[key]:.1f}" if new[key] else "-"
-            print(f"{key:28}{old[key]:>14,}{new[key]:>14,}{ratio:>10}")
+        for phase, title in (("commits", "commits alone"),
+                             ("lookup_and_commit", "each commit after a look-up by id (as kb ingest, folder sync)")):
+            old, new = results[phase]["old"], results[phase]["new"]
+            print(f"\n{title}\n{'':28}{'old':>14}{'new':>14}{'old/new':>10}")
+            for key in ("peak_anon_mb", "peak_rss_mb", "anon_at_end_mb", "segment_files_read",
+                        "segment_bytes_read", "merges", "merger_threads_started", "cpu_seconds"):
+                ratio = f"{old[key] / new[key]:.1f}" if new[key] else "-"
+                print(f"{key:28}{old[key]:>14,}{new[key]:>14,}{ratio:>10}")
         write_results(args.out, results)
         print(f"\nwritten to {args.out}")
     finally:
@@ -187,6 +196,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "build":
         print(json.dumps(build(Path(sys.argv[2]), int(sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "write":
-        print(json.dumps(write_only(Path(sys.argv[2]), int(sys.argv[3]))))
+        print(json.dumps(write_only(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")))
     else:
         main()

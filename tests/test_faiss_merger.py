@@ -222,3 +222,22 @@ def test_a_store_without_spans_gets_them_from_one_full_load(tmp_path: Path, not_
     assert writer.loader.files_read - read == 10  # its inputs only, chosen from the rebuilt spans
     assert _sql_stats(tmp_path) == _loaded_stats(tmp_path)
     writer.close()
+
+
+def test_record_reads_without_vectors_load_no_segment(tmp_path: Path, not_merging) -> None:
+    """What an ingestion and a folder sync read before each commit (the stored chunks by id) needs no vectors."""
+    writer = _store(tmp_path)
+    for start in range(0, 600, 200):
+        writer.upsert(_records(start, 200))
+    writer.delete(["d3"])
+    store = _store(tmp_path)
+    assert [r.id for r in store.get(["d5", "d3", "d250"])] == ["d5", "d250"]
+    assert store.get(["d5"])[0].metadata == {"group": 2} and store.get(["d5"])[0].vector is None
+    assert store.count() == 599 and store.dimension == DIM and len(store.ids_where(None)) == 599
+    assert sum(len(batch) for batch in store.iter_records()) == 599
+    assert store.loader.files_read == 0 and store.loader.current is None
+    (record,) = store.get(["d5"], with_vectors=True)  # vectors come from the segments: those are loaded now
+    np.testing.assert_allclose(record.vector, _vectors(200, 0)[5], atol=1e-6)
+    assert store.loader.files_read == 3
+    writer.close()
+    store.close()

@@ -235,25 +235,40 @@ class FaissStore(VectorStoreDriver):
                 if conn.in_transaction:
                     conn.execute("COMMIT")
 
+    @contextmanager
+    def _records_snapshot(self) -> Iterator[FaissView]:
+        """A snapshot for reads of records alone (no vectors, no filter): the segments are not loaded for it, so a
+        process that only writes (an ingestion's or a folder sync's look-up of the chunks it stores) never holds
+        the knowledge bank's vectors."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            generation, dim = self._read_meta(conn)
+            yield FaissView(conn, None, dim, self.keywords, self.settings["type"] == "HNSW", cache=self._records,
+                            generation=generation)
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     @property
     def dimension(self) -> int | None:
-        with self._snapshot() as view:
+        with self._records_snapshot() as view:
             return view.dimension
 
     def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        with self._snapshot() as view:
+        with self._snapshot() if with_vectors else self._records_snapshot() as view:
             return view.get(ids, with_vectors)
 
     def count(self, flt: Filter | None = None) -> int:
-        with self._snapshot() as view:
+        with self._snapshot() if flt is not None else self._records_snapshot() as view:
             return view.count(flt)
 
     def ids_where(self, flt: Filter | None) -> list[str]:
-        with self._snapshot() as view:
+        with self._records_snapshot() as view:  # SQL over the records, filtered or not
             return view.ids_where(flt)
 
     def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        with self._snapshot() as view:
+        with self._snapshot() if with_vectors else self._records_snapshot() as view:
             yield from view.iter_records(batch_size, with_vectors)
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
