@@ -111,9 +111,10 @@ def test_the_stats_from_sqlite_are_the_loaded_segments_sizes_and_live_counts(tmp
     assert "SEARCH t USING INTEGER PRIMARY KEY" in plan  # a range lookup per span, not a scan of the tombstones
 
 
-def test_a_write_only_process_merges_loading_only_the_inputs(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
+def test_a_write_only_process_merges_loading_only_the_inputs(tmp_path: Path, monkeypatch, kind: str) -> None:
     monkeypatch.setattr(merge, "ENABLED", False)
-    setup = _store(tmp_path)
+    setup = _store(tmp_path, kind)
     for start in range(0, 6000, 2000):  # three segments of 2,000 (one tier, below its ten)
         setup.upsert(_records(start, 2000))
     setup.delete([f"d{i}" for i in range(0, 6000, 97)])  # deletions in them, below the rewrite's share
@@ -121,14 +122,14 @@ def test_a_write_only_process_merges_loading_only_the_inputs(tmp_path: Path, mon
         setup.upsert(_records(10_000 + i, 1))
     setup.close()
     monkeypatch.setattr(merge, "ENABLED", True)
-    writer = _store(tmp_path)  # a process that only writes: it never searches
+    writer = _store(tmp_path, kind)  # a process that only writes: it never searches
     writer.upsert(_records(10_009, 1))  # the tenth: the merger's thread merges the ten small ones
     assert writer.merger.wait(120)
     assert writer.merger.merges == 1
     assert writer.loader.files_read == 10  # the ten inputs, not the three big segments
     assert writer.loader.current is None  # and no generation kept in memory
     assert _sql_stats(tmp_path) == _loaded_stats(tmp_path) and len(_loaded_stats(tmp_path)) == 4
-    reader = _store(tmp_path)
+    reader = _store(tmp_path, kind)
     assert reader.count() == 6000 - len(range(0, 6000, 97)) + 10
     assert reader.similarity(_vectors(1, 10_004)[0], 1)[0].record.id == "d10004"
     writer.close()
