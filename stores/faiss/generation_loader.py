@@ -67,15 +67,52 @@ class GenerationLoader:
         # a helper thread while the inputs answered
         self._ready: dict[int, faiss.Index] = {}
         self._loading: dict[int, threading.Thread] = {}
+        self.files_read = 0  # segment files read by this process (tests and benchmarks read it)
 
     def path(self, segment: int) -> Path:
         return self.folder / f"{segment}.faiss"
 
     def offer(self, segment: int, index: faiss.Index) -> None:
-        """A merge output this process built: readers take it from memory instead of reading its file."""
+        """A merge output this process built: readers take it from memory instead of reading its file. Not kept by
+        a process that has not searched (an ingestion, a folder sync): nothing would ever take it."""
+        if self.current is None:
+            return
         self._prepare(index)
         with self._lock:
             self._ready[segment] = index
+
+    def load_segments(self, conn: sqlite3.Connection, generation: int, numbers: list[int]) -> list[Segment]:
+        """Segments ``numbers`` of ``generation`` with their deletions at it (``conn`` in a read transaction that
+        sees it), for a merge: those this process's readers hold are reused, the others read from their files and
+        kept by no one else, so a process that only writes holds just the segments it merges."""
+        if not numbers:
+            return []
+        marks = ",".join("?" * len(numbers))
+        rows = conn.execute(f"SELECT segment, kind FROM segments WHERE segment IN ({marks}) AND added <= ? AND "
+                            "(retired IS NULL OR retired > ?) ORDER BY segment", [*numbers, generation, generation])
+        with self._lock:
+            pool = self._pool()
+            ready = dict(self._ready)
+        segments: list[Segment] = []
+        for number, kind in rows.fetchall():
+            known = pool.get(number)
+            if known is not None:
+                segment = Segment(number, known.index, kind, None, known.layout)
+            else:
+                index = ready.get(number)
+                if index is None:
+                    index = self._read(number)  # RuntimeError when gone: retired by another process meanwhile
+                segment = Segment(number, index, kind, layout=self._layout(number, index))
+            deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi)
+            segments.append(segment.with_tombstones(deleted) if deleted.size else segment)
+        if len(segments) != len(numbers):
+            raise RuntimeError(f"segments {numbers} are no longer all live at generation {generation}")
+        return segments
+
+    def _read(self, number: int) -> faiss.Index:
+        index = faiss.read_index(str(self.path(number)))
+        self.files_read += 1
+        return index
 
     def is_current(self, generation: int) -> bool:
         current = self.current
@@ -140,7 +177,7 @@ class GenerationLoader:
             else:
                 index = self._ready.get(number)
                 if index is None:
-                    index = faiss.read_index(str(self.path(number)))  # RuntimeError when gone: the caller retries
+                    index = self._read(number)  # RuntimeError when gone: the caller retries
                     self._prepare(index)
                 segment = Segment(number, index, kind, layout=self._layout(number, index))
                 if kind == "merge":
@@ -198,7 +235,7 @@ class GenerationLoader:
 
         def load() -> None:
             try:
-                index = faiss.read_index(str(self.path(number)))
+                index = self._read(number)
                 self._prepare(index)
                 with self._lock:
                     self._ready[number] = index

@@ -18,12 +18,21 @@ added (``source_gen = G0``), the tombstones it applied (rows deleted up to G0) a
 commits after G0 keep their tombstones, which apply to the output as they did to the inputs (tombstones are by
 rowid). If a commit in between retired an input (``clear``), the merge is abandoned.
 
-The merger is one thread of the writing process, started after a commit when the policy finds work. It is
-kept light so searches keep their latency while it runs: one OpenMP thread, vectors added in slices, and after
-each slice a pause as long as the slice took (at most half a core), and between two merges a pause as long as
-the last one took. Not a lower OS priority: at nice 10 on a machine busy with other work the merger starved (the
-same 10 x 1,000 flat merge took 280 s at nice 10 and 4.5 s at nice 0, at 1M chunks under a load average of 20;
-an HNSW one had used 10 s of CPU in 16 minutes), small segments piled up, and no search gain was measurable.
+The policy chooses from SQLite alone (``stores.faiss.segment_spans``: each segment's size from the ``segments``
+table, its deletions counted by an indexed lookup of the tombstones), and a merge loads only the segments it
+merges: a process that only writes (an ingestion, a folder sync) never holds the knowledge bank's other vectors.
+Inputs a reader of this process already holds are reused.
+
+The merger is one long-lived thread per store in the writing process, started at the first commit that changed
+something and woken after each one: the commit only signals, it neither chooses nor loads. ``close()`` stops a
+merge under way (at its next slice; it leaves nothing behind) and ends the thread, waiting ``CLOSE_WAIT`` at
+most; the thread is a daemon, so a writer that dies never hangs at exit, and it holds its store only weakly while
+it waits, so a store dropped without ``close()`` is collected and its thread ends. It is kept light so searches
+keep their latency while it runs: one OpenMP thread, vectors added in slices, and after each slice a pause as
+long as the slice took (at most half a core), and between two merges a pause as long as the last one took. Not a
+lower OS priority: at nice 10 on a machine busy with other work the merger starved (the same 10 x 1,000 flat
+merge took 280 s at nice 10 and 4.5 s at nice 0, at 1M chunks under a load average of 20; an HNSW one had used
+10 s of CPU in 16 minutes), small segments piled up, and no search gain was measurable.
 ``KB_FAISS_MERGE=0`` turns background merging off (``merge_now`` still merges).
 """
 
@@ -36,8 +45,9 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import faiss
 import numpy as np
@@ -46,9 +56,12 @@ from kb_base.errors import WriterBusyError
 from stores.base import acquire_writer_lock, fault_point
 from stores.faiss.compressed import is_compressed, vectors_path
 from stores.faiss.compressed_segments import build_merged
+from stores.faiss.generation_loader import live_segments
 from stores.faiss.index import configure_search_threads
 from stores.faiss.index_file import write_durably
+from stores.faiss.merge_thread import Signals, merger_thread
 from stores.faiss.segment_files import next_segment, remove_stale
+from stores.faiss.segment_spans import clear_spans, retire_into, rewrite_spans, segment_stats, spans_of
 from stores.faiss.segments import Segment
 from stores.sqlite.background_io import fsync_path
 from stores.sqlite.meta import connect_durable, read_meta
@@ -66,9 +79,21 @@ DELETED_SHARE = 0.3
 SLICE = 5_000  # vectors added between pauses
 DUTY = 0.5  # of one core, at most, while adding
 ENABLED = os.environ.get("KB_FAISS_MERGE", "1") not in ("0", "off", "false")
+CLOSE_WAIT = 10.0  # seconds close() waits for the thread (a merge stops at its next slice of SLICE vectors)
 
 
-def choose_merge(segments: Sequence[Segment]) -> list[Segment] | None:
+class Sized(Protocol):
+    """What the policy reads of a segment: a loaded ``Segment`` or a ``SegmentStats`` row."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def live(self) -> int: ...
+
+
+def choose_merge(segments: Sequence[Sized]) -> list[Sized] | None:
     """The segments to merge next, or None."""
     empty = [s for s in segments if s.live == 0]
     if empty:
@@ -76,7 +101,7 @@ def choose_merge(segments: Sequence[Segment]) -> list[Segment] | None:
     for segment in segments:
         if segment.size >= FLOOR and segment.size - segment.live > DELETED_SHARE * segment.size:
             return [segment]
-    tiers: dict[int, list[Segment]] = {}
+    tiers: dict[int, list[Sized]] = {}
     for segment in segments:
         if segment.live < MAX_MERGED:
             tier = 0 if segment.live < FLOOR else 1 + int(math.log(segment.live / FLOOR, FACTOR) + 1e-9)
@@ -87,118 +112,194 @@ def choose_merge(segments: Sequence[Segment]) -> list[Segment] | None:
     return None
 
 
-def force_merge_choice(segments: Sequence[Segment]) -> list[Segment] | None:
+def force_merge_choice(segments: Sequence[Sized]) -> list[Sized] | None:
     """Every segment into one (a tool's request: one index for the whole generation)."""
-    if len(segments) > 1 or (segments and segments[0].dead is not None):
+    if len(segments) > 1 or (segments and segments[0].live < segments[0].size):
         return list(segments)
     return None
 
 
 class Merger:
-    """Merges of one store's segments, in the background after commits or on request."""
+    """Merges of one store's segments: on its background thread after commits, or on request."""
 
     def __init__(self, store: FaissStore) -> None:
         self.store = store
+        self._lock = threading.Lock()  # the thread's start and close()
+        self._signals = Signals()
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._run_lock = threading.Lock()  # one merge at a time in this process
         self.merges = 0  # committed by this process (tests and benchmarks read it)
+        self.threads_started = 0
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the merger's thread has work: choosing, merging, or a commit to look at."""
+        signals, thread = self._signals, self._thread
+        return thread is not None and thread.is_alive() and (signals.busy or signals.pending)
 
-    def after_commit(self, generation: int) -> None:
-        """Start the background merger if the committed ``generation`` may have work for it (a reader that has it
-        loaded already knows; otherwise the merger's thread finds out)."""
-        if not ENABLED or self._stop.is_set() or self.running:
+    def after_commit(self) -> None:
+        """A commit changed the store: wake the merger's thread (started at the first such commit). Nothing else
+        happens on the committing thread."""
+        if not ENABLED:
             return
-        loaded = self.store.loader.current
-        if loaded is not None and loaded.generation == generation and choose_merge(loaded.segments) is None:
-            return
-        self._thread = threading.Thread(target=self._background, name="kb-segment-merge", daemon=True)
-        self._thread.start()
+        with self._lock:
+            signals = self._signals
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = self._thread = threading.Thread(target=merger_thread, args=(weakref.ref(self), signals),
+                                                         name="kb-segment-merge", daemon=True)
+                self.threads_started += 1
+                thread.start()
+            with signals.cond:
+                signals.pending = True
+                signals.cond.notify()
 
-    def _background(self) -> None:
+    def merge_until_done(self, stop: threading.Event) -> None:
         configure_search_threads()  # one OpenMP thread for the adds too
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 began = time.perf_counter()
-                if not self.merge_once(choose_merge, throttle=True):
+                if not self.merge_once(choose_merge, throttle=True, stop=stop):
                     break
                 # a pause as long as the merge (its file write and commit included) before the next one
-                self._stop.wait(time.perf_counter() - began)
+                stop.wait(time.perf_counter() - began)
         except Exception:  # noqa: BLE001 - a failed merge loses nothing: logged, the next commit tries again
             log.exception("knowledge bank %s: background segment merge failed", self.store.context.kb_id)
 
     def merge_now(self, force: bool = False) -> int:
         """Merge on this thread until the policy is satisfied (``force``: into one segment); how many merges."""
+        stop = self._signals.stop
         done = 0
-        while self.merge_once(force_merge_choice if force else choose_merge, throttle=False):
+        while self.merge_once(force_merge_choice if force else choose_merge, throttle=False, stop=stop):
             done += 1
         return done
 
-    def wait(self) -> None:
-        thread = self._thread
-        if thread is not None:
-            thread.join()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the merger's thread has nothing to do (every commit so far looked at, its merges done);
+        False when ``timeout`` passed first."""
+        signals, thread = self._signals, self._thread
+        if thread is None:
+            return True
+        with signals.cond:
+            return signals.cond.wait_for(lambda: not thread.is_alive() or not (signals.busy or signals.pending),
+                                         timeout)
 
     def close(self) -> None:
-        """Stop a running merge (it leaves nothing behind) and wait for it; later commits may start merges again."""
-        self._stop.set()
-        self.wait()
-        self._stop.clear()
+        """Stop a running merge (it leaves nothing behind) and end the thread, waiting ``CLOSE_WAIT`` at most;
+        later commits start a new one."""
+        with self._lock:
+            signals, thread = self._signals, self._thread
+            self._signals, self._thread = Signals(), None
+        with signals.cond:
+            signals.stop.set()
+            signals.cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(CLOSE_WAIT)
+            if thread.is_alive():  # inside one slice's add or a file write: it ends after it, committing nothing
+                log.warning("knowledge bank %s: the segment merger did not stop within %s s", self.store.context.kb_id,
+                            CLOSE_WAIT)
 
-    def merge_once(self, choose: object, throttle: bool) -> bool:
+    def merge_once(self, choose: Callable[[Sequence[Sized]], Sequence[Sized] | None], throttle: bool,
+                   stop: threading.Event | None = None) -> bool:
         with self._run_lock:
-            return self._merge_once(choose, throttle)
+            return self._merge_once(choose, throttle, stop if stop is not None else self._signals.stop)
 
-    def _merge_once(self, choose: object, throttle: bool) -> bool:
+    def _merge_once(self, choose: Callable[[Sequence[Sized]], Sequence[Sized] | None], throttle: bool,
+                    stop: threading.Event) -> bool:
         store = self.store
         conn = connect_durable(store.db_path)
+        spans = None
         try:
             conn.execute("BEGIN")
             source_gen, dim = read_meta(conn)
-            current = store.segments_at(conn, source_gen, dim)
-            # a read-only snapshot: ROLLBACK ends it even with a statement still open (COMMIT refused one after a
-            # failed load in CI: "cannot commit transaction - SQL statements in progress")
-            conn.execute("ROLLBACK")
+            if dim is None:
+                return False
+            stats = segment_stats(conn, source_gen)
+            try:
+                if stats is not None:
+                    chosen = choose(stats)
+                    if not chosen:
+                        return False
+                    inputs = store.loader.load_segments(conn, source_gen, [s.number for s in chosen])
+                else:  # spans missing (a knowledge bank written before them): every segment loaded, this once
+                    every = store.loader.load_segments(conn, source_gen, [r[0] for r in live_segments(conn,
+                                                                                                       source_gen)])
+                    spans = spans_of([(s.number, s.layout.rowids) for s in every])
+                    inputs = list(choose(every) or ())  # type: ignore[arg-type]
+                    del every
+            except RuntimeError as exc:  # a segment file retired and removed by another process meanwhile
+                log.info("knowledge bank %s: no merge this time: %s", store.context.kb_id, exc)
+                return False
         finally:
+            # a read-only snapshot: ROLLBACK ends it even with a statement still open (COMMIT was refused one after
+            # a failed load in CI: "cannot commit transaction - SQL statements in progress")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
-        if current.waiting or dim is None:
-            return False
-        inputs = choose(current.segments)  # type: ignore[operator]
+        if spans is not None:
+            self._write_spans(spans, source_gen, stop)
         if not inputs:
             return False
         staging = store.dir / "staging" / f"merge-{uuid.uuid4().hex}"
         try:
             staged_vectors = None
             if is_compressed(store.settings):  # retrained per output (stores.faiss.compressed_segments)
-                output, staged_vectors = build_merged(store.settings, inputs, dim, staging, self._pacer(throttle))
+                output, staged_vectors = build_merged(store.settings, inputs, dim, staging,
+                                                      self._pacer(throttle, stop))
             else:
-                output = self._build(inputs, dim, throttle)
+                output = self._build(inputs, dim, throttle, stop)
             staged = None
             if output is not None:
                 staging.mkdir(parents=True, exist_ok=True)
                 staged = staging / "merged.faiss"
                 write_durably(output, staged)
                 fault_point("merge_segment_written")
-            if self._stop.is_set():
+            if stop.is_set():
                 return False
-            return self._commit(inputs, output, staged, source_gen, staged_vectors)
+            return self._commit(inputs, output, staged, source_gen, staged_vectors, stop)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _pacer(self, throttle: bool) -> Callable[[float], bool]:
+    def _writer_lock(self, stop: threading.Event) -> object | None:
+        """The writer lock, taken between the writers' commits; None when stopped or after ten minutes."""
+        store = self.store
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                return acquire_writer_lock(store.dir / "writer.lock", 1.0, store.context.kb_id)
+            except WriterBusyError:
+                if stop.is_set() or time.monotonic() > deadline:
+                    return None
+
+    def _write_spans(self, spans: list[tuple[int, int, int]], source_gen: int, stop: threading.Event) -> None:
+        """Every span rebuilt from the segments of ``source_gen`` (no new generation: the contents are the same),
+        unless a commit came first (the next choice rebuilds them then)."""
+        lock = self._writer_lock(stop)
+        if lock is None:
+            return
+        conn = None
+        try:
+            conn = connect_durable(self.store.db_path)
+            conn.execute("BEGIN IMMEDIATE")
+            if read_meta(conn)[0] == source_gen:
+                rewrite_spans(conn, spans)
+                conn.execute("COMMIT")
+                log.info("knowledge bank %s: segment spans written (%s spans)", self.store.context.kb_id, len(spans))
+        finally:
+            if conn is not None:
+                conn.close()  # rolls back what did not commit
+            lock.close()  # type: ignore[attr-defined]
+
+    def _pacer(self, throttle: bool, stop: threading.Event) -> Callable[[float], bool]:
         """Between two slices of a compressed merge: the throttle's pause; False once the merger is stopped."""
         def between(seconds: float) -> bool:
             if throttle:
                 time.sleep(seconds * (1 - DUTY) / DUTY)
-            return not self._stop.is_set()
+            return not stop.is_set()
 
         return between
 
-    def _build(self, inputs: Sequence[Segment], dim: int, throttle: bool) -> faiss.Index | None:
+    def _build(self, inputs: Sequence[Segment], dim: int, throttle: bool, stop: threading.Event) -> faiss.Index | None:
         """One index of the inputs' live vectors. The largest input is the base when it has no deletions (a copy,
         then the others' vectors added), so a merge costs what it adds, not what it carries."""
         if not any(s.live for s in inputs):
@@ -216,7 +317,7 @@ class Merger:
             flat = segment.layout.flat  # an HNSW graph's vectors are in its flat storage too
             stored = faiss.rev_swig_ptr(flat.get_xb(), segment.size * dim).reshape(segment.size, dim)  # no copy
             for start in range(0, positions.size, SLICE):
-                if self._stop.is_set():
+                if stop.is_set():
                     return None
                 part = positions[start : start + SLICE]
                 began = time.perf_counter()
@@ -226,17 +327,12 @@ class Merger:
         return merged
 
     def _commit(self, inputs: Sequence[Segment], output: faiss.Index | None, staged: os.PathLike | None,
-                source_gen: int, staged_vectors: os.PathLike | None = None) -> bool:
+                source_gen: int, staged_vectors: os.PathLike | None, stop: threading.Event) -> bool:
         store = self.store
         numbers = [s.number for s in inputs]
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                lock = acquire_writer_lock(store.dir / "writer.lock", 1.0, store.context.kb_id)
-                break
-            except WriterBusyError:
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    return False
+        lock = self._writer_lock(stop)
+        if lock is None:
+            return False
         conn = None
         number = None
         try:
@@ -267,6 +363,12 @@ class Merger:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_segment', ?)", (str(number + 1),))
             conn.execute(f"UPDATE segments SET retired = ?, merged_into = ? WHERE segment IN ({marks})",
                          [new_generation, number, *numbers])
+            spanned = conn.execute(f"SELECT COUNT(DISTINCT segment) FROM segment_spans WHERE segment IN ({marks})",
+                                   numbers).fetchone()[0]
+            if spanned == len(numbers):
+                retire_into(conn, numbers, number)
+            else:  # an input without spans: none are trusted until the next choice rebuilds them all
+                clear_spans(conn)
             applied = [int(r) for s in inputs if s.dead is not None for r in s.layout.rowids[s.dead]]
             conn.executemany("DELETE FROM tombstones WHERE rowid = ? AND gen <= ?",
                              [(r, source_gen) for r in applied])
@@ -284,5 +386,6 @@ class Merger:
                 if conn.in_transaction and number is not None:
                     store.loader.withdraw(number)
                 conn.close()  # rolls back what did not commit
-            lock.close()
+            lock.close()  # type: ignore[attr-defined]
+
 

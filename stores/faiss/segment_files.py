@@ -17,6 +17,7 @@ import faiss
 
 from stores.base import fault_point
 from stores.faiss.index_file import write_durably
+from stores.faiss.segment_spans import add_span, clear_spans
 from stores.sqlite.background_io import fsync_path
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def adopt_single_index(conn: sqlite3.Connection, store_dir: Path, generation: in
     lo, hi, count = conn.execute("SELECT MIN(rowid), MAX(rowid), COUNT(*) FROM records").fetchone()
     conn.execute("INSERT INTO segments(segment, added, retired, rowid_lo, rowid_hi, count, kind) "
                  "VALUES (1, ?, NULL, ?, ?, ?, ?)", (generation, lo or 0, hi or 0, count, kind))
+    clear_spans(conn)  # the only segment: nothing else can have spans
+    add_span(conn, 1, lo or 0, hi or 0)
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_segment', '2')")
     log.info("FAISS store %s: index-%s.faiss adopted as segment 1 (no rewrite)", store_dir, generation)
 

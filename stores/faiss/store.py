@@ -19,8 +19,8 @@ Commit protocol (crash-safe at any point):
    ``meta.generation = gen+1``; SQLite (WAL, synchronous=FULL) makes it
    atomic and durable;
 3. after the commit returns, a thread copies the WAL into the database file
-   (``stores.sqlite.wal_checkpoint``), and a merger may combine small segments
-   (``stores.faiss.merge``): nothing durable depends on either.
+   (``stores.sqlite.wal_checkpoint``), and the store's merger thread is woken and may
+   combine small segments (``stores.faiss.merge``): nothing durable depends on either.
 Readers take a SQLite read snapshot, read the generation in it and search the
 segments of that generation, so they see either the old or the new state, never
 a mix; a new generation costs them its new segments only
@@ -36,6 +36,7 @@ over one connection and one index), ``transaction`` (the writer and its commit),
 ``filtered`` (filtered similarity), ``segments`` (a generation's segments and their search),
 ``segment_columns`` (their metadata columns for filters),
 ``generation_loader``, ``segment_files``, ``merge`` (the tiered merge policy and merger),
+``merge_thread`` (the merger's one thread), ``segment_spans`` (each segment's rowids, for the policy),
 ``index`` (index settings and threads), ``compressed`` and ``compressed_segments`` (the
 compressed index types and how their segments are written and merged), ``spill`` (a compressed
 type's writer's vectors, in a file as they arrive), ``index_file`` (the index file's direct writes),
@@ -84,6 +85,7 @@ from stores.faiss.merge import Merger
 from stores.faiss.record_cache import RecordCache
 from stores.faiss.segment_columns import GenerationColumns, generation_columns
 from stores.faiss.segment_files import SEGMENTS, adopt_single_index, remove_stale
+from stores.faiss.segment_spans import SCHEMA as SPAN_SCHEMA
 from stores.faiss.segments import SCHEMA as SEGMENT_SCHEMA
 from stores.faiss.segments import SegmentSet
 from stores.faiss.transaction import FaissTransaction
@@ -150,7 +152,7 @@ class FaissStore(VectorStoreDriver):
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("BEGIN IMMEDIATE")
             had_segments = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'segments'").fetchone()
-            for statement in (_SCHEMA + SEGMENT_SCHEMA).strip().split(";"):
+            for statement in (_SCHEMA + SEGMENT_SCHEMA + SPAN_SCHEMA).strip().split(";"):
                 if statement.strip():
                     conn.execute(statement)
             self.keywords.create(conn)
@@ -233,25 +235,40 @@ class FaissStore(VectorStoreDriver):
                 if conn.in_transaction:
                     conn.execute("COMMIT")
 
+    @contextmanager
+    def _records_snapshot(self) -> Iterator[FaissView]:
+        """A snapshot for reads of records alone (no vectors, no filter): the segments are not loaded for it, so a
+        process that only writes (an ingestion's or a folder sync's look-up of the chunks it stores) never holds
+        the knowledge bank's vectors."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            generation, dim = self._read_meta(conn)
+            yield FaissView(conn, None, dim, self.keywords, self.settings["type"] == "HNSW", cache=self._records,
+                            generation=generation)
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     @property
     def dimension(self) -> int | None:
-        with self._snapshot() as view:
+        with self._records_snapshot() as view:
             return view.dimension
 
     def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        with self._snapshot() as view:
+        with self._snapshot() if with_vectors else self._records_snapshot() as view:
             return view.get(ids, with_vectors)
 
     def count(self, flt: Filter | None = None) -> int:
-        with self._snapshot() as view:
+        with self._snapshot() if flt is not None else self._records_snapshot() as view:
             return view.count(flt)
 
     def ids_where(self, flt: Filter | None) -> list[str]:
-        with self._snapshot() as view:
+        with self._records_snapshot() as view:  # SQL over the records, filtered or not
             return view.ids_where(flt)
 
     def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
-        with self._snapshot() as view:
+        with self._snapshot() if with_vectors else self._records_snapshot() as view:
             yield from view.iter_records(batch_size, with_vectors)
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,

@@ -23,6 +23,7 @@ from stores.base import DelegatingReader, Record, StoreTransaction, fault_point,
 from stores.faiss.compressed import is_compressed
 from stores.faiss.compressed_segments import write_spilled_segment
 from stores.faiss.segment_files import next_segment, write_segment
+from stores.faiss.segment_spans import add_span, clear_spans
 from stores.faiss.segments import Segment, SegmentSet
 from stores.faiss.spill import SpilledVectors
 from stores.faiss.vector_buffers import NormalisedBuffers
@@ -293,7 +294,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         # after the lock is released: the merger takes it for its own commit (a commit that changed nothing made
         # no generation, so no merge either)
         if self._dirty:
-            self.store.merger.after_commit(self.generation + 1)
+            self.store.merger.after_commit()
 
     def _commit(self) -> None:
         if self._broken:
@@ -339,10 +340,12 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         if self._cleared:
             self.conn.execute("UPDATE segments SET retired = ? WHERE retired IS NULL", (generation,))
             self.conn.execute("DELETE FROM tombstones")  # their segments retire: no newer reader needs them
+            clear_spans(self.conn)
         if self._segment_row is not None:
             number, lo, hi, count = self._segment_row
             self.conn.execute("INSERT INTO segments(segment, added, retired, rowid_lo, rowid_hi, count, kind) "
                               "VALUES (?, ?, NULL, ?, ?, ?, 'commit')", (number, generation, lo, hi, count))
+            add_span(self.conn, number, lo, hi)  # the merge policy counts its deletions in SQLite by it
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_segment', ?)", (str(number + 1),))
         if self._tombstones:
             self.conn.executemany("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)",
