@@ -28,7 +28,7 @@ import numpy as np
 
 from kb.config import default_home
 from kb.embed_batching import EmbedBatcher
-from kb.onnx_sessions import QUERY_MAX_TOKENS, SessionChooser, open_session
+from kb.onnx_sessions import QUERY_MAX_TOKENS, SessionChooser, open_session, shared_initializers
 from kb_base.errors import EmbeddingError, InvalidInputError, KBError, ModelNotInstalledError
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,11 @@ class OnnxMiniLM:
         self.batch_size = 1 if int8 else batch_size
         self.threads = threads or default_threads()
         self.spin_us = spin_microseconds() if spin_us is None else spin_us
-        self.session = open_session(graph, self.threads, self.spin_us)
+        shared = shared_initializers(path / "model.safetensors")  # one copy of the word embeddings for both sessions
+        self.session = open_session(graph, self.threads, self.spin_us, shared)
         # a lone short text (a query) runs on a one-thread session: waking the pool costs it more than it saves
         self.sessions = SessionChooser(graph, self.session, self.threads,
-                                       QUERY_MAX_TOKENS if query_max_tokens is None else query_max_tokens)
+                                       QUERY_MAX_TOKENS if query_max_tokens is None else query_max_tokens, shared)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()  # kb pads each length-sorted batch itself

@@ -150,3 +150,17 @@ def test_one_onnx_thread_needs_no_query_session(runtimes: Callable[..., OnnxMini
     assert runs == {"pooled": len(texts)} and not runtime.sessions.query_session_built
     # int8 vectors are the same whatever the thread count and whichever session ran them
     assert np.array_equal(alone, np.vstack([runtimes("int8").embed([t]) for t in texts]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_sessions_use_one_copy_of_the_graphs_word_embeddings(runtimes: Callable[..., OnnxMiniLM],
+                                                                  kind: str) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    runtime = runtimes(kind)
+    shared = runtime.sessions.shared
+    assert shared is not None and set(shared) == {"word_embeddings"}
+    model = onnx.load(str(runtime.graph_path))
+    in_graph = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "word_embeddings")
+    assert np.array_equal(shared["word_embeddings"].numpy(), in_graph)  # the values the graph was built with
