@@ -241,8 +241,8 @@ class OnnxMiniLM:
         return batches
 
     def _run_unlocked(self, batch: _Batch, session: Any = None) -> np.ndarray:
-        return (session or self.session).run(None, {"input_ids": batch.input_ids,
-                                                    "attention_mask": batch.attention_mask})[0]
+        session = self.session if session is None else session
+        return session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
 
 
 _FIRST = np.zeros(1, dtype=np.int64)

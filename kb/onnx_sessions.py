@@ -9,8 +9,8 @@ faster in wall time (``docs/benchmarks/embedding-query.json``). onnxruntime has 
 short lone text runs on a second session of the same graph with ``intra_op_num_threads=1``, built at the
 first such call (a process that never embeds a short lone text, such as an ingestion worker, never pays for
 it; ``kb serve``'s warm-up builds it). The word embeddings (47 MB, most of an int8 session's memory) are read
-once from the checkpoint and handed to both sessions, so the second session adds about 13 MB of RSS for
-int8 and 48 MB for fp32 (58 and 105 MB if each held its own copy).
+once from the checkpoint and handed to both sessions, so the second session adds about 16 MB of RSS for
+int8 and 44 MB for fp32 (60 and 111 MB if each held its own copy).
 
 Both sessions give the same vectors: int8 bit for bit (the integer products are exact and each output
 element is scaled once, whichever thread computes it), fp32 to 1e-6 (tested).
