@@ -63,15 +63,19 @@ def child(folder: Path, settings: dict[str, Any], queries_path: Path, truth_path
         assert len(view.segments.segments) == 1, "one commit: one segment"
     after = status_kb()
     kb_times, raw_times, kb_hits, raw_hits = [], [], 0, 0
-    for query, wanted in zip(queries, truth, strict=True):
-        began = time.perf_counter()
-        hits = store.similarity(query, 10)
-        kb_times.append(time.perf_counter() - began)
-        kb_hits += len({int(h.record.id[1:]) for h in hits} & set(wanted.tolist()))
-        began = time.perf_counter()
-        labels = segment.index.search(query.reshape(1, -1), 10)[1][0]
-        raw_times.append(time.perf_counter() - began)
-        raw_hits += len({int(r) - 1 for r in labels} & set(wanted.tolist()))  # rowids count from 1
+    for turn, (query, wanted) in enumerate(zip(queries, truth, strict=True)):
+        # kb and raw faiss take turns going first: the second search of a query finds the memory the first one
+        # touched in the CPU's caches (at 1M HNSW: 0.4 ms second against ~4 ms first)
+        for side in (("kb", "raw") if turn % 2 == 0 else ("raw", "kb")):
+            began = time.perf_counter()
+            if side == "kb":
+                hits = store.similarity(query, 10)
+                kb_times.append(time.perf_counter() - began)
+                kb_hits += len({int(h.record.id[1:]) for h in hits} & set(wanted.tolist()))
+            else:
+                labels = segment.index.search(query.reshape(1, -1), 10)[1][0]
+                raw_times.append(time.perf_counter() - began)
+                raw_hits += len({int(r) - 1 for r in labels} & set(wanted.tolist()))  # rowids count from 1
     n = queries.shape[0] * 10
     disk = sum(p.stat().st_size for p in (folder / "store" / "segments").iterdir())
     return {"type": settings.get("type", "FLAT"), "settings": settings, "vectors": int(segment.size),

@@ -135,14 +135,17 @@ def _sample(vectors: np.ndarray, limit: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[chosen], dtype=np.float32)  # sorted: a memory map reads forwards
 
 
-def _trained(settings: dict[str, Any], sample: np.ndarray) -> faiss.Index:
+def _trained(settings: dict[str, Any], sample: np.ndarray, total: int) -> faiss.Index:
+    """An index trained on ``sample`` for a segment of ``total`` vectors."""
     n, dim = sample.shape
     if settings["type"] == "HNSW_SQ8":
         inner = faiss.index_factory(dim, f"HNSW{settings['m']},SQ8", faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = settings["ef_construction"]
     else:
-        # nlist ~ 4 sqrt(n) (FAISS's guideline), with at least ~39 training vectors per list
-        nlist = settings["nlist"] or max(1, min(int(4 * math.sqrt(n * 1.0)), n // 39, 65536))
+        # nlist ~ 4 sqrt(N) for the segment's N vectors (FAISS's guideline), with at least ~39 training vectors
+        # per list; sized from the sample instead, a 1M segment got 1,264 lists of ~790 vectors, and a search
+        # scanned (and re-ranked 1% of) 38k vectors where 2,564 lists hold 19k (p50 2.2-3.0 ms against 1.0 for HNSW)
+        nlist = settings["nlist"] or max(1, min(int(4 * math.sqrt(total * 1.0)), n // 39, 65536))
         nlist = min(nlist, n)
         nbits = 8 if n >= 256 else max(1, int(math.log2(n)))  # 2**nbits centroids need as many vectors
         # (the factory's object, not a downcast of it: a downcast proxy does not own the index)
@@ -173,7 +176,7 @@ def build_index(settings: dict[str, Any], vectors: np.ndarray, rowids: np.ndarra
     if not trains(settings, n):
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
-        index = faiss.IndexIDMap2(_trained(settings, _sample(vectors, settings["train_sample"])))
+        index = faiss.IndexIDMap2(_trained(settings, _sample(vectors, settings["train_sample"]), n))
     for start in range(0, n, ADD_BATCH):
         began = time.perf_counter()
         index.add_with_ids(np.ascontiguousarray(vectors[start : start + ADD_BATCH], dtype=np.float32),
