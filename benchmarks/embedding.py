@@ -12,7 +12,9 @@ latency, serve start.
 - Achieved GFLOP/s: the encoder's multiply-adds on the real (unpadded) tokens divided by the time, beside the
   CPU's fp32 peak (cores x clock x FLOP per cycle, printed with how it was found).
 - onnxruntime intra-op threads 1 .. cores, alternating; what tokenising costs next to inference.
-- Query latency for one short text (p50 of 50 after warm-up), every path.
+- Query latency for one short text (p50 of 50 after warm-up), every path. ``--query-only --query-paths
+  13,32,64`` compares, for lone texts of about those token counts, the pooled session with kb's default
+  path (a one-thread session for a short lone text, ``kb.onnx_sessions``), in CPU and wall time.
 - ``kb serve`` start until ``/readyz`` answers 200: with the ONNX graph not yet built, then cached.
 """
 
@@ -161,28 +163,59 @@ def _p50_ms(run: Any, times: int = 50) -> float:
     return float(np.percentile([_clock(run) for _ in range(times)], 50) * 1000)
 
 
-def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tuple[int, ...] = ()) -> dict[str, Any]:
-    """One short query, fp32 and int8, each with pool threads never spinning and spinning ``spins`` us, and
-    (not spinning) with each intra-op thread count in ``threads`` beside the default, alternating. Wall p50
-    and minimum, and CPU ms per query from the process's CPU time over queries paced 5 ms apart (so a pool
-    spinning after a run is charged for it): on a shared machine the CPU figure moves less than the wall one.
-    Also the parts: tokenising alone, and the onnxruntime run alone."""
+def query_texts(lengths: tuple[int, ...]) -> dict[int, str]:
+    """A text of about each token count: the longest start of a SciFact abstract within it (13: ``QUERY``)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(local_minilm.model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    count = lambda text: len(tokenizer.encode(text).ids)  # noqa: E731
+    words = " ".join(scifact(40)[0]).split()
+    texts = {}
+    for length in lengths:
+        if length == count(QUERY):
+            texts[length] = QUERY
+            continue
+        cut = next(k for k in range(length, 0, -1) if count(" ".join(words[:k])) <= length)
+        texts[count(" ".join(words[:cut]))] = " ".join(words[:cut])
+    return texts
+
+
+def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tuple[int, ...] = (),
+               lengths: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One short query, fp32 and int8, on the pooled session with its threads never spinning and spinning
+    ``spins`` us, and (not spinning) with each intra-op thread count in ``threads`` beside the default; with
+    ``lengths``, lone texts of about those token counts on the pooled session beside kb's default path (the
+    one-thread query session up to ``kb.onnx_sessions.QUERY_MAX_TOKENS``), alternating. Wall p50 and minimum,
+    and CPU ms per query from the process's CPU time over queries paced 5 ms apart (so a pool spinning after
+    a run is charged for it): on a shared machine the CPU figure moves less than the wall one. Also the parts:
+    tokenising alone, and the onnxruntime run alone."""
     path, cache = local_minilm.model_dir(), local_minilm.model_cache_dir()
-    runtimes = {f"{'int8' if int8 else 'fp32'} spin {spin} us": local_minilm.OnnxMiniLM(
-        path, cache, int8=int8, spin_us=spin) for int8 in (True, False) for spin in [0, *spins]}
-    runtimes.update({f"{'int8' if int8 else 'fp32'} {count} thread{'s' * (count > 1)}": local_minilm.OnnxMiniLM(
-        path, cache, int8=int8, spin_us=0, threads=count) for int8 in (True, False) for count in threads})
-    walls: dict[str, list[float]] = {name: [] for name in runtimes}
-    cpus: dict[str, list[float]] = {name: [] for name in runtimes}
-    for runtime in runtimes.values():
+    kind = lambda int8: "int8" if int8 else "fp32"  # noqa: E731
+    # the spin and thread rows measure the pooled session, as before the one-thread query session
+    runtimes = {f"{kind(int8)} spin {spin} us": local_minilm.OnnxMiniLM(
+        path, cache, int8=int8, spin_us=spin, query_max_tokens=0) for int8 in (True, False) for spin in [0, *spins]}
+    runtimes.update({f"{kind(int8)} {count} thread{'s' * (count > 1)}": local_minilm.OnnxMiniLM(
+        path, cache, int8=int8, spin_us=0, threads=count, query_max_tokens=0)
+        for int8 in (True, False) for count in threads})
+    cases = {name: (runtime, QUERY) for name, runtime in runtimes.items()}
+    for int8 in (True, False) if lengths else ():
+        default = local_minilm.OnnxMiniLM(path, cache, int8=int8, spin_us=0)
+        for tokens, text in query_texts(lengths).items():
+            cases[f"{kind(int8)} {tokens} tokens, pooled"] = (runtimes[f"{kind(int8)} spin 0 us"], text)
+            session = "one-thread query session" if default.sessions.uses_query_session(1, tokens) else "pooled"
+            cases[f"{kind(int8)} {tokens} tokens, kb default ({session})"] = (default, text)
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
+    for runtime, text in cases.values():
         for _ in range(10):
-            runtime.embed([QUERY])
+            runtime.embed([text])
     for r in range(rounds):
-        for name in list(runtimes) if r % 2 == 0 else list(runtimes)[::-1]:
-            runtime, cpu = runtimes[name], 0.0
+        for name in list(cases) if r % 2 == 0 else list(cases)[::-1]:
+            (runtime, text), cpu = cases[name], 0.0
             for _ in range(per_round):
                 started_cpu = time.process_time()
-                walls[name].append(_clock(lambda rt=runtime: rt.embed([QUERY])) * 1000)
+                walls[name].append(_clock(lambda rt=runtime, t=text: rt.embed([t])) * 1000)
                 time.sleep(0.005)
                 cpu += time.process_time() - started_cpu
             cpus[name].append(cpu / per_round * 1000)
@@ -191,7 +224,8 @@ def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tupl
     result: dict[str, Any] = {
         name: {"wall_p50_ms": float(np.percentile(walls[name], 50)), "wall_min_ms": float(min(walls[name])),
                "wall_p10_ms": float(np.percentile(walls[name], 10)), "cpu_ms_per_query": float(np.median(cpus[name])),
-               "threads": runtimes[name].threads, "graph": runtimes[name].graph_path.name} for name in runtimes}
+               "threads": runtime.threads, "graph": runtime.graph_path.name,
+               "tokens": len(runtime.tokenizer.encode(text).ids)} for name, (runtime, text) in cases.items()}
     result["parts_int8_spin_0"] = {
         "tokenize_ms": _p50_ms(lambda: first.tokenizer.encode(QUERY)),
         "session_run_ms": _p50_ms(lambda: first.session.run(None, {"input_ids": feed.input_ids,
@@ -251,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spin-us", default="50", help="spin durations (us) to try beside 0, comma-separated")
     parser.add_argument("--query-threads", default="",
                         help="with --query-only: intra-op thread counts to try beside the default, comma-separated")
+    parser.add_argument("--query-paths", default="",
+                        help="with --query-only: token counts (about) of lone texts to run on the pooled session "
+                             "beside kb's default query path, comma-separated (for example 13,32,64)")
     parser.add_argument("--compare-only", action="store_true",
                         help="only the side-by-side comparison and the query latency (no threads, no kb serve)")
     args = parser.parse_args(argv)
@@ -337,7 +374,8 @@ def query_main(args: argparse.Namespace) -> int:
     print(f"query {QUERY!r}, {args.query_rounds} alternating rounds of 40", flush=True)
     result: dict[str, Any] = {"machine": {"cpu": peak, "load_average_start": os.getloadavg()},
                               "query": query_path(args.query_rounds, spins, threads=tuple(
-                                  int(x) for x in args.query_threads.split(",") if x.strip()))}
+                                  int(x) for x in args.query_threads.split(",") if x.strip()), lengths=tuple(
+                                  int(x) for x in args.query_paths.split(",") if x.strip()))}
     result["machine"]["load_average_end"] = os.getloadavg()
     for name, figures in result["query"].items():
         if name.startswith("parts"):

@@ -28,6 +28,7 @@ import numpy as np
 
 from kb.config import default_home
 from kb.embed_batching import EmbedBatcher
+from kb.onnx_sessions import QUERY_MAX_TOKENS, SessionChooser, open_session, shared_initializers
 from kb_base.errors import EmbeddingError, InvalidInputError, KBError, ModelNotInstalledError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class OnnxMiniLM:
 
     def __init__(self, path: Path, cache_dir: Path, threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, weights_sha256: str | None = WEIGHTS_SHA256,
-                 int8: bool = False, spin_us: int | None = None) -> None:
+                 int8: bool = False, spin_us: int | None = None, query_max_tokens: int | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -150,20 +151,11 @@ class OnnxMiniLM:
         self.batch_size = 1 if int8 else batch_size
         self.threads = threads or default_threads()
         self.spin_us = spin_microseconds() if spin_us is None else spin_us
-        options = ort.SessionOptions()
-        # the graph already holds the fused BERT kernels; this adds constant folding and memory planning
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # spinning pool threads would burn the cores the tokenizer, faiss and the server need between runs;
-        # KB_ONNX_SPIN_US allows a bounded spin (a run's operators follow each other within microseconds,
-        # so a short spin saves the wake-ups inside a run and ends soon after it)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin_us else "0")
-        if self.spin_us:
-            options.add_session_config_entry("session.intra_op.spin_duration_us", str(self.spin_us))
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        shared = shared_initializers(path / "model.safetensors")  # one copy of the word embeddings for both sessions
+        self.session = open_session(graph, self.threads, self.spin_us, shared)
+        # a lone short text (a query) runs on a one-thread session: waking the pool costs it more than it saves
+        self.sessions = SessionChooser(graph, self.session, self.threads,
+                                       QUERY_MAX_TOKENS if query_max_tokens is None else query_max_tokens, shared)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()  # kb pads each length-sorted batch itself
@@ -179,9 +171,10 @@ class OnnxMiniLM:
         max_texts = batch_max_texts()
         self.batcher = (EmbedBatcher(self._embed_now, max_texts=max_texts, window=batch_window())
                         if max_texts and not int8 else None)
-        log.info("loaded %s (onnxruntime %s, %d threads%s) in %.2fs", self.model_id, ort.__version__,
+        log.info("loaded %s (onnxruntime %s, %d threads%s%s) in %.2fs", self.model_id, ort.__version__,
                  self.threads, f", spinning {self.spin_us} us" if self.spin_us else "",
-                 time.monotonic() - started)
+                 f"; one thread for a lone text of up to {self.sessions.query_max_tokens} tokens"
+                 if self.sessions.query_max_tokens else "", time.monotonic() - started)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.batcher is not None and 0 < len(texts) <= self.batcher.max_texts:
@@ -194,8 +187,9 @@ class OnnxMiniLM:
             return out
         if len(texts) == 1:  # the query path: no sorting, no padding, no pool hand-off
             batch = self._single(texts[0])
+            session = self.sessions.session_for(1, batch.input_ids.shape[1])
             with self._run_lock:
-                out[:] = self._run_unlocked(batch)
+                out[:] = self._run_unlocked(batch, session)
             return out
         # one run at a time: the intra-op pool already uses every core, two runs would only thrash
         with self._run_lock:
@@ -246,8 +240,9 @@ class OnnxMiniLM:
             batches.append(_Batch(rows + offset, ids, mask))
         return batches
 
-    def _run_unlocked(self, batch: _Batch) -> np.ndarray:
-        return self.session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+    def _run_unlocked(self, batch: _Batch, session: Any = None) -> np.ndarray:
+        session = self.session if session is None else session
+        return session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
 
 
 _FIRST = np.zeros(1, dtype=np.int64)

@@ -1,0 +1,166 @@
+"""The one-thread query session of the local model (``kb.onnx_sessions``): which calls run on it, that its
+vectors are the pooled session's (int8 bit for bit, fp32 to 1e-6), that it is built only when needed, and
+that one intra-op thread (``KB_ONNX_THREADS=1``) needs no second session."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kb import local_minilm
+from kb.local_minilm import OnnxMiniLM
+from kb.onnx_sessions import QUERY_MAX_TOKENS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
+
+pytestmark = pytest.mark.slow
+
+KINDS = ["int8", "fp32"]
+SHORT_EDGE_TEXTS = ["", " \n\t ", "kb", "日本語のテキスト 🙂 émigré naïve ﬁ", "مرحبا بالعالم", "a\u0301\u200bb\u0000c",
+                    "E0425", "ERR_CONNECTION_REFUSED", "SELECT * FROM orders;"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def runtimes(cache: Path) -> Callable[[str, int], OnnxMiniLM]:
+    """One runtime per (kind, query_max_tokens), two intra-op threads: 0 turns the query session off."""
+    made: dict[tuple[str, int], OnnxMiniLM] = {}
+
+    def get(kind: str, query_max_tokens: int = QUERY_MAX_TOKENS) -> OnnxMiniLM:
+        if (kind, query_max_tokens) not in made:
+            made[kind, query_max_tokens] = OnnxMiniLM(local_minilm.model_dir(), cache, threads=2,
+                                                      int8=kind == "int8", query_max_tokens=query_max_tokens)
+        return made[kind, query_max_tokens]
+
+    return get
+
+
+def _scifact_queries() -> list[str]:
+    return [json.loads(line)["text"] for line in (SCIFACT / "queries-train.jsonl").read_text().splitlines()]
+
+
+def _tokens(runtime: OnnxMiniLM, text: str) -> int:
+    return len(runtime.tokenizer.encode(text).ids)
+
+
+def _text_of(runtime: OnnxMiniLM, tokens: int) -> str:
+    """A text of exactly ``tokens`` tokens ([CLS] and [SEP] included): common words are one token each."""
+    text = " ".join(["cell"] * (tokens - 2))
+    assert _tokens(runtime, text) == tokens
+    return text
+
+
+class _RunCounter:
+    """Counts the runs of each session of a runtime (the real sessions still run)."""
+
+    def __init__(self, runtime: OnnxMiniLM, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts: Counter[str] = Counter()
+        for name, session in (("pooled", runtime.session), ("query", runtime.sessions.query_session())):
+            monkeypatch.setattr(session, "run", self._counting(name, session.run))
+
+    def _counting(self, name: str, run: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.counts[name] += 1
+            return run(*args, **kwargs)
+
+        return counted
+
+    def take(self) -> dict[str, int]:
+        counts = dict(self.counts)
+        self.counts.clear()
+        return counts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_session_follows_the_rule(runtimes: Callable[..., OnnxMiniLM], kind: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = runtimes(kind)
+    runs = _RunCounter(runtime, monkeypatch)
+    assert runtime.sessions.query_session().get_session_options().intra_op_num_threads == 1
+    assert runtime.session.get_session_options().intra_op_num_threads == 2
+    at_limit, past_limit = _text_of(runtime, QUERY_MAX_TOKENS), _text_of(runtime, QUERY_MAX_TOKENS + 1)
+    runtime.embed([at_limit])
+    assert runs.take() == {"query": 1}  # one text of at most QUERY_MAX_TOKENS tokens
+    runtime.embed([past_limit])
+    assert runs.take() == {"pooled": 1}  # one token more
+    runtime.embed(["kb", "short"])
+    assert runs.take() == ({"pooled": 2} if kind == "int8" else {"pooled": 1})  # int8 runs each text alone
+    runtime.embed(["word " * 5000])  # truncated to 256 tokens: a document, not a query
+    assert runs.take() == {"pooled": 1}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_query_session_vectors_are_the_pooled_sessions(runtimes: Callable[..., OnnxMiniLM], kind: str) -> None:
+    """SciFact's training queries (text users type) and short edge texts, alone: int8 bit for bit."""
+    default, pooled = runtimes(kind), runtimes(kind, 0)
+    texts = [*SHORT_EDGE_TEXTS, *_scifact_queries()[::2]]
+    short = [t for t in texts if _tokens(default, t) <= QUERY_MAX_TOKENS]
+    assert len(short) > 0.8 * len(texts)  # most queries take the query session
+    ours = np.vstack([default.embed([t]) for t in short])
+    theirs = np.vstack([pooled.embed([t]) for t in short])
+    assert default.sessions.query_session_built and not pooled.sessions.query_session_built
+    if kind == "int8":
+        different = [t for t, a, b in zip(short, ours, theirs, strict=True) if not np.array_equal(a, b)]
+        assert different == []
+        # and the same as the text's vector inside a larger call (int8 runs every text alone on the pool)
+        assert np.array_equal(default.embed(short[:16]), ours[:16])
+    else:
+        assert np.abs(ours - theirs).max() <= 1e-6
+        assert np.allclose(default.embed(short[:16]), ours[:16], atol=1e-5)  # batched: padding, other sums
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_query_session_is_built_at_first_need_and_once(cache: Path) -> None:
+    runtime = OnnxMiniLM(local_minilm.model_dir(), cache, threads=2, int8=True)
+    runtime.embed(["a document much longer than a query " * 10])
+    runtime.embed(["kb", "two short texts"])
+    assert not runtime.sessions.query_session_built  # documents and several texts never need it
+    sessions: list[Any] = []
+    callers = [threading.Thread(target=lambda: sessions.append(runtime.sessions.query_session())) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(sessions) == 4 and all(s is sessions[0] for s in sessions)  # concurrent first calls: one session
+    assert runtime.sessions.query_session() is sessions[0]
+
+
+def test_one_onnx_thread_needs_no_query_session(runtimes: Callable[..., OnnxMiniLM], cache: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_ONNX_THREADS", "1")
+    runtime = OnnxMiniLM(local_minilm.model_dir(), cache, int8=True)
+    assert runtime.threads == 1 and runtime.sessions.query_max_tokens == 0
+    runs = Counter[str]()
+    run = runtime.session.run
+    monkeypatch.setattr(runtime.session, "run", lambda *a, **k: runs.update(["pooled"]) or run(*a, **k))
+    texts = ["Does aspirin reduce the risk of heart attacks?", *SHORT_EDGE_TEXTS[:4]]
+    alone = np.vstack([runtime.embed([t]) for t in texts])
+    assert runs == {"pooled": len(texts)} and not runtime.sessions.query_session_built
+    # int8 vectors are the same whatever the thread count and whichever session ran them
+    assert np.array_equal(alone, np.vstack([runtimes("int8").embed([t]) for t in texts]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_sessions_use_one_copy_of_the_graphs_word_embeddings(runtimes: Callable[..., OnnxMiniLM],
+                                                                  kind: str) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    runtime = runtimes(kind)
+    shared = runtime.sessions.shared
+    assert shared is not None and set(shared) == {"word_embeddings"}
+    model = onnx.load(str(runtime.graph_path))
+    in_graph = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "word_embeddings")
+    assert np.array_equal(shared["word_embeddings"].numpy(), in_graph)  # the values the graph was built with
