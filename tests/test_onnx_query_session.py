@@ -152,6 +152,15 @@ def test_one_onnx_thread_needs_no_query_session(runtimes: Callable[..., OnnxMini
     assert np.array_equal(alone, np.vstack([runtimes("int8").embed([t]) for t in texts]))
 
 
+def test_only_the_int8_model_takes_the_query_session_by_default(cache: Path) -> None:
+    """fp32 is no faster on it back to back and slower when queries are spaced out (docs/local-model.md)."""
+    fp32 = OnnxMiniLM(local_minilm.model_dir(), cache, threads=2)
+    int8 = OnnxMiniLM(local_minilm.model_dir(), cache, threads=2, int8=True)
+    assert fp32.sessions.query_max_tokens == 0 and int8.sessions.query_max_tokens == QUERY_MAX_TOKENS
+    fp32.embed(["Does aspirin reduce the risk of heart attacks?"])
+    assert not fp32.sessions.query_session_built
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_both_sessions_use_one_copy_of_the_graphs_word_embeddings(runtimes: Callable[..., OnnxMiniLM],
                                                                   kind: str) -> None:
