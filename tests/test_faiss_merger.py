@@ -242,3 +242,40 @@ def test_record_reads_without_vectors_load_no_segment(tmp_path: Path, not_mergin
     assert store.loader.files_read == 3
     writer.close()
     store.close()
+
+
+def test_a_killed_mergers_staging_folder_goes_and_a_live_ones_stays(tmp_path: Path) -> None:
+    """A merge stages its output in ``staging/merge-<id>`` under a flock'ed claim: the next writer removes the
+    folders whose merger is gone (killed: the kernel dropped its flock; or from a version that kept no claim)
+    and leaves a live merger's, held here by another open file as a merger in another process would hold it."""
+    import fcntl
+
+    store = _store(tmp_path)
+    with store.begin() as tx:
+        tx.upsert(_records(0, 5))
+    staging = tmp_path / "store" / "staging"
+
+    def folder(name: str, claimed: bool) -> Path:
+        path = staging / name
+        path.mkdir(parents=True)
+        (path / "merged.faiss").write_bytes(b"x" * 4096)
+        if claimed:
+            (staging / f"{name}.lock").touch()
+        return path
+
+    dead, unclaimed, live = folder("merge-dead", True), folder("merge-old", False), folder("merge-live", True)
+    (staging / "merge-early.lock").touch()  # killed between taking its claim and making its folder
+    holder = open(staging / "merge-live.lock", "rb")  # noqa: SIM115 - the live merger's claim, closed below
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with store.begin() as tx:
+            tx.upsert(_records(5, 1))
+        assert sorted(p.name for p in staging.iterdir()) == ["merge-live", "merge-live.lock"]
+        assert not dead.exists() and not unclaimed.exists() and (live / "merged.faiss").exists()
+    finally:
+        holder.close()
+    with store.begin() as tx:  # its merger is gone now
+        tx.upsert(_records(6, 1))
+    assert list(staging.iterdir()) == []
+    assert store.count() == 7
+    store.close()

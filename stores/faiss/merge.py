@@ -41,10 +41,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -60,7 +58,7 @@ from stores.faiss.generation_loader import live_segments
 from stores.faiss.index import configure_search_threads
 from stores.faiss.index_file import write_durably
 from stores.faiss.merge_thread import Signals, merger_thread
-from stores.faiss.segment_files import next_segment, remove_stale
+from stores.faiss.segment_files import claim_merge_folder, next_segment, release_merge_folder, remove_stale
 from stores.faiss.segment_spans import clear_spans, retire_into, rewrite_spans, segment_stats, spans_of
 from stores.faiss.segments import Segment
 from stores.sqlite.background_io import fsync_path
@@ -240,7 +238,7 @@ class Merger:
             self._write_spans(spans, source_gen, stop)
         if not inputs:
             return False
-        staging = store.dir / "staging" / f"merge-{uuid.uuid4().hex}"
+        staging, claim = claim_merge_folder(store.dir / "staging")
         try:
             staged_vectors = None
             if is_compressed(store.settings):  # retrained per output (stores.faiss.compressed_segments)
@@ -258,7 +256,7 @@ class Merger:
                 return False
             return self._commit(inputs, output, staged, source_gen, staged_vectors, stop)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            release_merge_folder(staging, claim)
 
     def _writer_lock(self, stop: threading.Event) -> object | None:
         """The writer lock, taken between the writers' commits; None when stopped or after ten minutes."""

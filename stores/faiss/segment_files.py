@@ -7,11 +7,14 @@ can keep a loaded segment across generations by its number.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
+from typing import IO
 
 import faiss
 
@@ -69,6 +72,48 @@ def adopt_single_index(conn: sqlite3.Connection, store_dir: Path, generation: in
     log.info("FAISS store %s: index-%s.faiss adopted as segment 1 (no rewrite)", store_dir, generation)
 
 
+MERGE_PREFIX = "merge-"
+
+
+def claim_merge_folder(staging: Path) -> tuple[Path, IO[bytes]]:
+    """A new folder for one merge's staged files, and the claim on it: ``<folder>.lock``, flock'ed before the
+    folder exists, so a writer's ``remove_stale`` leaves the folder of a live merger (in this process or
+    another) and removes a killed one's (the kernel drops its flock). Release with ``release_merge_folder``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = staging / f"{MERGE_PREFIX}{uuid.uuid4().hex}"
+        claim = open(folder.with_name(folder.name + ".lock"), "wb")  # noqa: SIM115 - held until the merge ends
+        fcntl.flock(claim, fcntl.LOCK_EX)
+        if os.fstat(claim.fileno()).st_nlink:
+            return folder, claim
+        claim.close()  # a writer took it for a dead merger's between our open and flock, and unlinked it
+
+
+def release_merge_folder(folder: Path, claim: IO[bytes]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(claim.name).unlink(missing_ok=True)
+    claim.close()
+
+
+def _remove_unclaimed_merge_folder(folder: Path) -> None:
+    """A merge folder whose claim no live process holds (its merger was killed), or that has no claim (left by a
+    version that kept none): removed with its claim file."""
+    lock = folder.with_name(folder.name + ".lock")
+    try:
+        claim = open(lock, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    with claim:
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live merger's
+        log.info("removing %s: its merger is gone", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+
+
 def remove_stale(conn: sqlite3.Connection, store_dir: Path, generation: int) -> None:
     """Under the writer lock: remove files no reader can need. Segments retired before the committed generation
     (kept one generation, for a reader that raced the commit), orphans of crashed commits (numbers not yet
@@ -80,10 +125,15 @@ def remove_stale(conn: sqlite3.Connection, store_dir: Path, generation: int) -> 
     staging = store_dir / "staging"
     if staging.is_dir():
         # a writer's staging folder (a compressed type's spilled vectors: up to 1.5 GB a million) whose writer
-        # died; the caller holds the writer lock, so no live writer owns one. Mergers' ("merge-...") are theirs.
-        for path in staging.iterdir():
-            if not path.name.startswith("merge-"):
+        # died; the caller holds the writer lock, so no live writer owns one. A merger's is removed only when no
+        # live merger holds its claim (``claim_merge_folder``).
+        for path in list(staging.iterdir()):
+            if not path.name.startswith(MERGE_PREFIX):
                 shutil.rmtree(path, ignore_errors=True)
+            elif not path.name.endswith(".lock"):
+                _remove_unclaimed_merge_folder(path)
+            elif not path.with_name(path.name[: -len(".lock")]).exists():  # killed before its folder was made
+                _remove_unclaimed_merge_folder(path.with_name(path.name[: -len(".lock")]))
     if not folder.is_dir():
         return
     committed = next_segment(conn)
