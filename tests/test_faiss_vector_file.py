@@ -48,12 +48,14 @@ def test_a_truncated_or_foreign_file_is_refused_when_opened(tmp_path: Path) -> N
 def test_searches_never_map_the_vector_file_into_the_process(tmp_path: Path) -> None:
     """A memory map put every cached neighbour of each row read into the process's resident memory (11.7 GB of a
     15 GB file after 400 queries at 10M vectors): the serving process must hold none of the file."""
-    data, centres = structured(12_000, seed=11)
-    queries, _ = structured(30, seed=12, centres=centres)
-    store = _store(tmp_path, "IVF_PQ", exact_below=2_000)
+    data, centres = structured(4_000, seed=11)
+    queries, _ = structured(20, seed=12, centres=centres)
+    store = _store(tmp_path, "IVF_PQ", exact_below=1_000)
     store.upsert(_records(data))
     store.close()
-    reopened = _store(tmp_path, "IVF_PQ", exact_below=2_000)
+    reopened = _store(tmp_path, "IVF_PQ", exact_below=1_000)
+    with reopened._snapshot() as view:
+        assert view.segments.segments[0].layout.vectors is not None  # a trained index: codes and a vector file
     assert _recall_and_scores(reopened, data, queries, np.ones(data.shape[0], dtype=bool)) >= 0.95
     mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if ".vectors.npy" in line]
     assert mapped == []
@@ -63,10 +65,10 @@ def test_searches_never_map_the_vector_file_into_the_process(tmp_path: Path) -> 
 def test_ivf_candidates_grow_with_the_vectors_scanned_not_only_with_k(tmp_path: Path) -> None:
     """With ``rerank`` 1 (k candidates) a few large lists rank the true neighbours too deep in the codes' order:
     the candidate list must still hold 1% of the vectors scanned."""
-    data, centres = structured(30_000, seed=21)
+    data, centres = structured(16_000, seed=21)
     queries, _ = structured(30, seed=22, centres=centres)
-    # 16 lists of ~1,900 vectors, 8 probed: ~15k scanned, so >= 150 candidates where rerank 1 asks for 10
-    store = _store(tmp_path, "IVF_PQ", exact_below=2_000, nlist=16, nprobe=8, rerank=1, train_sample=30_000)
+    # 8 lists of ~2,000 vectors, 4 probed: ~8k scanned, so >= 80 candidates where rerank 1 asks for 10
+    store = _store(tmp_path, "IVF_PQ", exact_below=2_000, nlist=8, nprobe=4, rerank=1, train_sample=16_000)
     store.upsert(_records(data))
     assert _recall_and_scores(store, data, queries, np.ones(data.shape[0], dtype=bool)) >= 0.9
     store.close()
