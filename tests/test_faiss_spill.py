@@ -13,6 +13,7 @@ import pytest
 
 from stores.base import Record, StoreContext
 from stores.faiss.compressed import open_vectors
+from stores.faiss.segment_files import claim_merge_folder, release_merge_folder
 from stores.faiss.store import FaissStore
 from tests.test_faiss_compressed import structured
 
@@ -118,10 +119,14 @@ def test_a_dead_writer_staging_folder_is_removed_by_the_next_writer(tmp_path: Pa
     dead = store.dir / "staging" / "0123abcd"  # what a killed bulk load leaves: its spilled vectors
     dead.mkdir(parents=True)
     (dead / "spill.vectors.npy").write_bytes(b"\0" * 4096)
-    merging = store.dir / "staging" / "merge-feed"  # a merger's (maybe another process's): not the writer's
+    # a live merger's (maybe another process's), claimed as a merger claims it: not the writer's to remove
+    merging, claim = claim_merge_folder(store.dir / "staging")
     merging.mkdir()
-    with store.begin() as tx:
-        tx.delete(["r1"])
-    assert not dead.exists()
-    assert merging.exists()
+    try:
+        with store.begin() as tx:
+            tx.delete(["r1"])
+        assert not dead.exists()
+        assert merging.exists()
+    finally:
+        release_merge_folder(merging, claim)
     assert store.count() == 199
