@@ -61,6 +61,15 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+    # the others die as their signal is delivered, a moment later than this one's reaping (a CI run saw
+    # soffice.bin still there after the wait): wait for the group to be gone, briefly (its zombies are init's)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)
 
 
 def _complete_pdf(path: Path) -> bool:
