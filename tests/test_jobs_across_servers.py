@@ -13,16 +13,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.deployment import Deployment
+from tests.support.http_checks import ADMIN
+from tests.support.http_checks import ok as _ok
+from tests.support.http_checks import poll_job as _poll
 from tests.support.kb_serve import STUB_MODEL, KBServe
-from tests.support.server import ADMIN_KEY
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FILES = 60
 JOB_ENV = {"KB_JOB_HEARTBEAT_SECONDS": "0.5", "KB_JOB_LAPSE_SECONDS": "3", "KB_JOB_POLL_SECONDS": "0.3"}
 
@@ -40,10 +40,6 @@ def _project(server: KBServe) -> str:
     return f"{server.url}/v1/projects/DEFAULT"
 
 
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
 
 def _new_kb(server: KBServe, name: str) -> str:
     return _ok(httpx.post(f"{_project(server)}/knowledge-banks", headers=ADMIN, timeout=60, json={
@@ -58,15 +54,6 @@ def _new_folder(server: KBServe, name: str, files: dict[str, bytes]) -> str:
             _ok(http.put(f"{_project(server)}/folders/{folder}/files{path}", content=data), 201)
     return folder
 
-
-def _poll(url: str, done: Any, budget: float) -> dict[str, Any]:
-    deadline = time.monotonic() + budget
-    while True:
-        job = _ok(httpx.get(url, headers=ADMIN, timeout=30))
-        if done(job):
-            return job
-        assert time.monotonic() < deadline, f"not done within {budget} s: {job}"
-        time.sleep(0.1)
 
 
 def _all_ids(server: KBServe, kb_id: str) -> list[str]:

@@ -7,37 +7,23 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 import kb
 from kb.catalog_db.jobs import JobStore
+from tests.support.http_checks import ADMIN
+from tests.support.http_checks import ok as _ok
+from tests.support.http_checks import poll_job as _poll
 from tests.support.kb_serve import KBServe, connect_stub_model
 from tests.support.openai_embeddings_server import EmbeddingsServer
-from tests.support.server import ADMIN_KEY
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FILES = 80
 JOB_ENV = {"KB_JOB_HEARTBEAT_SECONDS": "0.5", "KB_JOB_LAPSE_SECONDS": "2", "KB_JOB_POLL_SECONDS": "0.3"}
 
 
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def _poll(url: str, done: Any, budget: float) -> dict[str, Any]:
-    deadline = time.monotonic() + budget
-    while True:
-        job = _ok(httpx.get(url, headers=ADMIN, timeout=30))
-        if done(job):
-            return job
-        assert time.monotonic() < deadline, f"not done within {budget} s: {job}"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])

@@ -21,10 +21,10 @@ import pytest
 
 from tests.support.chroma_server import ChromaServer
 from tests.support.deployment import Deployment
+from tests.support.http_checks import ADMIN
+from tests.support.http_checks import ok as _ok
 from tests.support.kb_serve import STUB_MODEL, KBServe
-from tests.support.server import ADMIN_KEY
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 INVALIDATION_BUDGET = 1.0  # seconds: the bound for a change to reach every server
 
 
@@ -40,10 +40,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 def _kbs(server: KBServe, project: str = "DEFAULT") -> str:
     return f"{server.url}/v1/projects/{project}/knowledge-banks"
 
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 def _until(check: Any, budget: float) -> float:
