@@ -124,7 +124,8 @@ class _Batch:
 
 
 class OnnxMiniLM:
-    """One loaded tokenizer + onnxruntime session; thread-safe (runs are serialised, see ``embed``)."""
+    """One loaded tokenizer + onnxruntime sessions; thread-safe (runs on the pooled session are serialised, see
+    ``_embed_now``; a short lone text runs on the one-thread session beside them, see ``_embed_one``)."""
 
     def __init__(self, path: Path, cache_dir: Path, threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, weights_sha256: str | None = WEIGHTS_SHA256,
