@@ -12,10 +12,10 @@ and CPU ms per query (the process's CPU time over a back-to-back round, pool thr
 ratio of each round's CPU, median over rounds, is the figure that moves least on a shared machine.
 
 Then a query during a batch: while a thread embeds ``--batch-docs`` SciFact abstracts, the main thread embeds
-a lone SciFact query (of at most ``kb.onnx_sessions.QUERY_MAX_TOKENS`` tokens) every 20 ms; the query latencies
-and the batch's duration (``--batch-rounds`` alternating rounds), and whether every query's vector equals the
-one it gets alone. Before any timing, both trees embed
-SciFact's training queries and edge texts alone, and the vectors are compared bit for bit.
+a lone SciFact query (of at most ``kb.onnx_sessions.QUERY_MAX_TOKENS`` tokens) every 20 ms; the query latencies,
+the batch's duration beside its duration with no queries (``--batch-rounds`` alternating rounds), and whether
+every query's vector equals the one it gets alone. Before any timing, both trees embed SciFact's training
+queries and edge texts alone, and the vectors are compared bit for bit. ``--rounds 0`` skips the lone queries.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _during_batch(runtime: Any, batch: list[str], queries: list[str]) -> dict[st
     thread.start()
     time.sleep(0.05)  # the batch's first run is under way
     latencies, vectors, asked = [], [], []
-    while not done.is_set():
+    while queries and not done.is_set():
         text = queries[len(asked) % len(queries)]
         started = time.perf_counter()
         vectors.append(runtime.embed([text]))
@@ -165,18 +165,38 @@ def compare(trees: list[Tree], cases: dict[str, list[str]], rounds: int) -> dict
 
 
 def during_batch(trees: list[Tree], batch: list[str], queries: list[str], rounds: int) -> dict[str, Any]:
+    """Each tree's batch with queries arriving and alone, in turn: the queries' latencies, and what they cost
+    the batch (its duration with them over its duration alone in the same round, median over rounds)."""
     answers: dict[str, list[dict[str, Any]]] = {t.name: [] for t in trees}
+    alone: dict[str, list[float]] = {t.name: [] for t in trees}
     for r in range(rounds):
         for tree in trees if r % 2 == 0 else trees[::-1]:
-            answers[tree.name].append(tree.ask(kind="during_batch", batch=batch, queries=queries))
+            for with_queries in (True, False) if r % 2 == 0 else (False, True):
+                answer = tree.ask(kind="during_batch", batch=batch, queries=queries if with_queries else [])
+                if with_queries:
+                    answers[tree.name].append(answer)
+                else:
+                    alone[tree.name].append(answer["batch_s"])
     result = {}
     for name, runs in answers.items():
         latencies = np.array([x for run in runs for x in run["latencies"]]) * 1000
+        with_queries = np.array([run["batch_s"] for run in runs])
         result[name] = {"queries": len(latencies), "query_p50_ms": float(np.percentile(latencies, 50)),
                         "query_max_ms": float(latencies.max()),
-                        "batch_s_median": float(np.median([run["batch_s"] for run in runs])),
+                        "batch_s_median": float(np.median(with_queries)),
+                        "batch_alone_s_median": float(np.median(alone[name])),
+                        "batch_with_queries_over_alone": float(np.median(with_queries / np.array(alone[name]))),
                         "wrong_vectors": sum(run["wrong_vectors"] for run in runs)}
     return result
+
+
+def _print_lone(rows: dict[str, Any]) -> None:
+    for case, row in rows.items():
+        figures = [f"{name} wall p50 {row[name]['wall_p50_ms']:.2f} ms (p10 {row[name]['wall_p10_ms']:.2f}, paced "
+                   f"{row[name]['paced_wall_p50_ms']:.2f}), CPU {row[name]['cpu_ms_per_query']:.2f} ms"
+                   for name in ("old", "new")]
+        print(f"{case}: {'; '.join(figures)}; new/old CPU {row['new_over_old_cpu_median_of_rounds']:.3f}, "
+              f"wall p50 {row['new_over_old_wall_p50']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,25 +234,24 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {"machine": {"cpu": peak, "load_average_start": os.getloadavg()},
                                   "model": args.model, "threads": trees[1].ready["threads"],
                                   "identical_vectors": identical, "checked_texts": len(check),
-                                  "lone_query": compare(trees, cases, args.rounds)}
+                                  "lone_query": compare(trees, cases, args.rounds) if args.rounds else {}}
+        _print_lone(result["lone_query"])
         if args.batch_rounds:
             # the queries a one-thread query session takes (a longer lone text runs on the pool, after the batch)
             tokenizer = Tokenizer.from_file(str(local_minilm.model_dir() / "tokenizer.json"))
+            tokenizer.no_padding()  # the file pads to 128
             short = [q for q in queries if len(tokenizer.encode(q).ids) <= QUERY_MAX_TOKENS][:40]
+            if not short:
+                raise RuntimeError(f"no SciFact training query of at most {QUERY_MAX_TOKENS} tokens")
             result["query_during_batch"] = during_batch(trees, scifact(args.batch_docs)[0], short, args.batch_rounds)
         result["machine"]["load_average_end"] = os.getloadavg()
     finally:
         for tree in trees:
             tree.close()
-    for case, row in result["lone_query"].items():
-        figures = [f"{name} wall p50 {row[name]['wall_p50_ms']:.2f} ms (p10 {row[name]['wall_p10_ms']:.2f}, paced "
-                   f"{row[name]['paced_wall_p50_ms']:.2f}), CPU {row[name]['cpu_ms_per_query']:.2f} ms"
-                   for name in ("old", "new")]
-        print(f"{case}: {'; '.join(figures)}; new/old CPU {row['new_over_old_cpu_median_of_rounds']:.3f}, "
-              f"wall p50 {row['new_over_old_wall_p50']:.3f}")
     for name, row in result.get("query_during_batch", {}).items():
         print(f"during a batch of {args.batch_docs} abstracts, {name}: {row['queries']} queries, p50 "
-              f"{row['query_p50_ms']:.1f} ms, max {row['query_max_ms']:.1f} ms; batch {row['batch_s_median']:.2f} s; "
+              f"{row['query_p50_ms']:.1f} ms, max {row['query_max_ms']:.1f} ms; batch {row['batch_s_median']:.2f} s "
+              f"(alone {row['batch_alone_s_median']:.2f} s, ratio {row['batch_with_queries_over_alone']:.3f}); "
               f"wrong vectors {row['wrong_vectors']}")
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     write_results(args.out, result)
