@@ -220,7 +220,7 @@ def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tupl
                 cpu += time.process_time() - started_cpu
             cpus[name].append(cpu / per_round * 1000)
     first = next(iter(runtimes.values()))
-    feed = first._single(QUERY)
+    feed = first.feed_one(QUERY)
     result: dict[str, Any] = {
         name: {"wall_p50_ms": float(np.percentile(walls[name], 50)), "wall_min_ms": float(min(walls[name])),
                "wall_p10_ms": float(np.percentile(walls[name], 10)), "cpu_ms_per_query": float(np.median(cpus[name])),
@@ -228,8 +228,7 @@ def query_path(rounds: int, spins: list[int], per_round: int = 40, threads: tupl
                "tokens": len(runtime.tokenizer.encode(text).ids)} for name, (runtime, text) in cases.items()}
     result["parts_int8_spin_0"] = {
         "tokenize_ms": _p50_ms(lambda: first.tokenizer.encode(QUERY)),
-        "session_run_ms": _p50_ms(lambda: first.session.run(None, {"input_ids": feed.input_ids,
-                                                                    "attention_mask": feed.attention_mask})),
+        "session_run_ms": _p50_ms(lambda: first.session.run(None, feed)),
         "embed_ms": _p50_ms(lambda: first.embed([QUERY]))}
     return result
 

@@ -124,7 +124,8 @@ class _Batch:
 
 
 class OnnxMiniLM:
-    """One loaded tokenizer + onnxruntime session; thread-safe (runs are serialised, see ``embed``)."""
+    """One loaded tokenizer + onnxruntime sessions; thread-safe (runs on the pooled session are serialised, see
+    ``_embed_now``; a short lone text runs on the one-thread session beside them, see ``_embed_one``)."""
 
     def __init__(self, path: Path, cache_dir: Path, threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, weights_sha256: str | None = WEIGHTS_SHA256,
@@ -165,6 +166,9 @@ class OnnxMiniLM:
         self.tokenizer = tokenizer
         _size_tokenizer_pool(tokenizer, self.threads)
         self.pad_id = _pad_id(path)
+        # the attention mask of any one text: a view of its first columns (read-only, shared by every thread)
+        self._ones = np.ones((1, self.max_length), dtype=np.int64)
+        self._ones.setflags(write=False)
         self._run_lock = threading.Lock()
         # tokenising the next window overlaps a run only when there is a core to spare for it
         self._tokenize_pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-tokenize")
@@ -185,14 +189,10 @@ class OnnxMiniLM:
         return self._embed_now(texts)
 
     def _embed_now(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return self._embed_one(texts[0])
         out = np.empty((len(texts), LOCAL_MINILM_DIMENSION), dtype=np.float32)
         if not texts:
-            return out
-        if len(texts) == 1:  # the query path: no sorting, no padding, no pool hand-off
-            batch = self._single(texts[0])
-            session = self.sessions.session_for(1, batch.input_ids.shape[1])
-            with self._run_lock:
-                out[:] = self._run_unlocked(batch, session)
             return out
         # one run at a time: the intra-op pool already uses every core, two runs would only thrash
         with self._run_lock:
@@ -201,13 +201,26 @@ class OnnxMiniLM:
                     out[batch.positions] = self._run_unlocked(batch)
         return out
 
-    def _single(self, text: str) -> _Batch:
+    def _embed_one(self, text: str) -> np.ndarray:
+        """One text (the query path): no sorting, no padding, no copy of the output (a fresh array each run).
+
+        On the one-thread query session the run does not wait for ``_run_lock``: a query arriving while a
+        large call embeds (an ingestion holds the lock for all its texts) is answered in milliseconds instead
+        of after that call, and the pool loses one core for those milliseconds."""
+        feed = self.feed_one(text)
+        tokens = feed["input_ids"].shape[1]
+        if self.sessions.uses_query_session(1, tokens):
+            return self.sessions.query_session().run(None, feed)[0]
+        with self._run_lock:
+            return self.session.run(None, feed)[0]
+
+    def feed_one(self, text: str) -> dict[str, np.ndarray]:
+        """The session inputs of one text: its token ids, and a view of a shared row of ones as its mask."""
         try:
             ids = self.tokenizer.encode(text, add_special_tokens=True).ids  # encode: no rayon hand-off
         except TypeError as exc:
             raise _invalid_text([text], 0) from exc
-        input_ids = np.array(ids, dtype=np.int64).reshape(1, -1)
-        return _Batch(_FIRST, input_ids, np.ones_like(input_ids))
+        return {"input_ids": np.array(ids, dtype=np.int64).reshape(1, -1), "attention_mask": self._ones[:, : len(ids)]}
 
     def _windows(self, texts: Sequence[str]) -> Iterator[list[_Batch]]:
         """Length-sorted batches window by window; the next window is tokenised while this one runs."""
@@ -243,12 +256,9 @@ class OnnxMiniLM:
             batches.append(_Batch(rows + offset, ids, mask))
         return batches
 
-    def _run_unlocked(self, batch: _Batch, session: Any = None) -> np.ndarray:
-        session = self.session if session is None else session
-        return session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+    def _run_unlocked(self, batch: _Batch) -> np.ndarray:
+        return self.session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
 
-
-_FIRST = np.zeros(1, dtype=np.int64)
 
 # A run's fixed cost in tokens' worth of work (thread wake-ups, a pass over every weight matrix): measured
 # here as 10-11 for both models (8 SciFact titles of 16 tokens: 7.0 ms of CPU alone, 4.6 ms each batched,

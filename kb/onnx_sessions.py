@@ -90,10 +90,6 @@ class SessionChooser:
     def uses_query_session(self, texts: int, tokens: int) -> bool:
         return texts == 1 and tokens <= self.query_max_tokens
 
-    def session_for(self, texts: int, tokens: int) -> Any:
-        """The session for a run of ``texts`` texts padded to ``tokens`` tokens."""
-        return self.query_session() if self.uses_query_session(texts, tokens) else self.pooled
-
     def query_session(self) -> Any:
         """The one-thread session, built at its first use (once, however many threads ask at the same time)."""
         if self._query is None:

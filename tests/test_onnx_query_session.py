@@ -5,6 +5,7 @@ that one intra-op thread (``KB_ONNX_THREADS=1``) needs no second session."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 
 from kb import local_minilm
-from kb.local_minilm import OnnxMiniLM
+from kb.local_minilm import LOCAL_MINILM_DIMENSION, OnnxMiniLM
 from kb.onnx_sessions import QUERY_MAX_TOKENS
+from kb_base.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -120,6 +122,77 @@ def test_query_session_vectors_are_the_pooled_sessions(runtimes: Callable[..., O
         assert np.abs(ours - theirs).max() <= 1e-6
         assert np.allclose(default.embed(short[:16]), ours[:16], atol=1e-5)  # batched: padding, other sums
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_lone_texts_of_every_length_get_the_vectors_of_the_batch_path(runtimes: Callable[..., OnnxMiniLM]) -> None:
+    """The lone-text path (``OnnxMiniLM._embed_one``: either session, a shared row of ones as the mask, the
+    session's output returned as it is) against the batch path (int8 runs every text alone there too, padded
+    to nothing): SciFact's training queries of every length (all of them with ``KB_SCIFACT_FULL=1``), edge
+    texts and a text truncated to the model's 256 tokens, bit for bit."""
+    runtime = runtimes("int8")
+    queries = _scifact_queries()
+    texts = [*SHORT_EDGE_TEXTS, "word " * 5000,
+             *(queries if os.environ.get("KB_SCIFACT_FULL") == "1" else queries[1::4])]
+    lengths = [_tokens(runtime, t) for t in texts]
+    assert min(lengths) <= 3 and max(lengths) == runtime.max_length and sum(n > QUERY_MAX_TOKENS for n in lengths) > 5
+    alone = [runtime.embed([t]) for t in texts]
+    assert all(v.shape == (1, LOCAL_MINILM_DIMENSION) and v.dtype == np.float32 for v in alone)
+    batched = runtime.embed(texts)
+    different = [t for t, a, b in zip(texts, alone, batched, strict=True) if not np.array_equal(a[0], b)]
+    assert different == []
+    alone[0][0, 0] = 7.0  # each answer is its own array: writing to one changes no other answer
+    assert np.array_equal(runtime.embed([texts[0]]), batched[:1])
+
+
+def test_a_lone_invalid_text_is_refused_by_name(runtimes: Callable[..., OnnxMiniLM]) -> None:
+    runtime = runtimes("int8")
+    with pytest.raises(InvalidInputError, match=r"text 0 to embed is not valid Unicode: surrogates not allowed"):
+        local_minilm.embed_safely(runtime, ["bad \ud800 text"])
+    with pytest.raises(InvalidInputError, match=r"text 0 to embed is a int, not a string"):
+        local_minilm.embed_safely(runtime, [42])  # type: ignore[list-item]
+
+
+def test_a_short_lone_text_does_not_wait_for_a_run_in_progress(runtimes: Callable[..., OnnxMiniLM]) -> None:
+    """A large call holds the run lock for all its texts (an ingestion: seconds); a query on the one-thread
+    session runs beside it. A longer lone text runs on the pooled session, so it waits its turn."""
+    runtime = runtimes("int8")
+    short, longer = _text_of(runtime, QUERY_MAX_TOKENS), _text_of(runtime, QUERY_MAX_TOKENS + 1)
+    expected = {text: runtime.embed([text]) for text in (short, longer)}
+    got: dict[str, np.ndarray] = {}
+
+    def embed(text: str) -> None:
+        got[text] = runtime.embed([text])
+
+    quick, waiting = threading.Thread(target=embed, args=(short,)), threading.Thread(target=embed, args=(longer,))
+    with runtime._run_lock:  # what a call of many texts holds while it runs
+        quick.start()
+        quick.join(timeout=120)
+        assert not quick.is_alive() and np.array_equal(got[short], expected[short])
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and longer not in got  # it cannot finish while the lock is held
+    waiting.join(timeout=120)
+    assert np.array_equal(got[longer], expected[longer])
+
+
+def test_lone_queries_during_a_real_batch_get_their_own_vectors(runtimes: Callable[..., OnnxMiniLM]) -> None:
+    runtime = runtimes("int8")
+    documents = [json.loads(line) for line in (SCIFACT / "corpus.jsonl").read_text().splitlines()[:48]]
+    abstracts = [d["title"] + " " + d["text"] for d in documents]
+    queries = [q for q in _scifact_queries() if _tokens(runtime, q) <= QUERY_MAX_TOKENS][:30]
+    alone = {q: runtime.embed([q]) for q in queries}
+    batch_alone = runtime.embed(abstracts)
+    answers: list[np.ndarray] = []
+    ingest = threading.Thread(target=lambda: answers.append(runtime.embed(abstracts)))
+    ingest.start()
+    during: list[tuple[str, np.ndarray, bool]] = []
+    while ingest.is_alive():
+        for query in queries:
+            during.append((query, runtime.embed([query]), ingest.is_alive()))
+    ingest.join()
+    assert any(in_flight for _, _, in_flight in during)  # at least one query was answered while the batch ran
+    assert [q for q, vector, _ in during if not np.array_equal(vector, alone[q])] == []
+    assert np.array_equal(answers[0], batch_alone)
 
 
 def test_the_query_session_is_built_at_first_need_and_once(cache: Path) -> None:
