@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from kb_base.errors import FilterError, KBError, StoreError, StoreUnavailableError
+from kb_base.errors import FilterError, KBError, StoreError
 from kb_base.filters import Filter, comparisons
 from stores.base import Hit, Record, StoreReader
 from stores.chroma.codec import ID, MAX_EXACT_INT, Inexpressible, decode, to_where, visibility, visible
 from stores.columnar_filter import MetadataColumns
+from stores.generations import READ_ATTEMPTS, lapped, lapped_error, paging_lapped_error
 from stores.record_checks import check_query_vector, normalise
 from stores.sqlite.filters import filter_to_sql
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from stores.chroma.writer import ChromaTransaction
 
 BATCH = 500
-# How many times a read starts over at a newer generation when two commits lapped it (see ChromaView._whole)
-READ_ATTEMPTS = 5
 T = TypeVar("T")
 
 
@@ -131,15 +130,14 @@ class ChromaView(StoreReader):
                     raise failure
                 return result
             self.store._follow()  # with a shared database: this server's cache at the newer generation first
-        raise StoreUnavailableError(f"knowledge bank {self.store.context.kb_id}: a read was overtaken by two commits "
-                                    f"{READ_ATTEMPTS} times in a row (writers commit faster than it reads); retry")
+        raise lapped_error(self.store.context.kb_id)
 
     def _lapped(self, snap: Snap) -> bool:
-        """Whether two or more commits followed ``snap``, read now (outside any snapshot): the vacuum of what the
-        first of them retired may have begun."""
+        """Whether two or more commits followed ``snap`` (the committed generation read now, outside any
+        snapshot; with a shared database, the ledger's): the vacuum of what the first retired may have begun."""
         shared = self.store.shared
         now = shared.ledger.committed()[0] if shared is not None else int(meta_value(self.conn, "generation"))
-        return now > snap.generation + 1
+        return lapped(snap.generation, now)
 
     def _call(self, snap: Snap, method: str, **kwargs: Any) -> Any:
         return self.store.chroma.call(snap.collection, method, **kwargs)
@@ -220,12 +218,8 @@ class ChromaView(StoreReader):
         while True:
             page = self._call(snap, "get", where=visibility(snap.generation), include=include, limit=batch_size,
                               offset=offset)
-            if not nested and self._lapped(snap):
-                # the vacuum of a second commit may have removed records of this generation (see _whole): pages
-                # already handed out cannot be taken back, so say so rather than end short
-                raise StoreUnavailableError(
-                    f"knowledge bank {self.store.context.kb_id}: two commits came while its records were read page "
-                    f"by page (from generation {snap.generation}), so some may be missing; read them again")
+            if not nested and self._lapped(snap):  # records of this generation may be gone (see _whole)
+                raise paging_lapped_error(self.store.context.kb_id, snap.generation)
             if not page["ids"]:
                 return
             yield self._records(page["metadatas"], page["documents"],
