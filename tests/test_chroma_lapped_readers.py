@@ -168,3 +168,29 @@ def test_each_hit_scores_its_own_version(embedded: ChromaStore) -> None:
     finally:
         tx.rollback()
     assert hit.score == pytest.approx(1.0, abs=1e-5)  # before: -1, the other version's
+
+
+def test_an_older_snapshot_keeps_the_client_a_newer_one_reopens_it(embedded: ChromaStore) -> None:
+    """A reader whose snapshot predates this process's last commit used to reopen the client (and the next
+    reader, at the newer generation, again), stopping the client before, which other reads may still use."""
+    commit_versions(embedded, range(0, 2))
+    assert tags(READS["similarity"](embedded)) == {"v1"}
+    embedded_client = embedded.chroma.embedded
+    assert embedded_client is not None and embedded_client.known is not None
+    client, known = embedded.chroma.client, embedded_client.known
+    embedded.chroma.refresh(known - 1)
+    assert embedded.chroma.client is client and embedded_client.known == known
+    embedded.chroma.refresh(known + 1)  # another process committed: this client may lack its records
+    assert embedded.chroma.client is not client and embedded_client.known == known + 1
+
+
+def test_a_knowledge_bank_made_again_in_a_deleted_ones_folder_reads_its_own_records(tmp_path: Path) -> None:
+    first = ChromaStore(StoreContext("embedded", tmp_path))
+    commit_versions(first, range(0, 3))  # its client knows generation 3
+    first.destroy()
+    second = ChromaStore(StoreContext("embedded", tmp_path))  # generation 0 again, in the same folder
+    try:
+        commit_versions(second, range(7, 8))
+        assert tags(READS["similarity"](second)) == {"v7"} and len(READS["get"](second)) == N
+    finally:
+        second.close()

@@ -449,3 +449,4 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             self.shared.destroy()
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.chroma.forget_generation()
