@@ -11,8 +11,12 @@ Chroma, Elasticsearch and Azure AI Search share it:
   records tagged G and marks the ones it replaces or deletes ``kb_del = G``. Readers at C still see
   the old state; the commit flips the generation in SQLite, so everything appears at once.
 - A rollback, or the next writer after a crash, removes records tagged above C and unmarks deletion
-  marks above C. Records retired at C are deleted by a later commit (a reader of C-1 may still be
-  finishing when C commits).
+  marks above C. Records retired at C are deleted after the commit point of C+1 (a reader of C-1 may
+  still be finishing when C commits).
+- Whole reads. A reader reads C, then queries the store: a slow one can be lapped by two commits, the
+  second of which deletes records it was about to read. So once its store calls are over it reads the
+  committed generation again (``lapped``): at most C+1, nothing of C can have been deleted yet and its
+  answer is exactly C's state; beyond, it reads again at the newer generation (``WholeGenerationReads``).
 
 ``GenerationLedger`` is the SQLite side for drivers whose id map is (id, physical, gen) (Elasticsearch,
 Azure AI Search); Chroma keeps a richer map (metadata copy, keyword index) and uses the functions below.
@@ -26,14 +30,49 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
-from kb_base.errors import StoreError
-from stores.base import StoreTransaction, acquire_writer_lock, fault_point, release_after_failure
+import numpy as np
+
+from kb_base.errors import KBError, StoreError, StoreUnavailableError
+from kb_base.filters import Filter
+from stores.base import (
+    DelegatingReader,
+    Hit,
+    Record,
+    StoreTransaction,
+    acquire_writer_lock,
+    fault_point,
+    release_after_failure,
+)
 from stores.sqlite.meta import ThreadConnections, connect_durable, create_meta, read_meta
 
 NEVER = 2**62  # kb_del of a live record: above every generation
 _CHUNK = 500  # SQLite variables per IN (...) query
+# How many times a read starts over at a newer generation when two commits lapped it, before it gives up
+READ_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+def lapped(read_at: int, committed_now: int) -> bool:
+    """Whether a read at generation ``read_at`` may lack records, given the committed generation read once its
+    store calls were over. What generation G retires is deleted from the store only once G+1 is committed
+    (right after that commit point, or by the writer after it: Chroma on a shared database), and the records
+    of ``read_at`` that a later generation retires were retired at ``read_at`` + 1 at the earliest: while the
+    committed generation is at most ``read_at`` + 1, none of them can have been deleted, and the read saw the
+    state at ``read_at`` whole."""
+    return committed_now > read_at + 1
+
+
+def lapped_error(kb_id: str, what: str = "a read") -> StoreUnavailableError:
+    return StoreUnavailableError(f"knowledge bank {kb_id}: {what} was overtaken by two commits {READ_ATTEMPTS} times "
+                                 "in a row (writers commit faster than it reads); retry")
+
+
+def paging_lapped_error(kb_id: str, generation: int) -> StoreUnavailableError:
+    """Pages already handed out cannot be taken back: a lapped paging says so rather than end short."""
+    return StoreUnavailableError(f"knowledge bank {kb_id}: two commits came while its records were read page by "
+                                 f"page (from generation {generation}), so some may be missing; read them again")
 
 
 def open_writer(folder: Path, database: Path, timeout: float, kb_id: str) -> tuple[IO[str], sqlite3.Connection]:
@@ -147,6 +186,58 @@ class _SqliteNotes:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+class WholeGenerationReads(DelegatingReader):
+    """A driver's committed reads, each the whole state of one generation: the view (``_view()``, with its
+    ``generation``) reads, then the committed generation is read again; a read ``lapped`` by two commits is
+    done again at the newer generation (a failure too: the vacuum may have caused it). Elasticsearch and Azure
+    AI Search; Chroma does the same around its own snapshots (stores/chroma/reader.py)."""
+
+    ledger: CommitPoint
+    context: Any
+
+    def _whole(self, read: Callable[[Any], T]) -> T:
+        for _ in range(READ_ATTEMPTS):
+            view: Any = self._view()
+            failure: KBError | None = None
+            try:
+                result = read(view)
+            except KBError as exc:
+                failure = exc
+            if not lapped(view.generation, self.ledger.committed()[0]):
+                if failure is not None:
+                    raise failure
+                return result
+        raise lapped_error(self.context.kb_id)
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        return self._whole(lambda view: view.get(ids, with_vectors))
+
+    def count(self, flt: Filter | None = None) -> int:
+        return self._whole(lambda view: view.count(flt))
+
+    def ids_where(self, flt: Filter | None) -> list[str]:
+        return self._whole(lambda view: view.ids_where(flt))
+
+    def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        view: Any = self._view()
+
+        def check() -> None:
+            if lapped(view.generation, self.ledger.committed()[0]):
+                raise paging_lapped_error(self.context.kb_id, view.generation)
+
+        for page in view.iter_records(batch_size, with_vectors):
+            check()
+            yield page
+        check()  # after the last page too: ending early is what a vacuum under the paging looks like
+
+    def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
+                   with_vectors: bool = False) -> list[Hit]:
+        return self._whole(lambda view: view.similarity(vector, k, flt, with_vectors))
+
+    def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return self._whole(lambda view: view.keyword(query, k, flt))
 
 
 class GenerationLedger:

@@ -217,6 +217,33 @@ def test_a_writer_whose_lease_was_taken_over_cannot_commit(servers: Servers) -> 
     assert collection is not None and collection.count() == 2  # the fenced writer's records were cleaned up
 
 
+def test_a_read_lapped_by_two_commits_of_another_server_reads_again(servers: Servers,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server A's read takes its snapshot, then B commits twice before A's first Chroma call: A answers at B's
+    newest generation, whole (tests/test_chroma_lapped_readers.py has the one-machine cases)."""
+    a, b = servers.open("a"), servers.open("b")
+    with b.begin() as tx:
+        tx.upsert([doc(i, "v0") for i in range(12)])
+    real, reader, done = a.chroma.call, threading.get_ident(), threading.Event()
+
+    def commit_twice() -> None:
+        for version in (1, 2):
+            with b.begin() as tx:
+                tx.upsert([doc(i, f"v{version}") for i in range(12)])
+
+    def call(name: str, method: str, **kwargs: object) -> object:
+        if threading.get_ident() == reader and method == "query" and not done.is_set():
+            done.set()
+            writer = threading.Thread(target=commit_twice)
+            writer.start()
+            writer.join()
+        return real(name, method, **kwargs)
+
+    monkeypatch.setattr(a.chroma, "call", call)
+    hits = a.similarity(doc(3).vector, 12)
+    assert done.is_set() and {h.record.metadata["tag"] for h in hits} == {"v2"} and len(hits) == 12
+
+
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
@@ -250,7 +277,9 @@ def test_a_sigkilled_writer_is_rolled_back_or_committed_whole(servers: Servers, 
     with b.begin(timeout=30) as tx:  # waits for the dead writer's lease to lapse, then removes its leftovers
         tx.upsert([doc(9)])
     assert time.monotonic() - started < 10
-    expected.append("d9")
+    with b.begin() as tx:  # what a generation retired is vacuumed by the writer two generations later
+        tx.upsert([doc(8)])
+    expected += ["d9", "d8"]
     assert sorted(b.ids_where(None)) == sorted(expected)
     collection = b.live_collection()
     assert collection is not None and collection.count() == len(expected)  # no leftovers; a retired d1 vacuumed

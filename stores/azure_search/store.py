@@ -38,16 +38,15 @@ from stores.azure_search.view import PAGE, AzureView, index_name
 from stores.azure_search.writer import AzureTransaction
 from stores.base import (
     Capabilities,
-    DelegatingReader,
     StoreContext,
     StoreTransaction,
     VectorStoreDriver,
 )
 from stores.commit_point.database import open_ledger
-from stores.generations import NEVER, LedgerNotes
+from stores.generations import NEVER, LedgerNotes, WholeGenerationReads
 
 log = logging.getLogger(__name__)
-class AzureSearchStore(DelegatingReader, VectorStoreDriver):
+class AzureSearchStore(WholeGenerationReads, VectorStoreDriver):
     store_type = "AZURE_AI_SEARCH"
     capabilities = Capabilities(keyword=True, native_hybrid=True, approximate=True)
 
@@ -71,7 +70,7 @@ class AzureSearchStore(DelegatingReader, VectorStoreDriver):
 
     def native_hybrid_search(self, request: Any, flt: Filter | None, query_vector: Callable[[], np.ndarray]
                              ) -> list[Any]:
-        return self._view().native_hybrid_search(request, flt, query_vector)
+        return self._whole(lambda view: view.native_hybrid_search(request, flt, query_vector))
 
     # --- writes ----------------------------------------------------------------------------------------
 

@@ -152,16 +152,25 @@ class ChromaClient:
         return client
 
     def refresh(self, committed: int) -> None:
-        """Embedded: reopen the client if another process committed since it was loaded."""
+        """Embedded: reopen the client if another process committed since it was loaded. A snapshot older than
+        the client needs none: the client has every record that generation still has (a reader lapped by two
+        commits reads again anyway: stores/generations.py, ``lapped``). Reopening for it, as this did, made
+        readers that straddle a commit reopen by turns, and each reopen stops the client before the last, which
+        another thread's read may still be using."""
         embedded = self.embedded
-        if embedded is None or embedded.known == committed:
+        if embedded is None or (embedded.known is not None and committed <= embedded.known):
             return
         with embedded.lock:
-            if embedded.client is None:
+            if embedded.client is None or embedded.known is None or committed > embedded.known:
                 self._guard(embedded.open)  # opened after ``committed`` was read, so it reflects it
-            elif embedded.known != committed:
-                self._guard(embedded.open)
-            embedded.known = committed
+                embedded.known = committed
+
+    def forget_generation(self) -> None:
+        """Embedded: the knowledge bank in this folder was deleted; a new one there starts again at generation 0,
+        so the next read reopens the client whatever generation it reads."""
+        if self.embedded is not None:
+            with self.embedded.lock:
+                self.embedded.known = None
 
     def committed(self, previous: int, generation: int) -> None:
         """This process committed ``generation`` on top of ``previous``: its client reflects it."""

@@ -9,17 +9,18 @@ transaction's own state.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from kb_base.errors import FilterError, StoreError
+from kb_base.errors import FilterError, KBError, StoreError
 from kb_base.filters import Filter, comparisons
 from stores.base import Hit, Record, StoreReader
 from stores.chroma.codec import ID, MAX_EXACT_INT, Inexpressible, decode, to_where, visibility, visible
 from stores.columnar_filter import MetadataColumns
+from stores.generations import READ_ATTEMPTS, lapped, lapped_error, paging_lapped_error
 from stores.record_checks import check_query_vector, normalise
 from stores.sqlite.filters import filter_to_sql
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from stores.chroma.writer import ChromaTransaction
 
 BATCH = 500
+T = TypeVar("T")
 
 
 class Snap(NamedTuple):
@@ -101,6 +103,42 @@ class ChromaView(StoreReader):
             if not nested:
                 self.conn.execute("COMMIT")
 
+    def _whole(self, read: Callable[[Snap], T]) -> T:
+        """``read`` at one committed generation G, with every record of G.
+
+        Chroma has no snapshots: what kb reads from it at G stays there only until a commit deletes what G+1
+        retired, which happens after the commit point of G+2 at the earliest (ChromaTransaction._collect_garbage;
+        with a shared database, during the writer of G+3). A reader slow enough to be lapped by two commits
+        (CI saw one: a similarity search at G came back empty, every record of G vacuumed under it) would
+        miss records or meet a dropped collection. So once its Chroma calls are over a read looks at the
+        committed generation again: still G or G+1, nothing of G can have gone and the answer is whole;
+        otherwise it starts over at the newer generation (a failure too: it may come from the vacuum).
+        """
+        if self.tx is not None or self.conn.in_transaction:
+            # a transaction's own state, or inside the caller's SQLite snapshot (under the writer lock)
+            with self._snapshot() as snap:
+                return read(snap)
+        for _ in range(READ_ATTEMPTS):
+            failure: KBError | None = None
+            with self._snapshot() as snap:
+                try:
+                    result = read(snap)
+                except KBError as exc:
+                    failure = exc
+            if not self._lapped(snap):
+                if failure is not None:
+                    raise failure
+                return result
+            self.store._follow()  # with a shared database: this server's cache at the newer generation first
+        raise lapped_error(self.store.context.kb_id)
+
+    def _lapped(self, snap: Snap) -> bool:
+        """Whether two or more commits followed ``snap`` (the committed generation read now, outside any
+        snapshot; with a shared database, the ledger's): the vacuum of what the first retired may have begun."""
+        shared = self.store.shared
+        now = shared.ledger.committed()[0] if shared is not None else int(meta_value(self.conn, "generation"))
+        return lapped(snap.generation, now)
+
     def _call(self, snap: Snap, method: str, **kwargs: Any) -> Any:
         return self.store.chroma.call(snap.collection, method, **kwargs)
 
@@ -109,33 +147,41 @@ class ChromaView(StoreReader):
         return self.tx.snap().dim if self.tx is not None else read_snap(self.conn).dim
 
     @staticmethod
-    def _records(ids: list[str], metadatas: list[Any], documents: list[Any], vectors: Any,
-                 generation: int) -> list[Record]:
-        out = []
-        for i, metadata in enumerate(metadatas):
-            if visible(metadata, generation):  # a physical record vacuumed meanwhile has no metadata
-                vector = np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None
-                out.append(Record(metadata[ID], documents[i] or "", decode(metadata), vector))
-        return out
+    def _visible_at(metadatas: list[Any], generation: int) -> list[int]:
+        """Positions of the physical records of the state at ``generation`` (checked here whatever the query's
+        ``where`` said; a record vacuumed meanwhile has no metadata)."""
+        return [i for i, metadata in enumerate(metadatas) if visible(metadata, generation)]
+
+    @staticmethod
+    def _record(metadata: dict[str, Any], document: Any, vector: Any) -> Record:
+        return Record(metadata[ID], document or "", decode(metadata),
+                      np.asarray(vector, dtype=np.float32) if vector is not None else None)
+
+    def _records(self, metadatas: list[Any], documents: list[Any], vectors: Any, generation: int) -> list[Record]:
+        return [self._record(metadatas[i], documents[i], vectors[i] if vectors is not None else None)
+                for i in self._visible_at(metadatas, generation)]
 
     def _fetch(self, snap: Snap, physical: Sequence[str], with_vectors: bool) -> dict[str, Record]:
         include = ["documents", "metadatas", *(["embeddings"] if with_vectors else [])]
         found: dict[str, Record] = {}
         for part in chunks(physical):
             page = self._call(snap, "get", ids=part, include=include)
-            records = self._records(page["ids"], page["metadatas"], page["documents"],
+            records = self._records(page["metadatas"], page["documents"],
                                     page["embeddings"] if with_vectors else None, snap.generation)
             found.update((r.id, r) for r in records)
         return found
 
     def get(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         unique = list(dict.fromkeys(ids))
-        with self._snapshot() as snap:
+
+        def read(snap: Snap) -> dict[str, Record]:
             physical: list[str] = []
             for part in chunks(unique):
                 physical += [r[0] for r in self.conn.execute(
                     f"SELECT physical FROM records WHERE id IN ({marks(len(part))})", part)]
-            found = self._fetch(snap, physical, with_vectors) if physical else {}
+            return self._fetch(snap, physical, with_vectors) if physical else {}
+
+        found = self._whole(read)
         return [found[i] for i in ids if i in found]
 
     def _matches(self, snap: Snap, flt: Filter) -> tuple[list[str], list[str]]:
@@ -162,8 +208,9 @@ class ChromaView(StoreReader):
             return self._matches(snap, flt)[1]
 
     def iter_records(self, batch_size: int = 1000, with_vectors: bool = False) -> Iterator[list[Record]]:
+        nested = self.tx is not None or self.conn.in_transaction
         with self._snapshot() as snap:
-            pass  # Chroma pages at this generation: later commits do not shift or change them
+            pass  # Chroma pages at this generation: one later commit neither shifts nor changes them
         if not snap.collection or snap.dim is None:  # empty: its collection may not even exist (new connection)
             return
         include = ["documents", "metadatas", *(["embeddings"] if with_vectors else [])]
@@ -171,38 +218,43 @@ class ChromaView(StoreReader):
         while True:
             page = self._call(snap, "get", where=visibility(snap.generation), include=include, limit=batch_size,
                               offset=offset)
+            if not nested and self._lapped(snap):  # records of this generation may be gone (see _whole)
+                raise paging_lapped_error(self.store.context.kb_id, snap.generation)
             if not page["ids"]:
                 return
-            yield self._records(page["ids"], page["metadatas"], page["documents"],
+            yield self._records(page["metadatas"], page["documents"],
                                 page["embeddings"] if with_vectors else None, snap.generation)
             offset += len(page["ids"])
 
     def similarity(self, vector: np.ndarray, k: int, flt: Filter | None = None,
                    with_vectors: bool = False) -> list[Hit]:
-        with self._snapshot() as snap:
-            query = normalise(check_query_vector(vector, snap.dim).reshape(1, -1))[0].tolist()
-            if k <= 0 or snap.dim is None or not snap.collection:
-                return []
-            if flt is None:
-                return self._nearest_visible(snap, query, k, with_vectors, None)
-            physical, ids = self._matches(snap, flt)
-            if not physical:
-                return []
-            if len(physical) <= self.store.id_query_limit:
-                # Faster than Chroma's where at every size measured (10k records: 4-8 ms against 9-18 ms),
-                # and exact for every filter, including those where cannot express.
-                try:
-                    return self._query(snap, query, min(k, len(physical)), with_vectors, ids=physical)[0]
-                except StoreError:  # Chroma refuses ids it no longer has (deleted by a commit since the snapshot)
-                    return self._query(snap, query, k, with_vectors,
-                                       where=visibility(snap.generation, {ID: {"$in": ids}}))[0]
+        return self._whole(lambda snap: self._similarity(snap, vector, k, flt, with_vectors))
+
+    def _similarity(self, snap: Snap, vector: np.ndarray, k: int, flt: Filter | None,
+                    with_vectors: bool) -> list[Hit]:
+        query = normalise(check_query_vector(vector, snap.dim).reshape(1, -1))[0].tolist()
+        if k <= 0 or snap.dim is None or not snap.collection:
+            return []
+        if flt is None:
+            return self._nearest_visible(snap, query, k, with_vectors, None)
+        physical, ids = self._matches(snap, flt)
+        if not physical:
+            return []
+        if len(physical) <= self.store.id_query_limit:
+            # Faster than Chroma's where at every size measured (10k records: 4-8 ms against 9-18 ms),
+            # and exact for every filter, including those where cannot express.
             try:
-                where = to_where(flt)
-            except Inexpressible as exc:
-                limit = self.store.id_query_limit
-                raise FilterError(f"{exc}, and this filter matches {len(physical)} records, more than the {limit} "
-                                  "a Chroma query can be restricted to; narrow it") from exc
-            return self._nearest_visible(snap, query, k, with_vectors, where)
+                return self._query(snap, query, min(k, len(physical)), with_vectors, ids=physical)[0]
+            except StoreError:  # Chroma refuses ids it no longer has (deleted by a commit since the snapshot)
+                return self._query(snap, query, k, with_vectors,
+                                   where=visibility(snap.generation, {ID: {"$in": ids}}))[0]
+        try:
+            where = to_where(flt)
+        except Inexpressible as exc:
+            limit = self.store.id_query_limit
+            raise FilterError(f"{exc}, and this filter matches {len(physical)} records, more than the {limit} "
+                              "a Chroma query can be restricted to; narrow it") from exc
+        return self._nearest_visible(snap, query, k, with_vectors, where)
 
     def _nearest_visible(self, snap: Snap, query: list[float], k: int, with_vectors: bool,
                          where: dict[str, Any] | None) -> list[Hit]:
@@ -218,25 +270,28 @@ class ChromaView(StoreReader):
         """The visible hits among Chroma's ``n`` nearest, and how many Chroma returned."""
         include = ["documents", "metadatas", "distances", *(["embeddings"] if with_vectors else [])]
         result = self._call(snap, "query", query_embeddings=[query], n_results=n, include=include, **kwargs)
-        records = self._records(result["ids"][0], result["metadatas"][0], result["documents"][0],
-                                result["embeddings"][0] if with_vectors else None, snap.generation)
-        distances = {p: d for p, d in zip(result["ids"][0], result["distances"][0], strict=True)}
-        by_id = {m[ID]: p for p, m in zip(result["ids"][0], result["metadatas"][0], strict=True) if m}
-        return [Hit(r, 1.0 - float(distances[by_id[r.id]])) for r in records], len(result["ids"][0])
+        metadatas, documents, distances = result["metadatas"][0], result["documents"][0], result["distances"][0]
+        vectors = result["embeddings"][0] if with_vectors else None
+        # Each hit's score is its own physical record's distance: another version of the same kb id (a write in
+        # progress, or one awaiting deletion) may be among the results too, with another vector.
+        return [Hit(self._record(metadatas[i], documents[i], vectors[i] if vectors is not None else None),
+                    1.0 - float(distances[i])) for i in self._visible_at(metadatas, snap.generation)], len(metadatas)
 
     def keyword(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        with self._snapshot() as snap:
-            if k <= 0 or not snap.collection:
-                return []
-            candidates, params = None, []
-            if flt is not None:
-                where, params = filter_to_sql(flt)
-                candidates = f"SELECT rowid FROM records WHERE {where}"
-            pairs = self.store.keywords.search(self.conn, query, k, candidates, params)
-            if not pairs:
-                return []
-            rows = self.conn.execute(f"SELECT rowid, id, physical FROM records WHERE rowid IN "
-                                     f"({marks(len(pairs))})", [p for p, _ in pairs]).fetchall()
-            found = self._fetch(snap, [r[2] for r in rows], False)
-            ids = {rowid: record_id for rowid, record_id, _ in rows}
+        return self._whole(lambda snap: self._keyword(snap, query, k, flt))
+
+    def _keyword(self, snap: Snap, query: str, k: int, flt: Filter | None) -> list[Hit]:
+        if k <= 0 or not snap.collection:
+            return []
+        candidates, params = None, []
+        if flt is not None:
+            where, params = filter_to_sql(flt)
+            candidates = f"SELECT rowid FROM records WHERE {where}"
+        pairs = self.store.keywords.search(self.conn, query, k, candidates, params)
+        if not pairs:
+            return []
+        rows = self.conn.execute(f"SELECT rowid, id, physical FROM records WHERE rowid IN "
+                                 f"({marks(len(pairs))})", [p for p, _ in pairs]).fetchall()
+        found = self._fetch(snap, [r[2] for r in rows], False)
+        ids = {rowid: record_id for rowid, record_id, _ in rows}
         return [Hit(found[ids[p]], score) for p, score in pairs if p in ids and ids[p] in found]

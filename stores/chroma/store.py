@@ -38,11 +38,19 @@ Azure AI Search), here with a richer commit point:
   dimension of its first vector forever, even once emptied), and so does a
   new connection. The collection's name is part of the commit point.
 - Records replaced at G, and collections switched away from at G, are
-  deleted by the commit after G (a reader that read generation G-1 just
-  before commit G can still finish).
+  deleted by the commit after G, once past its commit point (a reader that
+  read generation G-1 just before commit G can still finish); with a shared
+  database, by the writer after that (its vacuum runs before its commit
+  point, see writer.py).
 
 Reads take a SQLite read snapshot (generation, live collection, id map) and
-query Chroma at that generation. Unfiltered similarity asks Chroma for
+query Chroma at that generation. Once the Chroma calls are over a read reads
+the committed generation again: a reader lapped by two commits may have lost
+records of its generation to the second one's vacuum, and reads again at the
+newer generation (reader.py: ``ChromaView._whole``; iter_records, which has
+handed pages out already, raises StoreUnavailableError instead). Every hit is
+checked against the reader's generation in Python too, whatever the query's
+``where``. Unfiltered similarity asks Chroma for
 k + max(k, 10) neighbours without the visibility filter and keeps the
 visible ones: when at least k are visible they are exactly the top k (any
 better visible record would have ranked among them). Only when a write in
@@ -60,9 +68,9 @@ and filtered keyword search never call Chroma; get fetches by physical id.
 
 Costs: a replace or delete is one extra metadata update per record, and one
 delete a commit later; a commit makes no Chroma call unless something is due
-for deletion; the metadata is stored twice (Chroma and SQLite). Readers
-lagging by two whole commits may miss records (the same window as FAISS's
-previous index file).
+for deletion; the metadata is stored twice (Chroma and SQLite); a read
+makes one more SQLite read (the committed generation, after its Chroma
+calls), and a lapped one reads again.
 
 Keyword search uses kb's BM25 index in the same SQLite file, committed with
 the records: chromadb 1.5.9 has no local BM25 or sparse-vector ranking
@@ -441,3 +449,4 @@ class ChromaStore(DelegatingReader, VectorStoreDriver):
             self.shared.destroy()
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.chroma.forget_generation()

@@ -173,23 +173,11 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             self._commit_shared(self.shared)
             return
         try:
-            drops = [tuple(d) for d in json.loads(meta_value(self.conn, "drops"))]
             if self.switched:
                 set_meta(self.conn, "collection", self.collection)
                 if self.live:
-                    drops.append((self.live, self.generation))
-            else:
-                self._vacuum()
-            kept = []
-            for name, gen in drops:
-                if gen <= self.committed:  # switched away from before the current generation: unused now
-                    try:
-                        self.store.chroma.delete_collection(name)
-                        continue
-                    except KBError as exc:  # garbage never fails a commit; the next one tries again
-                        log.warning("could not delete old Chroma collection %s: %s", name, exc)
-                kept.append([name, gen])
-            set_meta(self.conn, "drops", json.dumps(kept))
+                    drops = json.loads(meta_value(self.conn, "drops"))
+                    set_meta(self.conn, "drops", json.dumps([*drops, [self.live, self.generation]]))
             flip_generation(self.conn, self.generation)
             set_meta(self.conn, "dirty", "0")
             fault_point("before_sqlite_commit")
@@ -201,19 +189,39 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
             raise
         try:
             self.store.chroma.committed(self.committed, self.generation)
+            self._collect_garbage()
         finally:
             self._finish()
 
-    def _vacuum(self) -> None:
-        """Delete records retired before the current generation: no reader of it or later sees them."""
-        stale = [r[0] for r in self.conn.execute("SELECT physical FROM retired WHERE gen <= ?", (self.committed,))]
+    def _collect_garbage(self) -> None:
+        """After the commit point of G: delete from Chroma the records retired at G-1 or before and the
+        collections switched away from then, which no reader of G-1 or later sees. Not before the commit point:
+        the newest reader that may still be reading them is at G-2, and it must find the committed generation
+        past G-1 once done, so as to know it was lapped and read again (ChromaView._whole). Garbage never fails a
+        commit: what is left here (Chroma refused, or the process died) the next commit deletes."""
         try:
+            stale = [r[0] for r in self.conn.execute("SELECT physical FROM retired WHERE gen <= ?",
+                                                     (self.committed,))]
             for part in chunks(stale):
                 self._call("delete", ids=part)
-        except KBError as exc:  # invisible garbage never fails a commit; the next one tries again
-            log.warning("could not delete %d replaced Chroma records: %s", len(stale), exc)
-            return
-        self.conn.execute("DELETE FROM retired WHERE gen <= ?", (self.committed,))
+            self.conn.execute("DELETE FROM retired WHERE gen <= ?", (self.committed,))
+        except (KBError, sqlite3.Error) as exc:
+            log.warning("could not delete replaced Chroma records: %s", exc)
+        try:
+            drops = json.loads(meta_value(self.conn, "drops"))
+            kept = []
+            for name, gen in drops:
+                if gen <= self.committed:
+                    try:
+                        self.store.chroma.delete_collection(name)
+                        continue
+                    except KBError as exc:
+                        log.warning("could not delete old Chroma collection %s: %s", name, exc)
+                kept.append([name, gen])
+            if kept != drops:
+                set_meta(self.conn, "drops", json.dumps(kept))
+        except sqlite3.Error as exc:
+            log.warning("could not note the deletion of old Chroma collections: %s", exc)
 
     def _commit_shared(self, shared: SharedWrite) -> None:
         """The commit point in the shared database (stores/chroma/shared.py), then this server's cache."""
@@ -226,10 +234,13 @@ class ChromaTransaction(DelegatingReader, StoreTransaction):
                     drops.append((self.live, self.generation))
                 vacuumed = self.committed  # what older generations retired goes with the old collection
             else:
-                vacuumed = sides.vacuum(shared, self.collection, self.committed)
+                # What G-1 retired stays until G+1's writer: the vacuum runs before the commit point (its
+                # progress is noted in it), so deleting it now could lap a reader of G-2 that still sees the
+                # committed generation at G-1 (ChromaView._whole)
+                vacuumed = sides.vacuum(shared, self.collection, self.committed - 1)
             kept = []
             for name, gen in drops:
-                if gen <= self.committed:  # switched away from before the current generation: unused now
+                if gen < self.committed:  # switched away from two generations ago: unused now (as above)
                     try:
                         self._fence()
                         self.store.chroma.delete_collection(name)

@@ -24,7 +24,6 @@ from typing import Any
 from kb_base.errors import InvalidInputError, StoreError, StoreUnavailableError
 from stores.base import (
     Capabilities,
-    DelegatingReader,
     StoreContext,
     StoreTransaction,
     VectorStoreDriver,
@@ -33,13 +32,13 @@ from stores.commit_point.database import open_ledger
 from stores.elasticsearch.langchain import KBElasticsearchStore
 from stores.elasticsearch.view import EsView, NoIndex
 from stores.elasticsearch.writer import EsTransaction
-from stores.generations import NEVER
+from stores.generations import NEVER, WholeGenerationReads
 
 _PAGE = 1000
 log = logging.getLogger(__name__)
 
 
-class ElasticsearchStore(DelegatingReader, VectorStoreDriver):
+class ElasticsearchStore(WholeGenerationReads, VectorStoreDriver):
     store_type = "ELASTICSEARCH"
     capabilities = Capabilities(keyword=True, approximate=True)
 

@@ -306,15 +306,16 @@ class StoreConformanceSuite:
     def test_readers_see_whole_commits(self, store: VectorStoreDriver) -> None:
         store.upsert(records(20, tag="v0"))
         errors: list[BaseException] = []
-        mixed: list[set[str]] = []
+        mixed: list[tuple[int, list[str]]] = []  # (hits, their versions) of each read that was not one whole commit
         stop = threading.Event()
 
         def reader() -> None:
             try:
                 while not stop.is_set():
-                    tags = {h.record.metadata["tag"] for h in store.similarity(unit(5), 20)}
-                    if len(tags) != 1:
-                        mixed.append(tags)
+                    hits = store.similarity(unit(5), 20)
+                    tags = {h.record.metadata["tag"] for h in hits}
+                    if len(tags) != 1 or len(hits) != 20:  # one version, and all of it
+                        mixed.append((len(hits), sorted(tags)))
             except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
                 errors.append(exc)
 
