@@ -117,9 +117,10 @@ class Worker:
 
 
 def read(store: ElasticsearchStore) -> tuple[int, dict[str, dict[str, Any]]]:
-    """One read as a searcher makes it: the committed generation, then the documents visible at it."""
-    view = store._view()
-    return view.generation, {r.id: r.metadata for batch in view.iter_records() for r in batch}
+    """One read as a searcher makes it: the committed generation, then the documents visible at it; read again
+    when two commits lapped it, as the store's own reads do (``stores.generations.WholeGenerationReads``)."""
+    return store._whole(lambda view: (view.generation,
+                                      {r.id: r.metadata for batch in view.iter_records() for r in batch}))
 
 
 class Reader(threading.Thread):
