@@ -14,7 +14,8 @@ Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree me
   a 4 KB segment file written and fsynced, renamed, its folder fsynced, a one-row SQLite WAL commit);
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
   its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
-  the segment files that first search read on its own thread; ``visible_after_ms``: from the commit's return
+  the segment files that first search read on its own thread; the reader's warm p50 right after (merging is
+  off: each commit adds a segment to search); ``visible_after_ms``: from the commit's return
   until that reader's search with one of the added vectors finds it as its top hit (searched every millisecond:
   a big commit's segments load on a helper thread while the old generation answers); and once, the writer's own
   store object (warm) searching right after a commit of 1,000 documents (it takes its segment from memory);
@@ -244,7 +245,7 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
     next_id = size
     commits: dict[str, Any] = {}
     for n, repeats in COMMIT_SIZES:
-        seconds, written, first, first_filtered, first_reads, visible, searches = [], [], [], [], [], [], []
+        seconds, written, first, first_filtered, first_reads, visible, searches, warm = [], [], [], [], [], [], [], []
         for repeat in range(min(repeats, max_repeats)):
             batch = _records(next_id, n, seed=next_id)
             next_id += n
@@ -266,9 +267,16 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
             began = time.perf_counter()
             reader.similarity(queries[250 + repeat], 10, flt)
             first_filtered.append((time.perf_counter() - began) * 1000)
+            # the reference for the first query: warm searches of the knowledge bank as it is now (each commit adds
+            # a segment to search; merging is off), not as it was before the commits
+            for query in queries[:20]:
+                began = time.perf_counter()
+                reader.similarity(query, 10)
+                warm.append((time.perf_counter() - began) * 1000)
         commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1), "rounds": len(seconds),
                            "bytes_written": int(np.median(written)),
                            "first_query_ms": round(float(np.median(first)), 2),
+                           "warm_after_ms": round(float(np.median(warm)), 2),
                            "first_query_files_read_inline": first_reads,
                            "visible_after_ms": round(float(np.median(visible)), 2),
                            "visible_after_searches": searches,
@@ -531,6 +539,8 @@ def report(results: dict[str, Any]) -> None:
                   f"{_ratio(o['bytes_written'], w['bytes_written']):>8}")
             print(f"  first query after     {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
                   f"{_ratio(o['first_query_ms'], w['first_query_ms']):>8}")
+            if "warm_after_ms" in w and "warm_after_ms" in o:
+                print(f"  warm search then      {o['warm_after_ms']:>12.2f} ms {w['warm_after_ms']:>12.2f} ms")
             if "visible_after_ms" in w and "visible_after_ms" in o:
                 ov, nv = o["visible_after_ms"], w["visible_after_ms"]
                 print(f"  visible after         {ov:>12.2f} ms {nv:>12.2f} ms {_ratio(ov, nv):>8}")
