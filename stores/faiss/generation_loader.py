@@ -295,6 +295,7 @@ class GenerationLoader:
             self._on_load(index)
 
     def _load_later(self, number: int) -> None:
+        """Load segment ``number`` into the ready pool on a helper thread (the caller holds ``_lock``)."""
         if number in self._loading:
             return
 
@@ -304,8 +305,9 @@ class GenerationLoader:
                 self._prepare(index)
                 with self._lock:
                     current = self.current
-                    # not when an inline load (a snapshot read) got there first: it would never be taken
-                    if current is None or all(s.number != number for s in current.segments):
+                    # not when an inline load (a snapshot read) got there first, nor after clear(): it would never
+                    # be taken
+                    if current is not None and all(s.number != number for s in current.segments):
                         self._ready[number] = index
             except Exception as exc:  # noqa: BLE001 - retired meanwhile, or unreadable: loaded inline if needed
                 log.info("segment %s of %s not preloaded: %s", number, self.folder, exc)
@@ -324,7 +326,7 @@ class GenerationLoader:
         held = {s.number for s in built.segments} | built.waiting
         newest = max(held, default=0)
         for number in list(self._ready):
-            if number in held and number not in built.waiting or number < newest and number not in held:
+            if (number in held and number not in built.waiting) or (number < newest and number not in held):
                 del self._ready[number]
 
     def forget(self, numbers: list[int]) -> None:
