@@ -14,6 +14,11 @@ Every measurement runs in a fresh process with ``PYTHONPATH`` set to the tree me
   a 4 KB segment file written and fsynced, renamed, its folder fsynced, a one-row SQLite WAL commit);
 - first-query latency after a commit in another reader (its own store object, warm before the commit) beside
   its warm p50, unfiltered and then with a filter (``group == 3``: the metadata columns of the new generation);
+  the segment files that first search read on its own thread; the reader's warm p50 right after (merging is
+  off: each commit adds a segment to search); ``visible_after_ms``: from the commit's return
+  until that reader's search with one of the added vectors finds it as its top hit (searched every millisecond:
+  a big commit's segments load on a helper thread while the old generation answers); and once, the writer's own
+  store object (warm) searching right after a commit of 1,000 documents (it takes its segment from memory);
 - search p50/p99 of a reader process while idle, while a writer commits 10 documents at a time, and (new code)
   before, during, in the half second right after (the reader takes the output) and after a background merge of
   10 segments of 1,000 (``--merge-rounds`` times);
@@ -173,6 +178,48 @@ def _commit_floor(folder: Path) -> float:
     return round(float(np.median(samples)) * 1000, 2)
 
 
+def _inline_reads(store: FaissStore) -> list[int]:
+    """A growing list, one entry per segment file ``store``'s loader reads on the calling thread (the main one);
+    none when the tree measured has no loader (the whole-index code)."""
+    reads: list[int] = []
+    loader = getattr(store, "loader", None)
+    if loader is None or not hasattr(loader, "_read"):
+        return reads
+    read, main = loader._read, threading.current_thread()
+
+    def counting(number: int) -> Any:
+        if threading.current_thread() is main:
+            reads.append(number)
+        return read(number)
+
+    loader._read = counting
+    return reads
+
+
+def _visible_after(store: FaissStore, record: Record, since: float) -> tuple[float, int]:
+    """(ms from ``since`` until ``store``'s search with ``record``'s vector finds it first, searches it took)."""
+    for searches in range(1, 100_000):
+        if store.similarity(record.vector, 1)[0].record.id == record.id:
+            return round((time.perf_counter() - since) * 1000, 2), searches
+        time.sleep(0.001)
+    raise RuntimeError(f"{record.id} never became visible")
+
+
+def _own_store_search(writer: FaissStore, next_id: int, queries: np.ndarray) -> dict[str, Any]:
+    """The writing store object, warm (as a service that writes and searches), searching right after its own
+    commit of 1,000 documents for one of them."""
+    for query in queries[:50]:
+        writer.similarity(query, 10)
+    reads = _inline_reads(writer)
+    batch = _records(next_id, 1000, seed=next_id)
+    with writer.begin(timeout=600) as tx:
+        tx.upsert(batch)
+    began = time.perf_counter()
+    top = writer.similarity(batch[0].vector, 1)[0].record.id
+    return {"documents": 1000, "first_query_ms": round((time.perf_counter() - began) * 1000, 2),
+            "finds_own_commit": top == batch[0].id, "files_read_inline": len(reads)}
+
+
 def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, Any]:
     started = time.perf_counter()
     writer = _open(folder, kind)
@@ -194,10 +241,11 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
     out["reader_warm_filtered"] = {**_stats(filtered[5:]), "first_ms": round(filtered[0], 1)}
     out["fsync_floor_ms"] = _fsync_floor(folder)
     out["commit_floor_ms"] = _commit_floor(folder)
+    reads = _inline_reads(reader)
     next_id = size
     commits: dict[str, Any] = {}
     for n, repeats in COMMIT_SIZES:
-        seconds, written, first, first_filtered = [], [], [], []
+        seconds, written, first, first_filtered, first_reads, visible, searches, warm = [], [], [], [], [], [], [], []
         for repeat in range(min(repeats, max_repeats)):
             batch = _records(next_id, n, seed=next_id)
             next_id += n
@@ -205,19 +253,37 @@ def measure(folder: Path, kind: str, size: int, max_repeats: int) -> dict[str, A
             began = time.perf_counter()
             with writer.begin(timeout=600) as tx:
                 tx.upsert(batch)
-            seconds.append(time.perf_counter() - began)
+            committed = time.perf_counter()
+            seconds.append(committed - began)
             written.append(_written() - before)
+            read_before = len(reads)
             began = time.perf_counter()
             reader.similarity(queries[200 + repeat], 10)
             first.append((time.perf_counter() - began) * 1000)
+            first_reads.append(len(reads) - read_before)
+            after, count = _visible_after(reader, batch[n // 2], committed)
+            visible.append(after)
+            searches.append(count)
             began = time.perf_counter()
             reader.similarity(queries[250 + repeat], 10, flt)
             first_filtered.append((time.perf_counter() - began) * 1000)
+            # the reference for the first query: warm searches of the knowledge bank as it is now (each commit adds
+            # a segment to search; merging is off), not as it was before the commits
+            for query in queries[:20]:
+                began = time.perf_counter()
+                reader.similarity(query, 10)
+                warm.append((time.perf_counter() - began) * 1000)
         commits[str(n)] = {"commit_ms": round(float(np.median(seconds)) * 1000, 1), "rounds": len(seconds),
                            "bytes_written": int(np.median(written)),
                            "first_query_ms": round(float(np.median(first)), 2),
+                           "warm_after_ms": round(float(np.median(warm)), 2),
+                           "first_query_files_read_inline": first_reads,
+                           "visible_after_ms": round(float(np.median(visible)), 2),
+                           "visible_after_searches": searches,
                            "first_filtered_query_ms": round(float(np.median(first_filtered)), 2)}
     out["commits"] = commits
+    out["own_store"] = _own_store_search(writer, next_id, queries)
+    next_id += 1000
     out["next_id"] = next_id
     out["load_average"] = os.getloadavg()
     return out
@@ -473,6 +539,11 @@ def report(results: dict[str, Any]) -> None:
                   f"{_ratio(o['bytes_written'], w['bytes_written']):>8}")
             print(f"  first query after     {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
                   f"{_ratio(o['first_query_ms'], w['first_query_ms']):>8}")
+            if "warm_after_ms" in w and "warm_after_ms" in o:
+                print(f"  warm search then      {o['warm_after_ms']:>12.2f} ms {w['warm_after_ms']:>12.2f} ms")
+            if "visible_after_ms" in w and "visible_after_ms" in o:
+                ov, nv = o["visible_after_ms"], w["visible_after_ms"]
+                print(f"  visible after         {ov:>12.2f} ms {nv:>12.2f} ms {_ratio(ov, nv):>8}")
             if "first_filtered_query_ms" in w:
                 of, nf = o["first_filtered_query_ms"], w["first_filtered_query_ms"]
                 print(f"  first filtered after  {of:>12.2f} ms {nf:>12.2f} ms {_ratio(of, nf):>8}")
@@ -481,6 +552,11 @@ def report(results: dict[str, Any]) -> None:
         if "reader_warm_filtered" in new:
             print(f"warm p50 filtered       {old['reader_warm_filtered']['p50_ms']:>12.2f} ms "
                   f"{new['reader_warm_filtered']['p50_ms']:>12.2f} ms")
+        if "own_store" in new and "own_store" in old:
+            o, w = old["own_store"], new["own_store"]
+            print(f"own store, 1,000 docs   {o['first_query_ms']:>12.2f} ms {w['first_query_ms']:>12.2f} ms "
+                  f"(finds its commit: {o['finds_own_commit']}/{w['finds_own_commit']}; files read "
+                  f"{o['files_read_inline']}/{w['files_read_inline']})")
         print(f"fsync floor (4 KB)      {old['fsync_floor_ms']:>12.2f} ms {new['fsync_floor_ms']:>12.2f} ms")
         if "commit_floor_ms" in new:
             print(f"commit floor (file, folder, WAL syncs) {new['commit_floor_ms']:.2f} ms (new code's run)")

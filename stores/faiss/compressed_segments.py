@@ -37,23 +37,25 @@ SLICE = 20_000  # vectors copied into a merge's staged vector file at a time
 
 
 def write_spilled_segment(settings: dict[str, Any], spill: SpilledVectors, staging: Path, folder: Path, number: int,
-                          written_point: str) -> tuple[int, int, int] | None:
+                          written_point: str) -> tuple[tuple[int, int, int], faiss.Index] | None:
     """Write a compressed type's transaction segment from the vectors it spilled (``stores.faiss.spill``): below
     ``exact_below`` live vectors a flat index of them; otherwise the spill file itself, completed and fsynced,
     becomes the vector file (a rename, no copy) and the index is trained on a sample of it and filled a slice at a
-    time. (lowest rowid, highest rowid, count), or None when every vector was removed again (nothing written)."""
+    time. ((lowest rowid, highest rowid, count), the index written), or None when every vector was removed again
+    (nothing written)."""
     rowids = spill.live_rowids()
     if rowids.size == 0:
         return None
     if not trains(settings, int(rowids.size)):
-        write_segment(spill.searchable(), staging, folder, number, written_point)
+        built = spill.searchable()
+        write_segment(built, staging, folder, number, written_point)
     else:
         path, rowids = spill.finish()
         built = build_index(settings, open_vectors(path), rowids)
         assert built is not None  # nothing asks a commit's build to stop
         os.replace(path, vectors_path(folder, number))
         write_segment(built, staging, folder, number, written_point)  # fsyncs the folder: both renames durable
-    return int(rowids.min()), int(rowids.max()), int(rowids.size)
+    return (int(rowids.min()), int(rowids.max()), int(rowids.size)), built
 
 
 def build_merged(settings: dict[str, Any], inputs: Sequence[Segment], dim: int, staging: Path,

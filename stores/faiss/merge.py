@@ -375,6 +375,7 @@ class Merger:
             conn.execute("COMMIT")
             fault_point("merge_after_commit")
             self.merges += 1
+            store.loader.forget(numbers)  # retired: an input offered by a commit here is not kept for a search
             log.info("knowledge bank %s: merged segments %s into %s (%s vectors) at generation %s",
                      store.context.kb_id, numbers, number, 0 if output is None else output.ntotal, new_generation)
             store.checkpoints.after_commit()

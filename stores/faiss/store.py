@@ -319,12 +319,14 @@ class FaissStore(VectorStoreDriver):
         generation, dim = self._committed_meta(conn)
         if dim is None:
             return None
-        segments = self.loader.current
-        if not self.loader.is_current(generation):
+        loader = self.loader
+        # while a big commit's segments load on helper threads, the generation this reader has answers
+        segments = loader.current if loader.is_current(generation) else loader.deferred(generation)
+        if segments is None or segments.dim != dim:
             conn.execute("BEGIN")  # the segments and tombstones of one generation, read in one snapshot
             try:
                 generation, dim = self._read_meta(conn)
-                segments = self.segments_at(conn, generation, dim)
+                segments = loader.get(conn, generation, dim, background=True)
             except RuntimeError:  # a segment file was retired by two newer commits meanwhile
                 return None
             finally:

@@ -58,6 +58,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         self._cleared = False  # clear() retires every committed segment
         self._segments: SegmentSet | None = None  # what this transaction's own reads search, until it writes
         self._segment_row: tuple[int, int, int, int] | None = None  # (segment, lowest, highest rowid, count)
+        self._segment_index: faiss.Index | None = None  # the index written as that segment, offered to readers
         self._dirty = False
         self._open = True
         self.staging = store.dir / "staging" / uuid.uuid4().hex
@@ -324,9 +325,27 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
                 writer.join()
             self._write_segments(new_generation)
             self._write_meta(new_generation)
-        fault_point("before_sqlite_commit")
-        self.conn.execute("COMMIT")
+        offered = self._offer()
+        try:
+            fault_point("before_sqlite_commit")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if offered is not None:  # before the lock goes: the next commit reuses the number
+                self.store.loader.withdraw(offered)
+            raise
+        self.index = self._segment_index = None  # the store's readers may hold it now: nothing here touches it
+        self._segments = None
         fault_point("after_sqlite_commit")
+
+    def _offer(self) -> int | None:
+        """Hand the new segment's index, already in memory, to this store's readers before the commit point, so
+        that a search in this process that sees the new generation reads no file for it (whichever thread it
+        runs on). Nothing changes the index after this: the transaction only commits or rolls back from here."""
+        if self._segment_row is None or self._segment_index is None:
+            return None
+        number = self._segment_row[0]
+        self.store.loader.offer(number, self._segment_index)
+        return number
 
     def _small(self) -> bool:
         """A commit of fewer than ``SMALL_WRITE`` added and deleted records: its segment file is written on this
@@ -369,9 +388,11 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         folder = self.store.loader.folder
         if self._spill is not None:
             # a compressed type's segment is trained and encoded here (stores.faiss.compressed_segments)
-            span = write_spilled_segment(self.store.settings, self._spill, self.staging, folder, number,
-                                         "index_written")
-            self._segment_row = (number, *span) if span is not None else None
+            written = write_spilled_segment(self.store.settings, self._spill, self.staging, folder, number,
+                                            "index_written")
+            if written is not None:
+                span, self._segment_index = written
+                self._segment_row = (number, *span)
             return
         index = self.index
         if index is None or index.ntotal == 0:
@@ -379,6 +400,7 @@ class FaissTransaction(DelegatingReader, StoreTransaction):
         rowids = faiss.vector_to_array(index.id_map)
         write_segment(index, self.staging, folder, number, "index_written")
         self._segment_row = (number, int(rowids.min()), int(rowids.max()), int(index.ntotal))
+        self._segment_index = index
 
     def _join_wal_flush(self) -> None:
         if self._wal_flush is not None:
