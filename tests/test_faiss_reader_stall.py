@@ -236,3 +236,125 @@ def test_a_failed_commit_withdraws_its_offer(tmp_path: Path, monkeypatch: pytest
     assert store.count() == 510
     other.close()
     store.close()
+
+
+def _join_loads(store: FaissStore) -> None:
+    for thread in list(store.loader._loading.values()):
+        thread.join(30)
+
+
+def _ids(hits: list) -> list[str]:  # type: ignore[type-arg]
+    return [h.record.id for h in hits]
+
+
+@pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
+def test_a_reader_that_filters_switches_with_the_new_segments_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, not_merging: None, kind: str) -> None:
+    writer = _store(tmp_path, kind)
+    writer.upsert(_records(0, _vectors(500, 1)))
+    reader = _store(tmp_path, kind)
+    added = _vectors(BIG, 2)
+    query = added[7]  # d10007 is in group 2
+    flt = parse_filter({"group": 2})
+    before = _ids(reader.similarity(query, 10, flt))  # reads its generation's columns
+    assert reader.metadata_rows_read == 500
+    # the helper thread's column read waits (in its snapshot) until the filtered hot path has answered meanwhile
+    release = threading.Event()
+    read_columns = generation_loader.read_segment_columns
+
+    def held(conn, segment):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return read_columns(conn, segment)
+
+    monkeypatch.setattr(generation_loader, "read_segment_columns", held)
+    old = reader.loader.current
+    writer.upsert(_records(10_000, added))
+    assert _ids(reader.similarity(query, 10, flt)) == before  # the old generation, whole, from its columns
+    assert reader.loader.current is old and reader.metadata_rows_read == 500
+    writer.delete(["d10007"])  # committed after the helper's snapshot: the reader's deletion mask has it
+    assert _ids(reader.similarity(query, 10, flt)) == before
+    release.set()
+    _join_loads(reader)
+
+    hits = reader.similarity(query, 10, flt)  # switched, to the newest generation: no record read for its columns
+    assert reader.loader.current.generation == old.generation + 2
+    assert reader.metadata_rows_read == 500 and reader.loader.metadata_rows_preread == BIG
+    assert "d10007" not in _ids(hits) and {h.record.metadata["group"] for h in hits} == {2}
+    assert any(int(i[1:]) >= 10_000 for i in _ids(hits))
+    fresh = _store(tmp_path, kind)  # the same answer from columns read inline
+    assert _ids(hits) == _ids(fresh.similarity(query, 10, flt)) and fresh.metadata_rows_read == 500 + BIG
+    assert reader.count(flt) == fresh.count(flt) == 100 + BIG // 5 - 1
+    fresh.close()
+    writer.close()
+    reader.close()
+
+
+def test_a_reader_that_never_filtered_reads_no_columns_in_the_background(
+        tmp_path: Path, not_merging: None) -> None:
+    writer = _store(tmp_path)
+    writer.upsert(_records(0, _vectors(500, 1)))
+    reader = _store(tmp_path)
+    added = _vectors(BIG, 2)
+    reader.similarity(added[7], 10)
+    writer.upsert(_records(10_000, added))
+    assert _wait_for_top(reader, added[7], "d10007")[0] == "d10007"
+    assert reader.loader.metadata_rows_preread == 0
+    assert all(s.layout.metadata is None for s in reader.loader.current.segments)
+    assert reader.similarity(added[7], 1, parse_filter({"group": 2}))[0].record.id == "d10007"
+    assert reader.metadata_rows_read == 500 + BIG  # its first filtered search reads them, as before
+    writer.close()
+    reader.close()
+
+
+def test_a_failed_column_read_is_logged_and_left_to_the_first_filtered_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        not_merging: None) -> None:
+    writer = _store(tmp_path)
+    writer.upsert(_records(0, _vectors(500, 1)))
+    reader = _store(tmp_path)
+    added = _vectors(BIG, 2)
+    flt = parse_filter({"group": 2})
+    reader.similarity(added[7], 10, flt)
+
+    def failing(conn, segment):  # type: ignore[no-untyped-def]
+        raise OSError("injected: records unreadable")
+
+    monkeypatch.setattr(generation_loader, "read_segment_columns", failing)
+    writer.upsert(_records(10_000, added))
+    with caplog.at_level("WARNING", logger="stores.faiss.generation_loader"):
+        assert _wait_for_top(reader, added[7], "d10007")[0] == "d10007"  # the segment itself still switched in
+    assert "not preloaded" in caplog.text and "injected: records unreadable" in caplog.text
+    assert reader.loader.metadata_rows_preread == 0
+    assert reader.similarity(added[7], 1, flt)[0].record.id == "d10007"
+    assert reader.metadata_rows_read == 500 + BIG  # read inline, as before
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("inputs_filtered", [True, False])
+def test_a_merge_output_swaps_in_with_its_columns(tmp_path: Path, not_merging: None, inputs_filtered: bool) -> None:
+    writer = _store(tmp_path)
+    writer.upsert(_records(0, _vectors(500, 1)))
+    reader = _store(tmp_path)
+    flt = parse_filter({"group": 2})
+    reader.similarity(_vectors(1, 5)[0], 3, flt)  # a reader that filters
+    for i in range(10):  # ten one-document commits the reader loads inline
+        added = _vectors(1, 100 + i)
+        writer.upsert(_records(1000 + i, added))
+        reader.similarity(added[0], 1, flt if inputs_filtered else None)
+    rows_read = reader.metadata_rows_read
+    assert rows_read == 500 + (10 if inputs_filtered else 0)
+    assert writer.merger.merge_now() == 1
+    query = _vectors(1, 107)[0]  # d1007: group 2
+    assert reader.similarity(query, 1)[0].record.id == "d1007"  # the inputs stand in while the output loads
+    waiting = reader.loader.current.waiting
+    assert len(waiting) == 1
+    _join_loads(reader)
+    assert reader.similarity(query, 1, flt)[0].record.id == "d1007"
+    assert reader.loader.current.waiting == frozenset()
+    assert next(iter(waiting)) in {s.number for s in reader.loader.current.segments}  # swapped in
+    # its columns: gathered from the inputs' (no record read), or read by the helper thread when they lacked theirs
+    assert reader.metadata_rows_read == rows_read
+    assert reader.loader.metadata_rows_preread == (0 if inputs_filtered else 10)
+    writer.close()
+    reader.close()

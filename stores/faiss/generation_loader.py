@@ -15,6 +15,10 @@ A big commit (a bulk write of thousands of documents) brings a big file too. The
 load on helper threads, and switches at the first search after they are in: no search waits for them. Small
 ones load inline (about a search's time), so a small write stays visible at the next search in every process.
 A commit in this process hands its segment over in memory (``offer``): its own searches read no file for it.
+
+A reader that filters (its generation's segments have metadata columns, ``stores.faiss.segment_columns``) has the
+helper thread read the new segments' columns too, in its own read transaction, before the switch: the first
+filtered search on the new generation then reads no record either. A reader that never filtered reads none.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import numpy as np
 
 from stores.faiss.compressed import needs_vectors, tune, vectors_path
 from stores.faiss.filtered import FilteredSearch
+from stores.faiss.segment_columns import read_segment_columns
 from stores.faiss.segments import Segment, SegmentSet
 from stores.faiss.vector_file import VectorFile
+from stores.sqlite.meta import connect_durable, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,9 @@ class GenerationLoader:
     """The committed generations a store's readers search, built incrementally (thread-safe)."""
 
     def __init__(self, folder: Path, ef_search: int | None, on_load: Callable[[faiss.Index], None],
-                 search_settings: dict | None = None) -> None:
+                 search_settings: dict | None = None, database: Path | None = None) -> None:
         self.folder = folder
+        self.database = database  # the store's SQLite file: helper threads read metadata columns from it
         self.ef_search = ef_search
         # a compressed type's settings (stores.faiss.compressed): its search parameters and re-ranking depth
         self.search_settings = search_settings
@@ -82,11 +89,14 @@ class GenerationLoader:
         # a helper thread while the inputs answered
         # (and commits' segments: offered by this process's writer, or read by a helper thread for the hot path)
         self._ready: dict[int, faiss.Index] = {}
+        # the layouts helper threads built for indexes in ``_ready`` (with their metadata columns when read)
+        self._layouts: dict[int, FilteredSearch] = {}
         self._loading: dict[int, threading.Thread] = {}
         # the generation whose new segments are loading for the hot path, and those segments
         self._deferred: tuple[int, frozenset[int]] | None = None
         self._failed: set[int] = set()  # segments whose helper-thread load failed: loaded inline next time
         self.files_read = 0  # segment files read by this process (tests and benchmarks read it)
+        self.metadata_rows_preread = 0  # records parsed into metadata columns by helper threads (tests read it)
 
     def path(self, segment: int) -> Path:
         return self.folder / f"{segment}.faiss"
@@ -101,6 +111,7 @@ class GenerationLoader:
         self._prepare(index)
         with self._lock:
             self._ready[segment] = index
+            self._layouts.pop(segment, None)
 
     def load_segments(self, conn: sqlite3.Connection, generation: int, numbers: list[int]) -> list[Segment]:
         """Segments ``numbers`` of ``generation`` with their deletions at it (``conn`` in a read transaction that
@@ -123,7 +134,7 @@ class GenerationLoader:
                 index = ready.get(number)
                 if index is None:
                     index = self._read(number)  # RuntimeError when gone: retired by another process meanwhile
-                segment = Segment(number, index, kind, layout=self._layout(number, index))
+                segment = Segment(number, index, kind, layout=self._ready_layout(number, index))
             deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi)
             segments.append(segment.with_tombstones(deleted) if deleted.size else segment)
         if len(segments) != len(numbers):
@@ -191,8 +202,9 @@ class GenerationLoader:
                 return False
         if size <= BACKGROUND_LOAD_BYTES:
             return False
+        columns = self._filters(current)
         for number in lacking:
-            self._load_later(number)
+            self._load_later(number, columns)
         self._deferred = (generation, frozenset(lacking))
         log.debug("segments %s of %s (%s bytes) loading in the background for generation %s", lacking, self.folder,
                   size, generation)
@@ -202,6 +214,7 @@ class GenerationLoader:
         with self._lock:
             self.current = self._previous = None
             self._ready.clear()
+            self._layouts.clear()
             self._deferred = None
             self._failed.clear()
 
@@ -231,7 +244,9 @@ class GenerationLoader:
                 continue
             stand_ins = self._stand_ins(conn, number, kept, live, base) if kind == "merge" else None
             if stand_ins is not None and number not in self._ready:
-                self._load_later(number)
+                # its columns are gathered from its inputs' at the swap when they all have theirs
+                self._load_later(number, base is not None and self._filters(base)
+                                 and not all(_has_columns(s) for s in stand_ins))
                 waiting.add(number)
                 segments.extend(s.with_tombstones(fresh) if fresh is not None and fresh.size else s
                                 for s in stand_ins)
@@ -244,8 +259,8 @@ class GenerationLoader:
                 if index is None:
                     index = self._read(number)  # RuntimeError when gone: the caller retries
                     self._prepare(index)
-                segment = Segment(number, index, kind, layout=self._layout(number, index))
-                if kind == "merge":
+                segment = Segment(number, index, kind, layout=self._ready_layout(number, index))
+                if kind == "merge" and segment.layout.metadata is None:
                     self._inherit_columns(conn, segment, pool)
             deleted = tombstones_between(conn, 0, generation, segment.lo, segment.hi) if count else None
             segments.append(segment.with_tombstones(deleted) if deleted is not None and deleted.size else segment)
@@ -263,6 +278,17 @@ class GenerationLoader:
         if not inputs or any(i not in kept or i in live for i in inputs):
             return None
         return [kept[i] for i in inputs]
+
+    def _ready_layout(self, number: int, index: faiss.Index) -> FilteredSearch:
+        """The layout a helper thread built for ``index`` (with its metadata columns, if it read them), else a new
+        one."""
+        layout = self._layouts.get(number)
+        return layout if layout is not None and layout.index is index else self._layout(number, index)
+
+    def _filters(self, segments: SegmentSet) -> bool:
+        """Whether this reader filters: some segment of its generation has metadata columns (read by a filtered
+        search, or gathered for a merge output from its inputs'). A reader that never filtered reads none."""
+        return self.database is not None and any(_has_columns(s) for s in segments.segments)
 
     def _layout(self, number: int, index: faiss.Index) -> FilteredSearch:
         """A segment's layout; a compressed one's with its vector file open (named by the segment number, it
@@ -294,8 +320,9 @@ class GenerationLoader:
         if index.ntotal * index.d >= _HUGE_PAGES_FLOATS:
             self._on_load(index)
 
-    def _load_later(self, number: int) -> None:
-        """Load segment ``number`` into the ready pool on a helper thread (the caller holds ``_lock``)."""
+    def _load_later(self, number: int, columns: bool = False) -> None:
+        """Load segment ``number`` into the ready pool on a helper thread (the caller holds ``_lock``); with its
+        metadata columns when ``columns``, so the hot path switches with them (it waits for the whole load)."""
         if number in self._loading:
             return
 
@@ -303,12 +330,16 @@ class GenerationLoader:
             try:
                 index = self._read(number)
                 self._prepare(index)
+                layout = self._layout(number, index)
+                if columns:
+                    self._read_columns(number, layout)
                 with self._lock:
                     current = self.current
                     # not when an inline load (a snapshot read) got there first, nor after clear(): it would never
                     # be taken
                     if current is not None and all(s.number != number for s in current.segments):
                         self._ready[number] = index
+                        self._layouts[number] = layout
             except Exception as exc:  # noqa: BLE001 - retired meanwhile, or unreadable: loaded inline if needed
                 log.info("segment %s of %s not preloaded: %s", number, self.folder, exc)
                 self._failed.add(number)
@@ -319,6 +350,28 @@ class GenerationLoader:
         self._loading[number] = thread
         thread.start()
 
+    def _read_columns(self, number: int, layout: FilteredSearch) -> None:
+        """Read segment ``number``'s metadata columns into ``layout`` in a read transaction of this thread's own.
+        They hold for every generation from the one read on (``stores.faiss.segment_columns``), which is at or
+        before any the reader switches to with them: it switches at a search after this. A failure leaves them
+        to the first filtered search, inline."""
+        assert self.database is not None
+        try:
+            conn = connect_durable(self.database)
+            try:
+                conn.execute("BEGIN")
+                generation, _ = read_meta(conn)
+                columns = read_segment_columns(conn, Segment(number, layout.index, layout=layout))
+            finally:
+                conn.close()  # ends the read transaction
+        except Exception as exc:  # noqa: BLE001 - any failure: the next filtered search reads them as before
+            log.warning("metadata columns of segment %s of %s not preloaded (the next filtered search reads them): "
+                        "%s", number, self.folder, exc)
+            return
+        layout.metadata = (generation, columns)
+        with self._lock:
+            self.metadata_rows_preread += layout.ntotal
+
     def _forget_ready(self, built: SegmentSet) -> None:
         """Preloaded segments now held by the current generation leave the waiting room, and so do those it no
         longer holds: numbers only grow, so one below a live segment's that is not live was retired (a commit's
@@ -328,14 +381,21 @@ class GenerationLoader:
         for number in list(self._ready):
             if (number in held and number not in built.waiting) or (number < newest and number not in held):
                 del self._ready[number]
+                self._layouts.pop(number, None)
 
     def forget(self, numbers: list[int]) -> None:
         """Segments retired by this process's merge: offered or preloaded ones not kept for a search to come."""
         with self._lock:
             for number in numbers:
                 self._ready.pop(number, None)
+                self._layouts.pop(number, None)
 
     def withdraw(self, segment: int) -> None:
         """A merge output offered but not committed (the merge failed): not kept in memory."""
         with self._lock:
             self._ready.pop(segment, None)
+            self._layouts.pop(segment, None)
+
+
+def _has_columns(segment: Segment) -> bool:
+    return segment.layout.metadata is not None or segment.layout.merged_from is not None

@@ -137,10 +137,12 @@ class FaissStore(VectorStoreDriver):
         self._cache_lock = threading.Lock()
         self.huge_pages: threading.Thread | None = None  # a loaded segment's move onto huge pages, while it runs
         self.loader = GenerationLoader(self.dir / SEGMENTS, self.settings.get("ef_search"), self._on_segment_load,
-                                       self.settings if is_compressed(self.settings) else None)
+                                       self.settings if is_compressed(self.settings) else None, self.db_path)
         self.loader.folder.mkdir(exist_ok=True)
         self._columns_cache: tuple[int, GenerationColumns] | None = None
-        self.metadata_rows_read = 0  # records parsed into metadata columns by this store's readers (tests read it)
+        # records parsed into metadata columns by this store's searches (tests read it; the loader's helper threads
+        # count theirs in loader.metadata_rows_preread)
+        self.metadata_rows_read = 0
         self.merger = Merger(self)
         self._records = RecordCache(_RECORD_CACHE_ENTRIES, _RECORD_CACHE_BYTES)
         self._closed = False
