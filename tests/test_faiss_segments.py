@@ -165,6 +165,27 @@ def test_hnsw_recall_over_segments_is_within_half_a_point_of_one_graph(tmp_path:
     assert np.mean(recall_segmented) >= np.mean(recall_single) - 0.005
 
 
+def test_small_hnsw_segments_are_searched_exactly_and_big_ones_by_their_graph(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``EXACT_BELOW`` vectors an HNSW segment answers exactly (deleted rows excluded); at it, by its graph
+    (a graph of m 2 searched with efSearch 2 gives other answers than the exact ones: which path ran shows)."""
+    from stores.faiss import segments as segments_module
+
+    monkeypatch.setattr(segments_module, "EXACT_BELOW", 400)
+    store = FaissStore(StoreContext("seg", tmp_path, settings={"index": {"type": "HNSW", "m": 2, "ef_search": 2}}))
+    store.upsert(_records(0, _vectors(399, 31)))  # one segment below the threshold
+    store.delete([f"d{i}" for i in range(0, 399, 3)])  # a tombstone bitmap on it
+    for query in _vectors(30, 32):
+        found = [(h.record.id, h.score) for h in store.similarity(query, 10)]
+        assert _same(found, _exact(store, query, 10))
+    big = FaissStore(StoreContext("seg", tmp_path / "big",
+                                  settings={"index": {"type": "HNSW", "m": 2, "ef_search": 2}}))
+    big.upsert(_records(0, _vectors(400, 33)))
+    misses = sum(not _same([(h.record.id, h.score) for h in big.similarity(q, 10)], _exact(big, q, 10))
+                 for q in _vectors(30, 34))
+    assert misses > 0  # a poor graph walked greedily: not every answer is the exact one
+
+
 def test_a_reader_loads_only_the_new_segment_of_the_next_generation(tmp_path: Path) -> None:
     writer = _store(tmp_path)
     writer.upsert(_records(0, _vectors(500, 1)))

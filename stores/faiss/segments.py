@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS tombstones (rowid INTEGER PRIMARY KEY, gen INTEGER NO
 CREATE INDEX IF NOT EXISTS tombstones_by_gen ON tombstones(gen);
 """
 
+# An HNSW segment of fewer vectors than this is searched exactly, over its graph's own stored vectors: a commit's
+# small segments cost a graph walk each (efSearch 192 visits most of a small graph anyway), and a knowledge bank
+# holds up to about ten of them per merge tier. Measured: see docs/internals/commit-point.md ("Small segments
+# searched exactly").
+EXACT_BELOW = 8192
+
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
 _EMPTY_ROWIDS = np.zeros(0, dtype=np.int64)
 
@@ -89,15 +95,21 @@ class Segment:
             return _EMPTY_SCORES, _EMPTY_ROWIDS
         if self.layout.vectors is not None:  # codes only: candidates from them, scores from the vector file
             return self.layout.search_selected(query, k, self._bitmap, 0, self.live / max(1, self.size), self.live)
-        if self._bitmap is None:
+        exact = self.layout.hnsw and self.size < EXACT_BELOW
+        if self._bitmap is None and not exact:
             scores, labels = self.index.search(query, k)
             keep = labels[0] >= 0
             return scores[0][keep], labels[0][keep]
-        selector = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(self._bitmap))
-        inner = self.layout.inner
-        params = (faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch) if self.layout.hnsw
-                  else faiss.SearchParameters(sel=selector))
-        scores, labels = inner.search(query, k, params=params)
+        selector = (faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(self._bitmap)) if self._bitmap is not None
+                    else None)
+        if exact:  # the graph's storage: the same vectors by position, searched in full
+            scores, labels = self.layout.flat.search(query, k, params=faiss.SearchParameters(sel=selector)
+                                                     if selector is not None else None)
+        else:
+            inner = self.layout.inner
+            params = (faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch) if self.layout.hnsw
+                      else faiss.SearchParameters(sel=selector))
+            scores, labels = inner.search(query, k, params=params)
         keep = labels[0] >= 0
         return scores[0][keep], self.layout.rowids[labels[0][keep]]
 
