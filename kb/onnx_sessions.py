@@ -69,6 +69,11 @@ def open_session(graph: Path, threads: int, spin_us: int, shared: dict[str, Any]
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
     if spin_us:
         options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
+    # Without VNNI (AVX2, AVX-512 without VNNI) onnxruntime's uint8 x int8 kernels add product pairs into int16,
+    # which saturates with kb's 8-bit weights: the int8 model's vectors fell to cosine 0.994 to fp32 under an
+    # emulated Haswell (benchmarks/int8_avx2_check.py). This makes those CPUs take the exact uint8 x uint8
+    # kernels instead; VNNI CPUs and fp32 graphs are unaffected (docs/local-model.md).
+    options.add_session_config_entry("session.x64quantprecision", "1")
     options.log_severity_level = 3
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
