@@ -1,5 +1,5 @@
-"""Shared fixtures: a fresh kb home per test, the embedded client, a fake embedding model for fast tests, and the
-run's shared Elasticsearch node.
+"""Shared fixtures: a fresh kb home per test, the embedded client, a fake embedding model for fast tests, the
+run's shared Elasticsearch node, and per test module a real Chroma server and an Azure AI Search emulator.
 
 The suite runs under pytest-xdist (``make test``: docs/tests.md): every fixture here must hold in several
 worker processes at once. A fresh kb home is a temporary folder; servers listen on free ports; the shared
@@ -28,6 +28,8 @@ for _call in (httpx.get, httpx.post, httpx.put, httpx.patch, httpx.delete, httpx
               httpx.request, httpx.stream):
     getattr(_call, "__wrapped__", _call).__kwdefaults__["timeout"] = TEST_HTTP_TIMEOUT  # stream: a contextmanager
 from kb.client import EmbeddedClient  # noqa: E402
+from tests.support.azure_search_emulator import AzureSearchEmulator  # noqa: E402
+from tests.support.chroma_server import ChromaServer  # noqa: E402
 from tests.support.shared_elasticsearch import SharedElasticsearch, SharedNode, reap  # noqa: E402
 
 # The files that take minutes (per-file test time of a full xdist run), longest first. Under xdist a file is the unit of
@@ -84,6 +86,27 @@ def es_node(shared_elasticsearch: SharedElasticsearch, request: pytest.FixtureRe
     """The shared node with an index prefix of this module's own: pass ``index_prefix`` in connections (or use
     knowledge bank ids no other module uses). A test that stops, kills or pauses a node starts its own."""
     return shared_elasticsearch.node(f"{request.module.__name__.rsplit('.', 1)[-1].lower()}-")
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real Chroma server (its own process and data folder) for the tests of one module."""
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureSearchEmulator]:
+    """The Azure AI Search emulator for the tests of one module; at the end, every request and response it saw
+    must have matched Microsoft's published schemas."""
+    server = AzureSearchEmulator(tmp_path_factory.mktemp("azure-emulator")).start()
+    yield server
+    violations = server.violations()
+    server.stop()
+    assert violations == [], violations
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

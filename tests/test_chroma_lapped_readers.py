@@ -27,13 +27,6 @@ N = 20
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "data").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[ChromaStore]:
     store = ChromaStore(StoreContext("embedded", tmp_path))

@@ -38,15 +38,6 @@ DIM = 16
 
 
 @pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("chroma-shared") / "data").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def database(chroma_server: ChromaServer) -> Iterator[str]:
     """One database for the module (one pool and one commit listener); each test its own knowledge bank id."""
     server = PostgresServer().start()

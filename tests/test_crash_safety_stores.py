@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ from tests.support.elasticsearch_server import ElasticsearchNode
 ROOT = Path(__file__).resolve().parent.parent
 POINTS = ("store_records_written", "before_sqlite_commit", "after_sqlite_commit")
 _kb_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("crash-chroma") / "data").start()
-    yield server
-    server.stop()
 
 
 def state(folder: Path, kind: str, url: str | None, kb_id: str) -> int | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ from stores.base import Record, StoreContext
 from stores.commit_point.database import DatabaseLedger
 from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.postgres_server import kb_schema
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureSearchEmulator]:
-    server = AzureSearchEmulator(tmp_path_factory.mktemp("azure-emulator")).start()
-    yield server
-    violations = server.violations()
-    server.stop()
-    assert violations == [], violations
 
 
 def open_store(emulator: AzureSearchEmulator, url: str, kb_id: str, folder: Path, lease: float) -> AzureSearchStore:

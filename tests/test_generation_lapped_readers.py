@@ -21,20 +21,10 @@ from stores.azure_search.store import AzureSearchStore
 from stores.base import Record, StoreContext, VectorStoreDriver
 from stores.elasticsearch.store import ElasticsearchStore
 from tests.conformance.store_suite import records, unit
-from tests.support.azure_search_emulator import AzureSearchEmulator
 from tests.support.shared_elasticsearch import SharedNode
 
 N = 20
 _ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureSearchEmulator]:
-    server = AzureSearchEmulator(tmp_path_factory.mktemp("azure-emulator")).start()
-    yield server
-    violations = server.violations()
-    server.stop()
-    assert violations == [], violations
 
 
 def azure(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[AzureSearchStore, Any, str]:

@@ -12,23 +12,14 @@ kb's writer tests nothing of the service's durability.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.chroma_server import ChromaServer
 from tests.support.kill_loop import MERGE_POINTS, kill_loop
 from tests.support.kill_worker import BATCH, batch_records, check, open_store, same_ranking
 
 KILLS = 4
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("kill-chroma") / "data").start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("kind", ["faiss", "chroma", "chroma-server", "elasticsearch"])

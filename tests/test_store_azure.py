@@ -35,15 +35,6 @@ from tests.support.openai_embeddings_server import free_port
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureSearchEmulator]:
-    server = AzureSearchEmulator(tmp_path_factory.mktemp("azure-emulator")).start()
-    yield server
-    violations = server.violations()
-    server.stop()
-    assert violations == [], violations  # every request and response matched the published schemas
-
-
 def connection(emulator: AzureSearchEmulator, **extra: Any) -> dict[str, Any]:
     return {"endpoint": emulator.url, "api_key": emulator.api_key, "index_prefix": "t-",
             "api_version": "2024-07-01", "retry_backoff_factor": 0.05, **extra}

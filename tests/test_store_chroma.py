@@ -38,13 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "data").start()
-    yield server
-    server.stop()
-
-
 def physical_count(store: ChromaStore) -> int:
     collection = store.live_collection()
     return 0 if collection is None else int(collection.count())
