@@ -9,10 +9,8 @@ Chroma call (a hook on the driver's Chroma client): the interleaving CI met once
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from kb_base.filters import Filter, parse_filter
 from stores.base import Record, StoreContext
 from stores.chroma.store import ChromaStore
 from tests.conformance.store_suite import records, unit
+from tests.support.chroma_hooks import before_first_call
 from tests.support.chroma_server import ChromaServer
 
 N = 20
@@ -44,21 +43,7 @@ def lap_first_read(store: ChromaStore, monkeypatch: pytest.MonkeyPatch, commits:
                    methods: tuple[str, ...] = ("query", "get")) -> list[str]:
     """Before the calling thread's first Chroma read (its snapshot already taken), another thread commits
     ``commits``, each replacing every record; returns the methods of the calling thread's Chroma calls."""
-    real = store.chroma.call
-    reader, seen, done = threading.get_ident(), [], threading.Event()
-
-    def call(name: str, method: str, **kwargs: Any) -> Any:
-        if threading.get_ident() == reader:
-            seen.append(method)
-            if method in methods and not done.is_set():
-                done.set()
-                writer = threading.Thread(target=commit_versions, args=(store, commits))
-                writer.start()
-                writer.join()
-        return real(name, method, **kwargs)
-
-    monkeypatch.setattr(store.chroma, "call", call)
-    return seen
+    return before_first_call(store.chroma, monkeypatch, lambda: commit_versions(store, commits), methods)
 
 
 def tags(found: list[Record]) -> set[str]:
@@ -122,17 +107,7 @@ def test_a_cleared_collection_dropped_under_a_read_is_read_again(embedded: Chrom
             tx.upsert(records(N, tag="v1"))
         commit_versions(embedded, range(2, 3))
 
-    real, reader, done = embedded.chroma.call, threading.get_ident(), threading.Event()
-
-    def call(name: str, method: str, **kwargs: Any) -> Any:
-        if threading.get_ident() == reader and not done.is_set():
-            done.set()
-            writer = threading.Thread(target=clear_then_write)
-            writer.start()
-            writer.join()
-        return real(name, method, **kwargs)
-
-    monkeypatch.setattr(embedded.chroma, "call", call)
+    before_first_call(embedded.chroma, monkeypatch, clear_then_write, methods=None)
     found = READS["similarity"](embedded)  # before the fix: StoreUnavailableError, no collection
     assert tags(found) == {"v2"} and len(found) == N
 

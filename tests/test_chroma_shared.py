@@ -30,6 +30,7 @@ from stores.chroma import shared as shared_module
 from stores.chroma.store import ChromaStore
 from stores.commit_point.schema import engine_for, kb_changes
 from tests.conformance.store_suite import StoreConformanceSuite, StoreFactory
+from tests.support.chroma_hooks import before_first_call
 from tests.support.chroma_server import ChromaServer
 from tests.support.postgres_server import PostgresServer
 
@@ -215,24 +216,15 @@ def test_a_read_lapped_by_two_commits_of_another_server_reads_again(servers: Ser
     a, b = servers.open("a"), servers.open("b")
     with b.begin() as tx:
         tx.upsert([doc(i, "v0") for i in range(12)])
-    real, reader, done = a.chroma.call, threading.get_ident(), threading.Event()
 
     def commit_twice() -> None:
         for version in (1, 2):
             with b.begin() as tx:
                 tx.upsert([doc(i, f"v{version}") for i in range(12)])
 
-    def call(name: str, method: str, **kwargs: object) -> object:
-        if threading.get_ident() == reader and method == "query" and not done.is_set():
-            done.set()
-            writer = threading.Thread(target=commit_twice)
-            writer.start()
-            writer.join()
-        return real(name, method, **kwargs)
-
-    monkeypatch.setattr(a.chroma, "call", call)
+    seen = before_first_call(a.chroma, monkeypatch, commit_twice, methods=("query",))
     hits = a.similarity(doc(3).vector, 12)
-    assert done.is_set() and {h.record.metadata["tag"] for h in hits} == {"v2"} and len(hits) == 12
+    assert "query" in seen and {h.record.metadata["tag"] for h in hits} == {"v2"} and len(hits) == 12
 
 
 WRITER = textwrap.dedent("""

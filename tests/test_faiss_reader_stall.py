@@ -39,6 +39,13 @@ def _store(folder: Path, kind: str = "FLAT", **extra: int) -> FaissStore:
     return FaissStore(StoreContext("stall", folder, settings={"index": {"type": kind, **extra}}))
 
 
+def _writer_and_reader(folder: Path, kind: str = "FLAT") -> tuple[FaissStore, FaissStore]:
+    """Two store objects over one knowledge bank of 500 committed records: one to write, one to read beside it."""
+    writer = _store(folder, kind)
+    writer.upsert(_records(0, _vectors(500, 1)))
+    return writer, _store(folder, kind)
+
+
 @pytest.fixture
 def not_merging(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(merge, "ENABLED", False)
@@ -74,9 +81,7 @@ def _wait_for_top(store: FaissStore, query: np.ndarray, wanted: str) -> list[str
 @pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
 def test_a_big_commit_loads_in_the_background_while_the_old_generation_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, not_merging: None, kind: str) -> None:
-    writer = _store(tmp_path, kind)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path, kind)
+    writer, reader = _writer_and_reader(tmp_path, kind)
     added = _vectors(BIG, 2)
     query = added[7]  # its own nearest neighbour once committed
     before = [h.record.id for h in reader.similarity(query, 10)]
@@ -107,9 +112,7 @@ def test_a_big_commit_loads_in_the_background_while_the_old_generation_answers(
 
 def test_a_small_commit_is_visible_at_the_next_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        not_merging: None) -> None:
-    writer = _store(tmp_path)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path)
+    writer, reader = _writer_and_reader(tmp_path)
     reader.similarity(_vectors(1, 5)[0], 3)
     reads = _record_reads(reader, monkeypatch)
     added = _vectors(10, 3)
@@ -198,9 +201,7 @@ def test_offers_retired_by_a_merge_are_not_kept(tmp_path: Path, monkeypatch: pyt
 
 def test_filters_keyword_and_hybrid_after_a_big_commit_see_the_new_generation(
         tmp_path: Path, not_merging: None) -> None:
-    writer = _store(tmp_path)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path)
+    writer, reader = _writer_and_reader(tmp_path)
     added = _vectors(BIG, 2)
     reader.similarity(added[7], 10)  # a generation in hand, no metadata columns read yet
     writer.upsert(_records(10_000, added, word="zebra"))
@@ -250,9 +251,7 @@ def _ids(hits: list) -> list[str]:  # type: ignore[type-arg]
 @pytest.mark.parametrize("kind", ["FLAT", "HNSW"])
 def test_a_reader_that_filters_switches_with_the_new_segments_columns(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, not_merging: None, kind: str) -> None:
-    writer = _store(tmp_path, kind)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path, kind)
+    writer, reader = _writer_and_reader(tmp_path, kind)
     added = _vectors(BIG, 2)
     query = added[7]  # d10007 is in group 2
     flt = parse_filter({"group": 2})
@@ -291,9 +290,7 @@ def test_a_reader_that_filters_switches_with_the_new_segments_columns(
 
 def test_a_reader_that_never_filtered_reads_no_columns_in_the_background(
         tmp_path: Path, not_merging: None) -> None:
-    writer = _store(tmp_path)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path)
+    writer, reader = _writer_and_reader(tmp_path)
     added = _vectors(BIG, 2)
     reader.similarity(added[7], 10)
     writer.upsert(_records(10_000, added))
@@ -309,9 +306,7 @@ def test_a_reader_that_never_filtered_reads_no_columns_in_the_background(
 def test_a_failed_column_read_is_logged_and_left_to_the_first_filtered_search(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         not_merging: None) -> None:
-    writer = _store(tmp_path)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path)
+    writer, reader = _writer_and_reader(tmp_path)
     added = _vectors(BIG, 2)
     flt = parse_filter({"group": 2})
     reader.similarity(added[7], 10, flt)
@@ -333,9 +328,7 @@ def test_a_failed_column_read_is_logged_and_left_to_the_first_filtered_search(
 
 @pytest.mark.parametrize("inputs_filtered", [True, False])
 def test_a_merge_output_swaps_in_with_its_columns(tmp_path: Path, not_merging: None, inputs_filtered: bool) -> None:
-    writer = _store(tmp_path)
-    writer.upsert(_records(0, _vectors(500, 1)))
-    reader = _store(tmp_path)
+    writer, reader = _writer_and_reader(tmp_path)
     flt = parse_filter({"group": 2})
     reader.similarity(_vectors(1, 5)[0], 3, flt)  # a reader that filters
     for i in range(10):  # ten one-document commits the reader loads inline
